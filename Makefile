@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the embedded defaults: a SQLite file and the outbox folder, no SMTP server.
+demo: $(STAMP)
+	$(BIN)/newsletter essays import examples/essays
+	$(BIN)/newsletter essays list
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) newsletter.db newsletter.db-wal newsletter.db-shm outbox

@@ -1,0 +1,1 @@
+"""The newsletter pipeline: essays in, one personalised digest per subscriber out."""

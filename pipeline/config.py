@@ -1,0 +1,318 @@
+"""Read config.toml once into typed, frozen settings, naming the key of any wrong value."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pipeline.errors import ConfigError
+
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_TEMPLATES = PROJECT_ROOT / "templates"
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NewsletterSettings:
+    name: str
+    site_url: str
+    sender_name: str
+    sender_address: str
+    postal_address: str
+    language: str
+    direction: str
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    base_url: str
+    preview_token: str | None
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    weekday: str
+    time: time
+    timezone: ZoneInfo
+    grace_hours: float
+    expire_after_hours: float
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    max_essays: int
+    excerpt_length: int
+    related_per_essay: int
+    subject_one: str
+    subject_many: str
+    templates: Path | None
+
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    double_opt_in: bool
+    check_deliverability: bool
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    transport: str
+    outbox_dir: Path
+    smtp_host: str
+    smtp_port: int
+    smtp_tls: str
+    smtp_username: str
+    smtp_password: str | None
+    smtp_timeout: float
+    connections: int
+    batch_size: int
+    rate_per_second: float
+    rate_per_hour: int
+    rate_per_day: int
+    retry_hours: float
+    lease_seconds: int
+    dkim_key: Path | None
+    dkim_selector: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything config.toml says, checked and typed; `path` is the file it came from."""
+
+    path: Path
+    newsletter: NewsletterSettings
+    web: WebSettings
+    database: DatabaseSettings
+    schedule: ScheduleSettings
+    digest: DigestSettings
+    subscribers: SubscriberSettings
+    delivery: DeliverySettings
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the config are resolved against."""
+        return self.path.parent
+
+    def template_dirs(self) -> list[Path]:
+        """The template folders to search, the user's overrides first."""
+        dirs = [BUILTIN_TEMPLATES]
+        if self.digest.templates is not None:
+            dirs.insert(0, self.digest.templates)
+        return dirs
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: an explicit path, else $NEWSLETTER_CONFIG, else ./config.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path("config.toml")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and check a config file; raise ConfigError naming the file and key on any problem."""
+    config_path = find_config(path).resolve()
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{config_path}: no such config file (use --config PATH or set {CONFIG_ENV})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    return parse_settings(raw, config_path)
+
+
+def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
+    """Turn a parsed TOML document into Settings (pure; `config_path` anchors relative paths)."""
+    r = _Reader(raw, config_path)
+    base = config_path.parent
+    newsletter = NewsletterSettings(
+        name=r.text("newsletter.name"),
+        site_url=r.url("newsletter.site_url"),
+        sender_name=r.text("newsletter.sender_name"),
+        sender_address=r.address("newsletter.sender_address"),
+        postal_address=r.text("newsletter.postal_address"),
+        language=r.text("newsletter.language", "en"),
+        direction=r.choice("newsletter.direction", ("ltr", "rtl"), "ltr"),
+    )
+    token_env = r.text("web.preview_token_env", "NEWSLETTER_PREVIEW_TOKEN")
+    web = WebSettings(
+        base_url=r.url("web.base_url"),
+        preview_token=os.environ.get(token_env) or None,
+    )
+    database = DatabaseSettings(url=_database_url(r.text("database.url"), base))
+    schedule = ScheduleSettings(
+        weekday=r.choice("schedule.weekday", WEEKDAYS, transform=str.lower),
+        time=r.convert("schedule.time", _parse_time, 'a 24-hour time like "07:00"'),
+        timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"'),
+        grace_hours=r.number("schedule.grace_hours", 12, minimum=0),
+        expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0),
+    )
+    templates = r.text("digest.templates", "", allow_empty=True)
+    digest = DigestSettings(
+        max_essays=r.integer("digest.max_essays", 5, minimum=1),
+        excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40),
+        related_per_essay=r.integer("digest.related_per_essay", 3, minimum=0),
+        subject_one=r.text("digest.subject_one", "{title}"),
+        subject_many=r.text("digest.subject_many", "{title} and {more} more"),
+        templates=(base / templates) if templates else None,
+    )
+    subscribers = SubscriberSettings(
+        double_opt_in=r.boolean("subscribers.double_opt_in", True),
+        check_deliverability=r.boolean("subscribers.check_deliverability", False),
+    )
+    dkim_key = r.text("delivery.dkim_key", "", allow_empty=True)
+    delivery = DeliverySettings(
+        transport=r.choice("delivery.transport", ("outbox", "smtp"), "outbox"),
+        outbox_dir=base / r.text("delivery.outbox_dir", "outbox"),
+        smtp_host=r.text("delivery.smtp_host", "localhost"),
+        smtp_port=r.integer("delivery.smtp_port", 587, minimum=1, maximum=65535),
+        smtp_tls=r.choice("delivery.smtp_tls", ("starttls", "tls", "none"), "starttls"),
+        smtp_username=r.text("delivery.smtp_username", "", allow_empty=True),
+        smtp_password=os.environ.get(PASSWORD_ENV) or None,
+        smtp_timeout=r.number("delivery.smtp_timeout", 30, minimum=1),
+        connections=r.integer("delivery.connections", 1, minimum=1, maximum=64),
+        batch_size=r.integer("delivery.batch_size", 50, minimum=1),
+        rate_per_second=r.number("delivery.rate_per_second", 0, minimum=0),
+        rate_per_hour=r.integer("delivery.rate_per_hour", 0, minimum=0),
+        rate_per_day=r.integer("delivery.rate_per_day", 0, minimum=0),
+        retry_hours=r.number("delivery.retry_hours", 24, minimum=0),
+        lease_seconds=r.integer("delivery.lease_seconds", 600, minimum=1),
+        dkim_key=(base / dkim_key) if dkim_key else None,
+        dkim_selector=r.text("delivery.dkim_selector", "", allow_empty=True),
+    )
+    if delivery.dkim_key is not None and not delivery.dkim_selector:
+        raise ConfigError(f"{config_path}: delivery.dkim_selector: needed when dkim_key is set")
+    return Settings(
+        path=config_path,
+        newsletter=newsletter,
+        web=web,
+        database=database,
+        schedule=schedule,
+        digest=digest,
+        subscribers=subscribers,
+        delivery=delivery,
+    )
+
+
+def _database_url(url: str, base: Path) -> str:
+    """Resolve a relative SQLite path against the config's folder, so cwd does not matter."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != "sqlite:///:memory:":
+        path = Path(url[len(prefix):])
+        if not path.is_absolute():
+            return prefix + str(base / path)
+    return url
+
+
+def _parse_time(value: str) -> time:
+    hours, _, minutes = value.partition(":")
+    return time(int(hours), int(minutes))
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Looks up dotted keys and raises ConfigError that names the file, the key and the want."""
+
+    def __init__(self, raw: dict[str, Any], path: Path) -> None:
+        self.raw = raw
+        self.path = path
+
+    def fail(self, key: str, want: str, value: object = _MISSING) -> ConfigError:
+        got = "it is missing" if value is _MISSING else f"got {value!r}"
+        return ConfigError(f"{self.path}: {key}: expected {want}, {got}")
+
+    def get(self, key: str, default: object = _MISSING) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    raise self.fail(key, "a value")
+                return default
+            node = node[part]
+        return node
+
+    def text(self, key: str, default: object = _MISSING, allow_empty: bool = False) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or (not allow_empty and not value.strip()):
+            raise self.fail(key, "a non-empty string" if not allow_empty else "a string", value)
+        return value.strip()
+
+    def url(self, key: str) -> str:
+        value = self.text(key)
+        if not value.startswith(("https://", "http://")):
+            raise self.fail(key, "an http:// or https:// URL", value)
+        return value.rstrip("/")
+
+    def address(self, key: str) -> str:
+        value = self.text(key)
+        local, at, domain = value.partition("@")
+        if not at or not local or "." not in domain or any(c in value for c in " <>\r\n"):
+            raise self.fail(key, "an email address like letters@example.org", value)
+        return value
+
+    def choice(
+        self,
+        key: str,
+        options: tuple[str, ...],
+        default: object = _MISSING,
+        transform: Callable[[str], str] = str,
+    ) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or transform(value) not in options:
+            raise self.fail(key, "one of " + ", ".join(options), value)
+        return transform(value)
+
+    def integer(
+        self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum
+        ):
+            limits = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise self.fail(key, f"a whole number {limits}", value)
+        return value
+
+    def number(self, key: str, default: object = _MISSING, minimum: float = 0) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise self.fail(key, f"a number >= {minimum:g}", value)
+        return float(value)
+
+    def boolean(self, key: str, default: object = _MISSING) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
+    def convert(self, key: str, parse: Callable[[str], T], want: str) -> T:
+        value = self.text(key)
+        try:
+            return parse(value)
+        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError):
+            raise self.fail(key, want, value) from None

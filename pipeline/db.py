@@ -1,0 +1,89 @@
+"""The database: engine and sessions, SQLite pragmas, and Alembic upgrades to the newest schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, create_engine
+
+from pipeline.errors import DatabaseError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# How long a SQLite writer waits for another process's write lock before giving up.
+SQLITE_BUSY_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; on SQLite, WAL mode, a busy timeout and immediate write locks."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Hand transaction control to SQLAlchemy's "begin" event below: pysqlite's own implicit
+    # BEGIN is deferred, and two deferred writers deadlock into "database is locked".
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses no commit
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # IMMEDIATE takes the write lock at BEGIN, so a writer waits (busy_timeout) instead of
+    # failing halfway through when another process wrote first.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe when several processes start at once."""
+    cfg = alembic_config(engine)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Serialise concurrent upgrades; SQLite's BEGIN IMMEDIATE already does.
+                connection.execute(text("SELECT pg_advisory_xact_lock(4224242)"))
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "heads")
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
+
+
+def connect(url: str) -> Engine:
+    """An engine whose schema is up to date: what every command that needs the database uses."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

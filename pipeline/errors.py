@@ -1,0 +1,66 @@
+"""The error tree of the newsletter; every error a user can cause is one of these.
+
+    NewsletterError                 anything this project raises on purpose
+    ├── ConfigError                 config.toml is missing, unreadable or holds a wrong value
+    ├── DatabaseError               the database cannot be reached or migrated
+    ├── ImportProblem               one input file or row could not be taken (names it)
+    ├── NotFound                    an essay, issue or subscriber that does not exist
+    ├── ConsentError                an action that consent rules forbid
+    ├── RenderError                 a template failed or an issue cannot be rendered
+    └── DeliveryError               sending failed
+        ├── TransientDeliveryError  the server said "try later" (4xx, 552)
+        ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
+        └── TransportUnavailable    no connection or no login: pause, do not burn attempts
+
+The CLI turns these into messages and exit codes; nothing else catches them wholesale.
+"""
+
+from __future__ import annotations
+
+
+class NewsletterError(Exception):
+    """Anything this project raises on purpose."""
+
+
+class ConfigError(NewsletterError):
+    """config.toml is missing, unreadable or holds a wrong value."""
+
+
+class DatabaseError(NewsletterError):
+    """The database cannot be reached or migrated."""
+
+
+class ImportProblem(NewsletterError):
+    """One input file or row could not be taken; the message names it."""
+
+
+class NotFound(NewsletterError):
+    """An essay, issue or subscriber that does not exist."""
+
+
+class ConsentError(NewsletterError):
+    """An action that the consent rules forbid."""
+
+
+class RenderError(NewsletterError):
+    """A template failed, or an issue cannot be rendered."""
+
+
+class DeliveryError(NewsletterError):
+    """Sending failed."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransientDeliveryError(DeliveryError):
+    """The server said "try later" (4xx, and 552 which many servers use for "mailbox full")."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The server refused the recipient for good (5xx other than 552)."""
+
+
+class TransportUnavailable(DeliveryError):
+    """No connection, or the login failed: pause the run instead of failing every recipient."""

@@ -1,0 +1,102 @@
+"""The pipeline's tables: essays, issues and the per-subscriber delivery ledger."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from subscribers.model import utcnow
+
+
+class Essay(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=200, unique=True, index=True)
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    dek: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # [{"kind": "p" | "h", "text": "..."}]: paragraphs and section headings, noise removed.
+    body: list[dict[str, str]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    published_on: date | None = None
+    url: str | None = Field(default=None, max_length=500)  # its page, when the source gave one
+    source_url: str | None = Field(default=None, max_length=500)  # where the text was scraped
+    source_path: str | None = Field(default=None, max_length=1000)  # the file it came from
+    # [{"summary": "...", "date": "2025-07-19" | null}]: what the source page listed as related.
+    source_related: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    content_hash: str = Field(max_length=64)
+    imported_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    sent_in_issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+
+
+class IssueStatus(StrEnum):
+    DRAFT = "draft"
+    SENDING = "sending"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its period passed before it could be started or finished
+    SKIPPED = "skipped"  # a scheduled period with nothing to send
+
+
+class Issue(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    # Unique: "weekly-2026-W48" for a scheduled period, "manual-<uuid>" by hand. The database,
+    # not the scheduler, decides that a period gets exactly one issue.
+    key: str = Field(max_length=100, unique=True, index=True)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    preheader: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    status: str = Field(default=IssueStatus.DRAFT.value, max_length=16, index=True)
+    # Frozen when sending starts: the rendered templates with per-subscriber placeholders, so a
+    # template edited mid-send cannot make two subscribers get different issues.
+    html_template: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    text_template: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    not_after: datetime | None = None  # do not start or continue sending after this
+
+
+class IssueEssay(SQLModel, table=True):
+    """Which essays an issue carries, in order."""
+
+    __table_args__ = (UniqueConstraint("issue_id", "essay_id"),)
+
+    issue_id: int = Field(foreign_key="issue.id", primary_key=True)
+    position: int = Field(primary_key=True)
+    essay_id: int = Field(foreign_key="essay.id", index=True)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # owed, not attempted yet (or waiting for a retry)
+    SENDING = "sending"  # claimed by a worker, attempt in flight
+    SENT = "sent"
+    FAILED = "failed"  # permanent failure, or transient past the retry deadline
+    UNKNOWN = "unknown"  # the lease ran out mid-attempt: maybe sent, maybe not
+    SKIPPED = "skipped"  # unsubscribed (or suppressed) before the attempt
+
+
+class Delivery(SQLModel, table=True):
+    """One row per (issue, subscriber): who this issue is owed to, and what became of it."""
+
+    __table_args__ = (UniqueConstraint("issue_id", "subscriber_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", index=True)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    email: str = Field(max_length=320)  # copied in when the audience is frozen
+    name: str = Field(default="", max_length=200)
+    status: str = Field(default=DeliveryStatus.PENDING.value, max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    lease_until: datetime | None = None
+    message_id: str = Field(max_length=250)  # made before the first attempt, kept across retries
+    smtp_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

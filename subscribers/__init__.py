@@ -1,0 +1,1 @@
+"""The audience: subscribers, consent, tokens, import and export. Imports nothing from pipeline."""

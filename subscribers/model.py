@@ -1,0 +1,43 @@
+"""The Subscriber and Suppression tables, and the statuses a subscriber moves through."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Now, aware, in UTC: SQLModel's datetime columns refuse naive values and return UTC."""
+    return datetime.now(timezone.utc)
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"  # signed up, has not confirmed yet (double opt-in)
+    ACTIVE = "active"  # receives issues
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"  # a hard bounce: the address does not exist
+    COMPLAINED = "complained"  # marked an issue as spam
+
+
+class Subscriber(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320)  # as the person gave it
+    email_normalized: str = Field(max_length=320, unique=True, index=True)
+    name: str = Field(default="", max_length=200)
+    status: str = Field(default=SubscriberStatus.PENDING.value, max_length=16, index=True)
+    source: str = Field(default="", max_length=200)  # "import:file.csv", "web", "cli"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    confirmed_at: datetime | None = None
+    unsubscribed_at: datetime | None = None
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must never be mailed again, kept only as a one-way hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email_hash: str = Field(max_length=64, unique=True, index=True)
+    reason: str = Field(default="removed", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)

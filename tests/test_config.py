@@ -1,0 +1,74 @@
+"""Config: the shipped file loads, and each kind of wrong value names its key."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT, load_settings
+from pipeline.errors import ConfigError
+from tests.conftest import write_config
+
+
+def test_shipped_config_loads_with_sqlite_beside_it() -> None:
+    settings = load_settings(PROJECT_ROOT / "config.toml")
+    assert settings.database.url == f"sqlite:///{PROJECT_ROOT / 'newsletter.db'}"
+    assert settings.schedule.weekday == "monday"
+    assert settings.schedule.time == time(7, 0)
+    assert str(settings.schedule.timezone) == "Europe/Berlin"
+    assert settings.delivery.transport == "outbox"
+    assert settings.newsletter.sender_domain == "essays.example.org"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("schedule", "weekday", "Caturday", "schedule.weekday: expected one of monday"),
+        ("schedule", "timezone", "Mars/Olympus", "schedule.timezone: expected an IANA timezone"),
+        ("schedule", "time", "7 o'clock", "schedule.time: expected a 24-hour time"),
+        ("digest", "max_essays", 0, "digest.max_essays: expected a whole number >= 1"),
+        ("digest", "max_essays", "five", "digest.max_essays: expected a whole number"),
+        ("delivery", "transport", "pigeon", "delivery.transport: expected one of outbox, smtp"),
+        ("delivery", "smtp_port", 70000, "delivery.smtp_port: expected a whole number"),
+        ("newsletter", "sender_address", "nobody", "newsletter.sender_address: expected an email"),
+        ("newsletter", "site_url", "essays.example.org", "newsletter.site_url: expected an http"),
+        ("subscribers", "double_opt_in", "yes", "subscribers.double_opt_in: expected true or false"),
+    ],
+)
+def test_wrong_value_names_the_key(
+    tmp_path: Path, section: str, key: str, value: object, expected: str
+) -> None:
+    path = write_config(tmp_path, **{section: {key: value}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('postal_address = "Field Notes', '# postal_address = "'))
+    with pytest.raises(ConfigError, match="newsletter.postal_address: expected a value, it is missing"):
+        load_settings(path)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[newsletter\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+
+
+def test_password_only_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "s3cret")
+    assert load_settings(write_config(tmp_path)).delivery.smtp_password == "s3cret"
+
+
+def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, newsletter={"name": "Other Letter"})
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(path))
+    assert load_settings().newsletter.name == "Other Letter"

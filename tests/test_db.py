@@ -1,0 +1,53 @@
+"""Database: migrations match the models, SQLite runs in WAL, two writers do not collide."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from pipeline import db
+from pipeline.models import Essay
+
+
+def test_migrations_match_the_models(any_engine: Engine) -> None:
+    with any_engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    assert diff == []
+
+
+def test_sqlite_is_in_wal_mode_with_busy_timeout(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == db.SQLITE_BUSY_MS
+
+
+def test_upgrade_twice_is_harmless(engine: Engine) -> None:
+    db.upgrade(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+
+
+def _write_essays(url: str, start: int) -> None:
+    engine = db.connect(url)
+    for n in range(start, start + 40):
+        with db.session_scope(engine) as session:
+            session.add(Essay(slug=f"essay-{n}", title=f"Essay {n}", content_hash=str(n)))
+
+
+def test_two_processes_write_without_database_locked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_write_essays, args=(url, n * 1000)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    with db.make_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM essay")).scalar() == 80
