@@ -14,15 +14,16 @@ import click
 from pipeline.commands import database
 from pipeline.commands.base import App
 from pipeline.errors import NewsletterError
+from subscribers.errors import SubscriberError
 
 
 class NewsletterGroup(click.Group):
-    """The root group: turns a NewsletterError anywhere below into a message and exit code 1."""
+    """The root group: turns a domain error anywhere below into a message and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NewsletterError as exc:
+        except (NewsletterError, SubscriberError) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -49,8 +50,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = App(config_path=config_path)
 
 
+# Each command module exposes `commands`: the groups and commands it adds at the top level.
 for module in (database,):
-    cli.add_command(module.group)
+    for command in module.commands:
+        cli.add_command(command)
 
 
 def main() -> None:

@@ -5,14 +5,14 @@
     ├── DatabaseError               the database cannot be reached or migrated
     ├── ImportProblem               one input file or row could not be taken (names it)
     ├── NotFound                    an essay, issue or subscriber that does not exist
-    ├── ConsentError                an action that consent rules forbid
     ├── RenderError                 a template failed or an issue cannot be rendered
     └── DeliveryError               sending failed
         ├── TransientDeliveryError  the server said "try later" (4xx, 552)
         ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
         └── TransportUnavailable    no connection or no login: pause, do not burn attempts
 
-The CLI turns these into messages and exit codes; nothing else catches them wholesale.
+The audience package has its own root, subscribers.errors.SubscriberError (it may not import
+from pipeline). The CLI turns both into messages and exit codes; nothing else catches them wholesale.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ class ImportProblem(NewsletterError):
 
 class NotFound(NewsletterError):
     """An essay, issue or subscriber that does not exist."""
-
-
-class ConsentError(NewsletterError):
-    """An action that the consent rules forbid."""
 
 
 class RenderError(NewsletterError):

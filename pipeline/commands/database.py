@@ -23,3 +23,6 @@ def upgrade(app: App) -> None:
     """
     app.engine  # opening the database runs the Alembic upgrade
     app.console.print(f"Database is up to date: {app.settings.database.url}")
+
+
+commands = [group]
