@@ -1,0 +1,107 @@
+"""The excerpt: dek first, else whole opening sentences, never mid-word, never into a heading."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.excerpt import ELLIPSIS, excerpt, sentence_ends
+from pipeline.models import Essay
+
+
+def essay(*blocks: tuple[str, str], dek: str = "") -> Essay:
+    return Essay(
+        slug="s",
+        title="T",
+        dek=dek,
+        body=[{"kind": kind, "text": text} for kind, text in blocks],
+        content_hash="x",
+    )
+
+
+OPENING = (
+    "The starter lives in a jar on the shelf. It wants flour and water twice a day. "
+    "Mr. Ortiz, who sold me the jar, said it was older than his shop."
+)
+
+
+def test_the_dek_wins_when_there_is_one() -> None:
+    e = essay(("p", OPENING), dek="Why a jar of paste runs my week.")
+    assert excerpt(e, 300) == "Why a jar of paste runs my week."
+
+
+def test_a_long_dek_is_cut_like_body_text() -> None:
+    e = essay(("p", OPENING), dek="One sentence here. And a second one that is much longer.")
+    assert excerpt(e, 30) == f"One sentence here. {ELLIPSIS}"
+
+
+def test_whole_opening_that_fits_has_no_ellipsis() -> None:
+    assert excerpt(essay(("p", OPENING)), 300) == OPENING
+
+
+def test_cut_at_a_sentence_boundary_within_the_length() -> None:
+    result = excerpt(essay(("p", OPENING)), 100)
+    assert result == (
+        "The starter lives in a jar on the shelf. It wants flour and water twice a day. " + ELLIPSIS
+    )
+    assert len(result) <= 100
+
+
+def test_abbreviation_is_not_a_sentence_end() -> None:
+    text = "Ask Mr. Ortiz. He knows."
+    assert [text[:end] for end in sentence_ends(text)] == ["Ask Mr. Ortiz.", "Ask Mr. Ortiz. He knows."]
+
+
+def test_lowercase_after_a_full_stop_is_not_a_boundary() -> None:
+    text = "Use rye, e.g. the dark kind. Then wait."
+    assert [text[:end] for end in sentence_ends(text)] == ["Use rye, e.g. the dark kind.", text]
+
+
+def test_closing_quotes_stay_with_their_sentence() -> None:
+    text = "She said “wait.” Then we waited."
+    assert text[: sentence_ends(text)[0]] == "She said “wait.”"
+
+
+def test_a_first_sentence_too_long_is_cut_between_words() -> None:
+    text = "Walking the canal path at dawn shows a city before it has decided what to be today."
+    result = excerpt(essay(("p", text)), 40)
+    assert result.endswith(ELLIPSIS)
+    assert len(result) <= 40
+    words = result.removesuffix(ELLIPSIS).split()
+    assert words == text.split()[: len(words)], "every kept word is whole"
+    assert len(words) >= 5
+
+
+@pytest.mark.parametrize("length", range(40, 200, 7))
+def test_never_mid_word_and_never_longer_than_length(length: int) -> None:
+    e = essay(("p", OPENING), ("p", "A second paragraph follows. It is short."))
+    result = excerpt(e, length)
+    assert len(result) <= length
+    body = result.removesuffix(ELLIPSIS).strip()
+    full = OPENING + " A second paragraph follows. It is short."
+    assert full.startswith(body)
+    assert full[len(body) : len(body) + 1] in ("", " "), f"cut inside a word: {body!r}"
+    assert result.endswith(ELLIPSIS) == (body != full)
+
+
+def test_stops_before_a_heading() -> None:
+    e = essay(("p", "Short opening."), ("h", "The Heading"), ("p", "After the heading."))
+    assert excerpt(e, 300) == "Short opening."
+
+
+def test_leading_heading_is_skipped() -> None:
+    e = essay(("h", "Introduction"), ("p", "First words."), ("p", "More words."), ("h", "Next"))
+    assert excerpt(e, 300) == "First words. More words."
+
+
+def test_several_opening_paragraphs_are_joined_until_the_length() -> None:
+    e = essay(("p", "One. Two."), ("p", "Three is a longer sentence than the others."))
+    assert excerpt(e, 20) == f"One. Two. {ELLIPSIS}"
+
+
+def test_empty_essay_gives_empty_excerpt() -> None:
+    assert excerpt(essay(), 300) == ""
+    assert excerpt(essay(("h", "Only a heading")), 300) == ""
+
+
+def test_whitespace_is_normalised() -> None:
+    assert excerpt(essay(("p", "  Line one\n  continues.  ")), 300) == "Line one continues."
