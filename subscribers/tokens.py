@@ -1,0 +1,111 @@
+"""Signed, URL-safe tokens that name one subscriber for one purpose (unsubscribe, confirm).
+
+A token is an itsdangerous signature over the subscriber's id, salted with its purpose: a
+confirm token cannot unsubscribe and the other way round, and changing one character of it
+makes it worthless. Unsubscribe tokens never expire (a link in a years-old email must still
+work); confirm tokens expire after CONFIRM_MAX_AGE unless the caller asks otherwise.
+
+itsdangerous enters the project only here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from subscribers.errors import BadToken, ExpiredToken, SubscriberError
+
+UNSUBSCRIBE = "unsubscribe"
+CONFIRM = "confirm"
+PURPOSES = (UNSUBSCRIBE, CONFIRM)
+# A week to follow a confirmation link: long enough for a holiday, short enough that a link
+# forwarded or leaked months later no longer signs somebody up.
+CONFIRM_MAX_AGE = 7 * 24 * 3600
+SECRET_ENV = "NEWSLETTER_SECRET_KEY"
+SECRET_FILE = ".secret_key"
+# The salt namespace keeps these signatures apart from any other use of the same key.
+_SALT_PREFIX = "newsletter.subscribers."
+
+
+def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}; expected one of {PURPOSES}")
+    if not secret:
+        raise SubscriberError("the token-signing secret is empty")
+    return URLSafeTimedSerializer(secret, salt=_SALT_PREFIX + purpose)
+
+
+def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
+    """A URL-safe token that says "subscriber `subscriber_id`, for `purpose`", signed with `secret`."""
+    if not isinstance(subscriber_id, int) or subscriber_id <= 0:
+        raise ValueError(f"a subscriber id is a positive integer, got {subscriber_id!r}")
+    token = _serializer(secret, purpose).dumps(subscriber_id)
+    return str(token)
+
+
+def read_token(secret: str, purpose: str, token: str, max_age: int | None = None) -> int:
+    """The subscriber id a genuine `purpose` token names; BadToken or ExpiredToken otherwise.
+
+    `max_age` (seconds) defaults to CONFIRM_MAX_AGE for confirm tokens and to no limit for
+    unsubscribe tokens.
+    """
+    if max_age is None and purpose == CONFIRM:
+        max_age = CONFIRM_MAX_AGE
+    serializer = _serializer(secret, purpose)
+    try:
+        value = serializer.loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise ExpiredToken(f"this {purpose} link has expired; ask for a new one") from None
+    except BadSignature:
+        raise BadToken(f"this {purpose} link is not valid (altered, or meant for something else)") from None
+    # A genuine signature over something else than an id would be our own bug, not the user's.
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise BadToken(f"this {purpose} link does not name a subscriber")
+    return value
+
+
+def load_secret(base_dir: Path, announce: Callable[[str], None] | None = None) -> str:
+    """The signing key: $NEWSLETTER_SECRET_KEY, else `base_dir/.secret_key`, created when missing.
+
+    A created file holds a random key, is readable by its owner only (0600) and is kept out of
+    git by .gitignore. `announce` is told when a file was created, so the CLI can say so.
+    """
+    from_env = os.environ.get(SECRET_ENV, "").strip()
+    if from_env:
+        return from_env
+    path = Path(base_dir) / SECRET_FILE
+    created = _create_secret_file(path)
+    secret = path.read_text(encoding="utf-8").strip()
+    if not secret:
+        raise SubscriberError(f"{path} is empty: delete it to get a new key, or set ${SECRET_ENV}")
+    if created and announce is not None:
+        announce(
+            f"Created a new token-signing key in {path} (kept out of git). Back it up: "
+            f"unsubscribe links in emails already sent need it. ${SECRET_ENV} overrides it."
+        )
+    return secret
+
+
+def _create_secret_file(path: Path) -> bool:
+    """Write a random key to `path` unless it exists; True when this call created it."""
+    if path.exists():
+        return False
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+        # link() fails when the name exists: when two processes start at once, one key wins
+        # and both read it, and nobody ever reads a half-written file.
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise SubscriberError(f"cannot create the secret key file {path}: {exc.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return True
