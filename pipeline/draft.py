@@ -1,0 +1,130 @@
+"""What an importer makes of one file before it reaches the database: a Draft, and text helpers.
+
+Both readers (pipeline/pages.py for scraped pages, pipeline/markdown.py for Markdown) return a
+Draft; pipeline/essays.py turns drafts into Essay rows. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from pipeline.excerpt import sentence_ends
+
+MONTHS = {
+    name: number
+    for number, names in enumerate(
+        [
+            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"),
+            ("may",), ("june", "jun"), ("july", "jul"), ("august", "aug"),
+            ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"),
+            ("december", "dec"),
+        ],
+        start=1,
+    )
+    for name in names
+}
+_MONTH = "|".join(sorted(MONTHS, key=len, reverse=True))
+# "July 19, 2025", "Jul 9 2025", "19 July 2025", "2025-07-19".
+DATE_PATTERN = (
+    rf"(?:(?P<m1>{_MONTH})\.?\s+(?P<d1>\d{{1,2}}),?\s+(?P<y1>\d{{4}})"
+    rf"|(?P<d2>\d{{1,2}})\s+(?P<m2>{_MONTH})\.?,?\s+(?P<y2>\d{{4}})"
+    rf"|(?P<y3>\d{{4}})-(?P<m3>\d{{2}})-(?P<d3>\d{{2}}))"
+)
+_DATE = re.compile(DATE_PATTERN, re.I)
+TITLE_LIMIT = 120  # a title taken from a first sentence is cut (between words) to this
+
+
+@dataclass
+class Draft:
+    """One essay as read from a file, before it is matched against the database."""
+
+    title: str
+    body: list[dict[str, str]]
+    dek: str = ""
+    published_on: date | None = None
+    slug: str | None = None  # only when the file says so (front matter); else from the file name
+    url: str | None = None
+    source_url: str | None = None
+    source_related: list[dict[str, Any]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def content_hash(self, slug: str) -> str:
+        """A fingerprint of everything stored from the file: equal hash, nothing to update."""
+        fields = {
+            "slug": slug,
+            "title": self.title,
+            "dek": self.dek,
+            "body": self.body,
+            "published_on": self.published_on.isoformat() if self.published_on else None,
+            "url": self.url,
+            "source_url": self.source_url,
+            "source_related": self.source_related,
+            "tags": self.tags,
+        }
+        canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_date(text: str) -> date | None:
+    """The first date written in `text` ("July 19, 2025", "19 July 2025", "2025-07-19"), or None."""
+    match = _DATE.search(text)
+    if not match:
+        return None
+    g = match.groupdict()
+    try:
+        if g["y3"]:
+            return date(int(g["y3"]), int(g["m3"]), int(g["d3"]))
+        month = MONTHS[(g["m1"] or g["m2"]).lower()]
+        return date(int(g["y1"] or g["y2"]), month, int(g["d1"] or g["d2"]))
+    except ValueError:  # "February 30": a date-shaped string that is no date
+        return None
+
+
+def to_date(value: object) -> date | None:
+    """A front-matter value as a date: YAML dates and datetimes, or a string parse_date reads."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        return parse_date(value)
+    return None
+
+
+def clean(text: str) -> str:
+    """NFC-normalised text with runs of whitespace (and no-break spaces) as single spaces."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+
+
+def slugify(text: str, limit: int = 80) -> str:
+    """ASCII, lower case, words joined by hyphens: "Café Walks, 2" -> "cafe-walks-2"."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    if len(slug) > limit:
+        slug = slug[:limit].rsplit("-", 1)[0]
+    return slug
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of `text`, without its full stop, cut between words if very long."""
+    ends = sentence_ends(text)
+    sentence = text[: ends[0]] if ends else text
+    sentence = sentence.rstrip().rstrip(".").rstrip()
+    if len(sentence) > TITLE_LIMIT:
+        sentence = sentence[: TITLE_LIMIT + 1].rsplit(None, 1)[0].rstrip(",;:—–-") + "…"
+    return sentence
+
+
+def title_from_body(draft_body: list[dict[str, str]]) -> str:
+    """A title for an essay that has none: the first sentence of its first paragraph."""
+    for block in draft_body:
+        if block["kind"] == "p" and block["text"].strip():
+            return first_sentence(block["text"])
+    return ""

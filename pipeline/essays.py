@@ -1,0 +1,269 @@
+"""Essays in: find the files, read each one safely, store it as an Essay in its own transaction.
+
+    import_paths(engine, ["examples/essays", "new.md"]) -> ImportReport
+
+- Folders are searched recursively for *.txt (scraped pages, pipeline/pages.py) and *.md /
+  *.markdown (front matter, pipeline/markdown.py); hidden files and folders are skipped.
+- A file's slug is its front matter `slug`, else its file name: editing the title keeps the slug,
+  so an edited file updates its essay instead of adding a second one.
+- Re-importing an unchanged file changes nothing (content_hash over every stored field).
+  An update never touches `sent_in_issue_id`: a sent essay stays sent.
+- A file that cannot be taken (missing, empty, binary, not UTF-8, over MAX_BYTES, broken front
+  matter, no text) is reported with the reason and writes nothing; the other files still import.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from pipeline.db import session_scope
+from pipeline.draft import Draft, slugify
+from pipeline.errors import ImportProblem, NotFound
+from pipeline.excerpt import excerpt
+from pipeline.markdown import parse_markdown
+from pipeline.models import Essay, Issue
+from pipeline.pages import parse_page
+from subscribers.model import utcnow
+
+READERS: dict[str, Callable[[str], Draft]] = {
+    ".txt": parse_page,
+    ".md": parse_markdown,
+    ".markdown": parse_markdown,
+}
+MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
+Outcome = Literal["added", "updated", "unchanged"]
+Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
+
+
+@dataclass
+class Failure:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    """What an import did, by slug; failures and warnings name their file."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": [{"file": str(f.path), "reason": f.reason} for f in self.failed],
+            "warnings": self.warnings,
+        }
+
+
+def import_paths(
+    engine: Engine, paths: Iterable[str | Path], progress: Progress | None = None
+) -> ImportReport:
+    """Import every essay file in `paths` (files or folders), each in its own transaction."""
+    report = ImportReport()
+    files = collect_files(paths, report)
+    taken: dict[str, Path] = {}  # slug -> file, within this import
+    for done, path in enumerate(files, start=1):
+        try:
+            draft = read_essay(path)
+            slug = slug_for(draft, path)
+            if slug in taken:
+                raise ImportProblem(f"slug {slug!r} is already taken by {taken[slug]} in this import")
+            with session_scope(engine) as session:
+                outcome = store(session, draft, slug, path)
+        except ImportProblem as exc:
+            report.failed.append(Failure(path, str(exc)))
+        except IntegrityError:  # another process imported the same slug at the same moment
+            report.failed.append(Failure(path, "the slug was taken meanwhile; import it again"))
+        else:
+            taken[slug] = path
+            getattr(report, outcome).append(slug)
+            report.warnings.extend(f"{path}: {warning}" for warning in draft.warnings)
+        if progress:
+            progress(done, len(files), path)
+    return report
+
+
+def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Path]:
+    """The essay files named or found under the folders named; the rest go to report.failed."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in READERS
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                report.warnings.append(f"{path}: no .txt, .md or .markdown files in this folder")
+            files.extend(found)
+        elif not path.exists():
+            report.failed.append(Failure(path, "no such file or folder"))
+        elif path.suffix.lower() not in READERS:
+            report.failed.append(Failure(path, "not an essay file (expected .txt, .md or .markdown)"))
+        else:
+            files.append(path)
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for path in files:  # a file named twice (or inside a folder also named) is imported once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
+
+
+def read_source(path: Path) -> str:
+    """The file's text; ImportProblem when it is too big, empty, binary or not UTF-8."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ImportProblem(f"too large: {size:,} bytes (the limit is {MAX_BYTES:,})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImportProblem(f"cannot read: {exc.strerror}") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return _not_empty(data.decode("utf-16"))
+        except UnicodeDecodeError:
+            raise ImportProblem("starts like UTF-16 but does not decode as UTF-16") from None
+    if b"\x00" in data:
+        raise ImportProblem("binary file (it contains NUL bytes), not text")
+    try:
+        # utf-8-sig also reads plain UTF-8. Windows-1252 is not guessed: it decodes almost any
+        # bytes, so a wrong guess would store mojibake silently. The error says how to convert.
+        return _not_empty(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ImportProblem(
+            f"not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8, "
+            f"e.g. iconv -f windows-1252 -t utf-8 {path.name} > fixed{path.suffix}"
+        ) from None
+
+
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise ImportProblem("empty file")
+    return text
+
+
+def read_essay(path: Path) -> Draft:
+    """The Draft in one file, by its suffix; ImportProblem when there is no essay in it."""
+    draft = READERS[path.suffix.lower()](read_source(path))
+    if not any(block["text"] for block in draft.body):
+        raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
+    return draft
+
+
+def slug_for(draft: Draft, path: Path) -> str:
+    """The front matter's slug, else one made from the file name, else from the title."""
+    if draft.slug:
+        slug = slugify(draft.slug)
+        if not slug:
+            raise ImportProblem(f"front matter: slug {draft.slug!r} has no letters or digits")
+        return slug
+    slug = slugify(path.stem) or slugify(draft.title)
+    if not slug:
+        raise ImportProblem("cannot make a slug from the file name or title; add `slug:`")
+    return slug
+
+
+def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
+    """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
+    digest = draft.content_hash(slug)
+    source_path = str(path.resolve())
+    essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
+    if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
+        return "unchanged"
+    if essay is None:
+        essay = Essay(slug=slug, title=draft.title, content_hash=digest)
+        outcome: Outcome = "added"
+    else:
+        outcome = "updated"
+        if essay.source_path and essay.source_path != source_path:
+            draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated it from here")
+        if essay.sent_in_issue_id is not None:
+            draft.warnings.append(f"{slug!r} was sent already; the edit reaches later copies only")
+    essay.title = draft.title
+    essay.dek = draft.dek
+    essay.body = draft.body
+    essay.published_on = draft.published_on
+    essay.url = draft.url
+    essay.source_url = draft.source_url
+    essay.source_path = source_path
+    essay.source_related = draft.source_related
+    essay.tags = draft.tags
+    essay.content_hash = digest
+    essay.updated_at = utcnow()
+    session.add(essay)
+    return outcome
+
+
+def list_essays(session: Session) -> list[tuple[Essay, str | None]]:
+    """Every essay with the key of the issue that sent it (None: not sent), newest first."""
+    rows = session.exec(
+        select(Essay, Issue.key)
+        .join(Issue, col(Essay.sent_in_issue_id) == col(Issue.id), isouter=True)
+        .order_by(col(Essay.published_on).desc().nulls_last(), col(Essay.slug))
+    ).all()
+    return [(essay, key) for essay, key in rows]
+
+
+def get_essay(session: Session, slug: str) -> Essay:
+    essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
+    if essay is None:
+        raise NotFound(f"no essay with slug {slug!r} (see `newsletter essays list`)")
+    return essay
+
+
+def word_count(essay: Essay) -> int:
+    return sum(len(block["text"].split()) for block in essay.body if block["kind"] == "p")
+
+
+def describe(essay: Essay, excerpt_length: int, sent_in: str | None = None) -> dict[str, Any]:
+    """What `essays show` prints (and its --json): the essay as a reader and an editor see it."""
+    return {
+        "slug": essay.slug,
+        "title": essay.title,
+        "dek": essay.dek,
+        "date": essay.published_on,
+        "tags": essay.tags,
+        "url": essay.url,
+        "source_path": essay.source_path,
+        "headings": [block["text"] for block in essay.body if block["kind"] == "h"],
+        "excerpt": excerpt(essay, excerpt_length),
+        "word_count": word_count(essay),
+        "sent_in": sent_in,
+        "related": essay.source_related,
+    }
+
+
+def sent_key(session: Session, essay: Essay) -> str | None:
+    """The key of the issue that carried the essay, or None."""
+    if essay.sent_in_issue_id is None:
+        return None
+    issue = session.get(Issue, essay.sent_in_issue_id)
+    return issue.key if issue else None
+

@@ -1,0 +1,148 @@
+"""A reader for essays kept as Markdown with YAML front matter: the format writers keep.
+
+    ---
+    title: Why the starter wins
+    date: 2026-10-05
+    dek: A jar of paste runs my week.      (or "summary:")
+    tags: [bread, fermentation]            (or "bread, fermentation")
+    slug: why-the-starter-wins             (optional; else the file name)
+    url: https://example.org/essays/why-the-starter-wins
+    ---
+    Body in Markdown. `#`/`##` headings become headings; paragraphs, list items and quotes become
+    paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
+
+markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from pipeline.draft import Draft, clean, title_from_body, to_date
+from pipeline.errors import ImportProblem
+
+KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
+_MD = MarkdownIt("commonmark")
+
+
+def parse_markdown(text: str) -> Draft:
+    """The essay in a Markdown file; raises ImportProblem for broken front matter."""
+    meta, body_text = split_front_matter(text)
+    body, h1 = body_blocks(body_text)
+    title = _text_field(meta, "title")
+    if not title and h1:
+        title = h1  # a leading "# Title" is the title when the front matter has none
+    elif h1 and clean(h1) != title:
+        body.insert(0, {"kind": "h", "text": h1})  # a different top heading stays in the body
+
+    date_value = meta.get("date")
+    published_on = to_date(date_value)
+    draft = Draft(
+        title=title,
+        dek=next((_text_field(meta, k) for k in ("dek", "summary", "description") if meta.get(k)), ""),
+        body=body,
+        published_on=published_on,
+        slug=_text_field(meta, "slug") or None,
+        url=_text_field(meta, "url") or None,
+        tags=_tags(meta.get("tags")),
+    )
+    if date_value not in (None, "") and published_on is None:
+        draft.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
+    unknown = sorted(set(meta) - KNOWN_KEYS)
+    if unknown:
+        draft.warnings.append(f"front matter: ignored unknown key(s) {', '.join(unknown)}")
+    if not draft.title:
+        draft.title = title_from_body(body)
+        if draft.title:
+            draft.warnings.append(f"no title; took the first sentence: {draft.title!r}")
+    return draft
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """(front matter as a dict, the Markdown after it); no front matter is an empty dict."""
+    match = _FRONT.match(text)
+    if not match:
+        return {}, text
+    try:
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 2}: " if mark is not None else ""  # +1 for 0-based, +1 for ---
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ImportProblem(f"front matter {where}{problem}") from None
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ImportProblem("front matter: expected `key: value` lines")
+    return {str(k).lower(): v for k, v in meta.items()}, text[match.end() :]
+
+
+def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str]:
+    """(paragraph and heading blocks, the text of a leading level-1 heading or "")."""
+    blocks: list[dict[str, str]] = []
+    h1 = ""
+    tokens = _MD.parse(markdown)
+    kind = "p"
+    prefix = ""
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            kind = "title" if token.tag == "h1" and i == 0 else "h"
+        elif token.type == "list_item_open":
+            # Items keep a visible marker: "1. " in ordered lists (info holds the number).
+            prefix = f"{token.info}. " if token.info else "• "
+        elif token.type == "list_item_close":
+            prefix = ""
+        elif token.type == "inline":
+            text = clean(inline_text(token.children or []))
+            if kind == "title":
+                h1 = text
+            elif text:
+                blocks.append({"kind": kind, "text": (prefix if kind == "p" else "") + text})
+            kind = "p"
+        elif token.type in ("fence", "code_block") and token.content.strip():
+            blocks.append({"kind": "p", "text": clean(token.content)})
+    return blocks, h1
+
+
+def inline_text(children: list[Token]) -> str:
+    """Plain text of inline Markdown: link text kept, marks dropped, images and HTML removed."""
+    parts: list[str] = []
+    for child in children:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+    return "".join(parts)
+
+
+def _text_field(meta: dict[str, Any], key: str) -> str:
+    value = meta.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        raise ImportProblem(f"front matter: {key} must be text, got {type(value).__name__}")
+    return plain(str(value))
+
+
+def plain(text: str) -> str:
+    """One line of inline Markdown as plain text ("A *dek*" -> "A dek")."""
+    tokens = _MD.parseInline(text)
+    return clean(inline_text(tokens[0].children or [])) if tokens else ""
+
+
+def _tags(value: object) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    tags: list[str] = []
+    for item in items:
+        tag = clean(str(item))
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
