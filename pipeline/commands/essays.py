@@ -1,0 +1,161 @@
+"""`newsletter essays`: import essay files, list the essays, show one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from sqlmodel import Session
+
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.essays import ImportReport, describe, get_essay, import_paths, list_essays, sent_key
+
+PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
+
+
+@click.group("essays")
+def group() -> None:
+    """Import essays (scraped pages, Markdown), list them, show one."""
+
+
+@group.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@pass_app
+def import_command(app: App, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Import essay files or folders (searched for .txt, .md, .markdown).
+
+    A .txt file is read as a page scraped from an essay site (title, dek, date, body; share
+    lines, ads and bylines dropped; the page's related articles kept). A .md file is Markdown
+    with YAML front matter (title, date, dek or summary, tags, slug, url). The slug is the front
+    matter's `slug`, else the file name, so an edited file updates its essay. Unchanged files are
+    left alone; a file that fails is named with the reason, the others still import, and the
+    exit code is 1.
+
+    \b
+    Example:
+      newsletter essays import examples/essays
+      newsletter essays import drafts/walking-at-dawn.md notes/ --json
+    """
+    engine = app.engine
+    with Progress(
+        TextColumn("Importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=app.err,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def advance(done: int, total: int, path: Path) -> None:
+            if total >= PROGRESS_FROM:
+                bar.update(task, completed=done, total=total, description=path.name)
+
+        report = import_paths(engine, paths, progress=advance)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        _print_report(app, report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _print_report(app: App, report: ImportReport) -> None:
+    counts = (
+        f"{len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
+    )
+    for slug in report.added:
+        app.console.print(f"[green]added[/]     {slug}")
+    for slug in report.updated:
+        app.console.print(f"[yellow]updated[/]   {slug}")
+    for warning in report.warnings:
+        app.err.print(f"[yellow]Warning:[/] {escape(warning)}")
+    for failure in report.failed:
+        app.err.print(f"[red]Failed:[/] {escape(str(failure))}")
+    app.console.print(("[bold]" if report.ok else "[bold red]") + counts + "[/]")
+
+
+@group.command("list")
+@json_option
+@pass_app
+def list_command(app: App, as_json: bool) -> None:
+    """List the essays, newest first: slug, title, date, sent.
+
+    \b
+    Example:
+      newsletter essays list
+      newsletter essays list --json | jq -r '.[] | select(.sent == null) | .slug'
+    """
+    with Session(app.engine) as session:
+        rows = [
+            {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key}
+            for e, key in list_essays(session)
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        app.console.print("No essays yet. Import some: newsletter essays import examples/essays")
+        return
+    table = Table("slug", "title", "date", "sent")
+    for row in rows:
+        table.add_row(
+            escape(row["slug"]),
+            escape(row["title"]),
+            row["date"].isoformat() if row["date"] else "—",
+            escape(row["sent"]) if row["sent"] else "[dim]not yet[/]",
+        )
+    app.console.print(table)
+    app.console.print(f"{len(rows)} essays, {sum(1 for r in rows if not r['sent'])} not sent yet")
+
+
+@group.command("show")
+@click.argument("slug")
+@json_option
+@pass_app
+def show_command(app: App, slug: str, as_json: bool) -> None:
+    """Show one essay: dek, date, headings, excerpt, words, related.
+
+    \b
+    Example:
+      newsletter essays show proofing-in-a-cold-kitchen
+      newsletter essays show proofing-in-a-cold-kitchen --json
+    """
+    with Session(app.engine) as session:
+        essay = get_essay(session, slug)
+        info = describe(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
+    if as_json:
+        print_json(info)
+        return
+    out = app.console
+    out.print(f"[bold]{escape(info['title'])}[/]")
+    if info["dek"]:
+        out.print(f"[italic]{escape(info['dek'])}[/]")
+    out.print(
+        f"slug {escape(info['slug'])} · "
+        f"{info['date'].isoformat() if info['date'] else 'no date'} · "
+        f"{info['word_count']} words · "
+        + (f"sent in {escape(info['sent_in'])}" if info["sent_in"] else "not sent yet")
+    )
+    if info["tags"]:
+        out.print("tags: " + escape(", ".join(info["tags"])))
+    if info["url"]:
+        out.print(f"url: {escape(info['url'])}")
+    out.print(f"\n[bold]Excerpt[/]\n{escape(info['excerpt'])}")
+    if info["headings"]:
+        out.print("\n[bold]Headings[/]")
+        for heading in info["headings"]:
+            out.print(f"  • {escape(heading)}")
+    if info["related"]:
+        out.print(f"\n[bold]Related on the source page[/] ({len(info['related'])})")
+        for item in info["related"]:
+            out.print(f"  • {escape(item['summary'])} [dim]{item['date'] or ''}[/]")
+
+
+commands = [group]
