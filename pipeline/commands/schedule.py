@@ -1,0 +1,115 @@
+"""`newsletter schedule`: run the weekly digest on its schedule, list run times, run a due one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timezone
+
+import click
+from rich.table import Table
+
+from pipeline import schedule as scheduling
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.periods import Action, period_key
+from subscribers.model import utcnow
+
+# `run-due` exits with this when it had to expire a period, so cron mail or a CI timer flags it.
+EXIT_EXPIRED = 3
+
+
+@click.group("schedule")
+def group() -> None:
+    """Send the weekly digest on its schedule, exactly once per week.
+
+    The schedule is [schedule] in config.toml: weekday, time, timezone, grace_hours,
+    expire_after_hours.
+    """
+
+
+@group.command("run")
+@pass_app
+def run(app: App) -> None:
+    """Run the scheduler in the foreground until SIGTERM or Ctrl-C.
+
+    At start it catches up: a digest that is due and not sent yet goes out now if it is
+    still within grace_hours. Then it sleeps until the next scheduled time. A stop signal
+    lets a running send finish its work first.
+
+    \b
+    Example:
+      newsletter schedule run
+      systemctl start newsletter-schedule    # see the README for the unit file
+    """
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduling.run_forever(app.settings, app.engine)
+
+
+@group.command("next")
+@click.option("-n", "count", type=click.IntRange(1, 520), default=5, show_default=True,
+              help="How many run times to list.")
+@json_option
+@pass_app
+def next_runs(app: App, count: int, as_json: bool) -> None:
+    """List the next times the digest is due, in the configured timezone and in UTC.
+
+    \b
+    Example:
+      newsletter schedule next
+      newsletter schedule next -n 10 --json
+    """
+    schedule = app.settings.schedule
+    times = scheduling.next_fire_times(schedule, utcnow(), count)
+    rows = [
+        {"key": period_key(t), "local": t, "utc": t.astimezone(timezone.utc)} for t in times
+    ]
+    if as_json:
+        print_json({"timezone": schedule.timezone.key, "runs": rows})
+        return
+    table = Table(title=f"Next digests ({schedule.weekday} {schedule.time:%H:%M} "
+                        f"{schedule.timezone.key})")
+    table.add_column("Issue key")
+    table.add_column(f"Local ({schedule.timezone.key})")
+    table.add_column("UTC")
+    for row in rows:
+        table.add_row(row["key"], f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
+                      f"{row['utc']:%a %Y-%m-%d %H:%M}")
+    app.console.print(table)
+
+
+@group.command("run-due")
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change and send nothing.")
+@json_option
+@pass_app
+def run_due(app: App, dry_run: bool, as_json: bool) -> None:
+    """Send this week's digest if it is due and not done yet, then exit (for cron, CI timers).
+
+    Exit status: 0 when the digest was sent or skipped or nothing was due, 3 when a period
+    had to be recorded as expired (missed past grace_hours, or still sending after
+    expire_after_hours).
+
+    \b
+    Example:
+      newsletter schedule run-due --dry-run
+      */15 * * * *  cd /srv/newsletter && newsletter schedule run-due
+    """
+    outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run)
+    if as_json:
+        print_json({"dry_run": dry_run, **outcome.as_dict()})
+    else:
+        prefix = f"[dry run] would {outcome.action.value.replace('_', ' ')}: " if dry_run else ""
+        app.console.print(prefix + outcome.message)
+        app.console.print(
+            f"Next digest due {outcome.next_due_at:%a %Y-%m-%d %H:%M %Z} "
+            f"({outcome.next_due_at.astimezone(timezone.utc):%H:%M} UTC)."
+        )
+    if not dry_run and outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
+        sys.exit(EXIT_EXPIRED)
+
+
+commands = [group]

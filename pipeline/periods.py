@@ -1,0 +1,139 @@
+"""Weekly periods: which week a moment belongs to, when its digest is due, and what to do now.
+
+Pure functions over the schedule settings and an injected `now` (an aware datetime): no clock,
+no database. A period is one ISO week in the configured timezone; its digest is due at the
+configured weekday and local time of that week, and its issue key, `weekly-YYYY-Www`, is what
+makes the database refuse a second issue for the same week.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from enum import StrEnum
+
+from pipeline.config import WEEKDAYS, ScheduleSettings
+from pipeline.errors import ConfigError
+
+# APScheduler 3.x reads day_of_week="0" as Monday (cron reads 0 as Sunday): names avoid the trap.
+WEEKDAY_NAMES = {name: name[:3] for name in WEEKDAYS}
+KEY_PATTERN = re.compile(r"^weekly-(\d{4})-W(\d{2})$")
+# Issue statuses after which a period needs nothing more.
+FINISHED = frozenset({"sent", "skipped", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Period:
+    """One ISO week of the schedule: its key, when its digest is due and how long it may run."""
+
+    key: str
+    due_at: datetime  # the scheduled instant, in the configured timezone
+    start_until: datetime  # a missed run may still start up to here (grace_hours)
+    expires_at: datetime  # an unfinished issue stops sending here (expire_after_hours)
+
+
+class Action(StrEnum):
+    """What the scheduled job should do about a period at a given moment."""
+
+    NOT_DUE = "not_due"  # this week's digest is still ahead and the last one needs nothing
+    DONE = "done"  # this week's issue is already sent, skipped or expired
+    COMPOSE = "compose"  # due, missing, within the grace time: compose and send it
+    RESUME = "resume"  # an issue exists but is unfinished: send what is still owed
+    EXPIRE_MISSED = "expire_missed"  # due and missing but past the grace time: never start late
+    EXPIRE_STUCK = "expire_stuck"  # unfinished past expire_after_hours: stop sending
+
+
+def weekday_name(weekday: str) -> str:
+    """The three-letter day APScheduler's CronTrigger wants ("monday" -> "mon")."""
+    try:
+        return WEEKDAY_NAMES[weekday.lower()]
+    except KeyError:
+        raise ConfigError(f"not a weekday: {weekday!r} (use one of {', '.join(WEEKDAYS)})")
+
+
+def period_key(due_at: datetime) -> str:
+    """The issue key of the week a (local) scheduled instant falls in: weekly-YYYY-Www."""
+    year, week, _ = due_at.isocalendar()
+    return f"weekly-{year:04d}-W{week:02d}"
+
+
+def period_of_week(schedule: ScheduleSettings, year: int, week: int) -> Period:
+    """The period of ISO week `week` of ISO year `year`."""
+    day = date.fromisocalendar(year, week, WEEKDAYS.index(schedule.weekday) + 1)
+    # A local time that does not exist (the spring-forward hour) resolves with fold=0, i.e. the
+    # offset before the change: the same instant APScheduler's CronTrigger fires at.
+    due_at = datetime.combine(day, schedule.time, tzinfo=schedule.timezone)
+    return Period(
+        key=period_key(due_at),
+        due_at=due_at,
+        start_until=_add_hours(due_at, schedule.grace_hours),
+        expires_at=_add_hours(due_at, schedule.expire_after_hours),
+    )
+
+
+def period_of_key(schedule: ScheduleSettings, key: str) -> Period | None:
+    """The period an issue key names, or None when it is not a weekly key (a manual issue)."""
+    match = KEY_PATTERN.match(key)
+    if not match:
+        return None
+    try:
+        return period_of_week(schedule, int(match.group(1)), int(match.group(2)))
+    except ValueError:  # week 53 of a year that has 52
+        return None
+
+
+def week_period(schedule: ScheduleSettings, now: datetime) -> Period:
+    """The period of the ISO week that `now` falls in, in the configured timezone."""
+    year, week, _ = _utc(now).astimezone(schedule.timezone).isocalendar()
+    return period_of_week(schedule, year, week)
+
+
+def due_period(schedule: ScheduleSettings, now: datetime) -> Period:
+    """The latest period whose digest was due at or before `now` (this week's or last week's)."""
+    current = week_period(schedule, now)
+    if _utc(current.due_at) <= _utc(now):
+        return current
+    return week_period(schedule, current.due_at - timedelta(days=7))
+
+
+def next_due(schedule: ScheduleSettings, now: datetime, count: int = 1) -> list[Period]:
+    """The next `count` periods whose digest is due strictly after `now`."""
+    period = week_period(schedule, now)
+    if _utc(period.due_at) <= _utc(now):
+        period = week_period(schedule, period.due_at + timedelta(days=7))
+    periods = []
+    for _ in range(count):
+        periods.append(period)
+        period = week_period(schedule, period.due_at + timedelta(days=7))
+    return periods
+
+
+def decide(schedule: ScheduleSettings, period: Period, status: str | None, now: datetime) -> Action:
+    """What to do about `period` at `now`, given its issue's status (None: no issue yet)."""
+    now = _utc(now)
+    if _utc(period.due_at) > now:
+        return Action.NOT_DUE
+    if status in FINISHED:
+        # Finished: say "not due" when this week's digest is still ahead, "done" otherwise.
+        ahead = week_period(schedule, now)
+        return Action.NOT_DUE if _utc(ahead.due_at) > now else Action.DONE
+    if status is None:
+        if now <= _utc(period.start_until) and now < _utc(period.expires_at):
+            return Action.COMPOSE
+        return Action.EXPIRE_MISSED
+    # draft or sending: composed, perhaps half sent, by a scheduler that stopped or still runs.
+    return Action.RESUME if now < _utc(period.expires_at) else Action.EXPIRE_STUCK
+
+
+def _add_hours(moment: datetime, hours: float) -> datetime:
+    # Elapsed hours, not wall-clock hours: go through UTC so a DST change in between counts.
+    return (_utc(moment) + timedelta(hours=hours)).astimezone(moment.tzinfo)
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC; refuses naive datetimes. Compare in UTC: Python compares two datetimes
+    with the same tzinfo by wall time, ignoring `fold`, which is wrong in the repeated DST hour."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"a naive datetime where an aware one is needed: {moment!r}")
+    return moment.astimezone(timezone.utc)

@@ -1,0 +1,307 @@
+"""The weekly digest on a schedule: the due-period job, and APScheduler 3.x wiring around it.
+
+`run_due` is the whole job: it looks at the period that is due now, lets the database decide
+whether this process is the one that composes its issue (the unique issue key), and then runs
+the same publish story as a manual send. APScheduler enters the project only here; it merely
+decides *when* `run_due` runs, never *whether* a week's digest goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from pipeline import issues
+try:  # TEMP until publish lands
+    from pipeline import publish
+except ImportError:
+    publish = None  # type: ignore
+from pipeline.config import ScheduleSettings, Settings
+from pipeline.db import session_scope
+from pipeline.errors import NotFound
+from pipeline.models import Delivery, Issue, IssueStatus
+from pipeline.periods import (
+    FINISHED,
+    Action,
+    Period,
+    decide,
+    due_period,
+    period_key,
+    period_of_key,
+    weekday_name,
+)
+from subscribers.model import utcnow
+
+log = logging.getLogger("newsletter.schedule")
+JOB_ID = "weekly-digest"
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Outcome:
+    """What one run of the job decided and did, for the log, the CLI and its --json."""
+
+    action: Action
+    key: str
+    due_at: datetime
+    issue_id: int | None
+    status: str | None  # the issue's status afterwards (None: there is no issue)
+    message: str
+    next_due_at: datetime
+    counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "key": self.key,
+            "due_at": self.due_at,
+            "issue_id": self.issue_id,
+            "status": self.status,
+            "message": self.message,
+            "next_due_at": self.next_due_at,
+            "deliveries": self.counts,
+        }
+
+
+def run_due(
+    settings: Settings, engine: Engine, now: datetime, *, dry_run: bool = False
+) -> Outcome:
+    """Do what the period due at `now` needs: compose and send, resume, skip, expire or nothing.
+
+    Safe to run from any number of processes at once: the issue key is unique, so only one
+    insert for a week can win, and the others find the issue and resume or leave it.
+    """
+    schedule = settings.schedule
+    if not dry_run:
+        expire_stale(settings, engine, now)
+    period = due_period(schedule, now)
+    for _attempt in range(3):  # another process may win a race; then look again
+        try:
+            with session_scope(engine) as session:
+                issue = _issue(session, period.key)
+                action = decide(schedule, period, issue.status if issue else None, now)
+                if dry_run or action in (Action.NOT_DUE, Action.DONE):
+                    return _outcome(settings, session, action, period, issue, now)
+                if action is Action.EXPIRE_MISSED:
+                    issue = Issue(key=period.key, status=IssueStatus.EXPIRED.value,
+                                  finished_at=now.astimezone(timezone.utc),
+                                  not_after=period.expires_at.astimezone(timezone.utc))
+                    session.add(issue)
+                    session.flush()
+                    return _outcome(settings, session, action, period, issue, now)
+                if action is Action.EXPIRE_STUCK:
+                    assert issue is not None
+                    _expire(issue, now)
+                    return _outcome(settings, session, action, period, issue, now)
+                if action is Action.COMPOSE:
+                    issue = _compose(session, settings, period, now)
+                    if issue.status in FINISHED:  # skipped (nothing unsent), or a rival finished
+                        action = Action.DONE if issue.status != "skipped" else Action.COMPOSE
+                        return _outcome(settings, session, action, period, issue, now)
+                assert issue is not None and issue.id is not None
+                issue_id = issue.id
+        except IntegrityError:
+            log.info("%s: another scheduler got there first; looking again", period.key)
+            continue
+        # Outside any transaction: sending takes long and must not hold a write lock.
+        publish.publish(settings, engine, issue_id, now=now)
+        with Session(engine) as session:
+            return _outcome(settings, session, action, period, _issue(session, period.key), now)
+    raise RuntimeError(f"{period.key}: the issue kept changing under this scheduler")
+
+
+def expire_stale(settings: Settings, engine: Engine, now: datetime) -> list[str]:
+    """Mark older weekly issues that are still unfinished past their expiry as expired."""
+    expired = []
+    with session_scope(engine) as session:
+        open_issues = session.exec(
+            select(Issue).where(
+                Issue.key.startswith("weekly-"),  # type: ignore[attr-defined]
+                Issue.status.in_(["draft", "sending"]),  # type: ignore[attr-defined]
+            )
+        ).all()
+        for issue in open_issues:
+            period = period_of_key(settings.schedule, issue.key)
+            if period is not None and decide(
+                settings.schedule, period, issue.status, now
+            ) is Action.EXPIRE_STUCK:
+                _expire(issue, now)
+                expired.append(issue.key)
+                log.warning("%s: still unfinished after its period expired; marked expired",
+                            issue.key)
+    return expired
+
+
+def _issue(session: Session, key: str) -> Issue | None:
+    return session.exec(select(Issue).where(Issue.key == key)).first()
+
+
+def _compose(session: Session, settings: Settings, period: Period, now: datetime) -> Issue:
+    """Compose the period's issue, or record the period as skipped when nothing is unsent."""
+    try:
+        issue = issues.compose(session, settings, key=period.key)
+    except NotFound:
+        session.rollback()
+        issue = Issue(key=period.key, status=IssueStatus.SKIPPED.value,
+                      finished_at=now.astimezone(timezone.utc))
+        session.add(issue)
+        session.flush()
+        return issue
+    if issue.not_after is None:
+        # Sending stops at the period's expiry even inside a long run.
+        issue.not_after = period.expires_at.astimezone(timezone.utc)
+        session.add(issue)
+        session.flush()
+    return issue
+
+
+def _expire(issue: Issue, now: datetime) -> None:
+    issue.status = IssueStatus.EXPIRED.value
+    issue.finished_at = now.astimezone(timezone.utc)
+
+
+def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
+    rows = session.exec(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)
+    ).all()
+    return {status: count for status, count in rows}
+
+
+def _outcome(settings: Settings, session: Session, action: Action, period: Period,
+             issue: Issue | None, now: datetime) -> Outcome:
+    counts = delivery_counts(session, issue.id) if issue and issue.id else {}
+    status = issue.status if issue else None
+    when = _local(period.due_at)
+    sent = counts.get("sent", 0)
+    owed = sum(counts.values()) - sent - counts.get("skipped", 0) - counts.get("failed", 0)
+    messages = {
+        Action.NOT_DUE: f"not due: {period.key} ({when}) is {status or 'not started'}",
+        Action.DONE: f"nothing to do: {period.key} is already {status}",
+        Action.EXPIRE_MISSED: (
+            f"{period.key} was due {when} and is past its {settings.schedule.grace_hours:g}-hour"
+            " grace time: not started late, recorded as expired"
+        ),
+        Action.EXPIRE_STUCK: (
+            f"{period.key} was still sending {settings.schedule.expire_after_hours:g} hours"
+            f" after {when}: expired, {sent} sent, {owed} never will be"
+        ),
+    }
+    if action in (Action.COMPOSE, Action.RESUME):
+        if status == "skipped":
+            message = f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
+        else:
+            verb = "sent" if action is Action.COMPOSE else "resumed and sent"
+            message = f"{period.key} {verb}: issue {status}, {sent} delivered"
+            if owed:
+                message += f", {owed} still owed"
+    else:
+        message = messages[action]
+    return Outcome(action=action, key=period.key, due_at=period.due_at,
+                   issue_id=issue.id if issue else None, status=status, message=message,
+                   next_due_at=next_fire_times(settings.schedule, now, 1)[0], counts=counts)
+
+
+def _local(moment: datetime) -> str:
+    return moment.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+# --- APScheduler wiring ---------------------------------------------------------------------
+
+
+def make_trigger(schedule: ScheduleSettings) -> CronTrigger:
+    """The weekly cron trigger: weekday by name (3.x reads 0 as Monday), local time, timezone."""
+    return CronTrigger(
+        day_of_week=weekday_name(schedule.weekday),
+        hour=schedule.time.hour,
+        minute=schedule.time.minute,
+        second=0,
+        timezone=schedule.timezone,
+    )
+
+
+def next_fire_times(schedule: ScheduleSettings, now: datetime, count: int) -> list[datetime]:
+    """The next `count` times the scheduler will fire after `now`, as APScheduler computes them."""
+    trigger = make_trigger(schedule)
+    times: list[datetime] = []
+    previous: datetime | None = None
+    for _ in range(count):
+        fire = trigger.get_next_fire_time(previous, previous or now)
+        if fire is None:
+            break
+        times.append(fire)
+        previous = fire
+    return times
+
+
+def make_scheduler(settings: Settings, engine: Engine, clock: Clock = utcnow) -> BlockingScheduler:
+    """A blocking scheduler with the weekly job and a catch-up run as soon as it starts."""
+    schedule = settings.schedule
+    scheduler = BlockingScheduler(
+        timezone=schedule.timezone,
+        # One worker thread: runs never overlap inside one process (the database guards
+        # against other processes).
+        executors={"default": ThreadPoolExecutor(1)},
+        job_defaults={
+            "coalesce": True,  # several missed firings run once
+            "max_instances": 1,
+            # APScheduler's default is one second; a digest may start this many hours late.
+            "misfire_grace_time": max(1, int(schedule.grace_hours * 3600)),
+        },
+    )
+
+    def job() -> None:
+        outcome = run_due(settings, engine, clock())
+        log.info("%s", outcome.message)
+        log.info("next digest due %s (%s UTC), issue %s", _local(outcome.next_due_at),
+                 outcome.next_due_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                 period_key(outcome.next_due_at))
+
+    def missed(event: JobExecutionEvent) -> None:
+        log.warning("the digest due %s was missed by more than the grace time",
+                    event.scheduled_run_time)
+
+    scheduler.add_job(job, make_trigger(schedule), id=JOB_ID, name="weekly digest")
+    # Catch-up: runs once at start, in the same worker thread as the weekly job.
+    scheduler.add_job(job, "date", id="catch-up", name="catch-up at start")
+    scheduler.add_listener(missed, EVENT_JOB_MISSED)
+    return scheduler
+
+
+def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
+    """Run the scheduler in the foreground until SIGTERM or Ctrl-C; a running job finishes."""
+    scheduler = make_scheduler(settings, engine, clock)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: stopping after the running job, if any",
+                 signal.Signals(signum).name)
+        # The handler runs in the main thread, inside the scheduler's loop; shutdown waits
+        # for the worker thread and then wakes the loop so start() returns.
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    first = next_fire_times(settings.schedule, clock(), 1)[0]
+    log.info("scheduler started: weekly on %s at %s %s; next digest due %s (%s)",
+             settings.schedule.weekday, settings.schedule.time.strftime("%H:%M"),
+             settings.schedule.timezone.key, _local(first), period_key(first))
+    scheduler.start()
+    log.info("scheduler stopped")
