@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,9 +184,13 @@ def smtp_server() -> Iterator[SMTPServer]:
             )
             return "250 OK"
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=0)
+    # aiosmtpd's start() connects to the port it was given to check the server is up, so
+    # port 0 cannot be passed through: ask the OS for a free port first.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        server.port = probe.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=server.port)
     controller.start()
-    server.port = controller.server.sockets[0].getsockname()[1]
     yield server
     controller.stop()
 
