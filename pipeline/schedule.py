@@ -87,16 +87,16 @@ def run_due(
     insert for a week can win, and the others find the issue and resume or leave it.
     """
     schedule = settings.schedule
-    if not dry_run:
-        expire_stale(settings, engine, now)
     period = due_period(schedule, now)
+    if not dry_run:
+        expire_stale(settings, engine, now, keep=period.key)
     for _attempt in range(3):  # another process may win a race; then look again
         try:
             with session_scope(engine) as session:
                 issue = _issue(session, period.key)
                 action = decide(schedule, period, issue.status if issue else None, now)
                 if dry_run or action in (Action.NOT_DUE, Action.DONE):
-                    return _outcome(settings, session, action, period, issue, now)
+                    return _outcome(settings, session, action, period, issue, now, dry_run)
                 if action is Action.EXPIRE_MISSED:
                     issue = Issue(key=period.key, status=IssueStatus.EXPIRED.value,
                                   finished_at=now.astimezone(timezone.utc),
@@ -125,14 +125,17 @@ def run_due(
     raise RuntimeError(f"{period.key}: the issue kept changing under this scheduler")
 
 
-def expire_stale(settings: Settings, engine: Engine, now: datetime) -> list[str]:
-    """Mark older weekly issues that are still unfinished past their expiry as expired."""
+def expire_stale(
+    settings: Settings, engine: Engine, now: datetime, keep: str | None = None
+) -> list[str]:
+    """Mark older weekly issues (not `keep`) still unfinished past their expiry as expired."""
     expired = []
     with session_scope(engine) as session:
         open_issues = session.exec(
             select(Issue).where(
                 Issue.key.startswith("weekly-"),  # type: ignore[attr-defined]
                 Issue.status.in_(["draft", "sending"]),  # type: ignore[attr-defined]
+                Issue.key != (keep or ""),
             )
         ).all()
         for issue in open_issues:
@@ -185,7 +188,7 @@ def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
 
 
 def _outcome(settings: Settings, session: Session, action: Action, period: Period,
-             issue: Issue | None, now: datetime) -> Outcome:
+             issue: Issue | None, now: datetime, dry_run: bool = False) -> Outcome:
     counts = delivery_counts(session, issue.id) if issue and issue.id else {}
     status = issue.status if issue else None
     when = _local(period.due_at)
@@ -203,7 +206,16 @@ def _outcome(settings: Settings, session: Session, action: Action, period: Perio
             f" after {when}: expired, {sent} sent, {owed} never will be"
         ),
     }
-    if action in (Action.COMPOSE, Action.RESUME):
+    if dry_run and action not in (Action.NOT_DUE, Action.DONE):
+        message = {
+            Action.COMPOSE: f"would compose and send {period.key} (due {when})",
+            Action.RESUME: f"would resume {period.key} ({status}), {owed} still owed",
+            Action.EXPIRE_MISSED: f"would record {period.key} as expired: due {when}, past the"
+                                  f" {settings.schedule.grace_hours:g}-hour grace time",
+            Action.EXPIRE_STUCK: f"would expire {period.key} ({status}): {sent} sent,"
+                                 f" {owed} never will be",
+        }[action]
+    elif action in (Action.COMPOSE, Action.RESUME):
         if status == "skipped":
             message = f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
         else:

@@ -102,8 +102,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     if as_json:
         print_json({"dry_run": dry_run, **outcome.as_dict()})
     else:
-        prefix = f"[dry run] would {outcome.action.value.replace('_', ' ')}: " if dry_run else ""
-        app.console.print(prefix + outcome.message)
+        app.console.print(("[dry run] " if dry_run else "") + outcome.message, markup=False)
         app.console.print(
             f"Next digest due {outcome.next_due_at:%a %Y-%m-%d %H:%M %Z} "
             f"({outcome.next_due_at.astimezone(timezone.utc):%H:%M} UTC)."

@@ -1,0 +1,251 @@
+"""The scheduled job with a controllable clock: empty weeks, late starts, expiry, the scheduler."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time as wallclock
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline import db
+from pipeline.config import Settings, load_settings
+from pipeline.models import Delivery, Essay, Issue
+from pipeline.periods import Action, due_period
+from pipeline.schedule import JOB_ID, make_scheduler, run_due
+from subscribers.model import Subscriber, SubscriberStatus
+from tests.conftest import SMTPServer, write_config
+
+UTC = timezone.utc
+# Monday 23 November 2026, 07:00 Berlin (CET) = 06:00 UTC: week 48's digest is due.
+DUE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+KEY = "weekly-2026-W48"
+
+
+def add_essays(engine: Engine, count: int, prefix: str = "essay") -> list[int]:
+    """Essays written here for the tests (not the corpus), none sent yet."""
+    with db.session_scope(engine) as session:
+        essays = [
+            Essay(
+                slug=f"{prefix}-{i}",
+                title=f"On keeping a garden, part {i}",
+                dek=f"What the beans taught me in week {i}.",
+                body=[{"kind": "p", "text": f"The beans came up in row {i}. " * 5}],
+                url=f"https://essays.example.org/{prefix}-{i}",
+                content_hash=f"{i:064d}",
+            )
+            for i in range(1, count + 1)
+        ]
+        session.add_all(essays)
+        session.flush()
+        return [e.id for e in essays if e.id is not None]
+
+
+def add_subscribers(engine: Engine, count: int) -> list[str]:
+    """Active subscribers, created directly; returns their addresses."""
+    emails = [f"reader{i}@example.net" for i in range(count)]
+    with db.session_scope(engine) as session:
+        session.add_all(
+            Subscriber(email=e, email_normalized=e, name=f"Reader {i}",
+                       status=SubscriberStatus.ACTIVE.value, source="test")
+            for i, e in enumerate(emails)
+        )
+    return emails
+
+
+def issues(engine: Engine) -> list[Issue]:
+    with Session(engine) as session:
+        return list(session.exec(select(Issue).order_by(Issue.id)).all())
+
+
+def unsent(engine: Engine) -> int:
+    with Session(engine) as session:
+        return len(session.exec(select(Essay).where(Essay.sent_in_issue_id == None)).all())  # noqa: E711
+
+
+@pytest.fixture
+def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
+    return load_settings(write_config(
+        tmp_path,
+        schedule={"weekday": "monday", "time": "07:00", "timezone": "Europe/Berlin",
+                  "grace_hours": 12, "expire_after_hours": 72},
+        delivery={"transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
+                  "smtp_port": smtp_server.port},
+    ))
+
+
+@pytest.fixture
+def smtp_engine(smtp_settings: Settings) -> Engine:
+    engine = db.connect(smtp_settings.database.url)
+    yield engine
+    engine.dispose()
+
+
+def test_an_empty_week_is_recorded_as_skipped_and_sends_nothing(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(smtp_engine, 3)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=1))
+    assert (outcome.key, outcome.status) == (KEY, "skipped")
+    assert "no unsent essays" in outcome.message
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "skipped")]
+    # The week is done: later runs in the same week do nothing, even once essays arrive.
+    add_essays(smtp_engine, 2)
+    again = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=2))
+    assert again.action is Action.DONE
+    assert len(issues(smtp_engine)) == 1
+    assert smtp_server.received == []
+    with Session(smtp_engine) as session:
+        assert session.exec(select(Delivery)).all() == []
+
+
+def test_before_the_scheduled_time_nothing_is_due(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    add_essays(smtp_engine, 2)
+    add_subscribers(smtp_engine, 2)
+    # Last week's issue went out; this week's is due in a minute.
+    with db.session_scope(smtp_engine) as session:
+        session.add(Issue(key="weekly-2026-W47", status="sent"))
+    outcome = run_due(smtp_settings, smtp_engine, DUE - timedelta(minutes=1))
+    assert outcome.action is Action.NOT_DUE
+    assert outcome.next_due_at.astimezone(UTC) == DUE
+    assert [i.key for i in issues(smtp_engine)] == ["weekly-2026-W47"]
+    assert smtp_server.received == []
+
+
+def test_a_late_start_past_the_grace_time_is_expired_not_sent(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    add_essays(smtp_engine, 2)
+    add_subscribers(smtp_engine, 2)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=12, minutes=1))
+    assert outcome.action is Action.EXPIRE_MISSED
+    assert "grace time" in outcome.message and "expired" in outcome.message
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "expired")]
+    assert smtp_server.received == []
+    assert unsent(smtp_engine) == 2  # the essays wait for next week's digest
+    assert run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=13)).action is Action.DONE
+
+
+def test_an_issue_stuck_sending_past_its_expiry_is_expired_and_reported(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    with db.session_scope(smtp_engine) as session:
+        issue = Issue(key=KEY, subject="Stuck", status="sending", started_at=DUE)
+        session.add(issue)
+        session.flush()
+        for i, status in enumerate(["sent", "sent", "pending", "pending", "unknown"]):
+            session.add(Delivery(issue_id=issue.id, email=f"r{i}@example.net", status=status,
+                                 message_id=f"<m{i}@example.org>"))
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=72))
+    assert outcome.action is Action.EXPIRE_STUCK
+    assert outcome.status == "expired"
+    assert outcome.counts == {"sent": 2, "pending": 2, "unknown": 1}
+    assert "2 sent, 3 never will be" in outcome.message
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "expired")]
+    assert smtp_server.received == []
+
+
+def test_an_older_weeks_unfinished_issue_is_expired_when_the_job_next_runs(
+    smtp_settings: Settings, smtp_engine: Engine
+) -> None:
+    with db.session_scope(smtp_engine) as session:
+        session.add(Issue(key="weekly-2026-W46", status="sending"))
+        session.add(Issue(key="manual-abc", status="sending"))  # by hand: not the scheduler's
+    run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=5))
+    statuses = {i.key: i.status for i in issues(smtp_engine)}
+    assert statuses["weekly-2026-W46"] == "expired"
+    assert statuses["manual-abc"] == "sending"
+    assert statuses[KEY] == "skipped"
+
+
+def test_a_dry_run_changes_nothing(smtp_settings: Settings, smtp_engine: Engine) -> None:
+    add_essays(smtp_engine, 1)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=1), dry_run=True)
+    assert outcome.action is Action.COMPOSE
+    assert outcome.message.startswith(f"would compose and send {KEY}")
+    late = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=20), dry_run=True)
+    assert late.action is Action.EXPIRE_MISSED
+    assert issues(smtp_engine) == []
+
+
+def test_a_late_start_inside_the_grace_time_sends_once(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    essay_ids = add_essays(smtp_engine, 2)
+    emails = add_subscribers(smtp_engine, 3)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=11, minutes=59))
+    assert outcome.action is Action.COMPOSE
+    assert (outcome.key, outcome.status) == (KEY, "sent")
+    assert outcome.counts == {"sent": 3}
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    assert all("On keeping a garden" in m.message["Subject"] for m in smtp_server.received)
+    with Session(smtp_engine) as session:
+        issue = session.exec(select(Issue).where(Issue.key == KEY)).one()
+        carried = session.exec(select(Essay).where(Essay.id.in_(essay_ids))).all()
+        assert {e.sent_in_issue_id for e in carried} == {issue.id}
+    # A second firing in the same week (another timer, a restart) sends nothing more.
+    assert run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=12)).action is Action.DONE
+    assert len(smtp_server.received) == 3 and len(issues(smtp_engine)) == 1
+
+
+def test_the_scheduler_catches_up_at_start_with_its_configured_job(
+    smtp_settings: Settings, smtp_engine: Engine
+) -> None:
+    scheduler = make_scheduler(smtp_settings, smtp_engine, clock=lambda: DUE + timedelta(hours=1))
+    thread = threading.Thread(target=scheduler.start, daemon=True)
+    thread.start()
+    try:
+        deadline = wallclock.monotonic() + 20
+        while not issues(smtp_engine) and wallclock.monotonic() < deadline:
+            wallclock.sleep(0.05)
+        assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "skipped")]
+        job = scheduler.get_job(JOB_ID)
+        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 12 * 3600)
+        fields = {f.name: str(f) for f in job.trigger.fields}
+        assert (fields["day_of_week"], fields["hour"], fields["minute"]) == ("mon", "7", "0")
+        assert str(job.trigger.timezone) == "Europe/Berlin"
+        assert scheduler.get_job("catch-up") is None  # ran once, gone
+    finally:
+        scheduler.shutdown(wait=True)
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def utc_schedule_due(ago: timedelta) -> dict[str, object]:
+    """A [schedule] whose digest fell due `ago` before the real now (for CLI runs)."""
+    moment = datetime.now(UTC) - ago
+    return {"weekday": moment.strftime("%A").lower(), "time": moment.strftime("%H:%M"),
+            "timezone": "UTC", "grace_hours": 12, "expire_after_hours": 72}
+
+
+def test_cli_next_lists_local_and_utc_times(tmp_path: Path, run_cli) -> None:
+    run_cli.config_file = write_config(
+        tmp_path, schedule={"weekday": "sunday", "time": "07:00", "timezone": "Europe/Berlin"})
+    result = run_cli("schedule", "next", "-n", "3", "--json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)["runs"]
+    assert len(runs) == 3
+    for run in runs:
+        local, utc = datetime.fromisoformat(run["local"]), datetime.fromisoformat(run["utc"])
+        assert local == utc and local.strftime("%A %H:%M") == "Sunday 07:00"
+        assert utc.utcoffset() == timedelta(0) and utc.hour in (5, 6)
+        assert run["key"] == due_period(load_settings(run_cli.config_file).schedule, utc).key
+    table = run_cli("schedule", "next", "-n", "2")
+    assert table.exit_code == 0 and runs[0]["key"] in table.output and "UTC" in table.output
+
+
+def test_cli_run_due_exit_codes(tmp_path: Path, run_cli) -> None:
+    run_cli.config_file = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=13)))
+    dry = run_cli("schedule", "run-due", "--dry-run")
+    assert dry.exit_code == 0 and "[dry run] would record" in dry.output
+    expired = run_cli("schedule", "run-due", "--json")
+    assert expired.exit_code == 3  # flagged once, for cron mail
+    assert json.loads(expired.output)["status"] == "expired"
+    again = run_cli("schedule", "run-due")
+    assert again.exit_code == 0 and "already expired" in again.output
