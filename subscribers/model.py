@@ -19,6 +19,15 @@ class SubscriberStatus(StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"  # a hard bounce: the address does not exist
     COMPLAINED = "complained"  # marked an issue as spam
+    # Erased on request: the row keeps only its id (so an old token can never point at a new
+    # person) and the address survives only as a hash in Suppression.
+    REMOVED = "removed"
+
+
+# Statuses that mean "never mail again unless the person re-subscribes and confirms".
+OPTED_OUT = frozenset(
+    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED, SubscriberStatus.REMOVED}
+)
 
 
 class Subscriber(SQLModel, table=True):
@@ -39,5 +48,5 @@ class Suppression(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     email_hash: str = Field(max_length=64, unique=True, index=True)
-    reason: str = Field(default="removed", max_length=32)
+    reason: str = Field(default="removed", max_length=32)  # unsubscribed/bounced/complained/removed
     created_at: datetime = Field(default_factory=utcnow)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -53,11 +54,18 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     `max_age` (seconds) defaults to CONFIRM_MAX_AGE for confirm tokens and to no limit for
     unsubscribe tokens.
     """
+    return read_token_issued(secret, purpose, token, max_age)[0]
+
+
+def read_token_issued(
+    secret: str, purpose: str, token: str, max_age: int | None = None
+) -> tuple[int, datetime]:
+    """Like read_token, with the time the token was made (whole seconds, UTC)."""
     if max_age is None and purpose == CONFIRM:
         max_age = CONFIRM_MAX_AGE
     serializer = _serializer(secret, purpose)
     try:
-        value = serializer.loads(token, max_age=max_age)
+        value, issued = serializer.loads(token, max_age=max_age, return_timestamp=True)
     except SignatureExpired:
         raise ExpiredToken(f"this {purpose} link has expired; ask for a new one") from None
     except BadSignature:
@@ -65,7 +73,7 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     # A genuine signature over something else than an id would be our own bug, not the user's.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise BadToken(f"this {purpose} link does not name a subscriber")
-    return value
+    return value, issued
 
 
 def load_secret(base_dir: Path, announce: Callable[[str], None] | None = None) -> str:

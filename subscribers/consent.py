@@ -1,0 +1,304 @@
+"""Consent: who may be mailed, and every change of a subscriber's status, under rules nothing breaks.
+
+The rules (README, section "subscribers"):
+
+1. An address that opted out (unsubscribed), bounced, complained or was removed is never made
+   active again by the operator's paths (`add`, `import`): they report it and leave it alone.
+2. Only the person can bring it back: a re-subscription (web form) that they confirm by
+   following a signed confirmation link. Until then the old status stands, so a forged sign-up
+   cannot undo an opt-out, and a confirmation link older than the latest unsubscribe is void.
+3. Every opt-out leaves a one-way hash of the address in Suppression; `remove` erases the
+   personal data but keeps that hash, so a later import cannot bring the address back.
+4. Web sign-ups are `pending` until confirmed when `subscribers.double_opt_in` is on (the
+   default); the operator's `add`/`import` make subscribers active (the operator vouches for
+   their consent) unless asked for `pending`.
+
+Each function here is one complete action and commits it: an unsubscribe must never be lost
+because a caller forgot to commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from subscribers.addresses import clean_name, normalize_email, parse_address, suppression_hash
+from subscribers.errors import ConsentError, UnknownSubscriber
+from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus, Suppression, utcnow
+from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token, read_token, read_token_issued
+
+ACTIVE = SubscriberStatus.ACTIVE.value
+PENDING = SubscriberStatus.PENDING.value
+STREAM_PAGE = 1000
+
+
+def operator_decision(current: str | None, suppressed: bool, want: str) -> tuple[str | None, str]:
+    """Rule 1 for `add` and `import`: (the status to write or None to refuse, why).
+
+    `current` is the existing row's status (None: no row), `want` is ACTIVE or PENDING.
+    """
+    if current in OPTED_OUT or suppressed:
+        label = current if current in OPTED_OUT else "removed or opted out earlier"
+        return None, f"{label}: only the person can re-subscribe (and confirm)"
+    if current == ACTIVE:
+        return ACTIVE, "already active"  # never downgraded to pending
+    return want, "new" if current is None else "was pending"
+
+
+def find(session: Session, email: str) -> Subscriber | None:
+    """The subscriber with this address (any spelling), or None."""
+    key = normalize_email(email)
+    return session.exec(select(Subscriber).where(Subscriber.email_normalized == key)).first()
+
+
+def get(session: Session, subscriber_id: int) -> Subscriber:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise UnknownSubscriber(f"no subscriber with id {subscriber_id}")
+    return subscriber
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    """True when this address opted out, bounced, complained or was removed."""
+    digest = suppression_hash(normalize_email(email))
+    return session.exec(select(Suppression.id).where(Suppression.email_hash == digest)).first() is not None
+
+
+def add(
+    session: Session, email: str, name: str = "", source: str = "cli", pending: bool = False,
+    check_deliverability: bool = False,
+) -> tuple[Subscriber, str]:
+    """The operator adds one address: (subscriber, "added" | "updated" | "unchanged").
+
+    Raises InvalidEmail, or ConsentError when rule 1 forbids it.
+    """
+    address = parse_address(email, check_deliverability)
+    name = clean_name(name)
+    subscriber = find(session, address.normalized)
+    current = subscriber.status if subscriber else None
+    status, why = operator_decision(current, is_suppressed(session, address.normalized), PENDING if pending else ACTIVE)
+    if status is None:
+        raise ConsentError(f"{address.email} is not added: {why}")
+    now = utcnow()
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address.email, email_normalized=address.normalized, name=name, status=status,
+            source=source, confirmed_at=now if status == ACTIVE else None,
+        )
+        _save(session, subscriber)
+        return subscriber, "added"
+    changed = status != subscriber.status or (name and name != subscriber.name)
+    if not changed:
+        return subscriber, "unchanged"
+    if status != subscriber.status:
+        subscriber.status, subscriber.confirmed_at = status, now
+    subscriber.name = name or subscriber.name
+    subscriber.updated_at = now
+    _save(session, subscriber)
+    return subscriber, "updated"
+
+
+def subscribe(
+    session: Session, email: str, name: str = "", source: str = "web", double_opt_in: bool = True,
+    check_deliverability: bool = False,
+) -> tuple[Subscriber, bool]:
+    """A person asks to subscribe: (subscriber, needs_confirmation).
+
+    With needs_confirmation the caller sends confirmation_email(...). An opted-out or removed
+    address always needs confirmation (rule 2), and its status does not change until then;
+    an active subscriber stays as is (the form cannot rename somebody else).
+    """
+    address = parse_address(email, check_deliverability)
+    subscriber = find(session, address.normalized)
+    if subscriber is not None:
+        return subscriber, subscriber.status != ACTIVE
+    confirm = double_opt_in or is_suppressed(session, address.normalized)
+    subscriber = Subscriber(
+        email=address.email, email_normalized=address.normalized, name=clean_name(name),
+        status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
+    )
+    _save(session, subscriber)
+    return subscriber, confirm
+
+
+def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
+    """The person followed their confirmation link: make them active (again). Idempotent.
+
+    Raises BadToken/ExpiredToken, UnknownSubscriber, or ConsentError for a link made before the
+    latest unsubscribe (following an old link is not a new decision) or for a removed address.
+    """
+    subscriber_id, issued = read_token_issued(secret, CONFIRM, token)
+    subscriber = get(session, subscriber_id)
+    if subscriber.status == ACTIVE:
+        return subscriber
+    if subscriber.status == SubscriberStatus.REMOVED:
+        raise ConsentError("this address was removed from the list; please sign up again")
+    left = subscriber.unsubscribed_at
+    if left is not None and issued < left.replace(microsecond=0):
+        raise ConsentError("this confirmation link is older than your unsubscribe; please sign up again")
+    now = utcnow()
+    subscriber.status, subscriber.confirmed_at, subscriber.updated_at = ACTIVE, now, now
+    session.add(subscriber)
+    digest = suppression_hash(subscriber.email_normalized)
+    session.execute(delete(Suppression).where(Suppression.email_hash == digest))  # type: ignore[arg-type]
+    session.commit()
+    return subscriber
+
+
+def unsubscribe_by_token(session: Session, secret: str, token: str) -> bool:
+    """The person clicked an unsubscribe link: False when they were already off the list."""
+    subscriber = get(session, read_token(secret, UNSUBSCRIBE, token))
+    return _opt_out(session, subscriber, SubscriberStatus.UNSUBSCRIBED)
+
+
+def unsubscribe(session: Session, email: str) -> bool:
+    """Unsubscribe an address (asked by email, say): False when it was already off the list."""
+    subscriber = find(session, email)
+    if subscriber is None:
+        raise UnknownSubscriber(f"no subscriber with the address {email!r}")
+    return _opt_out(session, subscriber, SubscriberStatus.UNSUBSCRIBED)
+
+
+def mark_bounced(session: Session, subscriber_id: int) -> bool:
+    """A hard bounce: the address does not exist. False when it was already marked so."""
+    return _opt_out(session, get(session, subscriber_id), SubscriberStatus.BOUNCED)
+
+
+def mark_complained(session: Session, subscriber_id: int) -> bool:
+    """A spam complaint (feedback loop): never mail them again. False when already marked."""
+    return _opt_out(session, get(session, subscriber_id), SubscriberStatus.COMPLAINED)
+
+
+def remove(session: Session, email: str) -> bool:
+    """Erase an address's personal data, keeping only its suppression hash (rule 3).
+
+    The row stays as an anonymous tombstone (status "removed", no address, no name) so its id is
+    never given to somebody else (an old unsubscribe link must not reach a new person); the
+    delivery ledger's copies of the address and name are blanked too, and sends still owed to
+    it are skipped. The ledger's table belongs to the pipeline, which this package may not
+    import, hence plain SQL on it. Returns False when the address was not on the list (its hash
+    is recorded all the same, so it cannot be imported later).
+    """
+    key = normalize_email(email)
+    subscriber = find(session, key)
+    _suppress(session, key, SubscriberStatus.REMOVED.value)
+    if subscriber is None:
+        session.commit()
+        return False
+    assert subscriber.id is not None
+    subscriber.email, subscriber.name, subscriber.source = "", "", ""
+    subscriber.email_normalized = f"removed:{subscriber.id}"
+    subscriber.status = SubscriberStatus.REMOVED.value
+    subscriber.confirmed_at = None
+    subscriber.unsubscribed_at = subscriber.updated_at = utcnow()
+    session.add(subscriber)
+    session.execute(
+        text(
+            "UPDATE delivery SET email = '', name = '', "
+            "status = CASE WHEN status = 'pending' THEN 'skipped' ELSE status END "
+            "WHERE subscriber_id = :id"
+        ),
+        {"id": subscriber.id},
+    )
+    session.commit()
+    return True
+
+
+def active_subscribers(session: Session, page: int = STREAM_PAGE) -> Iterator[Subscriber]:
+    """Every active subscriber in id order, fetched a page at a time (a list can be large).
+
+    Keyset pages rather than one open cursor: nothing is held open between pages, and it works
+    the same on SQLite and PostgreSQL.
+    """
+    last = 0
+    while True:
+        query = (
+            select(Subscriber)
+            .where(Subscriber.status == ACTIVE, Subscriber.id > last)  # type: ignore[operator]
+            .order_by(Subscriber.id)  # type: ignore[arg-type]
+            .limit(page)
+        )
+        rows = session.exec(query).all()
+        yield from rows
+        if len(rows) < page:
+            return
+        last = rows[-1].id  # type: ignore[assignment]
+
+
+def counts(session: Session) -> dict[str, int]:
+    """How many subscribers have each status (every status listed, zeros included)."""
+    found = dict(session.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
+    return {status.value: int(found.get(status.value, 0)) for status in SubscriberStatus}
+
+
+@dataclass(frozen=True)
+class ConfirmationEmail:
+    """What the confirmation message says; the pipeline's transport sends it."""
+
+    to_email: str
+    to_name: str
+    subject: str
+    text: str
+    url: str
+    token: str
+
+
+def confirmation_email(
+    secret: str, subscriber: Subscriber, base_url: str, newsletter_name: str
+) -> ConfirmationEmail:
+    """The double opt-in message: a link to `base_url`/confirm/<token>, valid for 7 days."""
+    assert subscriber.id is not None
+    token = make_token(secret, CONFIRM, subscriber.id)
+    url = f"{base_url.rstrip('/')}/confirm/{token}"
+    body = (
+        f"Hello{' ' + subscriber.name if subscriber.name else ''},\n\n"
+        f"please confirm that you want to receive {newsletter_name} at {subscriber.email}:\n\n"
+        f"    {url}\n\n"
+        "The link works for 7 days. If you did not ask for this, ignore this message: "
+        "you will not hear from us again.\n"
+    )
+    return ConfirmationEmail(
+        subscriber.email, subscriber.name, f"Please confirm your subscription to {newsletter_name}",
+        body, url, token,
+    )
+
+
+def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus) -> bool:
+    """Record an opt-out; a bounce or complaint outranks an unsubscribe. False when no change."""
+    if subscriber.status == status.value or subscriber.status == SubscriberStatus.REMOVED:
+        return False
+    if status == SubscriberStatus.UNSUBSCRIBED and subscriber.status in OPTED_OUT:
+        return False  # bounced or complained: already off the list, keep the stronger reason
+    now = utcnow()
+    subscriber.status, subscriber.updated_at = status.value, now
+    if subscriber.unsubscribed_at is None or status == SubscriberStatus.UNSUBSCRIBED:
+        subscriber.unsubscribed_at = now
+    session.add(subscriber)
+    _suppress(session, subscriber.email_normalized, status.value)
+    session.commit()
+    return True
+
+
+def _suppress(session: Session, normalized: str, reason: str) -> None:
+    digest = suppression_hash(normalized)
+    row = session.exec(select(Suppression).where(Suppression.email_hash == digest)).first()
+    if row is None:
+        session.add(Suppression(email_hash=digest, reason=reason))
+    else:
+        row.reason = reason
+        session.add(row)
+    session.flush()
+
+
+def _save(session: Session, subscriber: Subscriber) -> None:
+    """Commit one subscriber; a concurrent insert of the same address becomes a ConsentError."""
+    session.add(subscriber)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ConsentError(f"{subscriber.email} was added by somebody else at the same moment; try again") from None
