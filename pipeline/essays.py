@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session, col, select
 
 from pipeline.db import session_scope
@@ -39,6 +39,7 @@ READERS: dict[str, Callable[[str], Draft]] = {
     ".markdown": parse_markdown,
 }
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
+URL_MAX = 500  # Essay.url's column
 Outcome = Literal["added", "updated", "unchanged"]
 Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
 
@@ -93,8 +94,8 @@ def import_paths(
                 outcome = store(session, draft, slug, path)
         except ImportProblem as exc:
             report.failed.append(Failure(path, str(exc)))
-        except IntegrityError:  # another process imported the same slug at the same moment
-            report.failed.append(Failure(path, "the slug was taken meanwhile; import it again"))
+        except (IntegrityError, DataError) as exc:  # e.g. another process took the slug just now
+            report.failed.append(Failure(path, f"the database refused it: {exc.orig}"))
         else:
             taken[slug] = path
             getattr(report, outcome).append(slug)
@@ -174,6 +175,8 @@ def read_essay(path: Path) -> Draft:
     draft = READERS[path.suffix.lower()](read_source(path))
     if not any(block["text"] for block in draft.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
+    if draft.url and len(draft.url) > URL_MAX:
+        raise ImportProblem(f"front matter: url is longer than {URL_MAX} characters")
     return draft
 
 

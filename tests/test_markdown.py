@@ -1,0 +1,133 @@
+"""The Markdown reader: front matter fields, headings, inline Markdown reduced to plain text."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from pipeline.errors import ImportProblem
+from pipeline.markdown import parse_markdown
+
+BODY = """
+Opening paragraph with a [link](https://example.org/x), *emphasis*, **strong** and `code`
+that runs over two lines. ![a photo](photo.jpg)
+
+## A section
+
+Second paragraph.
+
+- first item
+- second item
+
+> A quoted line.
+"""
+
+
+def doc(front: str, body: str = BODY) -> str:
+    return f"---\n{front.strip()}\n---\n{body}"
+
+
+def test_front_matter_fields() -> None:
+    draft = parse_markdown(
+        doc(
+            """
+title: Walking the *old* roads
+date: 2026-10-05
+dek: Paths older than the town.
+tags: [walking, maps]
+slug: old-roads
+url: https://example.org/essays/old-roads
+"""
+        )
+    )
+    assert draft.title == "Walking the old roads"
+    assert draft.published_on == date(2026, 10, 5)
+    assert draft.dek == "Paths older than the town."
+    assert draft.tags == ["walking", "maps"]
+    assert draft.slug == "old-roads"
+    assert draft.url == "https://example.org/essays/old-roads"
+    assert draft.warnings == []
+
+
+def test_body_blocks_are_plain_text() -> None:
+    draft = parse_markdown(doc("title: T"))
+    assert draft.body == [
+        {"kind": "p", "text": "Opening paragraph with a link, emphasis, strong and code that runs over two lines."},
+        {"kind": "h", "text": "A section"},
+        {"kind": "p", "text": "Second paragraph."},
+        {"kind": "p", "text": "• first item"},
+        {"kind": "p", "text": "• second item"},
+        {"kind": "p", "text": "A quoted line."},
+    ]
+
+
+@pytest.mark.parametrize(
+    "front, dek",
+    [("summary: From summary.", "From summary."), ("description: From description.", "From description.")],
+)
+def test_summary_or_description_stand_in_for_dek(front: str, dek: str) -> None:
+    assert parse_markdown(doc(f"title: T\n{front}")).dek == dek
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("2026-07-03", date(2026, 7, 3)), ('"July 3, 2026"', date(2026, 7, 3)), ("2026-07-03 08:30:00", date(2026, 7, 3))],
+)
+def test_dates_in_several_spellings(value: str, expected: date) -> None:
+    assert parse_markdown(doc(f"title: T\ndate: {value}")).published_on == expected
+
+
+def test_a_date_that_is_no_date_warns_and_stays_empty() -> None:
+    draft = parse_markdown(doc("title: T\ndate: someday"))
+    assert draft.published_on is None
+    assert any("someday" in w for w in draft.warnings)
+
+
+def test_tags_as_a_comma_separated_string() -> None:
+    assert parse_markdown(doc("title: T\ntags: bread, walking , bread")).tags == ["bread", "walking"]
+
+
+def test_leading_h1_is_the_title_without_front_matter() -> None:
+    draft = parse_markdown("# The title here\n\nBody text.\n\n## Part two\n\nMore.\n")
+    assert draft.title == "The title here"
+    assert draft.body[0] == {"kind": "p", "text": "Body text."}
+    assert [b["text"] for b in draft.body if b["kind"] == "h"] == ["Part two"]
+
+
+def test_h1_repeating_the_front_matter_title_is_not_kept_twice() -> None:
+    draft = parse_markdown(doc("title: Same", "# Same\n\nText.\n"))
+    assert draft.body == [{"kind": "p", "text": "Text."}]
+
+
+def test_no_title_anywhere_takes_the_first_sentence_and_warns() -> None:
+    draft = parse_markdown(doc("date: 2026-01-02", "The dough rose overnight. Then it fell.\n"))
+    assert draft.title == "The dough rose overnight"
+    assert any("no title" in w for w in draft.warnings)
+
+
+def test_unknown_keys_are_reported() -> None:
+    draft = parse_markdown(doc("title: T\nauthor: Someone"))
+    assert any("author" in w for w in draft.warnings)
+
+
+def test_broken_yaml_names_the_line() -> None:
+    # Line 1 is the opening ---, so the third line of the file is the second key.
+    with pytest.raises(ImportProblem, match="line 3: mapping values are not allowed"):
+        parse_markdown(doc("title: T\nsummary: a: b\ndate: 2026-01-01"))
+
+
+def test_front_matter_must_be_a_mapping() -> None:
+    with pytest.raises(ImportProblem, match="key: value"):
+        parse_markdown(doc("- just\n- a list"))
+
+
+def test_a_list_where_text_is_expected_is_an_error() -> None:
+    with pytest.raises(ImportProblem, match="title must be text"):
+        parse_markdown(doc("title: [a, b]"))
+
+
+def test_markdown_without_front_matter() -> None:
+    draft = parse_markdown("Just a paragraph.\n")
+    assert draft.body == [{"kind": "p", "text": "Just a paragraph."}]
+    assert draft.title == "Just a paragraph"
