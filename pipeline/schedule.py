@@ -280,7 +280,8 @@ def make_scheduler(settings: Settings, engine: Engine, clock: Clock = utcnow) ->
 
     def job() -> None:
         outcome = run_due(settings, engine, clock())
-        log.info("%s", outcome.message)
+        expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)
+        log.log(logging.WARNING if expired else logging.INFO, "%s", outcome.message)
         log.info("next digest due %s (%s UTC), issue %s", _local(outcome.next_due_at),
                  outcome.next_due_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
                  period_key(outcome.next_due_at))

@@ -46,7 +46,9 @@ def run(app: App) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # The scheduler's own chatter and the migration check would drown the digest's lines.
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     scheduling.run_forever(app.settings, app.engine)
 
 
