@@ -1,0 +1,151 @@
+"""Compose an issue (a digest) from the essays not sent yet, or from essays named by slug.
+
+`compose` is what `newsletter issues new`, the scheduler and `newsletter send` call. An issue has
+a unique key: the scheduler passes its period (`weekly-2026-W48`) so that two schedulers firing
+at once still make one issue (the database's unique index decides, not a check-then-insert); by
+hand the key is `manual-<uuid>`. compose flushes; the caller's session scope commits.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import nulls_last
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, NotFound
+from pipeline.excerpt import excerpt
+from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
+
+# Mail clients show roughly this much of the preheader beside the subject.
+PREHEADER_LENGTH = 140
+_SPACE = re.compile(r"\s+")
+
+
+def compose(
+    session: Session,
+    settings: Settings,
+    slugs: Sequence[str] | None = None,
+    key: str | None = None,
+) -> Issue:
+    """A draft issue of the oldest unsent essays (or of `slugs`, in that order).
+
+    With `key`, an issue that already has that key is returned unchanged. Raises NotFound for an
+    unknown slug, and when there is nothing to send.
+    """
+    if key is not None:
+        existing = find_by_key(session, key)
+        if existing is not None:
+            return existing
+    essays = essays_by_slug(session, slugs) if slugs else unsent_essays(session, settings)
+    if not essays:
+        raise NotFound(
+            "nothing to send: every essay has gone out in an issue already "
+            "(import new ones with `newsletter essays import PATH`)"
+        )
+    issue = Issue(
+        key=key or f"manual-{uuid.uuid4()}",
+        subject=subject_for(settings, essays),
+        preheader=excerpt(essays[0], PREHEADER_LENGTH),
+        status=IssueStatus.DRAFT.value,
+    )
+    try:
+        # A savepoint, so that losing the race for `key` rolls back only this insert.
+        with session.begin_nested():
+            session.add(issue)
+            session.flush()
+            assert issue.id is not None
+            for position, essay in enumerate(essays):
+                assert essay.id is not None
+                session.add(IssueEssay(issue_id=issue.id, position=position, essay_id=essay.id))
+            session.flush()
+    except IntegrityError:
+        if key is None:
+            raise
+        winner = find_by_key(session, key)
+        if winner is None:  # the conflict was not on the key: a real error
+            raise
+        return winner
+    return issue
+
+
+def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
+    """Essays no issue has carried yet, oldest first (essay date, then import order)."""
+    query = (
+        select(Essay)
+        .where(col(Essay.sent_in_issue_id).is_(None))
+        .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
+        .limit(settings.digest.max_essays)
+    )
+    return list(session.exec(query))
+
+
+def essays_by_slug(session: Session, slugs: Sequence[str]) -> list[Essay]:
+    """The essays named, in the order named; NotFound names the first unknown slug."""
+    found = {e.slug: e for e in session.exec(select(Essay).where(col(Essay.slug).in_(slugs)))}
+    essays: list[Essay] = []
+    for slug in dict.fromkeys(slugs):  # a slug named twice is carried once
+        if slug not in found:
+            raise NotFound(f"no essay with the slug {slug!r} (see `newsletter essays list`)")
+        essays.append(found[slug])
+    return essays
+
+
+def subject_for(settings: Settings, essays: Sequence[Essay]) -> str:
+    """The subject from digest.subject_one / subject_many; one line, whatever the titles hold."""
+    title = _SPACE.sub(" ", essays[0].title).strip()
+    key, pattern = (
+        ("digest.subject_one", settings.digest.subject_one)
+        if len(essays) == 1
+        else ("digest.subject_many", settings.digest.subject_many)
+    )
+    try:
+        subject = pattern.format(title=title, more=len(essays) - 1, count=len(essays))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{settings.path}: {key}: {pattern!r} can use only {{title}}, {{more}} and {{count}} "
+            f"({exc})"
+        ) from None
+    return _SPACE.sub(" ", subject).strip()
+
+
+def find_by_key(session: Session, key: str) -> Issue | None:
+    return session.exec(select(Issue).where(Issue.key == key)).first()
+
+
+def find_issue(session: Session, ref: str | int) -> Issue:
+    """An issue by numeric id or by key; NotFound says which was asked for."""
+    text = str(ref).strip()
+    issue = session.get(Issue, int(text)) if text.isdigit() else None
+    issue = issue or find_by_key(session, text)
+    if issue is None:
+        raise NotFound(f"no issue with the id or key {text!r} (see `newsletter issues list`)")
+    return issue
+
+
+def latest_issue(session: Session) -> Issue:
+    """The most recently created issue; NotFound when there is none."""
+    issue = session.exec(select(Issue).order_by(col(Issue.created_at).desc(), col(Issue.id).desc())).first()
+    if issue is None:
+        raise NotFound("there is no issue yet (compose one with `newsletter issues new`)")
+    return issue
+
+
+def list_issues(session: Session) -> list[Issue]:
+    """Every issue, newest first."""
+    return list(session.exec(select(Issue).order_by(col(Issue.created_at).desc(), col(Issue.id).desc())))
+
+
+def issue_essays(session: Session, issue: Issue) -> list[Essay]:
+    """The essays an issue carries, in their order in the digest."""
+    query = (
+        select(Essay)
+        .join(IssueEssay, col(IssueEssay.essay_id) == col(Essay.id))
+        .where(IssueEssay.issue_id == issue.id)
+        .order_by(col(IssueEssay.position))
+    )
+    return list(session.exec(query))

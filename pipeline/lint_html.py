@@ -1,0 +1,414 @@
+"""The HTML checks of the email checklist (H1-H24) on one rendered, inlined copy of an issue.
+
+Parsed with the standard library's html.parser and cssutils, not regular expressions, where it
+matters (nesting, visibility, colours, CSS). H23 (determinism) needs two renders and lives in
+tests/test_render.py. Each check returns Findings; pipeline/lint.py runs them all (and
+re-exports Finding, MUST and SHOULD, defined here so that no two lint modules import each other).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+import cssutils
+
+MUST = "MUST"  # a failing check: `newsletter lint` exits 1, tests fail
+SHOULD = "SHOULD"  # a warning the user sees
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One checklist item that does not hold: its number (H1, M9...), level and what is wrong."""
+
+    code: str
+    level: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.level}: {self.message}"
+
+CLIP_BYTES = 102 * 1024  # Gmail clips above this and hides the footer
+AIM_BYTES = 90 * 1024
+STYLE_BYTES = 16 * 1024
+FORBIDDEN_TAGS = {"script", "form", "input", "button", "select", "textarea", "iframe", "object",
+                  "embed", "video", "audio", "svg", "base", "applet", "frame", "frameset"}
+VOID = {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr",
+        "base", "param", "track"}
+OPTIONAL_END = {"p", "li", "td", "th", "tr", "tbody", "thead", "tfoot", "option", "dt", "dd"}
+NOT_IN_P = {"p", "div", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
+            "pre", "hr", "dl", "center"}
+# Rules that may stay in <style> beside @media: client hacks that cannot be inlined.
+CLIENT_HACKS = re.compile(
+    r"^(:root|#outlook a|a\[x-apple-data-detectors\]|u \+ #body a|\.ExternalClass.*|"
+    r"\[data-ogsc\].*|\[data-ogsb\].*|#MessageViewBody a|body\[data-outlook-cycle\].*)$"
+)
+SHORTENERS = {"bit.ly", "t.co", "tinyurl.com", "goo.gl", "ow.ly", "is.gd", "buff.ly",
+              "rebrand.ly", "cutt.ly", "shorturl.at", "tiny.cc", "lnkd.in"}
+UNSUPPORTED_CSS = re.compile(
+    r"(?:^|;|\s)(position\s*:|display\s*:\s*(?:inline-)?(?:grid|flex)|[^;]*var\(--|[^;]*url\(\s*['\"]?data:)",
+    re.I,
+)
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    color: tuple[int, int, int]
+    background: tuple[int, int, int]
+    hidden: bool
+
+
+@dataclass
+class Document(HTMLParser):
+    """One pass over the HTML: elements, texts with their colours, nesting problems, comments."""
+
+    source: str
+    elements: list[Node] = field(default_factory=list)
+    texts: list[tuple[str, Node]] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    styles: list[str] = field(default_factory=list)
+    nesting: list[str] = field(default_factory=list)
+    doctype: bool = False
+    body_first: Node | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[Node] = []
+        self.in_body = False
+        self.feed(self.source)
+        self.close()
+        for node in self.stack:
+            if node.tag not in OPTIONAL_END | {"html", "body", "head"}:
+                self.nesting.append(f"<{node.tag}> is never closed")
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = self.doctype or decl.lower().startswith("doctype")
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k.lower(): v or "" for k, v in attrs}
+        parent = self.stack[-1] if self.stack else None
+        if tag in NOT_IN_P and parent is not None and parent.tag == "p":
+            self.nesting.append(f"<{tag}> inside <p>")
+        style = parse_style(values.get("style", ""))
+        color = parse_color(style.get("color", "")) or (parent.color if parent else (0, 0, 0))
+        background = (
+            parse_color(style.get("background-color", "") or style.get("background", ""))
+            or parse_color(values.get("bgcolor", ""))
+            or (parent.background if parent else (255, 255, 255))
+        )
+        hidden = bool(parent and parent.hidden) or style.get("display", "").strip() == "none" or (
+            "hidden" in values
+        )
+        node = Node(tag, values, color, background, hidden)
+        self.elements.append(node)
+        if self.in_body and self.body_first is None:
+            self.body_first = node
+        if tag == "body":
+            self.in_body = True
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID and self.stack and self.stack[-1].tag == tag:
+            self.stack.pop()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        open_tags = [n.tag for n in self.stack]
+        if tag not in open_tags:
+            self.nesting.append(f"</{tag}> closes nothing")
+            return
+        while self.stack:
+            node = self.stack.pop()
+            if node.tag == tag:
+                break
+            if node.tag not in OPTIONAL_END:
+                self.nesting.append(f"</{tag}> closes <{tag}> while <{node.tag}> is still open")
+
+    def handle_data(self, data: str) -> None:
+        if self.stack and self.stack[-1].tag == "style":
+            self.styles.append(data)
+        elif data.strip() and self.stack:
+            self.texts.append((data.strip(), self.stack[-1]))
+
+    def handle_comment(self, data: str) -> None:
+        self.comments.append(data)
+
+    def visible_text(self) -> str:
+        return " ".join(t for t, n in self.texts if not n.hidden and n.tag not in {"title", "style"})
+
+
+def parse_style(style: str) -> dict[str, str]:
+    """An inline style attribute as {property: value} (the last declaration wins)."""
+    declarations: dict[str, str] = {}
+    for part in style.split(";"):
+        name, colon, value = part.partition(":")
+        if colon:
+            declarations[name.strip().lower()] = value.replace("!important", "").strip().lower()
+    return declarations
+
+
+NAMED = {"white": (255, 255, 255), "black": (0, 0, 0), "red": (255, 0, 0), "gray": (128, 128, 128),
+         "grey": (128, 128, 128), "silver": (192, 192, 192), "blue": (0, 0, 255)}
+
+
+def parse_color(value: str) -> tuple[int, int, int] | None:
+    value = value.strip().lower().split(" ")[0] if value else ""
+    if value in NAMED:
+        return NAMED[value]
+    if re.fullmatch(r"#[0-9a-f]{3}", value):
+        return tuple(int(c * 2, 16) for c in value[1:])  # type: ignore[return-value]
+    if re.fullmatch(r"#[0-9a-f]{6}", value):
+        return tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    match = re.fullmatch(r"rgba?\((\d+),\s*(\d+),\s*(\d+)(?:,[^)]*)?\)", value)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """The WCAG contrast ratio of two colours: 1 (same) to 21 (black on white)."""
+
+    def luminance(rgb: tuple[int, int, int]) -> float:
+        def channel(c: int) -> float:
+            s = c / 255
+            return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
+
+        r, g, bl = (channel(c) for c in rgb)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * bl
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def lint_html(
+    html: str, unsubscribe_url: str | None = None, postal_address: str | None = None
+) -> list[Finding]:
+    """Every H check on one copy; pass the expected unsubscribe URL and address to check H21 exactly."""
+    doc = Document(html)
+    findings: list[Finding] = []
+    findings += check_size(html)
+    findings += check_css(doc)
+    findings += check_elements(doc)
+    findings += check_layout(doc)
+    findings += check_head(doc, html)
+    findings += check_colours(doc)
+    findings += check_footer(doc, unsubscribe_url, postal_address)
+    return findings
+
+
+def check_size(html: str) -> list[Finding]:
+    size = len(html.encode("utf-8"))
+    if size > CLIP_BYTES:
+        return [Finding("H1", MUST, f"the HTML is {size / 1024:.1f} KB: Gmail clips above 102 KB")]
+    if size > AIM_BYTES:
+        return [Finding("H1", SHOULD, f"the HTML is {size / 1024:.1f} KB: aim under 90 KB")]
+    return []
+
+
+def check_css(doc: Document) -> list[Finding]:
+    found: list[Finding] = []
+    css = "\n".join(doc.styles)
+    if len(css.encode("utf-8")) > STYLE_BYTES:
+        found.append(Finding("H2", MUST, f"<style> holds {len(css) / 1024:.1f} KB of CSS (max 16 KB)"))
+    errors = _css_errors(css)
+    found += [Finding("H2", MUST, f"CSS does not parse: {e}") for e in errors]
+    sheet = cssutils.parseString(css, validate=False)
+    for rule in sheet.cssRules:
+        if rule.type == rule.MEDIA_RULE:
+            for inner in rule.cssRules:
+                if inner.type != inner.STYLE_RULE:
+                    found.append(Finding("H2", MUST, f"at-rule nested in @media {rule.media.mediaText}"))
+                    continue
+                for prop in inner.style:
+                    if prop.priority != "important":
+                        found.append(Finding("H4", MUST, f"@media {rule.media.mediaText}: "
+                                             f"{inner.selectorText} {{{prop.name}}} lacks !important"))
+        elif rule.type == rule.IMPORT_RULE:
+            found.append(Finding("H6", MUST, f"@import {rule.href}"))
+        elif rule.type == rule.STYLE_RULE:
+            if not all(CLIENT_HACKS.match(s.selectorText.strip()) for s in rule.selectorList):
+                found.append(Finding("H3", MUST, f"rule left in <style> after inlining: {rule.selectorText}"))
+        elif rule.type == rule.FONT_FACE_RULE:
+            found.append(Finding("H7", SHOULD, "@font-face: web fonts need a fallback stack"))
+        elif rule.type not in (rule.COMMENT, rule.CHARSET_RULE):
+            found.append(Finding("H3", MUST, f"at-rule left in <style>: {rule.cssText[:60]}"))
+    if "var(--" in css or "position:" in css.replace(" ", "").lower():
+        found.append(Finding("H7", SHOULD, "<style> uses CSS variables or position"))
+    return found
+
+
+def _css_errors(css: str) -> list[str]:
+    """cssutils' ERROR log lines while parsing `css` (unknown properties are only warnings)."""
+    errors: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = Collect(level=logging.ERROR)
+    log = logging.getLogger("CSSUTILS")
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.ERROR)
+    try:
+        cssutils.parseString(css, validate=False)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+    return errors
+
+
+def check_elements(doc: Document) -> list[Finding]:
+    found: list[Finding] = []
+    ids: set[str] = set()
+    for node in doc.elements:
+        tag, attrs = node.tag, node.attrs
+        if tag in FORBIDDEN_TAGS:
+            found.append(Finding("H5", MUST, f"<{tag}> is not allowed in email"))
+        for name, value in attrs.items():
+            if name.startswith("on"):
+                found.append(Finding("H5", MUST, f"<{tag} {name}=...>: event handlers are not allowed"))
+            if name in {"href", "src"} and value.strip().lower().startswith("javascript:"):
+                found.append(Finding("H5", MUST, f"<{tag} {name}={value!r}>: javascript: URL"))
+        if tag == "link" and "stylesheet" in attrs.get("rel", "").lower():
+            found.append(Finding("H6", MUST, f"external stylesheet {attrs.get('href')}"))
+        style = attrs.get("style", "")
+        if "{" in style or "}" in style:
+            found.append(Finding("H24", MUST, f"<{tag} style=...> holds a {{...}} block: {style[:60]}"))
+        if "@import" in style:
+            found.append(Finding("H6", MUST, f"<{tag}> style uses @import"))
+        if UNSUPPORTED_CSS.search(style):
+            found.append(Finding("H7", SHOULD, f"<{tag}> style uses CSS mail clients lack: {style[:60]}"))
+        if "id" in attrs:
+            if attrs["id"] in ids:
+                found.append(Finding("H20", MUST, f"duplicate id {attrs['id']!r}"))
+            ids.add(attrs["id"])
+        if tag == "img":
+            found += _check_image(attrs)
+        if tag == "a" and "href" in attrs:
+            found += _check_link(attrs["href"])
+        if tag in {"table", "td", "th", "body"} and "background-color" in parse_style(style) and "bgcolor" not in attrs:
+            found.append(Finding("H17", SHOULD, f"<{tag} class={attrs.get('class', '')!r}> has "
+                                 "background-color but no bgcolor attribute"))
+    found += [Finding("H20", MUST, f"bad nesting: {problem}") for problem in doc.nesting]
+    return found
+
+
+def _check_image(attrs: dict[str, str]) -> list[Finding]:
+    found = []
+    src = attrs.get("src", "")
+    if "alt" not in attrs:
+        found.append(Finding("H9", MUST, f"<img src={src!r}> has no alt attribute"))
+    if not attrs.get("width", "").isdigit():
+        found.append(Finding("H10", MUST, f"<img src={src!r}> needs an integer width attribute"))
+    if src.startswith("http://"):
+        found.append(Finding("H22", SHOULD, f"image over plain http: {src}"))
+    if src.startswith("data:"):
+        found.append(Finding("H7", SHOULD, f"base64 image: {src[:40]}..."))
+    elif not src.startswith("https://"):
+        found.append(Finding("H11", MUST, f"image URL is not absolute https: {src!r}"))
+    return found
+
+
+def _check_link(href: str) -> list[Finding]:
+    found = []
+    if not href.startswith(("https://", "mailto:", "tel:")):
+        found.append(Finding("H11", MUST, f"link is not absolute https/mailto/tel: {href!r}"))
+    host = href.split("//", 1)[-1].split("/", 1)[0].lower()
+    if host in SHORTENERS:
+        found.append(Finding("H22", SHOULD, f"URL shortener: {href}"))
+    return found
+
+
+def check_layout(doc: Document) -> list[Finding]:
+    found: list[Finding] = []
+    tables = [n for n in doc.elements if n.tag == "table"]
+    mso_tables = [Document(c).elements for c in doc.comments if c.lstrip().startswith("[if mso")]
+    every_table = tables + [n for nodes in mso_tables for n in nodes if n.tag == "table"]
+    for table in every_table:
+        wanted = {"role": "presentation", "border": "0", "cellpadding": "0", "cellspacing": "0"}
+        wrong = [f'{k}="{v}"' for k, v in wanted.items() if table.attrs.get(k) != v]
+        if wrong:
+            found.append(Finding("H8", MUST, f"<table class={table.attrs.get('class', '')!r}> lacks "
+                                 + " ".join(wrong)))
+    if not any(t.attrs.get("width") == "100%" for t in tables):
+        found.append(Finding("H8", MUST, "no 100% wide wrapper table"))
+    if not any(_max_width(t) is not None and _max_width(t) <= 600 for t in tables):  # type: ignore[operator]
+        found.append(Finding("H8", MUST, "no content table of at most 600 px"))
+    if not any(t.attrs.get("width", "").isdigit() and int(t.attrs["width"]) <= 600
+               for nodes in mso_tables for t in nodes if t.tag == "table"):
+        found.append(Finding("H8", MUST, "no fixed-width Outlook table in <!--[if mso]>"))
+    opened = sum(c.count("[if ") for c in doc.comments)
+    closed = sum(c.count("[endif]") for c in doc.comments)
+    if opened != closed:
+        found.append(Finding("H16", SHOULD, f"{opened} MSO conditionals opened, {closed} closed"))
+    return found
+
+
+def _max_width(table: Node) -> int | None:
+    width = table.attrs.get("width", "")
+    if width.isdigit():
+        return int(width)
+    style = parse_style(table.attrs.get("style", ""))
+    match = re.fullmatch(r"(\d+)px", style.get("max-width", "") or style.get("width", ""))
+    return int(match[1]) if match else None
+
+
+def check_head(doc: Document, html: str) -> list[Finding]:
+    found: list[Finding] = []
+    root = next((n for n in doc.elements if n.tag == "html"), None)
+    if root is None or not root.attrs.get("lang") or root.attrs.get("dir") not in {"ltr", "rtl", "auto"}:
+        found.append(Finding("H12", MUST, "<html> needs lang and dir attributes"))
+    head = html.encode("utf-8")[:1024].decode("utf-8", "ignore").lower()
+    if not re.search(r"<meta[^>]+charset=[\"']?utf-8", head):
+        found.append(Finding("H13", MUST, "no utf-8 charset declared in the first 1024 bytes"))
+    if not doc.doctype:
+        found.append(Finding("H14", SHOULD, "no <!DOCTYPE html>"))
+    title = next((t for t, n in doc.texts if n.tag == "title"), "")
+    if not title:
+        found.append(Finding("H14", SHOULD, "empty or missing <title>"))
+    metas = {n.attrs.get("name", "").lower(): n.attrs.get("content", "") for n in doc.elements if n.tag == "meta"}
+    if "viewport" not in metas:
+        found.append(Finding("H14", SHOULD, "no viewport meta"))
+    first = doc.body_first
+    if first is None or not first.hidden or not any(n is first for _, n in doc.texts):
+        found.append(Finding("H15", SHOULD, "the body does not open with a hidden preheader"))
+    if "light" not in metas.get("color-scheme", "") or "supported-color-schemes" not in metas:
+        found.append(Finding("H18", SHOULD, "no color-scheme / supported-color-schemes metas"))
+    if not any("prefers-color-scheme" in s for s in doc.styles):
+        found.append(Finding("H18", SHOULD, "no @media (prefers-color-scheme: dark) overrides"))
+    return found
+
+
+def check_colours(doc: Document) -> list[Finding]:
+    found: list[Finding] = []
+    for text, node in doc.texts:
+        if node.hidden or node.tag in {"title", "style"}:
+            continue
+        ratio = contrast(node.color, node.background)
+        if ratio < 1.5:
+            found.append(Finding("H19", MUST, f"text {text[:40]!r} is nearly invisible "
+                                 f"(contrast {ratio:.2f} against its background)"))
+    return found
+
+
+def check_footer(doc: Document, unsubscribe_url: str | None, postal_address: str | None) -> list[Finding]:
+    found: list[Finding] = []
+    links = [n for n in doc.elements if n.tag == "a" and not n.hidden]
+    if unsubscribe_url is not None:
+        ok = any(n.attrs.get("href") == unsubscribe_url for n in links)
+    else:
+        ok = any(text.lower().startswith("unsubscribe") for text, n in doc.texts
+                 if n.tag == "a" and not n.hidden)
+    if not ok:
+        found.append(Finding("H21", MUST, "no visible unsubscribe link"
+                             + (f" to {unsubscribe_url}" if unsubscribe_url else "")))
+    text = " ".join(doc.visible_text().split())
+    if postal_address is not None and " ".join(postal_address.split()) not in text:
+        found.append(Finding("H21", MUST, f"the postal address {postal_address!r} is not shown"))
+    return found

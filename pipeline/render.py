@@ -1,0 +1,392 @@
+"""Render an issue once into email-safe HTML (Jinja2 + premailer) and text, then personalise cheaply.
+
+Jinja2 and premailer run once per issue, with placeholder tokens where per-subscriber values go
+(name, email, unsubscribe URL). `RenderedIssue.personalise(recipient)` then only substitutes
+escaped values into precomputed slots: microseconds per subscriber instead of the 10-100 ms that
+premailer costs. tests/test_render.py proves with hypothesis that this equals a full render per
+subscriber. Greetings differ with and without a name ("Hi Ana," / "Hello,"), so the templates
+are rendered in two variants, both once per issue.
+
+A digest whose HTML would pass SIZE_BUDGET (Gmail clips at 102 KB and hides the footer with the
+unsubscribe link) is reshaped, never clipped: shorter excerpts, fewer related links, then later
+essays as title links only, then a link to the whole issue on the web.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from premailer import Premailer
+from sqlmodel import Session
+
+from pipeline.config import Settings
+from pipeline.errors import RenderError
+from pipeline.excerpt import excerpt
+from pipeline.issues import issue_essays
+from pipeline.links import essay_url, unsubscribe_url, webview_url
+from pipeline.models import Essay, Issue
+from pipeline.related import related_for_issue
+
+SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
+FIELDS = ("name", "email", "unsubscribe_url")
+MONTHS = ("January February March April May June July August September October November December").split()
+# Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
+PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
+# Characters XML (hence lxml, hence premailer) refuses, and line breaks that must not reach text.
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_SPACE = re.compile(r"\s+")
+_URL_SAFE = re.compile(r"https?://[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
+
+# premailer as the email checklist says; its defaults break responsive mail. One instance is
+# reused for every issue (it caches parsed CSS).
+logging.getLogger("CSSUTILS").setLevel(logging.CRITICAL)
+_INLINER = Premailer(
+    strip_important=False,  # else the @media rules lose !important and inline styles win
+    allow_network=False,  # never fetch a stylesheet
+    disable_basic_attributes=["width", "height"],  # keep img width="536", not width="100%"
+    exclude_pseudoclasses=True,  # deterministic output, no {...} blocks in style attributes
+    cssutils_logging_level=logging.CRITICAL,
+)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who one copy is for. Names and emails are cleaned of control characters and line breaks."""
+
+    name: str
+    email: str
+    unsubscribe_url: str
+
+    def values(self) -> dict[str, str]:
+        url = self.unsubscribe_url.strip()
+        if not _URL_SAFE.fullmatch(url):
+            raise RenderError(f"not a usable unsubscribe URL: {url!r}")
+        return {"name": clean(self.name), "email": clean(self.email), "unsubscribe_url": url}
+
+
+def clean(value: str) -> str:
+    """One line of printable text: control characters dropped, runs of whitespace made one space."""
+    return _SPACE.sub(" ", _UNSAFE.sub("", unicodedata.normalize("NFC", value))).strip()
+
+
+@dataclass(frozen=True)
+class Link:
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class EssayView:
+    title: str
+    url: str
+    date: str
+    excerpt: str
+    related: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How much of an issue a copy shows: excerpt length, related links, essays shown in full."""
+
+    excerpt_length: int
+    related: int
+    full: int  # essays with excerpt and related links
+    listed: int  # essays after those, as title links only; the rest are counted and linked
+
+
+@dataclass(frozen=True)
+class IssueView:
+    """Everything the templates need about an issue, with no personal data: built once."""
+
+    key: str
+    subject: str
+    preheader: str
+    webview_url: str
+    essays: tuple[Essay, ...]
+    related: tuple[tuple[Link, ...], ...]
+
+
+@dataclass
+class RenderedIssue:
+    """An issue rendered once: HTML and text with placeholders, in a named and an unnamed variant."""
+
+    subject: str
+    preheader: str
+    html: str  # the variant for a subscriber with a name
+    text: str
+    html_unnamed: str
+    text_unnamed: str
+    placeholders: dict[str, str]
+    shape: Shape | None = None
+    _slots: dict[str, list[str | tuple[str, str]]] = field(default_factory=dict, repr=False)
+
+    def personalise(self, recipient: Recipient) -> tuple[str, str]:
+        """One subscriber's (html, text): escaped values substituted into the precomputed slots."""
+        values = recipient.values()
+        named = bool(values["name"])
+        html_parts = self._parts("html" if named else "html_unnamed")
+        text_parts = self._parts("text" if named else "text_unnamed")
+        escaped = {f: _escape_text(v) for f, v in values.items()}
+        attr = {f: _escape_attr(v) for f, v in values.items()}
+        html = "".join(
+            p if isinstance(p, str) else (attr if p[1] == "attr" else escaped)[p[0]] for p in html_parts
+        )
+        text = "".join(p if isinstance(p, str) else values[p[0]] for p in text_parts)
+        return html, text
+
+    def _parts(self, which: str) -> list[str | tuple[str, str]]:
+        if which not in self._slots:
+            self._slots[which] = split_slots(getattr(self, which), self.placeholders)
+        return self._slots[which]
+
+    @cached_property
+    def size(self) -> int:
+        return len(self.html.encode("utf-8"))
+
+
+def split_slots(document: str, placeholders: dict[str, str]) -> list[str | tuple[str, str]]:
+    """`document` cut at each placeholder into literal text and (field, "attr"|"text") slots."""
+    by_token = {token: name for name, token in placeholders.items()}
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(by_token, key=len, reverse=True)))
+    parts: list[str | tuple[str, str]] = []
+    last = 0
+    for match in pattern.finditer(document):
+        parts.append(document[last : match.start()])
+        # Inside a tag when the last "<" before it comes after the last ">" (lxml escapes ">"
+        # inside attribute values, so a ">" there always closes a tag).
+        in_tag = document.rfind("<", 0, match.start()) > document.rfind(">", 0, match.start())
+        parts.append((by_token[match.group()], "attr" if in_tag else "text"))
+        last = match.end()
+    parts.append(document[last:])
+    return parts
+
+
+def _escape_text(value: str) -> str:
+    # What lxml's HTML serializer writes for text nodes: only &, < and > become entities.
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_attr(value: str) -> str:
+    return _escape_text(value).replace('"', "&quot;")
+
+
+def render_issue(session: Session, settings: Settings, issue: Issue) -> RenderedIssue:
+    """Render `issue` once, with placeholders, shaped to fit the size budget."""
+    return render_view(settings, issue_view(session, settings, issue))
+
+
+def render_personal(
+    session: Session, settings: Settings, issue: Issue, recipient: Recipient
+) -> tuple[str, str]:
+    """The slow path: a full Jinja2 + premailer render for one subscriber (tests, benchmarks)."""
+    view = issue_view(session, settings, issue)
+    return render_view_for(settings, view, recipient, render_view(settings, view).shape)
+
+
+def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
+    """The issue as a web page for the archive and "view in browser": no name, email or token."""
+    view = issue_view(session, settings, issue)
+    context = _context(settings, view, full_shape(settings, view), {f: "" for f in FIELDS})
+    return _inline(_fill(settings, "web.html", context))
+
+
+def sample_recipient(settings: Settings, secret: str) -> Recipient:
+    """A made-up subscriber for previews and lint: a name with non-ASCII, a real token format."""
+    return Recipient("Zoë Sample", "reader@example.org", unsubscribe_url(settings, secret, 0))
+
+
+def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
+    """The issue's essays and related links, read from the database once."""
+    essays = issue_essays(session, issue)
+    if not essays:
+        raise RenderError(f"issue {issue.key} carries no essays")
+    related = related_for_issue(session, essays, settings.digest.related_per_essay)
+    links = tuple(
+        tuple(Link(clean(r.title), essay_url(settings, r)) for r in related.get(e.id or 0, []))
+        for e in essays
+    )
+    return IssueView(
+        key=issue.key,
+        subject=issue.subject,
+        preheader=issue.preheader,
+        webview_url=webview_url(settings, issue),
+        essays=tuple(essays),
+        related=links,
+    )
+
+
+def render_view(settings: Settings, view: IssueView) -> RenderedIssue:
+    """The placeholder render of the largest shape that fits SIZE_BUDGET (binary search)."""
+    placeholders = make_placeholders(settings, view)
+    shapes = list(candidate_shapes(settings, view))
+    cache: dict[int, RenderedIssue] = {}
+
+    def attempt(i: int) -> RenderedIssue:
+        if i not in cache:
+            cache[i] = _render_shape(settings, view, shapes[i], placeholders)
+        return cache[i]
+
+    if attempt(0).size <= SIZE_BUDGET:
+        return attempt(0)
+    low, high = 1, len(shapes) - 1  # sizes fall along `shapes`: find the first that fits
+    if attempt(high).size > SIZE_BUDGET:
+        raise RenderError(
+            f"issue {view.key} does not fit in {SIZE_BUDGET // 1024} KB even with one essay "
+            f"shown: shorten the titles or the templates"
+        )
+    while low < high:
+        middle = (low + high) // 2
+        if attempt(middle).size <= SIZE_BUDGET:
+            high = middle
+        else:
+            low = middle + 1
+    return attempt(low)
+
+
+def render_view_for(
+    settings: Settings, view: IssueView, recipient: Recipient, shape: Shape | None = None
+) -> tuple[str, str]:
+    """A full render of one subscriber's copy, with real values instead of placeholders."""
+    context = _context(settings, view, shape or full_shape(settings, view), recipient.values())
+    html = _inline(_fill(settings, "digest.html", context))
+    return html, _fill(settings, "digest.txt", context)
+
+
+def _render_shape(
+    settings: Settings, view: IssueView, shape: Shape, placeholders: dict[str, str]
+) -> RenderedIssue:
+    variants = {}
+    for named in (True, False):
+        values = dict(placeholders, name=placeholders["name"] if named else "")
+        context = _context(settings, view, shape, values)
+        html = _inline(_fill(settings, "digest.html", context))
+        variants[named] = (html, _fill(settings, "digest.txt", context))
+    return RenderedIssue(
+        subject=view.subject,
+        preheader=view.preheader,
+        html=variants[True][0],
+        text=variants[True][1],
+        html_unnamed=variants[False][0],
+        text_unnamed=variants[False][1],
+        placeholders=placeholders,
+        shape=shape,
+    )
+
+
+def make_placeholders(settings: Settings, view: IssueView) -> dict[str, str]:
+    """Tokens no essay text contains (letters only, so neither escaping nor inlining touches them)."""
+    corpus = "\n".join(
+        [view.subject, view.preheader, repr(settings.newsletter), settings.web.base_url]
+        + [f"{e.title}\n{e.dek}\n{e.body}" for e in view.essays]
+        + [link.title for links in view.related for link in links]
+    )
+    prefix = "XnlslotX"
+    while prefix in corpus:
+        prefix += "Q"
+    return {name: f"{prefix}{name.replace('_', '').upper()}X" for name in FIELDS}
+
+
+def full_shape(settings: Settings, view: IssueView) -> Shape:
+    n = len(view.essays)
+    return Shape(settings.digest.excerpt_length, settings.digest.related_per_essay, n, 0)
+
+
+def candidate_shapes(settings: Settings, view: IssueView) -> Iterator[Shape]:
+    """Shapes from the fullest to the leanest; each smaller than the one before."""
+    shape = full_shape(settings, view)
+    yield shape
+    for length in (300, 200, 120):
+        if length < shape.excerpt_length:
+            shape = replace(shape, excerpt_length=length)
+            yield shape
+    for related in range(min(shape.related, 2), -1, -1):
+        shape = replace(shape, related=related)
+        yield shape
+    n = len(view.essays)
+    for full in range(n - 1, 0, -1):  # later essays become title links
+        yield replace(shape, full=full, listed=n - full)
+    for listed in range(n - 2, -1, -1):  # then fewer title links, the rest counted and linked
+        yield replace(shape, full=1, listed=listed)
+
+
+def _context(settings: Settings, view: IssueView, shape: Shape, values: dict[str, str]) -> dict[str, Any]:
+    n = len(view.essays)
+    shown = [
+        EssayView(
+            title=clean(essay.title),
+            url=essay_url(settings, essay),
+            date=format_date(essay.published_on),
+            excerpt=excerpt(essay, shape.excerpt_length),
+            related=view.related[i][: shape.related],
+        )
+        for i, essay in enumerate(view.essays[: shape.full])
+    ]
+    also = [
+        Link(clean(e.title), essay_url(settings, e))
+        for e in view.essays[shape.full : shape.full + shape.listed]
+    ]
+    return {
+        "newsletter": settings.newsletter,
+        "issue": {"key": view.key, "subject": view.subject, "preheader": view.preheader},
+        "essays": shown,
+        "also": also,
+        "omitted": n - len(shown) - len(also),
+        "webview_url": view.webview_url,
+        "recipient": values,
+        "preheader_filler": PREHEADER_FILLER,
+    }
+
+
+def format_date(day: date | None) -> str:
+    """"19 July 2025": the same in every locale and process."""
+    return f"{day.day} {MONTHS[day.month - 1]} {day.year}" if day else ""
+
+
+def _inline(html: str) -> str:
+    try:
+        return str(_INLINER.transform(html, pretty_print=True))
+    except Exception as exc:  # premailer/lxml/cssutils raise many types; the user needs one
+        raise RenderError(f"cannot inline the digest's CSS: {exc}") from exc
+
+
+def _fill(settings: Settings, name: str, context: dict[str, Any]) -> str:
+    """Render one template; any template problem becomes a RenderError naming file and line."""
+    environment = _environment(tuple(d / "email" for d in settings.template_dirs()))
+    try:
+        return environment.get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        folders = ", ".join(str(d / "email") for d in settings.template_dirs())
+        raise RenderError(f"template {exc.name} not found in {folders}") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{_where(exc, name)}: {exc}") from None
+
+
+def _where(exc: BaseException, name: str) -> str:
+    """file:line in the template where rendering failed (Jinja2 rewrites tracebacks to them)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.endswith(".py")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else name
+
+
+@lru_cache(maxsize=8)
+def _environment(folders: Sequence[Path]) -> jinja2.Environment:
+    """Autoescape for .html only (the text part is not HTML); StrictUndefined fails loudly."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(f) for f in folders]),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
