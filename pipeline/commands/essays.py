@@ -75,9 +75,9 @@ def _print_report(app: App, report: ImportReport) -> None:
     for slug in report.updated:
         app.console.print(f"[yellow]updated[/]   {slug}")
     for warning in report.warnings:
-        app.err.print(f"[yellow]Warning:[/] {escape(warning)}")
+        app.err.print(f"[yellow]Warning:[/] {escape(warning)}", soft_wrap=True)
     for failure in report.failed:
-        app.err.print(f"[red]Failed:[/] {escape(str(failure))}")
+        app.err.print(f"[red]Failed:[/] {escape(str(failure))}", soft_wrap=True)
     app.console.print(("[bold]" if report.ok else "[bold red]") + counts + "[/]")
 
 

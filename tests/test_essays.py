@@ -1,0 +1,249 @@
+"""Importing essay files into the database, and the `essays` commands, on real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.essays import MAX_BYTES, ImportReport, import_paths
+from pipeline.models import Essay, Issue
+
+EXAMPLES = PROJECT_ROOT / "examples" / "essays"
+
+ESSAY_MD = """---
+title: Proofing in the cellar
+date: 2026-10-01
+dek: The cellar stays at twelve degrees all year.
+---
+The cellar is the best proofing room in the house. Nobody believes it until they taste the loaf.
+
+## Why cold helps
+
+Slow yeast, busy bacteria.
+"""
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A copy of the sample essays that a test may edit."""
+    return Path(shutil.copytree(EXAMPLES, tmp_path / "essays"))
+
+
+def essays(engine: Engine) -> dict[str, Essay]:
+    with Session(engine) as session:
+        return {e.slug: e for e in session.exec(select(Essay)).all()}
+
+
+def failed_files(report: ImportReport) -> dict[str, str]:
+    return {f.path.name: f.reason for f in report.failed}
+
+
+def test_imports_every_sample_essay_in_both_formats(engine: Engine, examples: Path) -> None:
+    report = import_paths(engine, [examples])
+    assert report.ok and report.warnings == []
+    files = sorted(p.stem for p in examples.iterdir())
+    assert sorted(report.added) == files
+    stored = essays(engine)
+    assert sorted(stored) == files
+    scraped = stored["the-long-way-to-the-bakery"]
+    assert scraped.title == "The long way to the bakery"
+    assert scraped.published_on.isoformat() == "2026-10-12"
+    assert [b["text"] for b in scraped.body if b["kind"] == "h"] == ["Arriving hungry is part of it"]
+    assert [r["date"] for r in scraped.source_related] == ["2026-09-14", "2026-11-02"]
+    assert stored["stairs-as-shortcuts"].tags == ["walking", "city", "maps"]
+    assert len({e.published_on for e in stored.values()}) == len(stored), "distinct dates"
+
+
+def test_reimporting_unchanged_files_changes_nothing(engine: Engine, examples: Path) -> None:
+    import_paths(engine, [examples])
+    before = {slug: (e.content_hash, e.updated_at, e.id) for slug, e in essays(engine).items()}
+    report = import_paths(engine, [examples])
+    assert (report.added, report.updated, len(report.unchanged)) == ([], [], len(before))
+    after = {slug: (e.content_hash, e.updated_at, e.id) for slug, e in essays(engine).items()}
+    assert after == before
+
+
+def test_an_edited_file_updates_the_same_essay_and_stays_sent(engine: Engine, examples: Path) -> None:
+    import_paths(engine, [examples])
+    with Session(engine) as session:
+        issue = Issue(key="manual-test", subject="x")
+        session.add(issue)
+        session.flush()
+        essay = session.exec(select(Essay).where(Essay.slug == "walking-the-canal-at-dawn")).one()
+        essay.sent_in_issue_id = issue.id
+        session.add(essay)
+        session.commit()
+        issue_id, essay_id = issue.id, essay.id
+
+    path = examples / "walking-the-canal-at-dawn.md"
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("title: Walking the canal at dawn", "title: The canal at dawn"),
+        encoding="utf-8",
+    )
+    report = import_paths(engine, [examples])
+    assert report.updated == ["walking-the-canal-at-dawn"]
+    assert any("sent already" in w for w in report.warnings)
+    stored = essays(engine)
+    assert len(stored) == 10
+    edited = stored["walking-the-canal-at-dawn"]
+    assert (edited.id, edited.title, edited.sent_in_issue_id) == (essay_id, "The canal at dawn", issue_id)
+
+
+def test_front_matter_slug_keeps_the_essay_when_the_file_is_renamed(engine: Engine, examples: Path) -> None:
+    import_paths(engine, [examples])
+    (examples / "stairs-as-shortcuts.md").rename(examples / "2026-11-02-stairs.md")
+    report = import_paths(engine, [examples / "2026-11-02-stairs.md"])
+    assert report.updated == ["stairs-as-shortcuts"]  # the path changed; the essay is the same
+    assert any("came from" in w for w in report.warnings)
+    assert len(essays(engine)) == 10
+
+
+def bad_files(folder: Path) -> None:
+    (folder / "empty.md").write_text("", encoding="utf-8")
+    (folder / "blank.txt").write_text("  \n\n \t\n", encoding="utf-8")
+    (folder / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "latin.txt").write_bytes("A title\nCaf\xe9 au lait, cr\xe8me.\n".encode("latin-1"))
+    (folder / "huge.txt").write_bytes(b"word " * (MAX_BYTES // 5 + 1))
+    (folder / "broken.md").write_text("---\ntitle: T\nsummary: a: b\n---\nBody.\n", encoding="utf-8")
+    (folder / "header-only.md").write_text("---\ntitle: Nothing else\n---\n", encoding="utf-8")
+
+
+def test_each_bad_file_is_named_and_the_others_still_import(engine: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.md").write_text(ESSAY_MD, encoding="utf-8")
+    bad_files(folder)
+    (folder / "notes.html").write_text("<p>Not an essay format</p>", encoding="utf-8")
+    report = import_paths(engine, [folder, tmp_path / "missing.md", folder / "notes.html"])
+    reasons = failed_files(report)
+    assert reasons.keys() == {
+        "empty.md", "blank.txt", "image.md", "latin.txt", "huge.txt", "broken.md",
+        "header-only.md", "missing.md", "notes.html",
+    }
+    assert reasons["empty.md"] == reasons["blank.txt"] == "empty file"
+    assert "binary" in reasons["image.md"]
+    assert "not UTF-8" in reasons["latin.txt"] and "line 2" in reasons["latin.txt"]
+    assert "too large" in reasons["huge.txt"]
+    assert "front matter line 3: mapping values" in reasons["broken.md"]
+    assert "no essay text" in reasons["header-only.md"]
+    assert "no such file" in reasons["missing.md"]
+    assert "not an essay file" in reasons["notes.html"]
+    assert all(str(folder) in str(f) or str(tmp_path) in str(f) for f in report.failed)
+    assert report.added == ["good"]
+    assert list(essays(engine)) == ["good"]
+
+
+def test_utf8_with_bom_and_utf16_are_read(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "bom.md").write_bytes(b"\xef\xbb\xbf" + ESSAY_MD.encode("utf-8"))
+    (tmp_path / "wide.md").write_bytes(ESSAY_MD.replace("Proofing", "Café proofing").encode("utf-16"))
+    report = import_paths(engine, [tmp_path])
+    assert report.ok, report.failed
+    stored = essays(engine)
+    assert stored["bom"].title == "Proofing in the cellar"
+    assert stored["wide"].title == "Café proofing in the cellar"
+
+
+def test_a_file_the_database_refuses_leaves_nothing_and_the_rest_import(engine: Engine, tmp_path: Path) -> None:
+    # A real refusal from SQLite itself, not a stand-in: a trigger aborts one slug's insert.
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON essay WHEN NEW.slug = 'b-refused' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+            )
+        )
+    for name in ("a-first", "b-refused", "c-last"):
+        (tmp_path / f"{name}.md").write_text(ESSAY_MD, encoding="utf-8")
+    report = import_paths(engine, [tmp_path])
+    assert failed_files(report) == {"b-refused.md": "the database refused it: refused by trigger"}
+    assert sorted(essays(engine)) == ["a-first", "c-last"]
+
+
+def test_two_files_with_one_slug_in_one_import(engine: Engine, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.md").write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: cellar\ntitle"))
+    report = import_paths(engine, [tmp_path])
+    assert report.added == ["cellar"]
+    assert "already taken by" in failed_files(report)["two.md"]
+
+
+def test_files_named_twice_hidden_files_and_progress(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "essay.md").write_text(ESSAY_MD, encoding="utf-8")
+    (tmp_path / ".draft.md").write_text(ESSAY_MD, encoding="utf-8")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.md").write_text(ESSAY_MD, encoding="utf-8")
+    seen: list[tuple[int, int, str]] = []
+    report = import_paths(engine, [tmp_path, tmp_path / "essay.md"], progress=lambda d, t, p: seen.append((d, t, p.name)))
+    assert report.added == ["essay"]
+    assert seen == [(1, 1, "essay.md")]
+
+
+def test_import_and_reimport_on_sqlite_and_postgresql(any_engine: Engine, examples: Path) -> None:
+    first = import_paths(any_engine, [examples])
+    assert len(first.added) == 10 and first.ok
+    path = examples / "crust-and-the-oven-spring.md"
+    path.write_text(path.read_text(encoding="utf-8") + "\nA new closing line.\n", encoding="utf-8")
+    second = import_paths(any_engine, [examples])
+    assert (second.added, second.updated, len(second.unchanged)) == ([], ["crust-and-the-oven-spring"], 9)
+    assert essays(any_engine)["crust-and-the-oven-spring"].body[-1]["text"] == "A new closing line."
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+def test_cli_import_list_show(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("COLUMNS", "200")
+    result = run_cli("essays", "import", str(EXAMPLES))
+    assert result.exit_code == 0, result.output
+    assert "10 added, 0 updated, 0 unchanged, 0 failed" in result.output
+    again = run_cli("essays", "import", str(EXAMPLES))
+    assert "0 added, 0 updated, 10 unchanged, 0 failed" in again.output
+
+    listing = run_cli("essays", "list")
+    assert listing.exit_code == 0
+    assert "reading-contour-lines" in listing.output and "Reading contour lines on a Sunday" in listing.output
+    assert "10 essays, 10 not sent yet" in listing.output
+    rows = json.loads(run_cli("essays", "list", "--json").output)
+    assert [r["slug"] for r in rows][:2] == ["reading-contour-lines", "stairs-as-shortcuts"]  # newest first
+    assert set(rows[0]) == {"slug", "title", "date", "sent"}
+    assert rows[0]["date"] == "2026-11-09" and rows[0]["sent"] is None
+
+    shown = run_cli("essays", "show", "why-i-weigh-the-water")
+    assert shown.exit_code == 0
+    for expected in ("Why I weigh the water", "2026-10-05", "Small changes you can trust", "Related on the source page (2)"):
+        assert expected in shown.output
+    info = json.loads(run_cli("essays", "show", "why-i-weigh-the-water", "--json").output)
+    assert info["headings"] == ["Small changes you can trust"]
+    assert info["excerpt"] == info["dek"]
+    assert 250 < info["word_count"] < 450
+    assert info["related"][0]["date"] == "2026-09-07"
+
+
+def test_cli_import_with_a_bad_file_exits_1_and_imports_the_rest(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "good.md").write_text(ESSAY_MD, encoding="utf-8")
+    (tmp_path / "bad.md").write_bytes(b"\x00\x01binary")
+    result = run_cli("essays", "import", str(tmp_path))
+    assert result.exit_code == 1
+    assert "bad.md: binary file" in result.stderr
+    assert "1 added, 0 updated, 0 unchanged, 1 failed" in result.stdout
+    report = json.loads(run_cli("essays", "import", str(tmp_path), "--json").stdout)
+    assert report["unchanged"] == ["good"] and report["failed"][0]["file"].endswith("bad.md")
+
+
+def test_cli_show_unknown_slug(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("essays", "show", "no-such-essay")
+    assert result.exit_code == 1
+    assert "no essay with slug 'no-such-essay'" in result.output
+
+
+def test_cli_list_when_empty(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("essays", "list")
+    assert result.exit_code == 0 and "No essays yet" in result.output
+    assert json.loads(run_cli("essays", "list", "--json").output) == []
