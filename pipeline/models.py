@@ -55,6 +55,9 @@ class Issue(SQLModel, table=True):
     # template edited mid-send cannot make two subscribers get different issues.
     html_template: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     text_template: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The rest of that frozen render: {"html_unnamed", "text_unnamed", "placeholders"} (the
+    # greeting differs for subscribers without a name, so there are two variants).
+    frozen_render: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -1,0 +1,209 @@
+"""Hand finished message bytes to the world: an SMTP relay, an outbox folder, or memory (tests).
+
+A transport has one method, `send(mail_from, to, raw)`, and `close()`. It raises
+TransientDeliveryError (try later: 4xx, and 552 which servers use for "mailbox full"),
+PermanentDeliveryError (other 5xx: this recipient, for good) or TransportUnavailable (no
+connection or no login: the run pauses rather than failing every recipient). smtplib enters the
+project only here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.config import DeliverySettings, Settings
+from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
+
+
+class Transport(Protocol):
+    """Sends one message to one recipient; raises a DeliveryError subclass when it cannot."""
+
+    def send(self, mail_from: str, to: str, raw: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_transport(settings: Settings) -> Transport:
+    """The transport config.toml asks for: "smtp" or "outbox" (the embedded default)."""
+    if settings.delivery.transport == "smtp":
+        return SMTPTransport(settings.delivery)
+    return OutboxTransport(settings.delivery.outbox_dir)
+
+
+def classify(code: int, message: bytes | str, where: str) -> TransientDeliveryError | PermanentDeliveryError:
+    """The error an SMTP reply means: 4xx and 552 try again later, other 5xx never."""
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    detail = f"{where}: {code} {' '.join(text.split())}"
+    if 400 <= code < 500 or code == 552:
+        return TransientDeliveryError(detail, code)
+    return PermanentDeliveryError(detail, code)
+
+
+class SMTPTransport:
+    """One reused SMTP connection (STARTTLS, implicit TLS or plain), reconnected when it drops."""
+
+    def __init__(self, delivery: DeliverySettings) -> None:
+        self.delivery = delivery
+        self._smtp: smtplib.SMTP | None = None
+        self.connections = 0  # how many times it connected (tests, and the summary)
+
+    def send(self, mail_from: str, to: str, raw: bytes) -> None:
+        reused = self._smtp is not None
+        smtp = self._connection()
+        try:
+            code, reply = smtp.mail(mail_from)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            # An idle connection the server closed: nothing was sent yet, so reconnect once.
+            self._drop()
+            if not reused:
+                raise TransportUnavailable(f"{self._where()}: the server closed the connection") from None
+            smtp = self._connection()
+            code, reply = self._guard(smtp.mail, mail_from)
+        self._check(smtp, code, reply, "MAIL FROM", (250,))
+        code, reply = self._guard(smtp.rcpt, to)
+        self._check(smtp, code, reply, "RCPT TO", (250, 251))
+        try:
+            code, reply = smtp.data(raw)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
+            self._check(smtp, exc.smtp_code, exc.smtp_error, "DATA", (354,))
+            raise
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
+        self._check(smtp, code, reply, "end of DATA", (250,))
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            self._drop()
+
+    def _guard(self, step: object, arg: str) -> tuple[int, bytes]:
+        try:
+            return step(arg)  # type: ignore[operator,no-any-return]
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
+
+    def _check(self, smtp: smtplib.SMTP, code: int, reply: bytes, step: str, ok: tuple[int, ...]) -> None:
+        if code in ok:
+            return
+        if code == 421 or code == -1:
+            self._drop()  # 421: the server is closing this connection; the next send reconnects
+        else:
+            try:
+                smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
+        if code == -1:
+            raise TransientDeliveryError(f"{self._where()}: {step}: connection lost")
+        raise classify(code, reply, f"{self._where()} {step}")
+
+    def _where(self) -> str:
+        return f"{self.delivery.smtp_host}:{self.delivery.smtp_port}"
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            except OSError:
+                pass
+        self._smtp = None
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is not None:
+            return self._smtp
+        d = self.delivery
+        context = ssl.create_default_context()
+        try:
+            if d.smtp_tls == "tls":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(d.smtp_host, d.smtp_port, timeout=d.smtp_timeout,
+                                                      context=context)
+            else:
+                smtp = smtplib.SMTP(d.smtp_host, d.smtp_port, timeout=d.smtp_timeout)
+            smtp.ehlo()
+            if d.smtp_tls == "starttls":
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if d.smtp_username:
+                smtp.login(d.smtp_username, d.smtp_password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TransportUnavailable(
+                f"{self._where()}: login as {d.smtp_username!r} refused ({exc.smtp_code}); check "
+                f"delivery.smtp_username and $NEWSLETTER_SMTP_PASSWORD") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise TransportUnavailable(f"{self._where()}: {exc} (see delivery.smtp_tls)") from None
+        except (smtplib.SMTPException, ssl.SSLError, socket.timeout, OSError) as exc:
+            raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
+        self._smtp = smtp
+        self.connections += 1
+        return smtp
+
+
+class OutboxTransport:
+    """Writes each message as a .eml file into a folder: the default, no mail server needed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def send(self, mail_from: str, to: str, raw: bytes) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransportUnavailable(f"cannot create the outbox folder {self.folder}: {exc.strerror}") from None
+        message_id = re.search(rb"^Message-ID: <([^>]*)>", raw, re.M)
+        stem = _UNSAFE_NAME.sub("_", message_id.group(1).decode("ascii") if message_id else to)
+        path = self.folder / f"{stem}.eml"
+        with self._lock:
+            self._count += 1
+            temporary = self.folder / f".{stem}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            # Written aside and renamed: a reader (or a crash) never sees half a message.
+            with open(temporary, "wb") as handle:
+                handle.write(raw)
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise TransportUnavailable(f"cannot write {path}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Sent:
+    mail_from: str
+    to: str
+    raw: bytes
+
+
+@dataclass
+class MemoryTransport:
+    """Keeps messages in a list; `fail` maps an address to errors to raise, one per attempt."""
+
+    sent: list[Sent] = field(default_factory=list)
+    fail: dict[str, list[Exception]] = field(default_factory=dict)
+    closed: bool = False
+
+    def send(self, mail_from: str, to: str, raw: bytes) -> None:
+        errors = self.fail.get(to)
+        if errors:
+            raise errors.pop(0)
+        self.sent.append(Sent(mail_from, to, raw))
+
+    def close(self) -> None:
+        self.closed = True
