@@ -4,8 +4,9 @@
     ├── InvalidEmail       an address that is not valid (the message says why)
     ├── ConsentError       an action the consent rules forbid (e.g. re-activating an opt-out)
     ├── UnknownSubscriber  no subscriber with that address or id
-    └── BadToken           a token that is forged, altered, for another purpose, or expired
-        └── ExpiredToken   a genuine token past its age limit
+    ├── BadToken           a token that is forged, altered, for another purpose, or expired
+    │   └── ExpiredToken   a genuine token past its age limit
+    └── UnreadableFile     a CSV file that cannot be read (wrong columns, not text); names it
 """
 
 from __future__ import annotations
@@ -33,3 +34,7 @@ class BadToken(SubscriberError):
 
 class ExpiredToken(BadToken):
     """A genuine token past its age limit."""
+
+
+class UnreadableFile(SubscriberError):
+    """A CSV file that cannot be read as a list of subscribers; the message names file and why."""
