@@ -4,10 +4,12 @@ Rules, for each essay of an issue, up to `limit` links:
 1. Source hints: the summaries the essay's source page listed as related (Essay.source_related)
    are matched fuzzily against other essays' dek (or opening excerpt); a match above
    HINT_THRESHOLD is taken, in the order the page listed them.
-2. Then text similarity: TF-IDF over title (counted twice), dek and body, cosine similarity.
-   Candidates below MIN_SIMILARITY are never linked (no link is better than a random one).
-   Essays that already have a page (their own URL, or sent in an issue) come before those that
-   do not, then the most similar first, ties broken by slug: the same archive gives the same links.
+2. Then text similarity: TF-IDF over word stems of title (counted twice), dek and the body's
+   opening, compared by cosine similarity after centring (see `centred_cosine`): essays closer
+   than the archive's average first, then the rest that share words at all. Candidates below
+   MIN_SIMILARITY are never linked (no link is better than a random one). Within those groups,
+   essays that already have a page (their own URL, or sent in an issue) come first, then the
+   most similar, ties broken by slug: the same archive gives the same links.
 Never the essay itself, never another essay of the same issue, never the same essay twice.
 """
 
@@ -17,15 +19,26 @@ import re
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 
-from sklearn.feature_extraction.text import TfidfVectorizer
+import numpy as np
+from sklearn.feature_extraction.text import (
+    ENGLISH_STOP_WORDS,
+    TfidfVectorizer,
+    strip_accents_unicode,
+)
 from sqlmodel import Session, col, select
 
 from pipeline.excerpt import excerpt
 from pipeline.models import Essay
 
 HINT_THRESHOLD = 0.8  # SequenceMatcher ratio of a source summary and an essay's dek
-MIN_SIMILARITY = 0.05  # cosine similarity below which two essays share only common words
+MIN_SIMILARITY = 0.05  # cosine below which two essays share only common words
+BODY_CHARS = 2500  # of the body, for similarity
 _WORDS = re.compile(r"[^\w]+")
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+_SUFFIXES = tuple(
+    (suffix, "y" if suffix in ("ies", "ied", "ily") else "")
+    for suffix in "fully ingly ations ation ments ment ness ities ity ings ing ers er ies ied ily ly ed es s".split()
+)
 
 
 def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> dict[int, list[Essay]]:
@@ -48,9 +61,7 @@ class RelatedIndex:
         documents = [document_text(e) for e in self.archive]
         self.matrix = None
         if len(self.archive) > 1 and any(d.strip() for d in documents):
-            vectorizer = TfidfVectorizer(
-                stop_words="english", sublinear_tf=True, strip_accents="unicode"
-            )
+            vectorizer = TfidfVectorizer(analyzer=stems, sublinear_tf=True)
             try:
                 self.matrix = vectorizer.fit_transform(documents)
             except ValueError:  # only stop words everywhere: no vocabulary, no similarity
@@ -94,17 +105,41 @@ class RelatedIndex:
         return found
 
     def similar(self, essay: Essay) -> list[Essay]:
-        """Other essays at or above MIN_SIMILARITY: with a page first, then most similar, then slug."""
+        """Other essays by similarity: first those closer than the archive's average (centred
+        cosine > 0), then those sharing words at all (plain cosine >= MIN_SIMILARITY); within
+        each, essays with a page first, then the most similar, then by slug."""
         row = self.position.get(essay.id)
         if self.matrix is None or row is None:
             return []
-        scores = (self.matrix @ self.matrix[row].T).toarray().ravel()  # rows are L2-normalised
-        ranked = [
-            (not has_page(self.archive[i]), -round(float(score), 9), self.archive[i].slug, i)
-            for i, score in enumerate(scores)
-            if i != row and score >= MIN_SIMILARITY
-        ]
+        centred = self.centred_cosine(row)
+        plain = (self.matrix @ self.matrix[row].T).toarray().ravel()  # rows are L2-normalised
+        ranked = []
+        for i in range(len(self.archive)):
+            if i == row or plain[i] < MIN_SIMILARITY:
+                continue
+            tier, score = (0, centred[i]) if centred[i] > 0 else (1, plain[i])
+            ranked.append((tier, not has_page(self.archive[i]), -round(float(score), 9),
+                           self.archive[i].slug, i))
         return [self.archive[i] for *_, i in sorted(ranked)]
+
+    def centred_cosine(self, row: int) -> np.ndarray:
+        """Cosine similarity of the rows after subtracting the archive's mean vector.
+
+        Centring removes what every essay shares (on a film-heavy archive, "film-ness"), so an
+        essay on travel is not pulled towards the crowd just because the crowd is big (hub
+        reduction; Suzuki et al. 2013). Computed on the sparse matrix, never densified:
+        (a-m).(b-m) = a.b - a.m - b.m + m.m.
+        """
+        matrix = self.matrix
+        assert matrix is not None
+        mean = np.asarray(matrix.mean(axis=0)).ravel()
+        dot_mean = matrix @ mean  # a.m for every row
+        dots = (matrix @ matrix[row].T).toarray().ravel()
+        mean_sq = float(mean @ mean)
+        norms_sq = np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel() - 2 * dot_mean + mean_sq
+        norms = np.sqrt(np.clip(norms_sq, 1e-12, None))
+        centred = dots - dot_mean - dot_mean[row] + mean_sq
+        return centred / (norms * norms[row])
 
 
 def has_page(essay: Essay) -> bool:
@@ -115,7 +150,23 @@ def has_page(essay: Essay) -> bool:
 def document_text(essay: Essay) -> str:
     """What similarity looks at: the title twice (it says most per word), the dek, the body."""
     body = " ".join(block.get("text", "") for block in essay.body or [])
-    return f"{essay.title}\n{essay.title}\n{essay.dek}\n{body}"
+    # Only the opening: an essay says what it is about early, and a long essay's tail would
+    # otherwise match everything a little (many small overlaps beat one strong one).
+    return f"{essay.title}\n{essay.title}\n{essay.dek}\n{body[:BODY_CHARS]}"
+
+
+def stems(text: str) -> list[str]:
+    """Lower-case word stems without stop words: "travelers" and "traveling" both count as "travel"."""
+    words = (w for w in _TOKEN.findall(strip_accents_unicode(text.lower())) if w not in ENGLISH_STOP_WORDS)
+    return [stem(w) for w in words if not w.isdigit()]
+
+
+def stem(word: str) -> str:
+    """A crude suffix stripper (English): enough to join a word's common forms, never below 4 letters."""
+    for suffix, replacement in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)] + replacement
+    return word
 
 
 def _normalise(text: str) -> str:
