@@ -104,6 +104,7 @@ def list_command(app: App, as_json: bool) -> None:
         app.console.print("No essays yet. Import some: newsletter essays import examples/essays")
         return
     table = Table("slug", "title", "date", "sent")
+    table.columns[0].overflow = "fold"  # a slug is typed back in `essays show`: never cut it
     for row in rows:
         table.add_row(
             escape(row["slug"]),
@@ -155,7 +156,7 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
     if info["related"]:
         out.print(f"\n[bold]Related on the source page[/] ({len(info['related'])})")
         for item in info["related"]:
-            out.print(f"  • {escape(item['summary'])} [dim]{item['date'] or ''}[/]")
+            out.print(f"  • [dim]{item['date'] or 'no date':10}[/]  {escape(item['summary'])}")
 
 
 commands = [group]
