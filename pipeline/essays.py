@@ -89,7 +89,7 @@ def import_paths(
             draft = read_essay(path)
             slug = slug_for(draft, path)
             if slug in taken:
-                raise ImportProblem(f"slug {slug!r} is already taken by {taken[slug]} in this import")
+                raise ImportProblem(f"slug {slug!r} is already taken by {taken[slug]} here")
             with session_scope(engine) as session:
                 outcome = store(session, draft, slug, path)
         except ImportProblem as exc:
@@ -124,7 +124,7 @@ def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Pat
         elif not path.exists():
             report.failed.append(Failure(path, "no such file or folder"))
         elif path.suffix.lower() not in READERS:
-            report.failed.append(Failure(path, "not an essay file (expected .txt, .md or .markdown)"))
+            report.failed.append(Failure(path, "not an essay file (expected .txt, .md, .markdown)"))
         else:
             files.append(path)
     seen: set[Path] = set()
@@ -206,7 +206,7 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
     else:
         outcome = "updated"
         if essay.source_path and essay.source_path != source_path:
-            draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated it from here")
+            draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
         if essay.sent_in_issue_id is not None:
             draft.warnings.append(f"{slug!r} was sent already; the edit reaches later copies only")
     essay.title = draft.title

@@ -26,6 +26,7 @@ from markdown_it.token import Token
 from pipeline.draft import Draft, clean, title_from_body, to_date
 from pipeline.errors import ImportProblem
 
+DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
 _MD = MarkdownIt("commonmark")
@@ -45,7 +46,7 @@ def parse_markdown(text: str) -> Draft:
     published_on = to_date(date_value)
     draft = Draft(
         title=title,
-        dek=next((_text_field(meta, k) for k in ("dek", "summary", "description") if meta.get(k)), ""),
+        dek=next((_text_field(meta, k) for k in DEK_KEYS if meta.get(k)), ""),
         body=body,
         published_on=published_on,
         slug=_text_field(meta, "slug") or None,

@@ -5,7 +5,8 @@ The page is plain text, one block per line:
     [category]                    short line, only when a date/share line follows the header
     title
     dek                           one or more sentences
-    date line                     "July 19, 2025" | "Published July 22, 2025" | "August 12, 2025 - 3 min Read"
+    date line                     "July 19, 2025" | "Published July 22, 2025"
+                                  | "August 12, 2025 - 3 min Read"
     Published by NAME             or "Published by" with the name on the next line
     share line                    3 to 6 networks in any order: "Facebook X Reddit"
     body paragraphs and headings  with ADVERTISEMENT lines between them

@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 
 
-def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+def walk(
+    command: click.Command, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
         for name, sub in sorted(command.commands.items()):
@@ -41,12 +43,18 @@ def help_text(path: tuple[str, ...]) -> str:
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=ids(COMMANDS))
 def test_every_command_has_an_example(path: tuple[str, ...], command: click.Command) -> None:
-    assert command.help and "Example" in command.help, f"`newsletter {' '.join(path)}` has no Example block"
+    assert (
+        command.help and "Example" in command.help
+    ), f"`newsletter {' '.join(path)}` has no Example block"
     output = help_text(path)
     after = output.split("Example", 1)[1]
-    examples = [line.strip() for line in after.splitlines() if line.strip().startswith("newsletter ")]
+    examples = [
+        line.strip() for line in after.splitlines() if line.strip().startswith("newsletter ")
+    ]
     assert examples, f"no `newsletter ...` line under Example in:\n{output}"
-    assert any(" ".join(path) in line for line in examples), f"the example does not run {' '.join(path)}"
+    assert any(
+        " ".join(path) in line for line in examples
+    ), f"the example does not run {' '.join(path)}"
 
 
 @pytest.mark.parametrize(("path", "command"), GROUPS, ids=ids(GROUPS))
@@ -63,9 +71,13 @@ def test_root_help_lists_every_command_with_a_description() -> None:
         assert len(line.split()) > 1, f"{name} is listed without a description"
 
 
-LISTING = [(p, c) for p, c in COMMANDS if p[-1] in ("list", "show") or p[-1].startswith(("list-", "show-"))]
+LISTING = [
+    (p, c) for p, c in COMMANDS if p[-1] in ("list", "show") or p[-1].startswith(("list-", "show-"))
+]
 
 
 @pytest.mark.parametrize(("path", "command"), LISTING, ids=ids(LISTING))
 def test_list_and_show_commands_take_json(path: tuple[str, ...], command: click.Command) -> None:
-    assert any("--json" in param.opts for param in command.params if isinstance(param, click.Option))
+    assert any(
+        "--json" in param.opts for param in command.params if isinstance(param, click.Option)
+    )

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from pipeline.config import PROJECT_ROOT
 from pipeline.essays import MAX_BYTES, ImportReport, import_paths
 from pipeline.models import Essay, Issue
+from tests.conftest import CLI
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
 
@@ -55,7 +56,9 @@ def test_imports_every_sample_essay_in_both_formats(engine: Engine, examples: Pa
     scraped = stored["the-long-way-to-the-bakery"]
     assert scraped.title == "The long way to the bakery"
     assert scraped.published_on.isoformat() == "2026-10-12"
-    assert [b["text"] for b in scraped.body if b["kind"] == "h"] == ["Arriving hungry is part of it"]
+    assert [b["text"] for b in scraped.body if b["kind"] == "h"] == [
+        "Arriving hungry is part of it"
+    ]
     assert [r["date"] for r in scraped.source_related] == ["2026-09-14", "2026-11-02"]
     assert stored["stairs-as-shortcuts"].tags == ["walking", "city", "maps"]
     assert len({e.published_on for e in stored.values()}) == len(stored), "distinct dates"
@@ -70,7 +73,9 @@ def test_reimporting_unchanged_files_changes_nothing(engine: Engine, examples: P
     assert after == before
 
 
-def test_an_edited_file_updates_the_same_essay_and_stays_sent(engine: Engine, examples: Path) -> None:
+def test_an_edited_file_updates_the_same_essay_and_stays_sent(
+    engine: Engine, examples: Path
+) -> None:
     import_paths(engine, [examples])
     with Session(engine) as session:
         issue = Issue(key="manual-test", subject="x")
@@ -84,7 +89,9 @@ def test_an_edited_file_updates_the_same_essay_and_stays_sent(engine: Engine, ex
 
     path = examples / "walking-the-canal-at-dawn.md"
     path.write_text(
-        path.read_text(encoding="utf-8").replace("title: Walking the canal at dawn", "title: The canal at dawn"),
+        path.read_text(encoding="utf-8").replace(
+            "title: Walking the canal at dawn", "title: The canal at dawn"
+        ),
         encoding="utf-8",
     )
     report = import_paths(engine, [examples])
@@ -93,10 +100,16 @@ def test_an_edited_file_updates_the_same_essay_and_stays_sent(engine: Engine, ex
     stored = essays(engine)
     assert len(stored) == 10
     edited = stored["walking-the-canal-at-dawn"]
-    assert (edited.id, edited.title, edited.sent_in_issue_id) == (essay_id, "The canal at dawn", issue_id)
+    assert (edited.id, edited.title, edited.sent_in_issue_id) == (
+        essay_id,
+        "The canal at dawn",
+        issue_id,
+    )
 
 
-def test_front_matter_slug_keeps_the_essay_when_the_file_is_renamed(engine: Engine, examples: Path) -> None:
+def test_front_matter_slug_keeps_the_essay_when_the_file_is_renamed(
+    engine: Engine, examples: Path
+) -> None:
     import_paths(engine, [examples])
     (examples / "stairs-as-shortcuts.md").rename(examples / "2026-11-02-stairs.md")
     report = import_paths(engine, [examples / "2026-11-02-stairs.md"])
@@ -111,7 +124,9 @@ def bad_files(folder: Path) -> None:
     (folder / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     (folder / "latin.txt").write_bytes("A title\nCaf\xe9 au lait, cr\xe8me.\n".encode("latin-1"))
     (folder / "huge.txt").write_bytes(b"word " * (MAX_BYTES // 5 + 1))
-    (folder / "broken.md").write_text("---\ntitle: T\nsummary: a: b\n---\nBody.\n", encoding="utf-8")
+    (folder / "broken.md").write_text(
+        "---\ntitle: T\nsummary: a: b\n---\nBody.\n", encoding="utf-8"
+    )
     (folder / "header-only.md").write_text("---\ntitle: Nothing else\n---\n", encoding="utf-8")
 
 
@@ -124,8 +139,15 @@ def test_each_bad_file_is_named_and_the_others_still_import(engine: Engine, tmp_
     report = import_paths(engine, [folder, tmp_path / "missing.md", folder / "notes.html"])
     reasons = failed_files(report)
     assert reasons.keys() == {
-        "empty.md", "blank.txt", "image.md", "latin.txt", "huge.txt", "broken.md",
-        "header-only.md", "missing.md", "notes.html",
+        "empty.md",
+        "blank.txt",
+        "image.md",
+        "latin.txt",
+        "huge.txt",
+        "broken.md",
+        "header-only.md",
+        "missing.md",
+        "notes.html",
     }
     assert reasons["empty.md"] == reasons["blank.txt"] == "empty file"
     assert "binary" in reasons["image.md"]
@@ -142,7 +164,9 @@ def test_each_bad_file_is_named_and_the_others_still_import(engine: Engine, tmp_
 
 def test_utf8_with_bom_and_utf16_are_read(engine: Engine, tmp_path: Path) -> None:
     (tmp_path / "bom.md").write_bytes(b"\xef\xbb\xbf" + ESSAY_MD.encode("utf-8"))
-    (tmp_path / "wide.md").write_bytes(ESSAY_MD.replace("Proofing", "Café proofing").encode("utf-16"))
+    (tmp_path / "wide.md").write_bytes(
+        ESSAY_MD.replace("Proofing", "Café proofing").encode("utf-16")
+    )
     report = import_paths(engine, [tmp_path])
     assert report.ok, report.failed
     stored = essays(engine)
@@ -150,7 +174,9 @@ def test_utf8_with_bom_and_utf16_are_read(engine: Engine, tmp_path: Path) -> Non
     assert stored["wide"].title == "Café proofing in the cellar"
 
 
-def test_a_file_the_database_refuses_leaves_nothing_and_the_rest_import(engine: Engine, tmp_path: Path) -> None:
+def test_a_file_the_database_refuses_leaves_nothing_and_the_rest_import(
+    engine: Engine, tmp_path: Path
+) -> None:
     # A real refusal from SQLite itself, not a stand-in: a trigger aborts one slug's insert.
     with engine.begin() as conn:
         conn.execute(
@@ -168,7 +194,9 @@ def test_a_file_the_database_refuses_leaves_nothing_and_the_rest_import(engine: 
 
 def test_two_files_with_one_slug_in_one_import(engine: Engine, tmp_path: Path) -> None:
     for name in ("one", "two"):
-        (tmp_path / f"{name}.md").write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: cellar\ntitle"))
+        (tmp_path / f"{name}.md").write_text(
+            ESSAY_MD.replace("---\ntitle", "---\nslug: cellar\ntitle")
+        )
     report = import_paths(engine, [tmp_path])
     assert report.added == ["cellar"]
     assert "already taken by" in failed_files(report)["two.md"]
@@ -180,7 +208,11 @@ def test_files_named_twice_hidden_files_and_progress(engine: Engine, tmp_path: P
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "x.md").write_text(ESSAY_MD, encoding="utf-8")
     seen: list[tuple[int, int, str]] = []
-    report = import_paths(engine, [tmp_path, tmp_path / "essay.md"], progress=lambda d, t, p: seen.append((d, t, p.name)))
+    report = import_paths(
+        engine,
+        [tmp_path, tmp_path / "essay.md"],
+        progress=lambda d, t, p: seen.append((d, t, p.name)),
+    )
     assert report.added == ["essay"]
     assert seen == [(1, 1, "essay.md")]
 
@@ -191,14 +223,18 @@ def test_import_and_reimport_on_sqlite_and_postgresql(any_engine: Engine, exampl
     path = examples / "crust-and-the-oven-spring.md"
     path.write_text(path.read_text(encoding="utf-8") + "\nA new closing line.\n", encoding="utf-8")
     second = import_paths(any_engine, [examples])
-    assert (second.added, second.updated, len(second.unchanged)) == ([], ["crust-and-the-oven-spring"], 9)
+    assert (second.added, second.updated, len(second.unchanged)) == (
+        [],
+        ["crust-and-the-oven-spring"],
+        9,
+    )
     assert essays(any_engine)["crust-and-the-oven-spring"].body[-1]["text"] == "A new closing line."
 
 
 # --- the commands -------------------------------------------------------------------------
 
 
-def test_cli_import_list_show(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_cli_import_list_show(run_cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     result = run_cli("essays", "import", str(EXAMPLES))
     assert result.exit_code == 0, result.output
@@ -208,16 +244,27 @@ def test_cli_import_list_show(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
 
     listing = run_cli("essays", "list")
     assert listing.exit_code == 0
-    assert "reading-contour-lines" in listing.output and "Reading contour lines on a Sunday" in listing.output
+    assert (
+        "reading-contour-lines" in listing.output
+        and "Reading contour lines on a Sunday" in listing.output
+    )
     assert "10 essays, 10 not sent yet" in listing.output
     rows = json.loads(run_cli("essays", "list", "--json").output)
-    assert [r["slug"] for r in rows][:2] == ["reading-contour-lines", "stairs-as-shortcuts"]  # newest first
+    assert [r["slug"] for r in rows][:2] == [
+        "reading-contour-lines",
+        "stairs-as-shortcuts",
+    ]  # newest first
     assert set(rows[0]) == {"slug", "title", "date", "sent"}
     assert rows[0]["date"] == "2026-11-09" and rows[0]["sent"] is None
 
     shown = run_cli("essays", "show", "why-i-weigh-the-water")
     assert shown.exit_code == 0
-    for expected in ("Why I weigh the water", "2026-10-05", "Small changes you can trust", "Related on the source page (2)"):
+    for expected in (
+        "Why I weigh the water",
+        "2026-10-05",
+        "Small changes you can trust",
+        "Related on the source page (2)",
+    ):
         assert expected in shown.output
     info = json.loads(run_cli("essays", "show", "why-i-weigh-the-water", "--json").output)
     assert info["headings"] == ["Small changes you can trust"]
@@ -226,7 +273,9 @@ def test_cli_import_list_show(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert info["related"][0]["date"] == "2026-09-07"
 
 
-def test_cli_import_with_a_bad_file_exits_1_and_imports_the_rest(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_import_with_a_bad_file_exits_1_and_imports_the_rest(
+    run_cli: CLI, tmp_path: Path
+) -> None:
     (tmp_path / "good.md").write_text(ESSAY_MD, encoding="utf-8")
     (tmp_path / "bad.md").write_bytes(b"\x00\x01binary")
     result = run_cli("essays", "import", str(tmp_path))
@@ -237,13 +286,13 @@ def test_cli_import_with_a_bad_file_exits_1_and_imports_the_rest(run_cli, tmp_pa
     assert report["unchanged"] == ["good"] and report["failed"][0]["file"].endswith("bad.md")
 
 
-def test_cli_show_unknown_slug(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_show_unknown_slug(run_cli: CLI) -> None:
     result = run_cli("essays", "show", "no-such-essay")
     assert result.exit_code == 1
     assert "no essay with slug 'no-such-essay'" in result.output
 
 
-def test_cli_list_when_empty(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_list_when_empty(run_cli: CLI) -> None:
     result = run_cli("essays", "list")
     assert result.exit_code == 0 and "No essays yet" in result.output
     assert json.loads(run_cli("essays", "list", "--json").output) == []

@@ -48,7 +48,10 @@ def test_cut_at_a_sentence_boundary_within_the_length() -> None:
 
 def test_abbreviation_is_not_a_sentence_end() -> None:
     text = "Ask Mr. Ortiz. He knows."
-    assert [text[:end] for end in sentence_ends(text)] == ["Ask Mr. Ortiz.", "Ask Mr. Ortiz. He knows."]
+    assert [text[:end] for end in sentence_ends(text)] == [
+        "Ask Mr. Ortiz.",
+        "Ask Mr. Ortiz. He knows.",
+    ]
 
 
 def test_lowercase_after_a_full_stop_is_not_a_boundary() -> None:

@@ -29,18 +29,14 @@ def doc(front: str, body: str = BODY) -> str:
 
 
 def test_front_matter_fields() -> None:
-    draft = parse_markdown(
-        doc(
-            """
+    draft = parse_markdown(doc("""
 title: Walking the *old* roads
 date: 2026-10-05
 dek: Paths older than the town.
 tags: [walking, maps]
 slug: old-roads
 url: https://example.org/essays/old-roads
-"""
-        )
-    )
+"""))
     assert draft.title == "Walking the old roads"
     assert draft.published_on == date(2026, 10, 5)
     assert draft.dek == "Paths older than the town."
@@ -53,7 +49,11 @@ url: https://example.org/essays/old-roads
 def test_body_blocks_are_plain_text() -> None:
     draft = parse_markdown(doc("title: T"))
     assert draft.body == [
-        {"kind": "p", "text": "Opening paragraph with a link, emphasis, strong and code that runs over two lines."},
+        {
+            "kind": "p",
+            "text": "Opening paragraph with a link, emphasis, strong and code "
+            "that runs over two lines.",
+        },
         {"kind": "h", "text": "A section"},
         {"kind": "p", "text": "Second paragraph."},
         {"kind": "p", "text": "• first item"},
@@ -64,7 +64,10 @@ def test_body_blocks_are_plain_text() -> None:
 
 @pytest.mark.parametrize(
     "front, dek",
-    [("summary: From summary.", "From summary."), ("description: From description.", "From description.")],
+    [
+        ("summary: From summary.", "From summary."),
+        ("description: From description.", "From description."),
+    ],
 )
 def test_summary_or_description_stand_in_for_dek(front: str, dek: str) -> None:
     assert parse_markdown(doc(f"title: T\n{front}")).dek == dek
@@ -72,7 +75,11 @@ def test_summary_or_description_stand_in_for_dek(front: str, dek: str) -> None:
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("2026-07-03", date(2026, 7, 3)), ('"July 3, 2026"', date(2026, 7, 3)), ("2026-07-03 08:30:00", date(2026, 7, 3))],
+    [
+        ("2026-07-03", date(2026, 7, 3)),
+        ('"July 3, 2026"', date(2026, 7, 3)),
+        ("2026-07-03 08:30:00", date(2026, 7, 3)),
+    ],
 )
 def test_dates_in_several_spellings(value: str, expected: date) -> None:
     assert parse_markdown(doc(f"title: T\ndate: {value}")).published_on == expected
@@ -85,7 +92,10 @@ def test_a_date_that_is_no_date_warns_and_stays_empty() -> None:
 
 
 def test_tags_as_a_comma_separated_string() -> None:
-    assert parse_markdown(doc("title: T\ntags: bread, walking , bread")).tags == ["bread", "walking"]
+    assert parse_markdown(doc("title: T\ntags: bread, walking , bread")).tags == [
+        "bread",
+        "walking",
+    ]
 
 
 def test_leading_h1_is_the_title_without_front_matter() -> None:

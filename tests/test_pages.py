@@ -1,4 +1,4 @@
-"""The scraped-page reader: every header variation, noise dropped, headings by shape, related list."""
+"""The scraped-page reader: each header variation, noise dropped, headings by shape, related."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ P3 = (
 )
 
 
-def page(*header: str, body: tuple[str, ...] = (P1, P2, HEADING, P3), tail: tuple[str, ...] = ()) -> str:
+def page(
+    *header: str, body: tuple[str, ...] = (P1, P2, HEADING, P3), tail: tuple[str, ...] = ()
+) -> str:
     return "\n".join([*header, *body, *tail]) + "\n"
 
 
@@ -38,10 +40,18 @@ def texts(draft, kind: str) -> list[str]:  # type: ignore[no-untyped-def]
 
 def test_full_page_with_noise_headings_and_related() -> None:
     text = page(
-        TITLE, DEK, "July 19, 2025", "Facebook X Reddit",
+        TITLE,
+        DEK,
+        "July 19, 2025",
+        "Facebook X Reddit",
         body=(P1, "ADVERTISEMENT", "ADVERTISEMENT", P2, HEADING, P3),
-        tail=("Related Articles", "A summary of another loaf.", "July 31, 2025",
-              "A second summary about starters.", "August 02, 2025"),
+        tail=(
+            "Related Articles",
+            "A summary of another loaf.",
+            "July 31, 2025",
+            "A second summary about starters.",
+            "August 02, 2025",
+        ),
     )
     draft = parse_page(text)
     assert (draft.title, draft.dek, draft.published_on) == (TITLE, DEK, date(2025, 7, 19))
@@ -96,7 +106,11 @@ NETWORKS = ["Facebook", "X", "Reddit", "Whatsapp", "Linkedin", "Email", "Pintere
 
 @pytest.mark.parametrize(
     "share",
-    [" ".join(c) for n in (3, 4, 5, 6) for c in itertools.islice(itertools.permutations(NETWORKS, n), 0, 400, 97)],
+    [
+        " ".join(c)
+        for n in (3, 4, 5, 6)
+        for c in itertools.islice(itertools.permutations(NETWORKS, n), 0, 400, 97)
+    ],
 )
 def test_share_lines_of_three_to_six_networks_in_any_order(share: str) -> None:
     draft = parse_page(page(TITLE, DEK, "July 22, 2025", share))
@@ -136,7 +150,9 @@ def test_curly_quotes_and_accents_survive() -> None:
 
 
 def test_text_cut_off_mid_word_ends_in_a_paragraph_not_a_heading() -> None:
-    draft = parse_page(page(TITLE, DEK, "July 22, 2025", body=(P1, P2, HEADING, P3, "The next paragr")))
+    draft = parse_page(
+        page(TITLE, DEK, "July 22, 2025", body=(P1, P2, HEADING, P3, "The next paragr"))
+    )
     assert draft.body[-1] == {"kind": "p", "text": "The next paragr"}
     cut_heading = parse_page(page(TITLE, DEK, body=(P1, P2, "Shaping the lo")))
     assert cut_heading.body[-1]["kind"] == "p"
@@ -146,12 +162,20 @@ def test_heading_needs_a_paragraph_before_it_and_one_sentence() -> None:
     two_sentences = "It rose. Then it fell."
     draft = parse_page(page(TITLE, DEK, "July 22, 2025", body=(P1, two_sentences, P2)))
     assert texts(draft, "h") == []
-    headings = parse_page(page(TITLE, DEK, "July 22, 2025", body=(P1, "Without a full stop", P2, HEADING, P3)))
+    headings = parse_page(
+        page(TITLE, DEK, "July 22, 2025", body=(P1, "Without a full stop", P2, HEADING, P3))
+    )
     assert texts(headings, "h") == ["Without a full stop", HEADING]
 
 
 def test_related_summary_without_a_date_keeps_null() -> None:
-    draft = parse_page(page(TITLE, DEK, tail=("Related Articles", "First summary.", "Second summary.", "July 1, 2025")))
+    draft = parse_page(
+        page(
+            TITLE,
+            DEK,
+            tail=("Related Articles", "First summary.", "Second summary.", "July 1, 2025"),
+        )
+    )
     assert draft.source_related == [
         {"summary": "First summary.", "date": None},
         {"summary": "Second summary.", "date": "2025-07-01"},
@@ -166,12 +190,15 @@ def test_windows_line_endings_and_blank_lines() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["ADVERTISEMENT", "Facebook X Reddit", "Published by Jo", "3 min Read", "Related Articles"]
+    "line",
+    ["ADVERTISEMENT", "Facebook X Reddit", "Published by Jo", "3 min Read", "Related Articles"],
 )
 def test_noise_lines(line: str) -> None:
     assert is_noise(line)
 
 
-@pytest.mark.parametrize("line", [P1, HEADING, "By the river the bakery opened at six and sold out by nine."])
+@pytest.mark.parametrize(
+    "line", [P1, HEADING, "By the river the bakery opened at six and sold out by nine."]
+)
 def test_text_is_not_noise(line: str) -> None:
     assert not is_noise(line)
