@@ -33,12 +33,13 @@ from pipeline.config import Settings
 from pipeline.errors import RenderError
 from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
-from pipeline.links import essay_url, unsubscribe_url, webview_url
+from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
 from pipeline.related import related_for_issue
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")
+SAMPLE_TOKEN = "sample-preview-not-a-subscriber"
 MONTHS = ("January February March April May June July August September October November December").split()
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
@@ -201,8 +202,11 @@ def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
 
 
 def sample_recipient(settings: Settings, secret: str) -> Recipient:
-    """A made-up subscriber for previews and lint: a name with non-ASCII, a real token format."""
-    return Recipient("Zoë Sample", "reader@example.org", unsubscribe_url(settings, secret, 0))
+    """A made-up subscriber for previews and lint: a name with non-ASCII, and an unsubscribe link
+    of the real shape whose token is deliberately unsigned, so clicking it unsubscribes nobody.
+    (`secret` is taken for symmetry with real recipients; a sample never gets a signed token.)"""
+    del secret
+    return Recipient("Zoë Sample", "reader@example.org", f"{settings.web.base_url}/u/{SAMPLE_TOKEN}")
 
 
 def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:

@@ -1,0 +1,231 @@
+"""`newsletter issues`, `preview` and `lint`: compose a digest, see it as a subscriber will, check it."""
+
+from __future__ import annotations
+
+import tempfile
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import Session
+
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.errors import NotFound
+from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
+from pipeline.lint import Finding, failures, lint_message, warnings
+from pipeline.links import unsubscribe_url
+from pipeline.message import MessageFactory, new_message_id
+from pipeline.models import Issue
+from pipeline.render import Recipient, render_issue, sample_recipient
+from subscribers.consent import find
+from subscribers.model import utcnow
+from subscribers.tokens import load_secret
+
+
+@click.group("issues")
+def group() -> None:
+    """Compose issues (digests) from the essays not sent yet, list them, show one."""
+
+
+@group.command("new")
+@click.option("--essay", "slugs", multiple=True, metavar="SLUG",
+              help="Carry this essay (repeat for several, in order). Default: the oldest unsent.")
+@click.option("--key", default=None, help="The issue's unique key (default: manual-<uuid>).")
+@json_option
+@pass_app
+def new(app: App, slugs: tuple[str, ...], key: str | None, as_json: bool) -> None:
+    """Compose a draft issue from the essays not sent yet (oldest first, up to digest.max_essays),
+    or from the essays named. Nothing is sent; see it with `newsletter preview`.
+
+    \b
+    Example:
+      newsletter issues new
+      newsletter issues new --essay walking-at-dawn --essay on-rivers
+    """
+    with session_scope(app.engine) as session:
+        issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
+        data = describe(session, issue)
+    if as_json:
+        print_json(data)
+        return
+    app.console.print(f"Composed issue [bold]{data['id']}[/] ({escape(issue.key)}): {escape(issue.subject)}")
+    for essay in data["essays"]:
+        app.console.print(f"  {escape(essay['slug'])}  {escape(essay['title'])}")
+    app.console.print(f"Preview it: newsletter preview {data['id']} --open")
+
+
+@group.command("list")
+@json_option
+@pass_app
+def list_command(app: App, as_json: bool) -> None:
+    """List every issue, newest first.
+
+    \b
+    Example:
+      newsletter issues list
+      newsletter issues list --json
+    """
+    with Session(app.engine) as session:
+        rows = [describe(session, issue) for issue in list_issues(session)]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        app.console.print("No issues yet: compose one with `newsletter issues new`.")
+        return
+    table = Table("id", "key", "status", "essays", "created", "subject")
+    for row in rows:
+        table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
+                      row["created_at"].strftime("%Y-%m-%d %H:%M"), escape(row["subject"]))
+    app.console.print(table)
+
+
+@group.command("show")
+@click.argument("issue_ref", metavar="ID")
+@json_option
+@pass_app
+def show(app: App, issue_ref: str, as_json: bool) -> None:
+    """Show one issue (by numeric id or key): subject, preheader, status, its essays.
+
+    \b
+    Example:
+      newsletter issues show 3
+      newsletter issues show weekly-2026-W48 --json
+    """
+    with Session(app.engine) as session:
+        data = describe(session, find_issue(session, issue_ref))
+    if as_json:
+        print_json(data)
+        return
+    for label in ("id", "key", "status", "subject", "preheader", "created_at", "started_at", "finished_at"):
+        if data[label] is not None:
+            app.console.print(f"[bold]{label:<12}[/]{escape(str(data[label]))}")
+    app.console.print("[bold]essays[/]")
+    for essay in data["essays"]:
+        app.console.print(f"  {essay['position'] + 1}. {escape(essay['slug'])}  {escape(essay['title'])}")
+
+
+@click.command("preview")
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--as", "as_email", metavar="EMAIL", help="The subscriber to render for (default: a sample one).")
+@click.option("--text", "text_part", is_flag=True, help="The plain-text part instead of the HTML.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the result in the default browser.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
+@pass_app
+def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, open_browser: bool,
+            output: Path | None) -> None:
+    """Write the exact HTML (or text) a subscriber would receive for ISSUE (id, key or "latest").
+
+    Without --as, a sample subscriber is used (a made-up name and an unsubscribe link that
+    unsubscribes nobody). Without -o, the result goes to standard output.
+
+    \b
+    Example:
+      newsletter preview latest --open
+      newsletter preview 3 --as ana@example.org -o ana.html
+      newsletter preview weekly-2026-W48 --text
+    """
+    with Session(app.engine) as session:
+        issue = _issue(session, issue_ref)
+        recipient = _recipient(app, session, as_email)
+        html, text = render_issue(session, app.settings, issue).personalise(recipient)
+    body = text if text_part else html
+    if output is None and open_browser:
+        suffix = ".txt" if text_part else ".html"
+        with tempfile.NamedTemporaryFile("w", suffix=suffix, prefix="newsletter-preview-", delete=False,
+                                         encoding="utf-8") as handle:
+            output = Path(handle.name)
+    if output is not None:
+        output.write_text(body, encoding="utf-8")
+        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient.email)}")
+    else:
+        click.echo(body, nl=False)
+    if open_browser and output is not None:
+        webbrowser.open(output.resolve().as_uri())
+
+
+@click.command("lint")
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--as", "as_email", metavar="EMAIL", help="The subscriber to build the message for.")
+@json_option
+@pass_app
+def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
+    """Check ISSUE against the email checklist: the real message a subscriber (or a sample one)
+    would get, its headers, its text part and its inlined HTML. MUST failures are listed and the
+    exit code is 1; SHOULD items are warnings.
+
+    \b
+    Example:
+      newsletter lint latest
+      newsletter lint weekly-2026-W48 --as ana@example.org --json
+    """
+    settings = app.settings
+    with Session(app.engine) as session:
+        issue = _issue(session, issue_ref)
+        recipient = _recipient(app, session, as_email)
+        rendered = render_issue(session, settings, issue)
+    raw = MessageFactory(settings, rendered).build(recipient, new_message_id(settings), utcnow())
+    findings = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
+    _report(app, settings, issue, findings, as_json)
+    if failures(findings):
+        raise SystemExit(1)
+
+
+def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding], as_json: bool) -> None:
+    if as_json:
+        print_json({"issue": issue.key, "failures": [vars(f) for f in failures(findings)],
+                    "warnings": [vars(f) for f in warnings(findings)]})
+        return
+    for finding in failures(findings):
+        app.console.print(f"[red]{finding.code} MUST[/]    {escape(finding.message)}", soft_wrap=True)
+    for finding in warnings(findings):
+        app.console.print(f"[yellow]{finding.code} SHOULD[/]  {escape(finding.message)}", soft_wrap=True)
+    failed, warned = len(failures(findings)), len(warnings(findings))
+    verdict = "[red]fails[/]" if failed else "[green]passes[/]"
+    app.console.print(f"Issue {escape(issue.key)} {verdict} the email checklist: "
+                      f"{failed} MUST failures, {warned} warnings.")
+    if any(f.code == "H11" and "http://" in f.message for f in findings) and \
+            settings.web.base_url.startswith("http://"):
+        app.console.print(f"Hint: web.base_url is {settings.web.base_url}; subscribers need an https "
+                          "address there for the unsubscribe and web-copy links.")
+
+
+def _issue(session: Session, ref: str) -> Issue:
+    return latest_issue(session) if ref == "latest" else find_issue(session, ref)
+
+
+def _recipient(app: App, session: Session, email: str | None) -> Recipient:
+    secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
+    if email is None:
+        return sample_recipient(app.settings, secret)
+    subscriber = find(session, email)
+    if subscriber is None or subscriber.id is None:
+        raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
+    return Recipient(subscriber.name, subscriber.email, unsubscribe_url(app.settings, secret, subscriber.id))
+
+
+def describe(session: Session, issue: Issue) -> dict[str, Any]:
+    """An issue as the list/show commands print it (and --json gives it)."""
+    return {
+        "id": issue.id,
+        "key": issue.key,
+        "status": issue.status,
+        "subject": issue.subject,
+        "preheader": issue.preheader,
+        "created_at": issue.created_at,
+        "started_at": issue.started_at,
+        "finished_at": issue.finished_at,
+        "not_after": issue.not_after,
+        "essays": [
+            {"position": i, "slug": e.slug, "title": e.title, "published_on": e.published_on}
+            for i, e in enumerate(issue_essays(session, issue))
+        ],
+    }
+
+
+commands = [group, preview, lint]
