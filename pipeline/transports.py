@@ -14,15 +14,20 @@ import re
 import smtplib
 import socket
 import ssl
+import queue
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pipeline.config import DeliverySettings, Settings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Transport(Protocol):
@@ -207,3 +212,56 @@ class MemoryTransport:
 
     def close(self) -> None:
         self.closed = True
+
+
+class ParallelSender:
+    """Runs a batch over up to `connections` transports at once: one thread and one transport
+    (one SMTP connection, reused batch after batch) each. The caller's thread only waits, so
+    Ctrl-C there never cuts an SMTP conversation in half: `on_interrupt` is told instead."""
+
+    def __init__(self, factory: Callable[[], Transport], connections: int = 1) -> None:
+        self.connections = max(1, connections)
+        self._factory = factory
+        self._idle: queue.SimpleQueue[Transport] = queue.SimpleQueue()
+        self._made: list[Transport] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self.connections, thread_name_prefix="sender")
+
+    def map(self, items: Sequence[T], work: Callable[[Transport, T], R],
+            on_interrupt: Callable[[], None] = lambda: None) -> list[R]:
+        """work(transport, item) for every item, spread over the connections; results in order."""
+        chunks = [list(range(i, len(items), self.connections)) for i in range(self.connections)]
+        futures = [self._pool.submit(self._run, [items[i] for i in chunk], work)
+                   for chunk in chunks if chunk]
+        results: list[R | None] = [None] * len(items)
+        while True:
+            try:
+                done = [future.result() for future in futures]
+                break
+            except KeyboardInterrupt:
+                on_interrupt()  # the batch in flight finishes and is recorded; then the run stops
+        for chunk, chunk_results in zip((c for c in chunks if c), done):
+            for index, result in zip(chunk, chunk_results):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _run(self, items: list[T], work: Callable[[Transport, T], R]) -> list[R]:
+        transport = self._take()
+        try:
+            return [work(transport, item) for item in items]
+        finally:
+            self._idle.put(transport)
+
+    def _take(self) -> Transport:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            transport = self._factory()
+            with self._lock:
+                self._made.append(transport)
+            return transport
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for transport in self._made:
+            transport.close()

@@ -1,0 +1,194 @@
+"""The per-subscriber delivery ledger: freeze the audience, claim batches, record outcomes.
+
+Rules (README, section "sending"): the audience is frozen once per issue, one row per active
+subscriber; a sender claims a batch of due `pending` rows (`sending`, with a lease), sends
+outside any transaction, then records `sent`, `failed` or a retry. A row whose lease ran out
+becomes `unknown` (maybe sent, maybe not): never silently skipped, never silently resent. The
+same code claims with `FOR UPDATE SKIP LOCKED` on PostgreSQL and under SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from pipeline.db import session_scope
+from pipeline.models import Delivery, DeliveryStatus, Issue
+from subscribers.model import Subscriber, SubscriberStatus
+
+PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
+FAILED, UNKNOWN, SKIPPED = DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.value, DeliveryStatus.SKIPPED.value
+FREEZE_PAGE = 1000
+FIRST_RETRY = 60.0  # seconds; doubles per attempt
+LONGEST_RETRY = 3600.0
+_TABLE = Delivery.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row claimed for sending: who, and the Message-ID made when the audience was frozen."""
+
+    id: int
+    subscriber_id: int
+    email: str
+    name: str
+    message_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed row. kind: sent, retry, failed, or released (not attempted)."""
+
+    claimed: Claimed
+    kind: str
+    at: datetime
+    code: int | None = None
+    error: str | None = None
+    hard_bounce: bool = False
+
+
+def freeze_audience(session: Session, issue: Issue, new_message_id: Any, now: datetime) -> int:
+    """One pending row per active subscriber, in the caller's transaction; returns rows added.
+
+    Subscribers are read a page at a time and inserted in batches; the unique (issue,
+    subscriber) pair makes a second freeze (or a rival process) add nobody twice.
+    """
+    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
+    statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
+    added, last = 0, 0
+    while True:
+        page = session.exec(
+            select(Subscriber.id, Subscriber.email, Subscriber.name)
+            .where(Subscriber.status == SubscriberStatus.ACTIVE.value, col(Subscriber.id) > last)
+            .order_by(col(Subscriber.id)).limit(FREEZE_PAGE)
+        ).all()
+        if not page:
+            return added
+        rows = [dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
+                     status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
+                     message_id=new_message_id(), smtp_code=None, last_error=None,
+                     created_at=now, updated_at=now, sent_at=None) for sid, email, name in page]
+        result = session.execute(statement, rows)
+        added += max(result.rowcount, 0)
+        last = page[-1][0]
+
+
+def claim(engine: Engine, issue_id: int, limit: int, lease_seconds: int,
+          now: datetime) -> tuple[list[Claimed], int]:
+    """Take up to `limit` due pending rows: `sending` with a lease, or `skipped` when the
+    subscriber opted out since the audience was frozen (counted). Rows another sender holds
+    are passed by."""
+    with session_scope(engine) as session:
+        found = session.exec(
+            select(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name,
+                   Delivery.message_id, Delivery.attempts, Subscriber.status)
+            .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id), isouter=True)
+            .where(Delivery.issue_id == issue_id, Delivery.status == PENDING,
+                   or_(col(Delivery.next_attempt_at).is_(None), col(Delivery.next_attempt_at) <= now))
+            .order_by(col(Delivery.id)).limit(limit)
+            .with_for_update(skip_locked=True, of=_TABLE)
+        ).all()
+        claimed = [Claimed(i, s, e, n, m, a) for i, s, e, n, m, a, status in found
+                   if status == SubscriberStatus.ACTIVE.value and e]
+        skipped = [row[0] for row in found if row[6] != SubscriberStatus.ACTIVE.value or not row[2]]
+        lease = now + timedelta(seconds=lease_seconds)
+        if claimed:
+            session.execute(update(_TABLE).where(_TABLE.c.id.in_([c.id for c in claimed]))
+                            .values(status=SENDING, lease_until=lease, updated_at=now))
+        if skipped:
+            session.execute(update(_TABLE).where(_TABLE.c.id.in_(skipped)).values(
+                status=SKIPPED, updated_at=now, last_error="unsubscribed before it was sent"))
+        return claimed, len(skipped)
+
+
+def retry_at(attempts: int, now: datetime) -> datetime:
+    """Exponential backoff with jitter, so a relay that said "later" is not hit all at once."""
+    delay = min(LONGEST_RETRY, FIRST_RETRY * 2 ** max(attempts - 1, 0))
+    return now + timedelta(seconds=delay * random.uniform(0.75, 1.25))
+
+
+def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -> None:
+    """Write a batch of outcomes in one transaction (a retry past `deadline` becomes failed)."""
+    if not outcomes:
+        return
+    params = []
+    for o in outcomes:
+        c, kind, attempts = o.claimed, o.kind, o.claimed.attempts + (o.kind != "released")
+        error, next_at = o.error, None
+        if kind == "retry":
+            next_at = retry_at(attempts, o.at)
+            if deadline is not None and next_at > deadline:
+                kind, error = "failed", f"gave up after {attempts} attempts: {o.error}"
+        status = {"sent": SENT, "retry": PENDING, "failed": FAILED, "released": PENDING}[kind]
+        params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
+                           b_code=o.code, b_error=error, b_sent=o.at if kind == "sent" else None,
+                           b_now=o.at))
+    statement = (
+        update(_TABLE)
+        .where(_TABLE.c.id == bindparam("b_id"), or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN))
+        .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                next_attempt_at=bindparam("b_next"), lease_until=None, smtp_code=bindparam("b_code"),
+                last_error=bindparam("b_error"), sent_at=bindparam("b_sent"),
+                updated_at=bindparam("b_now"))
+    )
+    with session_scope(engine) as session:
+        session.connection().execute(statement, params)
+
+
+def reconcile(session: Session, issue_id: int, now: datetime) -> int:
+    """Rows left `sending` past their lease (a crash mid-batch) become `unknown`."""
+    result = session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING, _TABLE.c.lease_until < now)
+        .values(status=UNKNOWN, updated_at=now, lease_until=None,
+                last_error="the sender stopped mid-attempt (lease ran out): maybe sent, maybe not")
+    )
+    return max(result.rowcount, 0)
+
+
+def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime) -> int:
+    """Make `failed` and/or `unknown` rows owed again (same Message-ID, so clients can dedupe)."""
+    allowed = [s for s in statuses if s in (FAILED, UNKNOWN)]
+    if not allowed:
+        return 0
+    result = session.execute(
+        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed))
+        .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
+    )
+    return max(result.rowcount, 0)
+
+
+def counts(session: Session, issue_id: int) -> dict[str, int]:
+    """How many rows have each status (every status listed, zeros included)."""
+    found = dict(session.exec(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)).all())
+    return {s.value: int(found.get(s.value, 0)) for s in DeliveryStatus}
+
+
+def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+    query = select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
+    if status:
+        query = query.where(Delivery.status == status)
+    return list(session.exec(query.limit(limit)).all())
+
+
+def next_retry(session: Session, issue_id: int) -> datetime | None:
+    """When the earliest row waiting for a retry comes due (None: nothing waits)."""
+    return session.exec(select(func.min(Delivery.next_attempt_at)).where(
+        Delivery.issue_id == issue_id, Delivery.status == PENDING)).one()
+
+
+def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]:
+    """Messages sent (any issue) since `since`, and the oldest of them: rate limits read this."""
+    count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
+        Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
+    return int(count), oldest

@@ -1,0 +1,410 @@
+"""The story of sending an issue: compose if needed, render once, freeze, deliver, report.
+
+`publish` is what `newsletter send`, the scheduler and `sends retry` run; `personal_copy` is the
+one function that makes a subscriber's message bytes, for sending, `send-test` and previews.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from pipeline import ledger
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.errors import (NewsletterError, NotFound, PermanentDeliveryError, RenderError,
+                             TransientDeliveryError, TransportUnavailable)
+from pipeline.issues import compose, find_issue, latest_issue
+from pipeline.links import unsubscribe_url
+from pipeline.message import MessageFactory, ascii_address, new_message_id
+from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
+from pipeline.render import Recipient, RenderedIssue, render_issue
+from pipeline.transports import ParallelSender, Transport, make_transport
+from subscribers.consent import mark_bounced
+from subscribers.model import Subscriber, SubscriberStatus, utcnow
+from subscribers.tokens import load_secret
+
+SAMPLE = ("Zoë Sample", "reader@example.org")  # previews without a subscriber; an inert link
+MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
+OPEN = (IssueStatus.DRAFT.value, IssueStatus.SENDING.value)
+
+
+@dataclass
+class Report:
+    """What a run did (this run's numbers) and where the issue stands (`counts`, all runs)."""
+
+    issue_id: int | None = None
+    issue_key: str = ""
+    subject: str = ""
+    total: int = 0  # the frozen audience (for a dry run: who would get it)
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bounced: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    built_bytes: int = 0  # a dry run: the size of every message it built
+    finished: bool = False  # the issue is marked sent: nothing is owed any more
+    stopped: bool = False  # Ctrl-C / stop flag: the batch in flight was finished and recorded
+    paused: str | None = None  # why the run paused (server unreachable, login, rate limit)
+    nothing: str | None = None  # why there was nothing to do
+    declined: bool = False  # the confirmation was answered no
+    next_retry_at: datetime | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (email, error), first few
+    seconds: float = 0.0
+
+    @property
+    def owed(self) -> int:
+        return self.counts.get("pending", 0) + self.counts.get("sending", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        data["errors"] = [{"email": e, "error": m} for e, m in self.errors]
+        data["owed"] = self.owed
+        return data
+
+
+def publish(
+    settings: Settings,
+    engine: Engine,
+    issue: int | str | None = None,
+    *,
+    latest: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[Issue, int], bool] | None = None,
+    transport_factory: Callable[[], Transport] | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[Report], None] | None = None,
+    now: datetime | Callable[[], datetime] | None = None,
+) -> Report:
+    """Send `issue` (id or key; `latest`: the newest open issue, composed when none is open) to
+    everyone it is owed to. `confirm(issue, audience)` may decline; `stop` finishes the batch in
+    flight and stops; `now` fixes the clock (a datetime advances with real time)."""
+    clock = _clock(now)
+    started = time.monotonic()
+    with Session(engine, expire_on_commit=False) as session:
+        target, why = _choose(session, settings, issue, latest)
+        if target is None:
+            return Report(nothing=why)
+        report = Report(issue_id=target.id, issue_key=target.key, subject=target.subject, dry_run=dry_run)
+        report.nothing = _refusal(target, clock())
+        if report.nothing:
+            report.counts = ledger.counts(session, target.id or 0)
+            return report
+        rendered = rendered_issue(session, settings, target)
+        report.total = audience_size(session, target)
+        if confirm is not None and not confirm(target, report.total):
+            session.rollback()
+            report.declined = True
+            return report
+        if dry_run:
+            _dry_run(session, settings, target, rendered, report, clock())
+            session.rollback()  # a composed draft, too, is not kept by a dry run
+            report.seconds = time.monotonic() - started
+            return report
+        session.commit()
+    issue_id = target.id or 0
+    _freeze(engine, settings, target, rendered, clock())
+    with session_scope(engine) as session:
+        ledger.reconcile(session, issue_id, clock())
+        report.total = sum(ledger.counts(session, issue_id).values())
+    _deliver(settings, engine, target, rendered, report, transport_factory, stop, progress, clock)
+    _finish(engine, issue_id, report, clock())
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _choose(session: Session, settings: Settings, ref: int | str | None, latest: bool) -> tuple[Issue | None, str]:
+    if ref is not None:
+        return find_issue(session, ref), ""
+    if not latest:
+        raise NotFound("name an issue (id or key) or ask for the latest one")
+    try:
+        newest = latest_issue(session)
+        if newest.status in OPEN:
+            return newest, ""
+    except NotFound:
+        pass
+    try:
+        return compose(session, settings), ""
+    except NotFound as exc:  # nothing unsent: not an error for "send the latest"
+        return None, str(exc)
+
+
+def _refusal(issue: Issue, now: datetime) -> str | None:
+    if issue.status == IssueStatus.SENT.value:
+        return f"issue {issue.key} has been sent already (`newsletter sends retry` resends failures)"
+    if issue.status not in OPEN:
+        return f"issue {issue.key} is {issue.status}: it is not sent any more"
+    if issue.not_after is not None and now > issue.not_after:
+        return f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def rendered_issue(session: Session, settings: Settings, issue: Issue) -> RenderedIssue:
+    """The issue's frozen render once sending started (a template edited mid-send changes
+    nothing), else a fresh one."""
+    frozen = issue.frozen_render
+    if issue.html_template is not None and issue.text_template is not None and frozen:
+        return RenderedIssue(subject=issue.subject, preheader=issue.preheader,
+                             html=issue.html_template, text=issue.text_template,
+                             html_unnamed=frozen["html_unnamed"], text_unnamed=frozen["text_unnamed"],
+                             placeholders=dict(frozen["placeholders"]))
+    return render_issue(session, settings, issue)
+
+
+def audience_size(session: Session, issue: Issue) -> int:
+    """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
+    if issue.status == IssueStatus.SENDING.value:
+        return sum(ledger.counts(session, issue.id or 0).values())
+    return session.exec(select(Subscriber.id).where(
+        Subscriber.status == SubscriberStatus.ACTIVE.value)).all().__len__()
+
+
+def _freeze(engine: Engine, settings: Settings, issue: Issue, rendered: RenderedIssue, now: datetime) -> None:
+    """In one transaction: the render onto the issue, one row per active subscriber, `sending`."""
+    with session_scope(engine) as session:
+        current = session.exec(select(Issue).where(Issue.id == issue.id).with_for_update()).one()
+        if current.status != IssueStatus.DRAFT.value:
+            return  # frozen already, by an earlier run or a rival process
+        current.html_template, current.text_template = rendered.html, rendered.text
+        current.frozen_render = {"html_unnamed": rendered.html_unnamed,
+                                 "text_unnamed": rendered.text_unnamed,
+                                 "placeholders": rendered.placeholders}
+        current.status, current.started_at = IssueStatus.SENDING.value, now
+        session.add(current)
+        session.flush()
+        ledger.freeze_audience(session, current, lambda: new_message_id(settings), now)
+    issue.status, issue.started_at = IssueStatus.SENDING.value, now
+
+
+def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedIssue, report: Report,
+             transport_factory: Callable[[], Transport] | None, stop: threading.Event | None,
+             progress: Callable[[Report], None] | None, clock: Callable[[], datetime]) -> None:
+    """Claim, send, record, batch after batch, until nothing is due or the run must stop."""
+    delivery = settings.delivery
+    issue_id = issue.id or 0
+    started = issue.started_at or clock()
+    deadline = started + timedelta(hours=delivery.retry_hours)
+    factory = MessageFactory(settings, rendered)
+    secret = load_secret(settings.base_dir)
+    stop = stop or threading.Event()
+    pool = ParallelSender(transport_factory or (lambda: make_transport(settings)), delivery.connections)
+
+    unavailable = threading.Event()
+    mail_from = settings.newsletter.sender_address
+
+    def attempt(transport: Transport, row: ledger.Claimed) -> ledger.Outcome:
+        if unavailable.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+            return ledger.Outcome(row, "released", clock())
+        try:
+            raw = personal_copy(None, settings, secret, issue, row, factory=factory,
+                                message_id=row.message_id, date=clock())
+            transport.send(mail_from, ascii_address(row.email), raw)
+        except TransportUnavailable as exc:
+            unavailable.set()
+            return ledger.Outcome(row, "released", clock(), exc.code, str(exc))
+        except TransientDeliveryError as exc:
+            return ledger.Outcome(row, "retry", clock(), exc.code, str(exc))
+        except (PermanentDeliveryError, RenderError) as exc:
+            code = getattr(exc, "code", None)
+            return ledger.Outcome(row, "failed", clock(), code, str(exc), is_hard_bounce(code, str(exc)))
+        return ledger.Outcome(row, "sent", clock(), 250)
+
+    try:
+        while not stop.is_set():
+            if issue.not_after is not None and clock() > issue.not_after:
+                report.paused = f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
+                break
+            allowed, wait = rate_allowance(engine, settings, clock())
+            if not allowed:
+                if wait > MAX_RATE_WAIT:
+                    resume = clock() + timedelta(seconds=wait)
+                    report.paused = (f"the rate limit is reached; send again after "
+                                     f"{resume:%Y-%m-%d %H:%M} UTC (nothing is lost)")
+                    break
+                stop.wait(wait)
+                continue
+            claimed, skipped = ledger.claim(engine, issue_id, min(delivery.batch_size, allowed),
+                                            delivery.lease_seconds, clock())
+            report.skipped += skipped
+            if not claimed:
+                if skipped:
+                    continue
+                break
+            outcomes = pool.map(claimed, attempt, on_interrupt=stop.set)
+            ledger.record(engine, outcomes, deadline)
+            _tally(engine, report, outcomes)
+            if progress is not None:
+                progress(report)
+            problem = next((o.error for o in outcomes if o.kind == "released" and o.error), None)
+            if problem:
+                report.paused = (f"{problem}. Nothing was lost: the deliveries not attempted are "
+                                 f"still owed; fix the problem and run `newsletter send {issue.key}` again")
+                break
+        report.stopped = stop.is_set() and report.paused is None
+    finally:
+        pool.close()
+
+
+def _tally(engine: Engine, report: Report, outcomes: list[ledger.Outcome]) -> None:
+    for o in outcomes:
+        if o.kind == "sent":
+            report.sent += 1
+        elif o.kind == "retry":
+            report.retrying += 1
+        elif o.kind == "failed":
+            report.failed += 1
+        if o.kind in ("retry", "failed") and len(report.errors) < 20:
+            report.errors.append((o.claimed.email, o.error or ""))
+        if o.hard_bounce:
+            # consent.mark_bounced commits on its own: the address is suppressed for good.
+            with Session(engine) as session:
+                report.bounced += mark_bounced(session, o.claimed.subscriber_id)
+
+
+def is_hard_bounce(code: int | None, error: str) -> bool:
+    """550/551/553 say the mailbox does not exist, unless the enhanced code says policy (5.7.x)."""
+    return code in (550, 551, 553) and " 5.7." not in f" {error}"
+
+
+def rate_allowance(engine: Engine, settings: Settings, now: datetime) -> tuple[int, float]:
+    """(messages that may go now, seconds to wait when none may), from the sent rows in the
+    database, so the limits hold across runs and processes."""
+    d = settings.delivery
+    windows = []
+    if d.rate_per_second:
+        span = max(1.0, 1.0 / d.rate_per_second)  # 0.2 per second = 1 per 5 seconds
+        windows.append((int(d.rate_per_second * span), span))
+    windows += [(limit, span) for limit, span in ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
+    allowed, wait = d.batch_size, 0.0
+    with Session(engine) as session:
+        for limit, span in windows:
+            count, oldest = ledger.sent_since(session, now - timedelta(seconds=span))
+            if count >= limit:
+                allowed = 0
+                oldest = oldest or now
+                wait = max(wait, (oldest + timedelta(seconds=span) - now).total_seconds(), 0.01)
+            else:
+                allowed = min(allowed, limit - count)
+    return allowed, wait
+
+
+def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> None:
+    """Mark the issue (and its essays) sent once nothing is pending or in flight."""
+    with session_scope(engine) as session:
+        report.counts = ledger.counts(session, issue_id)
+        report.next_retry_at = ledger.next_retry(session, issue_id) if report.counts["pending"] else None
+        issue = session.get(Issue, issue_id)
+        if issue is None or issue.status != IssueStatus.SENDING.value or report.owed:
+            return
+        issue.status, issue.finished_at = IssueStatus.SENT.value, now
+        session.add(issue)
+        essay_ids = select(IssueEssay.essay_id).where(IssueEssay.issue_id == issue_id)
+        session.execute(update(Essay).where(col(Essay.id).in_(essay_ids),
+                                            col(Essay.sent_in_issue_id).is_(None))
+                        .values(sent_in_issue_id=issue_id))
+        report.finished = True
+
+
+def _dry_run(session: Session, settings: Settings, issue: Issue, rendered: RenderedIssue,
+             report: Report, now: datetime) -> None:
+    """Everything but the transport: every owed message is built; nothing is written."""
+    factory = MessageFactory(settings, rendered)
+    secret = load_secret(settings.base_dir)
+    if issue.status == IssueStatus.SENDING.value:
+        owed = [(r.subscriber_id, r.email, r.name) for r in ledger.rows(session, issue.id or 0, "pending")]
+    else:
+        owed = list(session.exec(select(Subscriber.id, Subscriber.email, Subscriber.name).where(
+            Subscriber.status == SubscriberStatus.ACTIVE.value).order_by(col(Subscriber.id))).all())
+    for subscriber_id, email, name in owed:
+        row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
+        try:
+            report.built_bytes += len(personal_copy(None, settings, secret, issue, row, factory=factory,
+                                                    message_id=row.message_id, date=now))
+            report.sent += 1
+        except NewsletterError as exc:
+            report.failed += 1
+            report.errors.append((email, str(exc)))
+    report.total = len(owed)
+    report.counts = ledger.counts(session, issue.id or 0) if issue.id else {}
+
+
+def personal_copy(
+    session: Session | None,
+    settings: Settings,
+    secret: str,
+    issue: Issue,
+    subscriber: Subscriber | ledger.Claimed | None,
+    *,
+    factory: MessageFactory | None = None,
+    message_id: str | None = None,
+    date: datetime | None = None,
+    subject_prefix: str = "",
+) -> bytes:
+    """THE one function that makes a subscriber's message bytes: sending, send-test and every
+    preview call it. `subscriber` None: a made-up reader whose unsubscribe link is inert.
+    `factory` (built once per run) saves re-rendering; without it `session` is needed."""
+    if factory is None:
+        if session is None:
+            raise ValueError("personal_copy needs a session or a prepared factory")
+        factory = MessageFactory(settings, rendered_issue(session, settings, issue), subject_prefix)
+    if subscriber is None:
+        recipient = Recipient(SAMPLE[0], SAMPLE[1], f"{settings.web.base_url}/u/preview-sample")
+    else:
+        sid = subscriber.subscriber_id if isinstance(subscriber, ledger.Claimed) else subscriber.id
+        link = unsubscribe_url(settings, secret, sid) if sid else f"{settings.web.base_url}/u/preview-sample"
+        recipient = Recipient(subscriber.name or "", subscriber.email, link)
+    return factory.build(recipient, message_id or new_message_id(settings), date or utcnow())
+
+
+def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,
+              transport: Transport | None = None) -> bytes:
+    """One copy of `issue` to `to`, subject prefixed [TEST], as that subscriber (when it is one)
+    would get it; no ledger rows, nothing marked sent."""
+    secret = load_secret(settings.base_dir)
+    with Session(engine) as session:
+        target = find_issue(session, issue)
+        address = ascii_address(to)
+        subscriber = session.exec(select(Subscriber).where(
+            Subscriber.email_normalized == to.strip().lower())).first()
+        factory = MessageFactory(settings, rendered_issue(session, settings, target), "[TEST] ")
+        who = subscriber or ledger.Claimed(0, 0, to.strip(), "", "", 0)  # not a subscriber
+        raw = personal_copy(session, settings, secret, target, who, factory=factory)
+    transport = transport or make_transport(settings)
+    try:
+        transport.send(settings.newsletter.sender_address, address, raw)
+    finally:
+        transport.close()
+    return raw
+
+
+def requeue(engine: Engine, issue: int | str, failed: bool, unknown: bool, now: datetime | None = None) -> int:
+    """`sends retry`: failed and/or unknown rows become owed again (same Message-ID), and the
+    issue is open for sending again; the caller then runs publish."""
+    statuses = [s for s, wanted in ((ledger.FAILED, failed), (ledger.UNKNOWN, unknown)) if wanted]
+    with session_scope(engine) as session:
+        target = find_issue(session, issue)
+        count = ledger.requeue(session, target.id or 0, statuses, now or utcnow())
+        if count and target.status == IssueStatus.SENT.value:
+            target.status, target.finished_at = IssueStatus.SENDING.value, None
+            session.add(target)
+        return count
+
+
+def _clock(now: datetime | Callable[[], datetime] | None) -> Callable[[], datetime]:
+    if now is None:
+        return utcnow
+    if callable(now):
+        return now
+    base, origin = now.astimezone(timezone.utc), time.monotonic()
+    return lambda: base + timedelta(seconds=time.monotonic() - origin)
