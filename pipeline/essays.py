@@ -8,6 +8,7 @@
   so an edited file updates its essay instead of adding a second one.
 - Re-importing an unchanged file changes nothing (content_hash over every stored field).
   An update never touches `sent_in_issue_id`: a sent essay stays sent.
+- `dry_run` reads and compares everything and writes nothing.
 - A file that cannot be taken (missing, empty, binary, not UTF-8, over MAX_BYTES, broken front
   matter, no text) is reported with the reason and writes nothing; the other files still import.
 """
@@ -78,9 +79,16 @@ class ImportReport:
 
 
 def import_paths(
-    engine: Engine, paths: Iterable[str | Path], progress: Progress | None = None
+    engine: Engine,
+    paths: Iterable[str | Path],
+    progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> ImportReport:
-    """Import every essay file in `paths` (files or folders), each in its own transaction."""
+    """Import every essay file in `paths` (files or folders), each in its own transaction.
+
+    With `dry_run`, every file is read and compared with the database exactly as in a real
+    import, and each transaction is rolled back: the report says what would change.
+    """
     report = ImportReport()
     files = collect_files(paths, report)
     taken: dict[str, Path] = {}  # slug -> file, within this import
@@ -92,6 +100,8 @@ def import_paths(
                 raise ImportProblem(f"slug {slug!r} is already taken by {taken[slug]} here")
             with session_scope(engine) as session:
                 outcome = store(session, draft, slug, path)
+                if dry_run:
+                    session.rollback()
         except ImportProblem as exc:
             report.failed.append(Failure(path, str(exc)))
         except (IntegrityError, DataError) as exc:  # e.g. another process took the slug just now

@@ -296,3 +296,23 @@ def test_cli_list_when_empty(run_cli: CLI) -> None:
     result = run_cli("essays", "list")
     assert result.exit_code == 0 and "No essays yet" in result.output
     assert json.loads(run_cli("essays", "list", "--json").output) == []
+
+
+def test_dry_run_reports_what_would_change_and_writes_nothing(
+    engine: Engine, examples: Path, run_cli: CLI
+) -> None:
+    import_paths(engine, [examples / "stairs-as-shortcuts.md"])
+    path = examples / "stairs-as-shortcuts.md"
+    path.write_text(path.read_text(encoding="utf-8").replace("231", "232"), encoding="utf-8")
+    before = {slug: e.content_hash for slug, e in essays(engine).items()}
+    report = import_paths(engine, [examples], dry_run=True)
+    assert len(report.added) == 9 and report.updated == ["stairs-as-shortcuts"]
+    assert {slug: e.content_hash for slug, e in essays(engine).items()} == before
+
+    # run_cli uses the same database as `engine`.
+    result = run_cli("essays", "import", "--dry-run", str(examples))
+    assert result.exit_code == 0
+    assert "9 would be added, 1 would be updated, 0 unchanged" in result.stdout
+    assert "Dry run: nothing was written." in result.stdout
+    rows = json.loads(run_cli("essays", "list", "--json").stdout)
+    assert [row["slug"] for row in rows] == ["stairs-as-shortcuts"]

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import ImportProblem
 from pipeline.markdown import parse_markdown
+from tests.test_architecture import importers_of
 
 BODY = """
 Opening paragraph with a [link](https://example.org/x), *emphasis*, **strong** and `code`
@@ -141,3 +142,8 @@ def test_markdown_without_front_matter() -> None:
     draft = parse_markdown("Just a paragraph.\n")
     assert draft.body == [{"kind": "p", "text": "Just a paragraph."}]
     assert draft.title == "Just a paragraph"
+
+
+@pytest.mark.parametrize("library", ["yaml", "markdown_it"])
+def test_yaml_and_markdown_it_enter_only_here(library: str) -> None:
+    assert importers_of(library) == {"pipeline/markdown.py"}

@@ -23,9 +23,10 @@ def group() -> None:
 
 @group.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Read and check the files, show what would change.")
 @json_option
 @pass_app
-def import_command(app: App, paths: tuple[Path, ...], as_json: bool) -> None:
+def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
     """Import essay files or folders (searched for .txt, .md, .markdown).
 
     A .txt file is read as a page scraped from an essay site (title, dek, date, body; share
@@ -38,7 +39,8 @@ def import_command(app: App, paths: tuple[Path, ...], as_json: bool) -> None:
     \b
     Example:
       newsletter essays import examples/essays
-      newsletter essays import drafts/walking-at-dawn.md notes/ --json
+      newsletter essays import drafts/walking-at-dawn.md notes/ --dry-run
+      newsletter essays import drafts/ --json
     """
     engine = app.engine
     with Progress(
@@ -56,29 +58,32 @@ def import_command(app: App, paths: tuple[Path, ...], as_json: bool) -> None:
             if total >= PROGRESS_FROM:
                 bar.update(task, completed=done, total=total, description=path.name)
 
-        report = import_paths(engine, paths, progress=advance)
+        report = import_paths(engine, paths, progress=advance, dry_run=dry_run)
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "dry_run": dry_run})
     else:
-        _print_report(app, report)
+        _print_report(app, report, dry_run)
     if not report.ok:
         raise SystemExit(1)
 
 
-def _print_report(app: App, report: ImportReport) -> None:
+def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:
+    would = "would be " if dry_run else ""
     counts = (
-        f"{len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.added)} {would}added, {len(report.updated)} {would}updated, "
         f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
     )
     for slug in report.added:
-        app.console.print(f"[green]added[/]     {slug}")
+        app.console.print(f"[green]{would}added[/]     {escape(slug)}")
     for slug in report.updated:
-        app.console.print(f"[yellow]updated[/]   {slug}")
+        app.console.print(f"[yellow]{would}updated[/]   {escape(slug)}")
     for warning in report.warnings:
         app.err.print(f"[yellow]Warning:[/] {escape(warning)}", soft_wrap=True)
     for failure in report.failed:
         app.err.print(f"[red]Failed:[/] {escape(str(failure))}", soft_wrap=True)
     app.console.print(("[bold]" if report.ok else "[bold red]") + counts + "[/]")
+    if dry_run:
+        app.console.print("Dry run: nothing was written.")
 
 
 @group.command("list")
