@@ -1,0 +1,285 @@
+"""`newsletter subscribers` and `newsletter init`: the audience from the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+from sqlmodel import Session, select
+
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.public import send_confirmation
+from subscribers import consent
+from subscribers.importer import ImportReport, export_csv, import_csv, sniff
+from subscribers.model import Subscriber, SubscriberStatus
+from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
+
+STATUSES = click.Choice([s.value for s in SubscriberStatus])
+SHOW_AT_MOST = 20  # problem rows printed per kind; --json has them all
+PROGRESS_FROM = 5000  # lines; below this a progress bar is only flicker
+
+
+@click.group("subscribers")
+def group() -> None:
+    """Add, import, export, list, unsubscribe and remove subscribers."""
+
+
+@group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name, as it should appear in the To: header.")
+@click.option("--pending", is_flag=True, help="Add as pending (not mailed until they confirm).")
+@click.option("--confirm", "send_confirm", is_flag=True, help="Add as pending and email them a confirmation link.")
+@pass_app
+def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> None:
+    """Add one subscriber, active at once: you vouch that they asked for the newsletter.
+
+    An address that unsubscribed, bounced, complained or was removed is refused: only the
+    person can come back, by signing up again and confirming. With --confirm the address is
+    added as pending and gets a confirmation email (through the configured transport); the
+    same is how a person who left can be invited back.
+
+    \b
+    Example:
+      newsletter subscribers add ann@example.org --name "Ann Lee"
+      newsletter subscribers add bob@example.org --confirm
+    """
+    settings = app.settings
+    with Session(app.engine, expire_on_commit=False) as session:
+        if send_confirm:
+            subscriber, needs = consent.subscribe(
+                session, email, name=name, source="cli", double_opt_in=True,
+                check_deliverability=settings.subscribers.check_deliverability,
+            )
+            if not needs:
+                app.console.print(f"{escape(subscriber.email)} is already an active subscriber.")
+                return
+            secret = load_secret(settings.base_dir, announce=app.err.print)
+            send_confirmation(settings, consent.confirmation_email(
+                secret, subscriber, settings.web.base_url, settings.newsletter.name
+            ))
+            app.console.print(
+                f"Sent a confirmation link to {escape(subscriber.email)} "
+                f"(status {subscriber.status} until they follow it; valid 7 days)."
+            )
+            return
+        subscriber, outcome = consent.add(
+            session, email, name=name, source="cli", pending=pending,
+            check_deliverability=settings.subscribers.check_deliverability,
+        )
+    app.console.print(f"{outcome.capitalize()}: {escape(subscriber.email)} ({subscriber.status})")
+
+
+@group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what the import would do; change nothing.")
+@click.option(
+    "--column", "columns", multiple=True, metavar="FIELD=HEADER",
+    help="Which column holds the address or the name, e.g. --column email=E-mail --column 'name=Full name'.",
+)
+@click.option("--pending", is_flag=True, help="Add new addresses as pending instead of active.")
+@json_option
+@pass_app
+def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...], pending: bool, as_json: bool) -> None:
+    """Import subscribers from a CSV file and report what happened to every row.
+
+    Reads UTF-8 (with or without BOM), UTF-16 or Windows-1252, separated by commas, semicolons
+    or tabs; finds the address and name columns by their usual headers (or --column), joins
+    first and last name columns, skips blank lines and extra columns. New addresses become
+    active (you vouch for their consent; --pending otherwise); known ones get their name
+    updated; addresses that left are never brought back. Rows that are not addresses are
+    refused with their line number; the good rows are imported all the same and the exit code
+    is 1.
+
+    \b
+    Example:
+      newsletter subscribers import examples/subscribers.csv --dry-run
+      newsletter subscribers import export.csv --column email=E-mail --column "name=Full name"
+    """
+    mapping = _parse_columns(columns)
+    settings = app.settings
+    with Session(app.engine, expire_on_commit=False) as session, Progress(
+        TextColumn("Importing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} lines"),
+        console=app.err, transient=True, disable=as_json,
+    ) as bar:
+        lines = sniff(file).lines
+        task = bar.add_task("", total=lines, visible=lines >= PROGRESS_FROM)
+        report = import_csv(
+            session, file, columns=mapping, pending=pending, dry_run=dry_run,
+            check_deliverability=settings.subscribers.check_deliverability,
+            progress=lambda line: bar.update(task, completed=min(line, lines)),
+        )
+    if as_json:
+        print_json(asdict(report))
+    else:
+        _print_report(app, report)
+    if report.refused:
+        raise SystemExit(1)
+
+
+def _parse_columns(columns: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in columns:
+        field, sep, header = item.partition("=")
+        if not sep or field.strip().lower() not in ("email", "name") or not header.strip():
+            raise click.BadParameter(f"{item!r}: expected email=HEADER or name=HEADER", param_hint="--column")
+        mapping[field.strip().lower()] = header.strip()
+    return mapping
+
+
+def _print_report(app: App, report: ImportReport) -> None:
+    out = app.console
+    verb = "would be" if report.dry_run else "were"
+    for title, problems, style in (
+        ("Refused (not imported: fix these rows)", report.refused, "red"),
+        ("Left alone: they unsubscribed, bounced, complained or were removed", report.opted_out, "yellow"),
+        ("Skipped as duplicates", report.duplicates, "dim"),
+    ):
+        if problems:
+            out.print(f"[{style}]{title}:[/]")
+            for problem in problems[:SHOW_AT_MOST]:
+                out.print(f"  line {problem.line}: {escape(problem.email or '(empty)')}: {escape(problem.reason)}", soft_wrap=True)
+            if len(problems) > SHOW_AT_MOST:
+                out.print(f"  ... and {len(problems) - SHOW_AT_MOST} more (--json lists them all)")
+    if report.names_cleaned:
+        out.print(f"{report.names_cleaned} names had line breaks or control characters; they {verb} cleaned.")
+    out.print(
+        f"{'Dry run: ' if report.dry_run else ''}{report.rows} rows: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
+        f"{len(report.opted_out)} left alone, {len(report.refused)} refused"
+        f"{' (nothing was written)' if report.dry_run else ''}."
+    )
+
+
+@group.command("export")
+@click.option("--status", type=STATUSES, help="Only subscribers with this status.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of to stdout.")
+@pass_app
+def export(app: App, status: str | None, output: Path | None) -> None:
+    """Write subscribers as CSV (UTF-8): email, name, status, source and dates.
+
+    Cells that a spreadsheet would run as a formula (starting with =, +, -, @) get a leading
+    ' so they show as text; `subscribers import` removes it again. Removed subscribers have no
+    data left and are never exported.
+
+    \b
+    Example:
+      newsletter subscribers export > subscribers.csv
+      newsletter subscribers export --status unsubscribed -o left.csv
+    """
+    with Session(app.engine) as session:
+        if output is None:
+            count = export_csv(session, sys.stdout, status)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                count = export_csv(session, handle, status)
+    app.err.print(f"Exported {count} subscribers{f' to {output}' if output else ''}.")
+
+
+@group.command("list")
+@click.option("--status", type=STATUSES, help="Only subscribers with this status.")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many (0: all).")
+@json_option
+@pass_app
+def list_command(app: App, status: str | None, limit: int, as_json: bool) -> None:
+    """List subscribers, newest first, with the count for each status.
+
+    \b
+    Example:
+      newsletter subscribers list
+      newsletter subscribers list --status pending --json
+    """
+    with Session(app.engine) as session:
+        counts = consent.counts(session)
+        query = select(Subscriber).where(Subscriber.status != SubscriberStatus.REMOVED.value)
+        if status:
+            query = query.where(Subscriber.status == status)
+        query = query.order_by(Subscriber.id.desc())  # type: ignore[union-attr]
+        rows = session.exec(query.limit(limit) if limit > 0 else query).all()
+    fields = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
+    if as_json:
+        print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows]})
+        return
+    table = Table("email", "name", "status", "source", "since")
+    for s in rows:
+        table.add_row(escape(s.email), escape(s.name), s.status, escape(s.source), s.created_at.date().isoformat())
+    if rows:
+        app.console.print(table)
+    total = counts[status] if status else sum(n for key, n in counts.items() if key != SubscriberStatus.REMOVED.value)
+    if len(rows) < total:
+        app.console.print(f"Showing {len(rows)} of {total}; --limit 0 shows all.")
+    app.console.print(", ".join(f"{n} {key}" for key, n in counts.items()))
+
+
+@group.command("unsubscribe")
+@click.argument("email")
+@pass_app
+def unsubscribe(app: App, email: str) -> None:
+    """Unsubscribe an address (say, one that asked by email). Nothing is erased.
+
+    \b
+    Example:
+      newsletter subscribers unsubscribe ann@example.org
+    """
+    with Session(app.engine) as session:
+        changed = consent.unsubscribe(session, email)
+    app.console.print(f"Unsubscribed {escape(email)}." if changed else f"{escape(email)} was already off the list.")
+
+
+@group.command("remove")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def remove(app: App, email: str, yes: bool) -> None:
+    """Erase an address and its name everywhere (a data-protection request).
+
+    The address is kept only as a one-way hash on the suppression list, so no later import or
+    `add` can bring it back; only the person can, by signing up again and confirming. The
+    send history keeps its counts but no longer says who.
+
+    \b
+    Example:
+      newsletter subscribers remove ann@example.org --yes
+    """
+    if not yes:
+        click.confirm(f"Erase {email} and its name from the list and the send history?", abort=True)
+    with Session(app.engine) as session:
+        known = consent.remove(session, email)
+    if known:
+        app.console.print(f"Removed {escape(email)}: personal data erased, address suppressed.")
+    else:
+        app.console.print(f"{escape(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
+
+
+@click.command("init")
+@pass_app
+def init(app: App) -> None:
+    """Prepare this folder: the database, and a token-signing key unless one is set.
+
+    The key signs unsubscribe and confirmation links. It comes from $NEWSLETTER_SECRET_KEY, or
+    else the file .secret_key beside config.toml (created here, readable by you only, kept out
+    of git). Keep it: links in emails already sent stop working without it.
+
+    \b
+    Example:
+      newsletter init
+    """
+    settings = app.settings
+    app.engine  # opening the database creates and migrates it
+    app.console.print(f"Database ready: {settings.database.url}")
+    created: list[str] = []
+    load_secret(settings.base_dir, announce=created.append)
+    if created:
+        app.console.print(created[0])
+    elif os.environ.get(SECRET_ENV, "").strip():
+        app.console.print(f"The token-signing key comes from ${SECRET_ENV}.")
+    else:
+        app.console.print(f"The token-signing key is in {settings.base_dir / SECRET_FILE} (kept).")
+
+
+commands = [group, init]

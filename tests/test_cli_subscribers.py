@@ -1,0 +1,183 @@
+"""`newsletter subscribers ...` and `newsletter init`, run as a user runs them (Click's runner)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlmodel import Session
+
+from pipeline import db
+from pipeline.cli import cli
+from pipeline.config import load_settings
+from subscribers import consent
+from subscribers.tokens import SECRET_ENV, load_secret
+from tests.conftest import CLI, SMTPServer, write_config
+
+
+def listed(run_cli: CLI, *args: str) -> dict:
+    result = run_cli("subscribers", "list", "--json", "--limit", "0", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def statuses(run_cli: CLI) -> dict[str, str]:
+    return {s["email"]: s["status"] for s in listed(run_cli)["subscribers"]}
+
+
+def test_add_then_list_with_counts(run_cli: CLI) -> None:
+    result = run_cli("subscribers", "add", "Ann@Example.org", "--name", "Ann Lee")
+    assert result.exit_code == 0 and "Added: Ann@example.org (active)" in result.output
+    assert "Unchanged" in run_cli("subscribers", "add", "ann@example.org", "--name", "Ann Lee").output
+    assert run_cli("subscribers", "add", "p@example.org", "--pending").exit_code == 0
+    data = listed(run_cli)
+    assert data["counts"]["active"] == 1 and data["counts"]["pending"] == 1
+    assert {s["email"]: s["name"] for s in data["subscribers"]} == {"Ann@example.org": "Ann Lee", "p@example.org": ""}
+    table = run_cli("subscribers", "list", "--status", "active").output
+    assert "Ann Lee" in table and "p@example.org" not in table and "1 active" in table
+
+
+def test_add_refuses_an_invalid_address_with_a_readable_error(run_cli: CLI) -> None:
+    result = run_cli("subscribers", "add", "ann at example.org")
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "not a valid address" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unsubscribed_address_cannot_be_added_or_imported_back(run_cli: CLI, tmp_path: Path) -> None:
+    run_cli("subscribers", "add", "gone@example.org")
+    assert "Unsubscribed gone@example.org" in run_cli("subscribers", "unsubscribe", "gone@example.org").output
+    assert "already off the list" in run_cli("subscribers", "unsubscribe", "GONE@example.org").output
+    result = run_cli("subscribers", "add", "gone@example.org")
+    assert result.exit_code == 1 and "only the person can re-subscribe" in result.output
+    path = tmp_path / "old.csv"
+    path.write_text("email\nGone@Example.org\nnew@example.org\n")
+    result = run_cli("subscribers", "import", str(path))
+    assert result.exit_code == 0, result.output
+    assert "line 2: Gone@Example.org" in result.output and "1 left alone" in result.output
+    assert statuses(run_cli) == {"gone@example.org": "unsubscribed", "new@example.org": "active"}
+
+
+def test_import_reports_every_row_and_exits_1_after_importing_the_good_ones(run_cli: CLI, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_bytes(
+        "\ufeffE-mail;Full name;Notes\r\n"
+        "ann@example.org;Lee, Ann;x\r\n"
+        "\r\n"
+        "not-an-address;Nobody;y\r\n"
+        "ANN@example.org;Ann again;z\r\n"
+        "bob@example.org;Bob;\r\n".encode("utf-8")
+    )
+    dry = run_cli("subscribers", "import", str(path), "--dry-run", "--column", "email=E-mail", "--column", "name=Full name")
+    assert dry.exit_code == 1
+    assert "Dry run" in dry.output and "nothing was written" in dry.output
+    assert listed(run_cli)["subscribers"] == []
+    result = run_cli("subscribers", "import", str(path), "--column", "email=E-mail", "--column", "name=Full name")
+    assert result.exit_code == 1
+    assert "line 4: not-an-address" in result.output
+    assert "line 5: ANN@example.org: same address as line 2" in result.output
+    assert "4 rows: 2 added, 0 updated, 0 unchanged, 1 duplicates, 0 left alone, 1 refused" in result.output
+    assert statuses(run_cli) == {"ann@example.org": "active", "bob@example.org": "active"}
+
+
+def test_import_json_report(run_cli: CLI, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("email,name\nann@example.org,Ann\nbad,Bad\n")
+    result = run_cli("subscribers", "import", str(path), "--json")
+    report = json.loads(result.output)
+    assert report["added"] == 1 and report["refused"] == [
+        {"line": 3, "email": "bad", "reason": report["refused"][0]["reason"]}
+    ]
+    assert "@-sign" in report["refused"][0]["reason"]
+
+
+def test_import_names_a_missing_column_and_a_bad_mapping(run_cli: CLI, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("Mail,Name\nann@example.org,Ann\n")
+    result = run_cli("subscribers", "import", str(path), "--column", "email=E-mail")
+    assert result.exit_code == 1 and "no column 'E-mail'" in result.output and "list.csv" in result.output
+    result = run_cli("subscribers", "import", str(path), "--column", "phone=Tel")
+    assert result.exit_code == 2 and "email=HEADER or name=HEADER" in result.output
+
+
+def test_export_is_formula_safe_and_filters_by_status(run_cli: CLI, tmp_path: Path) -> None:
+    run_cli("subscribers", "add", "ann@example.org", "--name", "=1+2")
+    run_cli("subscribers", "add", "bob@example.org", "--name", "Bob")
+    run_cli("subscribers", "unsubscribe", "bob@example.org")
+    result = run_cli("subscribers", "export")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["email"]: (r["name"], r["status"]) for r in rows} == {
+        "ann@example.org": ("'=1+2", "active"),
+        "bob@example.org": ("Bob", "unsubscribed"),
+    }
+    out = tmp_path / "left.csv"
+    assert run_cli("subscribers", "export", "--status", "unsubscribed", "-o", str(out)).exit_code == 0
+    assert [r["email"] for r in csv.DictReader(out.open(encoding="utf-8"))] == ["bob@example.org"]
+
+
+def test_remove_asks_first_then_erases(run_cli: CLI) -> None:
+    run_cli("subscribers", "add", "erase@example.org", "--name", "Erase Me")
+    result = run_cli("subscribers", "remove", "erase@example.org", input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output
+    assert "erase@example.org" in statuses(run_cli)
+    result = run_cli("subscribers", "remove", "erase@example.org", input="y\n")
+    assert result.exit_code == 0 and "personal data erased" in result.output
+    data = listed(run_cli)
+    assert data["subscribers"] == [] and data["counts"]["removed"] == 1
+    assert "Erase" not in run_cli("subscribers", "export").stdout
+    assert run_cli("subscribers", "add", "erase@example.org").exit_code == 1
+    assert run_cli("subscribers", "remove", "never@example.org", "--yes").exit_code == 0
+
+
+def test_init_writes_a_private_key_once_and_says_so(run_cli: CLI, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    first = run_cli("init")
+    key = config_file.parent / ".secret_key"
+    assert first.exit_code == 0 and "Created a new token-signing key" in first.output
+    assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600
+    second = run_cli("init")
+    assert "Created" not in second.output and "(kept)" in second.output
+    monkeypatch.setenv(SECRET_ENV, "from-env")
+    assert f"${SECRET_ENV}" in run_cli("init").output
+
+
+def test_add_confirm_sends_a_working_link_over_smtp(
+    tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    config = write_config(
+        tmp_path,
+        delivery={"transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host, "smtp_port": smtp_server.port},
+    )
+    run = CLI(config, CliRunner())
+    run("subscribers", "add", "gone@example.org")
+    run("subscribers", "unsubscribe", "gone@example.org")
+    result = run("subscribers", "add", "Gone@example.org", "--name", "Back\r\nBcc: x@example.com", "--confirm")
+    assert result.exit_code == 0, result.output
+    assert "Sent a confirmation link to gone@example.org" in result.output
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["gone@example.org"]
+    message = received.message
+    assert "Bcc" not in message and "\n" not in str(message["To"])
+    body = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    settings = load_settings(config)
+    url = re.search(re.escape(settings.web.base_url) + r"/confirm/(\S+)", body)
+    assert url, body
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        assert consent.find(session, "gone@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+        consent.confirm_by_token(session, load_secret(settings.base_dir), url.group(1))
+        assert consent.find(session, "gone@example.org").status == "active"  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def test_help_shows_examples(run_cli: CLI) -> None:
+    result = CliRunner().invoke(cli, ["subscribers", "import", "--help"])
+    assert "newsletter subscribers import" in result.output and "--column" in result.output
