@@ -45,6 +45,7 @@ class Report:
     issue_key: str = ""
     subject: str = ""
     total: int = 0  # the frozen audience (for a dry run: who would get it)
+    to_send: int = 0  # owed when this run began delivering
     sent: int = 0
     retrying: int = 0
     failed: int = 0
@@ -116,7 +117,8 @@ def publish(
     _freeze(engine, settings, target, rendered, clock())
     with session_scope(engine) as session:
         ledger.reconcile(session, issue_id, clock())
-        report.total = sum(ledger.counts(session, issue_id).values())
+        before = ledger.counts(session, issue_id)
+        report.total, report.to_send = sum(before.values()), before["pending"]
     _deliver(settings, engine, target, rendered, report, transport_factory, stop, progress, clock)
     _finish(engine, issue_id, report, clock())
     report.seconds = time.monotonic() - started

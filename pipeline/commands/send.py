@@ -1,0 +1,274 @@
+"""`newsletter send`, `send-test` and `sends status/list/retry`: sending by hand, and the ledger."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlmodel import Session
+
+from pipeline import ledger
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.issues import find_issue
+from pipeline.models import DeliveryStatus, Issue
+from pipeline.publish import Report, publish, requeue, send_test
+
+STATUSES = [s.value for s in DeliveryStatus]
+
+
+@click.command("send")
+@click.argument("issue", required=False)
+@click.option("--latest", is_flag=True, help="The newest open issue; composes one from unsent essays when none is open.")
+@click.option("--dry-run", is_flag=True, help="Build every message, send none, write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_app
+def send(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Send an issue to every active subscriber it is owed to (ISSUE: id or key).
+
+    The audience is frozen when sending starts. Running it again sends only what is still
+    owed. Ctrl-C finishes the batch in flight and stops; `send` again carries on. A server that
+    cannot be reached, or refuses the login, pauses the run without using up any attempts.
+
+    \b
+    Example:
+      newsletter send --latest
+      newsletter send weekly-2026-W48 --dry-run
+      newsletter send 3 --yes
+    """
+    if (issue is None) == (not latest):
+        raise click.UsageError("name an ISSUE (id or key) or pass --latest, not both")
+    report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        _summary(app, report)
+    if report.paused or (report.nothing and issue is not None and not report.counts):
+        raise SystemExit(1)
+
+
+@click.command("send-test")
+@click.argument("issue")
+@click.option("--to", "to", required=True, help="The address that gets the test copy.")
+@pass_app
+def send_test_command(app: App, issue: str, to: str) -> None:
+    """Send one copy of ISSUE to an address, subject prefixed [TEST]; records nothing.
+
+    When the address belongs to a subscriber the copy is theirs (name, unsubscribe link);
+    otherwise its unsubscribe link is an inert sample.
+
+    \b
+    Example:
+      newsletter send-test weekly-2026-W48 --to me@example.org
+    """
+    raw = send_test(app.settings, app.engine, issue, to)
+    where = (f"the outbox {app.settings.delivery.outbox_dir}"
+             if app.settings.delivery.transport == "outbox" else app.settings.delivery.smtp_host)
+    app.console.print(f"Sent a test copy to {escape(to)} through {escape(str(where))} ({len(raw):,} bytes).")
+
+
+@click.group("sends")
+def sends() -> None:
+    """The delivery ledger of an issue: counts, rows, retries."""
+
+
+@sends.command("status")
+@click.argument("issue")
+@json_option
+@pass_app
+def status(app: App, issue: str, as_json: bool) -> None:
+    """How many deliveries of ISSUE have each status.
+
+    \b
+    Example:
+      newsletter sends status weekly-2026-W48
+      newsletter sends status 3 --json
+    """
+    with Session(app.engine) as session:
+        target = find_issue(session, issue)
+        counts = ledger.counts(session, target.id or 0)
+        next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
+    if as_json:
+        print_json({"issue": target.key, "status": target.status, "counts": counts,
+                    "next_retry_at": next_retry})
+        return
+    table = Table(title=f"{target.key} ({target.status})")
+    table.add_column("status")
+    table.add_column("deliveries", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, str(count))
+    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
+    app.console.print(table)
+    if next_retry:
+        app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
+    _hints(app, target, counts)
+
+
+@sends.command("list")
+@click.argument("issue")
+@click.option("--status", "wanted", type=click.Choice(STATUSES), help="Only rows with this status.")
+@click.option("--limit", type=int, default=200, show_default=True, help="At most this many rows.")
+@json_option
+@pass_app
+def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: bool) -> None:
+    """The deliveries of ISSUE: address, status, attempts, last SMTP reply.
+
+    \b
+    Example:
+      newsletter sends list weekly-2026-W48 --status failed
+      newsletter sends list 3 --status unknown --json
+    """
+    with Session(app.engine) as session:
+        target = find_issue(session, issue)
+        found = ledger.rows(session, target.id or 0, wanted, limit)
+    fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
+              "last_error", "message_id", "next_attempt_at", "sent_at")
+    if as_json:
+        print_json([{f: getattr(row, f) for f in fields} for row in found])
+        return
+    table = Table(title=f"{target.key}: {len(found)} deliveries" + (f" ({wanted})" if wanted else ""))
+    for column in ("email", "status", "attempts", "code", "last error / sent at"):
+        table.add_column(column)
+    for row in found:
+        note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
+        table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
+                      escape(note))
+    app.console.print(table)
+
+
+@sends.command("retry")
+@click.argument("issue")
+@click.option("--failed", is_flag=True, help="Resend deliveries that failed.")
+@click.option("--unknown", is_flag=True, help="Resend deliveries whose outcome is unknown (a crash mid-send).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
+    """Make failed and/or unknown deliveries of ISSUE owed again, and send them.
+
+    An `unknown` delivery may have arrived already: resending can give that subscriber a
+    second copy (with the same Message-ID, which many mail clients merge). Subscribers who
+    unsubscribed or bounced meanwhile are skipped.
+
+    \b
+    Example:
+      newsletter sends retry weekly-2026-W48 --unknown
+      newsletter sends retry 3 --failed --unknown --yes
+    """
+    if not (failed or unknown):
+        raise click.UsageError("say what to resend: --failed, --unknown or both")
+    what = " and ".join(w for w, on in (("failed", failed), ("unknown", unknown)) if on)
+    with Session(app.engine) as session:
+        target = find_issue(session, issue)
+        counts = ledger.counts(session, target.id or 0)
+    count = counts["failed"] * failed + counts["unknown"] * unknown
+    if not count:
+        app.console.print(f"No {what} deliveries in {target.key}.")
+        return
+    if not yes:
+        click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
+    requeue(app.engine, target.key, failed, unknown)
+    _summary(app, _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False))
+
+
+def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool) -> Report:
+    """publish with a confirmation prompt, a progress bar and Ctrl-C turned into a stop flag."""
+    stop = threading.Event()
+
+    def confirm(target: Issue, audience: int) -> bool:
+        verb = "Build (dry run)" if dry_run else "Send"
+        question = f"{verb} {target.key} \"{target.subject}\" to {audience} subscribers?"
+        if target.status == "sending":
+            question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
+        return yes or click.confirm(question, default=False)
+
+    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
+               TextColumn("{task.fields[problems]}"))
+    with Progress(*columns, console=app.err, transient=True, disable=quiet or dry_run) as bar, \
+            _ctrl_c(stop, app):
+        task = bar.add_task("", total=None, rate=0.0, problems="")
+
+        def progress(report: Report) -> None:
+            done = report.sent + report.failed + report.retrying + report.skipped
+            elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
+            problems = (f"{report.failed} failed, {report.retrying} to retry"
+                        if report.failed or report.retrying else "")
+            bar.update(task, total=report.to_send, completed=done, rate=report.sent / elapsed,
+                       problems=problems)
+
+        return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
+                       confirm=confirm, stop=stop, progress=progress)
+
+
+@contextmanager
+def _ctrl_c(stop: threading.Event, app: App) -> Iterator[None]:
+    """The first Ctrl-C asks for a clean stop after the batch in flight; the second is abrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        app.err.print("Stopping after the batch in flight (Ctrl-C again to abort at once)...")
+
+    previous: Any = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _summary(app: App, report: Report) -> None:
+    out = app.console.print
+    if report.declined:
+        out("Nothing sent.")
+        return
+    if report.nothing:
+        out(f"Nothing to send: {escape(report.nothing)}")
+        return
+    if report.dry_run:
+        out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
+            f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
+            f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
+        return
+    out(f"{report.issue_key} \"{escape(report.subject)}\": {report.sent} sent this run"
+        f" in {report.seconds:.1f} s, {report.retrying} to retry, {report.failed} failed, "
+        f"{report.skipped} skipped (unsubscribed since), {report.bounced} bounced addresses suppressed.")
+    counts = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
+    out(f"Ledger: {counts or 'empty'}.")
+    for email, error in report.errors[:10]:
+        out(f"  [red]{escape(email)}[/]: {escape(error)}")
+    if report.paused:
+        app.err.print(f"[bold red]Paused:[/] {escape(report.paused)}")
+    elif report.stopped:
+        out(f"Stopped by request; nothing is in flight. Run `newsletter send {report.issue_key}` to carry on.")
+    if report.finished:
+        out(f"[green]{report.issue_key} is sent.[/]")
+    elif report.next_retry_at:
+        out(f"Deliveries waiting for a retry; the next is due at {report.next_retry_at:%Y-%m-%d %H:%M} "
+            f"UTC: run `newsletter send {report.issue_key}` then (the scheduler does it by itself).")
+    if report.counts.get("unknown"):
+        out(f"{report.counts['unknown']} deliveries are unknown (the sender stopped mid-attempt): "
+            f"`newsletter sends retry {report.issue_key} --unknown` resends them.")
+    if app.settings.delivery.transport == "outbox" and report.sent:
+        out(f"Messages are in {app.settings.delivery.outbox_dir}/ (one .eml file each).")
+
+
+def _hints(app: App, issue: Issue, counts: dict[str, int]) -> None:
+    if counts["unknown"]:
+        app.console.print(f"`newsletter sends retry {issue.key} --unknown` resends the unknown ones.")
+    if counts["failed"]:
+        app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
+
+
+commands = [send, send_test_command, sends]
