@@ -53,7 +53,8 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, as_json: bool) -> Non
     if as_json:
         print_json(data)
         return
-    app.console.print(f"Composed issue [bold]{data['id']}[/] ({escape(issue.key)}): {escape(issue.subject)}")
+    app.console.print(f"Composed issue [bold]{data['id']}[/] ({escape(issue.key)}): {escape(issue.subject)}",
+                      soft_wrap=True)
     for essay in data["essays"]:
         app.console.print(f"  {escape(essay['slug'])}  {escape(essay['title'])}")
     app.console.print(f"Preview it: newsletter preview {data['id']} --open")

@@ -1,0 +1,169 @@
+"""Composing issues: which essays, in what order, subject and preheader, the unique key."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline.config import Settings, load_settings
+from pipeline.db import session_scope
+from pipeline.errors import ConfigError, NotFound
+from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
+from pipeline.models import Essay, Issue
+from tests.conftest import write_config
+from tests.digest_fixtures import add_essays, make_essay
+
+
+def test_compose_takes_the_oldest_unsent_essays_up_to_the_maximum(session: Session, settings: Settings) -> None:
+    sent = Issue(key="old")
+    session.add(sent)
+    session.commit()
+    add_essays(
+        session,
+        make_essay(1, published_on=date(2025, 3, 1)),
+        make_essay(2, published_on=date(2025, 1, 1), sent_in_issue_id=sent.id),  # sent already
+        make_essay(3, published_on=None),  # undated: after every dated essay
+        make_essay(4, published_on=date(2025, 2, 1)),
+        *[make_essay(n, published_on=date(2025, 4, n)) for n in range(5, 12)],
+    )
+    issue = compose(session, settings)
+    session.commit()
+    slugs = [e.slug for e in issue_essays(session, issue)]
+    assert slugs == ["essay-004", "essay-001", "essay-005", "essay-006", "essay-007"]
+    assert len(slugs) == settings.digest.max_essays
+    assert issue.status == "draft" and issue.key.startswith("manual-")
+    assert issue.subject == "On trains, part 4 and 4 more"
+    assert issue.preheader == "A short walk through trains: what the train teaches."
+
+
+def test_same_date_keeps_the_import_order_and_undated_come_last(session: Session, tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, digest={"max_essays": 10}))
+    add_essays(session, make_essay(1, published_on=None), make_essay(2, published_on=date(2025, 5, 5)),
+               make_essay(3, published_on=date(2025, 5, 5)))
+    issue = compose(session, settings)
+    assert [e.slug for e in issue_essays(session, issue)] == ["essay-002", "essay-003", "essay-001"]
+
+
+def test_named_essays_in_the_order_named_even_when_sent(session: Session, settings: Settings) -> None:
+    add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    issue = compose(session, settings, slugs=["essay-003", "essay-001", "essay-003"])
+    assert [e.slug for e in issue_essays(session, issue)] == ["essay-003", "essay-001"]
+    assert issue.subject == "On gardens, part 3 and 1 more"
+
+
+def test_unknown_slug_is_named(session: Session, settings: Settings) -> None:
+    add_essays(session, make_essay(1))
+    with pytest.raises(NotFound, match="'no-such-essay'"):
+        compose(session, settings, slugs=["essay-001", "no-such-essay"])
+    assert session.exec(select(Issue)).all() == []
+
+
+def test_nothing_to_send_is_a_clear_error(session: Session, settings: Settings) -> None:
+    with pytest.raises(NotFound, match="nothing to send"):
+        compose(session, settings)
+
+
+def test_subject_patterns_come_from_the_config(session: Session, tmp_path: Path) -> None:
+    settings = load_settings(write_config(
+        tmp_path, digest={"subject_one": "New: {title}", "subject_many": "{count} essays: {title} +{more}"}))
+    add_essays(session, make_essay(1, title="A title\r\nBcc: evil@example.org"), make_essay(2))
+    one = compose(session, settings, slugs=["essay-001"])
+    assert one.subject == "New: A title Bcc: evil@example.org"  # never a line break in a header
+    assert compose(session, settings).subject == "2 essays: A title Bcc: evil@example.org +1"
+
+
+def test_a_bad_subject_pattern_names_the_key(session: Session, tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, digest={"subject_many": "{title} and {others}"}))
+    add_essays(session, make_essay(1), make_essay(2))
+    with pytest.raises(ConfigError, match="digest.subject_many"):
+        compose(session, settings)
+
+
+def test_a_key_makes_one_issue_however_often_asked(any_engine: Engine, any_settings: Settings) -> None:
+    with session_scope(any_engine) as session:
+        add_essays(session, make_essay(1), make_essay(2))
+    with session_scope(any_engine) as session:
+        first = compose(session, any_settings, key="weekly-2026-W48")
+    with session_scope(any_engine) as session:
+        again = compose(session, any_settings, key="weekly-2026-W48")
+        assert again.id == first.id
+        assert len(session.exec(select(Issue)).all()) == 1
+
+
+def test_two_schedulers_racing_for_one_key_get_the_same_issue(any_engine: Engine, any_settings: Settings) -> None:
+    """The database's unique key decides: the loser of the race gets the winner's issue back."""
+    with session_scope(any_engine) as session:
+        add_essays(session, make_essay(1), make_essay(2))
+    ids: list[int | None] = []
+    errors: list[BaseException] = []
+    inserted = threading.Event()
+
+    def first() -> None:
+        try:
+            with session_scope(any_engine) as session:
+                ids.append(compose(session, any_settings, key="weekly-2026-W49").id)
+                inserted.set()
+                time.sleep(0.5)  # hold the transaction open while the other one tries
+        except BaseException as exc:  # reported below, in the test's own thread
+            errors.append(exc)
+            inserted.set()
+
+    def second() -> None:
+        inserted.wait(10)
+        try:
+            with session_scope(any_engine) as session:
+                ids.append(compose(session, any_settings, key="weekly-2026-W49").id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert len(ids) == 2 and ids[0] == ids[1]
+    with Session(any_engine) as session:
+        assert len(session.exec(select(Issue)).all()) == 1
+
+
+def test_find_by_id_or_key_and_latest(session: Session, settings: Settings) -> None:
+    add_essays(session, make_essay(1), make_essay(2))
+    a = compose(session, settings, key="weekly-2026-W01")
+    b = compose(session, settings, slugs=["essay-002"])
+    session.commit()
+    assert find_issue(session, str(a.id)).key == "weekly-2026-W01"
+    assert find_issue(session, "weekly-2026-W01").id == a.id
+    assert latest_issue(session).id == b.id
+    assert [i.id for i in list_issues(session)] == [b.id, a.id]
+    with pytest.raises(NotFound, match="'weekly-1999-W01'"):
+        find_issue(session, "weekly-1999-W01")
+
+
+def test_cli_new_list_show(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    made = run_cli("issues", "new", "--essay", "essay-002", "--essay", "essay-001")
+    assert made.exit_code == 0, made.output
+    assert "On clocks, part 2 and 1 more" in made.output
+    listed = json.loads(run_cli("issues", "list", "--json").output)
+    assert [row["subject"] for row in listed] == ["On clocks, part 2 and 1 more"]
+    shown = json.loads(run_cli("issues", "show", listed[0]["key"], "--json").output)
+    assert [e["slug"] for e in shown["essays"]] == ["essay-002", "essay-001"]
+    assert shown["id"] == listed[0]["id"]
+    text = run_cli("issues", "show", str(listed[0]["id"])).output
+    assert "essay-002" in text and "draft" in text
+
+
+def test_cli_errors_name_the_problem(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    empty = run_cli("issues", "new")
+    assert empty.exit_code == 1 and "nothing to send" in empty.output
+    missing = run_cli("issues", "show", "42")
+    assert missing.exit_code == 1 and "'42'" in missing.output
