@@ -1,0 +1,313 @@
+"""The web app: a Flask factory, the security rules every page shares, and the preview pages.
+
+Preview pages show drafts and subscriber addresses, so they answer only to a browser on this
+machine while the server is bound to loopback, or, when `web.preview_token` is configured, only
+to whoever presents that token. The public pages (archive, unsubscribe, confirm, subscribe) live
+in pipeline/public.py; Flask enters the project here and there, through blueprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for,
+)
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
+
+from pipeline import db, public
+from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
+from pipeline.errors import NotFound
+from pipeline.issues import compose, subject_for, unsent_essays
+from pipeline import ledger
+from pipeline.lint import lint_message
+from pipeline.models import DeliveryStatus, Issue, IssueStatus
+from pipeline.publish import personal_copy
+from pipeline.public import WebState, state
+from subscribers.addresses import normalize_email
+from subscribers.model import Subscriber, SubscriberStatus
+from subscribers.tokens import load_secret
+
+TOKEN_COOKIE = "newsletter_preview"
+LOOPBACK_NAMES = ("localhost",)
+# Every page: no scripts at all, styles from here (inline ones only for the email in the frame),
+# images from https, forms only to here, never framed by another site.
+CSP = (
+    "default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' https: data:; frame-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+TABS = ("html", "text", "headers", "lint", "status")
+LIST_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id")
+PROBLEM_ROWS = 200  # failed/unknown rows shown per status; the CLI lists them all
+
+preview = Blueprint("preview", __name__, url_prefix="/preview")
+
+
+def create_app(
+    settings: Settings, *, host: str | None = "127.0.0.1", engine: Engine | None = None
+) -> Flask:
+    """The WSGI app. `host` is the address the server binds (None: unknown, as under gunicorn)."""
+    app = Flask(
+        __name__,
+        template_folder=str(BUILTIN_TEMPLATES / "web"),
+        static_folder=str(BUILTIN_TEMPLATES / "web" / "static"),
+    )
+    secret = load_secret(settings.base_dir)
+    # The session cookie (CSRF tokens only) gets a key of its own, derived from the token key.
+    app.secret_key = hashlib.sha256(b"newsletter.web.session:" + secret.encode()).hexdigest()
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.web.base_url.startswith("https://"),
+        MAX_CONTENT_LENGTH=64 * 1024,  # forms are tiny; refuse floods early
+    )
+    app.extensions["newsletter"] = WebState(
+        settings=settings, engine=engine or db.connect(settings.database.url), secret=secret
+    )
+    app.extensions["newsletter.local"] = host is not None and _is_loopback(host)
+    app.register_blueprint(public.bp)
+    app.register_blueprint(preview)
+    app.add_url_rule("/", "home", _home)
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _error_page)
+    app.context_processor(lambda: {"can_preview": preview_refusal() is None})
+    return app
+
+
+def wsgi_app() -> Flask:
+    """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token."""
+    return create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
+
+
+def make_server(settings: Settings, host: str, port: int, engine: Engine | None = None) -> BaseWSGIServer:
+    """A threaded HTTP server for `newsletter serve` (and the browser tests); port 0: any free one."""
+    return wsgi_server(host, port, create_app(settings, host=host, engine=engine), threaded=True)
+
+
+def preview_open_on(settings: Settings, host: str) -> bool:
+    """Whether preview pages can answer at all on a server bound to `host`."""
+    return bool(settings.web.preview_token) or _is_loopback(host)
+
+
+def _home() -> Any:
+    return redirect(url_for("preview.index" if preview_refusal() is None else "public.archive"))
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"  # unsubscribe URLs carry tokens
+    response.headers["X-Frame-Options"] = "DENY"
+    if request.blueprint == "preview" or request.path.startswith(("/u/", "/confirm/")):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _error_page(error: HTTPException) -> Any:
+    titles = {400: "This link or form is not valid", 403: "Not available here", 404: "Not found",
+              410: "This link has expired", 429: "Too many requests"}
+    custom = error.description != type(error).description  # ours, not werkzeug's boilerplate
+    body = error.description if custom else (
+        "There is nothing at this address." if error.code == 404 else error.description or "")
+    return public.message(titles.get(error.code or 500, error.name), body, error.code or 500, "bad")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _token_digest(token: str) -> str:
+    # The cookie holds a digest, so a copied cookie jar does not reveal the configured token.
+    return hashlib.sha256(b"newsletter.preview:" + token.encode()).hexdigest()
+
+
+def preview_refusal() -> str | None:
+    """None when this request may see preview pages, else the reason it may not."""
+    token = state().settings.web.preview_token
+    if token:
+        given = request.headers.get("X-Preview-Token", "")
+        if given and hmac.compare_digest(given, token):
+            return None
+        cookie = request.cookies.get(TOKEN_COOKIE, "")
+        if cookie and hmac.compare_digest(cookie, _token_digest(token)):
+            return None
+        return "Preview pages need the preview token: open this page once with ?token=..."
+    if not current_local():
+        return ("This server is not bound to localhost and no preview token is set: preview "
+                "pages are off. Set the variable named by web.preview_token_env.")
+    forwarded = request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded")
+    if forwarded or not _is_loopback(request.remote_addr or ""):
+        return "Preview pages answer only on this machine (or with the preview token)."
+    return None
+
+
+def current_local() -> bool:
+    return bool(current_app.extensions["newsletter.local"])
+
+
+@preview.before_request
+def _guard() -> Any:
+    token = state().settings.web.preview_token
+    offered = request.args.get("token")
+    if token and offered is not None:
+        if not hmac.compare_digest(offered, token):
+            abort(403, "That preview token is not right.")
+        # Trade the token in the URL for a cookie, and drop it from the address bar and history.
+        rest = {k: v for k, v in request.args.items() if k != "token"}
+        response = redirect(request.path + ("?" + urlencode(rest) if rest else ""))
+        response.set_cookie(TOKEN_COOKIE, _token_digest(token), httponly=True, samesite="Strict",
+                            secure=request.is_secure, path="/preview")
+        return response
+    reason = preview_refusal()
+    if reason:
+        abort(403, reason)
+    return None
+
+
+@preview.get("/")
+def index() -> str:
+    st = state()
+    with Session(st.engine) as s:
+        issues = list(s.exec(select(Issue).order_by(col(Issue.created_at).desc(), col(Issue.id).desc())))
+        upcoming = unsent_essays(s, st.settings)
+        subject = subject_for(st.settings, upcoming) if upcoming else ""
+        counts = {i.id: _nonzero(ledger.counts(s, i.id)) for i in issues if i.id is not None}
+    return render_template("preview_index.html", issues=issues, counts=counts, upcoming=upcoming,
+                           upcoming_subject=subject, section="preview")
+
+
+@preview.get("/issue/<int:issue_id>")
+def issue_page(issue_id: int) -> str:
+    return _issue_page(issue_id)
+
+
+@preview.get("/next")
+def next_issue() -> str:
+    return _issue_page(None)
+
+
+@preview.get("/issue/<int:issue_id>.eml")
+def issue_eml(issue_id: int) -> Response:
+    return _eml(issue_id)
+
+
+@preview.get("/next.eml")
+def next_eml() -> Response:
+    return _eml(None)
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {status: n for status, n in counts.items() if n}
+
+
+def _target(s: Session, issue_id: int | None) -> Issue:
+    """The issue asked for, or the next digest composed in this (never committed) session."""
+    if issue_id is None:
+        try:
+            return compose(s, state().settings)
+        except NotFound as exc:
+            abort(404, str(exc))
+    issue = s.get(Issue, issue_id)
+    if issue is None:
+        abort(404)
+    return issue
+
+
+def _message(s: Session, issue: Issue, as_email: str) -> tuple[str, bytes]:
+    """Who the copy is for, and its bytes, made by the very function that sends."""
+    st = state()
+    subscriber = None
+    if as_email:
+        subscriber = s.exec(select(Subscriber).where(Subscriber.email_normalized == normalize_email(as_email))).first()
+        if subscriber is None:
+            abort(404, f"No subscriber with the address {as_email}.")
+    raw = personal_copy(s, st.settings, st.secret, issue, subscriber)
+    label = f"{subscriber.name} <{subscriber.email}>" if subscriber and subscriber.name else (
+        subscriber.email if subscriber else "a sample subscriber")
+    return label, raw
+
+
+def message_view(raw: bytes) -> dict[str, Any]:
+    """What the tabs show: decoded parts, every header (list headers marked), sizes."""
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
+    html = html_part.get_content() if html_part is not None else ""
+    headers = [(k, str(v), k.lower() in LIST_HEADERS) for k, v in msg.items()]
+    return {
+        "subject": str(msg["Subject"] or "(no subject)"),
+        "headers": headers,
+        "html": html,
+        "text": text_part.get_content() if text_part is not None else "",
+        "size": len(raw),
+        "size_kb": f"{len(raw) / 1024:.1f}",
+        "html_size": len(html.encode()),
+        "html_kb": f"{len(html.encode()) / 1024:.1f}",
+    }
+
+
+def _issue_page(issue_id: int | None) -> str:
+    st = state()
+    tab = request.args.get("tab", "html")
+    tab = tab if tab in TABS else "html"
+    width = "mobile" if request.args.get("width") == "mobile" else "desktop"
+    as_email = request.args.get("as", "").strip()
+    with Session(st.engine) as s:  # never committed: a composed next digest is thrown away
+        issue = _target(s, issue_id)
+        label, raw = _message(s, issue, as_email)
+        view = message_view(raw)
+        n = st.settings.newsletter
+        findings = lint_message(raw, n.sender_domain, n.postal_address) if tab == "lint" else []
+        counts = _nonzero(ledger.counts(s, issue_id)) if issue_id else {}
+        problems = [row for status in (DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.value)
+                    for row in ledger.rows(s, issue_id, status, limit=PROBLEM_ROWS + 1)] if tab == "status" and issue_id else []
+        emails = list(s.exec(select(Subscriber.email).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+                             .order_by(col(Subscriber.email)).limit(500)))
+        shown = {"id": issue_id, "key": issue.key if issue_id else "next", "status": issue.status}
+        s.expunge_all()  # keep what was loaded: a rollback would expire it
+        s.rollback()
+    tabs = [("html", "HTML"), ("text", "Text"), ("headers", "Headers"), ("lint", "Checks")]
+    if issue_id and shown["status"] in (IssueStatus.SENDING.value, IssueStatus.SENT.value):
+        tabs.append(("status", "Send status"))
+    args = {"as": as_email, "tab": tab, "width": width}
+
+    def link(**change: str) -> str:
+        merged = {k: v for k, v in {**args, **change}.items() if v}
+        return "?" + urlencode(merged)
+
+    eml = (url_for("preview.issue_eml", issue_id=issue_id) if issue_id else url_for("preview.next_eml"))
+    return render_template(
+        "preview_issue.html", issue=shown, view=view, tab=tab, tabs=tabs,
+        width=width, as_email=as_email, recipient_label=label, findings=findings, link=link,
+        status_counts=counts, problem_rows=problems[:PROBLEM_ROWS],
+        problem_more=counts.get("failed", 0) + counts.get("unknown", 0) - len(problems[:PROBLEM_ROWS]),
+        subscriber_emails=emails, eml_url=eml + (("?" + urlencode({"as": as_email})) if as_email else ""),
+        section="preview",
+    )
+
+
+def _eml(issue_id: int | None) -> Response:
+    with Session(state().engine) as s:
+        issue = _target(s, issue_id)
+        _, raw = _message(s, issue, request.args.get("as", "").strip())
+        name = issue.key if issue_id else "next-digest"
+        s.rollback()
+    response = Response(raw, mimetype="message/rfc822")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.eml"'
+    return response

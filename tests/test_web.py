@@ -1,0 +1,431 @@
+"""The web app through Flask's test client: every route, its security rules, and RFC 8058."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+
+from pipeline.config import Settings, load_settings
+from pipeline.issues import compose
+from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from pipeline.web import create_app
+from subscribers import consent
+from subscribers.model import Subscriber
+from subscribers.tokens import CONFIRM, UNSUBSCRIBE, load_secret, make_token
+from tests.conftest import SMTPServer, write_config
+from tests.digest_fixtures import add_essays, make_essay
+
+LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
+REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
+
+
+@pytest.fixture
+def app(settings: Settings, engine: Engine) -> Flask:
+    return create_app(settings, engine=engine)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def secret(settings: Settings) -> str:
+    return load_secret(settings.base_dir)
+
+
+def store(session: Session, *essays: object) -> None:
+    """Add essays and end the transaction: on SQLite every transaction holds the write lock."""
+    add_essays(session, *essays)  # type: ignore[arg-type]
+    session.commit()
+
+
+def add(session: Session, email: str, name: str = "", pending: bool = False) -> Subscriber:
+    subscriber, _ = consent.add(session, email, name=name, pending=pending)
+    return subscriber
+
+
+def status_of(engine: Engine, email: str) -> str:
+    with Session(engine) as s:
+        found = consent.find(s, email)
+        assert found is not None
+        return found.status
+
+
+def csrf_from(page: bytes) -> str:
+    match = re.search(rb'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the page has no CSRF field"
+    return match.group(1).decode()
+
+
+# --- RFC 8058 one-click unsubscribe ---------------------------------------------------------
+
+
+@pytest.fixture
+def reader(session: Session, secret: str) -> tuple[Subscriber, str]:
+    subscriber = add(session, "ada@example.org", "Ada")
+    assert subscriber.id is not None
+    return subscriber, make_token(secret, UNSUBSCRIBE, subscriber.id)
+
+
+def test_one_click_post_form_encoded_unsubscribes_with_2xx_and_no_redirect(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    response = client.post(f"/u/{token}", data="List-Unsubscribe=One-Click",
+                           content_type="application/x-www-form-urlencoded")
+    assert 200 <= response.status_code < 300
+    assert "Location" not in response.headers
+    assert "Set-Cookie" not in response.headers  # works without cookies, leaves none behind
+    assert b"You are unsubscribed" in response.data
+    assert status_of(engine, "ada@example.org") == "unsubscribed"
+
+
+def test_one_click_post_multipart_unsubscribes(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    response = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert status_of(engine, "ada@example.org") == "unsubscribed"
+
+
+def test_one_click_twice_says_already_unsubscribed(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    again = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert again.status_code == 200
+    assert b"already unsubscribed" in again.data
+    assert b"Already unsubscribed" in client.get(f"/u/{token}").data
+
+
+def test_get_shows_a_button_and_changes_nothing(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    page = client.get(f"/u/{token}")
+    assert page.status_code == 200
+    assert b'<form method="post"' in page.data and b"<button" in page.data
+    assert b"a\xe2\x80\xa2\xe2\x80\xa2@example.org" in page.data  # masked address: a••@example.org
+    assert b"ada@example.org" not in page.data
+    assert status_of(engine, "ada@example.org") == "active"
+
+
+@pytest.mark.parametrize("how", ["altered", "cut", "confirm-token", "garbage"])
+def test_forged_tokens_get_4xx_and_change_nothing(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str], secret: str, how: str
+) -> None:
+    subscriber, token = reader
+    assert subscriber.id is not None
+    bad = {
+        "altered": token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"),
+        "cut": token[: len(token) // 2],
+        "confirm-token": make_token(secret, CONFIRM, subscriber.id),
+        "garbage": "not-a-token",
+    }[how]
+    for response in (client.post(f"/u/{bad}", data={"List-Unsubscribe": "One-Click"}), client.get(f"/u/{bad}")):
+        assert 400 <= response.status_code < 500
+    assert status_of(engine, "ada@example.org") == "active"
+
+
+def test_page_form_needs_its_csrf_token(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    refused = client.post(f"/u/{token}", data={"csrf_token": "forged"})
+    assert refused.status_code == 400
+    assert status_of(engine, "ada@example.org") == "active"
+    field = csrf_from(client.get(f"/u/{token}").data)
+    done = client.post(f"/u/{token}", data={"csrf_token": field})
+    assert done.status_code == 200 and b"You are unsubscribed" in done.data
+    assert status_of(engine, "ada@example.org") == "unsubscribed"
+
+
+def test_one_click_with_another_value_is_not_one_click(
+    client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    assert client.post(f"/u/{token}", data={"List-Unsubscribe": "Yes"}).status_code == 400
+    assert status_of(engine, "ada@example.org") == "active"
+
+
+# --- double opt-in: confirm and subscribe ---------------------------------------------------
+
+
+def test_confirm_page_then_button(client: FlaskClient, engine: Engine, session: Session, secret: str) -> None:
+    pending = add(session, "bo@example.org", pending=True)
+    assert pending.id is not None
+    token = make_token(secret, CONFIRM, pending.id)
+    page = client.get(f"/confirm/{token}")
+    assert page.status_code == 200 and b"Yes, subscribe me" in page.data
+    assert status_of(engine, "bo@example.org") == "pending"  # a GET (a link scanner) confirms nothing
+    assert client.post(f"/confirm/{token}", data={"csrf_token": "x"}).status_code == 400
+    assert status_of(engine, "bo@example.org") == "pending"
+    done = client.post(f"/confirm/{token}", data={"csrf_token": csrf_from(page.data)})
+    assert done.status_code == 200 and b"You are subscribed" in done.data
+    assert status_of(engine, "bo@example.org") == "active"
+    assert b"Already confirmed" in client.get(f"/confirm/{token}").data
+
+
+def test_confirm_refuses_bad_and_expired_tokens(
+    client: FlaskClient, session: Session, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = add(session, "cy@example.org", pending=True)
+    assert pending.id is not None
+    assert client.get(f"/confirm/{make_token(secret, UNSUBSCRIBE, pending.id)}").status_code == 400
+    token = make_token(secret, CONFIRM, pending.id)
+    monkeypatch.setattr("subscribers.tokens.CONFIRM_MAX_AGE", -1)  # every token is now too old
+    expired = client.get(f"/confirm/{token}")
+    assert expired.status_code == 410 and b"expired" in expired.data
+
+
+@pytest.fixture
+def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
+    return load_settings(write_config(tmp_path, delivery={
+        "transport": "smtp", "smtp_host": smtp_server.host, "smtp_port": smtp_server.port, "smtp_tls": "none",
+    }))
+
+
+@pytest.fixture
+def smtp_client(smtp_settings: Settings) -> Iterator[tuple[FlaskClient, Engine]]:
+    app = create_app(smtp_settings)
+    engine = app.extensions["newsletter"].engine
+    yield app.test_client(), engine
+    engine.dispose()
+
+
+def sign_up(client: FlaskClient, email: str, name: str = "", **extra: str) -> tuple[int, bytes]:
+    field = csrf_from(client.get("/subscribe").data)
+    response = client.post("/subscribe", data={"csrf_token": field, "email": email, "name": name, **extra},
+                           environ_base=LOCAL)
+    return response.status_code, response.data
+
+
+def test_subscribe_sends_a_confirmation_through_the_transport_and_its_link_confirms(
+    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
+) -> None:
+    client, engine = smtp_client
+    code, page = sign_up(client, "Dee@Example.org", "Dee")
+    assert code == 200 and b"Check your inbox" in page
+    assert status_of(engine, "dee@example.org") == "pending"
+    assert len(smtp_server.received) == 1
+    mail = smtp_server.received[0]
+    assert mail.rcpt_tos == ["Dee@example.org"]  # the domain lower-cased, the local part as typed
+    body = mail.message.get_body(("plain",)).get_content()
+    link = re.search(r"http://127\.0\.0\.1:8025(/confirm/\S+)", body)
+    assert link, body
+    confirm_page = client.get(link.group(1))
+    client.post(link.group(1), data={"csrf_token": csrf_from(confirm_page.data)})
+    assert status_of(engine, "dee@example.org") == "active"
+
+
+def test_subscribe_form_refuses_without_csrf_and_explains_bad_addresses(
+    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
+) -> None:
+    client, engine = smtp_client
+    assert client.post("/subscribe", data={"email": "x@example.org"}).status_code == 400
+    code, page = sign_up(client, "not an address")
+    assert code == 400 and b'role="alert"' in page and b'value="not an address"' in page
+    with Session(engine) as s:
+        assert s.exec(select(func.count()).select_from(Subscriber)).one() == 0
+    assert smtp_server.received == []
+
+
+def test_subscribe_answers_the_same_for_known_addresses_and_mails_no_active_one(
+    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
+) -> None:
+    client, engine = smtp_client
+    with Session(engine) as s:
+        add(s, "eve@example.org", "Eve")
+    code_known, page_known = sign_up(client, "eve@example.org")
+    code_new, page_new = sign_up(client, "fay@example.org")
+    assert code_known == code_new == 200
+    assert page_known.replace(b"eve@", b"X@") == page_new.replace(b"fay@", b"X@")
+    assert [m.rcpt_tos for m in smtp_server.received] == [["fay@example.org"]]
+
+
+def test_subscribe_is_rate_limited_per_client_and_the_honeypot_adds_nobody(
+    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
+) -> None:
+    client, engine = smtp_client
+    assert sign_up(client, "bot@example.org", website="http://spam.example")[0] == 200
+    codes = [sign_up(client, f"p{i}@example.org")[0] for i in range(6)]
+    assert codes == [200] * 5 + [429]
+    with Session(engine) as s:
+        emails = set(s.exec(select(Subscriber.email)))
+    assert emails == {f"p{i}@example.org" for i in range(5)}
+
+
+# --- archive --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def issues(session: Session, settings: Settings) -> dict[str, Issue]:
+    """A sent issue and a draft, each of two essays; one active subscriber."""
+    store(session, *(make_essay(n) for n in range(1, 5)))
+    sent = compose(session, settings, slugs=["essay-001", "essay-002"], key="weekly-2025-W05")
+    sent.status = IssueStatus.SENT.value
+    draft = compose(session, settings, slugs=["essay-003", "essay-004"], key="manual-draft")
+    session.commit()
+    add(session, "gus@example.org", "Gus")
+    return {"sent": sent, "draft": draft}
+
+
+def test_archive_lists_sent_issues_only(client: FlaskClient, issues: dict[str, Issue]) -> None:
+    page = client.get("/archive/", environ_base=REMOTE)
+    assert page.status_code == 200
+    assert issues["sent"].subject.encode() in page.data
+    assert issues["draft"].subject.encode() not in page.data
+    assert b"gus@example.org" not in page.data
+
+
+def test_web_copy_has_the_essays_and_no_personal_data(client: FlaskClient, issues: dict[str, Issue]) -> None:
+    page = client.get("/archive/weekly-2025-W05", environ_base=REMOTE)
+    assert page.status_code == 200
+    assert b"On rivers, part 1" in page.data
+    assert b"/u/" not in page.data and b"gus@" not in page.data and b"Zo\xc3\xab" not in page.data
+
+
+@pytest.mark.parametrize("url", ["/archive/manual-draft", "/archive/no-such-issue", "/preview/issue/999",
+                                 "/u/", "/nothing-here"])
+def test_unknown_or_private_ids_are_404(client: FlaskClient, issues: dict[str, Issue], url: str) -> None:
+    assert client.get(url, environ_base=LOCAL).status_code == 404
+
+
+def test_every_page_sends_security_headers(client: FlaskClient, issues: dict[str, Issue]) -> None:
+    for url in ("/archive/", "/subscribe", "/preview/"):
+        headers = client.get(url, environ_base=LOCAL).headers
+        assert "script-src 'none'" in headers["Content-Security-Policy"]
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["X-Frame-Options"] == "DENY"
+
+
+# --- preview access -------------------------------------------------------------------------
+
+
+def test_preview_answers_on_loopback_only(client: FlaskClient, issues: dict[str, Issue]) -> None:
+    assert client.get("/preview/", environ_base=LOCAL).status_code == 200
+    assert client.get("/preview/", environ_base=REMOTE).status_code == 403
+    # Behind a reverse proxy on the same machine every request looks local: refuse those too.
+    proxied = client.get("/preview/", environ_base=LOCAL, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert proxied.status_code == 403
+    assert client.get("/", environ_base=REMOTE).headers["Location"].endswith("/archive/")
+    assert client.get("/", environ_base=LOCAL).headers["Location"].endswith("/preview/")
+
+
+def test_preview_is_off_on_a_public_host_without_a_token(settings: Settings, engine: Engine) -> None:
+    client = create_app(settings, host="0.0.0.0", engine=engine).test_client()
+    refused = client.get("/preview/", environ_base=LOCAL)
+    assert refused.status_code == 403 and b"preview token" in refused.data
+    assert client.get("/archive/", environ_base=LOCAL).status_code == 200
+
+
+def test_preview_token_once_in_the_url_then_a_cookie_or_the_header(settings: Settings, engine: Engine) -> None:
+    with_token = dataclasses.replace(settings, web=dataclasses.replace(settings.web, preview_token="s3cret-Token"))
+    client = create_app(with_token, host="0.0.0.0", engine=engine).test_client()
+    assert client.get("/preview/", environ_base=LOCAL).status_code == 403
+    assert client.get("/preview/?token=wrong", environ_base=REMOTE).status_code == 403
+    assert client.get("/preview/", headers={"X-Preview-Token": "s3cret-Token"}, environ_base=REMOTE).status_code == 200
+    trade = client.get("/preview/?token=s3cret-Token&tab=text", environ_base=REMOTE)
+    assert trade.status_code == 302 and trade.headers["Location"] == "/preview/?tab=text"
+    cookie = trade.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "s3cret-Token" not in cookie
+    assert client.get("/preview/", environ_base=REMOTE).status_code == 200  # the cookie now
+
+
+# --- preview pages --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ledger(session: Session, issues: dict[str, Issue]) -> Issue:
+    """The sent issue's ledger: two sent, one failed with the server's answer, one unknown."""
+    sent = issues["sent"]
+    assert sent.id is not None
+    rows = [("h1@example.org", "sent", None, None), ("h2@example.org", "sent", None, None),
+            ("h3@example.org", "failed", 550, "550 5.1.1 mailbox unavailable"),
+            ("h4@example.org", "unknown", None, "lease ran out mid-attempt")]
+    for n, (email, status, code, error) in enumerate(rows):
+        session.add(Delivery(issue_id=sent.id, subscriber_id=None, email=email, status=status,
+                             message_id=f"<m{n}@essays.example.org>", smtp_code=code, last_error=error))
+    session.commit()
+    return sent
+
+
+def test_preview_index_shows_issues_with_counts_and_the_next_digest(
+    client: FlaskClient, session: Session, ledger: Issue
+) -> None:
+    store(session, make_essay(9, slug="essay-new", title="A <script>alert(1)</script> title"))
+    page = client.get("/preview/", environ_base=LOCAL).data.decode()
+    assert "weekly-2025-W05" in page and "manual-draft" in page
+    assert "2 sent" in page and "1 failed" in page and "1 unknown" in page
+    assert "Next digest" in page and "A &lt;script&gt;alert(1)&lt;/script&gt; title" in page
+    assert "<script>" not in page
+
+
+def test_preview_issue_tabs(client: FlaskClient, ledger: Issue) -> None:
+    url = f"/preview/issue/{ledger.id}"
+    html = client.get(url, environ_base=LOCAL).data.decode()
+    frame = re.search(r"<iframe[^>]*>", html)
+    assert frame and 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in frame.group()
+    assert "allow-scripts" not in frame.group() and "allow-same-origin" not in frame.group()
+    assert "On rivers, part 1" in frame.group()  # the email itself, escaped into srcdoc
+    assert "a sample subscriber" in html
+    text = client.get(url + "?tab=text", environ_base=LOCAL).data.decode()
+    assert "On rivers, part 1" in text and "/u/" in text
+    headers = client.get(url + "?tab=headers", environ_base=LOCAL).data.decode()
+    assert re.search(r'class="list-header"><th>List-Unsubscribe</th>', headers)
+    assert "List-Unsubscribe-Post" in headers and "bytes on the wire" in headers
+    checks = client.get(url + "?tab=lint", environ_base=LOCAL)
+    assert checks.status_code == 200
+    status = client.get(url + "?tab=status", environ_base=LOCAL).data.decode()
+    assert "h3@example.org" in status and "550 5.1.1 mailbox unavailable" in status
+    assert "h4@example.org" in status and "h1@example.org" not in status
+
+
+def test_preview_as_a_chosen_subscriber_and_the_eml_download(
+    client: FlaskClient, ledger: Issue, secret: str
+) -> None:
+    url = f"/preview/issue/{ledger.id}"
+    page = client.get(url + "?as=GUS@example.org&tab=headers", environ_base=LOCAL).data.decode()
+    assert "Gus &lt;gus@example.org&gt;" in page
+    assert client.get(url + "?as=nobody@example.org", environ_base=LOCAL).status_code == 404
+    eml = client.get(url + ".eml?as=gus@example.org", environ_base=LOCAL)
+    assert eml.mimetype == "message/rfc822"
+    assert eml.headers["Content-Disposition"] == 'attachment; filename="weekly-2025-W05.eml"'
+    message = message_from_bytes(eml.data, policy=policy.default)
+    assert not message.defects
+    assert message["To"].addresses[0].addr_spec == "gus@example.org"
+    with Session(client.application.extensions["newsletter"].engine) as s:
+        gus = consent.find(s, "gus@example.org")
+    assert gus is not None and gus.id is not None
+    assert make_token(secret, UNSUBSCRIBE, gus.id) in message["List-Unsubscribe"]
+
+
+def test_preview_of_the_next_digest_saves_nothing(
+    client: FlaskClient, engine: Engine, session: Session, issues: dict[str, Issue]
+) -> None:
+    store(session, make_essay(7, slug="essay-next", title="Next week's essay"))
+    with Session(engine) as s:
+        before = s.exec(select(func.count()).select_from(Issue)).one()
+    page = client.get("/preview/next?tab=text", environ_base=LOCAL)
+    assert page.status_code == 200 and b"Next week&#39;s essay" in page.data
+    assert client.get("/preview/next.eml", environ_base=LOCAL).status_code == 200
+    with Session(engine) as s:
+        assert s.exec(select(func.count()).select_from(Issue)).one() == before
+
+
+def test_preview_of_the_next_digest_with_nothing_to_send_is_a_404_that_says_so(client: FlaskClient) -> None:
+    page = client.get("/preview/next", environ_base=LOCAL)
+    assert page.status_code == 404 and b"nothing to send" in page.data
