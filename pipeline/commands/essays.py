@@ -108,17 +108,27 @@ def list_command(app: App, as_json: bool) -> None:
     if not rows:
         app.console.print("No essays yet. Import some: newsletter essays import examples/essays")
         return
-    table = Table("slug", "title", "date", "sent")
-    table.columns[0].overflow = "fold"  # a slug is typed back in `essays show`: never cut it
+    # One line per essay. A slug is typed back into `essays show`, so it is never cut; titles
+    # are shortened to what the terminal has left (`essays show` has the whole title).
+    slug_width = max(len(row["slug"]) for row in rows)
+    sent_width = max([7, *(len(row["sent"] or "") for row in rows)])
+    title_width = max(12, app.console.width - slug_width - 10 - sent_width - 13)
+    table = Table()
+    for name in ("slug", "title", "date", "sent"):
+        table.add_column(name, no_wrap=True)
     for row in rows:
         table.add_row(
             escape(row["slug"]),
-            escape(row["title"]),
+            escape(_shorten(row["title"], title_width)),
             row["date"].isoformat() if row["date"] else "—",
             escape(row["sent"]) if row["sent"] else "[dim]not yet[/]",
         )
     app.console.print(table)
     app.console.print(f"{len(rows)} essays, {sum(1 for r in rows if not r['sent'])} not sent yet")
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 @group.command("show")
