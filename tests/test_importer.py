@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from subscribers import consent
 from subscribers.errors import UnreadableFile
 from subscribers.importer import export_csv, import_csv
-from subscribers.model import Subscriber
+from subscribers.model import Subscriber, utcnow
 
 
 @pytest.fixture
@@ -179,14 +179,21 @@ def test_import_never_brings_back_anyone_who_left(any_db: Session, tmp_path: Pat
     consent.mark_complained(any_db, consent.find(any_db, "complain@example.org").id)  # type: ignore[union-attr]
     consent.remove(any_db, "removed@example.org")
     before = people(any_db)
-    data = b"email,name\nUNSUB@example.org,U\nbounce@example.org,B\ncomplain@example.org,C\nRemoved@Example.org,R\nstays@example.org,stays\n"
+    data = (
+        b"email,name\nUNSUB@example.org,U\nbounce@example.org,B\ncomplain@example.org,C\n"
+        b"Removed@Example.org,R\nstays@example.org,stays\nnew@example.org,New\n"
+    )
     report = import_csv(any_db, write(tmp_path, data))
     assert [(o.line, o.email) for o in report.opted_out] == [
         (2, "UNSUB@example.org"), (3, "bounce@example.org"), (4, "complain@example.org"), (5, "Removed@Example.org")
     ]
-    assert report.refused == [] and report.added == 0 and report.unchanged == 1
-    assert people(any_db) == before
-    assert [s.email for s in consent.active_subscribers(any_db)] == ["stays@example.org"]
+    assert report.refused == [] and report.added == 1 and report.unchanged == 1
+    assert people(any_db) == {**before, "new@example.org": ("New", "active")}
+    assert [s.email for s in consent.active_subscribers(any_db)] == ["stays@example.org", "new@example.org"]
+    # The bulk insert stores dates exactly as the ORM does: aware UTC, read back equal.
+    new = consent.find(any_db, "new@example.org")
+    assert new is not None and new.created_at.tzinfo is not None
+    assert new.created_at == new.confirmed_at and abs((utcnow() - new.created_at).total_seconds()) < 60
 
 
 def test_export_neutralises_formulas_and_round_trips(db: Session, tmp_path: Path) -> None:
