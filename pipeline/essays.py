@@ -5,7 +5,8 @@
 - Folders are searched recursively for *.txt (scraped pages, pipeline/pages.py) and *.md /
   *.markdown (front matter, pipeline/markdown.py); hidden files and folders are skipped.
 - A file's slug is its front matter `slug`, else its file name: editing the title keeps the slug,
-  so an edited file updates its essay instead of adding a second one.
+  so an edited file updates its essay instead of adding a second one. A moved file (its old
+  path gone) updates its essay too; a second live file with the same slug is refused.
 - Re-importing an unchanged file changes nothing (content_hash over every stored field).
   An update never touches `sent_in_issue_id`: a sent essay stays sent.
 - `dry_run` reads and compares everything and writes nothing.
@@ -183,7 +184,7 @@ def _not_empty(text: str) -> str:
 def read_essay(path: Path) -> Draft:
     """The Draft in one file, by its suffix; ImportProblem when there is no essay in it."""
     draft = READERS[path.suffix.lower()](read_source(path))
-    if not any(block["text"] for block in draft.body):
+    if not any(block["kind"] == "p" and block["text"] for block in draft.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
     if draft.url and len(draft.url) > URL_MAX:
         raise ImportProblem(f"front matter: url is longer than {URL_MAX} characters")
@@ -216,6 +217,12 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
     else:
         outcome = "updated"
         if essay.source_path and essay.source_path != source_path:
+            if Path(essay.source_path).exists():  # two live files, one slug: not an edit
+                raise ImportProblem(
+                    f"slug {slug!r} belongs to {essay.source_path}; give this file its own "
+                    "`slug:` in front matter, or rename it"
+                )
+            # The old file is gone: the essay moved (or was renamed with a fixed slug).
             draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
         if essay.sent_in_issue_id is not None:
             draft.warnings.append(f"{slug!r} was sent already; the edit reaches later copies only")

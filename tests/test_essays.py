@@ -118,6 +118,16 @@ def test_front_matter_slug_keeps_the_essay_when_the_file_is_renamed(
     assert len(essays(engine)) == 10
 
 
+def test_a_second_live_file_with_the_same_slug_is_refused(engine: Engine, tmp_path: Path) -> None:
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "notes.md").write_text(ESSAY_MD.replace("cellar", folder))
+    assert import_paths(engine, [tmp_path / "one"]).added == ["notes"]
+    report = import_paths(engine, [tmp_path / "two"])
+    assert "belongs to" in failed_files(report)["notes.md"]
+    assert essays(engine)["notes"].title == "Proofing in the one"
+
+
 def bad_files(folder: Path) -> None:
     (folder / "empty.md").write_text("", encoding="utf-8")
     (folder / "blank.txt").write_text("  \n\n \t\n", encoding="utf-8")
