@@ -233,28 +233,33 @@ def render_view(settings: Settings, view: IssueView) -> RenderedIssue:
     """The placeholder render of the largest shape that fits SIZE_BUDGET (binary search)."""
     placeholders = make_placeholders(settings, view)
     shapes = list(candidate_shapes(settings, view))
-    cache: dict[int, RenderedIssue] = {}
+    named = dict(placeholders)
+    inlined: dict[int, str] = {}
 
-    def attempt(i: int) -> RenderedIssue:
-        if i not in cache:
-            cache[i] = _render_shape(settings, view, shapes[i], placeholders)
-        return cache[i]
+    def fits(i: int) -> bool:
+        # Inlining only adds bytes: a template output already over budget needs no premailer.
+        html = _fill(settings, "digest.html", _context(settings, view, shapes[i], named))
+        if len(html.encode("utf-8")) > SIZE_BUDGET:
+            return False
+        inlined[i] = _inline(html)
+        return len(inlined[i].encode("utf-8")) <= SIZE_BUDGET
 
-    if attempt(0).size <= SIZE_BUDGET:
-        return attempt(0)
-    low, high = 1, len(shapes) - 1  # sizes fall along `shapes`: find the first that fits
-    if attempt(high).size > SIZE_BUDGET:
-        raise RenderError(
-            f"issue {view.key} does not fit in {SIZE_BUDGET // 1024} KB even with one essay "
-            f"shown: shorten the titles or the templates"
-        )
-    while low < high:
-        middle = (low + high) // 2
-        if attempt(middle).size <= SIZE_BUDGET:
-            high = middle
-        else:
-            low = middle + 1
-    return attempt(low)
+    chosen = 0
+    if not fits(0):
+        low, high = 1, len(shapes) - 1  # sizes fall along `shapes`: find the first that fits
+        if not fits(high):
+            raise RenderError(
+                f"issue {view.key} does not fit in {SIZE_BUDGET // 1024} KB even with one essay "
+                f"shown: shorten the titles or the templates"
+            )
+        while low < high:
+            middle = (low + high) // 2
+            if fits(middle):
+                high = middle
+            else:
+                low = middle + 1
+        chosen = low
+    return _render_shape(settings, view, shapes[chosen], placeholders, inlined[chosen])
 
 
 def render_view_for(
@@ -267,21 +272,19 @@ def render_view_for(
 
 
 def _render_shape(
-    settings: Settings, view: IssueView, shape: Shape, placeholders: dict[str, str]
+    settings: Settings, view: IssueView, shape: Shape, placeholders: dict[str, str], named_html: str
 ) -> RenderedIssue:
-    variants = {}
-    for named in (True, False):
-        values = dict(placeholders, name=placeholders["name"] if named else "")
-        context = _context(settings, view, shape, values)
-        html = _inline(_fill(settings, "digest.html", context))
-        variants[named] = (html, _fill(settings, "digest.txt", context))
+    """Both variants of one shape (the named HTML is already inlined by the size search)."""
+    unnamed = dict(placeholders, name="")
+    named_context = _context(settings, view, shape, placeholders)
+    unnamed_context = _context(settings, view, shape, unnamed)
     return RenderedIssue(
         subject=view.subject,
         preheader=view.preheader,
-        html=variants[True][0],
-        text=variants[True][1],
-        html_unnamed=variants[False][0],
-        text_unnamed=variants[False][1],
+        html=named_html,
+        text=_fill(settings, "digest.txt", named_context),
+        html_unnamed=_inline(_fill(settings, "digest.html", unnamed_context)),
+        text_unnamed=_fill(settings, "digest.txt", unnamed_context),
         placeholders=placeholders,
         shape=shape,
     )

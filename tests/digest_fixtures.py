@@ -53,3 +53,33 @@ def add_essays(session: Session, *essays: Essay) -> list[Essay]:
     for essay in essays:
         session.refresh(essay)
     return list(essays)
+
+
+LONG_TITLE = (
+    "Why the slow work of proofing dough on a cold kitchen counter through a long northern winter "
+    "teaches more about patience, timing and the stubborn chemistry of yeast than any recipe does"
+)
+NON_ASCII = [
+    ("Über Brot, Wasser und Zeit: ein Versuch", "Ölig, süß und ein wenig säuerlich — so schmeckt der Winter."),
+    ("Ψωμί και θάλασσα", "Μια σύντομη ιστορία για το αλάτι, το νερό και τον χρόνο."),
+    ("خبز المدينة القديمة", "قصة قصيرة عن الفرن والماء والصبر في الشتاء."),
+    ("東京の朝のパン屋", "冬の朝、パン屋の窓から見える湯気と人々の話。"),
+    ("Crème brûlée & <the> \"quoted\" 'oven'", "Ampersands & angle <brackets> must survive escaping."),
+]
+
+
+def digest_essays(count: int, long: bool = False) -> list[Essay]:
+    """`count` essays for digest tests: some with long titles, non-ASCII and HTML specials."""
+    essays = []
+    for n in range(count):
+        fields: dict[str, Any] = {}
+        if n % 3 == 1:
+            title, dek = NON_ASCII[n % len(NON_ASCII)]
+            fields.update(title=f"{title} ({n})", dek=dek)
+        if long or n % 4 == 2:
+            fields["title"] = f"{LONG_TITLE} ({n})"
+        if long:
+            fields["dek"] = ""
+            fields["body"] = [{"kind": "p", "text": paragraph(TOPICS[n % 5][1], 120, n)}]
+        essays.append(make_essay(n, **fields))
+    return essays
