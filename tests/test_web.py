@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import html as html_module
 import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -14,14 +20,16 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
+from pipeline.lint import lint_message
 from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from pipeline.publish import publish
 from pipeline.web import create_app
 from subscribers import consent
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, load_secret, make_token
-from tests.conftest import SMTPServer, write_config
+from tests.conftest import CLI, SMTPServer, write_config
 from tests.digest_fixtures import add_essays, make_essay
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -429,3 +437,67 @@ def test_preview_of_the_next_digest_saves_nothing(
 def test_preview_of_the_next_digest_with_nothing_to_send_is_a_404_that_says_so(client: FlaskClient) -> None:
     page = client.get("/preview/next", environ_base=LOCAL)
     assert page.status_code == 404 and b"nothing to send" in page.data
+
+
+def test_preview_shows_byte_for_byte_what_sending_delivered(
+    smtp_client: tuple[FlaskClient, Engine], smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    """Preview is sending without the transport: the parts a subscriber received are the parts shown."""
+    client, engine = smtp_client
+    with Session(engine, expire_on_commit=False) as s:
+        store(s, *(make_essay(n) for n in range(1, 4)))
+        issue = compose(s, smtp_settings)
+        s.commit()
+        add(s, "ivy@example.org", "Ivy \"<b>\" Ó'Neil")
+    report = publish(smtp_settings, engine, issue.id)
+    assert report.sent == 1
+    received = smtp_server.received[0].message
+    url = f"/preview/issue/{issue.id}"
+    eml = message_from_bytes(client.get(url + ".eml?as=ivy@example.org", environ_base=LOCAL).data,
+                             policy=policy.default)
+    for kind in ("html", "plain"):
+        assert eml.get_body((kind,)).get_content() == received.get_body((kind,)).get_content()
+    for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id"):
+        assert eml[header] == received[header]
+    page = client.get(url + "?as=ivy@example.org", environ_base=LOCAL).data.decode()
+    srcdoc = re.search(r'srcdoc="([^"]*)"', page)
+    assert srcdoc and html_module.unescape(srcdoc.group(1)) == received.get_body(("html",)).get_content()
+    status = client.get(url + "?tab=status", environ_base=LOCAL).data.decode()
+    assert "1 sent" in status and "No failed or unknown deliveries" in status
+
+
+def test_lint_tab_lists_what_the_checklist_finds_in_the_message(client: FlaskClient, settings: Settings,
+                                                                issues: dict[str, Issue]) -> None:
+    url = f"/preview/issue/{issues['draft'].id}"
+    raw = client.get(url + ".eml", environ_base=LOCAL).data
+    expected = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
+    page = client.get(url + "?tab=lint", environ_base=LOCAL).data.decode()
+    shown = re.findall(r"<td><code>([HM]\d+)</code></td>", page)
+    assert shown == [f.code for f in expected]
+    if not expected:
+        assert "Every check of the email checklist passes" in page
+
+
+def test_serve_command_answers_http_and_stops(config_file: Path) -> None:
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "newsletter"), "--config", str(config_file), "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        match = re.search(r"Preview:\s+(http://127\.0\.0\.1:\d+)/preview/", first)
+        assert match, first
+        with urllib.request.urlopen(match.group(1) + "/archive/", timeout=10) as response:
+            assert response.status == 200 and b"the archive" in response.read()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+
+
+def test_serve_says_so_when_the_port_is_taken(run_cli: CLI) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 1 and "is in use by another program" in result.output

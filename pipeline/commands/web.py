@@ -27,10 +27,8 @@ def serve(app: App, host: str, port: int) -> None:
       newsletter serve --port 9000
       NEWSLETTER_PREVIEW_TOKEN=$(openssl rand -hex 16) newsletter serve --host 0.0.0.0
     """
-    try:
-        server = make_server(app.settings, host, port, engine=app.engine)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc} (try another --port)") from None
+    # A port in use or not allowed: werkzeug says so on stderr and exits with status 1.
+    server = make_server(app.settings, host, port, engine=app.engine)
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{server.server_port}"
     if preview_open_on(app.settings, host):
