@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import FrameType
 from typing import Any
 
@@ -26,14 +26,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from pipeline import issues
-try:  # TEMP until publish lands
-    from pipeline import publish
-except ImportError:
-    publish = None  # type: ignore
+from pipeline import issues, publish
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.db import session_scope
-from pipeline.errors import NotFound
+from pipeline.errors import NewsletterError, NotFound
 from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.periods import (
     FINISHED,
@@ -49,6 +45,8 @@ from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.schedule")
 JOB_ID = "weekly-digest"
+# After a run that left deliveries owed or failed, the scheduler looks again this much later.
+FOLLOW_UP_MINUTES = 10
 Clock = Callable[[], datetime]
 
 
@@ -79,12 +77,18 @@ class Outcome:
 
 
 def run_due(
-    settings: Settings, engine: Engine, now: datetime, *, dry_run: bool = False
+    settings: Settings,
+    engine: Engine,
+    now: datetime,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Do what the period due at `now` needs: compose and send, resume, skip, expire or nothing.
 
     Safe to run from any number of processes at once: the issue key is unique, so only one
-    insert for a week can win, and the others find the issue and resume or leave it.
+    insert for a week can win, and the others find the issue and resume or leave it. `stop`
+    (set on SIGTERM) makes a send finish the batch in flight and return; the next run resumes.
     """
     schedule = settings.schedule
     period = due_period(schedule, now)
@@ -119,9 +123,13 @@ def run_due(
             log.info("%s: another scheduler got there first; looking again", period.key)
             continue
         # Outside any transaction: sending takes long and must not hold a write lock.
-        publish.publish(settings, engine, issue_id, now=now)
+        report = publish.publish(settings, engine, issue_id, now=now, stop=stop)
         with Session(engine) as session:
-            return _outcome(settings, session, action, period, _issue(session, period.key), now)
+            outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
+        for why in (report.paused, report.nothing, "stopped by a signal" if report.stopped else None):
+            if why:
+                outcome.message += f" ({why})"
+        return outcome
     raise RuntimeError(f"{period.key}: the issue kept changing under this scheduler")
 
 
@@ -262,8 +270,14 @@ def next_fire_times(schedule: ScheduleSettings, now: datetime, count: int) -> li
     return times
 
 
-def make_scheduler(settings: Settings, engine: Engine, clock: Clock = utcnow) -> BlockingScheduler:
-    """A blocking scheduler with the weekly job and a catch-up run as soon as it starts."""
+def make_scheduler(
+    settings: Settings,
+    engine: Engine,
+    clock: Clock = utcnow,
+    stop: threading.Event | None = None,
+) -> BlockingScheduler:
+    """A blocking scheduler with the weekly job and a catch-up run as soon as it starts;
+    setting `stop` makes a running send finish its batch in flight and return."""
     schedule = settings.schedule
     scheduler = BlockingScheduler(
         timezone=schedule.timezone,
@@ -279,12 +293,30 @@ def make_scheduler(settings: Settings, engine: Engine, clock: Clock = utcnow) ->
     )
 
     def job() -> None:
-        outcome = run_due(settings, engine, clock())
+        now = clock()
+        try:
+            outcome = run_due(settings, engine, now, stop=stop)
+        except NewsletterError as exc:
+            # The scheduler is a shell like the CLI: report, keep running, and try again soon
+            # (the issue, if composed, is resumed; its expiry still bounds the retries).
+            log.error("the digest run failed: %s; trying again in %d minutes", exc, FOLLOW_UP_MINUTES)
+            follow_up(now)
+            return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)
         log.log(logging.WARNING if expired else logging.INFO, "%s", outcome.message)
+        if outcome.status in ("draft", "sending") and not (stop and stop.is_set()):
+            # Deliveries still owed (retries waiting, a paused transport): come back for them.
+            log.info("%s is unfinished; resuming in %d minutes", outcome.key, FOLLOW_UP_MINUTES)
+            follow_up(now)
+            return
         log.info("next digest due %s (%s UTC), issue %s", _local(outcome.next_due_at),
                  outcome.next_due_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
                  period_key(outcome.next_due_at))
+
+    def follow_up(now: datetime) -> None:
+        scheduler.add_job(job, "date", run_date=now + timedelta(minutes=FOLLOW_UP_MINUTES),
+                          id="follow-up", name="resume an unfinished digest",
+                          replace_existing=True)
 
     def missed(event: JobExecutionEvent) -> None:
         log.warning("the digest due %s was missed by more than the grace time",
@@ -299,19 +331,21 @@ def make_scheduler(settings: Settings, engine: Engine, clock: Clock = utcnow) ->
 
 def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
     """Run the scheduler in the foreground until SIGTERM or Ctrl-C; a running job finishes."""
-    scheduler = make_scheduler(settings, engine, clock)
+    stopping = threading.Event()
+    scheduler = make_scheduler(settings, engine, clock, stopping)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: stopping after the running job, if any",
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: stopping (a send in progress finishes its batch first)",
                  signal.Signals(signum).name)
+        stopping.set()
         # The handler runs in the main thread, inside the scheduler's loop; shutdown waits
         # for the worker thread and then wakes the loop so start() returns.
         if scheduler.running:
             scheduler.shutdown(wait=True)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     first = next_fire_times(settings.schedule, clock(), 1)[0]
     log.info("scheduler started: weekly on %s at %s %s; next digest due %s (%s)",
              settings.schedule.weekday, settings.schedule.time.strftime("%H:%M"),
