@@ -111,7 +111,7 @@ def encode_words(text: str) -> str:
     words, chunk, size = [], [], 0
     for char in text:
         width = len(char.encode("utf-8"))
-        if size + width > 45:  # 45 bytes -> 60 base64 characters -> 72 with the wrapper
+        if size + width > 39:  # 39 bytes -> 52 base64 characters -> 64 with the wrapper
             words.append("".join(chunk))
             chunk, size = [], 0
         chunk.append(char)
