@@ -399,12 +399,12 @@ def check_colours(doc: Document) -> list[Finding]:
 
 def check_footer(doc: Document, unsubscribe_url: str | None, postal_address: str | None) -> list[Finding]:
     found: list[Finding] = []
-    links = [n for n in doc.elements if n.tag == "a" and not n.hidden]
+    # A link counts when it has visible text of its own (an empty <a> is not a link to a reader).
+    links = [(text, n) for text, n in doc.texts if n.tag == "a" and not n.hidden]
     if unsubscribe_url is not None:
-        ok = any(n.attrs.get("href") == unsubscribe_url for n in links)
+        ok = any(n.attrs.get("href") == unsubscribe_url for _, n in links)
     else:
-        ok = any(text.lower().startswith("unsubscribe") for text, n in doc.texts
-                 if n.tag == "a" and not n.hidden)
+        ok = any("unsubscribe" in text.lower() for text, _ in links)
     if not ok:
         found.append(Finding("H21", MUST, "no visible unsubscribe link"
                              + (f" to {unsubscribe_url}" if unsubscribe_url else "")))
