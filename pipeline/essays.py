@@ -98,7 +98,7 @@ def import_paths(
             draft = read_essay(path)
             slug = slug_for(draft, path)
             if slug in taken:
-                raise ImportProblem(f"slug {slug!r} is already taken by {taken[slug]} here")
+                raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
             with session_scope(engine) as session:
                 outcome = store(session, draft, slug, path)
                 if dry_run:

@@ -209,7 +209,7 @@ def test_two_files_with_one_slug_in_one_import(engine: Engine, tmp_path: Path) -
         )
     report = import_paths(engine, [tmp_path])
     assert report.added == ["cellar"]
-    assert "already taken by" in failed_files(report)["two.md"]
+    assert "also the slug of" in failed_files(report)["two.md"]
 
 
 def test_files_named_twice_hidden_files_and_progress(engine: Engine, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.excerpt import ELLIPSIS, excerpt, sentence_ends
+from pipeline.excerpt import ABBREVIATIONS, ELLIPSIS, excerpt, sentence_ends
 from pipeline.models import Essay
 
 
@@ -108,3 +110,36 @@ def test_empty_essay_gives_empty_excerpt() -> None:
 
 def test_whitespace_is_normalised() -> None:
     assert excerpt(essay(("p", "  Line one\n  continues.  ")), 300) == "Line one continues."
+
+
+# Words of two letters or more that are no abbreviation: "A." and "etc." end no sentence.
+WORDS = st.text(alphabet="abcdeéfghijklmnopqrstuvwxyz’", min_size=2, max_size=12).filter(
+    lambda word: word.strip("’") not in ABBREVIATIONS and len(word.strip("’")) > 1
+)
+SENTENCES = st.builds(
+    lambda words, end: " ".join(words).capitalize() + end,
+    st.lists(WORDS, min_size=1, max_size=15),
+    st.sampled_from([".", "!", "?", "…", ".”"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    paragraphs=st.lists(st.lists(SENTENCES, min_size=1, max_size=6), min_size=1, max_size=3),
+    length=st.integers(min_value=40, max_value=400),
+)
+def test_excerpt_properties(paragraphs: list[list[str]], length: int) -> None:
+    texts = [" ".join(p) for p in paragraphs]
+    full = " ".join(texts)
+    result = excerpt(essay(*(("p", t) for t in texts), ("h", "Heading"), ("p", "After.")), length)
+    assert len(result) <= length
+    assert "Heading" not in result
+    if len(full) <= length:
+        assert result == full, "no ellipsis when nothing is left out"
+        return
+    assert result.endswith(ELLIPSIS)
+    kept = result[: -len(ELLIPSIS)].rstrip()
+    assert full.startswith(kept)
+    assert full[len(kept) : len(kept) + 1] == " ", "never mid-word"
+    if len(paragraphs[0][0]) <= length - 2:
+        assert kept.endswith((".", "!", "?", "…", "”")), "cut at a sentence end when one fits"
