@@ -26,10 +26,11 @@ pytestmark = pytest.mark.slow
 NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
 
 
-def start(config: Path, *args: str) -> subprocess.Popen[str]:
+def start(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """`newsletter schedule ARGS` in a process of its own; output to a pipe, or to `log`."""
     return subprocess.Popen(
         [NEWSLETTER, "--config", str(config), "schedule", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=log.open("w") if log else subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "NEWSLETTER_SECRET_KEY": "test-secret-for-schedule-processes"},
     )
 
@@ -119,13 +120,15 @@ def test_schedule_run_catches_up_then_stops_cleanly_on_sigterm(
 ) -> None:
     config, settings, engine = setup(tmp_path, smtp_server)
     add_subscribers(engine, 2)  # and no essays: the due week is recorded as skipped
-    process = start(config, "run")
+    log = tmp_path / "schedule.log"
+    process = start(config, "run", log=log)
     key = due_period(settings.schedule, datetime.now(timezone.utc)).key
-    wait_until(lambda: [(i.key, i.status) for i in weekly_issues(engine)] == [(key, "skipped")],
-               30, "the catch-up run")
-    time.sleep(0.3)  # the log line after the job
+    wait_until(lambda: ", issue weekly-" in log.read_text() or process.poll() is not None,
+               60, "the catch-up run")
+    assert [(i.key, i.status) for i in weekly_issues(engine)] == [(key, "skipped")]
     process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=30)[0]
+    process.wait(30)
+    output = log.read_text()
     assert process.returncode == 0, output
     assert "next digest due" in output
     assert "no unsent essays" in output
@@ -136,9 +139,39 @@ def test_schedule_run_catches_up_then_stops_cleanly_on_sigterm(
 
 def test_schedule_run_stops_on_ctrl_c_while_waiting(tmp_path: Path, smtp_server: SMTPServer) -> None:
     config = write_config(tmp_path, schedule=utc_schedule_due(timedelta(days=-2)))
-    process = start(config, "run")
-    time.sleep(2)
+    log = tmp_path / "schedule.log"
+    process = start(config, "run", log=log)
+    wait_until(lambda: "scheduler started" in log.read_text() or process.poll() is not None,
+               60, "the scheduler to start")
     process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=30)[0]
+    process.wait(30)
+    output = log.read_text()
     assert process.returncode == 0, output
     assert "SIGINT received" in output and "Traceback" not in output
+
+
+def test_sigterm_mid_send_finishes_the_batch_in_flight_and_leaves_the_rest_owed(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    config, settings, engine = setup(tmp_path, smtp_server, rate_per_second=10, batch_size=5)
+    add_essays(engine, 1)
+    emails = add_subscribers(engine, 30)
+    log = tmp_path / "schedule.log"
+    process = start(config, "run", log=log)
+    wait_until(lambda: len(smtp_server.received) >= 6, 60, "the first messages")
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    output = log.read_text()
+    assert process.returncode == 0, output
+    assert "SIGTERM received" in output and "stopped by a signal" in output, output
+    [issue] = weekly_issues(engine)
+    with Session(engine) as session:
+        statuses = Counter(
+            r.status for r in session.exec(select(Delivery).where(Delivery.issue_id == issue.id))
+        )
+    # A clean stop: nothing left in flight; what was sent is recorded, the rest is still owed.
+    assert statuses["sending"] == 0 and statuses["unknown"] == 0, statuses
+    assert statuses["sent"] == len(smtp_server.received) < len(emails)
+    assert statuses["pending"] == len(emails) - statuses["sent"]
+    assert issue.status == "sending"
+    engine.dispose()
