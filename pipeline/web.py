@@ -23,6 +23,7 @@ from flask import (
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
 
 from pipeline import db, public
@@ -85,9 +86,16 @@ def create_app(
     return app
 
 
-def wsgi_app() -> Flask:
-    """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token."""
-    return create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
+def wsgi_app(proxies: int = 0) -> Flask:
+    """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token.
+
+    `proxies`: how many reverse proxies stand in front and set X-Forwarded-For/-Proto; their
+    client address is then the one the sign-up rate limit counts (else every reader is the proxy).
+    """
+    app = create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+    return app
 
 
 def make_server(settings: Settings, host: str, port: int, engine: Engine | None = None) -> BaseWSGIServer:

@@ -25,7 +25,7 @@ from pipeline.issues import compose
 from pipeline.lint import lint_message
 from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from pipeline.publish import publish
-from pipeline.web import create_app
+from pipeline.web import create_app, wsgi_app
 from subscribers import consent
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, load_secret, make_token
@@ -501,3 +501,25 @@ def test_serve_says_so_when_the_port_is_taken(run_cli: CLI) -> None:
         taken.listen()
         result = run_cli("serve", "--port", str(taken.getsockname()[1]))
     assert result.exit_code == 1 and "is in use by another program" in result.output
+
+
+def test_wsgi_app_behind_a_proxy_counts_sign_ups_per_real_client_and_keeps_preview_shut(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(config_file))
+    app = wsgi_app(proxies=1)
+    client = app.test_client()
+    assert client.get("/preview/", environ_base=LOCAL).status_code == 403  # host unknown: token only
+    codes = {}
+    for reader in ("198.51.100.1", "198.51.100.2"):
+        codes[reader] = [
+            client.post("/subscribe", environ_base=LOCAL, headers={"X-Forwarded-For": reader},
+                        data={"csrf_token": csrf_from(client.get("/subscribe").data),
+                              "email": f"r{i}-{reader}@example.org"}).status_code
+            for i in range(6)
+        ]
+    assert codes == {"198.51.100.1": [200] * 5 + [429], "198.51.100.2": [200] * 5 + [429]}
+    # The outbox transport (the default) got one confirmation per sign-up.
+    outbox = load_settings(config_file).delivery.outbox_dir
+    assert len(list(outbox.rglob("*.eml"))) == 10
+    app.extensions["newsletter"].engine.dispose()
