@@ -1,0 +1,116 @@
+"""A misbehaving SMTP server: every reply is classified, then retried or failed as promised."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from pipeline import db, ledger
+from pipeline.config import DeliverySettings
+from pipeline.errors import PermanentDeliveryError, TransientDeliveryError
+from pipeline.publish import publish
+from pipeline.transports import SMTPTransport, classify
+from subscribers import consent
+from subscribers.model import Subscriber, utcnow
+from tests.smtp_faults import add_audience, fault_server, smtp_settings
+
+# address -> (the fault on its first attempt, what the ledger must then say)
+FAULTS = {
+    "t421@example.org": (("rcpt", "421 4.3.2 Service shutting down"), "retry"),
+    "t450@example.org": (("rcpt", "450 4.2.1 Mailbox busy"), "retry"),
+    "t451@example.org": (("data", "451 4.3.0 Local error in processing"), "retry"),
+    "t452@example.org": (("rcpt", "452 4.2.2 Insufficient system storage"), "retry"),
+    "t454@example.org": (("mail", "454 4.7.0 TLS not available"), "retry"),
+    "t552@example.org": (("data", "552 5.2.2 Mailbox full"), "retry"),
+    "tdrop@example.org": (("drop", ""), "retry"),
+    "t550@example.org": (("rcpt", "550 5.1.1 User unknown"), "bounce"),
+    "t554@example.org": (("data", "554 5.7.1 Message rejected as spam"), "failed"),
+}
+
+
+def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path) -> None:
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port, batch_size=50)
+        engine = db.connect(settings.database.url)
+        fine = add_audience(engine, 4)
+        with Session(engine) as session:
+            for address in FAULTS:
+                consent.add(session, address, "Fault Case")
+        for address, (fault, _) in FAULTS.items():
+            server.faults[address] = [fault]
+
+        first = publish(settings, engine, latest=True)
+
+        with Session(engine) as session:
+            rows = {r.email: r for r in ledger.rows(session, first.issue_id)}
+            statuses = {s.email: s.status for s in session.exec(select(Subscriber))}
+        for address, (fault, expected) in FAULTS.items():
+            row = rows[address]
+            assert row.attempts == 1, address
+            if expected == "retry":
+                assert row.status == "pending" and row.next_attempt_at > utcnow(), address
+                assert statuses[address] == "active"
+            else:
+                assert row.status == "failed", address
+                assert statuses[address] == ("bounced" if expected == "bounce" else "active"), address
+            code = fault[1].split(" ")[0]
+            assert str(row.smtp_code or "") == ("" if fault[0] == "drop" else code), address
+            assert row.last_error, address
+        # After the 421 (the server closing) the sender reconnected and carried on.
+        assert len(server.peers) >= 2
+        assert all(rows[p.email].status == "sent" for p in fine)
+        assert first.retrying == 7 and first.failed == 2 and first.bounced == 1 and not first.finished
+
+        # Before the backoff has passed, nothing is due; after it, the retries go out.
+        assert publish(settings, engine, first.issue_key).sent == 0
+        later = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=2))
+        assert later.sent == 7 and later.finished
+        got = Counter(r.rcpt_tos[0] for r in server.received)
+        assert all(got[a] == (1 if e == "retry" else 0) for a, (_, e) in FAULTS.items())
+        assert all(got[p.email] == 1 for p in fine)
+        engine.dispose()
+
+
+def test_transient_failures_past_the_deadline_fail(tmp_path: Path) -> None:
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port, retry_hours=0)
+        engine = db.connect(settings.database.url)
+        people = add_audience(engine, 2)
+        server.faults[people[0].email] = [("rcpt", "451 4.4.1 try later")]
+        report = publish(settings, engine, latest=True)
+        with Session(engine) as session:
+            row = next(r for r in ledger.rows(session, report.issue_id) if r.email == people[0].email)
+        assert row.status == "failed" and row.last_error.startswith("gave up after 1 attempts")
+        assert report.finished  # nothing owed: one sent, one failed
+
+
+@pytest.mark.parametrize(("code", "kind"), [
+    (421, TransientDeliveryError), (450, TransientDeliveryError), (451, TransientDeliveryError),
+    (452, TransientDeliveryError), (454, TransientDeliveryError), (552, TransientDeliveryError),
+    (550, PermanentDeliveryError), (551, PermanentDeliveryError), (553, PermanentDeliveryError),
+    (554, PermanentDeliveryError),
+])
+def test_classify(code: int, kind: type) -> None:
+    error = classify(code, b"some text", "relay RCPT TO")
+    assert isinstance(error, kind) and error.code == code and str(code) in str(error)
+
+
+def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path) -> None:
+    with fault_server() as server:
+        delivery: DeliverySettings = smtp_settings(tmp_path, server.port).delivery
+        transport = SMTPTransport(delivery)
+        raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+        for n in range(5):
+            transport.send("a@example.org", f"r{n}@example.org", raw)
+        assert transport.connections == 1 and len(server.peers) == 1
+        server.faults["r9@example.org"] = [("drop", "")]
+        with pytest.raises(TransientDeliveryError, match="connection lost"):
+            transport.send("a@example.org", "r9@example.org", raw)
+        transport.send("a@example.org", "r10@example.org", raw)
+        assert transport.connections == 2
+        transport.close()
+        assert [r.rcpt_tos[0] for r in server.received] == [f"r{n}@example.org" for n in (0, 1, 2, 3, 4, 10)]
