@@ -18,7 +18,7 @@ from sqlmodel import Session
 from pipeline import db
 from pipeline.config import load_settings
 from pipeline.issues import compose
-from pipeline.models import IssueStatus
+from pipeline.models import Delivery, IssueStatus
 from pipeline.web import make_server
 from subscribers import consent
 from subscribers.tokens import UNSUBSCRIBE, load_secret, make_token
@@ -63,6 +63,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         add_essays(s, make_essay(4, slug="next-one", title="Clocks for the next digest"))
         s.commit()
         ada, _ = consent.add(s, "ada@example.org", name="Ada")
+        for n, (status, code, error) in enumerate([("sent", None, None), ("sent", None, None),
+                                                    ("failed", 550, "550 5.1.1 no such mailbox"),
+                                                    ("unknown", None, "lease ran out mid-attempt")]):
+            s.add(Delivery(issue_id=issue.id or 0, email=f"reader{n}@example.org", status=status,
+                           message_id=f"<b{n}@essays.example.org>", smtp_code=code, last_error=error))
+        s.commit()
         assert issue.id is not None and ada.id is not None
         token = make_token(load_secret(settings.base_dir), UNSUBSCRIBE, ada.id)
         first = essays[0]
@@ -139,17 +145,33 @@ def test_text_tab_shows_the_plain_text_part(site: Site, page: object) -> None:
     shot(page, "04-issue-text")
 
 
+def test_headers_checks_and_send_status_tabs(site: Site, page: object) -> None:
+    page.goto(f"{site.url}/preview/issue/{site.issue_id}?as=ada@example.org")  # type: ignore[attr-defined]
+    page.get_by_role("tab", name="Headers").click()  # type: ignore[attr-defined]
+    row = page.locator("tr.list-header").filter(has_text="List-Unsubscribe-Post")  # type: ignore[attr-defined]
+    assert "One-Click" in row.inner_text()
+    shot(page, "05-issue-headers")
+    page.get_by_role("tab", name="Checks").click()  # type: ignore[attr-defined]
+    page.get_by_role("tab", name="Checks", selected=True).wait_for()  # type: ignore[attr-defined]
+    shot(page, "06-issue-checks")
+    page.get_by_role("tab", name="Send status").click()  # type: ignore[attr-defined]
+    failed = page.get_by_role("row").filter(has_text="reader2@example.org")  # type: ignore[attr-defined]
+    assert "550 5.1.1 no such mailbox" in failed.inner_text()
+    assert page.get_by_text("2 sent").is_visible()  # type: ignore[attr-defined]
+    shot(page, "07-issue-send-status")
+
+
 def test_unsubscribe_through_the_page(site: Site, page: object) -> None:
     page.set_viewport_size(PHONE)  # type: ignore[attr-defined]
     page.goto(f"{site.url}/u/{site.unsubscribe_token}")  # type: ignore[attr-defined]
-    shot(page, "05-unsubscribe-page")
+    shot(page, "08-unsubscribe-page")
     with Session(site.engine) as s:
         assert consent.find(s, "ada@example.org").status == "active"  # type: ignore[union-attr]
     page.get_by_role("button", name="Unsubscribe").click()  # type: ignore[attr-defined]
     page.get_by_role("heading", name="You are unsubscribed").wait_for()  # type: ignore[attr-defined]
     with Session(site.engine) as s:
         assert consent.find(s, "ada@example.org").status == "unsubscribed"  # type: ignore[union-attr]
-    shot(page, "06-unsubscribed")
+    shot(page, "09-unsubscribed")
 
 
 def test_archive_and_subscribe_pages_on_a_phone(site: Site, page: object) -> None:
@@ -157,8 +179,8 @@ def test_archive_and_subscribe_pages_on_a_phone(site: Site, page: object) -> Non
     page.goto(site.url + "/archive/")  # type: ignore[attr-defined]
     page.get_by_role("link", name=site.subject).click()  # type: ignore[attr-defined]
     page.get_by_text(site.first_title, exact=True).first.wait_for()  # type: ignore[attr-defined]
-    shot(page, "07-web-copy-phone")
+    shot(page, "10-web-copy-phone")
     page.goto(site.url + "/subscribe")  # type: ignore[attr-defined]
     width = page.evaluate("document.documentElement.scrollWidth")  # type: ignore[attr-defined]
     assert width <= PHONE["width"]  # nothing sticks out sideways on a phone
-    shot(page, "08-subscribe-phone")
+    shot(page, "11-subscribe-phone")
