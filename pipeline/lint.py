@@ -6,14 +6,16 @@
     lint_copy(html, text, ...)                         the HTML and text checks together
 
 MUST findings fail `newsletter lint` (exit 1) and the tests; SHOULD findings are warnings.
-The checks live in pipeline/lint_html.py and pipeline/lint_message.py.
+The checks live in pipeline/lint_html.py and pipeline/lint_message.py, the parser in
+pipeline/lint_document.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipeline.lint_html import MUST, SHOULD, Finding, lint_html
+from pipeline.lint_document import MUST, SHOULD, Finding
+from pipeline.lint_html import lint_html
 from pipeline.lint_message import lint_message, lint_text
 
 __all__ = ["MUST", "SHOULD", "Finding", "lint_html", "lint_text", "lint_message", "lint_copy",

@@ -11,7 +11,8 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 
-from pipeline.lint_html import MUST, SHOULD, Document, Finding, lint_html
+from pipeline.lint_document import MUST, SHOULD, Document, Finding
+from pipeline.lint_html import lint_html
 
 ONCE = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
 DKIM_HEADERS = {"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe",

@@ -17,10 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-import unicodedata
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import date
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,22 +28,21 @@ from premailer import Premailer
 from sqlmodel import Session
 
 from pipeline.config import Settings
+from pipeline.digest import (
+    IssueView,
+    Shape,
+    candidate_shapes,
+    clean,
+    full_shape,
+    issue_view,
+    template_context,
+)
 from pipeline.errors import RenderError
-from pipeline.excerpt import excerpt
-from pipeline.issues import issue_essays
-from pipeline.links import essay_url, webview_url
-from pipeline.models import Essay, Issue
-from pipeline.related import related_for_issue
+from pipeline.models import Issue
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")
 SAMPLE_TOKEN = "sample-preview-not-a-subscriber"
-MONTHS = ("January February March April May June July August September October November December").split()
-# Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
-PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
-# Characters XML (hence lxml, hence premailer) refuses, and line breaks that must not reach text.
-_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-_SPACE = re.compile(r"\s+")
 _URL_SAFE = re.compile(r"https?://[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 
 # premailer as the email checklist says; its defaults break responsive mail. One instance is
@@ -73,48 +70,6 @@ class Recipient:
         if not _URL_SAFE.fullmatch(url):
             raise RenderError(f"not a usable unsubscribe URL: {url!r}")
         return {"name": clean(self.name), "email": clean(self.email), "unsubscribe_url": url}
-
-
-def clean(value: str) -> str:
-    """One line of printable text: control characters dropped, runs of whitespace made one space."""
-    return _SPACE.sub(" ", _UNSAFE.sub("", unicodedata.normalize("NFC", value))).strip()
-
-
-@dataclass(frozen=True)
-class Link:
-    title: str
-    url: str
-
-
-@dataclass(frozen=True)
-class EssayView:
-    title: str
-    url: str
-    date: str
-    excerpt: str
-    related: tuple[Link, ...]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How much of an issue a copy shows: excerpt length, related links, essays shown in full."""
-
-    excerpt_length: int
-    related: int
-    full: int  # essays with excerpt and related links
-    listed: int  # essays after those, as title links only; the rest are counted and linked
-
-
-@dataclass(frozen=True)
-class IssueView:
-    """Everything the templates need about an issue, with no personal data: built once."""
-
-    key: str
-    subject: str
-    preheader: str
-    webview_url: str
-    essays: tuple[Essay, ...]
-    related: tuple[tuple[Link, ...], ...]
 
 
 @dataclass
@@ -197,7 +152,7 @@ def render_personal(
 def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
     """The issue as a web page for the archive and "view in browser": no name, email or token."""
     view = issue_view(session, settings, issue)
-    context = _context(settings, view, full_shape(settings, view), {f: "" for f in FIELDS})
+    context = template_context(settings, view, full_shape(settings, view), {f: "" for f in FIELDS})
     return _inline(_fill(settings, "web.html", context))
 
 
@@ -209,26 +164,6 @@ def sample_recipient(settings: Settings, secret: str) -> Recipient:
     return Recipient("Zoë Sample", "reader@example.org", f"{settings.web.base_url}/u/{SAMPLE_TOKEN}")
 
 
-def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
-    """The issue's essays and related links, read from the database once."""
-    essays = issue_essays(session, issue)
-    if not essays:
-        raise RenderError(f"issue {issue.key} carries no essays")
-    related = related_for_issue(session, essays, settings.digest.related_per_essay)
-    links = tuple(
-        tuple(Link(clean(r.title), essay_url(settings, r)) for r in related.get(e.id or 0, []))
-        for e in essays
-    )
-    return IssueView(
-        key=issue.key,
-        subject=issue.subject,
-        preheader=issue.preheader,
-        webview_url=webview_url(settings, issue),
-        essays=tuple(essays),
-        related=links,
-    )
-
-
 def render_view(settings: Settings, view: IssueView) -> RenderedIssue:
     """The placeholder render of the largest shape that fits SIZE_BUDGET (binary search)."""
     placeholders = make_placeholders(settings, view)
@@ -238,7 +173,7 @@ def render_view(settings: Settings, view: IssueView) -> RenderedIssue:
 
     def fits(i: int) -> bool:
         # Inlining only adds bytes: a template output already over budget needs no premailer.
-        html = _fill(settings, "digest.html", _context(settings, view, shapes[i], named))
+        html = _fill(settings, "digest.html", template_context(settings, view, shapes[i], named))
         if len(html.encode("utf-8")) > SIZE_BUDGET:
             return False
         inlined[i] = _inline(html)
@@ -266,7 +201,7 @@ def render_view_for(
     settings: Settings, view: IssueView, recipient: Recipient, shape: Shape | None = None
 ) -> tuple[str, str]:
     """A full render of one subscriber's copy, with real values instead of placeholders."""
-    context = _context(settings, view, shape or full_shape(settings, view), recipient.values())
+    context = template_context(settings, view, shape or full_shape(settings, view), recipient.values())
     html = _inline(_fill(settings, "digest.html", context))
     return html, _fill(settings, "digest.txt", context)
 
@@ -276,8 +211,8 @@ def _render_shape(
 ) -> RenderedIssue:
     """Both variants of one shape (the named HTML is already inlined by the size search)."""
     unnamed = dict(placeholders, name="")
-    named_context = _context(settings, view, shape, placeholders)
-    unnamed_context = _context(settings, view, shape, unnamed)
+    named_context = template_context(settings, view, shape, placeholders)
+    unnamed_context = template_context(settings, view, shape, unnamed)
     return RenderedIssue(
         subject=view.subject,
         preheader=view.preheader,
@@ -301,62 +236,6 @@ def make_placeholders(settings: Settings, view: IssueView) -> dict[str, str]:
     while prefix in corpus:
         prefix += "Q"
     return {name: f"{prefix}{name.replace('_', '').upper()}X" for name in FIELDS}
-
-
-def full_shape(settings: Settings, view: IssueView) -> Shape:
-    n = len(view.essays)
-    return Shape(settings.digest.excerpt_length, settings.digest.related_per_essay, n, 0)
-
-
-def candidate_shapes(settings: Settings, view: IssueView) -> Iterator[Shape]:
-    """Shapes from the fullest to the leanest; each smaller than the one before."""
-    shape = full_shape(settings, view)
-    yield shape
-    for length in (300, 200, 120):
-        if length < shape.excerpt_length:
-            shape = replace(shape, excerpt_length=length)
-            yield shape
-    for related in range(min(shape.related, 2), -1, -1):
-        shape = replace(shape, related=related)
-        yield shape
-    n = len(view.essays)
-    for full in range(n - 1, 0, -1):  # later essays become title links
-        yield replace(shape, full=full, listed=n - full)
-    for listed in range(n - 2, -1, -1):  # then fewer title links, the rest counted and linked
-        yield replace(shape, full=1, listed=listed)
-
-
-def _context(settings: Settings, view: IssueView, shape: Shape, values: dict[str, str]) -> dict[str, Any]:
-    n = len(view.essays)
-    shown = [
-        EssayView(
-            title=clean(essay.title),
-            url=essay_url(settings, essay),
-            date=format_date(essay.published_on),
-            excerpt=excerpt(essay, shape.excerpt_length),
-            related=view.related[i][: shape.related],
-        )
-        for i, essay in enumerate(view.essays[: shape.full])
-    ]
-    also = [
-        Link(clean(e.title), essay_url(settings, e))
-        for e in view.essays[shape.full : shape.full + shape.listed]
-    ]
-    return {
-        "newsletter": settings.newsletter,
-        "issue": {"key": view.key, "subject": view.subject, "preheader": view.preheader},
-        "essays": shown,
-        "also": also,
-        "omitted": n - len(shown) - len(also),
-        "webview_url": view.webview_url,
-        "recipient": values,
-        "preheader_filler": PREHEADER_FILLER,
-    }
-
-
-def format_date(day: date | None) -> str:
-    """"19 July 2025": the same in every locale and process."""
-    return f"{day.day} {MONTHS[day.month - 1]} {day.year}" if day else ""
 
 
 def _inline(html: str) -> str:

@@ -16,13 +16,13 @@ from sqlmodel import Session
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.errors import RenderError
+from pipeline.digest import issue_view
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_copy
 from pipeline.models import Issue
 from pipeline.render import (
     SIZE_BUDGET,
     Recipient,
-    issue_view,
     render_issue,
     render_personal,
     render_view,
