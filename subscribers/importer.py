@@ -1,46 +1,50 @@
-"""CSV import and export of subscribers, in the shapes spreadsheets and other tools really write.
+"""CSV import and export of subscribers, under the consent rules, fast enough for large lists.
 
-Import reads UTF-8 (with or without BOM), UTF-16 with BOM, or else Windows-1252; comma,
-semicolon or tab separated (taken from the header line); finds the address and name columns by
-their usual headers (or `columns={"email": "E-mail", "name": "Full name"}`), joins first and last
-name columns, skips blank lines, and applies the consent rules of consent.operator_decision to
-every row. It streams the file, loads the existing addresses once, and writes in batches inside
-one transaction: a failed import leaves the list as it was.
+Import applies consent.operator_decision to every row of a file read by csvfile: new addresses
+become active (the operator vouches for them) or pending, known ones get their name updated,
+addresses that left are left alone, and a status column that says "unsubscribed", "bounced" or
+"complained" is recorded as such (an export from another tool carries its opt-outs over). It
+streams the file, loads the existing addresses and suppression hashes once, and writes in batches
+inside one transaction: a failed import leaves the list as it was.
 
-Export writes every subscriber (or those of one status) and neutralises cells a spreadsheet would
-run as a formula by prefixing a `'`; import removes that prefix again, so an export round-trips.
+Export writes every subscriber (or those of one status) through csvfile.guard, so no cell is run
+as a formula by a spreadsheet; import undoes the guard, so an export imports back unchanged.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from subscribers.addresses import clean_name, parse_address, suppression_hash
 from subscribers.consent import ACTIVE, PENDING, operator_decision
-from subscribers.errors import InvalidEmail, UnreadableFile
-from subscribers.model import Subscriber, SubscriberStatus, Suppression, utcnow
+from subscribers.csvfile import guard, read_rows, sniff
+from subscribers.errors import InvalidEmail, SubscriberError
+from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus, Suppression, utcnow
 
 BATCH = 5000
-EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "emailaddress", "email_address", "mail", "address")
-NAME_HEADERS = ("name", "full name", "fullname", "full_name", "display name", "display_name")
-FIRST_HEADERS = ("first name", "firstname", "first_name", "given name", "forename")
-LAST_HEADERS = ("last name", "lastname", "last_name", "surname", "family name")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_FIELDS = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
+# What a status column may say (ours, and the words other mailing tools export); "" = no status.
+FILE_STATUSES = {
+    "": None, "active": ACTIVE, "subscribed": ACTIVE, "confirmed": ACTIVE,
+    "pending": PENDING, "unconfirmed": PENDING,
+    "unsubscribed": SubscriberStatus.UNSUBSCRIBED.value, "bounced": SubscriberStatus.BOUNCED.value,
+    "cleaned": SubscriberStatus.BOUNCED.value, "complained": SubscriberStatus.COMPLAINED.value,
+}
 _table: Any = Subscriber.__table__  # type: ignore[attr-defined]
+_suppression: Any = Suppression.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class RowProblem:
-    """One row that was not taken: its line in the file, the address as written, why."""
+    """One row worth a word in the report: its line in the file, the address as written, why."""
 
     line: int
     email: str
@@ -59,119 +63,22 @@ class ImportReport:
     unchanged: int = 0
     duplicates: list[RowProblem] = field(default_factory=list)  # same address earlier in the file
     opted_out: list[RowProblem] = field(default_factory=list)  # consent rule 1: left alone
+    opt_outs_recorded: list[RowProblem] = field(default_factory=list)  # the file's status said so
     refused: list[RowProblem] = field(default_factory=list)  # not an address: fix the file
     names_cleaned: int = 0
 
 
-@dataclass(frozen=True)
-class CsvShape:
-    encoding: str
-    delimiter: str
-    lines: int
+@dataclass
+class _Batch:
+    """Writes waiting for the next flush."""
 
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    leaves: list[dict[str, Any]] = field(default_factory=list)
+    suppress: list[dict[str, Any]] = field(default_factory=list)
 
-def sniff(path: Path) -> CsvShape:
-    """The encoding, delimiter and line count of a CSV file (one quick pass over its bytes)."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(4)
-            encoding = "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
-            handle.seek(0)
-            decoder = codecs.getincrementaldecoder(encoding)()
-            lines, first_line = 0, ""
-            try:
-                while chunk := handle.read(1 << 20):
-                    text = decoder.decode(chunk)
-                    lines += chunk.count(b"\n")
-                    if not first_line.strip():
-                        first_line = _first_nonblank(text)
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                # Not UTF-8: Excel on Windows saves "CSV" in the ANSI code page, Windows-1252.
-                encoding = "cp1252"
-                handle.seek(0)
-                data = handle.read()
-                lines = data.count(b"\n")
-                first_line = _first_nonblank(data[: 1 << 16].decode(encoding, errors="replace"))
-    except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
-    counts = {d: _unquoted(first_line).count(d) for d in (",", ";", "\t")}
-    delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
-    return CsvShape(encoding, delimiter, lines + 1)
-
-
-def _first_nonblank(text: str) -> str:
-    return next((line for line in text.splitlines() if line.strip()), "")
-
-
-def _unquoted(line: str) -> str:
-    """`line` without its quoted parts, so a comma inside a quoted header does not count."""
-    return "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 0)
-
-
-def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None) -> Iterator[tuple[int, str, str]]:
-    """(line number, address, name) for every non-blank data row of the file."""
-    try:
-        handle = path.open(encoding=shape.encoding, errors="replace" if shape.encoding == "cp1252" else "strict", newline="")
-    except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle, delimiter=shape.delimiter)
-        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-        if header is None:
-            return
-        pick = _columns(path, header, columns or {})
-        if pick is None:  # no header: the first row is data; the address is its cell with an "@"
-            email_at = next(i for i, cell in enumerate(header) if "@" in cell)
-            pick = (email_at, [1 if email_at == 0 else 0] if len(header) > 1 else [])
-            yield reader.line_num, *_cells(header, pick)
-        ended = reader.line_num
-        for row in reader:
-            # A quoted cell may span lines: a row starts on the line after the previous one ended.
-            start, ended = ended + 1, reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue  # a blank line, or one of empty cells
-            yield start, *_cells(row, pick)
-
-
-def _cells(row: list[str], pick: tuple[int, list[int]]) -> tuple[str, str]:
-    email_at, name_at = pick
-    email = row[email_at].strip() if email_at < len(row) else ""
-    if len(name_at) == 1:  # the usual case, without the join
-        name = row[name_at[0]].strip() if name_at[0] < len(row) else ""
-    else:
-        name = " ".join(row[i].strip() for i in name_at if i < len(row) and row[i].strip())
-    return _unguard(email), _unguard(name)
-
-
-def _columns(path: Path, header: list[str], mapping: dict[str, str]) -> tuple[int, list[int]] | None:
-    """(address column, name columns) from the header; None when the first row is data."""
-    names = [cell.strip().strip("\ufeff").lower() for cell in header]
-    for key in mapping:
-        if key not in ("email", "name"):
-            raise UnreadableFile(f"--column {key}=...: only 'email' and 'name' can be mapped")
-
-    def find(label: str, wanted: tuple[str, ...]) -> int | None:
-        if label in mapping:
-            target = mapping[label].strip().lower()
-            if target not in names:
-                raise UnreadableFile(f"{path}: no column {mapping[label]!r} (the header has: {', '.join(header)})")
-            return names.index(target)
-        return next((names.index(w) for w in wanted if w in names), None)
-
-    email_at = find("email", EMAIL_HEADERS)
-    if email_at is None:
-        if any("@" in cell for cell in header) and not mapping:
-            return None
-        raise UnreadableFile(
-            f"{path}: no address column (looked for {', '.join(EMAIL_HEADERS[:4])}; the header has: "
-            f"{', '.join(header)}); name it with --column email=HEADER"
-        )
-    name_at = find("name", NAME_HEADERS)
-    if name_at is not None:
-        return email_at, [name_at]
-    parts = [find("", FIRST_HEADERS), find("", LAST_HEADERS)]
-    return email_at, [i for i in parts if i is not None]
+    def __len__(self) -> int:
+        return len(self.inserts) + len(self.updates) + len(self.leaves)
 
 
 def import_csv(
@@ -180,81 +87,116 @@ def import_csv(
 ) -> ImportReport:
     """Import subscribers from a CSV file under the consent rules; the report says what happened.
 
-    New addresses become active (the operator vouches for consent) or, with `pending`, pending;
-    an existing subscriber's name is updated; opted-out addresses are left alone; invalid rows are
-    refused with their line number. `progress` is called with the number of lines done so far.
+    `columns` maps "email", "name", "status" to header names. `progress` is called with the
+    line reached, every thousand rows. Raises UnreadableFile for a file that has no address
+    column or cannot be read.
     """
     shape = sniff(path)
     report = ImportReport(source=f"import:{path.name}", dry_run=dry_run, encoding=shape.encoding, delimiter=shape.delimiter)
     existing = {row.email_normalized: row for row in session.execute(
         select(_table.c.email_normalized, _table.c.id, _table.c.status, _table.c.name)
     )}
-    suppressed = set(session.execute(select(Suppression.email_hash)).scalars())  # type: ignore[call-overload]
+    suppressed = set(session.execute(select(_suppression.c.email_hash)).scalars())
     seen: dict[str, int] = {}
-    inserts: list[tuple[Any, ...]] = []
-    updates: list[dict[str, Any]] = []
-    want = PENDING if pending else ACTIVE
+    batch = _Batch()
     now = utcnow()
-    for line, raw_email, raw_name in read_rows(path, shape, columns):
+    for row in read_rows(path, shape, columns):
+        line = row.line
         report.rows += 1
         if progress is not None and report.rows % 1000 == 0:
             progress(line)
-        if not raw_email:
+        if not row.email:
             report.refused.append(RowProblem(line, "", "no address in this row"))
             continue
+        if row.status not in FILE_STATUSES:
+            report.refused.append(RowProblem(line, row.email, f"unknown status {row.status!r}"))
+            continue
         try:
-            address = parse_address(raw_email, check_deliverability)
+            address = parse_address(row.email, check_deliverability)
         except InvalidEmail as exc:
-            report.refused.append(RowProblem(line, raw_email, str(exc)))
+            report.refused.append(RowProblem(line, row.email, str(exc)))
             continue
         key = address.normalized
         if key in seen:
-            report.duplicates.append(RowProblem(line, raw_email, f"same address as line {seen[key]}"))
+            report.duplicates.append(RowProblem(line, row.email, f"same address as line {seen[key]}"))
             continue
         seen[key] = line
-        name = clean_name(raw_name)
-        if name != raw_name.strip():
+        name = clean_name(row.name)
+        if name != row.name:
             report.names_cleaned += 1
         current = existing.get(key)
+        file_status = FILE_STATUSES[row.status]
+        if file_status in OPTED_OUT:
+            if current is not None and current.status in OPTED_OUT:
+                report.unchanged += 1
+                continue
+            report.opt_outs_recorded.append(RowProblem(line, row.email, f"{file_status} in the file: recorded so"))
+            if current is None:
+                batch.inserts.append((address.email, key, name, file_status, report.source, False, True))
+            else:
+                batch.leaves.append({"_id": current.id, "_status": file_status})
+            digest = suppression_hash(key)
+            if digest not in suppressed:
+                suppressed.add(digest)
+                batch.suppress.append({"email_hash": digest, "reason": file_status, "created_at": now})
+            continue
         is_suppressed = bool(suppressed) and suppression_hash(key) in suppressed
+        want = PENDING if pending or file_status == PENDING else ACTIVE
         status, why = operator_decision(current.status if current else None, is_suppressed, want)
         if status is None:
-            report.opted_out.append(RowProblem(line, raw_email, why))
+            report.opted_out.append(RowProblem(line, row.email, why))
         elif current is None:
             report.added += 1
-            # A tuple in INSERT_COLUMNS order; the dates are filled in by _write, once per batch.
-            inserts.append((address.email, key, name, status, report.source, status == ACTIVE))
+            batch.inserts.append((address.email, key, name, status, report.source, status == ACTIVE, False))
         elif status != current.status or (name and name != current.name):
             report.updated += 1
-            updates.append({
+            batch.updates.append({
                 "_id": current.id, "_status": status, "_name": name or current.name,
                 "_confirmed": now if status != current.status else None,
             })
         else:
             report.unchanged += 1
-        if not dry_run and len(inserts) + len(updates) >= BATCH:
-            _write(session, inserts, updates, now)
+        if not dry_run and len(batch) >= BATCH:
+            _write(session, batch, now)
     if progress is not None:
         progress(shape.lines)
     if not dry_run:
-        _write(session, inserts, updates, now)
+        _write(session, batch, now)
         session.commit()
     return report
 
 
-def _write(session: Session, inserts: list[tuple[Any, ...]], updates: list[dict[str, Any]], now: Any) -> None:
-    """Flush a batch: one executemany for new rows, one for changed ones."""
-    if inserts:
-        _insert_many(session, inserts, now)
-        inserts.clear()
-    if updates:
-        statement = update(_table).where(_table.c.id == bindparam("_id")).values(
-            status=bindparam("_status"), name=bindparam("_name"), updated_at=now,
-            # Set when a pending subscriber becomes active; otherwise kept as it was.
-            confirmed_at=func.coalesce(bindparam("_confirmed"), _table.c.confirmed_at),
-        )
-        session.execute(statement, updates)
-        updates.clear()
+def _write(session: Session, batch: _Batch, now: Any) -> None:
+    """Flush a batch: one executemany per kind of write."""
+    try:
+        if batch.inserts:
+            _insert_many(session, batch.inserts, now)
+        if batch.updates:
+            session.execute(
+                update(_table).where(_table.c.id == bindparam("_id")).values(
+                    status=bindparam("_status"), name=bindparam("_name"), updated_at=now,
+                    # Set when a pending subscriber becomes active; otherwise kept as it was.
+                    confirmed_at=func.coalesce(bindparam("_confirmed"), _table.c.confirmed_at),
+                ),
+                batch.updates,
+            )
+        if batch.leaves:
+            session.execute(
+                update(_table).where(_table.c.id == bindparam("_id")).values(
+                    status=bindparam("_status"), updated_at=now, unsubscribed_at=now,
+                ),
+                batch.leaves,
+            )
+        if batch.suppress:
+            session.execute(insert(_suppression), batch.suppress)
+    except IntegrityError:
+        session.rollback()
+        raise SubscriberError(
+            "the list changed while importing (another process added one of these addresses); "
+            "nothing was imported: run the import again"
+        ) from None
+    for pending_writes in (batch.inserts, batch.updates, batch.leaves, batch.suppress):
+        pending_writes.clear()
 
 
 INSERT_COLUMNS = (
@@ -280,9 +222,10 @@ def _insert_many(session: Session, rows: list[tuple[Any, ...]], now: Any) -> Non
         f"INSERT INTO {_table.name} ({', '.join(INSERT_COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(INSERT_COLUMNS))})"
     )
-    connection.exec_driver_sql(
-        sql, [(e, k, n, st, src, stamp, stamp, stamp if active else None, None) for e, k, n, st, src, active in rows]
-    )
+    connection.exec_driver_sql(sql, [
+        (e, k, n, st, src, stamp, stamp, stamp if confirmed else None, stamp if left else None)
+        for e, k, n, st, src, confirmed, left in rows
+    ])
 
 
 def export_csv(session: Session, out: TextIO, status: str | None = None) -> int:
@@ -299,19 +242,6 @@ def export_csv(session: Session, out: TextIO, status: str | None = None) -> int:
         query = query.where(_table.c.status == status)
     written = 0
     for row in session.execute(query.execution_options(yield_per=2000)):
-        writer.writerow([_guard(value) for value in row])
+        writer.writerow([guard(value) for value in row])
         written += 1
     return written
-
-
-def _guard(value: object) -> str:
-    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR gets a `'` before it."""
-    if value is None:
-        return ""
-    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
-def _unguard(text: str) -> str:
-    """Undo _guard on import, so an exported file imports the addresses it holds."""
-    return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START and len(text) > 1 else text

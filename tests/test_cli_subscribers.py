@@ -103,7 +103,7 @@ def test_import_names_a_missing_column_and_a_bad_mapping(run_cli: CLI, tmp_path:
     result = run_cli("subscribers", "import", str(path), "--column", "email=E-mail")
     assert result.exit_code == 1 and "no column 'E-mail'" in result.output and "list.csv" in result.output
     result = run_cli("subscribers", "import", str(path), "--column", "phone=Tel")
-    assert result.exit_code == 2 and "email=HEADER or name=HEADER" in result.output
+    assert result.exit_code == 2 and "email=HEADER, name=HEADER or status=HEADER" in result.output
 
 
 def test_export_is_formula_safe_and_filters_by_status(run_cli: CLI, tmp_path: Path) -> None:
@@ -181,3 +181,19 @@ def test_add_confirm_sends_a_working_link_over_smtp(
 def test_help_shows_examples(run_cli: CLI) -> None:
     result = CliRunner().invoke(cli, ["subscribers", "import", "--help"])
     assert "newsletter subscribers import" in result.output and "--column" in result.output
+
+
+def test_moving_a_list_by_export_and_import_keeps_every_opt_out(run_cli: CLI, tmp_path: Path) -> None:
+    run_cli("subscribers", "add", "stay@example.org", "--name", "Stay")
+    run_cli("subscribers", "add", "left@example.org", "--name", "Left")
+    run_cli("subscribers", "unsubscribe", "left@example.org")
+    exported = tmp_path / "all.csv"
+    assert run_cli("subscribers", "export", "-o", str(exported)).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = CLI(write_config(elsewhere), CliRunner())
+    result = other("subscribers", "import", str(exported))
+    assert result.exit_code == 0, result.output
+    assert "1 added" in result.output and "1 opt-outs recorded" in result.output
+    assert statuses(other) == {"stay@example.org": "active", "left@example.org": "unsubscribed"}
+    assert other("subscribers", "add", "left@example.org").exit_code == 1

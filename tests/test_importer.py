@@ -240,3 +240,41 @@ def test_the_example_subscribers_file_imports_cleanly(db: Session) -> None:
     path = Path(__file__).resolve().parents[1] / "examples" / "subscribers.csv"
     report = import_csv(db, path)
     assert report.added >= 5 and report.refused == [] and report.duplicates == []
+
+
+def test_a_status_column_carries_opt_outs_over_to_a_new_list(any_db: Session, tmp_path: Path) -> None:
+    """An export (ours or another tool's) imported elsewhere must not re-activate anyone who left."""
+    consent.add(any_db, "known@example.org", name="Known")
+    data = (
+        "Email Address,Name,Status\n"
+        "stay@example.org,Stay,subscribed\n"
+        "left@example.org,Left,unsubscribed\n"
+        "gone@example.org,Gone,cleaned\n"
+        "wait@example.org,Wait,pending\n"
+        "known@example.org,Known,Unsubscribed\n"
+        "odd@example.org,Odd,archived\n"
+    )
+    report = import_csv(any_db, write(tmp_path, data.encode()))
+    assert report.added == 2
+    assert [(r.line, r.email) for r in report.opt_outs_recorded] == [
+        (3, "left@example.org"), (4, "gone@example.org"), (6, "known@example.org")
+    ]
+    assert [(r.line, r.reason) for r in report.refused] == [(7, "unknown status 'archived'")]
+    assert {email: status for email, (_, status) in people(any_db).items()} == {
+        "stay@example.org": "active", "left@example.org": "unsubscribed", "gone@example.org": "bounced",
+        "wait@example.org": "pending", "known@example.org": "unsubscribed",
+    }
+    for email in ("left@example.org", "gone@example.org", "known@example.org"):
+        assert consent.is_suppressed(any_db, email)
+    assert consent.find(any_db, "left@example.org").unsubscribed_at is not None  # type: ignore[union-attr]
+    # A later import without the status column cannot bring them back.
+    again = import_csv(any_db, write(tmp_path, b"email\nleft@example.org\nknown@example.org\n", "again.csv"))
+    assert len(again.opted_out) == 2 and again.added == again.updated == 0
+    assert [s.email for s in consent.active_subscribers(any_db)] == ["stay@example.org"]
+
+
+def test_a_status_column_can_be_mapped(db: Session, tmp_path: Path) -> None:
+    data = b"E-mail;Abo\nann@example.org;unsubscribed\n"
+    report = import_csv(db, write(tmp_path, data), columns={"email": "E-mail", "status": "Abo"})
+    assert len(report.opt_outs_recorded) == 1
+    assert people(db) == {"ann@example.org": ("", "unsubscribed")}

@@ -16,7 +16,8 @@ from sqlmodel import Session, select
 from pipeline.commands.base import App, json_option, pass_app, print_json
 from pipeline.public import send_confirmation
 from subscribers import consent
-from subscribers.importer import ImportReport, export_csv, import_csv, sniff
+from subscribers.csvfile import MAPPABLE, sniff
+from subscribers.importer import ImportReport, export_csv, import_csv
 from subscribers.model import Subscriber, SubscriberStatus
 from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
 
@@ -80,7 +81,7 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
 @click.option("--dry-run", is_flag=True, help="Show what the import would do; change nothing.")
 @click.option(
     "--column", "columns", multiple=True, metavar="FIELD=HEADER",
-    help="Which column holds the address or the name, e.g. --column email=E-mail --column 'name=Full name'.",
+    help="Which column holds the address, name or status, e.g. --column email=E-mail --column 'name=Full name'.",
 )
 @click.option("--pending", is_flag=True, help="Add new addresses as pending instead of active.")
 @json_option
@@ -92,9 +93,10 @@ def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...]
     or tabs; finds the address and name columns by their usual headers (or --column), joins
     first and last name columns, skips blank lines and extra columns. New addresses become
     active (you vouch for their consent; --pending otherwise); known ones get their name
-    updated; addresses that left are never brought back. Rows that are not addresses are
-    refused with their line number; the good rows are imported all the same and the exit code
-    is 1.
+    updated; addresses that left are never brought back. A status column (as `export` writes,
+    or another tool's "unsubscribed", "cleaned", "pending") is honoured: opt-outs in the file
+    are recorded as opt-outs. Rows that are not addresses are refused with their line number;
+    the good rows are imported all the same and the exit code is 1.
 
     \b
     Example:
@@ -126,8 +128,10 @@ def _parse_columns(columns: tuple[str, ...]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for item in columns:
         field, sep, header = item.partition("=")
-        if not sep or field.strip().lower() not in ("email", "name") or not header.strip():
-            raise click.BadParameter(f"{item!r}: expected email=HEADER or name=HEADER", param_hint="--column")
+        if not sep or field.strip().lower() not in MAPPABLE or not header.strip():
+            raise click.BadParameter(
+                f"{item!r}: expected email=HEADER, name=HEADER or status=HEADER", param_hint="--column"
+            )
         mapping[field.strip().lower()] = header.strip()
     return mapping
 
@@ -138,6 +142,7 @@ def _print_report(app: App, report: ImportReport) -> None:
     for title, problems, style in (
         ("Refused (not imported: fix these rows)", report.refused, "red"),
         ("Left alone: they unsubscribed, bounced, complained or were removed", report.opted_out, "yellow"),
+        ("Opt-outs recorded from the file's status column", report.opt_outs_recorded, "yellow"),
         ("Skipped as duplicates", report.duplicates, "dim"),
     ):
         if problems:
@@ -151,8 +156,11 @@ def _print_report(app: App, report: ImportReport) -> None:
     out.print(
         f"{'Dry run: ' if report.dry_run else ''}{report.rows} rows: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
-        f"{len(report.opted_out)} left alone, {len(report.refused)} refused"
-        f"{' (nothing was written)' if report.dry_run else ''}."
+        f"{len(report.opted_out)} left alone, "
+        f"{f'{len(report.opt_outs_recorded)} opt-outs recorded, ' if report.opt_outs_recorded else ''}"
+        f"{len(report.refused)} refused"
+        f"{' (nothing was written)' if report.dry_run else ''}.",
+        soft_wrap=True,
     )
 
 

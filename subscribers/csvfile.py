@@ -1,0 +1,170 @@
+"""CSV files of subscribers as spreadsheets and mailing tools write them: shape, columns, rows.
+
+Reads UTF-8 (with or without BOM), UTF-16 with BOM (Excel's "Unicode text"), or else
+Windows-1252 (Excel's "CSV" on Windows); comma, semicolon or tab separated, taken from the
+header line; finds the address, name and status columns by their usual headers or by an
+explicit mapping; joins first and last name columns; skips blank lines. Also the formula guard
+for cells written out (a leading =, +, -, @ gets a `'`) and its undoing on the way back in.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from subscribers.errors import UnreadableFile
+
+EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "emailaddress", "email_address", "mail", "address")
+NAME_HEADERS = ("name", "full name", "fullname", "full_name", "display name", "display_name")
+FIRST_HEADERS = ("first name", "firstname", "first_name", "given name", "forename")
+LAST_HEADERS = ("last name", "lastname", "last_name", "surname", "family name")
+STATUS_HEADERS = ("status", "subscription status", "member status")
+MAPPABLE = ("email", "name", "status")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class CsvShape:
+    encoding: str
+    delimiter: str
+    lines: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One data row: the line it starts on, and its cells as written (formula guard removed)."""
+
+    line: int
+    email: str
+    name: str
+    status: str
+
+
+@dataclass(frozen=True)
+class _Pick:
+    email: int
+    names: tuple[int, ...]
+    status: int | None
+
+
+def sniff(path: Path) -> CsvShape:
+    """The encoding, delimiter and line count of a CSV file (one quick pass over its bytes)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+            encoding = "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+            handle.seek(0)
+            decoder = codecs.getincrementaldecoder(encoding)()
+            lines, first_line = 0, ""
+            try:
+                while chunk := handle.read(1 << 20):
+                    text = decoder.decode(chunk)
+                    lines += chunk.count(b"\n")
+                    if not first_line.strip():
+                        first_line = _first_nonblank(text)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                # Not UTF-8: Excel on Windows saves "CSV" in the ANSI code page, Windows-1252.
+                encoding = "cp1252"
+                handle.seek(0)
+                data = handle.read()
+                lines = data.count(b"\n")
+                first_line = _first_nonblank(data[: 1 << 16].decode(encoding, errors="replace"))
+    except OSError as exc:
+        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
+    counts = {d: _unquoted(first_line).count(d) for d in (",", ";", "\t")}
+    delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+    return CsvShape(encoding, delimiter, lines + 1)
+
+
+def _first_nonblank(text: str) -> str:
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _unquoted(line: str) -> str:
+    """`line` without its quoted parts, so a comma inside a quoted header does not count."""
+    return "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 0)
+
+
+def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None) -> Iterator[Row]:
+    """Every non-blank data row of the file, streamed."""
+    errors = "replace" if shape.encoding == "cp1252" else "strict"  # its 5 undefined bytes
+    try:
+        handle = path.open(encoding=shape.encoding, errors=errors, newline="")
+    except OSError as exc:
+        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle, delimiter=shape.delimiter)
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+        if header is None:
+            return
+        pick = _columns(path, header, columns or {})
+        if pick is None:  # no header: the first row is data; the address is its cell with an "@"
+            email_at = next(i for i, cell in enumerate(header) if "@" in cell)
+            pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None)
+            yield _row(reader.line_num, header, pick)
+        ended = reader.line_num
+        for cells in reader:
+            # A quoted cell may span lines: a row starts on the line after the previous one ended.
+            start, ended = ended + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank line, or one of empty cells
+            yield _row(start, cells, pick)
+
+
+def _row(line: int, cells: list[str], pick: _Pick) -> Row:
+    count = len(cells)
+    email = cells[pick.email].strip() if pick.email < count else ""
+    if len(pick.names) == 1:  # the usual case, without the join
+        name = cells[pick.names[0]].strip() if pick.names[0] < count else ""
+    else:
+        name = " ".join(cells[i].strip() for i in pick.names if i < count and cells[i].strip())
+    status = cells[pick.status].strip().lower() if pick.status is not None and pick.status < count else ""
+    return Row(line, unguard(email), unguard(name), status)
+
+
+def _columns(path: Path, header: list[str], mapping: dict[str, str]) -> _Pick | None:
+    """Which columns hold what, from the header; None when the first row is data."""
+    names = [cell.strip().strip("\ufeff").lower() for cell in header]
+    for key in mapping:
+        if key not in MAPPABLE:
+            raise UnreadableFile(f"--column {key}=...: only {', '.join(MAPPABLE)} can be mapped")
+
+    def find(label: str, wanted: tuple[str, ...]) -> int | None:
+        if label in mapping:
+            target = mapping[label].strip().lower()
+            if target not in names:
+                raise UnreadableFile(f"{path}: no column {mapping[label]!r} (the header has: {', '.join(header)})")
+            return names.index(target)
+        return next((names.index(w) for w in wanted if w in names), None)
+
+    email_at = find("email", EMAIL_HEADERS)
+    if email_at is None:
+        if any("@" in cell for cell in header) and not mapping:
+            return None
+        raise UnreadableFile(
+            f"{path}: no address column (looked for {', '.join(EMAIL_HEADERS[:4])}; the header has: "
+            f"{', '.join(header)}); name it with --column email=HEADER"
+        )
+    status_at = find("status", STATUS_HEADERS)
+    name_at = find("name", NAME_HEADERS)
+    if name_at is not None:
+        return _Pick(email_at, (name_at,), status_at)
+    parts = (find("", FIRST_HEADERS), find("", LAST_HEADERS))
+    return _Pick(email_at, tuple(i for i in parts if i is not None), status_at)
+
+
+def guard(value: object) -> str:
+    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR gets a `'` before it."""
+    if value is None:
+        return ""
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unguard(text: str) -> str:
+    """Undo guard() on import, so an exported file imports the addresses it holds."""
+    return text[1:] if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_START else text
