@@ -523,3 +523,35 @@ def test_wsgi_app_behind_a_proxy_counts_sign_ups_per_real_client_and_keeps_previ
     outbox = load_settings(config_file).delivery.outbox_dir
     assert len(list(outbox.rglob("*.eml"))) == 10
     app.extensions["newsletter"].engine.dispose()
+
+
+def test_no_public_page_reaches_a_subscriber_address(client: FlaskClient, ledger: Issue) -> None:
+    """Crawl every link a visitor from elsewhere can follow: no address of the list shows up."""
+    with Session(client.application.extensions["newsletter"].engine) as s:
+        addresses = [e for e in s.exec(select(Subscriber.email))] + ["h1@example.org", "h3@example.org"]
+    seen, queue = set(), ["/"]
+    while queue:
+        url = queue.pop()
+        if url in seen or len(seen) > 50:
+            continue
+        seen.add(url)
+        response = client.get(url, environ_base=REMOTE, follow_redirects=True)
+        if url.startswith("/preview"):
+            assert response.status_code == 403, url
+            continue
+        body = response.data.decode()
+        assert not any(address in body for address in addresses), url
+        queue += [h for h in re.findall(r'href="(/[^"]*)"', body) if not h.startswith("/static/")]
+    assert {"/archive/", "/archive/weekly-2025-W05", "/subscribe", "/preview/"} <= seen
+
+
+def test_one_click_on_sqlite_and_postgresql(any_settings: Settings, any_engine: Engine) -> None:
+    client = create_app(any_settings, engine=any_engine).test_client()
+    with Session(any_engine) as s:
+        subscriber = add(s, "kim@example.org")
+        assert subscriber.id is not None
+    token = make_token(load_secret(any_settings.base_dir), UNSUBSCRIBE, subscriber.id)
+    assert client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert status_of(any_engine, "kim@example.org") == "unsubscribed"
+    again = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data")
+    assert again.status_code == 200 and b"already unsubscribed" in again.data
