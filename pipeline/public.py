@@ -175,7 +175,7 @@ def confirm(token: str) -> Any:
     """GET: a page with a button (link scanners follow GETs, people press buttons). POST: confirm."""
     with db.session_scope(state().engine) as s:
         subscriber = _subscriber(s, CONFIRM, token)
-        if subscriber is None:
+        if subscriber is None or subscriber.status == SubscriberStatus.REMOVED:
             abort(404, "This subscription no longer exists. Subscribe again.")
         if subscriber.status == SubscriberStatus.ACTIVE:
             return message("Already confirmed", "You are subscribed; the next issue will reach you.", tone="ok")
@@ -202,6 +202,11 @@ def subscribe() -> Any:
         "Check your inbox",
         f"If {email} is new here or needs to confirm, a message with a link is on its way to it. "
         "The link works for 7 days.",
+        tone="ok",
+    ) if st.settings.subscribers.double_opt_in else message(
+        "Thank you",
+        f"{email} is on the list. If it unsubscribed before, a message with a link to confirm is "
+        "on its way to it first.",
         tone="ok",
     )
     if request.form.get("website"):  # the hidden honeypot field: only robots fill it in

@@ -35,7 +35,7 @@ from pipeline.lint import lint_message
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.publish import personal_copy
 from pipeline.public import WebState, state
-from subscribers.addresses import normalize_email
+from subscribers import consent
 from subscribers.model import Subscriber, SubscriberStatus
 from subscribers.tokens import load_secret
 
@@ -242,8 +242,8 @@ def _message(s: Session, issue: Issue, as_email: str) -> tuple[str, bytes]:
     st = state()
     subscriber = None
     if as_email:
-        subscriber = s.exec(select(Subscriber).where(Subscriber.email_normalized == normalize_email(as_email))).first()
-        if subscriber is None:
+        subscriber = consent.find(s, as_email)
+        if subscriber is None or subscriber.status == SubscriberStatus.REMOVED:
             abort(404, f"No subscriber with the address {as_email}.")
     raw = personal_copy(s, st.settings, st.secret, issue, subscriber)
     label = f"{subscriber.name} <{subscriber.email}>" if subscriber and subscriber.name else (

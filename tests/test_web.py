@@ -555,3 +555,21 @@ def test_one_click_on_sqlite_and_postgresql(any_settings: Settings, any_engine: 
     assert status_of(any_engine, "kim@example.org") == "unsubscribed"
     again = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data")
     assert again.status_code == 200 and b"already unsubscribed" in again.data
+
+
+def test_without_double_opt_in_a_sign_up_is_active_at_once(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, subscribers={"double_opt_in": False}))
+    app = create_app(settings)
+    code, page = sign_up(app.test_client(), "lee@example.org", "Lee")
+    engine = app.extensions["newsletter"].engine
+    assert code == 200 and b"is on the list" in page
+    assert status_of(engine, "lee@example.org") == "active"
+    assert not settings.delivery.outbox_dir.exists() or not any(settings.delivery.outbox_dir.rglob("*.eml"))
+    engine.dispose()
+
+
+def test_confirm_link_of_a_removed_address_is_404(client: FlaskClient, session: Session, secret: str) -> None:
+    pending = add(session, "max@example.org", pending=True)
+    assert pending.id is not None
+    consent.remove(session, "max@example.org")
+    assert client.get(f"/confirm/{make_token(secret, CONFIRM, pending.id)}").status_code == 404
