@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import date
@@ -17,6 +18,9 @@ from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.models import Essay, Issue
+from subscribers.addresses import normalize_email
+from subscribers.model import Subscriber
+from subscribers.tokens import load_secret, read_token
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, make_essay
 
@@ -167,3 +171,37 @@ def test_cli_errors_name_the_problem(run_cli, engine: Engine) -> None:  # type: 
     assert empty.exit_code == 1 and "nothing to send" in empty.output
     missing = run_cli("issues", "show", "42")
     assert missing.exit_code == 1 and "'42'" in missing.output
+
+
+def test_cli_preview_as_a_subscriber_text_file_and_browser(
+    run_cli, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    with session_scope(engine) as session:
+        add_essays(session, *[make_essay(n) for n in range(1, 3)])
+        session.add(Subscriber(email="Ana@Example.org", email_normalized=normalize_email("Ana@Example.org"),
+                               name="Ana <Núñez>", status="active"))
+    assert run_cli("issues", "new").exit_code == 0
+    sample = run_cli("preview", "latest")
+    assert sample.exit_code == 0 and sample.stdout.startswith("<!DOCTYPE html>")  # stderr: a new key
+    assert "Hi Zoë Sample," in sample.stdout and "/u/sample-preview-not-a-subscriber" in sample.stdout
+
+    out = tmp_path / "ana.html"
+    written = run_cli("preview", "1", "--as", "ana@example.org", "-o", str(out))
+    assert written.exit_code == 0, written.output
+    html = out.read_text(encoding="utf-8")
+    assert "Hi Ana &lt;Núñez&gt;," in html and "subscribed as Ana@Example.org" in html
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber)).one()
+    token = re.search(r'href="http://127\.0\.0\.1:8025/u/([^"]+)"', html)
+    assert token and read_token(load_secret(tmp_path), "unsubscribe", token[1]) == subscriber.id
+
+    text = run_cli("preview", "1", "--as", "ana@example.org", "--text")
+    assert text.stdout.startswith("Field Notes: On rivers, part 1 and 1 more") and "Hi Ana <Núñez>," in text.stdout
+
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+    assert run_cli("preview", "latest", "--open").exit_code == 0
+    assert opened and opened[0].startswith("file://") and Path(opened[0][7:]).read_text().startswith("<!DOCTYPE")
+
+    unknown = run_cli("preview", "1", "--as", "nobody@example.org")
+    assert unknown.exit_code == 1 and "nobody@example.org" in unknown.output
