@@ -82,7 +82,8 @@ def sentence_ends(text: str) -> list[int]:
 
 
 def _starts_sentence(char: str) -> bool:
-    return char.isupper() or char.isdigit() or char in "\"'“‘«(["
+    # Opening quotes and brackets, and ’ as in "’Tis" (an elision can open a sentence).
+    return char.isupper() or char.isdigit() or char in "\"'“‘’«(["
 
 
 def _is_abbreviation(word: str) -> bool:
