@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -270,6 +271,13 @@ def message_view(raw: bytes) -> dict[str, Any]:
     }
 
 
+def _problems(s: Session, issue_id: int) -> list[Any]:
+    """The failed rows, then the unknown ones, at most PROBLEM_ROWS in all."""
+    found = [row for status in (DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.value)
+             for row in ledger.rows(s, issue_id, status, limit=PROBLEM_ROWS)]
+    return found[:PROBLEM_ROWS]
+
+
 def _issue_page(issue_id: int | None) -> str:
     st = state()
     tab = request.args.get("tab", "html")
@@ -283,8 +291,7 @@ def _issue_page(issue_id: int | None) -> str:
         n = st.settings.newsletter
         findings = lint_message(raw, n.sender_domain, n.postal_address) if tab == "lint" else []
         counts = _nonzero(ledger.counts(s, issue_id)) if issue_id else {}
-        problems = [row for status in (DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.value)
-                    for row in ledger.rows(s, issue_id, status, limit=PROBLEM_ROWS + 1)] if tab == "status" and issue_id else []
+        problems = _problems(s, issue_id) if tab == "status" and issue_id else []
         emails = list(s.exec(select(Subscriber.email).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
                              .order_by(col(Subscriber.email)).limit(500)))
         shown = {"id": issue_id, "key": issue.key if issue_id else "next", "status": issue.status}
@@ -303,8 +310,8 @@ def _issue_page(issue_id: int | None) -> str:
     return render_template(
         "preview_issue.html", issue=shown, view=view, tab=tab, tabs=tabs,
         width=width, as_email=as_email, recipient_label=label, findings=findings, link=link,
-        status_counts=counts, problem_rows=problems[:PROBLEM_ROWS],
-        problem_more=counts.get("failed", 0) + counts.get("unknown", 0) - len(problems[:PROBLEM_ROWS]),
+        status_counts=counts, problem_rows=problems,
+        problem_more=counts.get("failed", 0) + counts.get("unknown", 0) - len(problems),
         subscriber_emails=emails, eml_url=eml + (("?" + urlencode({"as": as_email})) if as_email else ""),
         section="preview",
     )
@@ -314,7 +321,7 @@ def _eml(issue_id: int | None) -> Response:
     with Session(state().engine) as s:
         issue = _target(s, issue_id)
         _, raw = _message(s, issue, request.args.get("as", "").strip())
-        name = issue.key if issue_id else "next-digest"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", issue.key) if issue_id else "next-digest"
         s.rollback()
     response = Response(raw, mimetype="message/rfc822")
     response.headers["Content-Disposition"] = f'attachment; filename="{name}.eml"'
