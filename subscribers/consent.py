@@ -89,8 +89,8 @@ def add(
             email=address.email, email_normalized=address.normalized, name=name, status=status,
             source=source, confirmed_at=now if status == ACTIVE else None,
         )
-        _save(session, subscriber)
-        return subscriber, "added"
+        winner = _insert(session, subscriber)
+        return winner, "added" if winner is subscriber else "unchanged"
     changed = status != subscriber.status or (name and name != subscriber.name)
     if not changed:
         return subscriber, "unchanged"
@@ -98,7 +98,8 @@ def add(
         subscriber.status, subscriber.confirmed_at = status, now
     subscriber.name = name or subscriber.name
     subscriber.updated_at = now
-    _save(session, subscriber)
+    session.add(subscriber)
+    session.commit()
     return subscriber, "updated"
 
 
@@ -121,8 +122,8 @@ def subscribe(
         email=address.email, email_normalized=address.normalized, name=clean_name(name),
         status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
     )
-    _save(session, subscriber)
-    return subscriber, confirm
+    winner = _insert(session, subscriber)
+    return winner, confirm if winner is subscriber else winner.status != ACTIVE
 
 
 def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
@@ -294,11 +295,19 @@ def _suppress(session: Session, normalized: str, reason: str) -> None:
     session.flush()
 
 
-def _save(session: Session, subscriber: Subscriber) -> None:
-    """Commit one subscriber; a concurrent insert of the same address becomes a ConsentError."""
+def _insert(session: Session, subscriber: Subscriber) -> Subscriber:
+    """Commit a new subscriber; the row that holds the address when another process won the race.
+
+    Two sign-ups of one address at the same moment (a double click) both find no row; the
+    unique key lets one insert win, and the other gets the winner's row instead of an error.
+    """
     session.add(subscriber)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise ConsentError(f"{subscriber.email} was added by somebody else at the same moment; try again") from None
+        winner = find(session, subscriber.email_normalized)
+        if winner is None:  # the conflict was about something else: not ours to hide
+            raise
+        return winner
+    return subscriber

@@ -243,3 +243,29 @@ def test_active_subscribers_streams_every_active_one_in_order(db: Session) -> No
     assert streamed == [f"s{i:02d}@example.org" for i in range(25) if i % 5]
     assert consent.counts(db)["active"] == 20 and consent.counts(db)["pending"] == 5
     assert consent.counts(db)["bounced"] == 0
+
+
+@pytest.mark.parametrize("path", ["subscribe", "add"])
+def test_two_sign_ups_of_one_address_at_once_give_one_subscriber(
+    db: Session, any_engine: Engine, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # The other request inserts between our lookup and our insert: make our lookup miss once.
+    with Session(any_engine) as other:
+        consent.subscribe(other, "race@example.org", name="First")
+    real_find = consent.find
+    calls: list[str] = []
+
+    def late_find(session: Session, email: str) -> Subscriber | None:
+        calls.append(email)
+        return None if len(calls) == 1 else real_find(session, email)
+
+    monkeypatch.setattr(consent, "find", late_find)
+    if path == "subscribe":
+        subscriber, needs_confirmation = consent.subscribe(db, "Race@example.org", name="Second")
+        assert needs_confirmation
+    else:
+        subscriber, outcome = consent.add(db, "Race@example.org", name="Second")
+        assert outcome == "unchanged"
+    assert len(calls) == 2  # our lookup missed, the insert collided, the winner was looked up
+    assert subscriber.name == "First"
+    assert len(db.exec(select(Subscriber)).all()) == 1
