@@ -3,7 +3,8 @@
     import_paths(engine, ["examples/essays", "new.md"]) -> ImportReport
 
 - Folders are searched recursively for *.txt (scraped pages, pipeline/pages.py) and *.md /
-  *.markdown (front matter, pipeline/markdown.py); hidden files and folders are skipped.
+  *.markdown (front matter, pipeline/markdown.py); hidden files and folders, and README or
+  LICENSE files found there, are skipped.
 - A file's slug is its front matter `slug`, else its file name: editing the title keeps the slug,
   so an edited file updates its essay instead of adding a second one. A moved file (its old
   path gone) updates its essay too; a second live file with the same slug is refused.
@@ -40,6 +41,8 @@ READERS: dict[str, Callable[[str], Draft]] = {
     ".md": parse_markdown,
     ".markdown": parse_markdown,
 }
+# Found in a folder, these document the folder rather than being essays (named, they import).
+NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing"})
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
 URL_MAX = 500  # Essay.url's column
 Outcome = Literal["added", "updated", "unchanged"]
@@ -128,6 +131,7 @@ def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Pat
                 if p.suffix.lower() in READERS
                 and p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.stem.lower() not in NOT_ESSAYS
             )
             if not found:
                 report.warnings.append(f"{path}: no .txt, .md or .markdown files in this folder")
@@ -198,7 +202,9 @@ def slug_for(draft: Draft, path: Path) -> str:
         if not slug:
             raise ImportProblem(f"front matter: slug {draft.slug!r} has no letters or digits")
         return slug
-    slug = slugify(path.stem) or slugify(draft.title)
+    # A page bundle (walks/stairs/index.md) is named by its folder, as static site tools do.
+    stem = path.parent.name if path.stem.lower() == "index" else path.stem
+    slug = slugify(stem) or slugify(draft.title)
     if not slug:
         raise ImportProblem("cannot make a slug from the file name or title; add `slug:`")
     return slug

@@ -212,6 +212,16 @@ def test_two_files_with_one_slug_in_one_import(engine: Engine, tmp_path: Path) -
     assert "also the slug of" in failed_files(report)["two.md"]
 
 
+def test_readme_in_a_folder_is_skipped_and_index_takes_its_folder_name(
+    engine: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "README.md").write_text("# About these essays\n\nNotes for me.\n")
+    (tmp_path / "cellar-bread").mkdir()
+    (tmp_path / "cellar-bread" / "index.md").write_text(ESSAY_MD, encoding="utf-8")
+    assert import_paths(engine, [tmp_path]).added == ["cellar-bread"]
+    assert import_paths(engine, [tmp_path / "README.md"]).added == ["readme"]  # named: imported
+
+
 def test_files_named_twice_hidden_files_and_progress(engine: Engine, tmp_path: Path) -> None:
     (tmp_path / "essay.md").write_text(ESSAY_MD, encoding="utf-8")
     (tmp_path / ".draft.md").write_text(ESSAY_MD, encoding="utf-8")
