@@ -92,6 +92,7 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser: object) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    context.set_default_timeout(10_000)  # a local server answers in milliseconds
     tab = context.new_page()
     yield tab
     context.close()
@@ -176,11 +177,15 @@ def test_unsubscribe_through_the_page(site: Site, page: object) -> None:
 
 def test_archive_and_subscribe_pages_on_a_phone(site: Site, page: object) -> None:
     page.set_viewport_size(PHONE)  # type: ignore[attr-defined]
+    page.emulate_media(color_scheme="dark")  # type: ignore[attr-defined]
+    page.goto(site.url + "/archive/")  # type: ignore[attr-defined]
+    shot(page, "10-archive-phone-dark")
+    page.emulate_media(color_scheme="light")  # type: ignore[attr-defined]
     page.goto(site.url + "/archive/")  # type: ignore[attr-defined]
     page.get_by_role("link", name=site.subject).click()  # type: ignore[attr-defined]
     page.get_by_text(site.first_title, exact=True).first.wait_for()  # type: ignore[attr-defined]
-    shot(page, "10-web-copy-phone")
+    shot(page, "11-web-copy-phone")
     page.goto(site.url + "/subscribe")  # type: ignore[attr-defined]
     width = page.evaluate("document.documentElement.scrollWidth")  # type: ignore[attr-defined]
     assert width <= PHONE["width"]  # nothing sticks out sideways on a phone
-    shot(page, "11-subscribe-phone")
+    shot(page, "12-subscribe-phone")
