@@ -90,10 +90,13 @@ def _is_share(line: str) -> bool:
 
 def _is_byline(line: str) -> bool:
     match = _BYLINE.match(line)
-    # "By NAME" must look like a name, not a sentence that starts with "By".
-    return bool(match) and (
-        line.lower().startswith("published") or len((match.group("name") or "").split()) <= 4
-    )
+    if not match:
+        return False
+    if line.lower().startswith("published"):
+        return True
+    # "By NAME" must look like a name ("By Ana Ribeiro"), not text ("By contrast, ...").
+    words = (match.group("name") or "").split()
+    return 1 <= len(words) <= 4 and all(word[:1].isupper() for word in words)
 
 
 def _split_related(lines: list[str]) -> tuple[list[str], list[dict[str, str | None]]]:
