@@ -42,7 +42,7 @@ from pipeline.models import Issue
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")
-SAMPLE_TOKEN = "sample-preview-not-a-subscriber"
+SAMPLE_TOKEN = "preview-sample"  # the same inert link publish.personal_copy gives a sample
 _URL_SAFE = re.compile(r"https?://[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 
 # premailer as the email checklist says; its defaults break responsive mail. One instance is

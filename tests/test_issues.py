@@ -17,7 +17,9 @@ from pipeline.config import Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
+from pipeline.links import unsubscribe_url
 from pipeline.models import Essay, Issue
+from pipeline.render import Recipient, render_issue
 from subscribers.addresses import normalize_email
 from subscribers.model import Subscriber
 from subscribers.tokens import load_secret, read_token
@@ -183,7 +185,7 @@ def test_cli_preview_as_a_subscriber_text_file_and_browser(
     assert run_cli("issues", "new").exit_code == 0
     sample = run_cli("preview", "latest")
     assert sample.exit_code == 0 and sample.stdout.startswith("<!DOCTYPE html>")  # stderr: a new key
-    assert "Hi Zoë Sample," in sample.stdout and "/u/sample-preview-not-a-subscriber" in sample.stdout
+    assert "Hi Zoë Sample," in sample.stdout and "/u/preview-sample" in sample.stdout
 
     out = tmp_path / "ana.html"
     written = run_cli("preview", "1", "--as", "ana@example.org", "-o", str(out))
@@ -194,6 +196,11 @@ def test_cli_preview_as_a_subscriber_text_file_and_browser(
         subscriber = session.exec(select(Subscriber)).one()
     token = re.search(r'href="http://127\.0\.0\.1:8025/u/([^"]+)"', html)
     assert token and read_token(load_secret(tmp_path), "unsubscribe", token[1]) == subscriber.id
+    with Session(engine) as session:  # exactly what a send makes for her
+        settings = load_settings(run_cli.config_file)
+        expected = render_issue(session, settings, find_issue(session, "1")).personalise(Recipient(
+            subscriber.name, subscriber.email, unsubscribe_url(settings, load_secret(tmp_path), subscriber.id or 0)))
+    assert html == expected[0]
 
     text = run_cli("preview", "1", "--as", "ana@example.org", "--text")
     assert text.stdout.startswith("Field Notes: On rivers, part 1 and 1 more") and "Hi Ana <Núñez>," in text.stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import webbrowser
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,9 @@ from pipeline.db import session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
-from pipeline.links import unsubscribe_url
-from pipeline.message import MessageFactory, new_message_id
 from pipeline.models import Issue
-from pipeline.render import Recipient, render_issue, sample_recipient
+from pipeline.publish import personal_copy
 from subscribers.consent import find
-from subscribers.model import utcnow
 from subscribers.tokens import load_secret
 
 
@@ -122,8 +121,9 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
             output: Path | None) -> None:
     """Write the exact HTML (or text) a subscriber would receive for ISSUE (id, key or "latest").
 
-    Without --as, a sample subscriber is used (a made-up name and an unsubscribe link that
-    unsubscribes nobody). Without -o, the result goes to standard output.
+    It is taken from the very message a send would make (the same function builds both), so
+    what you see is what they get. Without --as, a sample subscriber is used (a made-up name and
+    an unsubscribe link that unsubscribes nobody). Without -o, the result goes to standard output.
 
     \b
     Example:
@@ -133,9 +133,15 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
     """
     with Session(app.engine) as session:
         issue = _issue(session, issue_ref)
-        recipient = _recipient(app, session, as_email)
-        html, text = render_issue(session, app.settings, issue).personalise(recipient)
-    body = text if text_part else html
+        raw = _message(app, session, issue, as_email)
+    # The parts of the very message a send would hand to the transport (preview is sending
+    # without the transport): decoded, they are the exact HTML and text the subscriber gets.
+    message = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    part = message.get_body(("plain",) if text_part else ("html",))
+    assert part is not None
+    body = part.get_content().replace("\r\n", "\n")
+    recipient = str(message["To"])
     if output is None and open_browser:
         suffix = ".txt" if text_part else ".html"
         with tempfile.NamedTemporaryFile("w", suffix=suffix, prefix="newsletter-preview-", delete=False,
@@ -143,7 +149,7 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
             output = Path(handle.name)
     if output is not None:
         output.write_text(body, encoding="utf-8")
-        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient.email)}")
+        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient)}")
     else:
         click.echo(body, nl=False)
     if open_browser and output is not None:
@@ -168,9 +174,7 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
     settings = app.settings
     with Session(app.engine) as session:
         issue = _issue(session, issue_ref)
-        recipient = _recipient(app, session, as_email)
-        rendered = render_issue(session, settings, issue)
-    raw = MessageFactory(settings, rendered).build(recipient, new_message_id(settings), utcnow())
+        raw = _message(app, session, issue, as_email)
     findings = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
     _report(app, settings, issue, findings, as_json)
     if failures(findings):
@@ -200,14 +204,15 @@ def _issue(session: Session, ref: str) -> Issue:
     return latest_issue(session) if ref == "latest" else find_issue(session, ref)
 
 
-def _recipient(app: App, session: Session, email: str | None) -> Recipient:
+def _message(app: App, session: Session, issue: Issue, email: str | None) -> bytes:
+    """The message bytes a send would make for this subscriber (or a sample with an inert link)."""
+    subscriber = None
+    if email is not None:
+        subscriber = find(session, email)
+        if subscriber is None:
+            raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
     secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
-    if email is None:
-        return sample_recipient(app.settings, secret)
-    subscriber = find(session, email)
-    if subscriber is None or subscriber.id is None:
-        raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
-    return Recipient(subscriber.name, subscriber.email, unsubscribe_url(app.settings, secret, subscriber.id))
+    return personal_copy(session, app.settings, secret, issue, subscriber)
 
 
 def describe(session: Session, issue: Issue) -> dict[str, Any]:
