@@ -52,11 +52,11 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
         transient=True,
         disable=as_json,
     ) as bar:
-        task = bar.add_task("", total=None)
+        task = bar.add_task("", total=None, visible=False)
 
         def advance(done: int, total: int, path: Path) -> None:
             if total >= PROGRESS_FROM:
-                bar.update(task, completed=done, total=total, description=path.name)
+                bar.update(task, completed=done, total=total, description=path.name, visible=True)
 
         report = import_paths(engine, paths, progress=advance, dry_run=dry_run)
     if as_json:
