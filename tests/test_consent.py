@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -13,6 +17,7 @@ from sqlmodel import Session, select
 from pipeline.models import Delivery, Issue
 from subscribers import consent
 from subscribers.addresses import suppression_hash
+from subscribers.importer import import_csv
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail, UnknownSubscriber
 from subscribers.model import Subscriber, Suppression
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token
@@ -269,3 +274,64 @@ def test_two_sign_ups_of_one_address_at_once_give_one_subscriber(
     assert len(calls) == 2  # our lookup missed, the insert collided, the winner was looked up
     assert subscriber.name == "First"
     assert len(db.exec(select(Subscriber)).all()) == 1
+
+
+ADDRESSES = ["p0@example.org", "P1@example.org", "p2@exämple.org"]
+OPERATIONS = ["add", "add_pending", "import", "subscribe", "subscribe_single", "confirm",
+              "unsubscribe", "bounce", "complain", "remove"]
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.tuples(st.sampled_from(OPERATIONS), st.sampled_from(ADDRESSES)), max_size=14))
+def test_no_sequence_of_actions_reactivates_an_opt_out_without_confirmation(
+    session: Session, tmp_path: Path, steps: list[tuple[str, str]]
+) -> None:
+    """Whatever happens in whatever order, someone who left is active again only by confirming."""
+    session.execute(text("DELETE FROM subscriber"))
+    session.execute(text("DELETE FROM suppression"))
+    session.commit()
+    left: set[str] = set()  # the model: addresses that opted out and have not confirmed since
+    tokens: dict[str, str] = {}  # the latest confirmation link mailed to each address
+    csv_file = tmp_path / "one.csv"
+    for operation, email in steps:
+        key = email.lower()
+        found = consent.find(session, email)
+        if operation in ("add", "add_pending"):
+            try:
+                consent.add(session, email, pending=operation == "add_pending")
+                assert key not in left
+            except ConsentError:
+                assert key in left
+        elif operation == "import":
+            csv_file.write_text(f"email\n{email}\n", encoding="utf-8")
+            report = import_csv(session, csv_file)
+            assert bool(report.opted_out) == (key in left)
+        elif operation.startswith("subscribe"):
+            subscriber, needs = consent.subscribe(session, email, double_opt_in=operation == "subscribe")
+            assert needs or key not in left
+            if needs:
+                tokens[key] = consent.confirmation_email(SECRET, subscriber, "https://x.example", "L").token
+        elif operation == "confirm" and key in tokens:
+            try:
+                consent.confirm_by_token(session, SECRET, tokens[key])
+                left.discard(key)
+            except (ConsentError, UnknownSubscriber):
+                pass  # an old link: refused, and nothing changed
+        elif operation == "remove":
+            consent.remove(session, email)
+            left.add(key)
+        elif found is not None and found.id is not None and operation != "confirm":
+            if operation == "unsubscribe":
+                consent.unsubscribe(session, email)
+            elif operation == "bounce":
+                consent.mark_bounced(session, found.id)
+            else:
+                consent.mark_complained(session, found.id)
+            left.add(key)
+        session.expire_all()
+        active = {s.email_normalized.split("@")[0] for s in consent.active_subscribers(session)}
+        assert not active & {a.split("@")[0] for a in left}, (operation, email, left)
+        for address in left:
+            assert consent.is_suppressed(session, address)

@@ -152,7 +152,7 @@ def _print_report(app: App, report: ImportReport) -> None:
             if len(problems) > SHOW_AT_MOST:
                 out.print(f"  ... and {len(problems) - SHOW_AT_MOST} more (--json lists them all)")
     if report.names_cleaned:
-        out.print(f"{report.names_cleaned} names had line breaks or control characters; they {verb} cleaned.")
+        out.print(f"Names with line breaks or control characters {verb} cleaned: {report.names_cleaned}.")
     out.print(
         f"{'Dry run: ' if report.dry_run else ''}{report.rows} rows: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
