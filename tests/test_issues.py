@@ -58,7 +58,10 @@ def test_same_date_keeps_the_import_order_and_undated_come_last(session: Session
 
 
 def test_named_essays_in_the_order_named_even_when_sent(session: Session, settings: Settings) -> None:
-    add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    sent = Issue(key="earlier")
+    session.add(sent)
+    session.commit()
+    add_essays(session, make_essay(1), make_essay(2), make_essay(3, sent_in_issue_id=sent.id))
     issue = compose(session, settings, slugs=["essay-003", "essay-001", "essay-003"])
     assert [e.slug for e in issue_essays(session, issue)] == ["essay-003", "essay-001"]
     assert issue.subject == "On gardens, part 3 and 1 more"
