@@ -1,0 +1,147 @@
+"""`newsletter send`, `send-test` and `sends ...` run as a user runs them (Click's runner)."""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline.config import Settings
+from pipeline.models import Delivery, Issue
+from subscribers import consent
+from tests.conftest import CLI
+from tests.smtp_faults import add_audience, fault_server, smtp_settings
+
+
+@pytest.fixture
+def audience(engine: Engine) -> list:
+    return add_audience(engine, 5)
+
+
+def flat(result) -> str:  # noqa: ANN001
+    """The output with Rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def outbox(settings: Settings) -> list[Path]:
+    folder = settings.delivery.outbox_dir
+    return sorted(folder.glob("*.eml")) if folder.exists() else []
+
+
+def test_send_asks_first_and_no_sends_nothing(run_cli: CLI, settings: Settings, audience: list) -> None:
+    result = run_cli("send", "--latest", input="n\n")
+    assert result.exit_code == 0
+    assert "to 5 subscribers?" in flat(result) and "Nothing sent." in flat(result)
+    assert outbox(settings) == []
+
+
+def test_send_latest_through_the_outbox_then_again_sends_nothing(
+    run_cli: CLI, settings: Settings, engine: Engine, audience: list
+) -> None:
+    result = run_cli("send", "--latest", input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "5 sent this run" in flat(result) and "is sent." in flat(result)
+    assert "Messages are in" in flat(result) and "(one .eml file each)" in flat(result)
+    files = outbox(settings)
+    assert len(files) == 5
+    recipients = sorted(message_from_bytes(f.read_bytes(), policy=policy.default)["To"].addresses[0].addr_spec
+                        for f in files)
+    assert recipients == sorted(p.email for p in audience)
+    with Session(engine) as session:
+        key = session.exec(select(Issue.key)).one()
+
+    status = json.loads(run_cli("sends", "status", key, "--json").output)
+    assert status["status"] == "sent" and status["counts"]["sent"] == 5
+    listed = json.loads(run_cli("sends", "list", key, "--status", "sent", "--json").output)
+    assert sorted(r["email"] for r in listed) == recipients
+    assert all(r["message_id"].endswith("@essays.example.org>") for r in listed)
+    table = run_cli("sends", "status", key).output  # a table: not flattened
+    assert "sent" in table and "5" in table
+
+    again = run_cli("send", key, "--yes")
+    assert "sent already" in flat(again) and len(outbox(settings)) == 5
+    latest = run_cli("send", "--latest", "--yes")
+    assert latest.exit_code == 0 and "Nothing to send" in flat(latest)
+
+
+def test_send_json_reports_the_run(run_cli: CLI, audience: list) -> None:
+    result = run_cli("send", "--latest", "--json")
+    data = json.loads(result.output)
+    assert data["sent"] == 5 and data["finished"] and data["counts"]["sent"] == 5 and data["owed"] == 0
+
+
+def test_dry_run_writes_nothing(run_cli: CLI, settings: Settings, engine: Engine, audience: list) -> None:
+    result = run_cli("send", "--latest", "--dry-run", "--yes")
+    assert result.exit_code == 0 and "5 messages built" in flat(result)
+    assert outbox(settings) == []
+    with Session(engine) as session:
+        assert session.exec(select(Delivery)).all() == [] and session.exec(select(Issue)).all() == []
+
+
+def test_send_test_sends_one_marked_copy_and_records_nothing(
+    run_cli: CLI, settings: Settings, engine: Engine, audience: list
+) -> None:
+    run_cli("issues", "new")
+    with Session(engine) as session:
+        key = session.exec(select(Issue.key)).one()
+    result = run_cli("send-test", key, "--to", "me@example.org")
+    assert result.exit_code == 0, result.output
+    files = outbox(settings)
+    assert len(files) == 1
+    msg = message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert msg["Subject"].startswith("[TEST] ") and msg["To"].addresses[0].addr_spec == "me@example.org"
+    assert "preview-sample" in msg["List-Unsubscribe"]  # not a subscriber: an inert link
+    as_reader = run_cli("send-test", key, "--to", audience[1].email)
+    assert as_reader.exit_code == 0
+    reader_copy = [message_from_bytes(f.read_bytes(), policy=policy.default) for f in outbox(settings)]
+    assert any(m["To"].addresses[0].display_name == audience[1].name for m in reader_copy)
+    with Session(engine) as session:
+        assert session.exec(select(Delivery)).all() == []
+        assert session.exec(select(Issue.status)).one() == "draft"
+
+
+def test_bad_requests_get_clear_errors(run_cli: CLI, audience: list) -> None:
+    both = run_cli("send")
+    assert both.exit_code == 2 and "--latest" in flat(both)
+    missing = run_cli("send", "no-such-issue", "--yes")
+    assert missing.exit_code == 1 and "no issue with the id or key 'no-such-issue'" in flat(missing)
+    run_cli("send", "--latest", "--yes")
+    assert run_cli("sends", "retry", "1").exit_code == 2
+    nothing = run_cli("sends", "retry", "1", "--failed", "--unknown")
+    assert nothing.exit_code == 0 and "No failed and unknown deliveries" in flat(nothing)
+
+
+def test_an_unreachable_relay_pauses_with_exit_code_1(tmp_path: Path, engine: Engine) -> None:
+    with fault_server() as probe:
+        dead = probe.port
+    settings = smtp_settings(tmp_path, dead)  # same folder, same database as `engine`
+    add_audience(engine, 3)
+    result = CLI(settings.path, CliRunner())("send", "--latest", "--yes")
+    assert result.exit_code == 1
+    assert "Paused" in flat(result) and "cannot connect to the SMTP server" in flat(result)
+    assert "3 pending" in flat(result)
+
+
+def test_retry_failed_resends_to_who_is_still_subscribed(tmp_path: Path, engine: Engine) -> None:
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port)
+        people = add_audience(engine, 4)
+        for person in people[:2]:
+            server.faults[person.email] = [("data", "554 5.6.0 rejected for now")]
+        cli = CLI(settings.path, CliRunner())
+        first = cli("send", "--latest", "--yes")
+        assert "2 failed" in flat(first)
+        with Session(engine) as session:
+            consent.unsubscribe(session, people[0].email)
+            key = session.exec(select(Issue.key)).one()
+        failed = json.loads(cli("sends", "list", key, "--status", "failed", "--json").output)
+        assert sorted(r["email"] for r in failed) == sorted(p.email for p in people[:2])
+        retried = cli("sends", "retry", key, "--failed", "--yes")
+        assert retried.exit_code == 0, retried.output
+        assert "1 sent this run" in flat(retried) and "1 skipped" in flat(retried)
+        assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(p.email for p in people[1:])
