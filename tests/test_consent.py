@@ -178,7 +178,7 @@ def test_unsubscribe_by_token_is_idempotent_and_says_so(db: Session) -> None:
     assert consent.unsubscribe_by_token(db, SECRET, token) is False
     assert status_of(db, "u@example.org") == "unsubscribed"
     with pytest.raises(BadToken):
-        consent.unsubscribe_by_token(db, SECRET, token[:-2] + "xx")
+        consent.unsubscribe_by_token(db, SECRET, token.replace(".", ".X", 1))  # an altered token
     with pytest.raises(UnknownSubscriber):
         consent.unsubscribe_by_token(db, SECRET, make_token(SECRET, UNSUBSCRIBE, 999_999))
 
