@@ -63,7 +63,7 @@ def freeze_audience(session: Session, issue: Issue, new_message_id: Any, now: da
     """
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    added, last = 0, 0
+    before, last = _row_count(session, issue.id or 0), 0
     while True:
         page = session.exec(
             select(Subscriber.id, Subscriber.email, Subscriber.name)
@@ -71,14 +71,19 @@ def freeze_audience(session: Session, issue: Issue, new_message_id: Any, now: da
             .order_by(col(Subscriber.id)).limit(FREEZE_PAGE)
         ).all()
         if not page:
-            return added
+            # Counted, not summed from rowcounts: drivers disagree on executemany's rowcount.
+            return _row_count(session, issue.id or 0) - before
         rows = [dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
                      status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
                      message_id=new_message_id(), smtp_code=None, last_error=None,
                      created_at=now, updated_at=now, sent_at=None) for sid, email, name in page]
-        result = session.execute(statement, rows)
-        added += max(result.rowcount, 0)
+        session.execute(statement, rows)
         last = page[-1][0]
+
+
+def _row_count(session: Session, issue_id: int) -> int:
+    return int(session.exec(select(func.count()).select_from(Delivery)
+                            .where(Delivery.issue_id == issue_id)).one())
 
 
 def claim(engine: Engine, issue_id: int, limit: int, lease_seconds: int,

@@ -1,0 +1,147 @@
+"""The ledger on SQLite and PostgreSQL: freeze once, claim without overlap, record, reconcile."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline import db, ledger
+from pipeline.config import Settings, load_settings
+from pipeline.db import session_scope
+from pipeline.message import new_message_id
+from pipeline.models import Delivery, Issue
+from subscribers import consent
+from subscribers.model import utcnow
+from tests.conftest import write_config
+
+
+def make_issue(engine: Engine, settings: Settings, subscribers: int) -> int:
+    with Session(engine) as session:
+        for n in range(subscribers):
+            consent.add(session, f"l{n}@example.org", f"L {n}")
+        consent.add(session, "waiting@example.org", pending=True)
+        issue = Issue(key="ledger-test", subject="s", status="sending", started_at=utcnow())
+        session.add(issue)
+        session.commit()
+        return issue.id
+
+
+def freeze(engine: Engine, settings: Settings, issue_id: int) -> int:
+    with session_scope(engine) as session:
+        issue = session.get(Issue, issue_id)
+        return ledger.freeze_audience(session, issue, lambda: new_message_id(settings), utcnow())
+
+
+def test_freezing_twice_adds_nobody_twice(any_engine: Engine, any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 30)
+    assert freeze(any_engine, any_settings, issue_id) == 30
+    assert freeze(any_engine, any_settings, issue_id) == 0
+    with Session(any_engine) as session:
+        rows = ledger.rows(session, issue_id)
+    assert len(rows) == 30 and len({r.message_id for r in rows}) == 30
+    assert "waiting@example.org" not in {r.email for r in rows}
+    assert ledger.counts(Session(any_engine), issue_id) == {
+        "pending": 30, "sending": 0, "sent": 0, "failed": 0, "unknown": 0, "skipped": 0}
+
+
+def test_concurrent_claimers_never_take_the_same_row(any_engine: Engine, any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 120)
+    freeze(any_engine, any_settings, issue_id)
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def worker(n: int) -> None:
+        while True:
+            claimed, _ = ledger.claim(any_engine, issue_id, 7, 600, utcnow())
+            if not claimed:
+                return
+            taken[n].extend(c.id for c in claimed)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for t in taken for i in t]
+    assert len(every) == len(set(every)) == 120
+    assert sum(1 for t in taken if t) >= 2  # they really ran side by side
+
+
+def test_skip_locked_passes_rows_another_sender_holds(postgres_url: str, tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, database_url=postgres_url))
+    engine = db.connect(postgres_url)
+    issue_id = make_issue(engine, settings, 10)
+    freeze(engine, settings, issue_id)
+    with Session(engine) as holder:  # another sender mid-claim: it holds the first three rows
+        held = holder.exec(select(Delivery.id).where(Delivery.issue_id == issue_id)
+                           .order_by(Delivery.id).limit(3).with_for_update()).all()
+        claimed, _ = ledger.claim(engine, issue_id, 5, 600, utcnow())
+        assert not set(held) & {c.id for c in claimed} and len(claimed) == 5
+        holder.rollback()
+    engine.dispose()
+
+
+def test_record_reconcile_and_requeue(any_engine: Engine, any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 5)
+    freeze(any_engine, any_settings, issue_id)
+    now = utcnow()
+    claimed, _ = ledger.claim(any_engine, issue_id, 5, 60, now)
+    a, b, c, d, e = claimed
+    ledger.record(any_engine, [
+        ledger.Outcome(a, "sent", now, 250),
+        ledger.Outcome(b, "retry", now, 451, "451 later"),
+        ledger.Outcome(d, "released", now, None, "relay down"),
+    ], deadline=now + timedelta(hours=1))
+    # The first backoff is about a minute: past a deadline 30 s away, a retry becomes failed.
+    ledger.record(any_engine, [ledger.Outcome(c, "retry", now, 451, "451 later")],
+                  deadline=now + timedelta(seconds=30))
+    with Session(any_engine) as session:
+        rows = {r.id: r for r in ledger.rows(session, issue_id)}
+        assert rows[a.id].status == "sent" and rows[a.id].sent_at is not None and rows[a.id].attempts == 1
+        assert rows[b.id].status == "pending" and rows[b.id].next_attempt_at > now
+        assert rows[b.id].attempts == 1 and rows[b.id].smtp_code == 451
+        assert rows[c.id].status == "failed" and rows[c.id].last_error.startswith("gave up after 1")
+        assert rows[d.id].status == "pending" and rows[d.id].attempts == 0  # not burnt
+        assert rows[e.id].status == "sending"
+        assert ledger.reconcile(session, issue_id, now + timedelta(seconds=30)) == 0  # lease holds
+        assert ledger.reconcile(session, issue_id, now + timedelta(seconds=61)) == 1
+        session.commit()
+        assert ledger.rows(session, issue_id, "unknown")[0].id == e.id
+        assert ledger.requeue(session, issue_id, ["unknown", "failed"], utcnow()) == 2
+        session.commit()
+        again = {r.id: r for r in ledger.rows(session, issue_id)}
+        assert again[e.id].status == "pending" and again[e.id].message_id == e.message_id
+
+
+def test_retry_backoff_grows_with_jitter() -> None:
+    now = utcnow()
+    delays = [(ledger.retry_at(n, now) - now).total_seconds() for n in (1, 2, 3, 4, 10)]
+    assert 45 <= delays[0] <= 75 and 90 <= delays[1] <= 150 and 180 <= delays[2] <= 300
+    assert delays[4] <= ledger.LONGEST_RETRY * 1.25
+    assert len({ledger.retry_at(1, now) for _ in range(20)}) > 1
+
+
+def test_an_opt_out_after_the_freeze_is_skipped_at_claim(engine: Engine, settings: Settings) -> None:
+    issue_id = make_issue(engine, settings, 3)
+    freeze(engine, settings, issue_id)
+    with Session(engine) as session:
+        consent.unsubscribe(session, "l1@example.org")
+    claimed, skipped = ledger.claim(engine, issue_id, 10, 600, utcnow())
+    assert skipped == 1 and sorted(c.email for c in claimed) == ["l0@example.org", "l2@example.org"]
+    with Session(engine) as session:
+        assert ledger.rows(session, issue_id, "skipped")[0].email == "l1@example.org"
+
+
+def test_sent_since_counts_sent_rows_in_the_window(engine: Engine, settings: Settings) -> None:
+    issue_id = make_issue(engine, settings, 4)
+    freeze(engine, settings, issue_id)
+    now = utcnow()
+    claimed, _ = ledger.claim(engine, issue_id, 4, 600, now)
+    ledger.record(engine, [ledger.Outcome(c, "sent", now - timedelta(minutes=n * 40)) for n, c in enumerate(claimed)], None)
+    with Session(engine) as session:
+        assert ledger.sent_since(session, now - timedelta(hours=1))[0] == 2
+        assert ledger.sent_since(session, now - timedelta(days=1))[0] == 4
