@@ -1,0 +1,89 @@
+"""`newsletter worker`: a long-running sender that delivers the issues handed to the workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import click
+
+from pipeline.commands.base import App, pass_app
+from pipeline.worker import IDLE_SECONDS, run_worker
+
+
+@click.command("worker")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 64),
+              help="SMTP connections (one thread each) in this worker  [default: delivery.connections]")
+@click.option("--once", is_flag=True,
+              help="Deliver what is due now, then exit (exit status 1 when the relay refused).")
+@click.option("--idle", "idle_seconds", type=click.FloatRange(0.1, 3600), default=IDLE_SECONDS,
+              show_default=True, help="Seconds between looks for work while there is none.")
+@pass_app
+def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -> None:
+    """Deliver every issue in `sending` status, side by side with any number of other workers.
+
+    Run one or more on any hosts that reach the database (PostgreSQL for several hosts) and
+    the SMTP relay. `newsletter send ISSUE --enqueue`, or the scheduler with
+    `schedule.enqueue = true`, hands an issue to the workers; `newsletter sends status ISSUE`
+    shows its progress from any host. SIGTERM or Ctrl-C finishes and records the batch in
+    flight, then exits; a second one aborts at once. A worker that dies leaves at most one
+    batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out.
+
+    \b
+    Example:
+      newsletter worker
+      newsletter worker --concurrency 4
+      newsletter worker --once              # deliver what is due now, then exit
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings, engine = app.settings, app.engine
+    d = settings.delivery
+    relay = f"{d.smtp_host}:{d.smtp_port}" if d.transport == "smtp" else f"the outbox {d.outbox_dir}"
+    logging.getLogger("newsletter.worker").info(
+        "worker %s:%d started: database %s, sending through %s, %d connection(s), batches of %d, "
+        "lease %d s", socket.gethostname(), os.getpid(), engine.url.render_as_string(hide_password=True),
+        relay, concurrency or d.connections, d.batch_size, d.lease_seconds)
+    stop = threading.Event()
+    with _stop_on_signals(stop, app):
+        stats = run_worker(settings, engine, concurrency=concurrency, once=once, stop=stop,
+                           idle_seconds=idle_seconds)
+    finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
+    app.console.print(f"Worker stopped: {stats.sent} sent, {stats.retrying} to retry, "
+                      f"{stats.failed} failed, {stats.skipped} skipped{finished}.", markup=False)
+    if once and stats.paused:
+        app.err.print(f"Paused: {stats.paused}", markup=False)
+        raise SystemExit(1)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, app: App) -> Iterator[None]:
+    """SIGTERM or Ctrl-C: finish the batch in flight, record it, exit; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        app.err.print(f"{signal.Signals(signum).name}: stopping after the batch in flight "
+                      "(again to abort at once).")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+commands = [worker]

@@ -1,0 +1,169 @@
+"""The send worker: a long-running loop that delivers every issue in `sending` status.
+
+Any number of workers, on any hosts that reach the database and the SMTP relay, share the
+work. Each round a worker lists the issues being sent and runs the publish story's delivery on
+each: expired leases become `unknown`, batches are claimed (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL, under the write lock on SQLite), sent and recorded. The database, not the workers,
+decides who sends what, and the rate limits are counted there, so they hold for all workers
+together. `send --enqueue` and the scheduler (with `schedule.enqueue = true`) hand issues over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, col, select
+
+from pipeline.config import Settings
+from pipeline.errors import NewsletterError
+from pipeline.models import Issue, IssueStatus
+from pipeline.publish import Report, publish
+from pipeline.transports import Transport
+from subscribers.model import utcnow
+
+log = logging.getLogger("newsletter.worker")
+IDLE_SECONDS = 5.0  # how often an idle worker looks for work
+PAUSE_SECONDS = 60.0  # after the relay refused (down, login, rate limit): leave that issue alone
+ERROR_SECONDS = 10.0  # after a database error (a restart, a network blip): wait, then go on
+PROGRESS_SECONDS = 10.0  # at most one progress line per issue this often
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did since it started (this worker's numbers, not the whole ledger)."""
+
+    rounds: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    skipped: int = 0
+    finished: list[str] = field(default_factory=list)  # issue keys this worker marked sent
+    paused: str | None = None  # the last reason the relay gave for pausing (None: no pause)
+    errors: list[str] = field(default_factory=list)  # database or issue errors it survived
+    stopped: bool = False  # a stop request ended the loop (SIGTERM, Ctrl-C)
+
+    def add(self, report: Report) -> None:
+        self.sent += report.sent
+        self.retrying += report.retrying
+        self.failed += report.failed
+        self.skipped += report.skipped
+        if report.finished:
+            self.finished.append(report.issue_key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sending_issues(engine: Engine, now: datetime) -> list[tuple[int, str]]:
+    """(id, key) of the issues in `sending` status that may still be sent, oldest first."""
+    with Session(engine) as session:
+        found = session.exec(
+            select(Issue.id, Issue.key)
+            .where(Issue.status == IssueStatus.SENDING.value,
+                   or_(col(Issue.not_after).is_(None), col(Issue.not_after) > now))
+            .order_by(col(Issue.started_at), col(Issue.id))
+        ).all()
+    return [(int(i), str(k)) for i, k in found if i is not None]
+
+
+def run_worker(
+    settings: Settings,
+    engine: Engine,
+    *,
+    concurrency: int | None = None,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    idle_seconds: float = IDLE_SECONDS,
+    pause_seconds: float = PAUSE_SECONDS,
+    transport_factory: Callable[[], Transport] | None = None,
+    on_report: Callable[[Report], None] | None = None,
+) -> WorkerStats:
+    """Deliver issues in `sending` status until `stop` is set (or, with `once`, until a round
+    finds nothing to send). `concurrency`: SMTP connections (threads) in this worker, default
+    `delivery.connections`. A stop finishes and records the batch in flight first."""
+    if concurrency is not None:
+        settings = replace(settings, delivery=replace(settings.delivery, connections=concurrency))
+    stop = stop or threading.Event()
+    stats = WorkerStats()
+    resume_at: dict[int, float] = {}  # issue id -> monotonic time it may be tried again
+    while not stop.is_set():
+        stats.rounds += 1
+        try:
+            worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
+                            transport_factory, on_report)
+        except DBAPIError as exc:
+            if once:
+                raise
+            stats.errors.append(f"database: {exc.orig or exc}")
+            log.error("database error: %s; trying again in %g s", exc.orig or exc, ERROR_SECONDS)
+            stop.wait(ERROR_SECONDS)
+            continue
+        if once and not worked:
+            break
+        if not worked:
+            stop.wait(idle_seconds)
+    stats.stopped = stop.is_set()
+    return stats
+
+
+def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: dict[int, float],
+           stop: threading.Event, pause_seconds: float,
+           transport_factory: Callable[[], Transport] | None,
+           on_report: Callable[[Report], None] | None) -> bool:
+    """One pass over the issues being sent; True when anything was attempted."""
+    worked = False
+    for issue_id, key in sending_issues(engine, utcnow()):
+        if stop.is_set():
+            break
+        if resume_at.get(issue_id, 0.0) > time.monotonic():
+            continue
+        try:
+            report = publish(settings, engine, issue_id, stop=stop,
+                             transport_factory=transport_factory, progress=_progress_logger(key))
+        except NewsletterError as exc:
+            # One broken issue (say, its templates) must not stop the others from going out.
+            stats.errors.append(f"{key}: {exc}")
+            log.error("%s: %s; trying it again in %g s", key, exc, pause_seconds)
+            resume_at[issue_id] = time.monotonic() + pause_seconds
+            continue
+        stats.add(report)
+        if on_report is not None:
+            on_report(report)
+        if report.sent or report.retrying or report.failed or report.skipped:
+            worked = True
+            log.info("%s: %d sent, %d to retry, %d failed, %d skipped by this worker; "
+                     "ledger: %s", key, report.sent, report.retrying, report.failed,
+                     report.skipped, _ledger_line(report.counts))
+        if report.finished:
+            log.info("%s is sent: nothing is owed any more", key)
+        if report.paused:
+            stats.paused = report.paused
+            resume_at[issue_id] = time.monotonic() + pause_seconds
+            log.warning("%s paused: %s; trying again in %g s", key, report.paused, pause_seconds)
+    return worked
+
+
+def _progress_logger(key: str) -> Callable[[Report], None]:
+    """A publish progress callback that logs a line per issue at most every PROGRESS_SECONDS."""
+    last = [time.monotonic()]
+
+    def progress(report: Report) -> None:
+        if time.monotonic() - last[0] >= PROGRESS_SECONDS:
+            last[0] = time.monotonic()
+            log.info("%s: %d sent by this worker so far, %d to retry, %d failed",
+                     key, report.sent, report.retrying, report.failed)
+
+    return progress
+
+
+def _ledger_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "empty"
