@@ -114,6 +114,11 @@ class SMTPTransport:
                 self._drop()
         if code == -1:
             raise TransientDeliveryError(f"{self._where()}: {step}: connection lost")
+        if code == 530 or (step == "MAIL FROM" and code >= 500):
+            # TLS or login demanded, or our sender refused: every message would fail alike.
+            text = reply.decode("utf-8", "replace")
+            raise TransportUnavailable(f"{self._where()} refused the sender ({code} {text}); "
+                                       f"check delivery.smtp_tls, smtp_username and the sender address")
         raise classify(code, reply, f"{self._where()} {step}")
 
     def _where(self) -> str:

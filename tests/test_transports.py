@@ -1,0 +1,117 @@
+"""Transports: the outbox folder, memory, and SMTP over STARTTLS and implicit TLS."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from pipeline.errors import TransientDeliveryError, TransportUnavailable
+from pipeline.transports import MemoryTransport, OutboxTransport, ParallelSender, SMTPTransport, make_transport
+from tests.conftest import Received
+from tests.smtp_faults import FaultHandler, FaultServer, _free_port, smtp_settings
+
+RAW = b"From: a@example.org\r\nTo: b@example.org\r\nMessage-ID: <abc.1@essays.example.org>\r\n\r\nHi\r\n"
+
+
+def test_outbox_writes_one_file_per_message_atomically(tmp_path: Path) -> None:
+    outbox = OutboxTransport(tmp_path / "outbox")
+    outbox.send("a@example.org", "b@example.org", RAW)
+    outbox.send("a@example.org", "b@example.org", RAW)  # a resend of the same delivery
+    outbox.send("a@example.org", "c@example.org", RAW.replace(b"abc.1", b"abc.2"))
+    files = sorted(p.name for p in (tmp_path / "outbox").iterdir())
+    assert files == ["abc.1@essays.example.org.eml", "abc.2@essays.example.org.eml"]  # no .tmp left
+    assert (tmp_path / "outbox" / files[0]).read_bytes() == RAW
+
+
+def test_an_outbox_that_cannot_be_written_pauses(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TransportUnavailable, match="outbox"):
+        OutboxTransport(blocker / "outbox").send("a@example.org", "b@example.org", RAW)
+
+
+def test_make_transport_follows_the_config(tmp_path: Path, settings: Any) -> None:
+    assert isinstance(make_transport(settings), OutboxTransport)
+    assert isinstance(make_transport(smtp_settings(tmp_path, 2525)), SMTPTransport)
+
+
+def test_memory_transport_raises_planned_errors_once() -> None:
+    memory = MemoryTransport(fail={"b@example.org": [TransientDeliveryError("451 later", 451)]})
+    with pytest.raises(TransientDeliveryError):
+        memory.send("a@example.org", "b@example.org", RAW)
+    memory.send("a@example.org", "b@example.org", RAW)
+    assert [s.to for s in memory.sent] == ["b@example.org"]
+
+
+def test_parallel_sender_keeps_order_and_uses_one_transport_per_connection() -> None:
+    made: list[MemoryTransport] = []
+
+    def factory() -> MemoryTransport:
+        made.append(MemoryTransport())
+        return made[-1]
+
+    sender = ParallelSender(factory, 3)
+    results = sender.map(list(range(30)), lambda t, n: (n, id(t)))
+    sender.close()
+    assert [n for n, _ in results] == list(range(30))
+    assert 1 <= len(made) <= 3 and all(m.closed for m in made)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path], request: pytest.FixtureRequest,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultServer]:
+    """An SMTP server with the test certificate, which the client is told to trust."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server = FaultServer(port=_free_port())
+    if request.param == "starttls":
+        options = dict(tls_context=context, require_starttls=True)
+    else:
+        options = dict(ssl_context=context)
+    controller = Controller(FaultHandler(server), hostname="127.0.0.1", port=server.port,
+                            server_hostname="127.0.0.1", **options)
+    controller.start()
+    yield server
+    controller.stop()
+
+
+@pytest.mark.parametrize("tls_server", ["starttls", "tls"], indirect=True)
+def test_smtp_over_tls(tls_server: FaultServer, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    mode = request.node.callspec.params["tls_server"]
+    transport = SMTPTransport(smtp_settings(tmp_path, tls_server.port, smtp_tls=mode).delivery)
+    for n in range(3):
+        transport.send("a@example.org", f"r{n}@example.org", RAW)
+    transport.close()
+    assert transport.connections == 1
+    assert [r.rcpt_tos for r in tls_server.received] == [[f"r{n}@example.org"] for n in range(3)]
+    assert all(isinstance(r, Received) for r in tls_server.received)
+
+
+@pytest.mark.parametrize("tls_server", ["starttls"], indirect=True)
+def test_plain_smtp_to_a_server_demanding_starttls_pauses(tls_server: FaultServer, tmp_path: Path) -> None:
+    # A setup problem, not this recipient's: pause instead of failing every recipient.
+    transport = SMTPTransport(smtp_settings(tmp_path, tls_server.port, smtp_tls="none").delivery)
+    with pytest.raises(TransportUnavailable, match="530"):
+        transport.send("a@example.org", "b@example.org", RAW)
+    assert not tls_server.received
