@@ -159,6 +159,9 @@ def test_find_by_id_or_key_and_latest(session: Session, settings: Settings) -> N
 def test_cli_new_list_show(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
         add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    dry = run_cli("issues", "new", "--dry-run", "--json")
+    assert dry.exit_code == 0 and json.loads(dry.stdout)["subject"] == "On rivers, part 1 and 2 more"
+    assert json.loads(run_cli("issues", "list", "--json").stdout) == []  # nothing stored
     made = run_cli("issues", "new", "--essay", "essay-002", "--essay", "essay-001")
     assert made.exit_code == 0, made.output
     assert "On clocks, part 2 and 1 more" in made.output

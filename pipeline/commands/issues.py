@@ -35,22 +35,36 @@ def group() -> None:
 @click.option("--essay", "slugs", multiple=True, metavar="SLUG",
               help="Carry this essay (repeat for several, in order). Default: the oldest unsent.")
 @click.option("--key", default=None, help="The issue's unique key (default: manual-<uuid>).")
+@click.option("--dry-run", is_flag=True, help="Show what the issue would carry; store nothing.")
 @json_option
 @pass_app
-def new(app: App, slugs: tuple[str, ...], key: str | None, as_json: bool) -> None:
+def new(app: App, slugs: tuple[str, ...], key: str | None, dry_run: bool, as_json: bool) -> None:
     """Compose a draft issue from the essays not sent yet (oldest first, up to digest.max_essays),
     or from the essays named. Nothing is sent; see it with `newsletter preview`.
 
     \b
     Example:
+      newsletter issues new --dry-run
       newsletter issues new
       newsletter issues new --essay walking-at-dawn --essay on-rivers
     """
-    with session_scope(app.engine) as session:
-        issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
-        data = describe(session, issue)
+    if dry_run:
+        with Session(app.engine) as session:
+            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
+            data = describe(session, issue)
+            session.rollback()  # a dry run stores nothing
+        data["id"] = None
+    else:
+        with session_scope(app.engine) as session:
+            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
+            data = describe(session, issue)
     if as_json:
         print_json(data)
+        return
+    if dry_run:
+        app.console.print(f"Would compose: {escape(data['subject'])}  (dry run: nothing stored)", soft_wrap=True)
+        for essay in data["essays"]:
+            app.console.print(f"  {escape(essay['slug'])}  {escape(essay['title'])}")
         return
     app.console.print(f"Composed issue [bold]{data['id']}[/] ({escape(issue.key)}): {escape(issue.subject)}",
                       soft_wrap=True)
