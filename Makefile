@@ -13,9 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the embedded defaults: a SQLite file and the outbox folder, no SMTP server.
+# Running it again sends nothing twice: `send --latest` composes an issue only from essays no
+# issue has carried yet, and an issue already sent is not sent again.
 demo: $(STAMP)
 	$(BIN)/newsletter essays import examples/essays
 	$(BIN)/newsletter essays list
+	$(BIN)/newsletter subscribers import examples/subscribers.csv
+	$(BIN)/newsletter send --latest --yes
+	@echo "Each subscriber's message is one .eml file in ./outbox (open one in a mail client)."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -234,16 +234,18 @@ def _summary(app: App, report: Report) -> None:
         out("Nothing sent.")
         return
     if report.nothing:
-        out(f"Nothing to send: {escape(report.nothing)}")
+        out(escape(report.nothing[0].upper() + report.nothing[1:]))
         return
     if report.dry_run:
         out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
             f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
         return
-    out(f"{report.issue_key} \"{escape(report.subject)}\": {report.sent} sent this run"
-        f" in {report.seconds:.1f} s, {report.retrying} to retry, {report.failed} failed, "
-        f"{report.skipped} skipped (unsubscribed since), {report.bounced} bounced addresses suppressed.")
+    extra = [f"{n} {what}" for n, what in ((report.retrying, "to retry"), (report.failed, "failed"),
+                                          (report.skipped, "skipped (unsubscribed since)"),
+                                          (report.bounced, "bounced and suppressed")) if n]
+    out(f"{report.issue_key} \"{escape(report.subject)}\": {report.sent} sent this run in "
+        f"{report.seconds:.1f} s" + "".join(f", {e}" for e in extra) + ".")
     counts = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     out(f"Ledger: {counts or 'empty'}.")
     for email, error in report.errors[:10]:
