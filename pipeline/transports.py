@@ -239,11 +239,15 @@ class ParallelSender:
         futures = [self._pool.submit(self._run, [items[i] for i in chunk], work)
                    for chunk in chunks if chunk]
         results: list[R | None] = [None] * len(items)
+        interrupted = False
         while True:
             try:
                 done = [future.result() for future in futures]
                 break
             except KeyboardInterrupt:
+                if interrupted:
+                    raise  # the second Ctrl-C
+                interrupted = True
                 on_interrupt()  # the batch in flight finishes and is recorded; then the run stops
         for chunk, chunk_results in zip((c for c in chunks if c), done):
             for index, result in zip(chunk, chunk_results):

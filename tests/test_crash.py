@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import time
 from collections import Counter
 from datetime import timedelta
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from pipeline import db, ledger
+from pipeline.cli import cli as cli_main
 from pipeline.config import load_settings
 from pipeline.publish import publish
 from subscribers.model import utcnow
@@ -101,4 +103,43 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         assert outcomes["sent"] > 0 and outcomes["pending"] > 0
         print(f"\ncrash test: {RUNS} runs, statuses seen right after the kills: {dict(outcomes)}")
         assert len(people) == AUDIENCE
+        engine.dispose()
+
+
+def _cli_sender(config: str, key: str) -> None:
+    """The child: `newsletter send KEY --yes`, exactly as a user starts it."""
+    try:
+        cli_main(["--config", config, "send", key, "--yes"], prog_name="newsletter")
+    except SystemExit as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    os._exit(0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_finishes_the_batch_and_send_carries_on(tmp_path: Path) -> None:
+    fork = multiprocessing.get_context("fork")
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port, batch_size=BATCH)
+        engine = db.connect(settings.database.url)
+        add_audience(engine, AUDIENCE)
+        issue = new_issue(engine, settings, "ctrl-c", slugs=["essay-000"])
+        engine.dispose()
+        child = fork.Process(target=_cli_sender, args=(str(settings.path), "ctrl-c"))
+        child.start()
+        deadline = time.monotonic() + 30
+        while len(server.received) < 25 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        child.join(30)
+        assert child.exitcode == 0
+        with Session(engine) as session:
+            counts = ledger.counts(session, issue.id)
+            rows = ledger.rows(session, issue.id)
+        assert counts["sending"] == 0 and counts["unknown"] == 0
+        assert 25 <= counts["sent"] < AUDIENCE and counts["sent"] % BATCH == 0
+        by_id = message_ids(server.received)
+        assert all(by_id[r.message_id] == (1 if r.status == "sent" else 0) for r in rows)
+        report = publish(settings, engine, "ctrl-c")  # `send` again carries on
+        assert report.finished and report.sent == AUDIENCE - counts["sent"]
+        assert set(message_ids(server.received).values()) == {1}
         engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -217,7 +218,10 @@ def _ctrl_c(stop: threading.Event, app: App) -> Iterator[None]:
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            # Abrupt on purpose: the batch in flight stays `sending` and becomes `unknown`
+            # once its lease runs out (README, "Delivery semantics").
+            app.err.print("Aborted. Rows in flight will show as unknown after their lease.")
+            os._exit(130)
         stop.set()
         app.err.print("Stopping after the batch in flight (Ctrl-C again to abort at once)...")
 
