@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, formatdate, make_msgid
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template, request, session
+from flask import Blueprint, abort, current_app, render_template, request, session, url_for
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline import db
 from pipeline.config import Settings
@@ -103,12 +103,15 @@ def _template_helpers() -> dict[str, Any]:
 
 
 def mask_email(email: str) -> str:
-    """"ada@example.org" -> "a••@example.org": enough to recognise, too little to harvest."""
+    """The address as `a••@example.org`: enough to recognise, too little to harvest."""
     local, _, domain = email.partition("@")
     return f"{local[:1]}{'•' * min(max(len(local) - 1, 2), 6)}@{domain}"
 
 
-def message(heading: str, body: str, status: int = 200, tone: str = "", link: dict[str, str] | None = None) -> tuple[str, int]:
+def message(
+    heading: str, body: str, status: int = 200, tone: str = "", link: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """A page that says one thing: the answer of most POSTs, and every error."""
     page = render_template("message.html", heading=heading, body=body, tone=tone, link=link, section="")
     return page, status
 
@@ -128,7 +131,8 @@ def _subscriber(session_: Session, purpose: str, token: str) -> Subscriber | Non
 def archive() -> str:
     with db.session_scope(state().engine) as s:
         issues = s.exec(
-            select(Issue).where(Issue.status == IssueStatus.SENT.value).order_by(Issue.finished_at.desc(), Issue.id.desc())  # type: ignore[union-attr]
+            select(Issue).where(Issue.status == IssueStatus.SENT.value)
+            .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc())
         ).all()
     return render_template("archive.html", issues=issues, section="archive")
 
@@ -156,7 +160,8 @@ def unsubscribe(token: str) -> Any:
         if request.method == "GET":
             if subscriber is None or subscriber.status in OPTED_OUT:
                 return message("Already unsubscribed", "This address gets no more issues.")
-            return render_template("unsubscribe.html", token=token, masked_email=mask_email(subscriber.email), section="")
+            return render_template("unsubscribe.html", token=token, masked_email=mask_email(subscriber.email),
+                                   section="")
         if not one_click:
             check_csrf()
         changed = subscriber is not None and consent.unsubscribe_by_token(s, state().secret, token)
@@ -166,7 +171,7 @@ def unsubscribe(token: str) -> Any:
         "You are unsubscribed",
         f"You will get no more issues of {state().settings.newsletter.name}. Sorry to see you go.",
         tone="ok",
-        link={"url": "/subscribe", "label": "Changed your mind? Subscribe again."},
+        link={"url": url_for("public.subscribe"), "label": "Changed your mind? Subscribe again."},
     )
 
 
