@@ -61,9 +61,9 @@ def add_readers(engine: Engine, count: int, essays: int = 2, prefix: str = "read
     return emails
 
 
-def enqueue(settings: Settings, engine: Engine, key: str) -> Issue:
+def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | None = None) -> Issue:
     """Compose issue `key` and hand it to the workers (frozen render and audience, `sending`)."""
-    issue = new_issue(engine, settings, key)
+    issue = new_issue(engine, settings, key, slugs=slugs)
     with Session(engine) as session:
         rendered = story.rendered_issue(session, settings, issue)
     story._freeze(engine, settings, issue, rendered, utcnow())
