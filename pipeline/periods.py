@@ -137,3 +137,41 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"a naive datetime where an aware one is needed: {moment!r}")
     return moment.astimezone(timezone.utc)
+
+
+def describe(schedule: ScheduleSettings, action: Action, period: Period, status: str | None,
+             counts: dict[str, int], dry_run: bool = False) -> str:
+    """One line for the log and the CLI: what was (or, in a dry run, would be) done and why."""
+    when = local_time(period.due_at)
+    sent = counts.get("sent", 0)
+    owed = sum(counts.values()) - sent - counts.get("skipped", 0) - counts.get("failed", 0)
+    grace, expire = f"{schedule.grace_hours:g}-hour", f"{schedule.expire_after_hours:g} hours"
+    if action is Action.NOT_DUE:
+        return f"not due: {period.key} ({when}) is {status or 'not started'}"
+    if action is Action.DONE:
+        return f"nothing to do: {period.key} is already {status}"
+    if dry_run:
+        return {
+            Action.COMPOSE: f"would compose and send {period.key} (due {when})",
+            Action.RESUME: f"would resume {period.key} ({status}), {owed} still owed",
+            Action.EXPIRE_MISSED: f"would record {period.key} as expired: due {when}, past the"
+                                  f" {grace} grace time",
+            Action.EXPIRE_STUCK: f"would expire {period.key} ({status}): {sent} sent,"
+                                 f" {owed} never will be",
+        }[action]
+    if action is Action.EXPIRE_MISSED:
+        return (f"{period.key} was due {when} and is past its {grace} grace time:"
+                " not started late, recorded as expired")
+    if action is Action.EXPIRE_STUCK:
+        return (f"{period.key} was still unfinished {expire} after {when}: expired,"
+                f" {sent} sent, {owed} never will be")
+    if status == "skipped":
+        return f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
+    verb = "sent" if action is Action.COMPOSE else "resumed and sent"
+    message = f"{period.key} {verb}: issue {status}, {sent} delivered"
+    return message + (f", {owed} still owed" if owed else "")
+
+
+def local_time(moment: datetime) -> str:
+    """A moment as the log shows it: "Mon 2026-11-23 07:00 CET"."""
+    return moment.strftime("%a %Y-%m-%d %H:%M %Z")

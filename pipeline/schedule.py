@@ -9,8 +9,10 @@ decides *when* `run_due` runs, never *whether* a week's digest goes out.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -36,7 +38,9 @@ from pipeline.periods import (
     Action,
     Period,
     decide,
+    describe,
     due_period,
+    local_time,
     period_key,
     period_of_key,
     weekday_name,
@@ -83,12 +87,14 @@ def run_due(
     *,
     dry_run: bool = False,
     stop: threading.Event | None = None,
+    progress: Callable[[publish.Report], None] | None = None,
 ) -> Outcome:
     """Do what the period due at `now` needs: compose and send, resume, skip, expire or nothing.
 
     Safe to run from any number of processes at once: the issue key is unique, so only one
     insert for a week can win, and the others find the issue and resume or leave it. `stop`
     (set on SIGTERM) makes a send finish the batch in flight and return; the next run resumes.
+    `progress` gets publish's report after every batch.
     """
     schedule = settings.schedule
     period = due_period(schedule, now)
@@ -123,7 +129,8 @@ def run_due(
             log.info("%s: another scheduler got there first; looking again", period.key)
             continue
         # Outside any transaction: sending takes long and must not hold a write lock.
-        report = publish.publish(settings, engine, issue_id, now=now, stop=stop)
+        report = publish.publish(settings, engine, issue_id, now=now, stop=stop,
+                                 progress=progress)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
         for why in (report.paused, report.nothing, "stopped by a signal" if report.stopped else None):
@@ -199,47 +206,10 @@ def _outcome(settings: Settings, session: Session, action: Action, period: Perio
              issue: Issue | None, now: datetime, dry_run: bool = False) -> Outcome:
     counts = delivery_counts(session, issue.id) if issue and issue.id else {}
     status = issue.status if issue else None
-    when = _local(period.due_at)
-    sent = counts.get("sent", 0)
-    owed = sum(counts.values()) - sent - counts.get("skipped", 0) - counts.get("failed", 0)
-    messages = {
-        Action.NOT_DUE: f"not due: {period.key} ({when}) is {status or 'not started'}",
-        Action.DONE: f"nothing to do: {period.key} is already {status}",
-        Action.EXPIRE_MISSED: (
-            f"{period.key} was due {when} and is past its {settings.schedule.grace_hours:g}-hour"
-            " grace time: not started late, recorded as expired"
-        ),
-        Action.EXPIRE_STUCK: (
-            f"{period.key} was still sending {settings.schedule.expire_after_hours:g} hours"
-            f" after {when}: expired, {sent} sent, {owed} never will be"
-        ),
-    }
-    if dry_run and action not in (Action.NOT_DUE, Action.DONE):
-        message = {
-            Action.COMPOSE: f"would compose and send {period.key} (due {when})",
-            Action.RESUME: f"would resume {period.key} ({status}), {owed} still owed",
-            Action.EXPIRE_MISSED: f"would record {period.key} as expired: due {when}, past the"
-                                  f" {settings.schedule.grace_hours:g}-hour grace time",
-            Action.EXPIRE_STUCK: f"would expire {period.key} ({status}): {sent} sent,"
-                                 f" {owed} never will be",
-        }[action]
-    elif action in (Action.COMPOSE, Action.RESUME):
-        if status == "skipped":
-            message = f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
-        else:
-            verb = "sent" if action is Action.COMPOSE else "resumed and sent"
-            message = f"{period.key} {verb}: issue {status}, {sent} delivered"
-            if owed:
-                message += f", {owed} still owed"
-    else:
-        message = messages[action]
     return Outcome(action=action, key=period.key, due_at=period.due_at,
-                   issue_id=issue.id if issue else None, status=status, message=message,
+                   issue_id=issue.id if issue else None, status=status,
+                   message=describe(settings.schedule, action, period, status, counts, dry_run),
                    next_due_at=next_fire_times(settings.schedule, now, 1)[0], counts=counts)
-
-
-def _local(moment: datetime) -> str:
-    return moment.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
 # --- APScheduler wiring ---------------------------------------------------------------------
@@ -276,7 +246,7 @@ def make_scheduler(
     clock: Clock = utcnow,
     stop: threading.Event | None = None,
 ) -> BlockingScheduler:
-    """A blocking scheduler with the weekly job and a catch-up run as soon as it starts;
+    """A blocking scheduler with the weekly job (its `func` is also the catch-up run);
     setting `stop` makes a running send finish its batch in flight and return."""
     schedule = settings.schedule
     scheduler = BlockingScheduler(
@@ -309,39 +279,48 @@ def make_scheduler(
             log.info("%s is unfinished; resuming in %d minutes", outcome.key, FOLLOW_UP_MINUTES)
             follow_up(now)
             return
-        log.info("next digest due %s (%s UTC), issue %s", _local(outcome.next_due_at),
+        log.info("next digest due %s (%s UTC), issue %s", local_time(outcome.next_due_at),
                  outcome.next_due_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
                  period_key(outcome.next_due_at))
 
-    def follow_up(now: datetime) -> None:
-        scheduler.add_job(job, "date", run_date=now + timedelta(minutes=FOLLOW_UP_MINUTES),
-                          id="follow-up", name="resume an unfinished digest",
-                          replace_existing=True)
+    def follow_up(_now: datetime) -> None:
+        # Bring the weekly job forward instead of adding a one-off job: after it runs, the
+        # cron trigger sets the next weekly time again. (A one-off job that a shutdown
+        # catches in mid-removal makes APScheduler 3.x raise JobLookupError.)
+        soon = datetime.now(timezone.utc) + timedelta(minutes=FOLLOW_UP_MINUTES)
+        planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)
+        scheduler.modify_job(JOB_ID, next_run_time=min(soon, planned) if planned else soon)
 
     def missed(event: JobExecutionEvent) -> None:
         log.warning("the digest due %s was missed by more than the grace time",
                     event.scheduled_run_time)
 
     scheduler.add_job(job, make_trigger(schedule), id=JOB_ID, name="weekly digest")
-    # Catch-up: runs once at start, in the same worker thread as the weekly job.
-    scheduler.add_job(job, "date", id="catch-up", name="catch-up at start")
     scheduler.add_listener(missed, EVENT_JOB_MISSED)
     return scheduler
 
 
 def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
-    """Run the scheduler in the foreground until SIGTERM or Ctrl-C; a running job finishes."""
+    """Run the scheduler in the foreground until SIGTERM or Ctrl-C; a running job finishes
+    its batch in flight first. A second signal exits at once."""
     stopping = threading.Event()
     scheduler = make_scheduler(settings, engine, clock, stopping)
 
+    def shut_down() -> None:
+        while not scheduler.running:  # a signal during start-up: wait until there is a loop
+            time.sleep(0.05)
+        scheduler.shutdown(wait=True)  # waits for the worker, then wakes the loop: start() returns
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: stopping (a send in progress finishes its batch first)",
-                 signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.warning("%s again: exiting now; a batch in flight is reconciled later", name)
+            os._exit(128 + signum)
+        log.info("%s received: stopping (a send in progress finishes its batch first)", name)
         stopping.set()
-        # The handler runs in the main thread, inside the scheduler's loop; shutdown waits
-        # for the worker thread and then wakes the loop so start() returns.
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
+        # Not in the handler itself: it interrupts the main thread anywhere, possibly inside
+        # APScheduler while it holds a lock that shutdown() needs.
+        threading.Thread(target=shut_down, name="shutdown", daemon=True).start()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
@@ -349,6 +328,8 @@ def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> No
     first = next_fire_times(settings.schedule, clock(), 1)[0]
     log.info("scheduler started: weekly on %s at %s %s; next digest due %s (%s)",
              settings.schedule.weekday, settings.schedule.time.strftime("%H:%M"),
-             settings.schedule.timezone.key, _local(first), period_key(first))
-    scheduler.start()
+             settings.schedule.timezone.key, local_time(first), period_key(first))
+    scheduler.get_job(JOB_ID).func()  # the catch-up: whatever is due now, once, before waiting
+    if not stopping.is_set():
+        scheduler.start()
     log.info("scheduler stopped")

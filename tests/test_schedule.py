@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time as wallclock
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from pipeline import db
 from pipeline.config import Settings, load_settings
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import Action, due_period
-from pipeline.schedule import JOB_ID, make_scheduler, run_due
+from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, make_scheduler, run_due
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import SMTPServer, write_config
 
@@ -194,27 +195,52 @@ def test_a_late_start_inside_the_grace_time_sends_once(
     assert len(smtp_server.received) == 3 and len(issues(smtp_engine)) == 1
 
 
-def test_the_scheduler_catches_up_at_start_with_its_configured_job(
+def test_the_scheduler_job_catches_up_and_is_configured_for_hours_of_grace(
     smtp_settings: Settings, smtp_engine: Engine
 ) -> None:
     scheduler = make_scheduler(smtp_settings, smtp_engine, clock=lambda: DUE + timedelta(hours=1))
+    scheduler.get_job(JOB_ID).func()  # what `schedule run` does once at start
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "skipped")]
     thread = threading.Thread(target=scheduler.start, daemon=True)
     thread.start()
     try:
         deadline = wallclock.monotonic() + 20
-        while not issues(smtp_engine) and wallclock.monotonic() < deadline:
-            wallclock.sleep(0.05)
-        assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "skipped")]
+        while not scheduler.running and wallclock.monotonic() < deadline:
+            wallclock.sleep(0.02)
         job = scheduler.get_job(JOB_ID)
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 12 * 3600)
         fields = {f.name: str(f) for f in job.trigger.fields}
         assert (fields["day_of_week"], fields["hour"], fields["minute"]) == ("mon", "7", "0")
         assert str(job.trigger.timezone) == "Europe/Berlin"
-        assert scheduler.get_job("catch-up") is None  # ran once, gone
+        next_run = job.next_run_time
+        assert (next_run.strftime("%A %H:%M"), str(next_run.tzinfo)) == ("Monday 07:00",
+                                                                        "Europe/Berlin")
     finally:
         scheduler.shutdown(wait=True)
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_an_unfinished_run_brings_the_next_run_forward(tmp_path: Path, smtp_server: SMTPServer) -> None:
+    # The SMTP server is down (nothing listens on the port): the send pauses, the issue stays
+    # owed, and the scheduler comes back in minutes instead of next week.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    settings = load_settings(write_config(tmp_path, delivery={
+        "transport": "smtp", "smtp_tls": "none", "smtp_host": "127.0.0.1",
+        "smtp_port": closed_port, "smtp_timeout": 2}))
+    engine = db.connect(settings.database.url)
+    add_essays(engine, 1)
+    add_subscribers(engine, 2)
+    now = datetime.now(UTC)
+    scheduler = make_scheduler(settings, engine, clock=lambda: due_period(settings.schedule, now).due_at)
+    scheduler.get_job(JOB_ID).func()
+    [issue] = issues(engine)
+    assert issue.status in ("draft", "sending")
+    soon = scheduler.get_job(JOB_ID).next_run_time - datetime.now(UTC)
+    assert timedelta(minutes=FOLLOW_UP_MINUTES - 1) < soon <= timedelta(minutes=FOLLOW_UP_MINUTES)
+    engine.dispose()
 
 
 def utc_schedule_due(ago: timedelta) -> dict[str, object]:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timezone
+from types import FrameType
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from pipeline import schedule as scheduling
 from pipeline.commands.base import App, json_option, pass_app, print_json
 from pipeline.periods import Action, period_key
+from pipeline.publish import Report
 from subscribers.model import utcnow
 
 # `run-due` exits with this when it had to expire a period, so cron mail or a CI timer flags it.
@@ -100,7 +107,19 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
       newsletter schedule run-due --dry-run
       */15 * * * *  cd /srv/newsletter && newsletter schedule run-due
     """
-    outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run)
+    stop = threading.Event()
+    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # A bar on a terminal only: under cron the output is mail, and bars are noise there.
+    with Progress(*columns, console=app.err, transient=True,
+                  disable=dry_run or not app.err.is_terminal) as bar, _stop_on_signals(stop, app):
+        task = bar.add_task("", total=None)
+
+        def progress(report: Report) -> None:
+            done = report.sent + report.failed + report.retrying + report.skipped
+            bar.update(task, total=report.to_send, completed=done)
+
+        outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
+                                     stop=stop, progress=progress)
     if as_json:
         print_json({"dry_run": dry_run, **outcome.as_dict()})
     else:
@@ -111,6 +130,28 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
         )
     if not dry_run and outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
         sys.exit(EXIT_EXPIRED)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, app: App) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: finish the batch in flight, record it, exit; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        app.err.print(f"{signal.Signals(signum).name}: stopping after the batch in flight "
+                      "(again to abort at once); the next run resumes.")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 commands = [group]
