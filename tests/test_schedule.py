@@ -275,3 +275,34 @@ def test_cli_run_due_exit_codes(tmp_path: Path, run_cli) -> None:
     assert json.loads(expired.output)["status"] == "expired"
     again = run_cli("schedule", "run-due")
     assert again.exit_code == 0 and "already expired" in again.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_schedulers_racing_in_threads_make_one_issue_on_either_database(
+    request: pytest.FixtureRequest, tmp_path: Path, smtp_server: SMTPServer, backend: str
+) -> None:
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = load_settings(write_config(tmp_path, database_url=url, delivery={
+        "transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
+        "smtp_port": smtp_server.port}))
+    engine = db.connect(settings.database.url)
+    add_essays(engine, 2)
+    emails = add_subscribers(engine, 12)
+    now = due_period(settings.schedule, datetime.now(UTC)).due_at + timedelta(minutes=1)
+    start = threading.Barrier(4)
+    outcomes = []
+
+    def scheduler() -> None:
+        start.wait()
+        outcomes.append(run_due(settings, engine, now))
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 4
+    assert len(issues(engine)) == 1 and issues(engine)[0].status == "sent"
+    assert {o.issue_id for o in outcomes} == {issues(engine)[0].id}
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    engine.dispose()

@@ -30,7 +30,13 @@ def group() -> None:
     """Send the weekly digest on its schedule, exactly once per week.
 
     The schedule is [schedule] in config.toml: weekday, time, timezone, grace_hours,
-    expire_after_hours.
+    expire_after_hours. Each week's issue has the key weekly-YYYY-Www; the database refuses
+    a second one, so any number of schedulers can run.
+
+    \b
+    Example:
+      newsletter schedule next -n 3
+      newsletter schedule run-due --dry-run
     """
 
 
