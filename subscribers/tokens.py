@@ -3,7 +3,9 @@
 A token is an itsdangerous signature over the subscriber's id, salted with its purpose: a
 confirm token cannot unsubscribe and the other way round, and changing one character of it
 makes it worthless. Unsubscribe tokens never expire (a link in a years-old email must still
-work); confirm tokens expire after CONFIRM_MAX_AGE unless the caller asks otherwise.
+work) and carry no timestamp, so one subscriber's link is the same in every message: a retry,
+a preview and the sent copy are byte-identical. Confirm tokens carry their time and expire after
+CONFIRM_MAX_AGE unless the caller asks otherwise.
 
 itsdangerous enters the project only here.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 from subscribers.errors import BadToken, ExpiredToken, SubscriberError
 
@@ -32,11 +34,13 @@ SECRET_FILE = ".secret_key"
 _SALT_PREFIX = "newsletter.subscribers."
 
 
-def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
+def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}; expected one of {PURPOSES}")
     if not secret:
         raise SubscriberError("the token-signing secret is empty")
+    if purpose == UNSUBSCRIBE:
+        return URLSafeSerializer(secret, salt=_SALT_PREFIX + purpose)
     return URLSafeTimedSerializer(secret, salt=_SALT_PREFIX + purpose)
 
 
@@ -51,29 +55,43 @@ def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
 def read_token(secret: str, purpose: str, token: str, max_age: int | None = None) -> int:
     """The subscriber id a genuine `purpose` token names; BadToken or ExpiredToken otherwise.
 
-    `max_age` (seconds) defaults to CONFIRM_MAX_AGE for confirm tokens and to no limit for
-    unsubscribe tokens.
+    `max_age` (seconds) defaults to CONFIRM_MAX_AGE for confirm tokens; unsubscribe tokens
+    have no time in them and never expire.
     """
+    if purpose == UNSUBSCRIBE:
+        try:
+            value = _serializer(secret, purpose).loads(token)
+        except BadSignature:
+            raise BadToken(f"this {purpose} link is not valid (altered, or meant for something else)") from None
+        return _subscriber_id(value, purpose)
     return read_token_issued(secret, purpose, token, max_age)[0]
 
 
 def read_token_issued(
     secret: str, purpose: str, token: str, max_age: int | None = None
 ) -> tuple[int, datetime]:
-    """Like read_token, with the time the token was made (whole seconds, UTC)."""
-    if max_age is None and purpose == CONFIRM:
+    """Like read_token, with the time the token was made (whole seconds, UTC): confirm only."""
+    if purpose != CONFIRM:
+        raise ValueError(f"only {CONFIRM} tokens carry their time, not {purpose!r}")
+    if max_age is None:
         max_age = CONFIRM_MAX_AGE
-    serializer = _serializer(secret, purpose)
+    serializer = URLSafeTimedSerializer(secret, salt=_SALT_PREFIX + purpose)
+    if not secret:
+        raise SubscriberError("the token-signing secret is empty")
     try:
         value, issued = serializer.loads(token, max_age=max_age, return_timestamp=True)
     except SignatureExpired:
         raise ExpiredToken(f"this {purpose} link has expired; ask for a new one") from None
     except BadSignature:
         raise BadToken(f"this {purpose} link is not valid (altered, or meant for something else)") from None
+    return _subscriber_id(value, purpose), issued
+
+
+def _subscriber_id(value: object, purpose: str) -> int:
     # A genuine signature over something else than an id would be our own bug, not the user's.
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise BadToken(f"this {purpose} link does not name a subscriber")
-    return value, issued
+    return value
 
 
 def load_secret(base_dir: Path, announce: Callable[[str], None] | None = None) -> str:

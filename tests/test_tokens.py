@@ -84,6 +84,15 @@ def test_confirm_tokens_expire_and_unsubscribe_tokens_do_not(monkeypatch: pytest
         read_token(SECRET, CONFIRM, confirm)
 
 
+def test_an_unsubscribe_link_is_the_same_in_every_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A retry, a preview and the sent copy must carry the same link, whenever they are made.
+    first = make_token(SECRET, UNSUBSCRIBE, 7)
+    later = time.time() + 3 * 24 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert make_token(SECRET, UNSUBSCRIBE, 7) == first
+    assert make_token(SECRET, UNSUBSCRIBE, 8) != first
+
+
 def test_max_age_is_the_callers_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     token = make_token(SECRET, CONFIRM, 7)
     later = time.time() + 120
