@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -168,8 +168,8 @@ def audience_size(session: Session, issue: Issue) -> int:
     """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
     if issue.status == IssueStatus.SENDING.value:
         return sum(ledger.counts(session, issue.id or 0).values())
-    return session.exec(select(Subscriber.id).where(
-        Subscriber.status == SubscriberStatus.ACTIVE.value)).all().__len__()
+    return int(session.exec(select(func.count()).select_from(Subscriber).where(
+        Subscriber.status == SubscriberStatus.ACTIVE.value)).one())
 
 
 def _freeze(engine: Engine, settings: Settings, issue: Issue, rendered: RenderedIssue, now: datetime) -> None:
