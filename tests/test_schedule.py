@@ -221,15 +221,20 @@ def test_the_scheduler_job_catches_up_and_is_configured_for_hours_of_grace(
     assert not thread.is_alive()
 
 
-def test_an_unfinished_run_brings_the_next_run_forward(tmp_path: Path, smtp_server: SMTPServer) -> None:
-    # The SMTP server is down (nothing listens on the port): the send pauses, the issue stays
-    # owed, and the scheduler comes back in minutes instead of next week.
+def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    settings = load_settings(write_config(tmp_path, delivery={
-        "transport": "smtp", "smtp_tls": "none", "smtp_host": "127.0.0.1",
-        "smtp_port": closed_port, "smtp_timeout": 2}))
+        return probe.getsockname()[1]
+
+
+SMTP_DOWN = {"transport": "smtp", "smtp_tls": "none", "smtp_host": "127.0.0.1",
+             "smtp_port": closed_port(), "smtp_timeout": 2}
+
+
+def test_an_unfinished_run_brings_the_next_run_forward(tmp_path: Path) -> None:
+    # The SMTP server is down (nothing listens on the port): the send pauses, the issue stays
+    # owed, and the scheduler comes back in minutes instead of next week.
+    settings = load_settings(write_config(tmp_path, delivery=SMTP_DOWN))
     engine = db.connect(settings.database.url)
     add_essays(engine, 1)
     add_subscribers(engine, 2)
@@ -305,4 +310,28 @@ def test_schedulers_racing_in_threads_make_one_issue_on_either_database(
     assert len(issues(engine)) == 1 and issues(engine)[0].status == "sent"
     assert {o.issue_id for o in outcomes} == {issues(engine)[0].id}
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    engine.dispose()
+
+
+def test_cli_run_due_with_the_mail_server_down_exits_4_and_resumes_later(
+    tmp_path: Path, run_cli, smtp_server: SMTPServer
+) -> None:
+    schedule = utc_schedule_due(timedelta(hours=1))
+    run_cli.config_file = write_config(tmp_path, schedule=schedule, delivery=SMTP_DOWN)
+    engine = db.connect(load_settings(run_cli.config_file).database.url)
+    add_essays(engine, 1)
+    emails = add_subscribers(engine, 3)
+    down = run_cli("schedule", "run-due")
+    assert down.exit_code == 4, down.output
+    assert "3 still owed" in down.output
+    # The server is back (the config now points at a live one): the same issue completes.
+    run_cli.config_file = write_config(tmp_path, schedule=schedule,
+                                       delivery={"transport": "smtp", "smtp_tls": "none",
+                                                 "smtp_host": smtp_server.host,
+                                                 "smtp_port": smtp_server.port})
+    back = run_cli("schedule", "run-due")
+    assert back.exit_code == 0, back.output
+    assert "resumed and sent" in back.output
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    assert [(i.status) for i in issues(engine)] == ["sent"]
     engine.dispose()

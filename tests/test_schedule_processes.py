@@ -99,6 +99,7 @@ def test_a_scheduler_killed_mid_send_resumes_the_same_issue(
     output = start(config, "run-due").communicate(timeout=120)[0]
     [after] = weekly_issues(engine)
     assert (after.id, after.key) == (issue.id, issue.key), output  # the same issue, not a second
+    assert after.status == "sent", output
     per_address = Counter(r for m in smtp_server.received for r in m.rcpt_tos)
     assert max(per_address.values()) == 1  # nobody got it twice
     with Session(engine) as session:

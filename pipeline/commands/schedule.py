@@ -21,8 +21,9 @@ from pipeline.periods import Action, period_key
 from pipeline.publish import Report
 from subscribers.model import utcnow
 
-# `run-due` exits with this when it had to expire a period, so cron mail or a CI timer flags it.
-EXIT_EXPIRED = 3
+# `run-due` exit codes besides 0 and 1 (an error), so cron mail or a CI timer can flag them.
+EXIT_EXPIRED = 3  # a period was recorded as expired (missed, or stuck past its expiry)
+EXIT_UNFINISHED = 4  # the issue is still owed to some (server down, rate limit): run again
 
 
 @click.group("schedule")
@@ -104,9 +105,10 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
 def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     """Send this week's digest if it is due and not done yet, then exit (for cron, CI timers).
 
-    Exit status: 0 when the digest was sent or skipped or nothing was due, 3 when a period
+    Exit status: 0 when the digest was sent or skipped or nothing was due; 3 when a period
     had to be recorded as expired (missed past grace_hours, or still sending after
-    expire_after_hours).
+    expire_after_hours); 4 when deliveries are still owed (server down, rate limit, a stop
+    signal): the next call resumes them.
 
     \b
     Example:
@@ -134,8 +136,12 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
             f"Next digest due {outcome.next_due_at:%a %Y-%m-%d %H:%M %Z} "
             f"({outcome.next_due_at.astimezone(timezone.utc):%H:%M} UTC)."
         )
-    if not dry_run and outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
+    if dry_run:
+        return
+    if outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
         sys.exit(EXIT_EXPIRED)
+    if outcome.status in ("draft", "sending"):
+        sys.exit(EXIT_UNFINISHED)
 
 
 @contextmanager
