@@ -118,11 +118,14 @@ def decide(schedule: ScheduleSettings, period: Period, status: str | None, now: 
         # Finished: say "not due" when this week's digest is still ahead, "done" otherwise.
         ahead = week_period(schedule, now)
         return Action.NOT_DUE if _utc(ahead.due_at) > now else Action.DONE
+    may_start = now <= _utc(period.start_until) and now < _utc(period.expires_at)
     if status is None:
-        if now <= _utc(period.start_until) and now < _utc(period.expires_at):
-            return Action.COMPOSE
+        return Action.COMPOSE if may_start else Action.EXPIRE_MISSED
+    if status == "draft" and not may_start:
+        # Composed but never started (the scheduler died in between): starting it now would
+        # be the late start the grace time forbids.
         return Action.EXPIRE_MISSED
-    # draft or sending: composed, perhaps half sent, by a scheduler that stopped or still runs.
+    # sending (or a fresh draft): perhaps half sent, by a scheduler that stopped or still runs.
     return Action.RESUME if now < _utc(period.expires_at) else Action.EXPIRE_STUCK
 
 

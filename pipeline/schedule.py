@@ -107,16 +107,13 @@ def run_due(
                 action = decide(schedule, period, issue.status if issue else None, now)
                 if dry_run or action in (Action.NOT_DUE, Action.DONE):
                     return _outcome(settings, session, action, period, issue, now, dry_run)
-                if action is Action.EXPIRE_MISSED:
-                    issue = Issue(key=period.key, status=IssueStatus.EXPIRED.value,
-                                  finished_at=now.astimezone(timezone.utc),
-                                  not_after=period.expires_at.astimezone(timezone.utc))
+                if action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
+                    if issue is None:  # claim the week, so that no later run starts it
+                        issue = Issue(key=period.key,
+                                      not_after=period.expires_at.astimezone(timezone.utc))
+                    _expire(issue, now)
                     session.add(issue)
                     session.flush()
-                    return _outcome(settings, session, action, period, issue, now)
-                if action is Action.EXPIRE_STUCK:
-                    assert issue is not None
-                    _expire(issue, now)
                     return _outcome(settings, session, action, period, issue, now)
                 if action is Action.COMPOSE:
                     issue = _compose(session, settings, period, now)

@@ -133,6 +133,7 @@ def test_decisions_over_a_week_with_a_controllable_clock() -> None:
     assert at(12.01, None) is Action.EXPIRE_MISSED  # late start outside the grace time
     assert at(100, None) is Action.EXPIRE_MISSED
     assert at(1, "draft") is Action.RESUME  # composed, then the process died
+    assert at(13, "draft") is Action.EXPIRE_MISSED  # ... and starting it now would be late
     assert at(71.9, "sending") is Action.RESUME  # killed mid-send: resume, even after grace
     assert at(72, "sending") is Action.EXPIRE_STUCK
     for status in ("sent", "skipped", "expired", "cancelled"):

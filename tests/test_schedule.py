@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from pipeline import db
 from pipeline.config import Settings, load_settings
+from pipeline.issues import compose
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import Action, due_period
 from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, make_scheduler, run_due
@@ -131,6 +132,19 @@ def test_a_late_start_past_the_grace_time_is_expired_not_sent(
     assert smtp_server.received == []
     assert unsent(smtp_engine) == 2  # the essays wait for next week's digest
     assert run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=13)).action is Action.DONE
+
+
+def test_a_draft_left_by_a_crash_is_not_started_after_the_grace_time(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    add_essays(smtp_engine, 2)
+    add_subscribers(smtp_engine, 2)
+    with db.session_scope(smtp_engine) as session:  # composed at 07:00, then the machine died
+        compose(session, smtp_settings, key=KEY)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=13))
+    assert outcome.action is Action.EXPIRE_MISSED
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "expired")]
+    assert smtp_server.received == [] and unsent(smtp_engine) == 2
 
 
 def test_an_issue_stuck_sending_past_its_expiry_is_expired_and_reported(
