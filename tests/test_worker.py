@@ -63,7 +63,11 @@ def add_readers(engine: Engine, count: int, essays: int = 2, prefix: str = "read
 
 def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | None = None) -> Issue:
     """Compose issue `key` and hand it to the workers (frozen render and audience, `sending`)."""
-    issue = new_issue(engine, settings, key, slugs=slugs)
+    return hand_over(settings, engine, new_issue(engine, settings, key, slugs=slugs))
+
+
+def hand_over(settings: Settings, engine: Engine, issue: Issue) -> Issue:
+    """Freeze a composed issue's render and audience and set it `sending`, sending nothing."""
     with Session(engine) as session:
         rendered = story.rendered_issue(session, settings, issue)
     story._freeze(engine, settings, issue, rendered, utcnow())
