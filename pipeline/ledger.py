@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from pipeline.config import DeliverySettings
 from pipeline.db import session_scope
 from pipeline.models import Delivery, DeliveryStatus, Issue
 from subscribers.model import Subscriber, SubscriberStatus
@@ -55,7 +56,7 @@ class Outcome:
     hard_bounce: bool = False
 
 
-def freeze_audience(session: Session, issue: Issue, new_message_id: Any, now: datetime) -> int:
+def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime) -> int:
     """One pending row per active subscriber, in the caller's transaction; returns rows added.
 
     Subscribers are read a page at a time and inserted in batches; the unique (issue,
@@ -63,21 +64,48 @@ def freeze_audience(session: Session, issue: Issue, new_message_id: Any, now: da
     """
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    before, last = _row_count(session, issue.id or 0), 0
+    before, rows = _row_count(session, issue.id or 0), []
+    for sid, email, name in audience(session):
+        rows.append(dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
+                         status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
+                         message_id=new_message_id(), smtp_code=None, last_error=None,
+                         created_at=now, updated_at=now, sent_at=None))
+        if len(rows) == FREEZE_PAGE:
+            session.execute(statement, rows)
+            rows = []
+    if rows:
+        session.execute(statement, rows)
+    # Counted, not summed from rowcounts: drivers disagree on executemany's rowcount.
+    return _row_count(session, issue.id or 0) - before
+
+
+def audience(session: Session) -> Iterator[tuple[int, str, str]]:
+    """(id, email, name) of every active subscriber, read a page at a time (keyset)."""
+    last = 0
     while True:
         page = session.exec(
             select(Subscriber.id, Subscriber.email, Subscriber.name)
             .where(Subscriber.status == SubscriberStatus.ACTIVE.value, col(Subscriber.id) > last)
             .order_by(col(Subscriber.id)).limit(FREEZE_PAGE)
         ).all()
-        if not page:
-            # Counted, not summed from rowcounts: drivers disagree on executemany's rowcount.
-            return _row_count(session, issue.id or 0) - before
-        rows = [dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
-                     status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
-                     message_id=new_message_id(), smtp_code=None, last_error=None,
-                     created_at=now, updated_at=now, sent_at=None) for sid, email, name in page]
-        session.execute(statement, rows)
+        yield from page  # type: ignore[misc]
+        if len(page) < FREEZE_PAGE:
+            return
+        last = page[-1][0]
+
+
+def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
+    """(subscriber id, email, name) of the issue's pending rows, a page at a time."""
+    last = 0
+    while True:
+        page = session.exec(
+            select(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name)
+            .where(Delivery.issue_id == issue_id, Delivery.status == PENDING, col(Delivery.id) > last)
+            .order_by(col(Delivery.id)).limit(FREEZE_PAGE)
+        ).all()
+        yield from ((sid or 0, email, name) for _, sid, email, name in page)
+        if len(page) < FREEZE_PAGE:
+            return
         last = page[-1][0]
 
 
@@ -197,3 +225,24 @@ def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]
     count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
         Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
     return int(count), oldest
+
+
+def rate_allowance(engine: Engine, d: DeliverySettings, now: datetime) -> tuple[int, float]:
+    """(messages that may go now, seconds to wait when none may), from the sent rows in the
+    database, so the limits hold across runs and processes."""
+    windows = []
+    if d.rate_per_second:
+        span = max(1.0, 1.0 / d.rate_per_second)  # 0.2 per second = 1 per 5 seconds
+        windows.append((int(d.rate_per_second * span), span))
+    windows += [(limit, span) for limit, span in ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
+    allowed, wait = d.batch_size, 0.0
+    with Session(engine) as session:
+        for limit, span in windows:
+            count, oldest = sent_since(session, now - timedelta(seconds=span))
+            if count >= limit:
+                allowed = 0
+                oldest = oldest or now
+                wait = max(wait, (oldest + timedelta(seconds=span) - now).total_seconds(), 0.01)
+            else:
+                allowed = min(allowed, limit - count)
+    return allowed, wait

@@ -27,7 +27,7 @@ from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
 from pipeline.render import Recipient, RenderedIssue, render_issue
-from pipeline.transports import ParallelSender, Transport, make_transport
+from pipeline.transports import ParallelSender, Transport, is_hard_bounce, make_transport
 from subscribers.consent import mark_bounced
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
@@ -103,16 +103,15 @@ def publish(
             return report
         rendered = rendered_issue(session, settings, target)
         report.total = audience_size(session, target)
-        if confirm is not None and not confirm(target, report.total):
-            session.rollback()
-            report.declined = True
-            return report
         if dry_run:
             _dry_run(session, settings, target, rendered, report, clock())
             session.rollback()  # a composed draft, too, is not kept by a dry run
             report.seconds = time.monotonic() - started
             return report
-        session.commit()
+        session.commit()  # keeps a composed draft, and lets go of SQLite's write lock
+    if confirm is not None and not confirm(target, report.total):
+        report.declined = True
+        return report
     issue_id = target.id or 0
     _freeze(engine, settings, target, rendered, clock())
     with session_scope(engine) as session:
@@ -227,7 +226,7 @@ def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: Rendere
             if issue.not_after is not None and clock() > issue.not_after:
                 report.paused = f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
                 break
-            allowed, wait = rate_allowance(engine, settings, clock())
+            allowed, wait = ledger.rate_allowance(engine, delivery, clock())
             if not allowed:
                 if wait > MAX_RATE_WAIT:
                     resume = clock() + timedelta(seconds=wait)
@@ -274,33 +273,6 @@ def _tally(engine: Engine, report: Report, outcomes: list[ledger.Outcome]) -> No
                 report.bounced += mark_bounced(session, o.claimed.subscriber_id)
 
 
-def is_hard_bounce(code: int | None, error: str) -> bool:
-    """550/551/553 say the mailbox does not exist, unless the enhanced code says policy (5.7.x)."""
-    return code in (550, 551, 553) and " 5.7." not in f" {error}"
-
-
-def rate_allowance(engine: Engine, settings: Settings, now: datetime) -> tuple[int, float]:
-    """(messages that may go now, seconds to wait when none may), from the sent rows in the
-    database, so the limits hold across runs and processes."""
-    d = settings.delivery
-    windows = []
-    if d.rate_per_second:
-        span = max(1.0, 1.0 / d.rate_per_second)  # 0.2 per second = 1 per 5 seconds
-        windows.append((int(d.rate_per_second * span), span))
-    windows += [(limit, span) for limit, span in ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
-    allowed, wait = d.batch_size, 0.0
-    with Session(engine) as session:
-        for limit, span in windows:
-            count, oldest = ledger.sent_since(session, now - timedelta(seconds=span))
-            if count >= limit:
-                allowed = 0
-                oldest = oldest or now
-                wait = max(wait, (oldest + timedelta(seconds=span) - now).total_seconds(), 0.01)
-            else:
-                allowed = min(allowed, limit - count)
-    return allowed, wait
-
-
 def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> None:
     """Mark the issue (and its essays) sent once nothing is pending or in flight."""
     with session_scope(engine) as session:
@@ -324,10 +296,9 @@ def _dry_run(session: Session, settings: Settings, issue: Issue, rendered: Rende
     factory = MessageFactory(settings, rendered)
     secret = load_secret(settings.base_dir)
     if issue.status == IssueStatus.SENDING.value:
-        owed = [(r.subscriber_id, r.email, r.name) for r in ledger.rows(session, issue.id or 0, "pending")]
+        owed = ledger.owed(session, issue.id or 0)
     else:
-        owed = list(session.exec(select(Subscriber.id, Subscriber.email, Subscriber.name).where(
-            Subscriber.status == SubscriberStatus.ACTIVE.value).order_by(col(Subscriber.id))).all())
+        owed = ledger.audience(session)
     for subscriber_id, email, name in owed:
         row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
         try:
@@ -337,7 +308,7 @@ def _dry_run(session: Session, settings: Settings, issue: Issue, rendered: Rende
         except NewsletterError as exc:
             report.failed += 1
             report.errors.append((email, str(exc)))
-    report.total = len(owed)
+    report.total = report.sent + report.failed
     report.counts = ledger.counts(session, issue.id or 0) if issue.id else {}
 
 

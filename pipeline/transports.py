@@ -54,6 +54,11 @@ def classify(code: int, message: bytes | str, where: str) -> TransientDeliveryEr
     return PermanentDeliveryError(detail, code)
 
 
+def is_hard_bounce(code: int | None, error: str) -> bool:
+    """550/551/553 say the mailbox does not exist, unless the enhanced code says policy (5.7.x)."""
+    return code in (550, 551, 553) and " 5.7." not in f" {error}"
+
+
 class SMTPTransport:
     """One reused SMTP connection (STARTTLS, implicit TLS or plain), reconnected when it drops."""
 

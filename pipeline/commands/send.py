@@ -37,7 +37,8 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, as
 
     The audience is frozen when sending starts. Running it again sends only what is still
     owed. Ctrl-C finishes the batch in flight and stops; `send` again carries on. A server that
-    cannot be reached, or refuses the login, pauses the run without using up any attempts.
+    cannot be reached, or refuses the login, pauses the run without using up any attempts
+    (exit code 1).
 
     \b
     Example:
@@ -52,7 +53,7 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, as
         print_json(report.as_dict())
     else:
         _summary(app, report)
-    if report.paused or (report.nothing and issue is not None and not report.counts):
+    if report.paused:
         raise SystemExit(1)
 
 
@@ -184,8 +185,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
     stop = threading.Event()
 
     def confirm(target: Issue, audience: int) -> bool:
-        verb = "Build (dry run)" if dry_run else "Send"
-        question = f"{verb} {target.key} \"{target.subject}\" to {audience} subscribers?"
+        question = f"Send {target.key} \"{target.subject}\" to {audience} subscribers?"
         if target.status == "sending":
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
         return yes or click.confirm(question, default=False)
