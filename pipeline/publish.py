@@ -28,7 +28,7 @@ from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
 from pipeline.render import Recipient, RenderedIssue, render_issue
 from pipeline.transports import ParallelSender, Transport, is_hard_bounce, make_transport
-from subscribers.consent import mark_bounced
+from subscribers.consent import find as find_subscriber, mark_bounced
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
@@ -348,8 +348,7 @@ def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,
     with Session(engine) as session:
         target = find_issue(session, issue)
         address = ascii_address(to)
-        subscriber = session.exec(select(Subscriber).where(
-            Subscriber.email_normalized == to.strip().lower())).first()
+        subscriber = find_subscriber(session, to)
         factory = MessageFactory(settings, rendered_issue(session, settings, target), "[TEST] ")
         who = subscriber or ledger.Claimed(0, 0, to.strip(), "", "", 0)  # not a subscriber
         raw = personal_copy(session, settings, secret, target, who, factory=factory)
