@@ -172,7 +172,14 @@ def describe(schedule: ScheduleSettings, action: Action, period: Period, status:
         return f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
     verb = "sent" if action is Action.COMPOSE else "resumed and sent"
     message = f"{period.key} {verb}: issue {status}, {sent} delivered"
-    return message + (f", {owed} still owed" if owed else "")
+    for count, what in (
+        (counts.get("pending", 0), "still owed"),
+        (counts.get("sending", 0), "being sent by another scheduler"),
+        (counts.get("unknown", 0), "unknown (see `newsletter sends retry --unknown`)"),
+        (counts.get("failed", 0), "failed"),
+    ):
+        message += f", {count} {what}" if count else ""
+    return message
 
 
 def local_time(moment: datetime) -> str:

@@ -67,6 +67,13 @@ class Outcome:
     next_due_at: datetime
     counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
 
+    @property
+    def unfinished(self) -> bool:
+        """Deliveries are still owed that no scheduler is working on: someone must run again."""
+        return self.status == "draft" or (
+            self.status == "sending" and self.counts.get("pending", 0) > 0
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "action": self.action.value,
@@ -77,6 +84,7 @@ class Outcome:
             "message": self.message,
             "next_due_at": self.next_due_at,
             "deliveries": self.counts,
+            "unfinished": self.unfinished,
         }
 
 
@@ -130,7 +138,8 @@ def run_due(
                                  progress=progress)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
-        for why in (report.paused, report.nothing, "stopped by a signal" if report.stopped else None):
+        stopped = "stopped by a signal" if report.stopped else None
+        for why in (report.paused, report.nothing, stopped):
             if why:
                 outcome.message += f" ({why})"
         return outcome
@@ -266,7 +275,8 @@ def make_scheduler(
         except NewsletterError as exc:
             # The scheduler is a shell like the CLI: report, keep running, and try again soon
             # (the issue, if composed, is resumed; its expiry still bounds the retries).
-            log.error("the digest run failed: %s; trying again in %d minutes", exc, FOLLOW_UP_MINUTES)
+            log.error("the digest run failed: %s; trying again in %d minutes", exc,
+                      FOLLOW_UP_MINUTES)
             follow_up(now)
             return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)

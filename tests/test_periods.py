@@ -1,4 +1,4 @@
-"""Weekly periods and the job's decisions, with an injected clock; APScheduler's trigger as witness."""
+"""Weekly periods and the job's decisions with an injected clock; APScheduler as the witness."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline import db
 from pipeline.config import Settings, load_settings
@@ -66,7 +66,7 @@ def issues(engine: Engine) -> list[Issue]:
 
 def unsent(engine: Engine) -> int:
     with Session(engine) as session:
-        return len(session.exec(select(Essay).where(Essay.sent_in_issue_id == None)).all())  # noqa: E711
+        return len(session.exec(select(Essay).where(col(Essay.sent_in_issue_id).is_(None))).all())
 
 
 @pytest.fixture
@@ -253,7 +253,8 @@ def test_an_unfinished_run_brings_the_next_run_forward(tmp_path: Path) -> None:
     add_essays(engine, 1)
     add_subscribers(engine, 2)
     now = datetime.now(UTC)
-    scheduler = make_scheduler(settings, engine, clock=lambda: due_period(settings.schedule, now).due_at)
+    due_at = due_period(settings.schedule, now).due_at
+    scheduler = make_scheduler(settings, engine, clock=lambda: due_at)
     scheduler.get_job(JOB_ID).func()
     [issue] = issues(engine)
     assert issue.status in ("draft", "sending")

@@ -43,7 +43,9 @@ def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no
         time.sleep(0.02)
 
 
-def setup(tmp_path: Path, smtp_server: SMTPServer, **delivery: object) -> tuple[Path, Settings, Engine]:
+def setup(
+    tmp_path: Path, smtp_server: SMTPServer, **delivery: object
+) -> tuple[Path, Settings, Engine]:
     config = write_config(
         tmp_path,
         schedule=utc_schedule_due(timedelta(minutes=30)),
@@ -138,7 +140,7 @@ def test_schedule_run_catches_up_then_stops_cleanly_on_sigterm(
     engine.dispose()
 
 
-def test_schedule_run_stops_on_ctrl_c_while_waiting(tmp_path: Path, smtp_server: SMTPServer) -> None:
+def test_schedule_run_stops_on_ctrl_c_while_waiting(tmp_path: Path) -> None:
     config = write_config(tmp_path, schedule=utc_schedule_due(timedelta(days=-2)))
     log = tmp_path / "schedule.log"
     process = start(config, "run", log=log)

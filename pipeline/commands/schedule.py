@@ -140,7 +140,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
         return
     if outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
         sys.exit(EXIT_EXPIRED)
-    if outcome.status in ("draft", "sending"):
+    if outcome.unfinished:
         sys.exit(EXIT_UNFINISHED)
 
 
