@@ -161,9 +161,10 @@ def expire_stale(
         ).all()
         for issue in open_issues:
             period = period_of_key(settings.schedule, issue.key)
-            if period is not None and decide(
-                settings.schedule, period, issue.status, now
-            ) is Action.EXPIRE_STUCK:
+            if period is not None and decide(settings.schedule, period, issue.status, now) in (
+                Action.EXPIRE_MISSED,  # a draft that never started
+                Action.EXPIRE_STUCK,
+            ):
                 _expire(issue, now)
                 expired.append(issue.key)
                 log.warning("%s: still unfinished after its period expired; marked expired",

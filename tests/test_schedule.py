@@ -171,10 +171,11 @@ def test_an_older_weeks_unfinished_issue_is_expired_when_the_job_next_runs(
 ) -> None:
     with db.session_scope(smtp_engine) as session:
         session.add(Issue(key="weekly-2026-W46", status="sending"))
+        session.add(Issue(key="weekly-2026-W47", status="draft"))
         session.add(Issue(key="manual-abc", status="sending"))  # by hand: not the scheduler's
     run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=5))
     statuses = {i.key: i.status for i in issues(smtp_engine)}
-    assert statuses["weekly-2026-W46"] == "expired"
+    assert statuses["weekly-2026-W46"] == statuses["weekly-2026-W47"] == "expired"
     assert statuses["manual-abc"] == "sending"
     assert statuses[KEY] == "skipped"
 
