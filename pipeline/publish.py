@@ -6,11 +6,14 @@ one function that makes a subscriber's message bytes, for sending, `send-test` a
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import func, update
@@ -222,39 +225,61 @@ def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: Rendere
         return ledger.Outcome(row, "sent", clock(), 250)
 
     try:
-        while not stop.is_set():
-            if issue.not_after is not None and clock() > issue.not_after:
-                report.paused = f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
-                break
-            allowed, wait = ledger.rate_allowance(engine, delivery, clock())
-            if not allowed:
-                if wait > MAX_RATE_WAIT:
-                    resume = clock() + timedelta(seconds=wait)
-                    report.paused = (f"the rate limit is reached; send again after "
-                                     f"{resume:%Y-%m-%d %H:%M} UTC (nothing is lost)")
+        with _ctrl_c_stops(stop):
+            while not stop.is_set():
+                if issue.not_after is not None and clock() > issue.not_after:
+                    report.paused = f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
                     break
-                stop.wait(wait)
-                continue
-            claimed, skipped = ledger.claim(engine, issue_id, min(delivery.batch_size, allowed),
-                                            delivery.lease_seconds, clock())
-            report.skipped += skipped
-            if not claimed:
-                if skipped:
+                allowed, wait = ledger.rate_allowance(engine, delivery, clock())
+                if not allowed:
+                    if wait > MAX_RATE_WAIT:
+                        resume = clock() + timedelta(seconds=wait)
+                        report.paused = (f"the rate limit is reached; send again after "
+                                         f"{resume:%Y-%m-%d %H:%M} UTC (nothing is lost)")
+                        break
+                    stop.wait(wait)
                     continue
-                break
-            outcomes = pool.map(claimed, attempt, on_interrupt=stop.set)
-            ledger.record(engine, outcomes, deadline)
-            _tally(engine, report, outcomes)
-            if progress is not None:
-                progress(report)
-            problem = next((o.error for o in outcomes if o.kind == "released" and o.error), None)
-            if problem:
-                report.paused = (f"{problem}. Nothing was lost: the deliveries not attempted are "
-                                 f"still owed; fix the problem and run `newsletter send {issue.key}` again")
-                break
-        report.stopped = stop.is_set() and report.paused is None
+                claimed, skipped = ledger.claim(engine, issue_id, min(delivery.batch_size, allowed),
+                                                delivery.lease_seconds, clock())
+                report.skipped += skipped
+                if not claimed:
+                    if skipped:
+                        continue
+                    break
+                outcomes = pool.map(claimed, attempt, on_interrupt=stop.set)
+                ledger.record(engine, outcomes, deadline)
+                _tally(engine, report, outcomes)
+                if progress is not None:
+                    progress(report)
+                problem = next((o.error for o in outcomes if o.kind == "released" and o.error), None)
+                if problem:
+                    report.paused = (f"{problem}. Nothing was lost: the deliveries not attempted are "
+                                     f"still owed; fix the problem and run `newsletter send {issue.key}` again")
+                    break
+            report.stopped = stop.is_set() and report.paused is None
     finally:
         pool.close()
+
+
+@contextmanager
+def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """While delivering, the first Ctrl-C only sets `stop` (the batch in flight finishes and is
+    recorded); the second interrupts. A caller's own SIGINT handler (the CLI's) is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _tally(engine: Engine, report: Report, outcomes: list[ledger.Outcome]) -> None:
