@@ -169,3 +169,21 @@ def test_the_schedule_settings_reach_the_trigger_unchanged() -> None:
         "wed", "18", "45", "0"
     )
     assert trigger.timezone == ZoneInfo("Asia/Tokyo")
+
+
+def test_a_time_inside_the_clock_change_hour_still_gives_one_digest_per_week() -> None:
+    schedule = weekly(weekday="sunday", at="02:30")
+    # Spring: 02:30 does not exist on 29 March 2026; both APScheduler and the period math
+    # take the instant 01:30 UTC (03:30 summer time).
+    [spring] = trigger_times(schedule, datetime(2026, 3, 28, tzinfo=UTC), 1)
+    period = period_of_week(schedule, 2026, 13)
+    assert spring.astimezone(UTC) == period.due_at.astimezone(UTC) == datetime(
+        2026, 3, 29, 1, 30, tzinfo=UTC)
+    # Autumn: 02:30 happens twice on 25 October 2026 and APScheduler fires at both ...
+    first, second, _ = trigger_times(schedule, datetime(2026, 10, 24, tzinfo=UTC), 3)
+    assert second.astimezone(UTC) - first.astimezone(UTC) == timedelta(hours=1)
+    # ... but both firings belong to one period: the second finds the issue sent.
+    assert period_key(first) == period_key(second) == "weekly-2026-W43"
+    autumn = due_period(schedule, second)
+    assert autumn.key == "weekly-2026-W43"
+    assert decide(schedule, autumn, "sent", second) is Action.DONE
