@@ -283,8 +283,12 @@ def test_cli_next_lists_local_and_utc_times(tmp_path: Path, run_cli) -> None:
         assert local == utc and local.strftime("%A %H:%M") == "Sunday 07:00"
         assert utc.utcoffset() == timedelta(0) and utc.hour in (5, 6)
         assert run["key"] == due_period(load_settings(run_cli.config_file).schedule, utc).key
+    latest = json.loads(result.output)["latest"]
+    assert latest["status"] is None  # a new database: nothing has been sent
+    assert datetime.fromisoformat(latest["due_at"]) < datetime.fromisoformat(runs[0]["utc"])
     table = run_cli("schedule", "next", "-n", "2")
     assert table.exit_code == 0 and runs[0]["key"] in table.output and "UTC" in table.output
+    assert f"Latest due: {latest['key']}" in table.output
 
 
 def test_cli_run_due_exit_codes(tmp_path: Path, run_cli) -> None:

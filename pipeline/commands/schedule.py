@@ -72,7 +72,8 @@ def run(app: App) -> None:
 @json_option
 @pass_app
 def next_runs(app: App, count: int, as_json: bool) -> None:
-    """List the next times the digest is due, in the configured timezone and in UTC.
+    """List the next times the digest is due, in the configured timezone and in UTC, and
+    where the latest due week stands.
 
     \b
     Example:
@@ -80,12 +81,16 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
       newsletter schedule next -n 10 --json
     """
     schedule = app.settings.schedule
-    times = scheduling.next_fire_times(schedule, utcnow(), count)
+    now = utcnow()
+    times = scheduling.next_fire_times(schedule, now, count)
     rows = [
         {"key": period_key(t), "local": t, "utc": t.astimezone(timezone.utc)} for t in times
     ]
+    latest = scheduling.run_due(app.settings, app.engine, now, dry_run=True)
     if as_json:
-        print_json({"timezone": schedule.timezone.key, "runs": rows})
+        print_json({"timezone": schedule.timezone.key, "runs": rows,
+                    "latest": {"key": latest.key, "due_at": latest.due_at,
+                               "status": latest.status, "deliveries": latest.counts}})
         return
     table = Table(title=f"Next digests ({schedule.weekday} {schedule.time:%H:%M} "
                         f"{schedule.timezone.key})")
@@ -96,6 +101,10 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
         table.add_row(row["key"], f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
                       f"{row['utc']:%a %Y-%m-%d %H:%M}")
     app.console.print(table)
+    app.console.print(f"Latest due: {latest.key} ({latest.due_at:%a %Y-%m-%d %H:%M %Z}), "
+                      f"{latest.status or 'no issue yet'}.", markup=False)
+    if latest.action not in (Action.NOT_DUE, Action.DONE):
+        app.console.print(f"`newsletter schedule run-due` now {latest.message}.", markup=False)
 
 
 @group.command("run-due")
