@@ -18,7 +18,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.issues import compose
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import Action, due_period
-from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, make_scheduler, run_due
+from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, Outcome, make_scheduler, run_due
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import SMTPServer, write_config
 
@@ -314,22 +314,31 @@ def test_schedulers_racing_in_threads_make_one_issue_on_either_database(
     add_essays(engine, 2)
     emails = add_subscribers(engine, 12)
     now = due_period(settings.schedule, datetime.now(UTC)).due_at + timedelta(minutes=1)
-    start = threading.Barrier(4)
-    outcomes = []
 
-    def scheduler() -> None:
-        start.wait()
-        outcomes.append(run_due(settings, engine, now))
+    def race(moment: datetime) -> list[Outcome]:
+        start = threading.Barrier(4)
+        outcomes = []
 
-    threads = [threading.Thread(target=scheduler) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(outcomes) == 4
+        def scheduler() -> None:
+            start.wait()
+            outcomes.append(run_due(settings, engine, moment))
+
+        threads = [threading.Thread(target=scheduler) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(outcomes) == 4
+        return outcomes
+
+    outcomes = race(now)
     assert len(issues(engine)) == 1 and issues(engine)[0].status == "sent"
     assert {o.issue_id for o in outcomes} == {issues(engine)[0].id}
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    # A week later nothing is unsent: the racers record one skipped period between them.
+    race(now + timedelta(days=7))
+    assert [i.status for i in issues(engine)] == ["sent", "skipped"]
+    assert len(smtp_server.received) == len(emails)
     engine.dispose()
 
 
