@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
+from typing import Any
 
 from pipeline.config import WEEKDAYS, ScheduleSettings
 from pipeline.errors import ConfigError
@@ -42,6 +43,40 @@ class Action(StrEnum):
     RESUME = "resume"  # an issue exists but is unfinished: send what is still owed
     EXPIRE_MISSED = "expire_missed"  # due and missing but past the grace time: never start late
     EXPIRE_STUCK = "expire_stuck"  # unfinished past expire_after_hours: stop sending
+
+
+@dataclass
+class Outcome:
+    """What one run of the job decided and did, for the log, the CLI and its --json."""
+
+    action: Action
+    key: str
+    due_at: datetime
+    issue_id: int | None
+    status: str | None  # the issue's status afterwards (None: there is no issue)
+    message: str
+    next_due_at: datetime
+    counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
+
+    @property
+    def unfinished(self) -> bool:
+        """Deliveries are still owed that no scheduler is working on: someone must run again."""
+        return self.status == "draft" or (
+            self.status == "sending" and self.counts.get("pending", 0) > 0
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "key": self.key,
+            "due_at": self.due_at,
+            "issue_id": self.issue_id,
+            "status": self.status,
+            "message": self.message,
+            "next_due_at": self.next_due_at,
+            "deliveries": self.counts,
+            "unfinished": self.unfinished,
+        }
 
 
 def weekday_name(weekday: str) -> str:

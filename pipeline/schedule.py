@@ -14,10 +14,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import FrameType
-from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.periods import (
     FINISHED,
     Action,
+    Outcome,
     Period,
     decide,
     describe,
@@ -52,40 +51,6 @@ JOB_ID = "weekly-digest"
 # After a run that left deliveries owed or failed, the scheduler looks again this much later.
 FOLLOW_UP_MINUTES = 10
 Clock = Callable[[], datetime]
-
-
-@dataclass
-class Outcome:
-    """What one run of the job decided and did, for the log, the CLI and its --json."""
-
-    action: Action
-    key: str
-    due_at: datetime
-    issue_id: int | None
-    status: str | None  # the issue's status afterwards (None: there is no issue)
-    message: str
-    next_due_at: datetime
-    counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
-
-    @property
-    def unfinished(self) -> bool:
-        """Deliveries are still owed that no scheduler is working on: someone must run again."""
-        return self.status == "draft" or (
-            self.status == "sending" and self.counts.get("pending", 0) > 0
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "action": self.action.value,
-            "key": self.key,
-            "due_at": self.due_at,
-            "issue_id": self.issue_id,
-            "status": self.status,
-            "message": self.message,
-            "next_due_at": self.next_due_at,
-            "deliveries": self.counts,
-            "unfinished": self.unfinished,
-        }
 
 
 def run_due(
