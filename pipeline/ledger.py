@@ -236,9 +236,15 @@ def rate_allowance(engine: Engine, d: DeliverySettings, now: datetime) -> tuple[
         windows.append((int(d.rate_per_second * span), span))
     windows += [(limit, span) for limit, span in ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
     allowed, wait = d.batch_size, 0.0
+    if not windows:
+        return allowed, wait
     with Session(engine) as session:
+        # Rows in flight (any sender, any process) will be sent in a moment: they count too.
+        in_flight = int(session.exec(select(func.count()).select_from(Delivery)
+                                     .where(Delivery.status == SENDING)).one())
         for limit, span in windows:
             count, oldest = sent_since(session, now - timedelta(seconds=span))
+            count += in_flight
             if count >= limit:
                 allowed = 0
                 oldest = oldest or now

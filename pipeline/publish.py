@@ -30,7 +30,7 @@ from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
 from pipeline.render import Recipient, RenderedIssue, render_issue
-from pipeline.transports import ParallelSender, Transport, is_hard_bounce, make_transport
+from pipeline.transports import Transport, is_hard_bounce, make_transport
 from subscribers.consent import find as find_subscriber, mark_bounced
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
@@ -194,71 +194,116 @@ def _freeze(engine: Engine, settings: Settings, issue: Issue, rendered: Rendered
 def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedIssue, report: Report,
              transport_factory: Callable[[], Transport] | None, stop: threading.Event | None,
              progress: Callable[[Report], None] | None, clock: Callable[[], datetime]) -> None:
-    """Claim, send, record, batch after batch, until nothing is due or the run must stop."""
-    delivery = settings.delivery
-    issue_id = issue.id or 0
-    started = issue.started_at or clock()
-    deadline = started + timedelta(hours=delivery.retry_hours)
-    factory = MessageFactory(settings, rendered)
-    secret = load_secret(settings.base_dir)
-    stop = stop or threading.Event()
-    pool = ParallelSender(transport_factory or (lambda: make_transport(settings)), delivery.connections)
+    """One sender per connection, each claiming, sending and recording its own batches (so at
+    most one batch per connection is ever in flight) until nothing is due or the run stops."""
+    run = _Run(settings, engine, issue, report, MessageFactory(settings, rendered),
+               load_secret(settings.base_dir), transport_factory or (lambda: make_transport(settings)),
+               stop or threading.Event(), progress, clock)
+    senders = [threading.Thread(target=run.sender, name=f"sender-{n}", daemon=True)
+               for n in range(settings.delivery.connections)]
+    with _ctrl_c_stops(run.stop):
+        for sender in senders:
+            sender.start()
+        interrupted = False
+        while any(sender.is_alive() for sender in senders):
+            try:
+                for sender in senders:
+                    sender.join(0.2)  # short waits keep this thread answering signals
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                run.stop.set()  # the batches in flight finish and are recorded
+    if run.failures:
+        raise run.failures[0]
+    report.stopped = run.stop.is_set() and report.paused is None
 
-    unavailable = threading.Event()
-    mail_from = settings.newsletter.sender_address
 
-    def attempt(transport: Transport, row: ledger.Claimed) -> ledger.Outcome:
-        if unavailable.is_set():  # the server is gone: leave the rest owed, attempts unburnt
-            return ledger.Outcome(row, "released", clock())
+class _Run:
+    """What the senders of one run share: the clock, the stop flags, the report (under a lock)."""
+
+    def __init__(self, settings: Settings, engine: Engine, issue: Issue, report: Report,
+                 factory: MessageFactory, secret: str, transport_factory: Callable[[], Transport],
+                 stop: threading.Event, progress: Callable[[Report], None] | None,
+                 clock: Callable[[], datetime]) -> None:
+        self.settings, self.engine, self.issue, self.report = settings, engine, issue, report
+        self.factory, self.secret, self.transport_factory = factory, secret, transport_factory
+        self.stop, self.progress, self.clock = stop, progress, clock
+        self.halt = threading.Event()  # paused: every sender ends after its batch
+        self.lock = threading.Lock()
+        self.failures: list[BaseException] = []
+        started = issue.started_at or clock()
+        self.deadline = started + timedelta(hours=settings.delivery.retry_hours)
+
+    def sender(self) -> None:
+        transport: Transport | None = None
         try:
-            raw = personal_copy(None, settings, secret, issue, row, factory=factory,
-                                message_id=row.message_id, date=clock())
-            transport.send(mail_from, ascii_address(row.email), raw)
+            while not (self.stop.is_set() or self.halt.is_set()):
+                claimed = self._claim()
+                if claimed is None:
+                    continue
+                if not claimed:
+                    return
+                transport = transport or self.transport_factory()
+                outcomes = [self._attempt(transport, row) for row in claimed]
+                ledger.record(self.engine, outcomes, self.deadline)
+                self._tally(outcomes)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            self.failures.append(exc)
+            self.halt.set()
+        finally:
+            if transport is not None:
+                transport.close()
+
+    def _claim(self) -> list[ledger.Claimed] | None:
+        """The next batch; [] when nothing is due, None to look again (waited or skipped)."""
+        delivery, issue = self.settings.delivery, self.issue
+        now = self.clock()
+        if issue.not_after is not None and now > issue.not_after:
+            return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
+        with self.lock:  # rate check and claim together: this run's senders never overshoot
+            allowed, wait = ledger.rate_allowance(self.engine, delivery, now)
+            if allowed:
+                claimed, skipped = ledger.claim(self.engine, issue.id or 0, min(delivery.batch_size, allowed),
+                                                delivery.lease_seconds, now)
+                self.report.skipped += skipped
+                return claimed if claimed or not skipped else None
+        if wait > MAX_RATE_WAIT:
+            resume = now + timedelta(seconds=wait)
+            return self._pause(f"the rate limit is reached; send again after {resume:%Y-%m-%d %H:%M} UTC "
+                               f"(nothing is lost)")
+        self.stop.wait(wait)
+        return None
+
+    def _pause(self, why: str) -> list[ledger.Claimed]:
+        with self.lock:
+            self.report.paused = self.report.paused or why
+        self.halt.set()
+        return []
+
+    def _attempt(self, transport: Transport, row: ledger.Claimed) -> ledger.Outcome:
+        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+            return ledger.Outcome(row, "released", self.clock())
+        try:
+            raw = personal_copy(None, self.settings, self.secret, self.issue, row, factory=self.factory,
+                                message_id=row.message_id, date=self.clock())
+            transport.send(self.settings.newsletter.sender_address, ascii_address(row.email), raw)
         except TransportUnavailable as exc:
-            unavailable.set()
-            return ledger.Outcome(row, "released", clock(), exc.code, str(exc))
+            self._pause(f"{exc}. Nothing was lost: the deliveries not attempted are still owed; fix the "
+                        f"problem and run `newsletter send {self.issue.key}` again")
+            return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
         except TransientDeliveryError as exc:
-            return ledger.Outcome(row, "retry", clock(), exc.code, str(exc))
+            return ledger.Outcome(row, "retry", self.clock(), exc.code, str(exc))
         except (PermanentDeliveryError, RenderError) as exc:
             code = getattr(exc, "code", None)
-            return ledger.Outcome(row, "failed", clock(), code, str(exc), is_hard_bounce(code, str(exc)))
-        return ledger.Outcome(row, "sent", clock(), 250)
+            return ledger.Outcome(row, "failed", self.clock(), code, str(exc), is_hard_bounce(code, str(exc)))
+        return ledger.Outcome(row, "sent", self.clock(), 250)
 
-    try:
-        with _ctrl_c_stops(stop):
-            while not stop.is_set():
-                if issue.not_after is not None and clock() > issue.not_after:
-                    report.paused = f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
-                    break
-                allowed, wait = ledger.rate_allowance(engine, delivery, clock())
-                if not allowed:
-                    if wait > MAX_RATE_WAIT:
-                        resume = clock() + timedelta(seconds=wait)
-                        report.paused = (f"the rate limit is reached; send again after "
-                                         f"{resume:%Y-%m-%d %H:%M} UTC (nothing is lost)")
-                        break
-                    stop.wait(wait)
-                    continue
-                claimed, skipped = ledger.claim(engine, issue_id, min(delivery.batch_size, allowed),
-                                                delivery.lease_seconds, clock())
-                report.skipped += skipped
-                if not claimed:
-                    if skipped:
-                        continue
-                    break
-                outcomes = pool.map(claimed, attempt, on_interrupt=stop.set)
-                ledger.record(engine, outcomes, deadline)
-                _tally(engine, report, outcomes)
-                if progress is not None:
-                    progress(report)
-                problem = next((o.error for o in outcomes if o.kind == "released" and o.error), None)
-                if problem:
-                    report.paused = (f"{problem}. Nothing was lost: the deliveries not attempted are "
-                                     f"still owed; fix the problem and run `newsletter send {issue.key}` again")
-                    break
-            report.stopped = stop.is_set() and report.paused is None
-    finally:
-        pool.close()
+    def _tally(self, outcomes: list[ledger.Outcome]) -> None:
+        with self.lock:
+            _tally(self.engine, self.report, outcomes)
+            if self.progress is not None:
+                self.progress(self.report)
 
 
 @contextmanager

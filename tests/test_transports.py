@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from pipeline.errors import TransientDeliveryError, TransportUnavailable
-from pipeline.transports import MemoryTransport, OutboxTransport, ParallelSender, SMTPTransport, make_transport
+from pipeline.transports import MemoryTransport, OutboxTransport, SMTPTransport, make_transport
 from tests.conftest import Received
 from tests.smtp_faults import FaultHandler, FaultServer, _free_port, smtp_settings
 
@@ -48,20 +48,6 @@ def test_memory_transport_raises_planned_errors_once() -> None:
         memory.send("a@example.org", "b@example.org", RAW)
     memory.send("a@example.org", "b@example.org", RAW)
     assert [s.to for s in memory.sent] == ["b@example.org"]
-
-
-def test_parallel_sender_keeps_order_and_uses_one_transport_per_connection() -> None:
-    made: list[MemoryTransport] = []
-
-    def factory() -> MemoryTransport:
-        made.append(MemoryTransport())
-        return made[-1]
-
-    sender = ParallelSender(factory, 3)
-    results = sender.map(list(range(30)), lambda t, n: (n, id(t)))
-    sender.close()
-    assert [n for n, _ in results] == list(range(30))
-    assert 1 <= len(made) <= 3 and all(m.closed for m in made)
 
 
 @pytest.fixture(scope="module")
