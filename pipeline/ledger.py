@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from collections.abc import Callable, Iterator
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import bindparam, func, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -29,6 +29,7 @@ FAILED, UNKNOWN, SKIPPED = DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.v
 FREEZE_PAGE = 1000
 FIRST_RETRY = 60.0  # seconds; doubles per attempt
 LONGEST_RETRY = 3600.0
+RATE_LOCK = 4224243  # the PostgreSQL advisory lock that orders rate-limited claims
 _TABLE = Delivery.__table__  # type: ignore[attr-defined]
 
 
@@ -120,26 +121,49 @@ def claim(engine: Engine, issue_id: int, limit: int, lease_seconds: int,
     subscriber opted out since the audience was frozen (counted). Rows another sender holds
     are passed by."""
     with session_scope(engine) as session:
-        found = session.exec(
-            select(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name,
-                   Delivery.message_id, Delivery.attempts, Subscriber.status)
-            .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id), isouter=True)
-            .where(Delivery.issue_id == issue_id, Delivery.status == PENDING,
-                   or_(col(Delivery.next_attempt_at).is_(None), col(Delivery.next_attempt_at) <= now))
-            .order_by(col(Delivery.id)).limit(limit)
-            .with_for_update(skip_locked=True, of=_TABLE)
-        ).all()
-        claimed = [Claimed(i, s, e, n, m, a) for i, s, e, n, m, a, status in found
-                   if status == SubscriberStatus.ACTIVE.value and e]
-        skipped = [row[0] for row in found if row[6] != SubscriberStatus.ACTIVE.value or not row[2]]
-        lease = now + timedelta(seconds=lease_seconds)
-        if claimed:
-            session.execute(update(_TABLE).where(_TABLE.c.id.in_([c.id for c in claimed]))
-                            .values(status=SENDING, lease_until=lease, updated_at=now))
-        if skipped:
-            session.execute(update(_TABLE).where(_TABLE.c.id.in_(skipped)).values(
-                status=SKIPPED, updated_at=now, last_error="unsubscribed before it was sent"))
-        return claimed, len(skipped)
+        return _claim(session, issue_id, limit, lease_seconds, now)
+
+
+def claim_within_rate(engine: Engine, issue_id: int, delivery: DeliverySettings,
+                      now: datetime) -> tuple[list[Claimed], int, float]:
+    """claim() of at most what the rate limits allow now, checked and claimed in one
+    transaction that every sender (any process) takes in turn; (rows, skipped, seconds to
+    wait when the limits allow nothing)."""
+    with session_scope(engine) as session:
+        windows = _windows(delivery)
+        allowed, wait = delivery.batch_size, 0.0
+        if windows:
+            if session.get_bind().dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE serialises
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RATE_LOCK})
+            allowed, wait = _allowance(session, windows, delivery.batch_size, now)
+        if not allowed:
+            return [], 0, wait
+        claimed, skipped = _claim(session, issue_id, allowed, delivery.lease_seconds, now)
+        return claimed, skipped, 0.0
+
+
+def _claim(session: Session, issue_id: int, limit: int, lease_seconds: int,
+           now: datetime) -> tuple[list[Claimed], int]:
+    found = session.exec(
+        select(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name,
+               Delivery.message_id, Delivery.attempts, Subscriber.status)
+        .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id), isouter=True)
+        .where(Delivery.issue_id == issue_id, Delivery.status == PENDING,
+               or_(col(Delivery.next_attempt_at).is_(None), col(Delivery.next_attempt_at) <= now))
+        .order_by(col(Delivery.id)).limit(limit)
+        .with_for_update(skip_locked=True, of=_TABLE)
+    ).all()
+    claimed = [Claimed(i, s, e, n, m, a) for i, s, e, n, m, a, status in found
+               if status == SubscriberStatus.ACTIVE.value and e]
+    skipped = [row[0] for row in found if row[6] != SubscriberStatus.ACTIVE.value or not row[2]]
+    lease = now + timedelta(seconds=lease_seconds)
+    if claimed:
+        session.execute(update(_TABLE).where(_TABLE.c.id.in_([c.id for c in claimed]))
+                        .values(status=SENDING, lease_until=lease, updated_at=now))
+    if skipped:
+        session.execute(update(_TABLE).where(_TABLE.c.id.in_(skipped)).values(
+            status=SKIPPED, updated_at=now, last_error="unsubscribed before it was sent"))
+    return claimed, len(skipped)
 
 
 def retry_at(attempts: int, now: datetime) -> datetime:
@@ -229,26 +253,38 @@ def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]
 
 def rate_allowance(engine: Engine, d: DeliverySettings, now: datetime) -> tuple[int, float]:
     """(messages that may go now, seconds to wait when none may), from the sent rows in the
-    database, so the limits hold across runs and processes."""
+    database, so the limits hold across runs and processes (a look; claim_within_rate acts)."""
+    windows = _windows(d)
+    if not windows:
+        return d.batch_size, 0.0
+    with Session(engine) as session:
+        return _allowance(session, windows, d.batch_size, now)
+
+
+def _windows(d: DeliverySettings) -> list[tuple[int, float]]:
+    """(limit, seconds) per configured rate limit."""
     windows = []
     if d.rate_per_second:
         span = max(1.0, 1.0 / d.rate_per_second)  # 0.2 per second = 1 per 5 seconds
         windows.append((int(d.rate_per_second * span), span))
-    windows += [(limit, span) for limit, span in ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
-    allowed, wait = d.batch_size, 0.0
-    if not windows:
-        return allowed, wait
-    with Session(engine) as session:
-        # Rows in flight (any sender, any process) will be sent in a moment: they count too.
-        in_flight = int(session.exec(select(func.count()).select_from(Delivery)
-                                     .where(Delivery.status == SENDING)).one())
-        for limit, span in windows:
-            count, oldest = sent_since(session, now - timedelta(seconds=span))
-            count += in_flight
-            if count >= limit:
-                allowed = 0
-                oldest = oldest or now
-                wait = max(wait, (oldest + timedelta(seconds=span) - now).total_seconds(), 0.01)
-            else:
-                allowed = min(allowed, limit - count)
+    return windows + [(limit, span) for limit, span in
+                      ((d.rate_per_hour, 3600.0), (d.rate_per_day, 86400.0)) if limit]
+
+
+def _allowance(session: Session, windows: list[tuple[int, float]], most: int,
+               now: datetime) -> tuple[int, float]:
+    # Rows in flight (any sender, any process) will be sent in a moment: they count too.
+    # (A crashed sender's rows, past their lease, count no more.)
+    in_flight = int(session.exec(select(func.count()).select_from(Delivery).where(
+        Delivery.status == SENDING, col(Delivery.lease_until) > now)).one())
+    allowed, wait = most, 0.0
+    for limit, span in windows:
+        count, oldest = sent_since(session, now - timedelta(seconds=span))
+        if count + in_flight < limit:
+            allowed = min(allowed, limit - count - in_flight)
+            continue
+        allowed = 0
+        # Full: wait until the oldest send leaves the window, or briefly for rows in flight.
+        until = (oldest + timedelta(seconds=span) - now).total_seconds() if count >= limit and oldest else 0.05
+        wait = max(wait, until, 0.01)
     return allowed, wait

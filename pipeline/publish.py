@@ -62,6 +62,7 @@ class Report:
     paused: str | None = None  # why the run paused (server unreachable, login, rate limit)
     nothing: str | None = None  # why there was nothing to do
     declined: bool = False  # the confirmation was answered no
+    enqueued: bool = False  # frozen and left to the workers (deliver=False)
     next_retry_at: datetime | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)  # (email, error), first few
     seconds: float = 0.0
@@ -89,10 +90,13 @@ def publish(
     stop: threading.Event | None = None,
     progress: Callable[[Report], None] | None = None,
     now: datetime | Callable[[], datetime] | None = None,
+    deliver: bool = True,
 ) -> Report:
     """Send `issue` (id or key; `latest`: the newest open issue, composed when none is open) to
     everyone it is owed to. `confirm(issue, audience)` may decline; `stop` finishes the batch in
-    flight and stops; `now` fixes the clock (a datetime advances with real time)."""
+    flight and stops; `now` fixes the clock (a datetime advances with real time). With
+    `deliver=False` the render and audience are frozen and the issue left `sending` for
+    `newsletter worker` processes (`send --enqueue`)."""
     clock = _clock(now)
     started = time.monotonic()
     with Session(engine, expire_on_commit=False) as session:
@@ -121,6 +125,10 @@ def publish(
         ledger.reconcile(session, issue_id, clock())
         before = ledger.counts(session, issue_id)
         report.total, report.to_send = sum(before.values()), before["pending"]
+    if not deliver:
+        report.enqueued = True
+        report.counts = before
+        return report
     _deliver(settings, engine, target, rendered, report, transport_factory, stop, progress, clock)
     _finish(engine, issue_id, report, clock())
     report.seconds = time.monotonic() - started
@@ -261,13 +269,11 @@ class _Run:
         now = self.clock()
         if issue.not_after is not None and now > issue.not_after:
             return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
-        with self.lock:  # rate check and claim together: this run's senders never overshoot
-            allowed, wait = ledger.rate_allowance(self.engine, delivery, now)
-            if allowed:
-                claimed, skipped = ledger.claim(self.engine, issue.id or 0, min(delivery.batch_size, allowed),
-                                                delivery.lease_seconds, now)
+        claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now)
+        if not wait:
+            with self.lock:
                 self.report.skipped += skipped
-                return claimed if claimed or not skipped else None
+            return claimed if claimed or not skipped else None
         if wait > MAX_RATE_WAIT:
             resume = now + timedelta(seconds=wait)
             return self._pause(f"the rate limit is reached; send again after {resume:%Y-%m-%d %H:%M} UTC "

@@ -29,10 +29,13 @@ STATUSES = [s.value for s in DeliveryStatus]
 @click.argument("issue", required=False)
 @click.option("--latest", is_flag=True, help="The newest open issue; composes one from unsent essays when none is open.")
 @click.option("--dry-run", is_flag=True, help="Build every message, send none, write nothing.")
+@click.option("--enqueue", is_flag=True,
+              help="Freeze the audience and leave the sending to `newsletter worker` processes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @pass_app
-def send(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
+def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool, yes: bool,
+         as_json: bool) -> None:
     """Send an issue to every active subscriber it is owed to (ISSUE: id or key).
 
     The audience is frozen when sending starts. Running it again sends only what is still
@@ -45,10 +48,14 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, as
       newsletter send --latest
       newsletter send weekly-2026-W48 --dry-run
       newsletter send 3 --yes
+      newsletter send --latest --enqueue --yes
     """
     if (issue is None) == (not latest):
         raise click.UsageError("name an ISSUE (id or key) or pass --latest, not both")
-    report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json)
+    if enqueue and dry_run:
+        raise click.UsageError("--enqueue hands an issue to the workers; a --dry-run sends nothing anyway")
+    report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json,
+                  deliver=not enqueue)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -180,7 +187,8 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
     _summary(app, _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False))
 
 
-def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool) -> Report:
+def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
+         deliver: bool = True) -> Report:
     """publish with a confirmation prompt, a progress bar and Ctrl-C turned into a stop flag."""
     stop = threading.Event()
 
@@ -206,7 +214,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
                        problems=problems)
 
         return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
-                       confirm=confirm, stop=stop, progress=progress)
+                       confirm=confirm, stop=stop, progress=progress, deliver=deliver)
 
 
 @contextmanager
@@ -239,6 +247,12 @@ def _summary(app: App, report: Report) -> None:
         return
     if report.nothing:
         out(escape(report.nothing[0].upper() + report.nothing[1:]))
+        return
+    if report.enqueued:
+        out(f"Handed {report.issue_key} \"{escape(report.subject)}\" to the workers: "
+            f"{report.to_send} deliveries owed ({report.total} in its ledger). "
+            f"Run `newsletter worker` to send them; `newsletter sends status {report.issue_key}` "
+            f"shows how far they got.")
         return
     if report.dry_run:
         out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
