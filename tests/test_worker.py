@@ -19,10 +19,11 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import db, ledger, publish as story
+from pipeline import db, ledger
 from pipeline.config import Settings
 from pipeline.issues import find_issue
 from pipeline.models import Issue
+from pipeline.publish import publish
 from pipeline.worker import run_worker, sending_issues
 from subscribers.model import Subscriber, utcnow
 from tests.conftest import SMTPServer
@@ -68,9 +69,8 @@ def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | Non
 
 def hand_over(settings: Settings, engine: Engine, issue: Issue) -> Issue:
     """Freeze a composed issue's render and audience and set it `sending`, sending nothing."""
-    with Session(engine) as session:
-        rendered = story.rendered_issue(session, settings, issue)
-    story._freeze(engine, settings, issue, rendered, utcnow())
+    report = publish(settings, engine, issue.id, deliver=False)
+    assert report.enqueued and not report.sent, report
     return issue
 
 
@@ -264,3 +264,34 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(tmp_path: Path, smtp_ser
     assert again.wait(60) == 0
     assert issue_status(engine, "stopped") == "sent" and len(smtp_server.received) == 40
     engine.dispose()
+
+
+def test_send_enqueue_freezes_the_audience_and_the_worker_delivers(
+    tmp_path: Path, server: FaultServer, database_url: str | None, run_cli: Any
+) -> None:
+    settings = smtp_settings(tmp_path, server.port, database_url=database_url)
+    engine = db.connect(settings.database.url)
+    emails = add_readers(engine, 12)
+    new_issue(engine, settings, "handed")
+    run_cli.config_file = settings.path
+
+    result = run_cli("send", "handed", "--enqueue", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "12 deliveries" in result.output and "newsletter worker" in result.output
+    assert not server.received and issue_status(engine, "handed") == "sending"
+    assert counts(engine, "handed")["pending"] == 12
+    add_readers(engine, 2, essays=0, prefix="late")  # too late: the audience is frozen
+    again = run_cli("send", "handed", "--enqueue", "--yes")  # harmless: nothing changes
+    assert again.exit_code == 0 and counts(engine, "handed")["pending"] == 12
+
+    result = run_cli("worker", "--once")
+    assert result.exit_code == 0, result.output
+    assert "12 sent" in result.output and "finished handed" in result.output
+    assert Counter(r.rcpt_tos[0] for r in server.received) == Counter({e: 1 for e in emails})
+    assert issue_status(engine, "handed") == "sent"
+    engine.dispose()
+
+
+def test_send_enqueue_refuses_a_dry_run(run_cli: Any) -> None:
+    result = run_cli("send", "--latest", "--enqueue", "--dry-run")
+    assert result.exit_code == 2 and "--enqueue" in result.output
