@@ -54,6 +54,7 @@ class ScheduleSettings:
     timezone: ZoneInfo
     grace_hours: float
     expire_after_hours: float
+    enqueue: bool = False  # the scheduled job hands the issue to `newsletter worker` processes
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"'),
         grace_hours=r.number("schedule.grace_hours", 12, minimum=0),
         expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0),
+        enqueue=r.boolean("schedule.enqueue", False),
     )
     templates = r.text("digest.templates", "", allow_empty=True)
     digest = DigestSettings(

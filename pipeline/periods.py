@@ -57,12 +57,13 @@ class Outcome:
     message: str
     next_due_at: datetime
     counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
+    enqueued: bool = False  # handed to `newsletter worker` processes (schedule.enqueue)
 
     @property
     def unfinished(self) -> bool:
         """Deliveries are still owed that no scheduler is working on: someone must run again."""
         return self.status == "draft" or (
-            self.status == "sending" and self.counts.get("pending", 0) > 0
+            self.status == "sending" and self.counts.get("pending", 0) > 0 and not self.enqueued
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,6 +77,7 @@ class Outcome:
             "next_due_at": self.next_due_at,
             "deliveries": self.counts,
             "unfinished": self.unfinished,
+            "enqueued": self.enqueued,
         }
 
 

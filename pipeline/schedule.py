@@ -100,9 +100,13 @@ def run_due(
             continue
         # Outside any transaction: sending takes long and must not hold a write lock.
         report = publish.publish(settings, engine, issue_id, now=now, stop=stop,
-                                 progress=progress)
+                                 progress=progress, deliver=not schedule.enqueue)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
+        if report.enqueued:  # schedule.enqueue: the workers send it
+            outcome.enqueued = True
+            outcome.message = (f"{period.key} handed to the workers: issue {outcome.status}, "
+                               f"{report.to_send} deliveries owed (`newsletter worker` sends them)")
         stopped = "stopped by a signal" if report.stopped else None
         for why in (report.paused, report.nothing, stopped):
             if why:
@@ -247,7 +251,8 @@ def make_scheduler(
             return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)
         log.log(logging.WARNING if expired else logging.INFO, "%s", outcome.message)
-        if outcome.status in ("draft", "sending") and not (stop and stop.is_set()):
+        workers = outcome.enqueued  # schedule.enqueue: `newsletter worker` processes send it
+        if outcome.status in ("draft", "sending") and not workers and not (stop and stop.is_set()):
             # Deliveries still owed (retries waiting, a paused transport): come back for them.
             log.info("%s is unfinished; resuming in %d minutes", outcome.key, FOLLOW_UP_MINUTES)
             follow_up(now)

@@ -3,6 +3,7 @@ shares them with other workers, keeps the rate limit global, and stops cleanly."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,9 +27,10 @@ from pipeline.models import Issue
 from pipeline.publish import publish
 from pipeline.worker import run_worker, sending_issues
 from subscribers.model import Subscriber, utcnow
-from tests.conftest import SMTPServer
+from tests.conftest import SMTPServer, write_config
 from tests.digest_fixtures import add_essays, make_essay
 from tests.smtp_faults import FaultServer, fault_server, new_issue, smtp_settings
+from tests.test_schedule import utc_schedule_due
 
 NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
 SECRET = {"NEWSLETTER_SECRET_KEY": "test-secret-for-workers"}
@@ -295,3 +297,31 @@ def test_send_enqueue_freezes_the_audience_and_the_worker_delivers(
 def test_send_enqueue_refuses_a_dry_run(run_cli: Any) -> None:
     result = run_cli("send", "--latest", "--enqueue", "--dry-run")
     assert result.exit_code == 2 and "--enqueue" in result.output
+
+
+def test_the_scheduler_with_enqueue_hands_the_week_to_the_workers(
+    tmp_path: Path, server: FaultServer, database_url: str | None, run_cli: Any
+) -> None:
+    base = smtp_settings(tmp_path, server.port, database_url=database_url)
+    run_cli.config_file = write_config(tmp_path, database_url=database_url,
+                                       schedule={**utc_schedule_due(timedelta(minutes=5)), "enqueue": True},
+                                       delivery={"transport": "smtp", "smtp_host": "127.0.0.1",
+                                                 "smtp_port": server.port, "smtp_tls": "none"},
+                                       web={"base_url": base.web.base_url})
+    engine = db.connect(base.database.url)
+    emails = add_readers(engine, 9)
+
+    result = run_cli("schedule", "run-due", "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output)
+    assert outcome["enqueued"] and outcome["status"] == "sending" and not outcome["unfinished"]
+    assert "handed to the workers" in outcome["message"] and not server.received
+    assert run_cli("schedule", "run-due").exit_code == 0  # again: nothing new, nothing sent
+    assert not server.received and counts(engine, outcome["key"])["pending"] == 9
+
+    assert run_cli("worker", "--once").exit_code == 0
+    assert Counter(r.rcpt_tos[0] for r in server.received) == Counter({e: 1 for e in emails})
+    assert issue_status(engine, outcome["key"]) == "sent"
+    again = run_cli("schedule", "run-due")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    engine.dispose()

@@ -117,7 +117,8 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     Exit status: 0 when the digest was sent or skipped or nothing was due; 3 when a period
     had to be recorded as expired (missed past grace_hours, or still sending after
     expire_after_hours); 4 when deliveries are still owed (server down, rate limit, a stop
-    signal): the next call resumes them.
+    signal): the next call resumes them. With `schedule.enqueue = true` it composes the
+    issue and hands it to `newsletter worker` processes (exit 0; they send it).
 
     \b
     Example:
