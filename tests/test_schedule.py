@@ -69,10 +69,13 @@ def unsent(engine: Engine) -> int:
         return len(session.exec(select(Essay).where(col(Essay.sent_in_issue_id).is_(None))).all())
 
 
-@pytest.fixture
-def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def smtp_settings(request: pytest.FixtureRequest, tmp_path: Path, smtp_server: SMTPServer) -> Settings:
+    """Settings on SQLite and again on PostgreSQL: the scheduler's guarantees hold on both."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
     return load_settings(write_config(
         tmp_path,
+        database_url=url,
         schedule={"weekday": "monday", "time": "07:00", "timezone": "Europe/Berlin",
                   "grace_hours": 12, "expire_after_hours": 72},
         delivery={"transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
