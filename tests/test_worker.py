@@ -113,6 +113,17 @@ def test_a_worker_delivers_an_enqueued_issue_once_to_each_subscriber(
     engine.dispose()
 
 
+def test_concurrency_is_the_number_of_smtp_connections_of_a_worker(tmp_path: Path, server: FaultServer) -> None:
+    settings = smtp_settings(tmp_path, server.port, batch_size=5, connections=1)
+    engine = db.connect(settings.database.url)
+    emails = add_readers(engine, 60)
+    enqueue(settings, engine, "wide")
+    stats = run_worker(settings, engine, concurrency=3, once=True)
+    assert stats.sent == 60 and len(server.peers) == 3  # three connections, not the config's one
+    assert Counter(r.rcpt_tos[0] for r in server.received) == Counter({e: 1 for e in emails})
+    engine.dispose()
+
+
 def test_three_workers_in_threads_share_the_work_and_nobody_gets_two(
     tmp_path: Path, server: FaultServer, database_url: str | None
 ) -> None:
