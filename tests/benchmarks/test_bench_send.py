@@ -5,10 +5,12 @@ claim, build, send, record) against raw smtplib sending the same prebuilt bytes 
 number of connections, and their ratio (aim: >= 0.8); the per-message build time of the fast
 path against the stdlib EmailMessage; and the peak memory (tracemalloc) of a run at 10,000 and at
 100,000 subscribers, which should stay flat. It prints; it asserts no time.
+BENCH_CONNECTIONS=1 measures over one connection (default 2).
 """
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
 import statistics
@@ -35,7 +37,7 @@ from subscribers.model import Subscriber, utcnow
 from tests.digest_fixtures import add_essays, digest_essays
 from tests.smtp_faults import smtp_settings
 
-CONNECTIONS = 2
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2"))
 SUBSCRIBERS = 10_000
 BASE = "https://letters.example.org"
 
