@@ -273,6 +273,7 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(tmp_path: Path, smtp_ser
     now = counts(engine, "stopped")
     assert now["sending"] == 0 and now["unknown"] == 0
     assert 10 <= now["sent"] < 40 and now["sent"] == len(smtp_server.received)
+    smtp_settings(tmp_path, smtp_server.port, batch_size=5)  # the same config, without the limit
     again = start_worker(settings.path, "--once")
     assert again.wait(60) == 0
     assert issue_status(engine, "stopped") == "sent" and len(smtp_server.received) == 40
