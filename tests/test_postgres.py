@@ -66,10 +66,12 @@ def test_three_worker_processes_send_5000_messages_exactly_once_even_when_one_is
     tmp_path: Path, postgres_url: str, smtp_server: SMTPServer
 ) -> None:
     settings = pg_settings(tmp_path, postgres_url, smtp_server)
-    engine = db.connect(settings.database.url)
     logs = [tmp_path / f"worker{n}.log" for n in range(3)]
-    # Started first: they idle while the audience is inserted and the issue enqueued.
+    # Started at once on an empty database: they race to create the schema (an advisory lock
+    # lets one migrate at a time), then idle until there is work.
     workers = [start(settings.path, "worker", "--idle", "0.2", log=log) for log in logs]
+    wait_until(lambda: all("started" in log.read_text() for log in logs), 120, "the workers")
+    engine = db.connect(settings.database.url)
     emails = add_readers(engine, AUDIENCE)
     enqueue(settings, engine, "first")
 
