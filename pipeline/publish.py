@@ -108,8 +108,14 @@ def publish(
         if report.nothing:
             report.counts = ledger.counts(session, target.id or 0)
             return report
-        rendered = rendered_issue(session, settings, target)
         report.total = audience_size(session, target)
+        if not report.total and target.status == IssueStatus.DRAFT.value:
+            # Starting would mark the issue and its essays sent to nobody.
+            session.commit()  # keeps a composed draft for when there are readers
+            report.nothing = (f"issue {target.key} has nobody to go to: there are no active "
+                              f"subscribers (add some with `newsletter subscribers import FILE`)")
+            return report
+        rendered = rendered_issue(session, settings, target)
         if dry_run:
             _dry_run(session, settings, target, rendered, report, clock())
             session.rollback()  # a composed draft, too, is not kept by a dry run

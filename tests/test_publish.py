@@ -255,3 +255,18 @@ def test_personal_copy_is_what_the_subscriber_receives(tmp_path: Path, server: F
     assert preview_msg.get_body(("html",)).get_content() == received.get_body(("html",)).get_content()
     sample_msg = message_from_bytes(sample, policy=policy.default)
     assert "preview-sample" in sample_msg["List-Unsubscribe"]
+
+
+def test_an_issue_with_no_active_subscribers_is_not_started(tmp_path: Path, server: FaultServer) -> None:
+    settings = smtp_settings(tmp_path, server.port)
+    engine = engine_for(settings)
+    add_audience(engine, 0)
+    report = publish(settings, engine, latest=True)
+    assert "no active subscribers" in (report.nothing or "")
+    with Session(engine) as session:
+        issue = session.exec(select(Issue)).one()
+        assert issue.status == "draft" and session.exec(select(Delivery)).all() == []
+        assert {e.sent_in_issue_id for e in session.exec(select(Essay))} == {None}
+    add_audience(engine, 2, essays=0)
+    later = publish(settings, engine, latest=True)  # the same draft, now with readers
+    assert later.issue_key == issue.key and later.sent == 2 and later.finished
