@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
-from pipeline.errors import NewsletterError
+from pipeline.errors import DatabaseError, NewsletterError
 from pipeline.models import Issue, IssueStatus
 from pipeline.publish import Report, publish
 from pipeline.transports import Transport
@@ -102,7 +102,7 @@ def run_worker(
                             transport_factory, on_report)
         except DBAPIError as exc:
             if once:
-                raise
+                raise DatabaseError(f"the database failed: {exc.orig or exc}") from exc
             stats.errors.append(f"database: {exc.orig or exc}")
             log.error("database error: %s; trying again in %g s", exc.orig or exc, ERROR_SECONDS)
             stop.wait(ERROR_SECONDS)
