@@ -28,7 +28,7 @@ from tests.conftest import postgres_available
 from tests.smtp_faults import new_issue, smtp_settings
 from tests.test_worker import NEWSLETTER, SECRET, add_readers, counts, hand_over, issue_status, wait_until
 
-MESSAGES = 2000
+MESSAGES = 4000
 WORKERS = (1, 2, 4)
 DELAYS = (0.0, 0.005)  # seconds the sink takes per message
 
