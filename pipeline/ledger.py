@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from collections.abc import Callable, Iterator
 
 from sqlalchemy import bindparam, func, or_, text, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -29,6 +30,7 @@ FAILED, UNKNOWN, SKIPPED = DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.v
 FREEZE_PAGE = 1000
 FIRST_RETRY = 60.0  # seconds; doubles per attempt
 LONGEST_RETRY = 3600.0
+SHORT_WINDOW = 60.0  # seconds: in windows this short, claims wait for room for a whole batch
 RATE_LOCK = 4224243  # the PostgreSQL advisory lock that orders rate-limited claims
 _TABLE = Delivery.__table__  # type: ignore[attr-defined]
 
@@ -144,13 +146,15 @@ def claim_within_rate(engine: Engine, issue_id: int, delivery: DeliverySettings,
 
 def _claim(session: Session, issue_id: int, limit: int, lease_seconds: int,
            now: datetime) -> tuple[list[Claimed], int]:
-    found = session.exec(
-        select(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name,
-               Delivery.message_id, Delivery.attempts, Subscriber.status)
-        .join(Subscriber, col(Subscriber.id) == col(Delivery.subscriber_id), isouter=True)
-        .where(Delivery.issue_id == issue_id, Delivery.status == PENDING,
-               or_(col(Delivery.next_attempt_at).is_(None), col(Delivery.next_attempt_at) <= now))
-        .order_by(col(Delivery.id)).limit(limit)
+    people = Subscriber.__table__  # type: ignore[attr-defined]
+    # Core, not ORM: this runs for every batch, and ORM row loading costs more than the query.
+    found = session.connection().execute(
+        sql_select(_TABLE.c.id, _TABLE.c.subscriber_id, _TABLE.c.email, _TABLE.c.name,
+                   _TABLE.c.message_id, _TABLE.c.attempts, people.c.status)
+        .select_from(_TABLE.outerjoin(people, people.c.id == _TABLE.c.subscriber_id))
+        .where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == PENDING,
+               or_(_TABLE.c.next_attempt_at.is_(None), _TABLE.c.next_attempt_at <= now))
+        .order_by(_TABLE.c.id).limit(limit)
         .with_for_update(skip_locked=True, of=_TABLE)
     ).all()
     claimed = [Claimed(i, s, e, n, m, a) for i, s, e, n, m, a, status in found
@@ -176,28 +180,36 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
     """Write a batch of outcomes in one transaction (a retry past `deadline` becomes failed)."""
     if not outcomes:
         return
-    params = []
+    sent, params = [], []
     for o in outcomes:
+        if o.kind == "sent":  # the common case: fewer values to bind
+            sent.append(dict(b_id=o.claimed.id, b_attempts=o.claimed.attempts + 1, b_at=o.at))
+            continue
         c, kind, attempts = o.claimed, o.kind, o.claimed.attempts + (o.kind != "released")
         error, next_at = o.error, None
         if kind == "retry":
             next_at = retry_at(attempts, o.at)
             if deadline is not None and next_at > deadline:
                 kind, error = "failed", f"gave up after {attempts} attempts: {o.error}"
-        status = {"sent": SENT, "retry": PENDING, "failed": FAILED, "released": PENDING}[kind]
+        status = {"retry": PENDING, "failed": FAILED, "released": PENDING}[kind]
         params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
-                           b_code=o.code, b_error=error, b_sent=o.at if kind == "sent" else None,
-                           b_now=o.at))
-    statement = (
-        update(_TABLE)
-        .where(_TABLE.c.id == bindparam("b_id"), or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN))
-        .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
-                next_attempt_at=bindparam("b_next"), lease_until=None, smtp_code=bindparam("b_code"),
-                last_error=bindparam("b_error"), sent_at=bindparam("b_sent"),
-                updated_at=bindparam("b_now"))
-    )
+                           b_code=o.code, b_error=error, b_now=o.at))
+    in_flight = or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN)
     with session_scope(engine) as session:
-        session.connection().execute(statement, params)
+        connection = session.connection()
+        if sent:
+            connection.execute(
+                update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
+                .values(status=SENT, attempts=bindparam("b_attempts"), next_attempt_at=None,
+                        lease_until=None, smtp_code=250, last_error=None,
+                        sent_at=bindparam("b_at"), updated_at=bindparam("b_at")), sent)
+        if params:
+            connection.execute(
+                update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
+                .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                        next_attempt_at=bindparam("b_next"), lease_until=None,
+                        smtp_code=bindparam("b_code"), last_error=bindparam("b_error"),
+                        updated_at=bindparam("b_now")), params)
 
 
 def reconcile(session: Session, issue_id: int, now: datetime) -> int:
@@ -279,12 +291,20 @@ def _allowance(session: Session, windows: list[tuple[int, float]], most: int,
         Delivery.status == SENDING, col(Delivery.lease_until) > now)).one())
     allowed, wait = most, 0.0
     for limit, span in windows:
-        count, oldest = sent_since(session, now - timedelta(seconds=span))
-        if count + in_flight < limit:
-            allowed = min(allowed, limit - count - in_flight)
+        since = now - timedelta(seconds=span)
+        count, _ = sent_since(session, since)
+        room, want = limit - count - in_flight, min(most, limit)
+        if room >= want or (room > 0 and span > SHORT_WINDOW):
+            allowed = min(allowed, room)
             continue
-        allowed = 0
-        # Full: wait until the oldest send leaves the window, or briefly for rows in flight.
-        until = (oldest + timedelta(seconds=span) - now).total_seconds() if count >= limit and oldest else 0.05
-        wait = max(wait, until, 0.01)
+        # A short window without room for a whole batch: wait until enough of its sends have
+        # left it (whole batches, not slivers), or briefly for the rows in flight.
+        allowed, excess = 0, want - room
+        if excess > count:
+            wait = max(wait, 0.05)
+            continue
+        leaves = session.exec(select(Delivery.sent_at).where(
+            Delivery.status == SENT, col(Delivery.sent_at) >= since)
+            .order_by(col(Delivery.sent_at)).offset(excess - 1).limit(1)).first() or now
+        wait = max(wait, (leaves + timedelta(seconds=span) - now).total_seconds(), 0.01)
     return allowed, wait

@@ -251,6 +251,10 @@ class _Run:
 
     def sender(self) -> None:
         transport: Transport | None = None
+        if hasattr(signal, "pthread_sigmask"):
+            # Signals go to the main thread, whose handler sets `stop` at once, before this
+            # sender can claim another batch.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             while not (self.stop.is_set() or self.halt.is_set()):
                 claimed = self._claim()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,13 +53,16 @@ def test_concurrent_claimers_never_take_the_same_row(any_engine: Engine, any_set
     issue_id = make_issue(any_engine, any_settings, 120)
     freeze(any_engine, any_settings, issue_id)
     taken: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
 
     def worker(n: int) -> None:
+        start.wait()
         while True:
             claimed, _ = ledger.claim(any_engine, issue_id, 7, 600, utcnow())
             if not claimed:
                 return
             taken[n].extend(c.id for c in claimed)
+            time.sleep(0.002)  # as if sending: the others get their turn
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for thread in threads:
