@@ -128,23 +128,23 @@ def test_retry_backoff_grows_with_jitter() -> None:
     assert len({ledger.retry_at(1, now) for _ in range(20)}) > 1
 
 
-def test_an_opt_out_after_the_freeze_is_skipped_at_claim(engine: Engine, settings: Settings) -> None:
-    issue_id = make_issue(engine, settings, 3)
-    freeze(engine, settings, issue_id)
-    with Session(engine) as session:
+def test_an_opt_out_after_the_freeze_is_skipped_at_claim(any_engine: Engine, any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 3)
+    freeze(any_engine, any_settings, issue_id)
+    with Session(any_engine) as session:
         consent.unsubscribe(session, "l1@example.org")
-    claimed, skipped = ledger.claim(engine, issue_id, 10, 600, utcnow())
+    claimed, skipped = ledger.claim(any_engine, issue_id, 10, 600, utcnow())
     assert skipped == 1 and sorted(c.email for c in claimed) == ["l0@example.org", "l2@example.org"]
-    with Session(engine) as session:
+    with Session(any_engine) as session:
         assert ledger.rows(session, issue_id, "skipped")[0].email == "l1@example.org"
 
 
-def test_sent_since_counts_sent_rows_in_the_window(engine: Engine, settings: Settings) -> None:
-    issue_id = make_issue(engine, settings, 4)
-    freeze(engine, settings, issue_id)
+def test_sent_since_counts_sent_rows_in_the_window(any_engine: Engine, any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 4)
+    freeze(any_engine, any_settings, issue_id)
     now = utcnow()
-    claimed, _ = ledger.claim(engine, issue_id, 4, 600, now)
-    ledger.record(engine, [ledger.Outcome(c, "sent", now - timedelta(minutes=n * 40)) for n, c in enumerate(claimed)], None)
-    with Session(engine) as session:
+    claimed, _ = ledger.claim(any_engine, issue_id, 4, 600, now)
+    ledger.record(any_engine, [ledger.Outcome(c, "sent", now - timedelta(minutes=n * 40)) for n, c in enumerate(claimed)], None)
+    with Session(any_engine) as session:
         assert ledger.sent_since(session, now - timedelta(hours=1))[0] == 2
         assert ledger.sent_since(session, now - timedelta(days=1))[0] == 4
