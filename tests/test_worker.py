@@ -177,6 +177,31 @@ def test_the_rate_limit_is_shared_by_all_workers(
     engine.dispose()
 
 
+def test_claimers_at_once_take_exactly_the_room_the_rate_limit_leaves(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    settings = smtp_settings(tmp_path, 1, database_url=database_url, rate_per_hour=10, batch_size=50)
+    engine = db.connect(settings.database.url)
+    add_readers(engine, 40)
+    issue = enqueue(settings, engine, "room")
+    start, taken = threading.Barrier(4), []
+
+    def claimer() -> None:
+        start.wait()
+        rows, _, _ = ledger.claim_within_rate(engine, issue.id, settings.delivery, utcnow())
+        taken.append(len(rows))
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Checked and claimed in one transaction, one claimer after another: ten in all, not 4 x 10.
+    assert sorted(taken) == [0, 0, 0, 10], taken
+    assert counts(engine, "room")["sending"] == 10
+    engine.dispose()
+
+
 def test_a_dead_workers_batch_becomes_unknown_when_its_lease_runs_out(
     tmp_path: Path, server: FaultServer, database_url: str | None, run_cli: Any
 ) -> None:
