@@ -8,19 +8,20 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy.engine import Engine
+from sqlalchemy import text
 from sqlmodel import Session, select
 
 from pipeline import db, ledger
 from pipeline.config import Settings, load_settings
-from pipeline.issues import find_issue
 from pipeline.models import Issue
+from pipeline.worker import run_worker
 from tests.conftest import CLI, SMTPServer, write_config
 from tests.test_schedule import add_essays, add_subscribers, utc_schedule_due
 from tests.test_worker import NEWSLETTER, SECRET, add_readers, counts, enqueue, issue_status, wait_until
@@ -127,4 +128,32 @@ def test_two_schedulers_on_postgresql_make_one_issue(
         made = session.exec(select(Issue)).all()
     assert [(i.key.startswith("weekly-"), i.status) for i in made] == [(True, "sent")]
     assert per_address(smtp_server) == Counter({e: 1 for e in emails})
+    engine.dispose()
+
+
+def test_a_worker_rides_out_lost_database_connections(
+    tmp_path: Path, postgres_url: str, smtp_server: SMTPServer
+) -> None:
+    settings = pg_settings(tmp_path, postgres_url, smtp_server)
+    engine = db.connect(settings.database.url)
+    emails = add_readers(engine, 20)
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(settings, engine),
+                              kwargs=dict(stop=stop, idle_seconds=0.1))
+    worker.start()
+    enqueue(settings, engine, "before", slugs=["essay-000"])
+    wait_until(lambda: issue_status(engine, "before") == "sent", 30, "the first issue")
+    # What a database restart or failover does to every open connection.
+    name = postgres_url.rsplit("/", 1)[1]
+    with engine.connect() as connection:
+        killed = connection.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name}).scalar()
+    assert killed >= 1
+    enqueue(settings, engine, "after", slugs=["essay-001"])
+    wait_until(lambda: issue_status(engine, "after") == "sent", 30, "the issue after the outage")
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert per_address(smtp_server) == Counter({e: 2 for e in emails})
     engine.dispose()
