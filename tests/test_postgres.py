@@ -1,6 +1,7 @@
 """Beyond one machine, for real: PostgreSQL, several `newsletter worker` processes, a real SMTP
 server; 5,000 subscribers get one message each, also when a worker is killed with SIGKILL
-halfway; two schedulers on one database make one issue."""
+halfway; two schedulers on one database make one issue; a worker outlives its database
+connections."""
 
 from __future__ import annotations
 
