@@ -18,7 +18,7 @@ from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.links import unsubscribe_url
-from pipeline.models import Essay, Issue
+from pipeline.models import Issue
 from pipeline.render import Recipient, render_issue
 from subscribers.addresses import normalize_email
 from subscribers.model import Subscriber

@@ -14,7 +14,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
-from pipeline.db import session_scope
 from pipeline.errors import RenderError
 from pipeline.digest import issue_view
 from pipeline.issues import compose

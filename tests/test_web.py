@@ -23,7 +23,7 @@ from sqlmodel import Session, func, select
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
 from pipeline.lint import lint_message
-from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.publish import publish
 from pipeline.web import create_app, wsgi_app
 from subscribers import consent

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from types import FrameType
 from typing import Any, Callable, TypeVar
 
 import click
@@ -62,3 +68,32 @@ def print_json(value: Any) -> None:
 def json_option(f: F) -> F:
     """The `--json` flag every list and show command takes."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, app: App, then: str = "") -> Iterator[None]:
+    """Ctrl-C or SIGTERM: finish and record the batch in flight, then stop; a second one aborts.
+
+    The abort is abrupt on purpose (os._exit, no cleanup): the batch in flight stays `sending`
+    and turns `unknown` when its lease runs out, never silently resent (README, "Delivery
+    semantics"). `then` says what happens next, e.g. "the next run resumes".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (tests call in threads)
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            app.err.print(f"{name} again: aborted. Rows in flight show as unknown after their lease.")
+            os._exit(130)
+        stop.set()
+        app.err.print(f"{name}: stopping after the batch in flight (again to abort at once)"
+                      + (f"; {then}." if then else "."))
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

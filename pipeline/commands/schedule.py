@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timezone
-from types import FrameType
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from pipeline import schedule as scheduling
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import (
+    App,
+    json_option,
+    pass_app,
+    print_json,
+    stop_on_signals,
+)
 from pipeline.periods import Action, period_key
 from pipeline.publish import Report
 from subscribers.model import utcnow
@@ -129,7 +137,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # A bar on a terminal only: under cron the output is mail, and bars are noise there.
     with Progress(*columns, console=app.err, transient=True,
-                  disable=dry_run or not app.err.is_terminal) as bar, _stop_on_signals(stop, app):
+                  disable=dry_run or not app.err.is_terminal) as bar, stop_on_signals(stop, app, "the next run resumes"):
         task = bar.add_task("", total=None)
 
         def progress(report: Report) -> None:
@@ -152,28 +160,6 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
         sys.exit(EXIT_EXPIRED)
     if outcome.unfinished:
         sys.exit(EXIT_UNFINISHED)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event, app: App) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: finish the batch in flight, record it, exit; a second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        app.err.print(f"{signal.Signals(signum).name}: stopping after the batch in flight "
-                      "(again to abort at once); the next run resumes.")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 commands = [group]

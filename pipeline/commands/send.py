@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
-from typing import Any
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sqlmodel import Session
 
 from pipeline import ledger
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import (
+    App,
+    json_option,
+    pass_app,
+    print_json,
+    stop_on_signals,
+)
 from pipeline.issues import find_issue
 from pipeline.models import DeliveryStatus, Issue
 from pipeline.publish import Report, publish, requeue, send_test
@@ -202,7 +208,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
                TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
                TextColumn("{task.fields[problems]}"))
     with Progress(*columns, console=app.err, transient=True, disable=quiet or dry_run) as bar, \
-            _ctrl_c(stop, app):
+            stop_on_signals(stop, app, "`newsletter send` again carries on"):
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
         def progress(report: Report) -> None:
@@ -215,29 +221,6 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
 
         return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
                        confirm=confirm, stop=stop, progress=progress, deliver=deliver)
-
-
-@contextmanager
-def _ctrl_c(stop: threading.Event, app: App) -> Iterator[None]:
-    """The first Ctrl-C asks for a clean stop after the batch in flight; the second is abrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            # Abrupt on purpose: the batch in flight stays `sending` and becomes `unknown`
-            # once its lease runs out (README, "Delivery semantics").
-            app.err.print("Aborted. Rows in flight will show as unknown after their lease.")
-            os._exit(130)
-        stop.set()
-        app.err.print("Stopping after the batch in flight (Ctrl-C again to abort at once)...")
-
-    previous: Any = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(app: App, report: Report) -> None:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 import click
 
-from pipeline.commands.base import App, pass_app
+from pipeline.commands.base import App, pass_app, stop_on_signals
 from pipeline.worker import IDLE_SECONDS, run_worker
 
 
@@ -53,7 +49,7 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
         "lease %d s", socket.gethostname(), os.getpid(), engine.url.render_as_string(hide_password=True),
         relay, concurrency or d.connections, d.batch_size, d.lease_seconds)
     stop = threading.Event()
-    with _stop_on_signals(stop, app):
+    with stop_on_signals(stop, app):
         stats = run_worker(settings, engine, concurrency=concurrency, once=once, stop=stop,
                            idle_seconds=idle_seconds)
     finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
@@ -62,28 +58,6 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
     if once and stats.paused:
         app.err.print(f"Paused: {stats.paused}", markup=False)
         raise SystemExit(1)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event, app: App) -> Iterator[None]:
-    """SIGTERM or Ctrl-C: finish the batch in flight, record it, exit; a second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        app.err.print(f"{signal.Signals(signum).name}: stopping after the batch in flight "
-                      "(again to abort at once).")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 commands = [worker]
