@@ -306,7 +306,8 @@ class _Run:
             transport.send(self.settings.newsletter.sender_address, ascii_address(row.email), raw)
         except TransportUnavailable as exc:
             self._pause(f"{exc}. Nothing was lost: the deliveries not attempted are still owed; fix the "
-                        f"problem and run `newsletter send {self.issue.key}` again")
+                        f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
+                        f"by itself)")
             return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
         except TransientDeliveryError as exc:
             return ledger.Outcome(row, "retry", self.clock(), exc.code, str(exc))
