@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -35,51 +32,17 @@ from pipeline.publish import publish
 from pipeline.render import Recipient, render_issue
 from subscribers.model import Subscriber, utcnow
 from tests.digest_fixtures import add_essays, digest_essays
+from tests.benchmarks.sink import start_sink
 from tests.smtp_faults import smtp_settings
 
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2"))
 SUBSCRIBERS = 10_000
 BASE = "https://letters.example.org"
 
-# A minimal SMTP sink (asyncio): accepts everything, keeps nothing. aiosmtpd would be the
-# bottleneck of both sides; this measures the senders.
-SINK = r'''
-import asyncio, sys
-async def session(reader, writer):
-    writer.write(b"220 sink\r\n")
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        verb = line[:4].upper()
-        if verb == b"DATA":
-            writer.write(b"354 go\r\n")
-            await reader.readuntil(b"\r\n.\r\n")
-            writer.write(b"250 ok\r\n")
-        elif verb == b"QUIT":
-            writer.write(b"221 bye\r\n"); await writer.drain(); break
-        elif verb == b"EHLO":
-            writer.write(b"250-sink\r\n250 8BITMIME\r\n")
-        else:
-            writer.write(b"250 ok\r\n")
-        await writer.drain()
-    writer.close()
-async def main():
-    server = await asyncio.start_server(session, "127.0.0.1", int(sys.argv[1]), limit=2**24)
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
-asyncio.run(main())
-'''
-
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    process = subprocess.Popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE)
-    assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+    process, port = start_sink()
     yield port
     process.terminate()
     process.wait(10)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,57 +23,13 @@ import pytest
 from pipeline import db
 from pipeline.config import Settings
 from tests.conftest import postgres_available
+from tests.benchmarks.sink import start_sink
 from tests.smtp_faults import new_issue, smtp_settings
 from tests.test_worker import NEWSLETTER, SECRET, add_readers, counts, hand_over, issue_status, wait_until
 
 MESSAGES = 4000
 WORKERS = (1, 2, 4)
 DELAYS = (0.0, 0.005)  # seconds the sink takes per message
-
-# A minimal SMTP sink (asyncio): accepts everything, keeps nothing, and waits argv[2] seconds
-# before answering each message's data.
-SINK = r'''
-import asyncio, sys
-DELAY = float(sys.argv[2])
-async def session(reader, writer):
-    writer.write(b"220 sink\r\n")
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        verb = line[:4].upper()
-        if verb == b"DATA":
-            writer.write(b"354 go\r\n")
-            await writer.drain()
-            await reader.readuntil(b"\r\n.\r\n")
-            if DELAY:
-                await asyncio.sleep(DELAY)
-            writer.write(b"250 ok\r\n")
-        elif verb == b"QUIT":
-            writer.write(b"221 bye\r\n"); await writer.drain(); break
-        elif verb == b"EHLO":
-            writer.write(b"250-sink\r\n250 8BITMIME\r\n")
-        else:
-            writer.write(b"250 ok\r\n")
-        await writer.drain()
-    writer.close()
-async def main():
-    server = await asyncio.start_server(session, "127.0.0.1", int(sys.argv[1]), limit=2**24)
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
-asyncio.run(main())
-'''
-
-
-def start_sink(delay: float) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    process = subprocess.Popen([sys.executable, "-c", SINK, str(port), str(delay)], stdout=subprocess.PIPE)
-    assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
-    return process, port
-
 
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
