@@ -19,12 +19,10 @@ import re
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 
+from functools import cache
+from types import ModuleType
+
 import numpy as np
-from sklearn.feature_extraction.text import (
-    ENGLISH_STOP_WORDS,
-    TfidfVectorizer,
-    strip_accents_unicode,
-)
 from sqlmodel import Session, col, select
 
 from pipeline.excerpt import excerpt
@@ -39,6 +37,15 @@ _SUFFIXES = tuple(
     (suffix, "y" if suffix in ("ies", "ied", "ily") else "")
     for suffix in "fully ingly ations ation ments ment ness ities ity ings ing ers er ies ied ily ly ed es s".split()
 )
+
+
+@cache
+def _sklearn_text() -> ModuleType:
+    """scikit-learn's text module, imported on first use: importing it costs about a second of
+    CPU, which every `newsletter` command and worker start would pay though few compute links."""
+    import sklearn.feature_extraction.text  # noqa: PLC0415  (deferred for start-up time, see above)
+
+    return sklearn.feature_extraction.text
 
 
 def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> dict[int, list[Essay]]:
@@ -61,7 +68,7 @@ class RelatedIndex:
         documents = [document_text(e) for e in self.archive]
         self.matrix = None
         if len(self.archive) > 1 and any(d.strip() for d in documents):
-            vectorizer = TfidfVectorizer(analyzer=stems, sublinear_tf=True)
+            vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True)
             try:
                 self.matrix = vectorizer.fit_transform(documents)
             except ValueError:  # only stop words everywhere: no vocabulary, no similarity
@@ -157,7 +164,9 @@ def document_text(essay: Essay) -> str:
 
 def stems(text: str) -> list[str]:
     """Lower-case word stems without stop words: "travelers" and "traveling" both count as "travel"."""
-    words = (w for w in _TOKEN.findall(strip_accents_unicode(text.lower())) if w not in ENGLISH_STOP_WORDS)
+    text_module = _sklearn_text()
+    stop_words = text_module.ENGLISH_STOP_WORDS
+    words = (w for w in _TOKEN.findall(text_module.strip_accents_unicode(text.lower())) if w not in stop_words)
     return [stem(w) for w in words if not w.isdigit()]
 
 
