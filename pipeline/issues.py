@@ -118,10 +118,12 @@ def find_by_key(session: Session, key: str) -> Issue | None:
 
 
 def find_issue(session: Session, ref: str | int) -> Issue:
-    """An issue by numeric id or by key; NotFound says which was asked for."""
+    """An issue by numeric id, by key, or "latest" (the newest); NotFound says which was asked for."""
     text = str(ref).strip()
     issue = session.get(Issue, int(text)) if text.isdigit() else None
     issue = issue or find_by_key(session, text)
+    if issue is None and text == "latest":  # a key of that name, unlikely as it is, wins
+        return latest_issue(session)
     if issue is None:
         raise NotFound(f"no issue with the id or key {text!r} (see `newsletter issues list`)")
     return issue

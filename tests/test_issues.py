@@ -151,6 +151,7 @@ def test_find_by_id_or_key_and_latest(session: Session, settings: Settings) -> N
     assert find_issue(session, str(a.id)).key == "weekly-2026-W01"
     assert find_issue(session, "weekly-2026-W01").id == a.id
     assert latest_issue(session).id == b.id
+    assert find_issue(session, "latest").id == b.id  # every command taking ISSUE accepts it
     assert [i.id for i in list_issues(session)] == [b.id, a.id]
     with pytest.raises(NotFound, match="'weekly-1999-W01'"):
         find_issue(session, "weekly-1999-W01")

@@ -18,7 +18,7 @@ from pipeline.commands.base import App, json_option, pass_app, print_json
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
-from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
+from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
 from pipeline.models import Issue
 from pipeline.publish import personal_copy
@@ -104,7 +104,7 @@ def list_command(app: App, as_json: bool) -> None:
 @json_option
 @pass_app
 def show(app: App, issue_ref: str, as_json: bool) -> None:
-    """Show one issue (by numeric id or key): subject, preheader, status, its essays.
+    """Show one issue (by numeric id, key or "latest"): subject, preheader, status, its essays.
 
     \b
     Example:
@@ -146,7 +146,7 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
       newsletter preview weekly-2026-W48 --text
     """
     with Session(app.engine) as session:
-        issue = _issue(session, issue_ref)
+        issue = find_issue(session, issue_ref)
         raw = _message(app, session, issue, as_email)
     # The parts of the very message a send would hand to the transport (preview is sending
     # without the transport): decoded, they are the exact HTML and text the subscriber gets.
@@ -187,7 +187,7 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
     """
     settings = app.settings
     with Session(app.engine) as session:
-        issue = _issue(session, issue_ref)
+        issue = find_issue(session, issue_ref)
         raw = _message(app, session, issue, as_email)
     findings = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
     _report(app, settings, issue, findings, as_json)
@@ -212,10 +212,6 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
             settings.web.base_url.startswith("http://"):
         app.console.print(f"Hint: web.base_url is {settings.web.base_url}; subscribers need an https "
                           "address there for the unsubscribe and web-copy links.")
-
-
-def _issue(session: Session, ref: str) -> Issue:
-    return latest_issue(session) if ref == "latest" else find_issue(session, ref)
 
 
 def _message(app: App, session: Session, issue: Issue, email: str | None) -> bytes:
