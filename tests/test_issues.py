@@ -219,3 +219,15 @@ def test_cli_preview_as_a_subscriber_text_file_and_browser(
 
     unknown = run_cli("preview", "1", "--as", "nobody@example.org")
     assert unknown.exit_code == 1 and "nobody@example.org" in unknown.output
+
+
+def test_cli_preview_into_a_missing_folder_says_so(run_cli, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        add_essays(session, make_essay(1))
+    assert run_cli("issues", "new").exit_code == 0
+    target = tmp_path / "no-such-folder" / "preview.html"
+    result = run_cli("preview", "latest", "-o", str(target))
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert "Error: cannot write" in result.output and str(target) in result.output
+    assert "No such file or directory" in result.output

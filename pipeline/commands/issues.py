@@ -162,7 +162,10 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
                                          encoding="utf-8") as handle:
             output = Path(handle.name)
     if output is not None:
-        output.write_text(body, encoding="utf-8")
+        try:
+            output.write_text(body, encoding="utf-8")
+        except OSError as exc:  # a missing folder, no permission: the user's to fix, not a bug
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
         app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient)}")
     else:
         click.echo(body, nl=False)
