@@ -43,6 +43,12 @@ def compose(
             return existing
     essays = essays_by_slug(session, slugs) if slugs else unsent_essays(session, settings)
     if not essays:
+        if session.exec(select(Essay.id).limit(1)).first() is None:
+            # "every essay has gone out" would be false on a fresh database: none came in.
+            raise NotFound(
+                "nothing to send: there are no essays yet "
+                "(import some with `newsletter essays import PATH`)"
+            )
         raise NotFound(
             "nothing to send: every essay has gone out in an issue already "
             "(import new ones with `newsletter essays import PATH`)"

@@ -231,3 +231,17 @@ def test_cli_preview_into_a_missing_folder_says_so(run_cli, engine: Engine, tmp_
     assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
     assert "Error: cannot write" in result.output and str(target) in result.output
     assert "No such file or directory" in result.output
+
+
+def test_cli_new_on_an_empty_archive_says_there_are_no_essays(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    empty = run_cli("issues", "new")
+    assert empty.exit_code == 1
+    assert "nothing to send: there are no essays yet" in empty.output
+    assert "gone out" not in empty.output  # nothing has gone out: nothing was ever imported
+    with session_scope(engine) as session:
+        sent = Issue(key="old")
+        session.add(sent)
+        session.flush()
+        add_essays(session, make_essay(1, sent_in_issue_id=sent.id))
+    all_sent = run_cli("issues", "new")
+    assert all_sent.exit_code == 1 and "every essay has gone out in an issue already" in all_sent.output
