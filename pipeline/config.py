@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from pipeline.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
@@ -163,7 +166,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         base_url=r.url("web.base_url"),
         preview_token=os.environ.get(token_env) or None,
     )
-    database = DatabaseSettings(url=_database_url(r.text("database.url"), base))
+    database = DatabaseSettings(url=_database_url(r, r.text("database.url"), base))
     schedule = ScheduleSettings(
         weekday=r.choice("schedule.weekday", WEEKDAYS, transform=str.lower),
         time=r.convert("schedule.time", _parse_time, 'a 24-hour time like "07:00"'),
@@ -219,8 +222,25 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     )
 
 
-def _database_url(url: str, base: Path) -> str:
-    """Resolve a relative SQLite path against the config's folder, so cwd does not matter."""
+def _database_url(r: _Reader, url: str, base: Path) -> str:
+    """Resolve a relative SQLite path against the config's folder, so cwd does not matter.
+
+    The URL is parsed and its driver imported here, so that a typo or a missing driver is a
+    message naming the key instead of a SQLAlchemy traceback at the first query.
+    """
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()  # NoSuchModuleError (an ArgumentError): unknown scheme
+    except (ArgumentError, ValueError):
+        raise r.fail("database.url", 'a SQLAlchemy URL like "sqlite:///newsletter.db" or '
+                     '"postgresql+psycopg://user@host/dbname"', url) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        # The URL may carry a password: name the scheme only.
+        raise ConfigError(f"{r.path}: database.url: the driver for {parsed.drivername!r} is not "
+                          f"installed (no module {exc.name!r}); use sqlite:/// or "
+                          "postgresql+psycopg://") from None
     prefix = "sqlite:///"
     if url.startswith(prefix) and url != "sqlite:///:memory:":
         path = Path(url[len(prefix):])

@@ -6,10 +6,11 @@ from datetime import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pipeline.config import PROJECT_ROOT, load_settings
 from pipeline.errors import ConfigError
-from tests.conftest import write_config
+from tests.conftest import CLI, write_config
 
 
 def test_shipped_config_loads_with_sqlite_beside_it() -> None:
@@ -72,3 +73,20 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
     path = write_config(tmp_path, newsletter={"name": "Other Letter"})
     monkeypatch.setenv("NEWSLETTER_CONFIG", str(path))
     assert load_settings().newsletter.name == "Other Letter"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "database.url: expected a SQLAlchemy URL"),
+        ("carrier-pigeon://coop/letters", "database.url: expected a SQLAlchemy URL"),
+        ("mysql://user:hunter2@db/letters", "database.url: the driver for 'mysql' is not installed"),
+    ],
+)
+def test_wrong_database_url_is_an_error_not_a_traceback(tmp_path: Path, url: str, expected: str) -> None:
+    config = write_config(tmp_path, database_url=url)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(config)
+    result = CLI(config, CliRunner())("essays", "list")  # catch_exceptions=False: a traceback fails here
+    assert result.exit_code == 1 and f"Error: {config}: {expected}" in result.output
+    assert "hunter2" not in result.output  # a password in the URL is not printed
