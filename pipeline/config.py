@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -210,6 +211,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     )
     if delivery.dkim_key is not None and not delivery.dkim_selector:
         raise ConfigError(f"{config_path}: delivery.dkim_selector: needed when dkim_key is set")
+    r.refuse_unknown_keys()
     return Settings(
         path=config_path,
         newsletter=newsletter,
@@ -263,12 +265,33 @@ class _Reader:
     def __init__(self, raw: dict[str, Any], path: Path) -> None:
         self.raw = raw
         self.path = path
+        self.read: set[str] = {"delivery.smtp_password"}  # every key looked up; see refuse_unknown_keys
+
+    def refuse_unknown_keys(self) -> None:
+        """A key nobody reads is a typo: ignored, its default would apply without a word."""
+        sections = {key.partition(".")[0] for key in self.read}
+        for section, values in self.raw.items():
+            if section not in sections or not isinstance(values, dict):
+                what = "section" if isinstance(values, dict) else "key"
+                raise self.unknown(section, sorted(sections), what)
+            for name in values:
+                key = f"{section}.{name}"
+                if key == "delivery.smtp_password":
+                    raise ConfigError(f"{self.path}: {key}: not read from the file: set {PASSWORD_ENV}")
+                if key not in self.read:
+                    raise self.unknown(key, sorted(self.read), "key")
+
+    def unknown(self, key: str, known: list[str], what: str) -> ConfigError:
+        close = difflib.get_close_matches(key, known, n=1)
+        return ConfigError(f"{self.path}: {key}: unknown {what}"
+                           + (f" (did you mean {close[0]}?)" if close else ""))
 
     def fail(self, key: str, want: str, value: object = _MISSING) -> ConfigError:
         got = "it is missing" if value is _MISSING else f"got {value!r}"
         return ConfigError(f"{self.path}: {key}: expected {want}, {got}")
 
     def get(self, key: str, default: object = _MISSING) -> Any:
+        self.read.add(key)
         node: Any = self.raw
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:

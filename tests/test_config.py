@@ -90,3 +90,25 @@ def test_wrong_database_url_is_an_error_not_a_traceback(tmp_path: Path, url: str
     result = CLI(config, CliRunner())("essays", "list")  # catch_exceptions=False: a traceback fails here
     assert result.exit_code == 1 and f"Error: {config}: {expected}" in result.output
     assert "hunter2" not in result.output  # a password in the URL is not printed
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "expected"),
+    [
+        ("digest", "max_esays", "digest.max_esays: unknown key (did you mean digest.max_essays?)"),
+        ("delivery", "smtp_usrname", "delivery.smtp_usrname: unknown key (did you mean delivery.smtp_username?)"),
+        ("delivery", "smtp_password", "delivery.smtp_password: not read from the file: set NEWSLETTER_SMTP_PASSWORD"),
+    ],
+)
+def test_misspelled_key_is_named_not_ignored(tmp_path: Path, section: str, key: str, expected: str) -> None:
+    # A typo used to be dropped silently, so the default applied and nobody was told.
+    config = write_config(tmp_path, **{section: {key: 3}})
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1 and f"Error: {config}: {expected}" in result.output
+
+
+def test_misspelled_section_is_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[dilevery]\nbatch_size = 10\n')
+    with pytest.raises(ConfigError, match=r"dilevery: unknown section \(did you mean delivery\?\)"):
+        load_settings(config)
