@@ -197,3 +197,13 @@ def test_moving_a_list_by_export_and_import_keeps_every_opt_out(run_cli: CLI, tm
     assert "1 added" in result.output and "1 opt-outs recorded" in result.output
     assert statuses(other) == {"stay@example.org": "active", "left@example.org": "unsubscribed"}
     assert other("subscribers", "add", "left@example.org").exit_code == 1
+
+
+def test_export_into_a_missing_folder_is_an_error_not_a_traceback(run_cli: CLI, tmp_path: Path) -> None:
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    target = tmp_path / "no-such-folder" / "list.csv"
+    result = run_cli("subscribers", "export", "-o", str(target))  # catch_exceptions=False
+    assert result.exit_code == 1
+    assert f"Error: cannot write {target}: No such file or directory" in result.output
+    one = run_cli("subscribers", "export", "-o", str(tmp_path / "one.csv"))
+    assert one.exit_code == 0 and "Exported 1 subscriber to" in one.output  # not "1 subscribers"

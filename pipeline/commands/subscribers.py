@@ -184,9 +184,14 @@ def export(app: App, status: str | None, output: Path | None) -> None:
         if output is None:
             count = export_csv(session, sys.stdout, status)
         else:
-            with output.open("w", encoding="utf-8", newline="") as handle:
+            try:
+                handle = output.open("w", encoding="utf-8", newline="")
+            except OSError as exc:  # a missing folder, no permission: the user's to fix
+                raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+            with handle:
                 count = export_csv(session, handle, status)
-    app.err.print(f"Exported {count} subscribers{f' to {output}' if output else ''}.")
+    noun = "subscriber" if count == 1 else "subscribers"
+    app.err.print(f"Exported {count} {noun}{f' to {output}' if output else ''}.")
 
 
 @group.command("list")
