@@ -113,7 +113,23 @@ def test_bad_requests_get_clear_errors(run_cli: CLI, audience: list) -> None:
     run_cli("send", "--latest", "--yes")
     assert run_cli("sends", "retry", "1").exit_code == 2
     nothing = run_cli("sends", "retry", "1", "--failed", "--unknown")
-    assert nothing.exit_code == 0 and "No failed and unknown deliveries" in flat(nothing)
+    assert nothing.exit_code == 0 and "No failed or unknown deliveries" in flat(nothing)
+
+
+def test_send_usage_errors_say_which_mistake(run_cli: CLI, audience: list) -> None:
+    neither = run_cli("send")
+    assert neither.exit_code == 2 and "not both" not in neither.output  # nothing was given twice
+    assert "name an ISSUE (id, key or latest) or pass --latest" in flat(neither)
+    both = run_cli("send", "1", "--latest")
+    assert both.exit_code == 2 and "not both" in flat(both)
+    assert "id, key or latest" in flat(run_cli("send", "--help"))  # `send latest` works too
+
+
+def test_sends_status_prints_the_whole_key_on_one_line(run_cli: CLI, audience: list) -> None:
+    assert run_cli("send", "--latest", "--yes").exit_code == 0
+    key = run_cli("issues", "show", "latest", "--json")
+    shown = run_cli("sends", "status", "latest")
+    assert shown.exit_code == 0 and f"{json.loads(key.output)['key']} (sent)" in shown.output
 
 
 def test_an_unreachable_relay_pauses_with_exit_code_1(tmp_path: Path, engine: Engine) -> None:

@@ -42,7 +42,7 @@ STATUSES = [s.value for s in DeliveryStatus]
 @pass_app
 def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool, yes: bool,
          as_json: bool) -> None:
-    """Send an issue to every active subscriber it is owed to (ISSUE: id or key).
+    """Send an issue to every active subscriber it is owed to (ISSUE: id, key or latest).
 
     The audience is frozen when sending starts. Running it again sends only what is still
     owed. Ctrl-C finishes the batch in flight and stops; `send` again carries on. A server that
@@ -56,8 +56,11 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
       newsletter send 3 --yes
       newsletter send --latest --enqueue --yes
     """
-    if (issue is None) == (not latest):
-        raise click.UsageError("name an ISSUE (id or key) or pass --latest, not both")
+    if issue is not None and latest:
+        raise click.UsageError("name an ISSUE or pass --latest, not both")
+    if issue is None and not latest:
+        raise click.UsageError("name an ISSUE (id, key or latest) or pass --latest (composes one "
+                               "from the unsent essays when no issue is open)")
     if enqueue and dry_run:
         raise click.UsageError("--enqueue hands an issue to the workers; a --dry-run sends nothing anyway")
     report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json,
@@ -115,7 +118,9 @@ def status(app: App, issue: str, as_json: bool) -> None:
         print_json({"issue": target.key, "status": target.status, "counts": counts,
                     "next_retry_at": next_retry})
         return
-    table = Table(title=f"{target.key} ({target.status})")
+    # The key above the table, not as its title: a title wraps to the narrow table's width.
+    app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
+    table = Table()
     table.add_column("status")
     table.add_column("deliveries", justify="right")
     for name, count in counts.items():
@@ -179,13 +184,14 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
     """
     if not (failed or unknown):
         raise click.UsageError("say what to resend: --failed, --unknown or both")
-    what = " and ".join(w for w, on in (("failed", failed), ("unknown", unknown)) if on)
+    kinds = [w for w, on in (("failed", failed), ("unknown", unknown)) if on]
+    what = " and ".join(kinds)
     with Session(app.engine) as session:
         target = find_issue(session, issue)
         counts = ledger.counts(session, target.id or 0)
     count = counts["failed"] * failed + counts["unknown"] * unknown
     if not count:
-        app.console.print(f"No {what} deliveries in {target.key}.")
+        app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
         return
     if not yes:
         click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
