@@ -245,9 +245,11 @@ def _database_url(r: _Reader, url: str, base: Path) -> str:
                           "postgresql+psycopg://") from None
     prefix = "sqlite:///"
     if url.startswith(prefix) and url != "sqlite:///:memory:":
-        path = Path(url[len(prefix):])
-        if not path.is_absolute():
-            return prefix + str(base / path)
+        path = base / url[len(prefix):]  # an absolute path stays as it is
+        if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
+            raise ConfigError(f"{r.path}: database.url: the folder {path.parent} does not exist "
+                              "(create it, or fix the path)")
+        return prefix + str(path)
     return url
 
 

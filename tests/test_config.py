@@ -112,3 +112,11 @@ def test_misspelled_section_is_named(tmp_path: Path) -> None:
     config.write_text(config.read_text() + '\n[dilevery]\nbatch_size = 10\n')
     with pytest.raises(ConfigError, match=r"dilevery: unknown section \(did you mean delivery\?\)"):
         load_settings(config)
+
+
+def test_sqlite_file_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path, database_url="sqlite:///no-such-folder/letters.db")
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1
+    assert f"database.url: the folder {tmp_path / 'no-such-folder'} does not exist" in result.output
+    assert not (tmp_path / "no-such-folder").exists()  # nothing made behind the user's back
