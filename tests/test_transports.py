@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import smtplib
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from aiosmtpd.controller import Controller
 
 from pipeline.errors import TransientDeliveryError, TransportUnavailable
 from pipeline.transports import MemoryTransport, OutboxTransport, SMTPTransport, make_transport
-from tests.conftest import Received
+from tests.conftest import Received, SMTPServer
 from tests.smtp_faults import FaultHandler, FaultServer, _free_port, smtp_settings
 
 RAW = b"From: a@example.org\r\nTo: b@example.org\r\nMessage-ID: <abc.1@essays.example.org>\r\n\r\nHi\r\n"
@@ -101,3 +102,22 @@ def test_plain_smtp_to_a_server_demanding_starttls_pauses(tls_server: FaultServe
     with pytest.raises(TransportUnavailable, match="530"):
         transport.send("a@example.org", "b@example.org", RAW)
     assert not tls_server.received
+
+
+@pytest.mark.parametrize("raw", [
+    b".starts with a dot\r\nText\r\n.\r\n..two dots\r\n. and a space\r\nend\r\n",
+    b"Subject: x\r\n\r\n.\r\nno final line break.",
+    b"Subject: x\r\n\r\na bare LF\n.dot after it\r\n",
+])
+def test_lines_starting_with_a_dot_arrive_as_smtplib_sends_them(raw: bytes, smtp_server: SMTPServer,
+                                                                 tmp_path: Path) -> None:
+    # SMTPTransport dot-stuffs the message itself (faster than smtplib's regex): the server must
+    # receive exactly what smtplib.sendmail delivers for the same bytes.
+    with smtplib.SMTP(smtp_server.host, smtp_server.port) as smtp:
+        smtp.sendmail("a@example.org", ["ref@example.org"], raw)
+    transport = SMTPTransport(smtp_settings(tmp_path, smtp_server.port).delivery)
+    transport.send("a@example.org", "b@example.org", raw)
+    transport.close()
+    reference, ours = smtp_server.received
+    assert ours.raw == reference.raw
+    assert b"dot" in ours.raw or b"no final" in ours.raw
