@@ -161,3 +161,12 @@ def test_retry_failed_resends_to_who_is_still_subscribed(tmp_path: Path, engine:
         assert retried.exit_code == 0, retried.output
         assert "1 sent this run" in flat(retried) and "1 skipped" in flat(retried)
         assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(p.email for p in people[1:])
+
+
+def test_sends_list_limit_0_shows_all_like_subscribers_list(run_cli: CLI, audience: list) -> None:
+    assert run_cli("send", "--latest", "--yes").exit_code == 0
+    every = json.loads(run_cli("sends", "list", "latest", "--limit", "0", "--json").output)
+    assert len(every) == len(audience)  # 0 meant "none" before: an empty table
+    two = run_cli("sends", "list", "latest", "--limit", "2")
+    assert two.exit_code == 0 and f"Showing 2 of {len(audience)}; --limit 0 shows all." in flat(two)
+    assert run_cli("sends", "list", "latest", "--limit", "-1").exit_code == 2

@@ -135,7 +135,8 @@ def status(app: App, issue: str, as_json: bool) -> None:
 @sends.command("list")
 @click.argument("issue")
 @click.option("--status", "wanted", type=click.Choice(STATUSES), help="Only rows with this status.")
-@click.option("--limit", type=int, default=200, show_default=True, help="At most this many rows.")
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
+              help="At most this many rows (0: all).")
 @json_option
 @pass_app
 def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: bool) -> None:
@@ -148,7 +149,9 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
     """
     with Session(app.engine) as session:
         target = find_issue(session, issue)
-        found = ledger.rows(session, target.id or 0, wanted, limit)
+        found = ledger.rows(session, target.id or 0, wanted, limit or None)
+        counts = ledger.counts(session, target.id or 0)
+    total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
               "last_error", "message_id", "next_attempt_at", "sent_at")
     if as_json:
@@ -162,6 +165,8 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
         table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
                       escape(note))
     app.console.print(table)
+    if len(found) < total:
+        app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")
 
 
 @sends.command("retry")
