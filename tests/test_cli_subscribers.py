@@ -207,3 +207,15 @@ def test_export_into_a_missing_folder_is_an_error_not_a_traceback(run_cli: CLI, 
     assert f"Error: cannot write {target}: No such file or directory" in result.output
     one = run_cli("subscribers", "export", "-o", str(tmp_path / "one.csv"))
     assert one.exit_code == 0 and "Exported 1 subscriber to" in one.output  # not "1 subscribers"
+
+
+def test_list_shows_whole_addresses_and_statuses_in_80_columns(run_cli: CLI) -> None:
+    # An address cut to "felix.walker@ex…" cannot be copied into `unsubscribe` or `remove`.
+    long = "felix.walker.the.second@example.com"
+    for email in (long, "dmitri@example.com"):
+        assert run_cli("subscribers", "add", email, "--name", "Дмитрий Соколов Felix Walker").exit_code == 0
+    assert run_cli("subscribers", "unsubscribe", "dmitri@example.com").exit_code == 0
+    shown = run_cli("subscribers", "list")
+    assert shown.exit_code == 0
+    assert long in shown.output and "unsubscribed " in shown.output
+    assert max(len(line) for line in shown.output.splitlines()) <= 80

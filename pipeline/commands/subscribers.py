@@ -219,6 +219,8 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
         print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows]})
         return
     table = Table("email", "name", "status", "source", "since")
+    for column in (0, 2, 4):  # address, status, date whole (`unsubscribe` takes the address)
+        table.columns[column].no_wrap = True  # so Rich shrinks the name and source instead
     for s in rows:
         table.add_row(escape(s.email), escape(s.name), s.status, escape(s.source), s.created_at.date().isoformat())
     if rows:
