@@ -197,3 +197,12 @@ def test_cli_lint_passes_a_good_issue_and_fails_an_http_config(run_cli, engine: 
     passing = run_cli("lint", "latest", "--json")
     assert passing.exit_code == 0, passing.output
     assert json.loads(passing.output)["failures"] == []
+
+
+def test_cli_lint_summary_counts_in_good_english(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        add_essays(session, *digest_essays(2))
+    assert run_cli("issues", "new").exit_code == 0
+    result = run_cli("lint", "latest")  # http base_url: H11 and M9 fail; no DKIM: one warning
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and "MUST failures, 1 warning." in flat and "1 warnings" not in flat

@@ -210,7 +210,8 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
     failed, warned = len(failures(findings)), len(warnings(findings))
     verdict = "[red]fails[/]" if failed else "[green]passes[/]"
     app.console.print(f"Issue {escape(issue.key)} {verdict} the email checklist: "
-                      f"{failed} MUST failures, {warned} warnings.")
+                      f"{failed} MUST failure{'' if failed == 1 else 's'}, "
+                      f"{warned} warning{'' if warned == 1 else 's'}.")
     if any(f.code == "H11" and "http://" in f.message for f in findings) and \
             settings.web.base_url.startswith("http://"):
         app.console.print(f"Hint: web.base_url is {settings.web.base_url}; subscribers need an https "
