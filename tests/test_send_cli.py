@@ -170,3 +170,9 @@ def test_sends_list_limit_0_shows_all_like_subscribers_list(run_cli: CLI, audien
     two = run_cli("sends", "list", "latest", "--limit", "2")
     assert two.exit_code == 0 and f"Showing 2 of {len(audience)}; --limit 0 shows all." in flat(two)
     assert run_cli("sends", "list", "latest", "--limit", "-1").exit_code == 2
+
+
+def test_send_asks_about_1_subscriber_in_good_english(run_cli: CLI, engine: Engine) -> None:
+    add_audience(engine, 1)
+    result = run_cli("send", "--latest", input="n\n")
+    assert result.exit_code == 0 and "to 1 subscriber?" in flat(result)

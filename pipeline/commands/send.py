@@ -210,7 +210,8 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
     stop = threading.Event()
 
     def confirm(target: Issue, audience: int) -> bool:
-        question = f"Send {target.key} \"{target.subject}\" to {audience} subscribers?"
+        noun = "subscriber" if audience == 1 else "subscribers"
+        question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}?"
         if target.status == "sending":
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
         return yes or click.confirm(question, default=False)
