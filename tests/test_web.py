@@ -592,3 +592,9 @@ def test_confirm_link_of_a_removed_address_is_404(client: FlaskClient, session: 
     assert pending.id is not None
     consent.remove(session, "max@example.org")
     assert client.get(f"/confirm/{make_token(secret, CONFIRM, pending.id)}").status_code == 404
+
+
+def test_preview_index_on_an_empty_archive_says_to_import_not_that_all_went_out(client: FlaskClient) -> None:
+    page = client.get("/preview/", environ_base=LOCAL)
+    assert page.status_code == 200 and b"No essays yet" in page.data
+    assert b"every essay has gone out" not in page.data  # none ever came in
