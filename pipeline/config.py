@@ -177,6 +177,9 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         enqueue=r.boolean("schedule.enqueue", False),
     )
     templates = r.text("digest.templates", "", allow_empty=True)
+    if templates and not (base / templates).is_dir():  # else the built-in ones would apply silently
+        raise ConfigError(f"{config_path}: digest.templates: the folder {base / templates} does not "
+                          'exist (create it, or set templates = "" for the built-in ones)')
     digest = DigestSettings(
         max_essays=r.integer("digest.max_essays", 5, minimum=1),
         excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40),

@@ -120,3 +120,12 @@ def test_sqlite_file_in_a_missing_folder_names_the_folder(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert f"database.url: the folder {tmp_path / 'no-such-folder'} does not exist" in result.output
     assert not (tmp_path / "no-such-folder").exists()  # nothing made behind the user's back
+
+
+def test_templates_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    # Before, a typo here silently rendered the built-in templates instead of the user's.
+    config = write_config(tmp_path, digest={"templates": "my-templatse"})
+    with pytest.raises(ConfigError, match=r"digest.templates: the folder .*my-templatse does not exist"):
+        load_settings(config)
+    (tmp_path / "my-templatse").mkdir()
+    assert load_settings(config).digest.templates == tmp_path / "my-templatse"
