@@ -37,6 +37,9 @@ _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 # Every line break str.splitlines() knows, which is what the stdlib's body encoder splits on.
 _LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# A line up to (not including) its break: one scan of a character class, 3x faster per line
+# than searching for _LINE_BREAK's alternation.
+_LINE_BODY = re.compile("[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]*")
 # Two recipients with a name and two without (greetings differ): the lines that differ within a
 # pair are the personal ones.
 _PROBES = {
@@ -108,6 +111,9 @@ def ascii_address(email: str) -> str:
 
 def encode_words(text: str) -> str:
     """RFC 2047 base64 encoded words, whole characters per word, folded with CRLF SP."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= 39:  # one word (most names): what the loop below makes, without it
+        return "=?utf-8?b?" + binascii.b2a_base64(encoded, newline=False).decode("ascii") + "?="
     words, chunk, size = [], [], 0
     for char in text:
         width = len(char.encode("utf-8"))
@@ -205,8 +211,7 @@ def _dynamic_lines(plan: _PartPlan, text: str) -> list[str] | None:
     lines, shift = [], 0
     for start, length, follows in plan.dynamic:
         start += shift
-        match = _LINE_BREAK.search(text, start)
-        end = match.start() if match else len(text)
+        end = _LINE_BODY.match(text, start).end()  # type: ignore[union-attr]  (it matches "")
         if not text.startswith(follows, end):
             return None
         lines.append(text[start:end])
@@ -262,9 +267,11 @@ class MessageFactory:
     def build(self, recipient: _Recipient, message_id: str, date: datetime) -> bytes:
         """One subscriber's message, CRLF, ready for SMTP DATA (DKIM-signed when configured)."""
         to = ascii_address(recipient.email)
-        clean = _with_values(recipient, clean_header_text(recipient.name),
-                             clean_header_text(recipient.email),
-                             clean_header_text(recipient.unsubscribe_url))
+        name, email, url = (clean_header_text(recipient.name), clean_header_text(recipient.email),
+                            clean_header_text(recipient.unsubscribe_url))
+        clean = recipient
+        if (name, email, url) != (recipient.name, recipient.email, recipient.unsubscribe_url):
+            clean = _with_values(recipient, name, email, url)  # a copy only when cleaning changed it
         text_body, html_body = self._bodies(clean)
         raw = b"".join((
             self._head,

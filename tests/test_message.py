@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from pipeline import message
 from pipeline.config import Settings, load_settings
 from pipeline.errors import PermanentDeliveryError
 from pipeline.issues import compose
@@ -191,9 +192,16 @@ def test_fast_bytes_equal_the_slow_emailmessage(rendered: RenderedIssue, msg_set
     assert display_name(fast) == clean_header_text(name)
 
 
-def test_the_named_and_unnamed_variants_both_take_the_fast_path(rendered: RenderedIssue, msg_settings: Settings) -> None:
+def test_the_named_and_unnamed_variants_both_take_the_fast_path(rendered: RenderedIssue, msg_settings: Settings,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     factory = MessageFactory(msg_settings, rendered)
-    for who in (EVE, Recipient("", "anon@example.org", EVE.unsubscribe_url)):
+
+    def slow_path(text: str) -> bytes:
+        raise AssertionError("an ordinary recipient fell back to encoding the whole part")
+
+    monkeypatch.setattr(message, "_encode_whole", slow_path)
+    for who in (EVE, Recipient("", "anon@example.org", EVE.unsubscribe_url),
+                Recipient("Zoë Ünterwasser-Bäckerei", "zoe@example.org", EVE.unsubscribe_url + "x" * 40)):
         raw = factory.build(who, "<v@essays.example.org>", WHEN)
         assert_same_message(raw, reference_message(msg_settings, rendered, who, "<v@essays.example.org>", WHEN))
     # Both variants were planned into constant runs and a few personal lines.
