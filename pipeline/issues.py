@@ -80,10 +80,19 @@ def compose(
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
-    """Essays no issue has carried yet, oldest first (essay date, then import order)."""
+    """Essays no issue has carried yet, oldest first (essay date, then import order).
+
+    Essays of an issue still `sending` are left out: they are marked sent only when it
+    finishes, and a second digest carrying them meanwhile would send them twice.
+    """
+    in_flight = (
+        select(IssueEssay.essay_id)
+        .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
+        .where(Issue.status == IssueStatus.SENDING.value)
+    )
     query = (
         select(Essay)
-        .where(col(Essay.sent_in_issue_id).is_(None))
+        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(in_flight))
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
     )

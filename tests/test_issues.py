@@ -245,3 +245,24 @@ def test_cli_new_on_an_empty_archive_says_there_are_no_essays(run_cli, engine: E
         add_essays(session, make_essay(1, sent_in_issue_id=sent.id))
     all_sent = run_cli("issues", "new")
     assert all_sent.exit_code == 1 and "every essay has gone out in an issue already" in all_sent.output
+
+
+def test_cli_new_leaves_out_essays_an_issue_is_sending_now(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    # An issue still `sending` (retries owed, a paused relay, workers busy) has not marked its
+    # essays sent yet; a second digest carrying them would mail every subscriber them twice.
+    with session_scope(engine) as session:
+        add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    assert run_cli("issues", "new", "--essay", "essay-001", "--essay", "essay-002").exit_code == 0
+    with session_scope(engine) as session:
+        in_flight = find_issue(session, "latest")
+        in_flight.status = "sending"
+        session.add(in_flight)
+    dry = run_cli("issues", "new", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert [e["slug"] for e in json.loads(dry.stdout)["essays"]] == ["essay-003"]
+    with session_scope(engine) as session:
+        expired = find_issue(session, "latest")
+        expired.status = "expired"  # it stopped for good: its essays go out in a later digest
+        session.add(expired)
+    again = json.loads(run_cli("issues", "new", "--dry-run", "--json").stdout)
+    assert [e["slug"] for e in again["essays"]] == ["essay-001", "essay-002", "essay-003"]
