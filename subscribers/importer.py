@@ -109,7 +109,9 @@ def import_csv(
             report.refused.append(RowProblem(line, "", "no address in this row"))
             continue
         if row.status not in FILE_STATUSES:
-            report.refused.append(RowProblem(line, row.email, f"unknown status {row.status!r}"))
+            known = ", ".join(name for name in FILE_STATUSES if name)
+            report.refused.append(RowProblem(line, row.email, f"unknown status {row.status!r} "
+                                                              f"(expected one of {known}, or empty)"))
             continue
         try:
             address = parse_address(row.email, check_deliverability)

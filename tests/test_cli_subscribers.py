@@ -219,3 +219,16 @@ def test_list_shows_whole_addresses_and_statuses_in_80_columns(run_cli: CLI) -> 
     assert shown.exit_code == 0
     assert long in shown.output and "unsubscribed " in shown.output
     assert max(len(line) for line in shown.output.splitlines()) <= 80
+
+
+def test_import_names_the_statuses_it_knows_when_a_row_has_another(run_cli: CLI, tmp_path: Path) -> None:
+    path = tmp_path / "st.csv"
+    path.write_text("email,name,status\nst1@example.org,A,active\nst2@example.org,B,weird\n", encoding="utf-8")
+    result = run_cli("subscribers", "import", str(path), "--dry-run")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "line 3: st2@example.org: unknown status 'weird' (expected one of active, subscribed," in flat
+    assert "Dry run: 2 rows: 1 added," in flat
+    one = tmp_path / "one.csv"
+    one.write_text("email\nst1@example.org\n", encoding="utf-8")
+    assert "1 row: 1 added, 0 updated, 0 unchanged, 0 duplicates," in run_cli("subscribers", "import", str(one)).output

@@ -154,7 +154,7 @@ def _print_report(app: App, report: ImportReport) -> None:
     if report.names_cleaned:
         out.print(f"Names with line breaks or control characters {verb} cleaned: {report.names_cleaned}.")
     out.print(
-        f"{'Dry run: ' if report.dry_run else ''}{report.rows} rows: {report.added} added, {report.updated} updated, "
+        f"{'Dry run: ' if report.dry_run else ''}{report.rows} row{'' if report.rows == 1 else 's'}: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
         f"{len(report.opted_out)} left alone, "
         f"{f'{len(report.opt_outs_recorded)} opt-outs recorded, ' if report.opt_outs_recorded else ''}"
