@@ -232,3 +232,12 @@ def test_import_names_the_statuses_it_knows_when_a_row_has_another(run_cli: CLI,
     one = tmp_path / "one.csv"
     one.write_text("email\nst1@example.org\n", encoding="utf-8")
     assert "1 row: 1 added, 0 updated, 0 unchanged, 0 duplicates," in run_cli("subscribers", "import", str(one)).output
+
+
+def test_list_of_removed_subscribers_does_not_promise_more_with_limit_0(run_cli: CLI) -> None:
+    assert run_cli("subscribers", "add", "gone@example.org").exit_code == 0
+    assert run_cli("subscribers", "remove", "gone@example.org", "--yes").exit_code == 0
+    shown = run_cli("subscribers", "list", "--status", "removed")
+    flat = " ".join(shown.output.split())
+    assert shown.exit_code == 0 and "--limit 0 shows all" not in flat  # it would show nothing either
+    assert "1 removed: their addresses and names are erased" in flat

@@ -226,7 +226,9 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
     if rows:
         app.console.print(table)
     total = counts[status] if status else sum(n for key, n in counts.items() if key != SubscriberStatus.REMOVED.value)
-    if len(rows) < total:
+    if status == SubscriberStatus.REMOVED.value:  # tombstones: nothing left to show
+        app.console.print(f"{total} removed: their addresses and names are erased, so none is listed.")
+    elif len(rows) < total:
         app.console.print(f"Showing {len(rows)} of {total}; --limit 0 shows all.")
     app.console.print(", ".join(f"{n} {key}" for key, n in counts.items()))
 
