@@ -252,6 +252,9 @@ def _database_url(r: _Reader, url: str, base: Path) -> str:
         if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
             raise ConfigError(f"{r.path}: database.url: the folder {path.parent} does not exist "
                               "(create it, or fix the path)")
+        if path.is_dir():
+            raise ConfigError(f"{r.path}: database.url: {path} is a folder: name a file in it, "
+                              f"e.g. sqlite:///{path / 'newsletter.db'}")
         return prefix + str(path)
     return url
 

@@ -129,3 +129,10 @@ def test_templates_folder_that_does_not_exist_is_named(tmp_path: Path) -> None:
         load_settings(config)
     (tmp_path / "my-templatse").mkdir()
     assert load_settings(config).digest.templates == tmp_path / "my-templatse"
+
+
+def test_sqlite_path_that_is_a_folder_says_to_name_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    config = write_config(tmp_path, database_url="sqlite:///data")
+    with pytest.raises(ConfigError, match=r"database.url: .*data is a folder: name a file in it"):
+        load_settings(config)
