@@ -14,6 +14,7 @@ import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from subscribers.errors import UnreadableFile
 
@@ -98,21 +99,29 @@ def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None
         raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
     with handle:
         reader = csv.reader(handle, delimiter=shape.delimiter)
-        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-        if header is None:
-            return
-        pick = _columns(path, header, columns or {})
-        if pick is None:  # no header: the first row is data; the address is its cell with an "@"
-            email_at = next(i for i, cell in enumerate(header) if "@" in cell)
-            pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None)
-            yield _row(reader.line_num, header, pick)
-        ended = reader.line_num
-        for cells in reader:
-            # A quoted cell may span lines: a row starts on the line after the previous one ended.
-            start, ended = ended + 1, reader.line_num
-            if not any(cell.strip() for cell in cells):
-                continue  # a blank line, or one of empty cells
-            yield _row(start, cells, pick)
+        try:
+            yield from _rows(path, reader, columns)
+        except csv.Error as exc:  # e.g. a cell over the csv module's 128 KiB field limit
+            raise UnreadableFile(f"{path}: line {reader.line_num}: not readable as CSV: {exc}") from None
+
+
+def _rows(path: Path, reader: Any, columns: dict[str, str] | None) -> Iterator[Row]:
+    """The rows of a csv.reader (`reader.line_num` gives the lines): header, then data."""
+    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    if header is None:
+        return
+    pick = _columns(path, header, columns or {})
+    if pick is None:  # no header: the first row is data; the address is its cell with an "@"
+        email_at = next(i for i, cell in enumerate(header) if "@" in cell)
+        pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None)
+        yield _row(reader.line_num, header, pick)
+    ended = reader.line_num
+    for cells in reader:
+        # A quoted cell may span lines: a row starts on the line after the previous one ended.
+        start, ended = ended + 1, reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line, or one of empty cells
+        yield _row(start, cells, pick)
 
 
 def _row(line: int, cells: list[str], pick: _Pick) -> Row:

@@ -241,3 +241,12 @@ def test_list_of_removed_subscribers_does_not_promise_more_with_limit_0(run_cli:
     flat = " ".join(shown.output.split())
     assert shown.exit_code == 0 and "--limit 0 shows all" not in flat  # it would show nothing either
     assert "1 removed: their addresses and names are erased" in flat
+
+
+def test_import_of_a_file_the_csv_reader_gives_up_on_names_file_and_line(run_cli: CLI, tmp_path: Path) -> None:
+    path = tmp_path / "junk.csv"
+    path.write_text("email,name\nok@example.org,Ok\nbig@example.org," + "x" * 200_000 + "\n", encoding="utf-8")
+    result = run_cli("subscribers", "import", str(path))  # catch_exceptions=False: no traceback
+    assert result.exit_code == 1
+    assert f"Error: {path}: line 3: not readable as CSV: field larger than field limit" in result.output
+    assert listed(run_cli)["subscribers"] == []  # one transaction: nothing half-imported
