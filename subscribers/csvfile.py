@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def sniff(path: Path) -> CsvShape:
                 encoding = "cp1252"
                 handle.seek(0)
                 data = handle.read()
+                _refuse_mostly_utf8(path, data)
                 lines = data.count(b"\n")
                 first_line = _first_nonblank(data[: 1 << 16].decode(encoding, errors="replace"))
     except OSError as exc:
@@ -79,6 +81,25 @@ def sniff(path: Path) -> CsvShape:
     counts = {d: _unquoted(first_line).count(d) for d in (",", ";", "\t")}
     delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
     return CsvShape(encoding, delimiter, lines + 1)
+
+
+# A valid UTF-8 multi-byte sequence: in a real Windows-1252 file these byte pairs ("Ã©") are rare.
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _refuse_mostly_utf8(path: Path, data: bytes) -> None:
+    """UTF-8 with a stray byte or two: read as Windows-1252 every accented name would be garbled."""
+    if not _UTF8_SEQUENCE.search(data):
+        return
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UnreadableFile(
+            f"{path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8, though the rest of the "
+            "file is: fix that line or save the file as UTF-8 (read as Windows-1252, every accented "
+            "name would come out garbled)"
+        ) from None
 
 
 def _first_nonblank(text: str) -> str:

@@ -250,3 +250,21 @@ def test_import_of_a_file_the_csv_reader_gives_up_on_names_file_and_line(run_cli
     assert result.exit_code == 1
     assert f"Error: {path}: line 3: not readable as CSV: field larger than field limit" in result.output
     assert listed(run_cli)["subscribers"] == []  # one transaction: nothing half-imported
+
+
+def test_import_of_utf8_with_one_stray_byte_names_the_line_instead_of_garbling_every_name(
+    run_cli: CLI, tmp_path: Path
+) -> None:
+    # Read as Windows-1252 (the fallback), every "Näme" in such a file became "NÃ¤me", silently.
+    path = tmp_path / "mixed.csv"
+    rows = "".join(f"u{i}@example.org,Näme {i}\n" for i in range(50))
+    path.write_bytes(("email,name\n" + rows).encode("utf-8") + b"late@example.org,Jos\xe9\n")
+    result = run_cli("subscribers", "import", str(path))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert f"Error: {path}: line 52: byte 0xe9 is not UTF-8, though the rest of the file is" in flat
+    assert listed(run_cli)["subscribers"] == []
+    cp1252 = tmp_path / "excel.csv"  # a real Windows-1252 file still imports
+    cp1252.write_bytes("email,name\njose@example.org,José\n".encode("cp1252"))
+    assert run_cli("subscribers", "import", str(cp1252)).exit_code == 0
+    assert listed(run_cli)["subscribers"][0]["name"] == "José"
