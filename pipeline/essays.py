@@ -99,6 +99,7 @@ def import_paths(
     for done, path in enumerate(files, start=1):
         try:
             draft = read_essay(path)
+            _drop_unsafe_url(draft)
             slug = slug_for(draft, path)
             if slug in taken:
                 raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
@@ -117,6 +118,14 @@ def import_paths(
         if progress:
             progress(done, len(files), path)
     return report
+
+
+def _drop_unsafe_url(draft: Draft) -> None:
+    """The url becomes the digest's link: "javascript:..." or a scheme-less one must not."""
+    if draft.url and not draft.url.lower().startswith(("https://", "http://")):
+        draft.warnings.append(f"front matter: url {draft.url!r} is not an http(s) address; ignored "
+                              "(the essay links to site_url/slug)")
+        draft.url = None
 
 
 def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Path]:

@@ -336,3 +336,20 @@ def test_dry_run_reports_what_would_change_and_writes_nothing(
     assert "Dry run: nothing was written." in result.stdout
     rows = json.loads(run_cli("essays", "list", "--json").stdout)
     assert [row["slug"] for row in rows] == ["stairs-as-shortcuts"]
+
+
+def test_cli_import_ignores_a_front_matter_url_that_is_no_web_address(run_cli: CLI, tmp_path: Path) -> None:
+    # It becomes the digest's "Read the essay" href: "javascript:..." or a scheme-less
+    # "essays.example.org/x" (a relative link in a mail client) must not get there.
+    for name, url in (("js", "javascript:alert(1)"), ("bare", "essays.example.org/bare"),
+                      ("good", "https://essays.example.org/good")):
+        (tmp_path / f"{name}.md").write_text(f"---\ntitle: {name}\nurl: \"{url}\"\n---\nBody text.\n",
+                                             encoding="utf-8")
+    result = run_cli("essays", "import", str(tmp_path / "js.md"), str(tmp_path / "bare.md"),
+                     str(tmp_path / "good.md"))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "js.md: front matter: url 'javascript:alert(1)' is not an http(s) address; ignored" in flat
+    assert "bare.md: front matter: url 'essays.example.org/bare' is not an http(s) address" in flat
+    urls = {slug: json.loads(run_cli("essays", "show", slug, "--json").stdout)["url"] for slug in ("js", "bare", "good")}
+    assert urls == {"js": None, "bare": None, "good": "https://essays.example.org/good"}
