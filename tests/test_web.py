@@ -598,3 +598,9 @@ def test_preview_index_on_an_empty_archive_says_to_import_not_that_all_went_out(
     page = client.get("/preview/", environ_base=LOCAL)
     assert page.status_code == 200 and b"No essays yet" in page.data
     assert b"every essay has gone out" not in page.data  # none ever came in
+
+
+def test_serve_names_a_host_it_cannot_resolve(run_cli: CLI) -> None:
+    result = run_cli("serve", "--host", "no-such-host.invalid")  # .invalid never resolves (RFC 6761)
+    assert result.exit_code == 1
+    assert "Error: --host no-such-host.invalid: no such host name" in result.output

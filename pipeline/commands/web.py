@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from pipeline.commands.base import App, pass_app
@@ -27,6 +29,10 @@ def serve(app: App, host: str, port: int) -> None:
       newsletter serve --port 9000
       NEWSLETTER_PREVIEW_TOKEN=$(openssl rand -hex 16) newsletter serve --host 0.0.0.0
     """
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as exc:  # werkzeug would print only "Name or service not known"
+        raise click.ClickException(f"--host {host}: no such host name ({exc.strerror})") from None
     # A port in use or not allowed: werkzeug says so on stderr and exits with status 1.
     server = make_server(app.settings, host, port, engine=app.engine)
     shown_host = f"[{host}]" if ":" in host else host
