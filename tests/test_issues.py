@@ -266,3 +266,11 @@ def test_cli_new_leaves_out_essays_an_issue_is_sending_now(run_cli, engine: Engi
         session.add(expired)
     again = json.loads(run_cli("issues", "new", "--dry-run", "--json").stdout)
     assert [e["slug"] for e in again["essays"]] == ["essay-001", "essay-002", "essay-003"]
+
+
+def test_cli_new_refuses_an_empty_key(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        add_essays(session, make_essay(1))
+    result = run_cli("issues", "new", "--key", " ")
+    assert result.exit_code == 2 and "--key" in result.output and "empty" in result.output
+    assert json.loads(run_cli("issues", "list", "--json").stdout) == []  # no manual-<uuid> made instead

@@ -48,6 +48,9 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, dry_run: bool, as_jso
       newsletter issues new
       newsletter issues new --essay walking-at-dawn --essay on-rivers
     """
+    if key is not None and not key.strip():
+        raise click.BadParameter("is empty: give a key, or leave --key out for manual-<uuid>",
+                                 param_hint="--key")
     if dry_run:
         with Session(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
