@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlmodel import Session, create_engine
 
 from pipeline.errors import DatabaseError
@@ -66,7 +66,7 @@ def upgrade(engine: Engine) -> None:
                 connection.execute(text("SELECT pg_advisory_xact_lock(4224242)"))
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "heads")
-    except OperationalError as exc:
+    except SQLAlchemyDatabaseError as exc:  # cannot connect, locked, or not a database at all
         raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from pipeline import db
+from pipeline.errors import DatabaseError
 from pipeline.models import Essay
 
 
@@ -51,3 +53,11 @@ def test_two_processes_write_without_database_locked(tmp_path: Path) -> None:
     assert [w.exitcode for w in workers] == [0, 0]
     with db.make_engine(url).connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM essay")).scalar() == 80
+
+
+def test_a_file_that_is_no_database_is_a_readable_error(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("shopping list: flour, water, salt\n" * 200)
+    with pytest.raises(DatabaseError, match="cannot upgrade the database") as info:
+        db.connect(f"sqlite:///{not_a_database}")
+    assert "notes.txt" in str(info.value)
