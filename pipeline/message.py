@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import dkim
+import dkim.crypto
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
@@ -334,6 +335,10 @@ def _load_dkim(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
         key = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"delivery.dkim_key: cannot read {path}: {exc.strerror}") from None
+    try:  # now, not at the first message: a bad key must not fail every delivery of a send
+        dkim.crypto.parse_pem_private_key(key)
+    except (dkim.crypto.UnparsableKeyError, dkim.KeyFormatError) as exc:
+        raise ConfigError(f"delivery.dkim_key: {path} is not a PEM private key: {exc}") from None
     domain = settings.newsletter.sender_domain.encode("ascii")
     return settings.delivery.dkim_selector.encode("ascii"), domain, key
 

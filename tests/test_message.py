@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from pipeline import message
 from pipeline.config import Settings, load_settings
-from pipeline.errors import PermanentDeliveryError
+from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
 from pipeline.message import (DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id,
@@ -241,3 +241,12 @@ def test_dkim_signature_verifies_and_covers_the_list_headers(
     assert set(h.decode() for h in DKIM_HEADERS) <= set(covered)
     tampered = raw.replace(b"Subject: ", b"Subject: Re: ", 1)
     assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+def test_a_dkim_key_file_that_is_no_key_is_a_config_error(tmp_path: Path, rendered: RenderedIssue) -> None:
+    key = tmp_path / "dkim.pem"
+    key.write_text("this is the public key, pasted by mistake\n")
+    settings = load_settings(write_config(
+        tmp_path, web={"base_url": BASE}, delivery={"dkim_key": str(key), "dkim_selector": "news"}))
+    with pytest.raises(ConfigError, match="delivery.dkim_key: .*dkim.pem is not a PEM private key"):
+        MessageFactory(settings, rendered)
