@@ -29,13 +29,12 @@ from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
-from pipeline.render import Recipient, RenderedIssue, render_issue
+from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_issue, sample_recipient
 from pipeline.transports import Transport, is_hard_bounce, make_transport
 from subscribers.consent import find as find_subscriber, mark_bounced
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
-SAMPLE = ("Zoë Sample", "reader@example.org")  # previews without a subscriber; an inert link
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 OPEN = (IssueStatus.DRAFT.value, IssueStatus.SENDING.value)
 
@@ -419,10 +418,10 @@ def personal_copy(
             raise ValueError("personal_copy needs a session or a prepared factory")
         factory = MessageFactory(settings, rendered_issue(session, settings, issue), subject_prefix)
     if subscriber is None:
-        recipient = Recipient(SAMPLE[0], SAMPLE[1], f"{settings.web.base_url}/u/preview-sample")
+        recipient = sample_recipient(settings)
     else:
         sid = subscriber.subscriber_id if isinstance(subscriber, ledger.Claimed) else subscriber.id
-        link = unsubscribe_url(settings, secret, sid) if sid else f"{settings.web.base_url}/u/preview-sample"
+        link = unsubscribe_url(settings, secret, sid) if sid else inert_unsubscribe_url(settings)
         recipient = Recipient(subscriber.name or "", subscriber.email, link)
     return factory.build(recipient, message_id or new_message_id(settings), date or utcnow())
 

@@ -42,7 +42,7 @@ from pipeline.models import Issue
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")
-SAMPLE_TOKEN = "preview-sample"  # the same inert link publish.personal_copy gives a sample
+SAMPLE_TOKEN = "preview-sample"  # unsigned on purpose: the web refuses it, nobody is unsubscribed
 _URL_SAFE = re.compile(r"https?://[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 
 # premailer as the email checklist says; its defaults break responsive mail. One instance is
@@ -156,12 +156,15 @@ def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
     return _inline(_fill(settings, "web.html", context))
 
 
-def sample_recipient(settings: Settings, secret: str) -> Recipient:
+def sample_recipient(settings: Settings) -> Recipient:
     """A made-up subscriber for previews and lint: a name with non-ASCII, and an unsubscribe link
-    of the real shape whose token is deliberately unsigned, so clicking it unsubscribes nobody.
-    (`secret` is taken for symmetry with real recipients; a sample never gets a signed token.)"""
-    del secret
-    return Recipient("Zoë Sample", "reader@example.org", f"{settings.web.base_url}/u/{SAMPLE_TOKEN}")
+    of the real shape whose token is deliberately unsigned, so clicking it unsubscribes nobody."""
+    return Recipient("Zoë Sample", "reader@example.org", inert_unsubscribe_url(settings))
+
+
+def inert_unsubscribe_url(settings: Settings) -> str:
+    """An unsubscribe link of the real shape that names nobody (samples, non-subscribers)."""
+    return f"{settings.web.base_url}/u/{SAMPLE_TOKEN}"
 
 
 def render_view(settings: Settings, view: IssueView) -> RenderedIssue:

@@ -183,7 +183,7 @@ def rendered_full_size(settings: Settings, session: Session, issue: Issue) -> st
 
 
 def test_sample_recipient_unsubscribes_nobody(digest_settings: Settings) -> None:
-    sample = sample_recipient(digest_settings, "secret")
+    sample = sample_recipient(digest_settings)
     assert sample.unsubscribe_url.startswith(BASE + "/u/") and sample.name
 
 
