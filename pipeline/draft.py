@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from pipeline.errors import ImportProblem
 from pipeline.excerpt import sentence_ends
+from subscribers.text import strip_controls
 
 MONTHS = {
     name: number
@@ -38,6 +40,15 @@ DATE_PATTERN = (
 )
 _DATE = re.compile(DATE_PATTERN, re.I)
 TITLE_LIMIT = 120  # a title taken from a first sentence is cut (between words) to this
+# What one essay may hold, whichever reader made it. Generous for an essay (the sample and
+# corpus titles stay under 150 characters), and small enough that a hostile file cannot make
+# every `essays list` or digest slow: these bound what is stored, not just what is shown.
+MAX_TITLE = 300
+MAX_DEK = 1_000
+MAX_SLUG = 200  # Essay.slug's column
+MAX_URL = 500  # Essay.url's column
+MAX_TAGS = 50
+MAX_TAG = 64
 
 
 @dataclass
@@ -99,8 +110,31 @@ def to_date(value: object) -> date | None:
 
 
 def clean(text: str) -> str:
-    """NFC-normalised text with runs of whitespace (and no-break spaces) as single spaces."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    """NFC-normalised text with runs of whitespace (and no-break spaces) as single spaces.
+
+    Every reader passes its text through here, so control characters, terminal escape
+    sequences and bidi controls never reach the database (subscribers/text.py says why).
+    """
+    return re.sub(r"\s+", " ", strip_controls(unicodedata.normalize("NFC", text))).strip()
+
+
+def check_limits(draft: Draft) -> None:
+    """ImportProblem naming the first field over its limit (MAX_TITLE, MAX_TAGS, ...)."""
+    for name, value, limit in (
+        ("title", draft.title, MAX_TITLE),
+        ("dek", draft.dek, MAX_DEK),
+        ("slug", draft.slug or "", MAX_SLUG),
+        ("url", draft.url or "", MAX_URL),
+    ):
+        if len(value) > limit:
+            raise ImportProblem(f"{name} is {len(value):,} characters long (the limit is {limit:,})")
+    if len(draft.tags) > MAX_TAGS:
+        raise ImportProblem(f"{len(draft.tags):,} tags (the limit is {MAX_TAGS})")
+    for tag in draft.tags:
+        if len(tag) > MAX_TAG:
+            raise ImportProblem(
+                f"tag {tag[:20]!r}… is {len(tag):,} characters long (the limit is {MAX_TAG})"
+            )
 
 
 def slugify(text: str, limit: int = 80) -> str:

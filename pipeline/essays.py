@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session, col, select
 
 from pipeline.db import session_scope
-from pipeline.draft import Draft, slugify
+from pipeline.draft import Draft, check_limits, slugify
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.excerpt import excerpt
 from pipeline.markdown import parse_markdown
@@ -44,7 +44,6 @@ READERS: dict[str, Callable[[str], Draft]] = {
 # Found in a folder, these document the folder rather than being essays (named, they import).
 NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing"})
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
-URL_MAX = 500  # Essay.url's column
 Outcome = Literal["added", "updated", "unchanged"]
 Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
 
@@ -199,8 +198,7 @@ def read_essay(path: Path) -> Draft:
     draft = READERS[path.suffix.lower()](read_source(path))
     if not any(block["kind"] == "p" and block["text"] for block in draft.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
-    if draft.url and len(draft.url) > URL_MAX:
-        raise ImportProblem(f"front matter: url is longer than {URL_MAX} characters")
+    check_limits(draft)
     return draft
 
 

@@ -11,6 +11,11 @@
     Body in Markdown. `#`/`##` headings become headings; paragraphs, list items and quotes become
     paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
 
+Front matter is data from a file anyone may have written, so it is read with limits: at most
+FRONT_MATTER_MAX bytes, no anchors or aliases (`&a` / `*a`: a few hundred bytes of them expand
+to gigabytes, the "billion laughs"), nesting at most MAX_DEPTH deep; pipeline/draft.py then
+bounds each field. Breaking a rule fails that file with the line and the reason.
+
 markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
 """
 
@@ -26,6 +31,8 @@ from markdown_it.token import Token
 from pipeline.draft import Draft, clean, title_from_body, to_date
 from pipeline.errors import ImportProblem
 
+FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
+MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front matter
 DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
@@ -70,18 +77,55 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     match = _FRONT.match(text)
     if not match:
         return {}, text
+    size = len(match.group(1).encode("utf-8"))
+    if size > FRONT_MATTER_MAX:
+        raise ImportProblem(
+            f"front matter is {size:,} bytes (the limit is {FRONT_MATTER_MAX:,}); "
+            "the essay's text goes after the closing ---"
+        )
     try:
-        meta = yaml.safe_load(match.group(1))
+        meta = yaml.load(match.group(1), Loader=_FrontMatterLoader)  # noqa: S506 (safe subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 2}: " if mark is not None else ""  # +1 for 0-based, +1 for ---
         problem = getattr(exc, "problem", None) or str(exc)
         raise ImportProblem(f"front matter {where}{problem}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ImportProblem(f"front matter: a value that cannot be read: {exc}") from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
         raise ImportProblem("front matter: expected `key: value` lines")
     return {str(k).lower(): v for k, v in meta.items()}, text[match.end() :]
+
+
+class _FrontMatterLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases, and nesting deeper than MAX_DEPTH.
+
+    Checked as each node is composed, so a bomb is refused at its first `&`, before anything
+    is expanded.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None,
+                "anchors and aliases (&name, *name) are not allowed",
+                event.start_mark,
+            )
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if self._depth >= MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark
+                )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str]:
@@ -133,7 +177,8 @@ def _text_field(meta: dict[str, Any], key: str) -> str:
 
 def plain(text: str) -> str:
     """One line of inline Markdown as plain text ("A *dek*" -> "A dek")."""
-    tokens = _MD.parseInline(text)
+    # Cleaned first too: markdown-it turns a NUL into U+FFFD, which no later step would remove.
+    tokens = _MD.parseInline(clean(text))
     return clean(inline_text(tokens[0].children or [])) if tokens else ""
 
 

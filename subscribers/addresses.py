@@ -28,6 +28,7 @@ from functools import lru_cache
 from email_validator import EmailNotValidError, validate_email
 
 from subscribers.errors import InvalidEmail
+from subscribers.text import BIDI_CONTROLS
 
 MAX_NAME = 200
 MAX_EMAIL = 254  # RFC 5321 path limit; email-validator enforces the same
@@ -36,11 +37,6 @@ MAX_EMAIL = 254  # RFC 5321 path limit; email-validator enforces the same
 SUPPRESSION_NAMESPACE = "newsletter-suppression-v1:"
 
 _FAST_LOCAL = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*\Z")
-# Characters a name loses: control characters (CR and LF among them: a name goes into a To:
-# header), line and paragraph separators, and the bidi overrides that can make a name display
-# as something else.
-_BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -105,11 +101,13 @@ def clean_name(raw: str | None) -> str:
     if not raw:
         return ""
     if raw.isprintable() and raw == raw.strip() and "  " not in raw and len(raw) <= MAX_NAME:
-        return raw  # the common case, in one C-speed check
+        return raw  # the common case, in one C-speed check (bidi controls are not printable)
+    # A name loses control characters (CR and LF among them: it goes into a To: header), line
+    # and paragraph separators, and the bidi controls that can make it display as another name.
     kept = []
     for char in raw:
         category = unicodedata.category(char)
-        if char in _BIDI or category in ("Cc", "Zl", "Zp", "Cs", "Co", "Cn"):
+        if char in BIDI_CONTROLS or category in ("Cc", "Zl", "Zp", "Cs", "Co", "Cn"):
             kept.append(" " if char in "\t\r\n\v\f\u2028\u2029\x85" else "")
         else:
             kept.append(char)

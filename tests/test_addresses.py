@@ -85,6 +85,7 @@ def test_the_fast_path_agrees_with_email_validator(local: str, domain: str) -> N
         ("  Ann   Lee\t", "Ann Lee"),
         ("Null\x00Byte\x1b[31m", "NullByte[31m"),
         ("evil\u202egnp.exe", "evilgnp.exe"),
+        ("Ann\u200fLee\u200e\u061c", "AnnLee"),  # the bidi marks too, not only the overrides
         ("line\u2028sep", "line sep"),
         ("Zoë Ørsted-Łukasz 李", "Zoë Ørsted-Łukasz 李"),
         ("Lee, Ann", "Lee, Ann"),

@@ -144,6 +144,55 @@ def test_markdown_without_front_matter() -> None:
     assert draft.title == "Just a paragraph"
 
 
+# A "billion laughs" in four levels: 9**4 strings from a few hundred bytes (each extra level
+# multiplies by nine; the one that took minutes and gigabytes had more).
+ALIAS_BOMB = """
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+tags: [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+"""
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor() -> None:
+    with pytest.raises(ImportProblem, match=r"line 3: anchors and aliases .* are not allowed"):
+        parse_markdown(doc("title: T" + ALIAS_BOMB))
+
+
+def test_one_anchor_and_alias_are_refused_too() -> None:
+    # Not only bombs: the rule is simple to state and front matter never needs them.
+    with pytest.raises(ImportProblem, match="line 2: anchors and aliases"):
+        parse_markdown(doc("title: &t Walking\ndek: *t"))
+
+
+def test_front_matter_over_16_kib_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(ImportProblem, match=r"front matter is \d\d,\d{3} bytes \(the limit is 16,384\)"):
+        parse_markdown(doc("title: T\n" + "note: padding padding\n" * 1000))
+
+
+def test_deep_nesting_and_huge_numbers_are_problems_not_crashes() -> None:
+    # Both crashed the whole import (RecursionError, ValueError) instead of failing one file.
+    with pytest.raises(ImportProblem, match="line 2: nested more than 8 levels deep"):
+        parse_markdown(doc("title: " + "[" * 3000))
+    with pytest.raises(ImportProblem, match="a value that cannot be read"):
+        parse_markdown(doc("title: T\nnumber: " + "9" * 5000))
+
+
+def test_control_characters_escapes_and_bidi_controls_are_stripped() -> None:
+    # YAML's double-quoted "\e", "\0" and "\u202E" are how such characters get into a file.
+    draft = parse_markdown(doc(r"""
+title: "\e[2J\e]0;pwned\aGood \e[31mbread\e[0m\0"
+dek: "evil\u202Egnp.exe \u2066isolated\u2069 \u200Fmark\u061C"
+tags: ["\e[5mblink", "ok\x85line"]
+slug: "\e[1mold-roads"
+""", "Text \x1b[31mred\x1b[0m with a \u202ereversed word.\n"))
+    assert draft.title == "Good bread"
+    assert draft.dek == "evilgnp.exe isolated mark"
+    assert draft.tags == ["blink", "ok line"]
+    assert draft.slug == "old-roads"
+    assert draft.body == [{"kind": "p", "text": "Text red with a reversed word."}]
+
+
 @pytest.mark.parametrize("library", ["yaml", "markdown_it"])
 def test_yaml_and_markdown_it_enter_only_here(library: str) -> None:
     assert importers_of(library) == {"pipeline/markdown.py"}

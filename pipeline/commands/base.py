@@ -15,12 +15,24 @@ from typing import Any, Callable, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.engine import Engine
 
 from pipeline import db
 from pipeline.config import Settings, load_settings
+from subscribers.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def shown(text: str) -> str:
+    """Stored or file-given text for console.print: markup and control characters shown literally.
+
+    "[red]" stays "[red]" (not a colour), and ESC, NUL or a bidi override print as `\\x1b`,
+    `\\x00`, `\\u202e` instead of steering the terminal: rows imported before the import
+    stripped them, or names that came in another way, print harmlessly too.
+    """
+    return escape(printable(text))
 
 
 @dataclass

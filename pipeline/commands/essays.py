@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.essays import ImportReport, describe, get_essay, import_paths, list_essays, sent_key
+from subscribers.text import printable
 
 PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
 
@@ -74,13 +74,13 @@ def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:
         f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
     )
     for slug in report.added:
-        app.console.print(f"[green]{would}added[/]     {escape(slug)}")
+        app.console.print(f"[green]{would}added[/]     {shown(slug)}")
     for slug in report.updated:
-        app.console.print(f"[yellow]{would}updated[/]   {escape(slug)}")
+        app.console.print(f"[yellow]{would}updated[/]   {shown(slug)}")
     for warning in report.warnings:
-        app.err.print(f"[yellow]Warning:[/] {escape(warning)}", soft_wrap=True)
+        app.err.print(f"[yellow]Warning:[/] {shown(warning)}", soft_wrap=True)
     for failure in report.failed:
-        app.err.print(f"[red]Failed:[/] {escape(str(failure))}", soft_wrap=True)
+        app.err.print(f"[red]Failed:[/] {shown(str(failure))}", soft_wrap=True)
     app.console.print(("[bold]" if report.ok else "[bold red]") + counts + "[/]")
     if dry_run:
         app.console.print("Dry run: nothing was written.")
@@ -110,18 +110,18 @@ def list_command(app: App, as_json: bool) -> None:
         return
     # One line per essay. A slug is typed back into `essays show`, so it is never cut; titles
     # are shortened to what the terminal has left (`essays show` has the whole title).
-    slug_width = max(len(row["slug"]) for row in rows)
-    sent_width = max([7, *(len(row["sent"] or "") for row in rows)])
+    slug_width = max(len(printable(row["slug"])) for row in rows)
+    sent_width = max([7, *(len(printable(row["sent"] or "")) for row in rows)])
     title_width = max(12, app.console.width - slug_width - 10 - sent_width - 13)
     table = Table()
     for name in ("slug", "title", "date", "sent"):
         table.add_column(name, no_wrap=True)
     for row in rows:
         table.add_row(
-            escape(row["slug"]),
-            escape(_shorten(row["title"], title_width)),
+            shown(row["slug"]),
+            shown(_shorten(printable(row["title"]), title_width)),
             row["date"].isoformat() if row["date"] else "—",
-            escape(row["sent"]) if row["sent"] else "[dim]not yet[/]",
+            shown(row["sent"]) if row["sent"] else "[dim]not yet[/]",
         )
     app.console.print(table)
     app.console.print(f"{len(rows)} essays, {sum(1 for r in rows if not r['sent'])} not sent yet")
@@ -150,28 +150,28 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
         print_json(info)
         return
     out = app.console
-    out.print(f"[bold]{escape(info['title'])}[/]")
+    out.print(f"[bold]{shown(info['title'])}[/]")
     if info["dek"]:
-        out.print(f"[italic]{escape(info['dek'])}[/]")
+        out.print(f"[italic]{shown(info['dek'])}[/]")
     out.print(
-        f"slug {escape(info['slug'])} · "
+        f"slug {shown(info['slug'])} · "
         f"{info['date'].isoformat() if info['date'] else 'no date'} · "
         f"{info['word_count']} words · "
-        + (f"sent in {escape(info['sent_in'])}" if info["sent_in"] else "not sent yet")
+        + (f"sent in {shown(info['sent_in'])}" if info["sent_in"] else "not sent yet")
     )
     if info["tags"]:
-        out.print("tags: " + escape(", ".join(info["tags"])))
+        out.print("tags: " + shown(", ".join(info["tags"])))
     if info["url"]:
-        out.print(f"url: {escape(info['url'])}")
-    out.print(f"\n[bold]Excerpt[/]\n{escape(info['excerpt'])}")
+        out.print(f"url: {shown(info['url'])}")
+    out.print(f"\n[bold]Excerpt[/]\n{shown(info['excerpt'])}")
     if info["headings"]:
         out.print("\n[bold]Headings[/]")
         for heading in info["headings"]:
-            out.print(f"  • {escape(heading)}")
+            out.print(f"  • {shown(heading)}")
     if info["related"]:
         out.print(f"\n[bold]Related on the source page[/] ({len(info['related'])})")
         for item in info["related"]:
-            out.print(f"  • [dim]{item['date'] or 'no date':10}[/]  {escape(item['summary'])}")
+            out.print(f"  • [dim]{item['date'] or 'no date':10}[/]  {shown(item['summary'])}")
 
 
 commands = [group]

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
@@ -65,14 +65,14 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, dry_run: bool, as_jso
         print_json(data)
         return
     if dry_run:
-        app.console.print(f"Would compose: {escape(data['subject'])}  (dry run: nothing stored)", soft_wrap=True)
+        app.console.print(f"Would compose: {shown(data['subject'])}  (dry run: nothing stored)", soft_wrap=True)
         for essay in data["essays"]:
-            app.console.print(f"  {escape(essay['slug'])}  {escape(essay['title'])}")
+            app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
         return
-    app.console.print(f"Composed issue [bold]{data['id']}[/] ({escape(issue.key)}): {escape(issue.subject)}",
+    app.console.print(f"Composed issue [bold]{data['id']}[/] ({shown(issue.key)}): {shown(issue.subject)}",
                       soft_wrap=True)
     for essay in data["essays"]:
-        app.console.print(f"  {escape(essay['slug'])}  {escape(essay['title'])}")
+        app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
     app.console.print(f"Preview it: newsletter preview {data['id']} --open")
 
 
@@ -98,7 +98,7 @@ def list_command(app: App, as_json: bool) -> None:
     table = Table("id", "key", "status", "essays", "created", "subject")
     for row in rows:
         table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
-                      row["created_at"].strftime("%Y-%m-%d %H:%M"), escape(row["subject"]))
+                      row["created_at"].strftime("%Y-%m-%d %H:%M"), shown(row["subject"]))
     app.console.print(table)
 
 
@@ -124,7 +124,7 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
             app.console.print(f"[bold]{label:<12}[/]{escape(str(data[label]))}")
     app.console.print("[bold]essays[/]")
     for essay in data["essays"]:
-        app.console.print(f"  {essay['position'] + 1}. {escape(essay['slug'])}  {escape(essay['title'])}")
+        app.console.print(f"  {essay['position'] + 1}. {shown(essay['slug'])}  {shown(essay['title'])}")
 
 
 @click.command("preview")

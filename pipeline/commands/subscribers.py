@@ -8,12 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from sqlmodel import Session, select
 
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.public import send_confirmation
 from subscribers import consent
 from subscribers.csvfile import MAPPABLE, sniff
@@ -58,14 +57,14 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
                 check_deliverability=settings.subscribers.check_deliverability,
             )
             if not needs:
-                app.console.print(f"{escape(subscriber.email)} is already an active subscriber.")
+                app.console.print(f"{shown(subscriber.email)} is already an active subscriber.")
                 return
             secret = load_secret(settings.base_dir, announce=app.err.print)
             send_confirmation(settings, consent.confirmation_email(
                 secret, subscriber, settings.web.base_url, settings.newsletter.name
             ))
             app.console.print(
-                f"Sent a confirmation link to {escape(subscriber.email)} "
+                f"Sent a confirmation link to {shown(subscriber.email)} "
                 f"(status {subscriber.status} until they follow it; valid 7 days)."
             )
             return
@@ -73,7 +72,7 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
             session, email, name=name, source="cli", pending=pending,
             check_deliverability=settings.subscribers.check_deliverability,
         )
-    app.console.print(f"{outcome.capitalize()}: {escape(subscriber.email)} ({subscriber.status})")
+    app.console.print(f"{outcome.capitalize()}: {shown(subscriber.email)} ({subscriber.status})")
 
 
 @group.command("import")
@@ -148,7 +147,7 @@ def _print_report(app: App, report: ImportReport) -> None:
         if problems:
             out.print(f"[{style}]{title}:[/]")
             for problem in problems[:SHOW_AT_MOST]:
-                out.print(f"  line {problem.line}: {escape(problem.email or '(empty)')}: {escape(problem.reason)}", soft_wrap=True)
+                out.print(f"  line {problem.line}: {shown(problem.email or '(empty)')}: {shown(problem.reason)}", soft_wrap=True)
             if len(problems) > SHOW_AT_MOST:
                 out.print(f"  ... and {len(problems) - SHOW_AT_MOST} more (--json lists them all)")
     if report.names_cleaned:
@@ -222,7 +221,7 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
     for column in (0, 2, 4):  # address, status, date whole (`unsubscribe` takes the address)
         table.columns[column].no_wrap = True  # so Rich shrinks the name and source instead
     for s in rows:
-        table.add_row(escape(s.email), escape(s.name), s.status, escape(s.source), s.created_at.date().isoformat())
+        table.add_row(shown(s.email), shown(s.name), s.status, shown(s.source), s.created_at.date().isoformat())
     if rows:
         app.console.print(table)
     total = counts[status] if status else sum(n for key, n in counts.items() if key != SubscriberStatus.REMOVED.value)
@@ -245,7 +244,7 @@ def unsubscribe(app: App, email: str) -> None:
     """
     with Session(app.engine) as session:
         changed = consent.unsubscribe(session, email)
-    app.console.print(f"Unsubscribed {escape(email)}." if changed else f"{escape(email)} was already off the list.")
+    app.console.print(f"Unsubscribed {shown(email)}." if changed else f"{shown(email)} was already off the list.")
 
 
 @group.command("remove")
@@ -268,9 +267,9 @@ def remove(app: App, email: str, yes: bool) -> None:
     with Session(app.engine) as session:
         known = consent.remove(session, email)
     if known:
-        app.console.print(f"Removed {escape(email)}: personal data erased, address suppressed.")
+        app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")
     else:
-        app.console.print(f"{escape(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
+        app.console.print(f"{shown(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
 
 
 @click.command("init")
