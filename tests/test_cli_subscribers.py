@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline import db
 from pipeline.cli import cli
 from pipeline.config import load_settings
 from subscribers import consent
+from subscribers.model import Subscriber
 from subscribers.tokens import SECRET_ENV, load_secret
 from tests.conftest import CLI, SMTPServer, write_config
 
@@ -268,3 +270,20 @@ def test_import_of_utf8_with_one_stray_byte_names_the_line_instead_of_garbling_e
     cp1252.write_bytes("email,name\njose@example.org,José\n".encode("cp1252"))
     assert run_cli("subscribers", "import", str(cp1252)).exit_code == 0
     assert listed(run_cli)["subscribers"][0]["name"] == "José"
+
+
+def test_list_prints_names_literally_and_bidi_marks_never_get_in(
+    run_cli: CLI, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    added = run_cli("subscribers", "add", "mark@example.org", "--name", "Ann\u200fLee\u061c")
+    assert added.exit_code == 0
+    assert listed(run_cli)["subscribers"][0]["name"] == "AnnLee"
+    # A row from before that rule, or written by another tool: shown, never obeyed.
+    with Session(engine) as session:
+        session.add(Subscriber(email="eve@example.org", email_normalized="eve@example.org",
+                               name="\x1b[2J[red]Eve[/red] \u202egnp.exe", source="[link=https://x]y"))
+        session.commit()
+    out = run_cli("subscribers", "list").output
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "\\x1b[2J[red]Eve[/red] \\u202egnp.exe" in out and "[link=https://x]y" in out

@@ -353,3 +353,95 @@ def test_cli_import_ignores_a_front_matter_url_that_is_no_web_address(run_cli: C
     assert "bare.md: front matter: url 'essays.example.org/bare' is not an http(s) address" in flat
     urls = {slug: json.loads(run_cli("essays", "show", slug, "--json").stdout)["url"] for slug in ("js", "bare", "good")}
     assert urls == {"js": None, "bare": None, "good": "https://essays.example.org/good"}
+
+
+# --- hostile files and hostile text ---------------------------------------------------------
+
+BOMB_MD = """---
+title: Laughs
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+tags: [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+---
+Body text.
+"""
+
+
+def test_hostile_front_matter_fails_its_file_and_the_rest_import(run_cli: CLI, tmp_path: Path) -> None:
+    files = {
+        "bomb.md": BOMB_MD,
+        "long-title.md": f"---\ntitle: {'word ' * 100}\n---\nBody text.\n",
+        "long-dek.md": f"---\ntitle: T\ndek: {'x' * 1001}\n---\nBody text.\n",
+        "many-tags.md": f"---\ntitle: T\ntags: [{', '.join(f't{n}' for n in range(51))}]\n---\nBody.\n",
+        "long-tag.md": f"---\ntitle: T\ntags: [ok, {'y' * 65}]\n---\nBody text.\n",
+        "huge-front.md": "---\ntitle: T\n" + "pad: padding padding\n" * 1000 + "---\nBody text.\n",
+        "deep.md": "---\ntitle: " + "[" * 3000 + "\n---\nBody text.\n",
+        "good.md": ESSAY_MD,
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    result = run_cli("essays", "import", str(tmp_path))
+    assert result.exit_code == 1
+    assert "1 added, 0 updated, 0 unchanged, 7 failed" in result.stdout
+    errors = " ".join(result.stderr.split())
+    for expected in (
+        "bomb.md: front matter line 3: anchors and aliases (&name, *name) are not allowed",
+        "long-title.md: title is 499 characters long (the limit is 300)",
+        "long-dek.md: dek is 1,001 characters long (the limit is 1,000)",
+        "many-tags.md: 51 tags (the limit is 50)",
+        "long-tag.md: tag 'yyyyyyyyyyyyyyyyyyyy'… is 65 characters long (the limit is 64)",
+        "huge-front.md: front matter is 21,009 bytes (the limit is 16,384)",
+        "deep.md: front matter line 2: nested more than 8 levels deep",
+    ):
+        assert expected in errors
+    rows = json.loads(run_cli("essays", "list", "--json").stdout)
+    assert [row["slug"] for row in rows] == ["good"]
+
+
+def test_control_characters_never_reach_the_database_from_either_format(
+    engine: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "page.txt").write_text(
+        "\x1b]8;;https://evil.example\x07Bread\x1b]8;;\x07 at \u202edawn\x1b[0m\n"
+        "A dek\x08 with a backspace\x7f.\n"
+        "July 19, 2025\n"
+        "The first paragraph of the essay, which is long enough to be a paragraph and says "
+        "something about bread, the oven and the \x1b[2Jmorning light that comes in late.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "note.md").write_text(
+        '---\ntitle: "Walk\\e[8m hidden\\u202E"\ntags: ["\\e[31mred"]\n---\nBody \x1b[1mtext.\n',
+        encoding="utf-8",
+    )
+    report = import_paths(engine, [tmp_path])
+    assert report.failed == [] and sorted(report.added) == ["note", "page"]
+    stored = essays(engine)
+    assert stored["page"].title == "Bread at dawn" and stored["page"].dek == "A dek with a backspace."
+    assert stored["note"].title == "Walk hidden" and stored["note"].tags == ["red"]
+    assert stored["note"].body == [{"kind": "p", "text": "Body text."}]
+    hostile = ("\x1b", "\x08", "\x7f", "\x07", "\u202e")
+    for essay in stored.values():
+        text = json.dumps([essay.title, essay.dek, essay.tags, essay.body], ensure_ascii=False)
+        assert not any(char in text for char in hostile), text
+
+
+def test_list_and_show_print_stored_hostile_text_literally(
+    run_cli: CLI, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A row written before the import stripped such characters (or by another tool).
+    monkeypatch.setenv("COLUMNS", "200")
+    title = "\x1b[2J\x1b]0;owned\x07[red]Loud[/red] \u202egnp.exe [link=https://evil.example]x"
+    with Session(engine) as session:
+        session.add(Essay(slug="hostile", title=title, dek="dek\x00\u2066", tags=["\x1b[5mt"],
+                          body=[{"kind": "h", "text": "Part \x1b[31mtwo"}, {"kind": "p", "text": "Body."}],
+                          content_hash="x"))
+        session.commit()
+    for args in (("essays", "list"), ("essays", "show", "hostile")):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        out = result.output
+        assert not any(char in out for char in ("\x1b", "\x00", "\x07", "\u202e", "\u2066")), out
+        assert "\\x1b[2J\\x1b]0;owned\\x07[red]Loud[/red] \\u202egnp.exe [link=https://evil.example]x" in out
+    shown = run_cli("essays", "show", "hostile").output
+    assert "dek\\x00\\u2066" in shown and "tags: \\x1b[5mt" in shown and "• Part \\x1b[31mtwo" in shown
