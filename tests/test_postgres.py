@@ -65,9 +65,9 @@ def per_address(smtp: SMTPServer) -> Counter[str]:
 
 
 def test_three_worker_processes_send_5000_messages_exactly_once_even_when_one_is_killed(
-    tmp_path: Path, postgres_url: str, smtp_server: SMTPServer
+    tmp_path: Path, empty_postgres_url: str, smtp_server: SMTPServer
 ) -> None:
-    settings = pg_settings(tmp_path, postgres_url, smtp_server)
+    settings = pg_settings(tmp_path, empty_postgres_url, smtp_server)
     logs = [tmp_path / f"worker{n}.log" for n in range(3)]
     # Started at once on an empty database: they race to create the schema (an advisory lock
     # lets one migrate at a time), then idle until there is work.
