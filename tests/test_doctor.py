@@ -12,6 +12,9 @@ from typing import Any
 
 import dkim
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from click.testing import CliRunner
 from dnslib import MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from sqlmodel import Session
@@ -19,8 +22,22 @@ from sqlmodel import Session
 from pipeline import db
 from pipeline.config import Settings, load_settings
 from pipeline.dns_records import Records
-from pipeline.doctor import MUST, SHOULD, Check, diagnose, dkim_checks, dmarc_checks, failed, \
-    lint_check, return_path_check, secret_checks, smtp_checks, spf_checks, web_check
+from pipeline.doctor import (
+    MUST,
+    SHOULD,
+    Check,
+    diagnose,
+    dkim_checks,
+    dmarc_checks,
+    failed,
+    lint_check,
+    must_checks,
+    return_path_check,
+    secret_checks,
+    smtp_checks,
+    spf_checks,
+    web_check,
+)
 from pipeline.issues import compose
 from pipeline.message import dkim_record
 from pipeline.publish import personal_copy
@@ -145,9 +162,6 @@ def test_base_url_must_be_public_https(url: str, ok: bool) -> None:
 @pytest.fixture
 def auth_smtp() -> Iterator[tuple[int, list[bytes]]]:
     """An aiosmtpd server on loopback that wants the login ana / right-password."""
-    from aiosmtpd.controller import Controller  # noqa: PLC0415  (test-only dependency)
-    from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: PLC0415
-
     received: list[bytes] = []
 
     class Handler:
@@ -306,7 +320,7 @@ def test_a_dns_server_that_does_not_answer_is_a_finding_not_a_crash(tmp_path: Pa
         silent.bind(("127.0.0.1", 0))
         checks = diagnose(settings_with(tmp_path), lambda: db.connect(f"sqlite:///{tmp_path}/x.db"),
                           Records(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5))
-    spf = [c for c in checks if c.code == "spf"][0]
+    spf = next(c for c in checks if c.code == "spf")
     assert not spf.ok and "DNS lookup" in spf.message
 
 
@@ -321,7 +335,6 @@ def test_lint_check_on_the_latest_issue(tmp_path: Path) -> None:
         add_essays(session, *digest_essays(2))
         compose(session, settings, key="lint-me")
         session.commit()
-    from pipeline.doctor import must_checks  # noqa: PLC0415
     assert lint_check(settings, lambda: engine, must_checks).ok
     plain = load_settings(write_config(tmp_path))  # web.base_url http://127.0.0.1: links fail H11
     check = lint_check(plain, lambda: engine, must_checks)
@@ -344,8 +357,6 @@ def test_doctor_command_passes_a_good_setup_and_fails_a_bad_one(
     tmp_path: Path, zone: tuple[Zone, str], dkim_key: Path, auth_smtp: tuple[int, list[bytes]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from click.testing import CliRunner  # noqa: PLC0415
-
     config = write_config(tmp_path, web={"base_url": "https://letters.example.org"}, delivery={
         "transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": auth_smtp[0], "smtp_tls": "none",
         "smtp_username": "ana", "dkim_key": str(dkim_key), "dkim_selector": SELECTOR})
@@ -376,8 +387,6 @@ def test_doctor_command_passes_a_good_setup_and_fails_a_bad_one(
 
 
 def test_doctor_command_reports_a_broken_config(tmp_path: Path) -> None:
-    from click.testing import CliRunner  # noqa: PLC0415
-
     config = tmp_path / "config.toml"
     config.write_text("[newsletter]\nname = 3\n")
     result = CLI(config, CliRunner())("doctor", "--json")

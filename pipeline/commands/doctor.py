@@ -6,8 +6,8 @@ import click
 from rich.markup import escape
 
 from pipeline.commands.base import App, json_option, pass_app, print_json
-from pipeline.doctor import MUST, Check, config_failure, diagnose, failed
 from pipeline.dns_records import Records
+from pipeline.doctor import MUST, Check, config_failure, diagnose, failed
 from pipeline.errors import ConfigError
 
 
