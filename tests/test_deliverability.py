@@ -76,9 +76,10 @@ def spamassassin(raw: bytes, prefs: Path) -> tuple[float, list[str]]:
     headers = done.stdout.split(b"\n\n", 1)[0].decode("utf-8", "replace")
     status = re.search(r"^X-Spam-Status: (.*(?:\n[ \t].*)*)", headers, re.MULTILINE)
     assert status, f"no X-Spam-Status header in spamassassin's output:\n{headers}"
-    value = " ".join(status.group(1).split())
+    # The header is folded after any comma of the rule list: drop all whitespace, then split.
+    value = "".join(status.group(1).split())
     score = re.search(r"score=(-?[\d.]+)", value)
-    tests = re.search(r"tests=([\w,]*)", value)
+    tests = re.search(r"tests=([\w,]*?)(?:autolearn=|version=|$)", value)
     assert score and tests, value
     return float(score.group(1)), [t for t in tests.group(1).split(",") if t]
 
