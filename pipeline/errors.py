@@ -6,6 +6,7 @@
     ├── ImportProblem               one input file or row could not be taken (names it)
     ├── NotFound                    an essay, issue or subscriber that does not exist
     ├── RenderError                 a template failed or an issue cannot be rendered
+    ├── LookupFailed                the DNS could not answer (timeout, server failure)
     └── DeliveryError               sending failed
         ├── TransientDeliveryError  the server said "try later" (4xx, 552)
         ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
@@ -40,6 +41,10 @@ class NotFound(NewsletterError):
 
 class RenderError(NewsletterError):
     """A template failed, or an issue cannot be rendered."""
+
+
+class LookupFailed(NewsletterError):
+    """The DNS could not answer (timeout, server failure); a name that does not exist is an answer."""
 
 
 class DeliveryError(NewsletterError):

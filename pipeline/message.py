@@ -343,6 +343,37 @@ def _load_dkim(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
     return settings.delivery.dkim_selector.encode("ascii"), domain, key
 
 
+def dkim_record(settings: Settings) -> tuple[str, str]:
+    """The DNS name and TXT value receivers look up to check this newsletter's DKIM signatures.
+
+    Built from the configured private key (RSA), so what it says is what `_load_dkim` signs with;
+    ConfigError when no key is configured or the key cannot be read.
+    """
+    loaded = _load_dkim(settings)
+    if loaded is None:
+        raise ConfigError("delivery.dkim_key: no DKIM key is configured")
+    selector, domain, pem = loaded
+    key = dkim.crypto.parse_pem_private_key(pem)
+    rsa_public_key = _der(0x30, _der_int(key["modulus"]) + _der_int(key["publicExponent"]))
+    rsa_encryption = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + _der(0x05, b""))
+    spki = _der(0x30, rsa_encryption + _der(0x03, b"\x00" + rsa_public_key))
+    value = "v=DKIM1; k=rsa; p=" + binascii.b2a_base64(spki, newline=False).decode("ascii")
+    return f"{selector.decode()}._domainkey.{domain.decode()}", value
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER element: tag, definite length, content (X.690 8.1)."""
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def _der_int(value: int) -> bytes:
+    # One more byte than the bits need: a leading zero keeps a high first bit from meaning negative.
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
 def reference_message(settings: Settings, rendered: Rendered, recipient: _Recipient,
                       message_id: str, date: datetime, subject_prefix: str = "") -> bytes:
     """The same message built the slow, obvious way with EmailMessage (tests, benchmarks)."""

@@ -40,6 +40,17 @@ def make_transport(settings: Settings) -> Transport:
     return OutboxTransport(settings.delivery.outbox_dir)
 
 
+def check_connection(delivery: DeliverySettings) -> None:
+    """Connect, say EHLO, start TLS and log in as a send would, then QUIT: no message is sent.
+
+    Raises TransportUnavailable saying what failed (connection, TLS or login)."""
+    transport = SMTPTransport(delivery)
+    try:
+        transport._connection()
+    finally:
+        transport.close()
+
+
 def classify(code: int, message: bytes | str, where: str) -> TransientDeliveryError | PermanentDeliveryError:
     """The error an SMTP reply means: 4xx and 552 try again later, other 5xx never."""
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message

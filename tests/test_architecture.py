@@ -64,3 +64,11 @@ def test_itsdangerous_enters_only_through_tokens() -> None:
 
 def test_email_validator_enters_only_through_addresses() -> None:
     assert importers_of("email_validator") == {"subscribers/addresses.py"}
+
+
+def test_dnspython_enters_only_through_dns_records() -> None:
+    assert importers_of("dns") == {"pipeline/dns_records.py"}
+
+
+def test_smtplib_enters_only_through_transports() -> None:
+    assert importers_of("smtplib") == {"pipeline/transports.py"}
