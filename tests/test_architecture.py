@@ -64,3 +64,7 @@ def test_itsdangerous_enters_only_through_tokens() -> None:
 
 def test_email_validator_enters_only_through_addresses() -> None:
     assert importers_of("email_validator") == {"subscribers/addresses.py"}
+
+
+def test_feedparser_enters_only_through_the_feed_reader() -> None:
+    assert importers_of("feedparser") == {"pipeline/feeds.py"}
