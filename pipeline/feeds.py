@@ -25,7 +25,15 @@ from xml.sax import SAXParseException
 
 import feedparser
 
-from pipeline.draft import MAX_DEK, MAX_TAG, MAX_TAGS, Draft, check_limits, clean, title_from_body
+from pipeline.draft import (
+    MAX_DEK,
+    MAX_TAG,
+    MAX_TAGS,
+    Draft,
+    check_limits,
+    clean,
+    title_from_body,
+)
 from pipeline.errors import FeedError, ImportProblem
 from pipeline.excerpt import shorten
 from pipeline.html_blocks import html_blocks, html_text

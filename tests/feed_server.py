@@ -49,7 +49,7 @@ def serve_feeds() -> Iterator[FeedServer]:
         state.modified["/" + file.name] = "Sat, 21 Nov 2026 10:00:00 GMT"
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             path = self.path.split("?")[0]
             state.hits[path] += 1
             state.headers.append((path, dict(self.headers.items())))

@@ -52,8 +52,8 @@ SHAPES = {
     "wordpress.xml": (
         "walking-at-dawn", "Walking at dawn – notes from the river path",
         "https://walks.example.org/2026/11/walking-at-dawn/", date(2026, 11, 22),
-        "The river path is empty before six, and the light comes up grey before it comes up "
-        "gold. …",
+        ("The river path is empty before six, and the light comes up grey before it comes up "
+         "gold. …"),
         ["What the herons know"], "Solvitur ambulando: it is solved by walking.",
         ["tracker", "Watch the river", "Continue reading"],
     ),
@@ -204,8 +204,8 @@ def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(
     feed_server.publish("/hugo.xml", text.encode())
     settings = configure(config_file, feed_server, "hugo.xml")
     result = poll_feeds(settings, engine, NOW).feeds[0]
-    assert result.failed == ["https://notes.example.org/posts/only-a-picture/: no text in the "
-                             "entry's content or summary"]
+    assert result.failed == [("https://notes.example.org/posts/only-a-picture/: no text in the "
+                              "entry's content or summary")]
     assert result.added == ["stairs-of-the-old-town"] and not result.ok
     poll_feeds(settings, engine, NOW)
     assert "If-None-Match" not in feed_server.headers[-1][1]  # validators kept back: full read

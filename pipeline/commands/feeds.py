@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from pipeline import polling
+from pipeline import feed_list, polling
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.polling import FeedResult, PollReport
 
@@ -39,11 +39,11 @@ def add_command(app: App, url: str, no_check: bool) -> None:
     Example:
       newsletter feeds add https://essays.example.org/feed.xml
     """
-    url = polling.check_url(url)
+    url = feed_list.check_url(url)
     if not no_check:
-        document = polling.check_feed(app.settings, url)
+        document = feed_list.check_feed(app.settings, url)
         app.console.print(f"{shown(document.title or url)}: {len(document.entries)} entries")
-    polling.add_feed(app.settings, app.engine, url)
+    feed_list.add_feed(app.settings, app.engine, url)
     app.console.print(f"Added {shown(url)}. Import its recent entries: newsletter feeds poll")
 
 
@@ -63,7 +63,7 @@ def remove_command(app: App, url: str, yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Stop polling {url}?", abort=True)
-    forgotten = polling.remove_feed(app.settings, app.engine, url)
+    forgotten = feed_list.remove_feed(app.settings, app.engine, url)
     app.console.print(f"Removed {shown(url)} ({forgotten} entries forgotten; essays kept).")
 
 
@@ -78,7 +78,7 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter feeds list
       newsletter feeds list --json
     """
-    rows = polling.list_feeds(app.settings, app.engine)
+    rows = feed_list.list_feeds(app.settings, app.engine)
     if as_json:
         print_json(rows)
         return
