@@ -341,8 +341,9 @@ class _Reader:
         if not isinstance(value, list):
             raise self.fail(key, want, value)
         for item in value:
-            if not isinstance(item, str) or not item.strip().startswith(("https://", "http://")):
-                raise self.fail(key, want, item)
+            if (not isinstance(item, str) or not item.strip().startswith(("https://", "http://"))
+                    or len(item.strip()) > 500):  # the longest URL an essay or feed row holds
+                raise self.fail(key, want + " of at most 500 characters", item)
         return [item.strip() for item in value]
 
     def address(self, key: str) -> str:

@@ -274,3 +274,24 @@ def test_sources_has_defaults_and_refuses_unknown_keys(config_file: Path) -> Non
     config_file.write_text(config_file.read_text().replace("first_poll_days", "first_pol_days"))
     with pytest.raises(ConfigError, match="sources.first_pol_days: unknown key"):
         load_settings(config_file)
+
+
+def test_polling_stores_the_same_on_postgresql(
+    postgres_url: str, tmp_path: Path, feed_server: FeedServer
+) -> None:
+    settings = load_settings(write_config(tmp_path, database_url=postgres_url, sources={
+        "feeds": [feed_server.url("wordpress.xml"), feed_server.url("ghost.xml")]}))
+    engine = db.connect(settings.database.url)
+    try:
+        first = poll_feeds(settings, engine, NOW)
+        assert [(r.added, len(r.skipped)) for r in first.feeds] == [
+            (["walking-at-dawn", "the-bench-by-the-lock"], 1), (["why-the-starter-wins"], 0)]
+        edited = (FIXTURES / "ghost.xml").read_text().replace("four years", "five years")
+        feed_server.publish("/ghost.xml", edited.encode())
+        second = poll_feeds(settings, engine, NOW + timedelta(days=1))
+        assert [(r.status, r.updated) for r in second.feeds] == [
+            ("not-modified", []), ("ok", ["why-the-starter-wins"])]
+        assert sorted(essays(engine)) == ["the-bench-by-the-lock", "walking-at-dawn",
+                                          "why-the-starter-wins"]
+    finally:
+        engine.dispose()

@@ -86,7 +86,8 @@ def list_command(app: App, as_json: bool) -> None:
         app.console.print("No feeds. Add one: newsletter feeds add https://example.org/feed.xml")
         return
     table = Table()
-    for name in ("url", "from", "title", "last poll", "status", "essays"):
+    table.add_column("url", overflow="fold")  # typed back into `feeds remove`: never cut
+    for name in ("from", "title", "last poll", "status", "essays"):
         table.add_column(name)
     for row in rows:
         status = row["last_status"] or "not polled"
