@@ -99,6 +99,13 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class SourceSettings:
+    feeds: tuple[str, ...]  # RSS/Atom feeds polled besides those added with `feeds add`
+    first_poll_days: int  # on a feed's first poll, only entries this recent are new
+    timeout_seconds: float  # per feed request
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything config.toml says, checked and typed; `path` is the file it came from."""
 
@@ -110,6 +117,7 @@ class Settings:
     digest: DigestSettings
     subscribers: SubscriberSettings
     delivery: DeliverySettings
+    sources: SourceSettings
 
     @property
     def base_dir(self) -> Path:
@@ -214,6 +222,11 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     )
     if delivery.dkim_key is not None and not delivery.dkim_selector:
         raise ConfigError(f"{config_path}: delivery.dkim_selector: needed when dkim_key is set")
+    sources = SourceSettings(
+        feeds=tuple(dict.fromkeys(r.url_list("sources.feeds", []))),
+        first_poll_days=r.integer("sources.first_poll_days", 7, minimum=0),
+        timeout_seconds=r.number("sources.timeout_seconds", 20, minimum=1),
+    )
     r.refuse_unknown_keys()
     return Settings(
         path=config_path,
@@ -224,6 +237,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         digest=digest,
         subscribers=subscribers,
         delivery=delivery,
+        sources=sources,
     )
 
 
@@ -320,6 +334,17 @@ class _Reader:
         if not value.startswith(("https://", "http://")):
             raise self.fail(key, "an http:// or https:// URL", value)
         return value.rstrip("/")
+
+    def url_list(self, key: str, default: object = _MISSING) -> list[str]:
+        value = self.get(key, default)
+        want = 'a list of http:// or https:// URLs like ["https://example.org/feed.xml"]'
+        if not isinstance(value, list):
+            raise self.fail(key, want, value)
+        for item in value:
+            if (not isinstance(item, str) or not item.strip().startswith(("https://", "http://"))
+                    or len(item.strip()) > 500):  # the longest URL an essay or feed row holds
+                raise self.fail(key, want + " of at most 500 characters", item)
+        return [item.strip() for item in value]
 
     def address(self, key: str) -> str:
         value = self.text(key)

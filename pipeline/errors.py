@@ -4,6 +4,7 @@
     ├── ConfigError                 config.toml is missing, unreadable or holds a wrong value
     ├── DatabaseError               the database cannot be reached or migrated
     ├── ImportProblem               one input file or row could not be taken (names it)
+    │   └── FeedError               a feed could not be fetched or read (says why)
     ├── NotFound                    an essay, issue or subscriber that does not exist
     ├── RenderError                 a template failed or an issue cannot be rendered
     ├── LookupFailed                the DNS could not answer (timeout, server failure)
@@ -33,6 +34,10 @@ class DatabaseError(NewsletterError):
 
 class ImportProblem(NewsletterError):
     """One input file or row could not be taken; the message names it."""
+
+
+class FeedError(ImportProblem):
+    """A feed could not be fetched (timeout, HTTP error) or read (not a feed, malformed XML)."""
 
 
 class NotFound(NewsletterError):

@@ -237,8 +237,18 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
                 )
             # The old file is gone: the essay moved (or was renamed with a fixed slug).
             draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
-        if essay.sent_in_issue_id is not None:
-            draft.warnings.append(f"{slug!r} was sent already; the edit reaches later copies only")
+    fill(essay, draft, digest, source_path)
+    session.add(essay)
+    return outcome
+
+
+def fill(essay: Essay, draft: Draft, digest: str, source_path: str | None) -> None:
+    """Copy a draft into a new or existing essay; never touches sent_in_issue_id.
+
+    Every reader's drafts (files here, feed entries in pipeline/polling.py) go through this.
+    """
+    if essay.id is not None and essay.sent_in_issue_id is not None:
+        draft.warnings.append(f"{essay.slug!r} was sent already; the edit reaches later copies only")
     essay.title = draft.title
     essay.dek = draft.dek
     essay.body = draft.body
@@ -250,8 +260,6 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
     essay.tags = draft.tags
     essay.content_hash = digest
     essay.updated_at = utcnow()
-    session.add(essay)
-    return outcome
 
 
 def list_essays(session: Session) -> list[tuple[Essay, str | None]]:

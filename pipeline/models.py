@@ -108,3 +108,35 @@ class Delivery(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = Field(default=None, index=True)  # rate limits count a window
+
+
+class Feed(SQLModel, table=True):
+    """An RSS or Atom feed essays are read from, and what its last poll found."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=500, unique=True, index=True)
+    origin: str = Field(default="cli", max_length=16)  # "cli" (feeds add) or "config" ([sources])
+    title: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # The validators of the last complete poll, sent back so that an unchanged feed costs a 304.
+    etag: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_modified: str | None = Field(default=None, max_length=100)
+    added_at: datetime = Field(default_factory=utcnow)
+    # None until a poll succeeds: that first poll takes only recent entries as new.
+    first_polled_at: datetime | None = None
+    last_polled_at: datetime | None = None
+    last_status: str | None = Field(default=None, max_length=16)  # ok | not-modified | failed
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class FeedEntry(SQLModel, table=True):
+    """One entry seen in a feed (by its id/guid, else its link) and the essay it became."""
+
+    __table_args__ = (UniqueConstraint("feed_id", "guid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    guid: str = Field(max_length=1000)
+    # None when the entry was not imported: older than the first poll's window, or undated then.
+    essay_id: int | None = Field(default=None, foreign_key="essay.id", index=True)
+    skipped_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    first_seen_at: datetime = Field(default_factory=utcnow)

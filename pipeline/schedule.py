@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from pipeline import issues, publish
+from pipeline import issues, polling, publish
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
@@ -73,6 +73,7 @@ def run_due(
     period = due_period(schedule, now)
     if not dry_run:
         expire_stale(settings, engine, now, keep=period.key)
+        polling.poll_before_compose(settings, engine, period, now)  # feeds bring new essays
     for _attempt in range(3):  # another process may win a race; then look again
         try:
             with session_scope(engine) as session:

@@ -72,3 +72,7 @@ def test_dnspython_enters_only_through_dns_records() -> None:
 
 def test_smtplib_enters_only_through_transports() -> None:
     assert importers_of("smtplib") == {"pipeline/transports.py"}
+
+
+def test_feedparser_enters_only_through_the_feed_reader() -> None:
+    assert importers_of("feedparser") == {"pipeline/feeds.py"}

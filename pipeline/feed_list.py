@@ -1,0 +1,88 @@
+"""The feeds polled: add one, remove one, list them with their last poll (`newsletter feeds`).
+
+Feeds come from two places: config.toml's [sources] feeds (changed by editing the file) and
+`feeds add` (rows with origin "cli"). A config feed gets its row on its first poll.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.draft import MAX_URL
+from pipeline.errors import ImportProblem, NotFound
+from pipeline.feeds import FeedDocument, fetch, parse_feed
+from pipeline.models import Feed, FeedEntry
+
+
+def check_url(url: str) -> str:
+    url = url.strip()
+    if not url.startswith(("https://", "http://")) or not urlsplit(url).netloc:
+        raise ImportProblem(f"{url!r}: expected an http:// or https:// feed URL")
+    if len(url) > MAX_URL:
+        raise ImportProblem(f"the URL is {len(url):,} characters long (the limit is {MAX_URL})")
+    return url
+
+
+def check_feed(settings: Settings, url: str) -> FeedDocument:
+    """Fetch and parse the feed once without storing anything; FeedError when it is no feed."""
+    fetched = fetch(url, None, None, settings.sources.timeout_seconds)
+    return parse_feed(fetched.body, fetched.url, fetched.content_type)
+
+
+def add_feed(settings: Settings, engine: Engine, url: str) -> Feed:
+    """Register a feed for polling; ImportProblem when it is already there."""
+    url = check_url(url)
+    if url in settings.sources.feeds:
+        raise ImportProblem(f"{url} is already polled: config.toml lists it in [sources] feeds")
+    with session_scope(engine) as session:
+        if session.exec(select(Feed).where(Feed.url == url)).first() is not None:
+            raise ImportProblem(f"{url} is already added (see `newsletter feeds list`)")
+        feed = Feed(url=url, origin="cli")
+        session.add(feed)
+    return feed
+
+
+def remove_feed(settings: Settings, engine: Engine, url: str) -> int:
+    """Stop polling a feed added with `feeds add`; its essays stay. Returns entries forgotten."""
+    if url in settings.sources.feeds:
+        raise ImportProblem(f"{url} is listed in config.toml [sources] feeds: remove it there")
+    with session_scope(engine) as session:
+        feed = session.exec(select(Feed).where(Feed.url == url)).first()
+        if feed is None:
+            raise NotFound(f"no feed {url!r} (see `newsletter feeds list`)")
+        entries = session.exec(select(FeedEntry).where(FeedEntry.feed_id == feed.id)).all()
+        for entry in entries:
+            session.delete(entry)
+        session.flush()
+        session.delete(feed)
+    return len(entries)
+
+
+def list_feeds(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    """Every feed polled, with where it comes from, its last poll and how many essays it gave."""
+    with Session(engine) as session:
+        rows = {feed.url: feed for feed in session.exec(select(Feed))}
+        counts = dict(session.exec(
+            select(FeedEntry.feed_id, func.count())
+            .where(col(FeedEntry.essay_id).is_not(None))
+            .group_by(col(FeedEntry.feed_id))
+        ).all())
+    listed = []
+    for url in [*settings.sources.feeds, *(u for u, f in rows.items() if f.origin == "cli")]:
+        feed = rows.get(url)
+        listed.append({
+            "url": url,
+            "origin": "config" if url in settings.sources.feeds else "cli",
+            "title": feed.title if feed else "",
+            "last_polled_at": feed.last_polled_at if feed else None,
+            "last_status": feed.last_status if feed else None,
+            "last_error": feed.last_error if feed else None,
+            "essays": counts.get(feed.id or 0, 0) if feed else 0,
+        })
+    return list({row["url"]: row for row in listed}.values())

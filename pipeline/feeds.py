@@ -1,0 +1,199 @@
+"""A reader for RSS and Atom feeds: fetch one with a conditional GET, parse it, map its entries.
+
+    fetched = fetch(url, etag, last_modified, timeout=20)     # HTTP, the only I/O here
+    document = parse_feed(fetched.body, fetched.url)          # pure
+    document.entries -> [FeedItem(guid, published, draft | problem)]
+
+Each entry becomes the Draft the other readers make: title, link as the essay's url, date,
+summary as dek, content (else summary) as body, its HTML reduced to paragraphs and headings by
+pipeline/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
+fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
+with the reason. feedparser enters the project here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from time import struct_time
+from typing import Any
+from urllib.parse import urlsplit
+from xml.sax import SAXParseException
+
+import feedparser
+
+from pipeline.draft import (
+    MAX_DEK,
+    MAX_TAG,
+    MAX_TAGS,
+    Draft,
+    check_limits,
+    clean,
+    title_from_body,
+)
+from pipeline.errors import FeedError, ImportProblem
+from pipeline.excerpt import shorten
+from pipeline.html_blocks import html_blocks, html_text
+
+MAX_FEED_BYTES = 10 * 1024 * 1024  # a feed of full posts is a few MB at most
+USER_AGENT = "newsletter-feeds/1 (+https://pypi.org/project/feedparser/)"
+ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, "
+          "*/*;q=0.1")
+# Problems feedparser notes that leave a well-formed feed readable (a charset label that was
+# wrong, an XML feed served as text/plain): the feed is fine.
+HARMLESS = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType,
+            feedparser.UndeclaredNamespace)
+
+
+@dataclass
+class Fetched:
+    """One response: the feed's bytes, or not_modified (304) when the validators matched."""
+
+    url: str
+    not_modified: bool = False
+    body: bytes = b""
+    content_type: str = ""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass
+class FeedItem:
+    """One entry: its identity and date, and the Draft it makes or why it makes none."""
+
+    guid: str
+    published: datetime | None
+    draft: Draft | None = None
+    problem: str | None = None
+
+
+@dataclass
+class FeedDocument:
+    title: str
+    entries: list[FeedItem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float) -> Fetched:
+    """GET the feed, sending the stored validators; FeedError says why it could not be had."""
+    if urlsplit(url).scheme not in ("http", "https"):  # urllib would also open file:// paths
+        raise FeedError(f"not an http:// or https:// URL: {url}")
+    headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(MAX_FEED_BYTES + 1)
+            if len(body) > MAX_FEED_BYTES:
+                raise FeedError(f"larger than {MAX_FEED_BYTES:,} bytes; not read")
+            return Fetched(
+                url=response.geturl(),
+                body=body,
+                content_type=response.headers.get("Content-Type", ""),
+                etag=response.headers.get("ETag"),
+                last_modified=response.headers.get("Last-Modified"),
+            )
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return Fetched(url=url, not_modified=True, etag=etag, last_modified=last_modified)
+        raise FeedError(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise FeedError(f"no answer within {timeout:g} seconds (timed out)") from None
+        raise FeedError(f"cannot connect: {getattr(reason, 'strerror', None) or reason}") from None
+    except TimeoutError:  # connected, but the response stalled
+        raise FeedError(f"no answer within {timeout:g} seconds (timed out)") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise FeedError(f"the connection failed: {exc}") from None
+
+
+def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
+    """The feed's entries as Drafts (or problems); FeedError when it is no readable feed."""
+    # Not sanitised here: feedparser's sanitiser keeps the text inside the elements it drops
+    # (an iframe's fallback text), and only text is taken from the HTML (html_blocks drops them).
+    parsed = feedparser.parse(
+        body, response_headers={"content-type": content_type, "content-location": url},
+        sanitize_html=False,
+    )
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    if not parsed.get("version") and not parsed.entries:
+        kind = content_type.split(";")[0].strip() or "unknown content"
+        raise FeedError(f"not an RSS or Atom feed (the server sent {kind}; is this the site's "
+                        "page rather than its feed?)")
+    if isinstance(problem, SAXParseException):
+        raise FeedError(f"malformed XML at line {problem.getLineNumber()}, column "
+                        f"{problem.getColumnNumber()}: {problem.getMessage()}")
+    document = FeedDocument(title=clean(parsed.feed.get("title", "")))
+    if problem is not None and not isinstance(problem, HARMLESS):
+        document.warnings.append(f"the feed has a problem the parser read past: {problem}")
+    for entry in parsed.entries:
+        document.entries.append(feed_item(entry, url))
+    return document
+
+
+def feed_item(entry: Any, feed_url: str) -> FeedItem:
+    """One parsed entry as a FeedItem; a problem instead of a draft when it cannot be taken."""
+    link = entry.get("link") or ""
+    if link and urlsplit(link).scheme not in ("http", "https"):
+        link = ""  # "javascript:" or a bare path must not become the digest's link
+    guid = clean(entry.get("id") or link)
+    published = _when(entry.get("published_parsed") or entry.get("updated_parsed"))
+    if not guid:
+        return FeedItem(guid="", published=published, problem="the entry has no id and no link")
+    try:
+        draft = entry_draft(entry, link, feed_url, published)
+        return FeedItem(guid=guid, published=published, draft=draft)
+    except ImportProblem as exc:
+        return FeedItem(guid=guid, published=published, problem=str(exc))
+
+
+def entry_draft(entry: Any, link: str, feed_url: str, published: datetime | None) -> Draft:
+    """The Draft of one entry: content (else summary) as body, summary as dek when both exist."""
+    contents = entry.get("content") or []
+    html = next((c.get("value", "") for c in contents if "html" in c.get("type", "")), "")
+    html = html or (contents[0].get("value", "") if contents else "")
+    summary = entry.get("summary", "")
+    body = html_blocks(html or summary)
+    if not any(block["kind"] == "p" for block in body):
+        raise ImportProblem("no text in the entry's content or summary")
+    dek = shorten(html_text(summary, skip_links_to=link or None), MAX_DEK) if html and summary else ""
+    if dek and body and dek == body[0]["text"]:
+        dek = ""  # a summary that only repeats the opening paragraph says nothing new
+    title = _plain(entry.get("title", ""), entry.get("title_detail", {}).get("type", ""))
+    draft = Draft(
+        title=title or title_from_body(body),
+        dek=dek,
+        body=body,
+        published_on=published.date() if published else None,
+        url=link or None,
+        source_url=feed_url,
+        tags=_tags(entry),
+    )
+    check_limits(draft)
+    return draft
+
+
+def _plain(text: str, kind: str) -> str:
+    return html_text(text) if "html" in kind else clean(text)
+
+
+def _tags(entry: Any) -> list[str]:
+    terms = (clean(tag.get("term") or tag.get("label") or "") for tag in entry.get("tags", []))
+    return list(dict.fromkeys(t for t in terms if t and len(t) <= MAX_TAG))[:MAX_TAGS]
+
+
+def _when(value: struct_time | None) -> datetime | None:
+    """feedparser's dates are UTC struct_times."""
+    if not value:
+        return None
+    try:
+        return datetime(*value[:6], tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,257 @@
+"""Feeds in: poll every feed, store each new or changed entry as an Essay, remember what was seen.
+
+    poll_feeds(settings, engine) -> PollReport
+
+- The feeds are those in config.toml's [sources] feeds and those added with `feeds add`.
+- Each feed is fetched with its stored ETag / Last-Modified; a 304 costs nothing more.
+- An entry is new once, by its id/guid (else its link): it becomes an essay (slug from the
+  link's last path segment, else the title; made unique with -2, -3). An entry seen before
+  updates its essay when it changed; a sent essay stays sent, so it is never offered again.
+- On a feed's first successful poll only entries dated within sources.first_poll_days are new;
+  older (or undated) ones are recorded as skipped, so they never become essays or mail.
+- A feed that fails (timeout, HTTP error, not a feed, malformed XML) is recorded and reported
+  with the reason; the other feeds still poll. One feed's entries and its new state are
+  written in one transaction; one entry that cannot be taken rolls back only itself, and then
+  the validators are not stored, so the next poll reads that entry again.
+- `dry_run` fetches and compares everything and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlmodel import Session, col, select
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.draft import Draft, slugify
+from pipeline.errors import FeedError, ImportProblem
+from pipeline.essays import fill
+from pipeline.feeds import FeedDocument, FeedItem, fetch, parse_feed
+from pipeline.models import Essay, Feed, FeedEntry, Issue
+from pipeline.periods import Action, Period, decide
+from subscribers.model import utcnow
+
+log = logging.getLogger("newsletter.feeds")
+Outcome = Literal["added", "updated", "unchanged", "skipped"]
+
+
+@dataclass
+class FeedResult:
+    """What one feed's poll did; `error` says why a failed feed failed."""
+
+    url: str
+    status: str = "ok"  # ok | not-modified | failed
+    error: str | None = None
+    title: str = ""
+    added: list[str] = field(default_factory=list)  # slugs
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # "guid: reason"
+    failed: list[str] = field(default_factory=list)  # "guid: reason"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed" and not self.failed
+
+
+@dataclass
+class PollReport:
+    feeds: list[FeedResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.feeds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "feeds": [vars(result) for result in self.feeds]}
+
+
+def poll_feeds(
+    settings: Settings, engine: Engine, now: datetime | None = None, dry_run: bool = False
+) -> PollReport:
+    """Poll every feed once, each on its own; see the module docstring for the rules."""
+    now = now or utcnow()
+    report = PollReport()
+    for url in feed_urls(settings, engine):
+        report.feeds.append(poll_feed(settings, engine, url, now, dry_run))
+    return report
+
+
+def poll_before_compose(settings: Settings, engine: Engine, period: Period, now: datetime) -> None:
+    """The scheduler's call: poll when this run will compose, so the digest has the new essays.
+
+    Outside any transaction (the network is slow); a failed feed is logged, never fatal: the
+    digest goes out with what the other sources have.
+    """
+    with Session(engine) as session:
+        issue = session.exec(select(Issue).where(Issue.key == period.key)).first()
+    if decide(settings.schedule, period, issue.status if issue else None, now) is Action.COMPOSE:
+        for result in poll_feeds(settings, engine, now).feeds:
+            if not result.ok:
+                log.warning("feed %s: %s", result.url, result.error or "; ".join(result.failed))
+
+
+def feed_urls(settings: Settings, engine: Engine) -> list[str]:
+    """The config's feeds, then those added with `feeds add`, each once."""
+    with Session(engine) as session:
+        added = session.exec(select(Feed.url).where(Feed.origin == "cli").order_by(col(Feed.id)))
+        return list(dict.fromkeys([*settings.sources.feeds, *added]))
+
+
+def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
+              dry_run: bool = False) -> FeedResult:
+    """Fetch, parse and store one feed; a failure is recorded on the feed, never raised."""
+    result = FeedResult(url=url)
+    with Session(engine) as session:
+        known = session.exec(select(Feed).where(Feed.url == url)).first()
+        etag, modified = (known.etag, known.last_modified) if known else (None, None)
+    try:
+        fetched = fetch(url, etag, modified, settings.sources.timeout_seconds)
+        document = None if fetched.not_modified else parse_feed(
+            fetched.body, fetched.url, fetched.content_type)
+    except FeedError as exc:
+        result.status, result.error = "failed", str(exc)
+        if not dry_run:
+            with session_scope(engine) as session:
+                feed = _feed(session, settings, url)
+                feed.last_polled_at, feed.last_status, feed.last_error = now, "failed", str(exc)
+        return result
+    with session_scope(engine) as session:
+        feed = _feed(session, settings, url)
+        result.title = feed.title
+        if document is None:
+            result.status = "not-modified"
+        else:
+            _store_document(session, settings, feed, document, now, result)
+            if result.ok:  # else the next poll must read the entries that failed again
+                feed.etag, feed.last_modified = fetched.etag, fetched.last_modified
+            feed.first_polled_at = feed.first_polled_at or now
+        feed.last_polled_at, feed.last_status, feed.last_error = now, result.status, None
+        if dry_run:
+            session.rollback()
+    return result
+
+
+def _feed(session: Session, settings: Settings, url: str) -> Feed:
+    """The feed's row; a feed named in config.toml gets one on its first poll."""
+    feed = session.exec(select(Feed).where(Feed.url == url)).first()
+    if feed is None:
+        feed = Feed(url=url, origin="config" if url in settings.sources.feeds else "cli")
+        session.add(feed)
+        session.flush()
+    return feed
+
+
+def _store_document(session: Session, settings: Settings, feed: Feed, document: FeedDocument,
+                    now: datetime, result: FeedResult) -> None:
+    feed.title = document.title or feed.title
+    result.title = feed.title
+    result.warnings.extend(document.warnings)
+    cutoff = now - timedelta(days=settings.sources.first_poll_days)
+    first_poll = feed.first_polled_at is None
+    for item in document.entries:
+        label = item.guid or "(an entry)"
+        if item.problem is not None or item.draft is None:
+            result.failed.append(f"{label}: {item.problem}")
+            continue
+        try:
+            with session.begin_nested():  # a savepoint: a refused entry undoes only itself
+                outcome, name = store_entry(session, feed, item, item.draft,
+                                            cutoff if first_poll else None)
+        except ImportProblem as exc:
+            result.failed.append(f"{label}: {exc}")
+            continue
+        except (IntegrityError, DataError) as exc:
+            result.failed.append(f"{label}: the database refused it: {exc.orig}")
+            continue
+        if outcome == "unchanged":
+            result.unchanged += 1
+        elif outcome == "skipped":
+            result.skipped.append(f"{label}: {name}")
+        else:
+            getattr(result, outcome).append(name)
+        result.warnings.extend(f"{name}: {warning}" for warning in item.draft.warnings)
+
+
+def store_entry(session: Session, feed: Feed, item: FeedItem, draft: Draft,
+                cutoff: datetime | None) -> tuple[Outcome, str]:
+    """Add, update or skip one entry: (outcome, the essay's slug or why it was skipped).
+
+    `cutoff` is set on a feed's first poll: entries older than it are not new.
+    """
+    assert feed.id is not None
+    seen = session.exec(
+        select(FeedEntry).where(FeedEntry.feed_id == feed.id, FeedEntry.guid == item.guid)
+    ).first()
+    if seen is not None and seen.essay_id is None:
+        return "unchanged", ""  # skipped when first seen; it stays out of the essays
+    essay = session.get(Essay, seen.essay_id) if seen is not None else None
+    if seen is None:
+        if cutoff is not None and (item.published is None or item.published < cutoff):
+            why = ("undated, on the feed's first poll" if item.published is None else
+                   f"published {item.published.date()}, before the first poll's window")
+            session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
+            return "skipped", why
+        essay = _same_link(session, draft.url)
+        if essay is not None and essay.source_path:
+            why = f"already imported from {essay.source_path} (essay {essay.slug!r})"
+            session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
+            return "skipped", why
+    if essay is not None:
+        digest = draft.content_hash(essay.slug)
+        if essay.content_hash == digest:
+            outcome: Outcome = "unchanged"
+        else:
+            fill(essay, draft, digest, None)
+            outcome = "updated"
+    else:
+        slug = unique_slug(session, entry_slug(draft))
+        essay = Essay(slug=slug, title=draft.title, content_hash="")
+        fill(essay, draft, draft.content_hash(slug), None)
+        outcome = "added"
+    session.add(essay)
+    session.flush()
+    if seen is None:
+        session.add(FeedEntry(feed_id=feed.id, guid=item.guid, essay_id=essay.id))
+        session.flush()
+    return outcome, essay.slug
+
+
+def _same_link(session: Session, url: str | None) -> Essay | None:
+    """An essay already at this link that no feed entry owns (a re-added feed, or a file)."""
+    if not url:
+        return None
+    owned = select(FeedEntry.essay_id).where(col(FeedEntry.essay_id).is_not(None))
+    return session.exec(
+        select(Essay).where(Essay.url == url, col(Essay.id).not_in(owned))
+    ).first()
+
+
+def entry_slug(draft: Draft) -> str:
+    """The link's last path segment ("/2026/10/why-bread/" -> "why-bread"), else the title."""
+    path = urlsplit(draft.url or "").path.rstrip("/")
+    last = unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0]  # "post.html" -> "post"
+    slug = slugify(last)
+    if not slug or slug.isdigit() or slug in ("index", "p"):  # "?p=123", "/2026/10/05/"
+        slug = slugify(draft.title)
+    if not slug:
+        raise ImportProblem("cannot make a slug from the entry's link or title")
+    return slug
+
+
+def unique_slug(session: Session, base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ... the first no essay has."""
+    taken = set(session.exec(select(Essay.slug).where(col(Essay.slug).startswith(base))))
+    slug, n = base, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug

@@ -1,0 +1,297 @@
+"""Feeds: real-shaped feeds from a real HTTP server on loopback become essays, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from pipeline import db
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ConfigError, NotFound
+from pipeline.issues import compose, unsent_essays
+from pipeline.models import Essay, Feed, FeedEntry, Issue
+from pipeline.polling import poll_feeds
+from pipeline.schedule import run_due
+from subscribers.model import Subscriber, SubscriberStatus
+from tests.conftest import write_config
+from tests.feed_server import FIXTURES, FeedServer, serve_feeds
+
+UTC = timezone.utc
+# Monday 23 November 2026, 07:00 Berlin: week 48's digest is due (config.toml's schedule).
+NOW = datetime(2026, 11, 23, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    with serve_feeds() as server:
+        yield server
+
+
+def configure(config_file: Path, server: FeedServer, *names: str, days: int = 7) -> Settings:
+    """The test's config with [sources] feeds pointing at `names` on the local server."""
+    write_config(config_file.parent, sources={
+        "feeds": [server.url(name) for name in names],
+        "first_poll_days": days,
+        "timeout_seconds": 1,
+    })
+    return load_settings(config_file)
+
+
+def essays(engine: Engine) -> dict[str, Essay]:
+    with Session(engine) as session:
+        return {essay.slug: essay for essay in session.exec(select(Essay))}
+
+
+# slug, title, link, date, dek, headings, a paragraph, text that must not survive
+SHAPES = {
+    "wordpress.xml": (
+        "walking-at-dawn", "Walking at dawn – notes from the river path",
+        "https://walks.example.org/2026/11/walking-at-dawn/", date(2026, 11, 22),
+        ("The river path is empty before six, and the light comes up grey before it comes up "
+         "gold. …"),
+        ["What the herons know"], "Solvitur ambulando: it is solved by walking.",
+        ["tracker", "Watch the river", "Continue reading"],
+    ),
+    "ghost.xml": (
+        "why-the-starter-wins", "Why the starter wins",
+        "https://ledger.example.org/why-the-starter-wins/", date(2026, 11, 21),
+        "A jar of paste runs my week.", ["The arithmetic"],
+        "That is the whole secret, and it took me four years.", ["color:brown", "💡"],
+    ),
+    "hugo.xml": (
+        "stairs-of-the-old-town", "Stairs of the old town",
+        "https://notes.example.org/posts/stairs-of-the-old-town/", date(2026, 11, 20),
+        "", ["Counting"], "I counted them three times. The third count was the one I believed.",
+        ["<p>", "&lt;"],
+    ),
+    "substack.xml": (
+        "on-notebooks-that-outlive-us", "On notebooks that outlive us",
+        "https://themargin.substack.com/p/on-notebooks-that-outlive-us", date(2026, 11, 19),
+        "What a stranger's notebook from 1962 taught me about paper.",
+        ["Eleven years of onions"], "Paper outlives the hand; that is its whole job.",
+        ["Subscribe", "Type your email"],
+    ),
+    "atom.xml": (
+        "salt-and-silt", "Salt & silt: what the tide leaves",
+        "https://tidewater.example.org/essays/salt-and-silt.html", date(2026, 11, 21),
+        "Twice a day the estuary rewrites its own map.", ["Low water"],
+        "At low water the mud shines like a mirror laid face up.", ["<em>", "maps.example.org"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_each_kind_of_feed_becomes_an_essay_like_the_other_readers_make(
+    name: str, config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    slug, title, link, day, dek, headings, paragraph, gone = SHAPES[name]
+    settings = configure(config_file, feed_server, name)
+    report = poll_feeds(settings, engine, NOW)
+    assert report.ok, report.as_dict()
+    essay = essays(engine)[slug]
+    assert (essay.title, essay.url, essay.published_on, essay.dek) == (title, link, day, dek)
+    assert [b["text"] for b in essay.body if b["kind"] == "h"] == headings
+    assert {"kind": "p", "text": paragraph} in essay.body
+    stored = " ".join(b["text"] for b in essay.body) + essay.dek + essay.title
+    for text in gone:
+        assert text not in stored
+    assert essay.source_url == feed_server.url(name) and essay.source_path is None
+
+
+def test_an_unchanged_feed_is_asked_conditionally_and_costs_a_304(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "ghost.xml")
+    first = poll_feeds(settings, engine, NOW).feeds[0]
+    second = poll_feeds(settings, engine, NOW + timedelta(hours=1)).feeds[0]
+    assert (first.status, first.added) == ("ok", ["why-the-starter-wins"])
+    assert (second.status, second.added, second.updated) == ("not-modified", [], [])
+    assert feed_server.hits["/ghost.xml"] == 2
+    sent = feed_server.headers[-1][1]
+    assert sent["If-None-Match"].startswith('"')
+    assert sent["If-Modified-Since"] == "Sat, 21 Nov 2026 10:00:00 GMT"
+    with Session(engine) as session:
+        feed = session.exec(select(Feed)).one()
+        assert (feed.title, feed.last_status, feed.etag) == ("Kitchen Ledger", "not-modified",
+                                                             sent["If-None-Match"])
+
+
+def test_the_first_poll_takes_only_recent_entries_and_records_the_rest_as_skipped(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "wordpress.xml")
+    result = poll_feeds(settings, engine, NOW).feeds[0]
+    assert result.added == ["walking-at-dawn", "the-bench-by-the-lock"]
+    assert [line.split(": ")[0] for line in result.skipped] == ["https://walks.example.org/?p=12"]
+    assert "why-i-started-walking" not in essays(engine)
+    # The old post is edited later: it stays out. A post added later is new even if back-dated.
+    text = (FIXTURES / "wordpress.xml").read_text()
+    text = text.replace("It began with a broken bicycle and", "It began, really, with a bicycle and")
+    text = text.replace("<item>", """<item><title>A back-dated note</title>
+        <link>https://walks.example.org/2025/01/a-back-dated-note/</link>
+        <pubDate>Wed, 01 Jan 2025 09:00:00 +0000</pubDate><guid>https://walks.example.org/?p=9</guid>
+        <description><![CDATA[<p>Written long ago, posted now.</p>]]></description></item><item>""", 1)
+    feed_server.publish("/wordpress.xml", text.encode())
+    again = poll_feeds(settings, engine, NOW + timedelta(days=1)).feeds[0]
+    assert (again.added, again.updated, again.skipped) == (["a-back-dated-note"], [], [])
+    assert "why-i-started-walking" not in essays(engine)
+
+
+def test_an_edited_entry_updates_its_essay_and_a_sent_one_is_not_offered_again(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "substack.xml")
+    with db.session_scope(engine) as session:
+        session.add(Subscriber(email="ana@example.net", email_normalized="ana@example.net",
+                               name="Ana", status=SubscriberStatus.ACTIVE.value, source="test"))
+    # The scheduler polls before it composes: the feed's post goes out in week 48's digest.
+    outcome = run_due(settings, engine, NOW)
+    assert (outcome.key, outcome.status) == ("weekly-2026-W48", "sent")
+    sent_in = essays(engine)["on-notebooks-that-outlive-us"].sent_in_issue_id
+    assert sent_in == outcome.issue_id
+    assert feed_server.hits["/substack.xml"] == 1
+
+    edited = (FIXTURES / "substack.xml").read_text().replace(
+        "Butter appears only in December.", "Butter appears only in December, and once in May.")
+    feed_server.publish("/substack.xml", edited.encode())
+    result = poll_feeds(settings, engine, NOW + timedelta(days=2)).feeds[0]
+    assert (result.added, result.updated) == ([], ["on-notebooks-that-outlive-us"])
+    essay = essays(engine)["on-notebooks-that-outlive-us"]
+    assert {"kind": "p", "text": "Onions appear on every page. Butter appears only in "
+                                 "December, and once in May."} in essay.body
+    assert essay.sent_in_issue_id == sent_in
+    with Session(engine) as session:
+        assert unsent_essays(session, settings) == []
+        with pytest.raises(NotFound):
+            compose(session, settings)
+    assert len(essays(engine)) == 1
+
+
+def test_a_failing_feed_is_reported_with_its_reason_and_the_others_still_poll(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    names = ["missing.xml", "slow.xml", "not-a-feed.html", "broken.xml", "ghost.xml"]
+    settings = configure(config_file, feed_server, *names)
+    report = poll_feeds(settings, engine, NOW)
+    assert not report.ok
+    by_name = {result.url.rsplit("/", 1)[1]: result for result in report.feeds}
+    assert by_name["missing.xml"].error == "HTTP 404 Not Found"
+    assert by_name["slow.xml"].error == "no answer within 1 seconds (timed out)"
+    assert "not an RSS or Atom feed (the server sent text/html" in by_name["not-a-feed.html"].error
+    assert by_name["broken.xml"].error.startswith("malformed XML at line 9")
+    assert (by_name["ghost.xml"].status, by_name["ghost.xml"].added) == (
+        "ok", ["why-the-starter-wins"])
+    with Session(engine) as session:
+        failed = {f.url.rsplit("/", 1)[1]: f.last_error for f in session.exec(select(Feed))
+                  if f.last_status == "failed"}
+    assert set(failed) == set(names) - {"ghost.xml"}
+    assert list(essays(engine)) == ["why-the-starter-wins"]
+
+
+def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    text = (FIXTURES / "hugo.xml").read_text().replace(
+        "<item>", """<item><title>Only a picture</title>
+      <link>https://notes.example.org/posts/only-a-picture/</link>
+      <pubDate>Sun, 22 Nov 2026 00:00:00 +0000</pubDate>
+      <description>&lt;img src=&#34;a.jpg&#34;&gt;</description></item><item>""", 1)
+    feed_server.publish("/hugo.xml", text.encode())
+    settings = configure(config_file, feed_server, "hugo.xml")
+    result = poll_feeds(settings, engine, NOW).feeds[0]
+    assert result.failed == [("https://notes.example.org/posts/only-a-picture/: no text in the "
+                              "entry's content or summary")]
+    assert result.added == ["stairs-of-the-old-town"] and not result.ok
+    poll_feeds(settings, engine, NOW)
+    assert "If-None-Match" not in feed_server.headers[-1][1]  # validators kept back: full read
+
+
+def test_an_entry_without_guid_is_known_by_its_link(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    text = (FIXTURES / "hugo.xml").read_text().replace(
+        "<guid>https://notes.example.org/posts/stairs-of-the-old-town/</guid>", "")
+    feed_server.publish("/hugo.xml", text.encode())
+    settings = configure(config_file, feed_server, "hugo.xml")
+    poll_feeds(settings, engine, NOW)
+    feed_server.publish("/hugo.xml", text.replace("three times", "four times").encode())
+    result = poll_feeds(settings, engine, NOW).feeds[0]
+    assert (result.added, result.updated) == ([], ["stairs-of-the-old-town"])
+    with Session(engine) as session:
+        guids = session.exec(select(FeedEntry.guid).where(col(FeedEntry.essay_id).is_not(None)))
+        assert list(guids) == ["https://notes.example.org/posts/stairs-of-the-old-town/"]
+
+
+def test_a_dry_run_fetches_and_compares_but_writes_nothing(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "wordpress.xml", "missing.xml")
+    report = poll_feeds(settings, engine, NOW, dry_run=True)
+    assert report.feeds[0].added == ["walking-at-dawn", "the-bench-by-the-lock"]
+    assert report.feeds[1].status == "failed"
+    with Session(engine) as session:
+        assert session.exec(select(Feed)).all() == []
+        assert session.exec(select(FeedEntry)).all() == []
+        assert session.exec(select(Issue)).all() == []
+    assert essays(engine) == {}
+    assert len(poll_feeds(settings, engine, NOW).feeds[0].added) == 2  # still a first poll
+
+
+def test_the_same_slug_from_two_feeds_gets_a_suffix(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    copy = (FIXTURES / "ghost.xml").read_text().replace("ledger.example.org", "mirror.example.org")
+    feed_server.publish("/mirror.xml", copy.encode())
+    settings = configure(config_file, feed_server, "ghost.xml", "mirror.xml")
+    poll_feeds(settings, engine, NOW)
+    found = essays(engine)
+    assert sorted(found) == ["why-the-starter-wins", "why-the-starter-wins-2"]
+    assert found["why-the-starter-wins-2"].url == "https://mirror.example.org/why-the-starter-wins/"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"https://example.org/feed"', "sources.feeds: expected a list of http:// or https:// URLs"),
+    ('["ftp://example.org/feed"]', "got 'ftp://example.org/feed'"),
+])
+def test_sources_feeds_must_be_a_list_of_web_addresses(
+    config_file: Path, value: str, message: str
+) -> None:
+    text = config_file.read_text().replace("feeds = []", f"feeds = {value}")
+    config_file.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(config_file)
+
+
+def test_sources_has_defaults_and_refuses_unknown_keys(config_file: Path) -> None:
+    settings = load_settings(config_file)
+    assert (settings.sources.feeds, settings.sources.first_poll_days,
+            settings.sources.timeout_seconds) == ((), 7, 20.0)
+    config_file.write_text(config_file.read_text().replace("first_poll_days", "first_pol_days"))
+    with pytest.raises(ConfigError, match="sources.first_pol_days: unknown key"):
+        load_settings(config_file)
+
+
+def test_polling_stores_the_same_on_postgresql(
+    postgres_url: str, tmp_path: Path, feed_server: FeedServer
+) -> None:
+    settings = load_settings(write_config(tmp_path, database_url=postgres_url, sources={
+        "feeds": [feed_server.url("wordpress.xml"), feed_server.url("ghost.xml")]}))
+    engine = db.connect(settings.database.url)
+    try:
+        first = poll_feeds(settings, engine, NOW)
+        assert [(r.added, len(r.skipped)) for r in first.feeds] == [
+            (["walking-at-dawn", "the-bench-by-the-lock"], 1), (["why-the-starter-wins"], 0)]
+        edited = (FIXTURES / "ghost.xml").read_text().replace("four years", "five years")
+        feed_server.publish("/ghost.xml", edited.encode())
+        second = poll_feeds(settings, engine, NOW + timedelta(days=1))
+        assert [(r.status, r.updated) for r in second.feeds] == [
+            ("not-modified", []), ("ok", ["why-the-starter-wins"])]
+        assert sorted(essays(engine)) == ["the-bench-by-the-lock", "walking-at-dawn",
+                                          "why-the-starter-wins"]
+    finally:
+        engine.dispose()
