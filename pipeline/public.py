@@ -157,7 +157,7 @@ def unsubscribe(token: str) -> Any:
     one_click = request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click"
     with db.session_scope(state().engine) as s:
         subscriber = _subscriber(s, UNSUBSCRIBE, token)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # HEAD: link checkers, answered like GET
             if subscriber is None or subscriber.status in OPTED_OUT:
                 return message("Already unsubscribed", "This address gets no more issues.")
             return render_template("unsubscribe.html", token=token, masked_email=mask_email(subscriber.email),
@@ -184,7 +184,7 @@ def confirm(token: str) -> Any:
             abort(404, "This subscription no longer exists. Subscribe again.")
         if subscriber.status == SubscriberStatus.ACTIVE:
             return message("Already confirmed", "You are subscribed; the next issue will reach you.", tone="ok")
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return render_template("confirm.html", token=token, masked_email=mask_email(subscriber.email), section="")
         check_csrf()
         try:

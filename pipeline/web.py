@@ -16,7 +16,7 @@ import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for,
@@ -148,6 +148,9 @@ def _token_digest(token: str) -> str:
 
 def preview_refusal() -> str | None:
     """None when this request may see preview pages, else the reason it may not."""
+    refused = host_refusal()
+    if refused:
+        return refused
     token = state().settings.web.preview_token
     if token:
         given = request.headers.get("X-Preview-Token", "")
@@ -170,8 +173,32 @@ def current_local() -> bool:
     return bool(current_app.extensions["newsletter.local"])
 
 
+def host_refusal() -> str | None:
+    """None when the request's Host names this server: a loopback name, or web.base_url's host.
+
+    A page elsewhere could otherwise point its own host name at 127.0.0.1 (DNS rebinding) and
+    read the preview pages with the operator's browser: the browser sends that host name.
+    """
+    asked = _host_name(request.host)
+    public = _host_name(urlsplit(state().settings.web.base_url).netloc)
+    if asked is not None and (_is_loopback(asked) or asked == public):
+        return None
+    return "This server answers preview pages only under its own name (localhost or web.base_url)."
+
+
+def _host_name(host: str) -> str | None:
+    """The lower-case name or address of a Host header value, without port or brackets."""
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:  # a malformed port or bracket
+        return None
+
+
 @preview.before_request
 def _guard() -> Any:
+    refused = host_refusal()
+    if refused:
+        abort(400, refused)
     token = state().settings.web.preview_token
     offered = request.args.get("token")
     if token and offered is not None:

@@ -139,7 +139,9 @@ def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
     if subscriber.status == SubscriberStatus.REMOVED:
         raise ConsentError("this address was removed from the list; please sign up again")
     left = subscriber.unsubscribed_at
-    if left is not None and issued < left.replace(microsecond=0):
+    # A link made in the very microsecond of the unsubscribe counts as older; so does one of an
+    # older kind, which knows only its whole second (issued has microsecond 0 then).
+    if left is not None and issued <= left:
         raise ConsentError("this confirmation link is older than your unsubscribe; please sign up again")
     now = utcnow()
     subscriber.status, subscriber.confirmed_at, subscriber.updated_at = ACTIVE, now, now

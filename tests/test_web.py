@@ -156,6 +156,20 @@ def test_forged_tokens_get_4xx_and_change_nothing(
     assert status_of(engine, "ada@example.org") == "active"
 
 
+def test_head_on_unsubscribe_and_confirm_links_answers_like_get_and_changes_nothing(
+    client: FlaskClient, engine: Engine, session: Session, secret: str, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    head, get = client.head(f"/u/{token}"), client.get(f"/u/{token}")
+    assert head.status_code == get.status_code == 200 and head.data == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert status_of(engine, "ada@example.org") == "active"
+    pending = add(session, "hal@example.org", pending=True)
+    assert pending.id is not None
+    assert client.head(f"/confirm/{make_token(secret, CONFIRM, pending.id)}").status_code == 200
+    assert status_of(engine, "hal@example.org") == "pending"
+
+
 def test_page_form_needs_its_csrf_token(
     client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
 ) -> None:
@@ -339,6 +353,32 @@ def test_preview_answers_on_loopback_only(client: FlaskClient, issues: dict[str,
     assert proxied.status_code == 403
     assert client.get("/", environ_base=REMOTE).headers["Location"].endswith("/archive/")
     assert client.get("/", environ_base=LOCAL).headers["Location"].endswith("/preview/")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8025", "127.0.0.1.evil.example",
+                                  "localhost.evil.example", "[::1", "127.0.0.1:x"])
+def test_preview_refuses_a_host_name_that_is_not_this_server(client: FlaskClient, issues: dict[str, Issue],
+                                                            host: str) -> None:
+    """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads the list."""
+    for url in ("/preview/", "/preview/issue/%d" % issues["sent"].id, "/preview/next.eml"):
+        refused = client.get(url, environ_base=LOCAL, headers={"Host": host})
+        assert refused.status_code == 400, (url, host)
+        assert b"gus@example.org" not in refused.data
+    assert client.get("/", environ_base=LOCAL, headers={"Host": host}).headers["Location"].endswith("/archive/")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8025", "localhost", "LOCALHOST:5000", "[::1]:8025", "127.0.0.1"])
+def test_preview_answers_under_loopback_host_names(client: FlaskClient, issues: dict[str, Issue], host: str) -> None:
+    assert client.get("/preview/", environ_base=LOCAL, headers={"Host": host}).status_code == 200
+
+
+def test_preview_answers_under_the_base_url_host_with_the_token(settings: Settings, engine: Engine) -> None:
+    web = dataclasses.replace(settings.web, preview_token="s3cret-Token", base_url="https://news.example.org/")
+    client = create_app(dataclasses.replace(settings, web=web), host="0.0.0.0", engine=engine).test_client()
+    token = {"X-Preview-Token": "s3cret-Token"}
+    assert client.get("/preview/", environ_base=REMOTE, headers={**token, "Host": "news.example.org"}).status_code == 200
+    assert client.get("/preview/", environ_base=REMOTE, headers={**token, "Host": "evil.example"}).status_code == 400
+    assert client.get("/preview/", environ_base=REMOTE, headers={"Host": "news.example.org"}).status_code == 403
 
 
 def test_preview_is_off_on_a_public_host_without_a_token(settings: Settings, engine: Engine) -> None:
