@@ -28,6 +28,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
 
 from pipeline import db, public
+from pipeline.confirmations import BackgroundMailer
 from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
@@ -87,13 +88,18 @@ def create_app(
     return app
 
 
-def wsgi_app(proxies: int = 0) -> Flask:
+def wsgi_app(proxies: int = 0, mailer: bool = True) -> Flask:
     """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token.
 
     `proxies`: how many reverse proxies stand in front and set X-Forwarded-For/-Proto; their
     client address is then the one the sign-up rate limit counts (else every reader is the proxy).
+    `mailer`: run a thread that sends the confirmation emails sign-ups queue (each WSGI worker
+    process runs one; they share the queue safely). Off: `newsletter worker` sends them.
     """
     app = create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
+    if mailer:
+        web = app.extensions["newsletter"]
+        BackgroundMailer(web.settings, web.engine, web.wake).start()
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     return app

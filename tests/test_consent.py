@@ -289,6 +289,7 @@ def test_no_sequence_of_actions_reactivates_an_opt_out_without_confirmation(
     session: Session, tmp_path: Path, steps: list[tuple[str, str]]
 ) -> None:
     """Whatever happens in whatever order, someone who left is active again only by confirming."""
+    session.execute(text("DELETE FROM confirmation_request"))
     session.execute(text("DELETE FROM subscriber"))
     session.execute(text("DELETE FROM suppression"))
     session.commit()
