@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import os
 import re
+import threading
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -108,6 +109,13 @@ def wsgi_app(proxies: int = 0, mailer: bool = True) -> Flask:
 def make_server(settings: Settings, host: str, port: int, engine: Engine | None = None) -> BaseWSGIServer:
     """A threaded HTTP server for `newsletter serve` (and the browser tests); port 0: any free one."""
     return wsgi_server(host, port, create_app(settings, host=host, engine=engine), threaded=True)
+
+
+def mailer_wake(server: BaseWSGIServer) -> threading.Event:
+    """What the server's sign-ups set to wake a confirmation mailer (see `newsletter serve`)."""
+    assert isinstance(server.app, Flask)
+    wake: threading.Event = server.app.extensions["newsletter"].wake
+    return wake
 
 
 def preview_open_on(settings: Settings, host: str) -> bool:

@@ -441,7 +441,7 @@ def test_preview_answers_on_loopback_only(client: FlaskClient, issues: dict[str,
 def test_preview_refuses_a_host_name_that_is_not_this_server(client: FlaskClient, issues: dict[str, Issue],
                                                             host: str) -> None:
     """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads the list."""
-    for url in ("/preview/", "/preview/issue/%d" % issues["sent"].id, "/preview/next.eml"):
+    for url in ("/preview/", f"/preview/issue/{issues['sent'].id}", "/preview/next.eml"):
         refused = client.get(url, environ_base=LOCAL, headers={"Host": host})
         assert refused.status_code == 400, (url, host)
         assert b"gus@example.org" not in refused.data

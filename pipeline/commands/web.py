@@ -8,7 +8,7 @@ import click
 
 from pipeline.commands.base import App, pass_app
 from pipeline.confirmations import BackgroundMailer
-from pipeline.web import make_server, preview_open_on
+from pipeline.web import mailer_wake, make_server, preview_open_on
 
 
 @click.command("serve")
@@ -50,7 +50,7 @@ def serve(app: App, host: str, port: int) -> None:
         app.err.print(f"[dim]Links in emails point to web.base_url = {app.settings.web.base_url}[/]")
     app.console.print("Press Ctrl-C to stop.")
     # Sign-ups only queue their confirmation emails; this thread sends them.
-    mailer = BackgroundMailer(app.settings, app.engine, server.app.extensions["newsletter"].wake).start()
+    mailer = BackgroundMailer(app.settings, app.engine, mailer_wake(server)).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
