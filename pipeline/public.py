@@ -15,9 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request, session, url_for
@@ -26,10 +23,8 @@ from sqlmodel import Session, col, select
 
 from pipeline import db
 from pipeline.config import Settings
-from pipeline.errors import DeliveryError
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import render_web_copy
-from pipeline.transports import make_transport
 from subscribers import consent
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail
 from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus
@@ -72,9 +67,10 @@ class WebState:
     settings: Settings
     engine: Engine
     secret: str
-    # Sign-ups per client address, and confirmation emails per address signed up.
+    # Sign-ups per client address (confirmation emails per address: pipeline/confirmations.py).
     per_client: RateLimiter = field(default_factory=lambda: RateLimiter(5, 3600))
-    per_email: RateLimiter = field(default_factory=lambda: RateLimiter(3, 86400))
+    # Set by a sign-up: wakes `serve`'s confirmation mailer, when one runs.
+    wake: threading.Event = field(default_factory=threading.Event)
     web_copies: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
@@ -157,7 +153,7 @@ def unsubscribe(token: str) -> Any:
     one_click = request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click"
     with db.session_scope(state().engine) as s:
         subscriber = _subscriber(s, UNSUBSCRIBE, token)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # HEAD: link checkers, answered like GET
             if subscriber is None or subscriber.status in OPTED_OUT:
                 return message("Already unsubscribed", "This address gets no more issues.")
             return render_template("unsubscribe.html", token=token, masked_email=mask_email(subscriber.email),
@@ -184,7 +180,7 @@ def confirm(token: str) -> Any:
             abort(404, "This subscription no longer exists. Subscribe again.")
         if subscriber.status == SubscriberStatus.ACTIVE:
             return message("Already confirmed", "You are subscribed; the next issue will reach you.", tone="ok")
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return render_template("confirm.html", token=token, masked_email=mask_email(subscriber.email), section="")
         check_csrf()
         try:
@@ -220,41 +216,15 @@ def subscribe() -> Any:
         return message("Too many sign-ups", "Too many sign-ups from your address; try again in an hour.", 429, "bad")
     try:
         with db.session_scope(st.engine) as s:
-            subscriber, needs_confirmation = consent.subscribe(
-                s, email, name=name, source="web",
-                double_opt_in=st.settings.subscribers.double_opt_in,
-                check_deliverability=st.settings.subscribers.check_deliverability,
-            )
-            mail = consent.confirmation_email(st.secret, subscriber, st.settings.web.base_url,
-                                              st.settings.newsletter.name) if needs_confirmation else None
+            # Queues a confirmation for every valid address, subscribed or not: the mailer, not
+            # this request, decides whether it goes out, so every answer takes the same work.
+            consent.subscribe(s, email, name=name, source="web",
+                              double_opt_in=st.settings.subscribers.double_opt_in,
+                              check_deliverability=st.settings.subscribers.check_deliverability)
     except InvalidEmail as exc:
         page = render_template("subscribe.html", email=email, name=name, error=str(exc), section="subscribe")
         return page, 400
     except ConsentError:
         return done
-    if mail is not None and st.per_email.allow(mail.to_email.lower()):
-        try:
-            send_confirmation(st.settings, mail)
-        except DeliveryError:
-            current_app.logger.exception("the confirmation email to a new subscriber was not sent")
-            return message("Could not send the email",
-                           "Our mail server did not take the confirmation email. Please try again later.", 503, "bad")
+    st.wake.set()  # `serve`'s mailer thread; elsewhere the worker or the scheduler sends it
     return done
-
-
-def send_confirmation(settings: Settings, mail: consent.ConfirmationEmail) -> None:
-    """The double opt-in message, sent through the configured delivery transport."""
-    n = settings.newsletter
-    msg = EmailMessage()
-    msg["From"] = formataddr((n.sender_name, n.sender_address))
-    msg["To"] = formataddr((mail.to_name, mail.to_email)) if mail.to_name else mail.to_email
-    msg["Subject"] = mail.subject
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = make_msgid("confirm", domain=n.sender_domain)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(mail.text + f"\n--\n{n.name}\n{n.postal_address}\n")
-    transport = make_transport(settings)
-    try:
-        transport.send(n.sender_address, mail.to_email, msg.as_bytes(policy=SMTP))
-    finally:
-        transport.close()

@@ -210,7 +210,7 @@ def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: Rendere
     """One sender per connection, each claiming, sending and recording its own batches (so at
     most one batch per connection is ever in flight) until nothing is due or the run stops."""
     run = _Run(settings, engine, issue, report, MessageFactory(settings, rendered),
-               load_secret(settings.base_dir), transport_factory or (lambda: make_transport(settings)),
+               load_secret(settings.base_dir), transport_factory or (lambda: make_transport(settings, issue.key)),
                stop or threading.Event(), progress, clock)
     senders = [threading.Thread(target=run.sender, name=f"sender-{n}", daemon=True)
                for n in range(settings.delivery.connections)]
@@ -438,7 +438,7 @@ def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,
         factory = MessageFactory(settings, rendered_issue(session, settings, target), "[TEST] ")
         who = subscriber or ledger.Claimed(0, 0, to.strip(), "", "", 0)  # not a subscriber
         raw = personal_copy(session, settings, secret, target, who, factory=factory)
-    transport = transport or make_transport(settings)
+    transport = transport or make_transport(settings, f"test-{target.key}")
     try:
         transport.send(settings.newsletter.sender_address, address, raw)
     finally:

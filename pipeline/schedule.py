@@ -28,6 +28,7 @@ from sqlmodel import Session, select
 
 from pipeline import issues, polling, publish
 from pipeline.config import ScheduleSettings, Settings
+from pipeline.confirmations import send_queued
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
 from pipeline.models import Delivery, Issue, IssueStatus
@@ -242,6 +243,7 @@ def make_scheduler(
     def job() -> None:
         now = clock()
         try:
+            send_queued(settings, engine)  # sign-ups' confirmation emails, if `serve` left any
             outcome = run_due(settings, engine, now, stop=stop)
         except NewsletterError as exc:
             # The scheduler is a shell like the CLI: report, keep running, and try again soon

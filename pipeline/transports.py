@@ -9,6 +9,7 @@ project only here.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import smtplib
@@ -23,6 +24,7 @@ from pipeline.config import DeliverySettings, Settings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*([^\r\n]*)", re.M | re.I)
 
 
 class Transport(Protocol):
@@ -33,11 +35,14 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def make_transport(settings: Settings) -> Transport:
-    """The transport config.toml asks for: "smtp" or "outbox" (the embedded default)."""
+def make_transport(settings: Settings, label: str = "") -> Transport:
+    """The transport config.toml asks for: "smtp" or "outbox" (the embedded default).
+
+    `label` says what is sent (an issue key, "confirm"): the outbox names its files by it.
+    """
     if settings.delivery.transport == "smtp":
         return SMTPTransport(settings.delivery)
-    return OutboxTransport(settings.delivery.outbox_dir)
+    return OutboxTransport(settings.delivery.outbox_dir, label)
 
 
 def check_connection(delivery: DeliverySettings) -> None:
@@ -200,35 +205,69 @@ def _data(smtp: smtplib.SMTP, raw: bytes) -> tuple[int, bytes]:
 
 
 class OutboxTransport:
-    """Writes each message as a .eml file into a folder: the default, no mail server needed."""
+    """Writes each message as a .eml file into a folder: the default, no mail server needed.
 
-    def __init__(self, folder: Path) -> None:
+    A file is named `<label>-<recipient>.eml` (the label is the issue key, or "confirm"), made
+    safe for any file system. A name in use gets -2, -3 ...: nothing is ever overwritten. A retry
+    of a delivery already written (the same Message-ID) writes nothing, as a relay that took the
+    message would have dropped the duplicate; a retry keeps its Message-ID (ledger.py).
+    """
+
+    def __init__(self, folder: Path, label: str = "") -> None:
         self.folder = Path(folder)
-        self._count = 0
-        self._lock = threading.Lock()
+        self.label = label
 
     def send(self, mail_from: str, to: str, raw: bytes) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TransportUnavailable(f"cannot create the outbox folder {self.folder}: {exc.strerror}") from None
-        message_id = re.search(rb"^Message-ID: <([^>]*)>", raw, re.M)
-        stem = _UNSAFE_NAME.sub("_", message_id.group(1).decode("ascii") if message_id else to)
-        path = self.folder / f"{stem}.eml"
-        with self._lock:
-            self._count += 1
-            temporary = self.folder / f".{stem}.{os.getpid()}.{threading.get_ident()}.tmp"
+        stem = outbox_stem(self.label, to)
+        message_id = _message_id(raw)
+        temporary = self.folder / f".{stem}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            # Written aside and renamed: a reader (or a crash) never sees half a message.
+            # Written aside, then linked under a free name: link() never replaces a file, and a
+            # reader (or a crash) never sees half a message.
             with open(temporary, "wb") as handle:
                 handle.write(raw)
-            os.replace(temporary, path)
+            for n in itertools.count(1):
+                path = self.folder / (f"{stem}.eml" if n == 1 else f"{stem}-{n}.eml")
+                try:
+                    os.link(temporary, path)
+                    return
+                except FileExistsError:
+                    if message_id is not None and _message_id_of(path) == message_id:
+                        return  # this very delivery was written before
         except OSError as exc:
+            raise TransportUnavailable(f"cannot write into {self.folder}: {exc.strerror}") from None
+        finally:
             temporary.unlink(missing_ok=True)
-            raise TransportUnavailable(f"cannot write {path}: {exc.strerror}") from None
 
     def close(self) -> None:
         pass
+
+
+def outbox_stem(label: str, to: str) -> str:
+    """`label-recipient` with every character a file system might refuse made an underscore."""
+    stem = _UNSAFE_NAME.sub("_", f"{label}-{to}" if label else to).strip("._") or "message"
+    return stem[:200]  # file names have a length limit (255 bytes on most systems)
+
+
+def _message_id(raw: bytes) -> bytes | None:
+    """The Message-ID header's value, looked for in the head only (a body may quote one)."""
+    end = raw.find(b"\r\n\r\n")
+    match = _MESSAGE_ID.search(raw if end < 0 else raw[:end])
+    return match.group(1).strip() if match else None
+
+
+def _message_id_of(path: Path) -> bytes | None:
+    """The Message-ID in the head of a written .eml file (None when it has none or is gone)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64 * 1024)
+    except OSError:
+        return None
+    return _message_id(head)
 
 
 @dataclass

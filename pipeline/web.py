@@ -13,10 +13,11 @@ import hmac
 import ipaddress
 import os
 import re
+import threading
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for,
@@ -28,6 +29,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
 
 from pipeline import db, public
+from pipeline.confirmations import BackgroundMailer
 from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
@@ -87,13 +89,18 @@ def create_app(
     return app
 
 
-def wsgi_app(proxies: int = 0) -> Flask:
+def wsgi_app(proxies: int = 0, mailer: bool = True) -> Flask:
     """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token.
 
     `proxies`: how many reverse proxies stand in front and set X-Forwarded-For/-Proto; their
     client address is then the one the sign-up rate limit counts (else every reader is the proxy).
+    `mailer`: run a thread that sends the confirmation emails sign-ups queue (each WSGI worker
+    process runs one; they share the queue safely). Off: `newsletter worker` sends them.
     """
     app = create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
+    if mailer:
+        web = app.extensions["newsletter"]
+        BackgroundMailer(web.settings, web.engine, web.wake).start()
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     return app
@@ -102,6 +109,13 @@ def wsgi_app(proxies: int = 0) -> Flask:
 def make_server(settings: Settings, host: str, port: int, engine: Engine | None = None) -> BaseWSGIServer:
     """A threaded HTTP server for `newsletter serve` (and the browser tests); port 0: any free one."""
     return wsgi_server(host, port, create_app(settings, host=host, engine=engine), threaded=True)
+
+
+def mailer_wake(server: BaseWSGIServer) -> threading.Event:
+    """What the server's sign-ups set to wake a confirmation mailer (see `newsletter serve`)."""
+    assert isinstance(server.app, Flask)
+    wake: threading.Event = server.app.extensions["newsletter"].wake
+    return wake
 
 
 def preview_open_on(settings: Settings, host: str) -> bool:
@@ -148,6 +162,9 @@ def _token_digest(token: str) -> str:
 
 def preview_refusal() -> str | None:
     """None when this request may see preview pages, else the reason it may not."""
+    refused = host_refusal()
+    if refused:
+        return refused
     token = state().settings.web.preview_token
     if token:
         given = request.headers.get("X-Preview-Token", "")
@@ -170,8 +187,32 @@ def current_local() -> bool:
     return bool(current_app.extensions["newsletter.local"])
 
 
+def host_refusal() -> str | None:
+    """None when the request's Host names this server: a loopback name, or web.base_url's host.
+
+    A page elsewhere could otherwise point its own host name at 127.0.0.1 (DNS rebinding) and
+    read the preview pages with the operator's browser: the browser sends that host name.
+    """
+    asked = _host_name(request.host)
+    public = _host_name(urlsplit(state().settings.web.base_url).netloc)
+    if asked is not None and (_is_loopback(asked) or asked == public):
+        return None
+    return "This server answers preview pages only under its own name (localhost or web.base_url)."
+
+
+def _host_name(host: str) -> str | None:
+    """The lower-case name or address of a Host header value, without port or brackets."""
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:  # a malformed port or bracket
+        return None
+
+
 @preview.before_request
 def _guard() -> Any:
+    refused = host_refusal()
+    if refused:
+        abort(400, refused)
     token = state().settings.web.preview_token
     offered = request.args.get("token")
     if token and offered is not None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
+from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError
 from pipeline.models import Issue, IssueStatus
 from pipeline.publish import Report, publish
@@ -98,6 +99,7 @@ def run_worker(
     while not stop.is_set():
         stats.rounds += 1
         try:
+            send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
                             transport_factory, on_report)
         except DBAPIError as exc:

@@ -19,6 +19,7 @@ because a caller forgot to commit.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,7 +29,9 @@ from sqlmodel import Session, select
 
 from subscribers.addresses import clean_name, normalize_email, parse_address, suppression_hash
 from subscribers.errors import ConsentError, UnknownSubscriber
-from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus, Suppression, utcnow
+from subscribers.model import (
+    OPTED_OUT, ConfirmationRequest, Subscriber, SubscriberStatus, Suppression, utcnow,
+)
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token, read_token, read_token_issued
 
 ACTIVE = SubscriberStatus.ACTIVE.value
@@ -107,23 +110,32 @@ def subscribe(
     session: Session, email: str, name: str = "", source: str = "web", double_opt_in: bool = True,
     check_deliverability: bool = False,
 ) -> tuple[Subscriber, bool]:
-    """A person asks to subscribe: (subscriber, needs_confirmation).
+    """A person asks to subscribe: (subscriber, needs_confirmation), and a queued confirmation.
 
-    With needs_confirmation the caller sends confirmation_email(...). An opted-out or removed
-    address always needs confirmation (rule 2), and its status does not change until then;
-    an active subscriber stays as is (the form cannot rename somebody else).
+    Every call that gets this far queues a ConfirmationRequest, in the same commit as a new
+    subscriber, whatever the address's status: the caller's answer then takes the same work for
+    every address, and the mailer (pipeline/confirmations.py) sends only to one that
+    needs_confirmation. An opted-out or removed address always needs confirmation (rule 2), and
+    its status does not change until then; an active subscriber stays as is (the form cannot
+    rename somebody else).
     """
     address = parse_address(email, check_deliverability)
     subscriber = find(session, address.normalized)
-    if subscriber is not None:
-        return subscriber, subscriber.status != ACTIVE
-    confirm = double_opt_in or is_suppressed(session, address.normalized)
-    subscriber = Subscriber(
-        email=address.email, email_normalized=address.normalized, name=clean_name(name),
-        status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
-    )
-    winner = _insert(session, subscriber)
-    return winner, confirm if winner is subscriber else winner.status != ACTIVE
+    if subscriber is None:
+        confirm = double_opt_in or is_suppressed(session, address.normalized)
+        subscriber = _insert(session, Subscriber(
+            email=address.email, email_normalized=address.normalized, name=clean_name(name),
+            status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
+        ), commit=False)
+    assert subscriber.id is not None
+    session.add(ConfirmationRequest(subscriber_id=subscriber.id, nonce=secrets.token_hex(16)))
+    session.commit()
+    return subscriber, needs_confirmation(subscriber)
+
+
+def needs_confirmation(subscriber: Subscriber) -> bool:
+    """Whether a sign-up of this subscriber gets a confirmation email: any status but active/removed."""
+    return subscriber.status not in (ACTIVE, SubscriberStatus.REMOVED.value)
 
 
 def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
@@ -139,7 +151,9 @@ def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
     if subscriber.status == SubscriberStatus.REMOVED:
         raise ConsentError("this address was removed from the list; please sign up again")
     left = subscriber.unsubscribed_at
-    if left is not None and issued < left.replace(microsecond=0):
+    # A link made in the very microsecond of the unsubscribe counts as older; so does one of an
+    # older kind, which knows only its whole second (issued has microsecond 0 then).
+    if left is not None and issued <= left:
         raise ConsentError("this confirmation link is older than your unsubscribe; please sign up again")
     now = utcnow()
     subscriber.status, subscriber.confirmed_at, subscriber.updated_at = ACTIVE, now, now
@@ -295,15 +309,16 @@ def _suppress(session: Session, normalized: str, reason: str) -> None:
     session.flush()
 
 
-def _insert(session: Session, subscriber: Subscriber) -> Subscriber:
-    """Commit a new subscriber; the row that holds the address when another process won the race.
+def _insert(session: Session, subscriber: Subscriber, commit: bool = True) -> Subscriber:
+    """Add a new subscriber (committed, or only flushed); the row that holds the address when
+    another process won the race.
 
     Two sign-ups of one address at the same moment (a double click) both find no row; the
     unique key lets one insert win, and the other gets the winner's row instead of an error.
     """
     session.add(subscriber)
     try:
-        session.commit()
+        session.commit() if commit else session.flush()
     except IntegrityError:
         session.rollback()
         winner = find(session, subscriber.email_normalized)

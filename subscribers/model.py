@@ -50,3 +50,32 @@ class Suppression(SQLModel, table=True):
     email_hash: str = Field(max_length=64, unique=True, index=True)
     reason: str = Field(default="removed", max_length=32)  # unsubscribed/bounced/complained/removed
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ConfirmationStatus(StrEnum):
+    QUEUED = "queued"  # waiting for the confirmation mailer
+    SENDING = "sending"  # claimed by one mailer; back to the queue when its lease runs out
+    SENT = "sent"
+    DROPPED = "dropped"  # not sent: already active, removed, or too many for one address today
+    FAILED = "failed"  # the relay refused the address for good, or too many attempts
+
+
+class ConfirmationRequest(SQLModel, table=True):
+    """A sign-up's confirmation email, waiting to be sent outside the request that asked for it.
+
+    The web form queues one for every valid address, whatever its status, so its answer says
+    nothing about who is subscribed; the mailer decides whether to send (pipeline/confirmations.py).
+    """
+
+    __tablename__ = "confirmation_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    # The random part of the email's Message-ID: kept across attempts, so a retry is recognised.
+    nonce: str = Field(max_length=64)
+    status: str = Field(default=ConfirmationStatus.QUEUED.value, max_length=16, index=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)  # a claim's start: its lease counts from here
+    sent_at: datetime | None = None

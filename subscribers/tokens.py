@@ -5,7 +5,9 @@ confirm token cannot unsubscribe and the other way round, and changing one chara
 makes it worthless. Unsubscribe tokens never expire (a link in a years-old email must still
 work) and carry no timestamp, so one subscriber's link is the same in every message: a retry,
 a preview and the sent copy are byte-identical. Confirm tokens carry their time and expire after
-CONFIRM_MAX_AGE unless the caller asks otherwise.
+CONFIRM_MAX_AGE unless the caller asks otherwise; their payload holds the time to the microsecond
+too (itsdangerous's own timestamp is whole seconds), so a link made in the same second as, but
+before, an unsubscribe is still known to be older.
 
 itsdangerous enters the project only here.
 """
@@ -17,7 +19,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -38,6 +40,8 @@ _SALT_PREFIX = "newsletter.subscribers."
 # Ids below this never take itsdangerous's zlib branch: it compresses a payload only when that
 # saves 2+ bytes, and zlib's output is at least 9 bytes, so a payload of <= 10 digits stays plain.
 _PLAIN_PAYLOAD_BELOW = 10**10
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
@@ -56,6 +60,9 @@ def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
         raise ValueError(f"a subscriber id is a positive integer, got {subscriber_id!r}")
     if purpose == UNSUBSCRIBE and subscriber_id < _PLAIN_PAYLOAD_BELOW:
         return _unsubscribe_signer(secret)(subscriber_id)
+    if purpose == CONFIRM:
+        micros = (datetime.now(timezone.utc) - _EPOCH) // _MICROSECOND  # exact, unlike a float
+        return str(_serializer(secret, purpose).dumps([subscriber_id, micros]))
     token = _serializer(secret, purpose).dumps(subscriber_id)
     return str(token)
 
@@ -101,7 +108,10 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
 def read_token_issued(
     secret: str, purpose: str, token: str, max_age: int | None = None
 ) -> tuple[int, datetime]:
-    """Like read_token, with the time the token was made (whole seconds, UTC): confirm only."""
+    """Like read_token, with the time the token was made (UTC, to the microsecond): confirm only.
+
+    A confirm token made before tokens carried microseconds gives the whole second it was made.
+    """
     if purpose != CONFIRM:
         raise ValueError(f"only {CONFIRM} tokens carry their time, not {purpose!r}")
     if max_age is None:
@@ -115,6 +125,12 @@ def read_token_issued(
         raise ExpiredToken(f"this {purpose} link has expired; ask for a new one") from None
     except BadSignature:
         raise BadToken(f"this {purpose} link is not valid (altered, or meant for something else)") from None
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and not isinstance(value[1], bool):
+        try:
+            issued = _EPOCH + value[1] * _MICROSECOND
+        except OverflowError:
+            raise BadToken(f"this {purpose} link does not carry a valid time") from None
+        value = value[0]
     return _subscriber_id(value, purpose), issued
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import stat
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from itsdangerous import URLSafeSerializer
+from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
 from subscribers.errors import BadToken, ExpiredToken
-from subscribers.tokens import CONFIRM, SECRET_ENV, UNSUBSCRIBE, load_secret, make_token, read_token
+from subscribers.tokens import (
+    CONFIRM, SECRET_ENV, UNSUBSCRIBE, load_secret, make_token, read_token,
+    read_token_issued,
+)
 
 SECRET = "test-secret-" + "x" * 20
 
@@ -154,3 +158,17 @@ def test_an_empty_environment_variable_falls_back_to_the_file(tmp_path: Path, mo
     monkeypatch.setenv(SECRET_ENV, "  ")
     assert load_secret(tmp_path) == (tmp_path / ".secret_key").read_text().strip()
     assert os.environ[SECRET_ENV] == "  "
+
+
+def test_a_confirm_token_knows_the_microsecond_it_was_made() -> None:
+    before = datetime.now(timezone.utc)
+    token = make_token(SECRET, CONFIRM, 7)
+    after = datetime.now(timezone.utc)
+    subscriber_id, issued = read_token_issued(SECRET, CONFIRM, token)
+    assert subscriber_id == 7 and before <= issued <= after
+
+
+def test_a_confirm_token_of_the_whole_second_kind_still_reads() -> None:
+    old = URLSafeTimedSerializer(SECRET, salt="newsletter.subscribers.confirm").dumps(9)
+    subscriber_id, issued = read_token_issued(SECRET, CONFIRM, old)
+    assert subscriber_id == 9 and issued.microsecond == 0

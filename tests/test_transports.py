@@ -21,14 +21,38 @@ from tests.smtp_faults import FaultHandler, FaultServer, _free_port, smtp_settin
 RAW = b"From: a@example.org\r\nTo: b@example.org\r\nMessage-ID: <abc.1@essays.example.org>\r\n\r\nHi\r\n"
 
 
-def test_outbox_writes_one_file_per_message_atomically(tmp_path: Path) -> None:
-    outbox = OutboxTransport(tmp_path / "outbox")
+def test_outbox_names_files_by_issue_and_recipient_and_a_retry_writes_nothing(tmp_path: Path) -> None:
+    outbox = OutboxTransport(tmp_path / "outbox", "weekly-2025-W05")
     outbox.send("a@example.org", "b@example.org", RAW)
-    outbox.send("a@example.org", "b@example.org", RAW)  # a resend of the same delivery
+    # A retry of the same delivery (same Message-ID; the Date of a rebuilt copy differs).
+    outbox.send("a@example.org", "b@example.org", RAW.replace(b"Hi", b"Hi again"))
     outbox.send("a@example.org", "c@example.org", RAW.replace(b"abc.1", b"abc.2"))
     files = sorted(p.name for p in (tmp_path / "outbox").iterdir())
-    assert files == ["abc.1@essays.example.org.eml", "abc.2@essays.example.org.eml"]  # no .tmp left
+    assert files == ["weekly-2025-W05-b@example.org.eml", "weekly-2025-W05-c@example.org.eml"]  # no .tmp left
     assert (tmp_path / "outbox" / files[0]).read_bytes() == RAW
+
+
+def test_outbox_never_overwrites_a_file_of_another_message(tmp_path: Path) -> None:
+    outbox = OutboxTransport(tmp_path, "confirm")
+    (tmp_path / "confirm-b@example.org.eml").write_bytes(b"written by hand\r\n")
+    for n in range(1, 4):  # three confirmation emails to one address, each its own Message-ID
+        outbox.send("a@example.org", "b@example.org", RAW.replace(b"abc.1", f"abc.{n}".encode()))
+    outbox.send("a@example.org", "b@example.org", RAW.replace(b"abc.1", b"abc.2"))  # a retry of the 2nd
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confirm-b@example.org-2.eml", "confirm-b@example.org-3.eml", "confirm-b@example.org-4.eml",
+        "confirm-b@example.org.eml"]
+    assert (tmp_path / "confirm-b@example.org.eml").read_bytes() == b"written by hand\r\n"
+    assert b"abc.3" in (tmp_path / "confirm-b@example.org-4.eml").read_bytes()
+
+
+@pytest.mark.parametrize("label, to, name", [
+    ("weekly/2025 W05", "../../etc/passwd", "weekly_2025_W05-.._.._etc_passwd.eml"),
+    ("", "Zoë <z@example.org>", "Zo_z@example.org.eml"),
+    ("confirm", "a:b\\c*?@example.org", "confirm-a_b_c_@example.org.eml"),
+])
+def test_outbox_file_names_are_safe(tmp_path: Path, label: str, to: str, name: str) -> None:
+    OutboxTransport(tmp_path, label).send("a@example.org", to, RAW)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_an_outbox_that_cannot_be_written_pauses(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -20,6 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
+from pipeline import confirmations
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
 from pipeline.lint import lint_message
@@ -156,6 +159,20 @@ def test_forged_tokens_get_4xx_and_change_nothing(
     assert status_of(engine, "ada@example.org") == "active"
 
 
+def test_head_on_unsubscribe_and_confirm_links_answers_like_get_and_changes_nothing(
+    client: FlaskClient, engine: Engine, session: Session, secret: str, reader: tuple[Subscriber, str]
+) -> None:
+    _, token = reader
+    head, get = client.head(f"/u/{token}"), client.get(f"/u/{token}")
+    assert head.status_code == get.status_code == 200 and head.data == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert status_of(engine, "ada@example.org") == "active"
+    pending = add(session, "hal@example.org", pending=True)
+    assert pending.id is not None
+    assert client.head(f"/confirm/{make_token(secret, CONFIRM, pending.id)}").status_code == 200
+    assert status_of(engine, "hal@example.org") == "pending"
+
+
 def test_page_form_needs_its_csrf_token(
     client: FlaskClient, engine: Engine, reader: tuple[Subscriber, str]
 ) -> None:
@@ -229,13 +246,17 @@ def sign_up(client: FlaskClient, email: str, name: str = "", **extra: str) -> tu
     return response.status_code, response.data
 
 
-def test_subscribe_sends_a_confirmation_through_the_transport_and_its_link_confirms(
-    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
+def test_subscribe_queues_the_confirmation_the_mailer_sends_it_and_its_link_confirms(
+    smtp_client: tuple[FlaskClient, Engine], smtp_settings: Settings, smtp_server: SMTPServer
 ) -> None:
     client, engine = smtp_client
     code, page = sign_up(client, "Dee@Example.org", "Dee")
     assert code == 200 and b"Check your inbox" in page
     assert status_of(engine, "dee@example.org") == "pending"
+    assert smtp_server.received == []  # the request made no SMTP connection
+    assert confirmations.queued(engine) == 1
+    assert confirmations.send_queued(smtp_settings, engine).sent == 1
+    assert confirmations.send_queued(smtp_settings, engine).sent == 0  # sent once only
     assert len(smtp_server.received) == 1
     mail = smtp_server.received[0]
     assert mail.rcpt_tos == ["Dee@example.org"]  # the domain lower-cased, the local part as typed
@@ -259,17 +280,91 @@ def test_subscribe_form_refuses_without_csrf_and_explains_bad_addresses(
     assert smtp_server.received == []
 
 
-def test_subscribe_answers_the_same_for_known_addresses_and_mails_no_active_one(
-    smtp_client: tuple[FlaskClient, Engine], smtp_server: SMTPServer
-) -> None:
-    client, engine = smtp_client
+def _answers(client: FlaskClient, engine: Engine) -> dict[str, tuple[int, bytes]]:
+    """The sign-up answer for an active, a new, an unsubscribed and a pending address."""
     with Session(engine) as s:
         add(s, "eve@example.org", "Eve")
-    code_known, page_known = sign_up(client, "eve@example.org")
-    code_new, page_new = sign_up(client, "fay@example.org")
-    assert code_known == code_new == 200
-    assert page_known.replace(b"eve@", b"X@") == page_new.replace(b"fay@", b"X@")
-    assert [m.rcpt_tos for m in smtp_server.received] == [["fay@example.org"]]
+        add(s, "una@example.org")
+        consent.unsubscribe(s, "una@example.org")
+        add(s, "pat@example.org", pending=True)
+    answers = {}
+    for who in ("eve", "fay", "una", "pat"):
+        code, page = sign_up(client, f"{who}@example.org")
+        answers[who] = (code, page.replace(f"{who}@example.org".encode(), b"X@example.org"))
+    return answers
+
+
+def test_subscribe_answers_byte_for_byte_the_same_for_every_address_and_mails_no_active_one(
+    smtp_client: tuple[FlaskClient, Engine], smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    client, engine = smtp_client
+    answers = _answers(client, engine)
+    assert len(set(answers.values())) == 1 and answers["eve"][0] == 200, answers
+    assert smtp_server.received == []  # the same work for each: a queued row, no SMTP
+    assert confirmations.queued(engine) == 4
+    mailed = confirmations.send_queued(smtp_settings, engine)
+    assert (mailed.sent, mailed.dropped) == (3, 1)
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.received) == [
+        "fay@example.org", "pat@example.org", "una@example.org"]
+    assert status_of(engine, "una@example.org") == "unsubscribed"  # until they confirm
+
+
+def test_subscribe_answers_the_same_with_the_relay_down_and_mails_once_it_is_back(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    down = load_settings(write_config(tmp_path, delivery={
+        "transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": _closed_port(), "smtp_tls": "none"}))
+    app = create_app(down)
+    engine = app.extensions["newsletter"].engine
+    answers = _answers(app.test_client(), engine)
+    assert len(set(answers.values())) == 1 and answers["fay"][0] == 200, answers
+    mailed = confirmations.send_queued(down, engine)
+    assert mailed.sent == 0 and "cannot connect" in (mailed.error or "")
+    assert confirmations.queued(engine) == 3  # nothing lost (the active address needs nothing)
+    back = dataclasses.replace(down, delivery=dataclasses.replace(down.delivery, smtp_port=smtp_server.port))
+    assert confirmations.send_queued(back, engine).sent == 3
+    engine.dispose()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_repeated_sign_ups_get_at_most_three_emails_a_day_each_in_its_own_outbox_file(
+    settings: Settings, engine: Engine, client: FlaskClient
+) -> None:
+    for _ in range(4):
+        sign_up(client, "rex@example.org")
+    assert confirmations.send_queued(settings, engine).sent == 3
+    files = sorted(p.name for p in settings.delivery.outbox_dir.iterdir())
+    assert files == ["confirm-rex@example.org-2.eml", "confirm-rex@example.org-3.eml", "confirm-rex@example.org.eml"]
+
+
+def test_serve_sends_queued_confirmations_in_the_background(config_file: Path) -> None:
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "newsletter"), "--config", str(config_file), "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
+    )
+    outbox = load_settings(config_file).delivery.outbox_dir
+    try:
+        assert process.stdout is not None
+        base = re.search(r"(http://127\.0\.0\.1:\d+)/", process.stdout.readline()).group(1)  # type: ignore[union-attr]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(base + "/subscribe", timeout=10) as response:
+            field = csrf_from(response.read())
+        form = urllib.parse.urlencode({"csrf_token": field, "email": "sam@example.org"}).encode()
+        with opener.open(base + "/subscribe", data=form, timeout=10) as response:
+            assert response.status == 200
+        for _ in range(100):  # woken by the sign-up: well within a second on any machine
+            if (outbox / "confirm-sam@example.org.eml").exists():
+                break
+            time.sleep(0.1)
+        assert (outbox / "confirm-sam@example.org.eml").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
 
 
 def test_subscribe_is_rate_limited_per_client_and_the_honeypot_adds_nobody(
@@ -339,6 +434,32 @@ def test_preview_answers_on_loopback_only(client: FlaskClient, issues: dict[str,
     assert proxied.status_code == 403
     assert client.get("/", environ_base=REMOTE).headers["Location"].endswith("/archive/")
     assert client.get("/", environ_base=LOCAL).headers["Location"].endswith("/preview/")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8025", "127.0.0.1.evil.example",
+                                  "localhost.evil.example", "[::1", "127.0.0.1:x"])
+def test_preview_refuses_a_host_name_that_is_not_this_server(client: FlaskClient, issues: dict[str, Issue],
+                                                            host: str) -> None:
+    """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads the list."""
+    for url in ("/preview/", f"/preview/issue/{issues['sent'].id}", "/preview/next.eml"):
+        refused = client.get(url, environ_base=LOCAL, headers={"Host": host})
+        assert refused.status_code == 400, (url, host)
+        assert b"gus@example.org" not in refused.data
+    assert client.get("/", environ_base=LOCAL, headers={"Host": host}).headers["Location"].endswith("/archive/")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8025", "localhost", "LOCALHOST:5000", "[::1]:8025", "127.0.0.1"])
+def test_preview_answers_under_loopback_host_names(client: FlaskClient, issues: dict[str, Issue], host: str) -> None:
+    assert client.get("/preview/", environ_base=LOCAL, headers={"Host": host}).status_code == 200
+
+
+def test_preview_answers_under_the_base_url_host_with_the_token(settings: Settings, engine: Engine) -> None:
+    web = dataclasses.replace(settings.web, preview_token="s3cret-Token", base_url="https://news.example.org/")
+    client = create_app(dataclasses.replace(settings, web=web), host="0.0.0.0", engine=engine).test_client()
+    token = {"X-Preview-Token": "s3cret-Token"}
+    assert client.get("/preview/", environ_base=REMOTE, headers={**token, "Host": "news.example.org"}).status_code == 200
+    assert client.get("/preview/", environ_base=REMOTE, headers={**token, "Host": "evil.example"}).status_code == 400
+    assert client.get("/preview/", environ_base=REMOTE, headers={"Host": "news.example.org"}).status_code == 403
 
 
 def test_preview_is_off_on_a_public_host_without_a_token(settings: Settings, engine: Engine) -> None:
@@ -526,7 +647,7 @@ def test_wsgi_app_behind_a_proxy_counts_sign_ups_per_real_client_and_keeps_previ
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_CONFIG", str(config_file))
-    app = wsgi_app(proxies=1)
+    app = wsgi_app(proxies=1, mailer=False)
     client = app.test_client()
     assert client.get("/preview/", environ_base=LOCAL).status_code == 403  # host unknown: token only
     codes = {}
@@ -539,6 +660,7 @@ def test_wsgi_app_behind_a_proxy_counts_sign_ups_per_real_client_and_keeps_previ
         ]
     assert codes == {"198.51.100.1": [200] * 5 + [429], "198.51.100.2": [200] * 5 + [429]}
     # The outbox transport (the default) got one confirmation per sign-up.
+    confirmations.send_queued(load_settings(config_file), app.extensions["newsletter"].engine)
     outbox = load_settings(config_file).delivery.outbox_dir
     assert len(list(outbox.rglob("*.eml"))) == 10
     app.extensions["newsletter"].engine.dispose()

@@ -13,7 +13,7 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
-from pipeline.public import send_confirmation
+from pipeline.confirmations import latest_for, send_queued
 from subscribers import consent
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
@@ -59,10 +59,16 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
             if not needs:
                 app.console.print(f"{shown(subscriber.email)} is already an active subscriber.")
                 return
-            secret = load_secret(settings.base_dir, announce=app.err.print)
-            send_confirmation(settings, consent.confirmation_email(
-                secret, subscriber, settings.web.base_url, settings.newsletter.name
-            ))
+            # Queued like a web sign-up's, then sent now, so you see whether it went.
+            send_queued(settings, app.engine, secret=load_secret(settings.base_dir, announce=app.err.print))
+            request = latest_for(app.engine, subscriber.id or 0)
+            if request is None or request.status != "sent":
+                status = request.status if request else "missing"
+                why = request.last_error if request and request.last_error else status
+                later = (" It stays queued: `newsletter worker`, `newsletter schedule` or `newsletter serve` "
+                         "send it when the relay takes it.") if status == "queued" else ""
+                raise click.ClickException(
+                    f"The confirmation email to {subscriber.email} was not sent: {why}.{later}")
             app.console.print(
                 f"Sent a confirmation link to {shown(subscriber.email)} "
                 f"(status {subscriber.status} until they follow it; valid 7 days)."

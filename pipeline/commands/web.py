@@ -7,7 +7,8 @@ import socket
 import click
 
 from pipeline.commands.base import App, pass_app
-from pipeline.web import make_server, preview_open_on
+from pipeline.confirmations import BackgroundMailer
+from pipeline.web import mailer_wake, make_server, preview_open_on
 
 
 @click.command("serve")
@@ -19,6 +20,7 @@ from pipeline.web import make_server, preview_open_on
 def serve(app: App, host: str, port: int) -> None:
     """Serve the browser preview, the archive, and the unsubscribe, confirm and subscribe pages.
 
+    Confirmation emails of sign-ups are queued and sent by a background thread of this server.
     Preview pages show drafts and subscriber addresses: they answer only on this machine, or,
     when $NEWSLETTER_PREVIEW_TOKEN is set, to whoever presents that token once with ?token=...
     For a public deployment run the app under a WSGI server instead (see the README, "web").
@@ -47,11 +49,14 @@ def serve(app: App, host: str, port: int) -> None:
     if base != app.settings.web.base_url:
         app.err.print(f"[dim]Links in emails point to web.base_url = {app.settings.web.base_url}[/]")
     app.console.print("Press Ctrl-C to stop.")
+    # Sign-ups only queue their confirmation emails; this thread sends them.
+    mailer = BackgroundMailer(app.settings, app.engine, mailer_wake(server)).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         app.console.print("Stopped.")
     finally:
+        mailer.stop()
         server.server_close()
 
 

@@ -1,0 +1,85 @@
+"""The confirmation mailer: queued sign-up emails go out once, from the worker, the scheduler or the CLI."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from pipeline import confirmations, db
+from pipeline.config import Settings, load_settings
+from pipeline.schedule import JOB_ID, make_scheduler
+from pipeline.worker import run_worker
+from subscribers import consent
+from subscribers.model import ConfirmationRequest, utcnow
+from tests.conftest import CLI, write_config
+
+
+def sign_up(engine: Engine, email: str) -> None:
+    with Session(engine) as session:
+        consent.subscribe(session, email)
+
+
+def outbox(settings: Settings) -> list[str]:
+    folder = settings.delivery.outbox_dir
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_the_worker_sends_queued_confirmations(settings: Settings, engine: Engine) -> None:
+    sign_up(engine, "wes@example.org")
+    run_worker(settings, engine, once=True)
+    assert outbox(settings) == ["confirm-wes@example.org.eml"]
+    assert confirmations.queued(engine) == 0
+
+
+def test_the_scheduler_job_sends_queued_confirmations(settings: Settings, engine: Engine) -> None:
+    sign_up(engine, "sue@example.org")
+    make_scheduler(settings, engine).get_job(JOB_ID).func()
+    assert "confirm-sue@example.org.eml" in outbox(settings)
+
+
+def test_mailers_at_once_send_each_confirmation_once(any_settings: Settings, any_engine: Engine) -> None:
+    for n in range(20):
+        sign_up(any_engine, f"m{n}@example.org")
+    results: list[confirmations.Mailed] = []
+    threads = [threading.Thread(target=lambda: results.append(confirmations.send_queued(any_settings, any_engine)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.sent for r in results) == 20
+    assert outbox(any_settings) == sorted(f"confirm-m{n}@example.org.eml" for n in range(20))
+
+
+def test_a_claim_whose_mailer_died_is_sent_again_without_a_second_file(settings: Settings, engine: Engine) -> None:
+    sign_up(engine, "dan@example.org")
+    assert confirmations.send_queued(settings, engine).sent == 1
+    # As if the mailer wrote the file and died before recording it: claimed, lease long gone.
+    with Session(engine) as session:
+        session.execute(update(ConfirmationRequest).values(status="sending", sent_at=None,
+                                                           updated_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+    assert confirmations.send_queued(settings, engine).sent == 1
+    assert outbox(settings) == ["confirm-dan@example.org.eml"]
+    with Session(engine) as session:
+        assert session.exec(select(ConfirmationRequest.attempts)).one() == 2
+
+
+def test_cli_add_confirm_says_when_the_relay_is_down_and_keeps_the_email_queued(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path, delivery={"transport": "smtp", "smtp_host": "127.0.0.1",
+                                              "smtp_port": port, "smtp_tls": "none"})
+    result = CLI(config, CliRunner())("subscribers", "add", "ivy@example.org", "--confirm")
+    assert result.exit_code == 1
+    assert "was not sent: cannot connect" in result.output and "stays queued" in result.output
+    with Session(db.connect(load_settings(config).database.url)) as session:
+        assert session.exec(select(ConfirmationRequest.status)).all() == ["queued"]
