@@ -49,7 +49,8 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one claimed row. kind: sent, retry, failed, or released (not attempted)."""
+    """What became of one claimed row. kind: sent, retry, failed, unknown (handed over, no
+    reply: maybe delivered) or released (not attempted)."""
 
     claimed: Claimed
     kind: str
@@ -192,7 +193,7 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
             next_at = retry_at(attempts, o.at)
             if deadline is not None and next_at > deadline:
                 kind, error = "failed", f"gave up after {attempts} attempts: {o.error}"
-        status = {"retry": PENDING, "failed": FAILED, "released": PENDING}[kind]
+        status = {"retry": PENDING, "failed": FAILED, "released": PENDING, "unknown": UNKNOWN}[kind]
         params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
                            b_code=o.code, b_error=error, b_now=o.at))
     in_flight = or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN)

@@ -23,8 +23,8 @@ from sqlmodel import Session, col, select
 from pipeline import ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.errors import (NewsletterError, NotFound, PermanentDeliveryError, RenderError,
-                             TransientDeliveryError, TransportUnavailable)
+from pipeline.errors import (AmbiguousDeliveryError, NewsletterError, NotFound, PermanentDeliveryError,
+                             RenderError, TransientDeliveryError, TransportUnavailable)
 from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
@@ -51,6 +51,7 @@ class Report:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    unknown: int = 0  # handed over, then no reply: maybe delivered (never retried by itself)
     skipped: int = 0
     bounced: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -308,6 +309,8 @@ class _Run:
                         f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
                         f"by itself)")
             return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
+        except AmbiguousDeliveryError as exc:
+            return ledger.Outcome(row, "unknown", self.clock(), exc.code, str(exc))
         except TransientDeliveryError as exc:
             return ledger.Outcome(row, "retry", self.clock(), exc.code, str(exc))
         except (PermanentDeliveryError, RenderError) as exc:
@@ -351,7 +354,9 @@ def _tally(engine: Engine, report: Report, outcomes: list[ledger.Outcome]) -> No
             report.retrying += 1
         elif o.kind == "failed":
             report.failed += 1
-        if o.kind in ("retry", "failed") and len(report.errors) < 20:
+        elif o.kind == "unknown":
+            report.unknown += 1
+        if o.kind in ("retry", "failed", "unknown") and len(report.errors) < 20:
             report.errors.append((o.claimed.email, o.error or ""))
         if o.hard_bounce:
             # consent.mark_bounced commits on its own: the address is suppressed for good.
