@@ -20,7 +20,7 @@ from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from pipeline import ledger
+from pipeline import leases, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import (AmbiguousDeliveryError, NewsletterError, NotFound, PermanentDeliveryError,
@@ -54,6 +54,7 @@ class Report:
     unknown: int = 0  # handed over, then no reply: maybe delivered (never retried by itself)
     skipped: int = 0
     bounced: int = 0
+    reconciled: int = 0  # rows a stopped sender left in flight, found and marked unknown
     counts: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
     built_bytes: int = 0  # a dry run: the size of every message it built
@@ -71,10 +72,16 @@ class Report:
     def owed(self) -> int:
         return self.counts.get("pending", 0) + self.counts.get("sending", 0)
 
+    @property
+    def undecided(self) -> int:
+        """Deliveries of a finished issue that may or may not have arrived: the operator decides."""
+        return self.counts.get("unknown", 0) if not self.owed else 0
+
     def as_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "errors"}
         data["errors"] = [{"email": e, "error": m} for e, m in self.errors]
         data["owed"] = self.owed
+        data["undecided"] = self.undecided
         return data
 
 
@@ -106,7 +113,9 @@ def publish(
         report = Report(issue_id=target.id, issue_key=target.key, subject=target.subject, dry_run=dry_run)
         report.nothing = _refusal(target, clock())
         if report.nothing:
+            report.reconciled = leases.reconcile(session, target.id or 0, clock())
             report.counts = ledger.counts(session, target.id or 0)
+            session.commit()
             return report
         report.total = audience_size(session, target)
         if not report.total and target.status == IssueStatus.DRAFT.value:
@@ -128,7 +137,7 @@ def publish(
     issue_id = target.id or 0
     _freeze(engine, settings, target, rendered, clock())
     with session_scope(engine) as session:
-        ledger.reconcile(session, issue_id, clock())
+        report.reconciled = leases.reconcile(session, issue_id, clock())
         before = ledger.counts(session, issue_id)
         report.total, report.to_send = sum(before.values()), before["pending"]
     if not deliver:
