@@ -73,13 +73,14 @@ def run_due(
     period = due_period(schedule, now)
     if not dry_run:
         expire_stale(settings, engine, now, keep=period.key)
+    reconciled = 0
     for _attempt in range(3):  # another process may win a race; then look again
         try:
             with session_scope(engine) as session:
                 issue = _issue(session, period.key)
                 if issue is not None and issue.id is not None and not dry_run:
                     # A sender killed mid-batch leaves rows `sending`: say so, do not blame a rival.
-                    leases.reconcile(session, issue.id, now)
+                    reconciled += leases.reconcile(session, issue.id, now)
                 action = decide(schedule, period, issue.status if issue else None, now)
                 if dry_run or action in (Action.NOT_DUE, Action.DONE):
                     return _outcome(settings, session, action, period, issue, now, dry_run)
@@ -110,9 +111,9 @@ def run_due(
         if holders:
             outcome.held = leases.unconfirmed(holders)
             outcome.message += f" ({leases.describe_in_flight(holders)})"
-        if report.reconciled:
-            outcome.message += (f" ({report.reconciled} left in flight by a sender that stopped "
-                                f"mid-attempt are now unknown)")
+        if reconciled + report.reconciled:
+            outcome.message += (f" ({reconciled + report.reconciled} left in flight by a sender that "
+                                f"stopped mid-attempt are now unknown)")
         if report.enqueued:  # schedule.enqueue: the workers send it
             outcome.enqueued = True
             outcome.message = (f"{period.key} handed to the workers: issue {outcome.status}, "

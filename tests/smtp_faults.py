@@ -143,12 +143,14 @@ def fault_server(login: tuple[str, str] | None = None) -> Iterator[FaultServer]:
         controller.stop()
 
 
-def smtp_settings(directory: Path, port: int, database_url: str | None = None, **delivery: Any) -> Settings:
+def smtp_settings(directory: Path, port: int, database_url: str | None = None,
+                  schedule: dict[str, Any] | None = None, **delivery: Any) -> Settings:
     """Settings that send through the SMTP server on `port` (plain, no TLS: loopback only)."""
     values = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_tls": "none",
               "smtp_timeout": 5, **delivery}
+    sections: dict[str, Any] = {"schedule": schedule} if schedule else {}
     return load_settings(write_config(directory, database_url=database_url, delivery=values,
-                                      web={"base_url": "https://letters.example.org"}))
+                                      web={"base_url": "https://letters.example.org"}, **sections))
 
 
 def add_audience(engine: Engine, active: int, essays: int = 3, prefix: str = "reader") -> list[Subscriber]:
