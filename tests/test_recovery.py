@@ -153,3 +153,28 @@ def test_a_worker_says_what_it_reconciled_and_exits_5(tmp_path: Path, caplog: py
         assert f"{BATCH} deliveries left in flight by a sender that stopped mid-attempt" in logged
         assert "handed is finished, but 5 deliveries are unknown" in logged
         engine.dispose()
+
+
+def test_run_due_waits_for_a_holder_on_another_host_then_reconciles_its_rows(tmp_path: Path) -> None:
+    with fault_server() as server:
+        settings, engine, cli = scenario(tmp_path, server, schedule=utc_schedule_due(timedelta(minutes=30)))
+        engine.dispose()
+        kill_mid_batch(server, settings.path, "schedule", "run-due")
+        lease = utcnow() + timedelta(minutes=10)
+        with Session(engine) as session:  # as if the batch had been claimed on another host
+            session.execute(update(Delivery).where(Delivery.status == "sending")
+                            .values(holder="mailer-2:4242", lease_until=lease))
+            session.commit()
+        held = cli("schedule", "run-due")
+        assert held.exit_code == 4, held.output
+        assert f"{BATCH} held by mailer-2:4242 until {lease:%Y-%m-%d %H:%M:%S} UTC" in flat(held.output)
+        with Session(engine) as session:  # its lease runs out
+            session.execute(update(Delivery).where(Delivery.status == "sending")
+                            .values(lease_until=utcnow() - timedelta(seconds=1)))
+            session.commit()
+        done = cli("schedule", "run-due")
+        assert done.exit_code == 5, done.output
+        assert f"{BATCH} unknown" in flat(done.output)
+        later = cli("schedule", "run-due")  # flagged once; later calls still say it
+        assert later.exit_code == 0 and f"but {BATCH} deliveries are unknown" in flat(later.output)
+        engine.dispose()
