@@ -13,8 +13,10 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import func, update
+from sqlalchemy.engine import CursorResult
 from sqlmodel import Session, col, select
 
 from pipeline import ledger
@@ -42,11 +44,11 @@ def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     for holder in _local_holders(session, issue_id):
         if _alive(holder):
             continue
-        result = session.execute(
+        result = cast(CursorResult, session.execute(
             update(Delivery).where(col(Delivery.issue_id) == issue_id, col(Delivery.status) == ledger.SENDING,
                                    col(Delivery.holder) == holder)
             .values(status=ledger.UNKNOWN, updated_at=now, lease_until=None,
-                    last_error=GONE.format(holder=holder)))
+                    last_error=GONE.format(holder=holder))))
         count += max(result.rowcount, 0)
     return count
 

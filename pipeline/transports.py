@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import DeliverySettings, Settings
-from pipeline.errors import (AmbiguousDeliveryError, PermanentDeliveryError, TransientDeliveryError,
-                             TransportUnavailable)
+from pipeline.errors import (
+    AmbiguousDeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")
 

@@ -15,15 +15,22 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline import db, ledger
 from pipeline.cli import cli as cli_main
+from pipeline.config import Settings
 from pipeline.models import Delivery
-from pipeline.worker import run_worker
 from subscribers.model import utcnow
 from tests.conftest import CLI
-from tests.smtp_faults import FaultServer, add_audience, fault_server, new_issue, smtp_settings
+from tests.smtp_faults import (
+    FaultServer,
+    add_audience,
+    fault_server,
+    new_issue,
+    smtp_settings,
+)
 from tests.test_schedule import utc_schedule_due
 
 AUDIENCE, BATCH, HANGS = 12, 5, 7  # the 8th reader's server never answers: the 2nd batch is in flight
@@ -50,7 +57,7 @@ def kill_mid_batch(server: FaultServer, config: Path, *args: str) -> int:
     return int(child.pid or 0)
 
 
-def scenario(tmp_path: Path, server: FaultServer, **settings_extra: object) -> tuple[object, object, CLI]:
+def scenario(tmp_path: Path, server: FaultServer, **settings_extra: object) -> tuple[Settings, Engine, CLI]:
     server.hang_seconds = 60.0
     settings = smtp_settings(tmp_path, server.port, batch_size=BATCH, smtp_timeout=60, **settings_extra)
     engine = db.connect(settings.database.url)

@@ -141,7 +141,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
         task = bar.add_task("", total=None)
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.skipped
+            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             bar.update(task, total=report.to_send, completed=done)
 
         outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,

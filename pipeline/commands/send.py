@@ -243,7 +243,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.skipped
+            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
             problems = (f"{report.failed} failed, {report.retrying} to retry"
                         if report.failed or report.retrying else "")
