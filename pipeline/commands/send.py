@@ -159,7 +159,7 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
         counts = ledger.counts(session, target.id or 0)
     total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
-              "last_error", "message_id", "next_attempt_at", "sent_at")
+              "last_error", "message_id", "next_attempt_at", "sent_at", "holder")
     if as_json:
         print_json([{f: getattr(row, f) for f in fields} for row in found])
         return
