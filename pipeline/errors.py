@@ -11,6 +11,7 @@
     └── DeliveryError               sending failed
         ├── TransientDeliveryError  the server said "try later" (4xx, 552)
         ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
+        ├── AmbiguousDeliveryError  the message was handed over but no reply came: maybe delivered
         └── TransportUnavailable    no connection or no login: pause, do not burn attempts
 
 The audience package has its own root, subscribers.errors.SubscriberError (it may not import
@@ -66,6 +67,12 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """The server refused the recipient for good (5xx other than 552)."""
+
+
+class AmbiguousDeliveryError(DeliveryError):
+    """The whole message, final dot included, was handed over and then the connection dropped
+    or timed out before the server's reply: it may have been delivered. Never retried by
+    itself (that could be a second copy); the ledger records it as `unknown`."""
 
 
 class TransportUnavailable(DeliveryError):

@@ -9,7 +9,9 @@ same code claims with `FOR UPDATE SKIP LOCKED` on PostgreSQL and under SQLite's 
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from collections.abc import Callable, Iterator
@@ -49,7 +51,8 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one claimed row. kind: sent, retry, failed, or released (not attempted)."""
+    """What became of one claimed row. kind: sent, retry, failed, unknown (handed over, no
+    reply: maybe delivered) or released (not attempted)."""
 
     claimed: Claimed
     kind: str
@@ -117,6 +120,12 @@ def _row_count(session: Session, issue_id: int) -> int:
                             .where(Delivery.issue_id == issue_id)).one())
 
 
+def holder_name() -> str:
+    """host:pid of this process, written on the rows it claims (read at each claim: a fork
+    has a pid of its own)."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+
 def claim(engine: Engine, issue_id: int, limit: int, lease_seconds: int,
           now: datetime) -> tuple[list[Claimed], int]:
     """Take up to `limit` due pending rows: `sending` with a lease, or `skipped` when the
@@ -164,7 +173,7 @@ def _claim(session: Session, issue_id: int, limit: int, lease_seconds: int,
     lease = now + timedelta(seconds=lease_seconds)
     if claimed:
         session.execute(update(_TABLE).where(_TABLE.c.id.in_([c.id for c in claimed]))
-                        .values(status=SENDING, lease_until=lease, updated_at=now))
+                        .values(status=SENDING, lease_until=lease, updated_at=now, holder=holder_name()))
     if skipped:
         session.execute(update(_TABLE).where(_TABLE.c.id.in_(skipped)).values(
             status=SKIPPED, updated_at=now, last_error="unsubscribed before it was sent"))
@@ -192,7 +201,7 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
             next_at = retry_at(attempts, o.at)
             if deadline is not None and next_at > deadline:
                 kind, error = "failed", f"gave up after {attempts} attempts: {o.error}"
-        status = {"retry": PENDING, "failed": FAILED, "released": PENDING}[kind]
+        status = {"retry": PENDING, "failed": FAILED, "released": PENDING, "unknown": UNKNOWN}[kind]
         params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
                            b_code=o.code, b_error=error, b_now=o.at))
     in_flight = or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN)

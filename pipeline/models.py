@@ -79,7 +79,7 @@ class DeliveryStatus(StrEnum):
     SENDING = "sending"  # claimed by a worker, attempt in flight
     SENT = "sent"
     FAILED = "failed"  # permanent failure, or transient past the retry deadline
-    UNKNOWN = "unknown"  # the lease ran out mid-attempt: maybe sent, maybe not
+    UNKNOWN = "unknown"  # no reply after the message went out, or its sender died: maybe sent
     SKIPPED = "skipped"  # unsubscribed (or suppressed) before the attempt
 
 
@@ -102,6 +102,9 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime | None = None
     lease_until: datetime | None = None
+    # host:pid of the process that claimed it last: names who holds a `sending` row, and lets a
+    # command on that host see at once that the holder is gone.
+    holder: str | None = Field(default=None, max_length=100)
     message_id: str = Field(max_length=250)  # made before the first attempt, kept across retries
     smtp_code: int | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -58,13 +58,19 @@ class Outcome:
     next_due_at: datetime
     counts: dict[str, int]  # deliveries by status, for an issue that was sent or expired
     enqueued: bool = False  # handed to `newsletter worker` processes (schedule.enqueue)
+    held: int = 0  # rows in flight whose holder may be gone (not a sender seen running here)
 
     @property
     def unfinished(self) -> bool:
-        """Deliveries are still owed that no scheduler is working on: someone must run again."""
-        return self.status == "draft" or (
-            self.status == "sending" and self.counts.get("pending", 0) > 0 and not self.enqueued
-        )
+        """Deliveries are still owed (waiting, or held by a sender that may be gone) and no
+        worker was handed them: someone must run again."""
+        owed = self.counts.get("pending", 0) + self.held
+        return self.status == "draft" or (self.status == "sending" and owed > 0 and not self.enqueued)
+
+    @property
+    def undecided(self) -> int:
+        """Deliveries of a sent issue that may or may not have arrived: the operator decides."""
+        return self.counts.get("unknown", 0) if self.status == "sent" else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +83,7 @@ class Outcome:
             "next_due_at": self.next_due_at,
             "deliveries": self.counts,
             "unfinished": self.unfinished,
+            "undecided": self.undecided,
             "enqueued": self.enqueued,
         }
 
@@ -189,7 +196,10 @@ def describe(schedule: ScheduleSettings, action: Action, period: Period, status:
     if action is Action.NOT_DUE:
         return f"not due: {period.key} ({when}) is {status or 'not started'}"
     if action is Action.DONE:
-        return f"nothing to do: {period.key} is already {status}"
+        unknown = counts.get("unknown", 0)
+        return f"nothing to do: {period.key} is already {status}" + (
+            f", but {unknown} deliveries are unknown (see `newsletter sends status {period.key}`)"
+            if unknown else "")
     if dry_run:
         return {
             Action.COMPOSE: f"would compose and send {period.key} (due {when})",
@@ -208,11 +218,14 @@ def describe(schedule: ScheduleSettings, action: Action, period: Period, status:
     if status == "skipped":
         return f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
     verb = "sent" if action is Action.COMPOSE else "resumed and sent"
+    if status == "sent" and counts.get("unknown", 0):
+        verb += " (finished, but some deliveries need a decision)"
     message = f"{period.key} {verb}: issue {status}, {sent} delivered"
     for count, what in (
         (counts.get("pending", 0), "still owed"),
-        (counts.get("sending", 0), "being sent by another scheduler"),
-        (counts.get("unknown", 0), "unknown (see `newsletter sends retry --unknown`)"),
+        (counts.get("sending", 0), "still in flight"),
+        (counts.get("unknown", 0), f"unknown: maybe delivered, maybe not (see `newsletter sends "
+                                   f"status {period.key}`)"),
         (counts.get("failed", 0), "failed"),
     ):
         message += f", {count} {what}" if count else ""

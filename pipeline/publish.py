@@ -20,11 +20,11 @@ from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from pipeline import ledger
+from pipeline import leases, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.errors import (NewsletterError, NotFound, PermanentDeliveryError, RenderError,
-                             TransientDeliveryError, TransportUnavailable)
+from pipeline.errors import (AmbiguousDeliveryError, NewsletterError, NotFound, PermanentDeliveryError,
+                             RenderError, TransientDeliveryError, TransportUnavailable)
 from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
@@ -51,8 +51,10 @@ class Report:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    unknown: int = 0  # handed over, then no reply: maybe delivered (never retried by itself)
     skipped: int = 0
     bounced: int = 0
+    reconciled: int = 0  # rows a stopped sender left in flight, found and marked unknown
     counts: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
     built_bytes: int = 0  # a dry run: the size of every message it built
@@ -70,10 +72,16 @@ class Report:
     def owed(self) -> int:
         return self.counts.get("pending", 0) + self.counts.get("sending", 0)
 
+    @property
+    def undecided(self) -> int:
+        """Deliveries of a finished issue that may or may not have arrived: the operator decides."""
+        return self.counts.get("unknown", 0) if not self.owed else 0
+
     def as_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "errors"}
         data["errors"] = [{"email": e, "error": m} for e, m in self.errors]
         data["owed"] = self.owed
+        data["undecided"] = self.undecided
         return data
 
 
@@ -105,7 +113,9 @@ def publish(
         report = Report(issue_id=target.id, issue_key=target.key, subject=target.subject, dry_run=dry_run)
         report.nothing = _refusal(target, clock())
         if report.nothing:
+            report.reconciled = leases.reconcile(session, target.id or 0, clock())
             report.counts = ledger.counts(session, target.id or 0)
+            session.commit()
             return report
         report.total = audience_size(session, target)
         if not report.total and target.status == IssueStatus.DRAFT.value:
@@ -127,7 +137,7 @@ def publish(
     issue_id = target.id or 0
     _freeze(engine, settings, target, rendered, clock())
     with session_scope(engine) as session:
-        ledger.reconcile(session, issue_id, clock())
+        report.reconciled = leases.reconcile(session, issue_id, clock())
         before = ledger.counts(session, issue_id)
         report.total, report.to_send = sum(before.values()), before["pending"]
     if not deliver:
@@ -308,6 +318,8 @@ class _Run:
                         f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
                         f"by itself)")
             return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
+        except AmbiguousDeliveryError as exc:
+            return ledger.Outcome(row, "unknown", self.clock(), exc.code, str(exc))
         except TransientDeliveryError as exc:
             return ledger.Outcome(row, "retry", self.clock(), exc.code, str(exc))
         except (PermanentDeliveryError, RenderError) as exc:
@@ -351,7 +363,9 @@ def _tally(engine: Engine, report: Report, outcomes: list[ledger.Outcome]) -> No
             report.retrying += 1
         elif o.kind == "failed":
             report.failed += 1
-        if o.kind in ("retry", "failed") and len(report.errors) < 20:
+        elif o.kind == "unknown":
+            report.unknown += 1
+        if o.kind in ("retry", "failed", "unknown") and len(report.errors) < 20:
             report.errors.append((o.claimed.email, o.error or ""))
         if o.hard_bounce:
             # consent.mark_bounced commits on its own: the address is suppressed for good.

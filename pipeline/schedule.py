@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from pipeline import issues, polling, publish
+from pipeline import issues, leases, polling, publish
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.confirmations import send_queued
 from pipeline.db import session_scope
@@ -75,10 +75,14 @@ def run_due(
     if not dry_run:
         expire_stale(settings, engine, now, keep=period.key)
         polling.poll_before_compose(settings, engine, period, now)  # feeds bring new essays
+    reconciled = 0
     for _attempt in range(3):  # another process may win a race; then look again
         try:
             with session_scope(engine) as session:
                 issue = _issue(session, period.key)
+                if issue is not None and issue.id is not None and not dry_run:
+                    # A sender killed mid-batch leaves rows `sending`: say so, do not blame a rival.
+                    reconciled += leases.reconcile(session, issue.id, now)
                 action = decide(schedule, period, issue.status if issue else None, now)
                 if dry_run or action in (Action.NOT_DUE, Action.DONE):
                     return _outcome(settings, session, action, period, issue, now, dry_run)
@@ -105,6 +109,13 @@ def run_due(
                                  progress=progress, deliver=not schedule.enqueue)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
+            holders = leases.in_flight(session, issue_id)
+        if holders:
+            outcome.held = leases.unconfirmed(holders)
+            outcome.message += f" ({leases.describe_in_flight(holders)})"
+        if reconciled + report.reconciled:
+            outcome.message += (f" ({reconciled + report.reconciled} left in flight by a sender that "
+                                f"stopped mid-attempt are now unknown)")
         if report.enqueued:  # schedule.enqueue: the workers send it
             outcome.enqueued = True
             outcome.message = (f"{period.key} handed to the workers: issue {outcome.status}, "
@@ -253,7 +264,7 @@ def make_scheduler(
             follow_up(now)
             return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)
-        log.log(logging.WARNING if expired else logging.INFO, "%s", outcome.message)
+        log.log(logging.WARNING if expired or outcome.undecided else logging.INFO, "%s", outcome.message)
         workers = outcome.enqueued  # schedule.enqueue: `newsletter worker` processes send it
         if outcome.status in ("draft", "sending") and not workers and not (stop and stop.is_set()):
             # Deliveries still owed (retries waiting, a paused transport): come back for them.

@@ -46,8 +46,10 @@ class WorkerStats:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    unknown: int = 0  # handed over with no reply: maybe delivered, left for the operator
     skipped: int = 0
     finished: list[str] = field(default_factory=list)  # issue keys this worker marked sent
+    undecided: dict[str, int] = field(default_factory=dict)  # of those: key -> unknown rows
     paused: str | None = None  # the last reason the relay gave for pausing (None: no pause)
     errors: list[str] = field(default_factory=list)  # database or issue errors it survived
     stopped: bool = False  # a stop request ended the loop (SIGTERM, Ctrl-C)
@@ -56,9 +58,12 @@ class WorkerStats:
         self.sent += report.sent
         self.retrying += report.retrying
         self.failed += report.failed
+        self.unknown += report.unknown
         self.skipped += report.skipped
         if report.finished:
             self.finished.append(report.issue_key)
+            if report.undecided:
+                self.undecided[report.issue_key] = report.undecided
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,13 +145,21 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
         stats.add(report)
         if on_report is not None:
             on_report(report)
-        if report.sent or report.retrying or report.failed or report.skipped:
+        if report.reconciled:
+            log.warning("%s: %d deliveries left in flight by a sender that stopped mid-attempt "
+                        "(a crash, kill -9) are now unknown: maybe delivered, maybe not", key,
+                        report.reconciled)
+        if report.sent or report.retrying or report.failed or report.skipped or report.unknown:
             worked = True
-            log.info("%s: %d sent, %d to retry, %d failed, %d skipped by this worker; "
+            log.info("%s: %d sent, %d to retry, %d failed, %d unknown, %d skipped by this worker; "
                      "ledger: %s", key, report.sent, report.retrying, report.failed,
-                     report.skipped, _ledger_line(report.counts))
-        if report.finished:
-            log.info("%s is sent: nothing is owed any more", key)
+                     report.unknown, report.skipped, _ledger_line(report.counts))
+        if report.finished and report.undecided:
+            log.warning("%s is finished, but %d deliveries are unknown (maybe delivered, maybe not): "
+                        "`newsletter sends status %s` explains; `newsletter sends retry %s --unknown` "
+                        "resends them", key, report.undecided, key, key)
+        elif report.finished:
+            log.info("%s is sent: every delivery has an outcome", key)
         if report.paused:
             stats.paused = report.paused
             resume_at[issue_id] = time.monotonic() + pause_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -26,8 +27,12 @@ from tests.digest_fixtures import add_essays, make_essay
 @dataclass
 class FaultServer:
     """`faults[address]`: what to do on that address's next attempts, one entry per attempt:
-    ("mail" | "rcpt" | "data", "450 4.2.0 busy") answers that step, ("drop", "") closes the
-    connection after the message data came in, before the reply."""
+    ("mail" | "rcpt", "450 4.2.0 busy") answers RCPT TO; ("command", "451 ...") answers the DATA
+    command itself; ("data", "451 ...") answers the end of DATA (after the final dot);
+    ("cut", "") closes the connection at the DATA command, before the message went out;
+    ("drop", "") closes it after the message came in, before the reply, keeping nothing;
+    ("store-drop", "") keeps the message, then closes without a reply; ("store-hang", "") keeps
+    it and never replies (the client must time out)."""
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -38,6 +43,8 @@ class FaultServer:
 
     def to(self, address: str) -> list[Received]:
         return [r for r in self.received if r.rcpt_tos == [address]]
+
+    hang_seconds: float = 30.0  # how long a store-hang stays silent
 
     def _fault(self, address: str, step: str) -> str | None:
         planned = self.faults.get(address)
@@ -68,12 +75,47 @@ class FaultHandler:
         if self.server._fault(address, "drop"):
             server.transport.close()  # mid-message, as far as the client can tell
             return "250 never seen"
+        if self.server._fault(address, "store-drop"):
+            self._keep(envelope)
+            server.transport.close()  # stored, then gone before the 250
+            return "250 never seen"
+        if self.server._fault(address, "store-hang"):
+            self._keep(envelope)
+            await asyncio.sleep(self.server.hang_seconds)  # stored, then silent
+            return "250 too late"
         fault = self.server._fault(address, "data")
         if fault:
             return fault
+        self._keep(envelope)
+        return "250 OK"
+
+    def _keep(self, envelope: Any) -> None:
         self.server.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                               envelope.original_content))
-        return "250 OK"
+
+
+class FaultSMTP(SMTP):
+    """aiosmtpd's protocol with the DATA command itself open to faults (before the 354)."""
+
+    def __init__(self, handler: FaultHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.faults = handler.server
+
+    async def smtp_DATA(self, arg: str) -> None:
+        address = self.envelope.rcpt_tos[0] if self.envelope and self.envelope.rcpt_tos else ""
+        if self.faults._fault(address, "cut"):
+            self.transport.close()  # gone before the message went out
+            return
+        fault = self.faults._fault(address, "command")
+        if fault:
+            await self.push(fault)
+            return
+        await super().smtp_DATA(arg)
+
+
+class FaultController(Controller):
+    def factory(self) -> SMTP:
+        return FaultSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _free_port() -> int:
@@ -93,7 +135,7 @@ def fault_server(login: tuple[str, str] | None = None) -> Iterator[FaultServer]:
             return AuthResult(success=ok, handled=False)
 
         options = dict(authenticator=authenticator, auth_require_tls=False, auth_required=True)
-    controller = Controller(FaultHandler(server), hostname=server.host, port=server.port, **options)
+    controller = FaultController(FaultHandler(server), hostname=server.host, port=server.port, **options)
     controller.start()
     try:
         yield server
@@ -101,12 +143,14 @@ def fault_server(login: tuple[str, str] | None = None) -> Iterator[FaultServer]:
         controller.stop()
 
 
-def smtp_settings(directory: Path, port: int, database_url: str | None = None, **delivery: Any) -> Settings:
+def smtp_settings(directory: Path, port: int, database_url: str | None = None,
+                  schedule: dict[str, Any] | None = None, **delivery: Any) -> Settings:
     """Settings that send through the SMTP server on `port` (plain, no TLS: loopback only)."""
     values = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_tls": "none",
               "smtp_timeout": 5, **delivery}
+    sections: dict[str, Any] = {"schedule": schedule} if schedule else {}
     return load_settings(write_config(directory, database_url=database_url, delivery=values,
-                                      web={"base_url": "https://letters.example.org"}))
+                                      web={"base_url": "https://letters.example.org"}, **sections))
 
 
 def add_audience(engine: Engine, active: int, essays: int = 3, prefix: str = "reader") -> list[Subscriber]:

@@ -26,7 +26,8 @@ FAULTS = {
     "t452@example.org": (("rcpt", "452 4.2.2 Insufficient system storage"), "retry"),
     "t454@example.org": (("mail", "454 4.7.0 TLS not available"), "retry"),
     "t552@example.org": (("data", "552 5.2.2 Mailbox full"), "retry"),
-    "tdrop@example.org": (("drop", ""), "retry"),
+    "tcut@example.org": (("cut", ""), "retry"),  # lost before the message went out
+    "tdrop@example.org": (("drop", ""), "unknown"),  # lost after it: maybe delivered
     "t550@example.org": (("rcpt", "550 5.1.1 User unknown"), "bounce"),
     "t554@example.org": (("data", "554 5.7.1 Message rejected as spam"), "failed"),
 }
@@ -54,21 +55,24 @@ def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path) -> None
             if expected == "retry":
                 assert row.status == "pending" and row.next_attempt_at > utcnow(), address
                 assert statuses[address] == "active"
+            elif expected == "unknown":
+                assert row.status == "unknown" and "maybe delivered" in row.last_error, address
             else:
                 assert row.status == "failed", address
                 assert statuses[address] == ("bounced" if expected == "bounce" else "active"), address
             code = fault[1].split(" ")[0]
-            assert str(row.smtp_code or "") == ("" if fault[0] == "drop" else code), address
+            assert str(row.smtp_code or "") == ("" if fault[0] in ("drop", "cut") else code), address
             assert row.last_error, address
         # After the 421 (the server closing) the sender reconnected and carried on.
         assert len(server.peers) >= 2
         assert all(rows[p.email].status == "sent" for p in fine)
-        assert first.retrying == 7 and first.failed == 2 and first.bounced == 1 and not first.finished
+        assert first.retrying == 7 and first.failed == 2 and first.bounced == 1 and first.unknown == 1
+        assert not first.finished
 
         # Before the backoff has passed, nothing is due; after it, the retries go out.
         assert publish(settings, engine, first.issue_key).sent == 0
         later = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=2))
-        assert later.sent == 7 and later.finished
+        assert later.sent == 7 and later.finished and later.counts["unknown"] == 1
         got = Counter(r.rcpt_tos[0] for r in server.received)
         assert all(got[a] == (1 if e == "retry" else 0) for a, (_, e) in FAULTS.items())
         assert all(got[p.email] == 1 for p in fine)
@@ -107,7 +111,7 @@ def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path) -> None:
         for n in range(5):
             transport.send("a@example.org", f"r{n}@example.org", raw)
         assert transport.connections == 1 and len(server.peers) == 1
-        server.faults["r9@example.org"] = [("drop", "")]
+        server.faults["r9@example.org"] = [("cut", "")]
         with pytest.raises(TransientDeliveryError, match="connection lost"):
             transport.send("a@example.org", "r9@example.org", raw)
         transport.send("a@example.org", "r10@example.org", raw)

@@ -24,6 +24,12 @@ from subscribers.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Exit codes of every command (README, "Exit codes"); 1 (an error) and 2 (usage) are Click's.
+EXIT_ERROR = 1  # something failed, or the relay refused and the run paused
+EXIT_EXPIRED = 3  # `schedule run-due`: a period was recorded as expired
+EXIT_OWED = 4  # deliveries are still owed (retries waiting, a run stopped or held elsewhere)
+EXIT_UNDECIDED = 5  # finished, but some deliveries are `unknown` (maybe delivered): decide
+
 
 def shown(text: str) -> str:
     """Stored or file-given text for console.print: markup and control characters shown literally.

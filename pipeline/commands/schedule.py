@@ -19,6 +19,9 @@ from rich.table import Table
 
 from pipeline import schedule as scheduling
 from pipeline.commands.base import (
+    EXIT_EXPIRED,
+    EXIT_OWED,
+    EXIT_UNDECIDED,
     App,
     json_option,
     pass_app,
@@ -28,10 +31,6 @@ from pipeline.commands.base import (
 from pipeline.periods import Action, period_key
 from pipeline.publish import Report
 from subscribers.model import utcnow
-
-# `run-due` exit codes besides 0 and 1 (an error), so cron mail or a CI timer can flag them.
-EXIT_EXPIRED = 3  # a period was recorded as expired (missed, or stuck past its expiry)
-EXIT_UNFINISHED = 4  # the issue is still owed to some (server down, rate limit): run again
 
 
 @click.group("schedule")
@@ -125,7 +124,8 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     Exit status: 0 when the digest was sent or skipped or nothing was due; 3 when a period
     had to be recorded as expired (missed past grace_hours, or still sending after
     expire_after_hours); 4 when deliveries are still owed (server down, rate limit, a stop
-    signal): the next call resumes them. With `schedule.enqueue = true` it composes the
+    signal, rows still held by a sender): the next call resumes them; 5 when this run finished
+    the issue but some deliveries are `unknown` (maybe delivered) and need a decision. With `schedule.enqueue = true` it composes the
     issue and hands it to `newsletter worker` processes (exit 0; they send it).
 
     \b
@@ -141,7 +141,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
         task = bar.add_task("", total=None)
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.skipped
+            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             bar.update(task, total=report.to_send, completed=done)
 
         outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
@@ -159,7 +159,9 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
     if outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
         sys.exit(EXIT_EXPIRED)
     if outcome.unfinished:
-        sys.exit(EXIT_UNFINISHED)
+        sys.exit(EXIT_OWED)
+    if outcome.undecided and outcome.action in (Action.COMPOSE, Action.RESUME):
+        sys.exit(EXIT_UNDECIDED)
 
 
 commands = [group]

@@ -16,15 +16,17 @@ from rich.progress import (
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline import ledger
+from pipeline import leases, ledger
 from pipeline.commands.base import (
+    EXIT_ERROR,
+    EXIT_OWED,
+    EXIT_UNDECIDED,
     App,
     json_option,
     pass_app,
     print_json,
     stop_on_signals,
 )
-from pipeline.issues import find_issue
 from pipeline.models import DeliveryStatus, Issue
 from pipeline.publish import Report, publish, requeue, send_test
 
@@ -69,8 +71,7 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
         print_json(report.as_dict())
     else:
         _summary(app, report)
-    if report.paused:
-        raise SystemExit(1)
+    raise SystemExit(exit_status(report))
 
 
 @click.command("send-test")
@@ -111,12 +112,15 @@ def status(app: App, issue: str, as_json: bool) -> None:
       newsletter sends status 3 --json
     """
     with Session(app.engine) as session:
-        target = find_issue(session, issue)
+        target = leases.settle(session, issue)
         counts = ledger.counts(session, target.id or 0)
         next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
+        holders = leases.in_flight(session, target.id or 0)
     if as_json:
         print_json({"issue": target.key, "status": target.status, "counts": counts,
-                    "next_retry_at": next_retry})
+                    "next_retry_at": next_retry,
+                    "in_flight": [{"holder": h.holder, "count": h.count, "lease_until": h.lease_until}
+                                  for h in holders]})
         return
     # The key above the table, not as its title: a title wraps to the narrow table's width.
     app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
@@ -129,6 +133,8 @@ def status(app: App, issue: str, as_json: bool) -> None:
     app.console.print(table)
     if next_retry:
         app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
+    if holders:
+        app.console.print(f"In flight ({counts['sending']} sending): {escape(leases.describe_in_flight(holders))}.")
     _hints(app, target, counts)
 
 
@@ -148,12 +154,12 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
       newsletter sends list 3 --status unknown --json
     """
     with Session(app.engine) as session:
-        target = find_issue(session, issue)
+        target = leases.settle(session, issue)
         found = ledger.rows(session, target.id or 0, wanted, limit or None)
         counts = ledger.counts(session, target.id or 0)
     total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
-              "last_error", "message_id", "next_attempt_at", "sent_at")
+              "last_error", "message_id", "next_attempt_at", "sent_at", "holder")
     if as_json:
         print_json([{f: getattr(row, f) for f in fields} for row in found])
         return
@@ -192,7 +198,7 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
     kinds = [w for w, on in (("failed", failed), ("unknown", unknown)) if on]
     what = " and ".join(kinds)
     with Session(app.engine) as session:
-        target = find_issue(session, issue)
+        target = leases.settle(session, issue)
         counts = ledger.counts(session, target.id or 0)
     count = counts["failed"] * failed + counts["unknown"] * unknown
     if not count:
@@ -201,7 +207,20 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
     if not yes:
         click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
     requeue(app.engine, target.key, failed, unknown)
-    _summary(app, _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False))
+    report = _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False)
+    _summary(app, report)
+    raise SystemExit(exit_status(report))
+
+
+def exit_status(report: Report) -> int:
+    """The exit code a run ends with (README, "Exit codes")."""
+    if report.paused:
+        return EXIT_ERROR
+    if report.undecided:
+        return EXIT_UNDECIDED
+    if report.owed and not (report.stopped or report.enqueued or report.declined or report.dry_run):
+        return EXIT_OWED
+    return 0
 
 
 def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
@@ -224,7 +243,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.skipped
+            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
             problems = (f"{report.failed} failed, {report.retrying} to retry"
                         if report.failed or report.retrying else "")
@@ -242,6 +261,7 @@ def _summary(app: App, report: Report) -> None:
         return
     if report.nothing:
         out(escape(report.nothing[0].upper() + report.nothing[1:]))
+        _undecided(app, report)
         return
     if report.enqueued:
         out(f"Handed {report.issue_key} \"{escape(report.subject)}\" to the workers: "
@@ -261,27 +281,46 @@ def _summary(app: App, report: Report) -> None:
         f"{report.seconds:.1f} s" + "".join(f", {e}" for e in extra) + ".")
     counts = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     out(f"Ledger: {counts or 'empty'}.")
+    if report.reconciled:
+        app.err.print(f"[yellow]{report.reconciled} deliveries were left in flight by a sender that "
+                      f"stopped mid-attempt (a crash, kill -9): they are now unknown.[/]")
     for email, error in report.errors[:10]:
         out(f"  [red]{escape(email)}[/]: {escape(error)}")
     if report.paused:
         app.err.print(f"[bold red]Paused:[/] {escape(report.paused)}")
     elif report.stopped:
         out(f"Stopped by request; nothing is in flight. Run `newsletter send {report.issue_key}` to carry on.")
-    if report.finished:
+    if report.finished and not report.undecided:
         out(f"[green]{report.issue_key} is sent.[/]")
     elif report.next_retry_at:
         out(f"Deliveries waiting for a retry; the next is due at {report.next_retry_at:%Y-%m-%d %H:%M} "
             f"UTC: run `newsletter send {report.issue_key}` then (the scheduler does it by itself).")
-    if report.counts.get("unknown"):
-        out(f"{report.counts['unknown']} deliveries are unknown (the sender stopped mid-attempt): "
-            f"`newsletter sends retry {report.issue_key} --unknown` resends them.")
+    elif report.counts.get("sending"):
+        out(f"{report.counts['sending']} deliveries are held by another sender: "
+            f"`newsletter sends status {report.issue_key}` says which, and until when.")
+    _undecided(app, report)
     if app.settings.delivery.transport == "outbox" and report.sent:
         out(f"Messages are in {app.settings.delivery.outbox_dir}/ (one .eml file each).")
 
 
+def _undecided(app: App, report: Report) -> None:
+    unknown = report.counts.get("unknown", 0)
+    if not unknown:
+        return
+    finished = "finished, but " if report.undecided else ""
+    app.err.print(f"[bold yellow]{escape(report.issue_key)} is {finished}{unknown} deliveries are "
+                  f"unknown[/] (maybe delivered, maybe not). {UNKNOWN_HELP.format(key=escape(report.issue_key))}")
+
+
+UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `newsletter sends retry "
+                "{key} --unknown` resends them (a second copy, same Message-ID, for whoever got one).")
+
+
 def _hints(app: App, issue: Issue, counts: dict[str, int]) -> None:
     if counts["unknown"]:
-        app.console.print(f"`newsletter sends retry {issue.key} --unknown` resends the unknown ones.")
+        app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
+                          f"its sender stopped mid-attempt; maybe delivered, maybe not. "
+                          + UNKNOWN_HELP.format(key=escape(issue.key)))
     if counts["failed"]:
         app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
 

@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from pipeline.commands.base import App, pass_app, stop_on_signals
+from pipeline.commands.base import EXIT_ERROR, EXIT_UNDECIDED, App, pass_app, stop_on_signals
 from pipeline.worker import IDLE_SECONDS, run_worker
 
 
@@ -18,7 +18,8 @@ from pipeline.worker import IDLE_SECONDS, run_worker
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64),
               help="SMTP connections (one thread each) in this worker  [default: delivery.connections]")
 @click.option("--once", is_flag=True,
-              help="Deliver what is due now, then exit (exit status 1 when the relay refused).")
+              help="Deliver what is due now, then exit (exit status 1 when the relay refused, 5 when an "
+                   "issue it finished has unknown deliveries).")
 @click.option("--idle", "idle_seconds", type=click.FloatRange(0.1, 3600), default=IDLE_SECONDS,
               show_default=True, help="Seconds between looks for work while there is none.")
 @pass_app
@@ -54,10 +55,16 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
                            idle_seconds=idle_seconds)
     finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
     app.console.print(f"Worker stopped: {stats.sent} sent, {stats.retrying} to retry, "
-                      f"{stats.failed} failed, {stats.skipped} skipped{finished}.", markup=False)
+                      f"{stats.failed} failed, " + (f"{stats.unknown} unknown, " if stats.unknown else "")
+                      + f"{stats.skipped} skipped{finished}.", markup=False, soft_wrap=True)
+    for key, count in stats.undecided.items():
+        app.err.print(f"{key} is finished, but {count} deliveries are unknown (maybe delivered): "
+                      f"see `newsletter sends status {key}`.", markup=False)
     if once and stats.paused:
         app.err.print(f"Paused: {stats.paused}", markup=False)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_ERROR)
+    if once and stats.undecided:
+        raise SystemExit(EXIT_UNDECIDED)
 
 
 commands = [worker]
