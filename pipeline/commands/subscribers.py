@@ -1,4 +1,4 @@
-"""`newsletter subscribers` and `newsletter init`: the audience from the command line."""
+"""`newsletter subscribers`: the audience from the command line."""
 
 from __future__ import annotations
 
@@ -273,30 +273,4 @@ def remove(app: App, email: str, yes: bool) -> None:
         app.console.print(f"{escape(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
 
 
-@click.command("init")
-@pass_app
-def init(app: App) -> None:
-    """Prepare this folder: the database, and a token-signing key unless one is set.
-
-    The key signs unsubscribe and confirmation links. It comes from $NEWSLETTER_SECRET_KEY, or
-    else the file .secret_key beside config.toml (created here, readable by you only, kept out
-    of git). Keep it: links in emails already sent stop working without it.
-
-    \b
-    Example:
-      newsletter init
-    """
-    settings = app.settings
-    app.engine  # opening the database creates and migrates it
-    app.console.print(f"Database ready: {settings.database.url}")
-    created: list[str] = []
-    load_secret(settings.base_dir, announce=created.append)
-    if created:
-        app.console.print(created[0])
-    elif os.environ.get(SECRET_ENV, "").strip():
-        app.console.print(f"The token-signing key comes from ${SECRET_ENV}.")
-    else:
-        app.console.print(f"The token-signing key is in {settings.base_dir / SECRET_FILE} (kept).")
-
-
-commands = [group, init]
+commands = [group]
