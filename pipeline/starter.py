@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline.config import PACKAGE_DIR, parse_settings
 from pipeline.errors import ConfigError
 
-STARTER = PACKAGE_DIR / "starter"  # shipped as package data, so a wheel install has it too
+STARTER = PACKAGE_DIR / "skeleton"  # shipped as package data, so a wheel install has it too
 SAMPLE_ESSAY = Path("essays") / "first-essay.md"
 
 
