@@ -250,7 +250,7 @@ def unsubscribe(app: App, email: str) -> None:
 
 @group.command("remove")
 @click.argument("email")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def remove(app: App, email: str, yes: bool) -> None:
     """Erase an address and its name everywhere (a data-protection request).
