@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import webbrowser
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
@@ -98,7 +99,7 @@ def list_command(app: App, as_json: bool) -> None:
     table = Table("id", "key", "status", "essays", "created", "subject")
     for row in rows:
         table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
-                      row["created_at"].strftime("%Y-%m-%d %H:%M"), escape(row["subject"]))
+                      readable_time(row["created_at"]), escape(row["subject"]))
     app.console.print(table)
 
 
@@ -120,8 +121,10 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
         print_json(data)
         return
     for label in ("id", "key", "status", "subject", "preheader", "created_at", "started_at", "finished_at"):
-        if data[label] is not None:
-            app.console.print(f"[bold]{label:<12}[/]{escape(str(data[label]))}")
+        value = data[label]
+        if value is not None:
+            shown = readable_time(value) if isinstance(value, datetime) else str(value)
+            app.console.print(f"[bold]{label:<12}[/]{escape(shown)}")
     app.console.print("[bold]essays[/]")
     for essay in data["essays"]:
         app.console.print(f"  {essay['position'] + 1}. {escape(essay['slug'])}  {escape(essay['title'])}")
@@ -172,8 +175,10 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
         app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient)}")
     else:
         click.echo(body, nl=False)
-    if open_browser and output is not None:
-        webbrowser.open(output.resolve().as_uri())
+    # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.
+    if open_browser and output is not None and not webbrowser.open(output.resolve().as_uri()):
+        app.err.print(f"Could not open a browser on this machine: open {escape(str(output))} where "
+                      "you can, or run `newsletter serve` and browse to its preview.", soft_wrap=True)
 
 
 @click.command("lint")
