@@ -29,6 +29,8 @@ def _builtin_templates() -> Path:
 
 
 BUILTIN_TEMPLATES = _builtin_templates()
+# docs/ ships as pipeline/docs likewise (the preview serves the email checklist from it).
+BUILTIN_DOCS = BUILTIN_TEMPLATES.parent / "docs"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 T = TypeVar("T")

@@ -21,6 +21,7 @@ from pipeline.db import session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
+from pipeline.lint_help import anchor, fix_for
 from pipeline.models import Issue
 from pipeline.publish import personal_copy
 from subscribers.consent import find
@@ -208,13 +209,16 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
 
 def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding], as_json: bool) -> None:
     if as_json:
-        print_json({"issue": issue.key, "failures": [vars(f) for f in failures(findings)],
-                    "warnings": [vars(f) for f in warnings(findings)]})
+        def described(f: Finding) -> dict[str, str]:
+            return {**vars(f), "fix": fix_for(f.code), "explained": anchor(f.code)}
+        print_json({"issue": issue.key, "failures": [described(f) for f in failures(findings)],
+                    "warnings": [described(f) for f in warnings(findings)]})
         return
-    for finding in failures(findings):
-        app.console.print(f"[red]{finding.code} MUST[/]    {escape(finding.message)}", soft_wrap=True)
-    for finding in warnings(findings):
-        app.console.print(f"[yellow]{finding.code} SHOULD[/]  {escape(finding.message)}", soft_wrap=True)
+    for finding in [*failures(findings), *warnings(findings)]:
+        label = "[red]{} MUST[/]  " if finding.level == "MUST" else "[yellow]{} SHOULD[/]"
+        app.console.print(f"{label.format(finding.code)}  {escape(finding.message)}", soft_wrap=True)
+        app.console.print(f"     fix: {escape(fix_for(finding.code))} ({anchor(finding.code)})",
+                          soft_wrap=True, style="dim")
     failed, warned = len(failures(findings)), len(warnings(findings))
     verdict = "[red]fails[/]" if failed else "[green]passes[/]"
     app.console.print(f"Issue {escape(issue.key)} {verdict} the email checklist: "
