@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # pip's words when the package index cannot be reached (offline machine): a reason to skip.
 UNREACHABLE = re.compile(r"No matching distribution|Could not find a version|Failed to establish|"
                          r"Temporary failure in name resolution|Network is unreachable", re.I)
-SHIPPED = ("pyproject.toml", "README.md", "pipeline", "subscribers", "templates")
+SHIPPED = ("pyproject.toml", "README.md", "pipeline", "subscribers", "templates", "docs")
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -76,9 +76,10 @@ def test_wheel_installed_outside_the_checkout_runs_init_preview_and_send(tmp_pat
     assert html is not None and "Why I started this newsletter" in html.get_content()
     assert message["To"] == "Ann <ann@example.org>"
 
-    # The web pages' stylesheet is package data too.
-    static = run([str(venv / "bin" / "python"), "-c",
-                  "from pipeline.config import load_settings; from pipeline.web import create_app; "
-                  "r = create_app(load_settings('config.toml')).test_client().get('/static/site.css'); "
-                  "print(r.status_code, len(r.data))"], letters, env)
-    assert static.stdout.split()[0] == "200" and int(static.stdout.split()[1]) > 0, static.stderr
+    # The web pages' stylesheet and the email checklist the Checks tab links to are package data too.
+    for url, expected in (("/static/site.css", "body"), ("/preview/checklist", 'id="h11"')):
+        page = run([str(venv / "bin" / "python"), "-c",
+                    "from pipeline.config import load_settings; from pipeline.web import create_app; "
+                    f"r = create_app(load_settings('config.toml')).test_client().get({url!r}); "
+                    "print(r.status_code); print(r.get_data(as_text=True))"], letters, env)
+        assert page.stdout.startswith("200\n") and expected in page.stdout, (url, page.stdout[:300], page.stderr)
