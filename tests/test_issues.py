@@ -233,10 +233,10 @@ def test_cli_preview_open_without_a_browser_says_so(config_file: Path, engine: E
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(BROWSER=str(tmp_path / "no-such-browser"), PYTHONPATH=str(PROJECT_ROOT))
     command = [sys.executable, "-c", "from pipeline.cli import main; main()", "--config", str(config_file)]
-    assert subprocess.run([*command, "issues", "new"], env=env, capture_output=True).returncode == 0
+    assert subprocess.run([*command, "issues", "new"], env=env, capture_output=True, check=False).returncode == 0
     out = tmp_path / "p.html"
     result = subprocess.run([*command, "preview", "latest", "--open", "-o", str(out)], env=env,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert out.is_file() and "Could not open a browser" in result.stderr and str(out) in result.stderr
 

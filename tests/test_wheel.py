@@ -19,12 +19,12 @@ from pipeline.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 # pip's words when the package index cannot be reached (offline machine): a reason to skip.
 UNREACHABLE = re.compile(r"No matching distribution|Could not find a version|Failed to establish|"
-                         r"Temporary failure in name resolution|Network is unreachable", re.I)
+                         r"Temporary failure in name resolution|Network is unreachable", re.IGNORECASE)
 SHIPPED = ("pyproject.toml", "README.md", "pipeline", "subscribers", "templates", "docs")
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False)
 
 
 def test_wheel_installed_outside_the_checkout_runs_init_preview_and_send(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_wheel_installed_outside_the_checkout_runs_init_preview_and_send(tmp_pat
     # The web pages' stylesheet and the email checklist the Checks tab links to are package data too.
     for url, expected in (("/static/site.css", "body"), ("/preview/checklist", 'id="h11"')):
         page = run([str(venv / "bin" / "python"), "-c",
-                    "from pipeline.config import load_settings; from pipeline.web import create_app; "
-                    f"r = create_app(load_settings('config.toml')).test_client().get({url!r}); "
-                    "print(r.status_code); print(r.get_data(as_text=True))"], letters, env)
+                    ("from pipeline.config import load_settings; from pipeline.web import create_app; "
+                     f"r = create_app(load_settings('config.toml')).test_client().get({url!r}); "
+                     "print(r.status_code); print(r.get_data(as_text=True))")], letters, env)
         assert page.stdout.startswith("200\n") and expected in page.stdout, (url, page.stdout[:300], page.stderr)

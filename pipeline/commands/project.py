@@ -60,7 +60,7 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
             app.console.print(f"Wrote {escape(str(path))}")
     app.config_path = str(config)
     settings = app.settings
-    app.engine  # opening the database creates and migrates it
+    _ = app.engine  # opening the database creates and migrates it
     app.console.print(f"Database ready: {escape(settings.database.url)}")
     created: list[str] = []
     load_secret(settings.base_dir, announce=created.append)
