@@ -17,6 +17,7 @@ from pipeline.commands import (
     essays,
     feeds,
     issues,
+    project,
     schedule,
     send,
     subscribers,
@@ -62,7 +63,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 # Each command module exposes `commands`: the groups and commands it adds at the top level.
-for module in (database, doctor, essays, feeds, issues, schedule, subscribers, send, web, worker):
+for module in (database, doctor, essays, feeds, issues, project, schedule, subscribers, send, web, worker):
     for command in module.commands:
         cli.add_command(command)
 

@@ -18,8 +18,19 @@ from pipeline.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_TEMPLATES = PROJECT_ROOT / "templates"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+
+
+def _builtin_templates() -> Path:
+    """The shipped templates: pipeline/templates in a wheel, templates/ beside it in a checkout."""
+    installed = PACKAGE_DIR / "templates"
+    return installed if installed.is_dir() else PROJECT_ROOT / "templates"
+
+
+BUILTIN_TEMPLATES = _builtin_templates()
+# docs/ ships as pipeline/docs likewise (the preview serves the email checklist from it).
+BUILTIN_DOCS = BUILTIN_TEMPLATES.parent / "docs"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 T = TypeVar("T")
@@ -148,7 +159,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"{config_path}: no such config file (use --config PATH or set {CONFIG_ENV})"
+            f"{config_path}: no such config file (`newsletter init` writes one here; "
+            f"or use --config PATH or set {CONFIG_ENV})"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc}") from None
@@ -161,12 +173,16 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     """Turn a parsed TOML document into Settings (pure; `config_path` anchors relative paths)."""
     r = _Reader(raw, config_path)
     base = config_path.parent
+    # Only name, site_url, sender_address and base_url must be decided (`newsletter init`
+    # asks for them); every other key has a default, so a minimal config.toml is enough.
+    name = r.text("newsletter.name")
     newsletter = NewsletterSettings(
-        name=r.text("newsletter.name"),
+        name=name,
         site_url=r.url("newsletter.site_url"),
-        sender_name=r.text("newsletter.sender_name"),
+        sender_name=r.text("newsletter.sender_name", name or "Newsletter"),
         sender_address=r.address("newsletter.sender_address"),
-        postal_address=r.text("newsletter.postal_address"),
+        # Empty until set: `newsletter lint` and the preview's Checks flag it (H21).
+        postal_address=r.text("newsletter.postal_address", "", allow_empty=True),
         language=r.text("newsletter.language", "en"),
         direction=r.choice("newsletter.direction", ("ltr", "rtl"), "ltr"),
     )
@@ -175,19 +191,20 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         base_url=r.url("web.base_url"),
         preview_token=os.environ.get(token_env) or None,
     )
-    database = DatabaseSettings(url=_database_url(r, r.text("database.url"), base))
+    database = DatabaseSettings(url=_database_url(r, r.text("database.url", DEFAULT_DATABASE), base))
     schedule = ScheduleSettings(
-        weekday=r.choice("schedule.weekday", WEEKDAYS, transform=str.lower),
-        time=r.convert("schedule.time", _parse_time, 'a 24-hour time like "07:00"'),
-        timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"'),
+        weekday=r.choice("schedule.weekday", WEEKDAYS, "monday", transform=str.lower),
+        time=r.convert("schedule.time", _parse_time, 'a 24-hour time like "07:00"', "07:00"),
+        timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"',
+                           "UTC"),
         grace_hours=r.number("schedule.grace_hours", 12, minimum=0),
         expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0),
         enqueue=r.boolean("schedule.enqueue", False),
     )
     templates = r.text("digest.templates", "", allow_empty=True)
     if templates and not (base / templates).is_dir():  # else the built-in ones would apply silently
-        raise ConfigError(f"{config_path}: digest.templates: the folder {base / templates} does not "
-                          'exist (create it, or set templates = "" for the built-in ones)')
+        r.problem(f"digest.templates: the folder {base / templates} does not "
+                  'exist (create it, or set templates = "" for the built-in ones)')
     digest = DigestSettings(
         max_essays=r.integer("digest.max_essays", 5, minimum=1),
         excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40),
@@ -221,13 +238,14 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         dkim_selector=r.text("delivery.dkim_selector", "", allow_empty=True),
     )
     if delivery.dkim_key is not None and not delivery.dkim_selector:
-        raise ConfigError(f"{config_path}: delivery.dkim_selector: needed when dkim_key is set")
+        r.problem("delivery.dkim_selector: needed when dkim_key is set")
     sources = SourceSettings(
         feeds=tuple(dict.fromkeys(r.url_list("sources.feeds", []))),
         first_poll_days=r.integer("sources.first_poll_days", 7, minimum=0),
         timeout_seconds=r.number("sources.timeout_seconds", 20, minimum=1),
     )
     r.refuse_unknown_keys()
+    r.raise_problems()  # every problem of the file at once, not one per run
     return Settings(
         path=config_path,
         newsletter=newsletter,
@@ -247,30 +265,36 @@ def _database_url(r: _Reader, url: str, base: Path) -> str:
     The URL is parsed and its driver imported here, so that a typo or a missing driver is a
     message naming the key instead of a SQLAlchemy traceback at the first query.
     """
+    if not url:
+        return url  # already reported
     try:
         parsed = make_url(url)
         dialect = parsed.get_dialect()  # NoSuchModuleError (an ArgumentError): unknown scheme
     except (ArgumentError, ValueError):
-        raise r.fail("database.url", 'a SQLAlchemy URL like "sqlite:///newsletter.db" or '
-                     '"postgresql+psycopg://user@host/dbname"', url) from None
+        r.fail("database.url", 'a SQLAlchemy URL like "sqlite:///newsletter.db" or '
+               '"postgresql+psycopg://user@host/dbname"', url)
+        return url
     try:
         dialect.import_dbapi()
     except ImportError as exc:
         # The URL may carry a password: name the scheme only.
-        raise ConfigError(f"{r.path}: database.url: the driver for {parsed.drivername!r} is not "
-                          f"installed (no module {exc.name!r}); use sqlite:/// or "
-                          "postgresql+psycopg://") from None
+        r.problem(f"database.url: the driver for {parsed.drivername!r} is not "
+                  f"installed (no module {exc.name!r}); use sqlite:/// or postgresql+psycopg://")
+        return url
     prefix = "sqlite:///"
     if url.startswith(prefix) and url != "sqlite:///:memory:":
         path = base / url[len(prefix):]  # an absolute path stays as it is
         if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
-            raise ConfigError(f"{r.path}: database.url: the folder {path.parent} does not exist "
-                              "(create it, or fix the path)")
-        if path.is_dir():
-            raise ConfigError(f"{r.path}: database.url: {path} is a folder: name a file in it, "
-                              f"e.g. sqlite:///{path / 'newsletter.db'}")
+            r.problem(f"database.url: the folder {path.parent} does not exist "
+                      "(create it, or fix the path)")
+        elif path.is_dir():
+            r.problem(f"database.url: {path} is a folder: name a file in it, "
+                      f"e.g. sqlite:///{path / 'newsletter.db'}")
         return prefix + str(path)
     return url
+
+
+DEFAULT_DATABASE = "sqlite:///newsletter.db"
 
 
 def _parse_time(value: str) -> time:
@@ -282,12 +306,24 @@ _MISSING = object()
 
 
 class _Reader:
-    """Looks up dotted keys and raises ConfigError that names the file, the key and the want."""
+    """Looks up dotted keys; a wrong or missing value is noted (file, key, want) and a stand-in
+    returned, so that one run reports every problem of the file (raise_problems)."""
 
     def __init__(self, raw: dict[str, Any], path: Path) -> None:
         self.raw = raw
         self.path = path
         self.read: set[str] = {"delivery.smtp_password"}  # every key looked up; see refuse_unknown_keys
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def raise_problems(self) -> None:
+        if len(self.problems) == 1:
+            raise ConfigError(f"{self.path}: {self.problems[0]}")
+        if self.problems:
+            raise ConfigError(f"{self.path}: {len(self.problems)} problems:\n"
+                              + "\n".join(f"  {p}" for p in self.problems))
 
     def refuse_unknown_keys(self) -> None:
         """A key nobody reads is a typo: ignored, its default would apply without a word."""
@@ -295,62 +331,68 @@ class _Reader:
         for section, values in self.raw.items():
             if section not in sections or not isinstance(values, dict):
                 what = "section" if isinstance(values, dict) else "key"
-                raise self.unknown(section, sorted(sections), what)
+                self.unknown(section, sorted(sections), what)
+                continue
             for name in values:
                 key = f"{section}.{name}"
                 if key == "delivery.smtp_password":
-                    raise ConfigError(f"{self.path}: {key}: not read from the file: set {PASSWORD_ENV}")
-                if key not in self.read:
-                    raise self.unknown(key, sorted(self.read), "key")
+                    self.problem(f"{key}: not read from the file: set {PASSWORD_ENV}")
+                elif key not in self.read:
+                    self.unknown(key, sorted(self.read), "key")
 
-    def unknown(self, key: str, known: list[str], what: str) -> ConfigError:
+    def unknown(self, key: str, known: list[str], what: str) -> None:
         close = difflib.get_close_matches(key, known, n=1)
-        return ConfigError(f"{self.path}: {key}: unknown {what}"
-                           + (f" (did you mean {close[0]}?)" if close else ""))
+        self.problem(f"{key}: unknown {what}" + (f" (did you mean {close[0]}?)" if close else ""))
 
-    def fail(self, key: str, want: str, value: object = _MISSING) -> ConfigError:
+    def fail(self, key: str, want: str, value: object = _MISSING) -> None:
         got = "it is missing" if value is _MISSING else f"got {value!r}"
-        return ConfigError(f"{self.path}: {key}: expected {want}, {got}")
+        self.problem(f"{key}: expected {want}, {got}")
 
     def get(self, key: str, default: object = _MISSING) -> Any:
+        """The value at `key`, `default` when absent, or _MISSING (noted) when required."""
         self.read.add(key)
         node: Any = self.raw
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 if default is _MISSING:
-                    raise self.fail(key, "a value")
+                    self.fail(key, "a value")
                 return default
             node = node[part]
         return node
 
     def text(self, key: str, default: object = _MISSING, allow_empty: bool = False) -> str:
         value = self.get(key, default)
+        if value is _MISSING:
+            return ""
         if not isinstance(value, str) or (not allow_empty and not value.strip()):
-            raise self.fail(key, "a non-empty string" if not allow_empty else "a string", value)
+            self.fail(key, "a non-empty string" if not allow_empty else "a string", value)
+            return ""
         return value.strip()
 
     def url(self, key: str) -> str:
         value = self.text(key)
-        if not value.startswith(("https://", "http://")):
-            raise self.fail(key, "an http:// or https:// URL", value)
+        if value and not value.startswith(("https://", "http://")):
+            self.fail(key, "an http:// or https:// URL", value)
         return value.rstrip("/")
 
     def url_list(self, key: str, default: object = _MISSING) -> list[str]:
         value = self.get(key, default)
         want = 'a list of http:// or https:// URLs like ["https://example.org/feed.xml"]'
         if not isinstance(value, list):
-            raise self.fail(key, want, value)
+            self.fail(key, want, value)
+            return []
         for item in value:
             if (not isinstance(item, str) or not item.strip().startswith(("https://", "http://"))
                     or len(item.strip()) > 500):  # the longest URL an essay or feed row holds
-                raise self.fail(key, want + " of at most 500 characters", item)
+                self.fail(key, want + " of at most 500 characters", item)
+                return []
         return [item.strip() for item in value]
 
     def address(self, key: str) -> str:
         value = self.text(key)
         local, at, domain = value.partition("@")
-        if not at or not local or "." not in domain or any(c in value for c in " <>\r\n"):
-            raise self.fail(key, "an email address like letters@example.org", value)
+        if value and (not at or not local or "." not in domain or any(c in value for c in " <>\r\n")):
+            self.fail(key, "an email address like letters@example.org", value)
         return value
 
     def choice(
@@ -361,36 +403,52 @@ class _Reader:
         transform: Callable[[str], str] = str,
     ) -> str:
         value = self.get(key, default)
+        if value is _MISSING:
+            return options[0]
         if not isinstance(value, str) or transform(value) not in options:
-            raise self.fail(key, "one of " + ", ".join(options), value)
+            self.fail(key, "one of " + ", ".join(options), value)
+            return options[0]
         return transform(value)
 
     def integer(
         self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
     ) -> int:
         value = self.get(key, default)
+        if value is _MISSING:
+            return minimum
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
             maximum is not None and value > maximum
         ):
             limits = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            raise self.fail(key, f"a whole number {limits}", value)
+            self.fail(key, f"a whole number {limits}", value)
+            return minimum
         return value
 
     def number(self, key: str, default: object = _MISSING, minimum: float = 0) -> float:
         value = self.get(key, default)
+        if value is _MISSING:
+            return float(minimum)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise self.fail(key, f"a number >= {minimum:g}", value)
+            self.fail(key, f"a number >= {minimum:g}", value)
+            return float(minimum)
         return float(value)
 
     def boolean(self, key: str, default: object = _MISSING) -> bool:
         value = self.get(key, default)
+        if value is _MISSING:
+            return False
         if not isinstance(value, bool):
-            raise self.fail(key, "true or false", value)
+            self.fail(key, "true or false", value)
+            return False
         return value
 
-    def convert(self, key: str, parse: Callable[[str], T], want: str) -> T:
-        value = self.text(key)
+    def convert(self, key: str, parse: Callable[[str], T], want: str, default: str) -> T:
+        """`parse` of the value; the stand-in for a bad or missing one is parse(default)."""
+        value = self.get(key, default)
+        if value is _MISSING:
+            return parse(default)
         try:
-            return parse(value)
-        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError):
-            raise self.fail(key, want, value) from None
+            return parse(value.strip())
+        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError, AttributeError):
+            self.fail(key, want, value)
+            return parse(default)

@@ -257,6 +257,8 @@ def check_footer(doc: Document, unsubscribe_url: str | None, postal_address: str
         found.append(Finding("H21", MUST, "no visible unsubscribe link"
                              + (f" to {unsubscribe_url}" if unsubscribe_url else "")))
     text = " ".join(doc.visible_text().split())
-    if postal_address is not None and " ".join(postal_address.split()) not in text:
+    if postal_address is not None and not postal_address.strip():
+        found.append(Finding("H21", MUST, "no postal address: set newsletter.postal_address in config.toml"))
+    elif postal_address is not None and " ".join(postal_address.split()) not in text:
         found.append(Finding("H21", MUST, f"the postal address {postal_address!r} is not shown"))
     return found

@@ -39,6 +39,11 @@ _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S |
 _MD = MarkdownIt("commonmark")
 
 
+def markdown_html(text: str) -> str:
+    """A trusted Markdown document of the project (docs/) as HTML, for the preview pages."""
+    return _MD.render(text)
+
+
 def parse_markdown(text: str) -> Draft:
     """The essay in a Markdown file; raises ImportProblem for broken front matter."""
     meta, body_text = split_front_matter(text)

@@ -30,11 +30,13 @@ from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
 
 from pipeline import db, public
 from pipeline.confirmations import BackgroundMailer
-from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
+from pipeline.config import BUILTIN_DOCS, BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
 from pipeline import ledger
-from pipeline.lint import lint_message
+from pipeline.lint import failures, lint_message, warnings
+from pipeline.lint_help import fix_for
+from pipeline.markdown import markdown_html
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.publish import personal_copy
 from pipeline.public import WebState, state
@@ -242,6 +244,13 @@ def index() -> str:
                            upcoming_subject=subject, section="preview")
 
 
+@preview.get("/checklist")
+def checklist() -> str:
+    """docs/email-checklist.md, so each code in the Checks tab links to its explanation."""
+    text = (BUILTIN_DOCS / "email-checklist.md").read_text(encoding="utf-8")
+    return render_template("checklist.html", body=markdown_html(text), section="preview")
+
+
 @preview.get("/issue/<int:issue_id>")
 def issue_page(issue_id: int) -> str:
     return _issue_page(issue_id)
@@ -330,7 +339,9 @@ def _issue_page(issue_id: int | None) -> str:
         label, raw = _message(s, issue, as_email)
         view = message_view(raw)
         n = st.settings.newsletter
-        findings = lint_message(raw, n.sender_domain, n.postal_address) if tab == "lint" else []
+        found = lint_message(raw, n.sender_domain, n.postal_address) if tab == "lint" else []
+        findings = [{"code": f.code, "level": f.level, "message": f.message, "fix": fix_for(f.code)}
+                    for f in found]
         counts = _nonzero(ledger.counts(s, issue_id)) if issue_id else {}
         problems = _problems(s, issue_id) if tab == "status" and issue_id else []
         emails = list(s.exec(select(Subscriber.email).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
@@ -351,6 +362,7 @@ def _issue_page(issue_id: int | None) -> str:
     return render_template(
         "preview_issue.html", issue=shown, view=view, tab=tab, tabs=tabs,
         width=width, as_email=as_email, recipient_label=label, findings=findings, link=link,
+        failed=len(failures(found)), warned=len(warnings(found)),
         status_counts=counts, problem_rows=problems,
         problem_more=counts.get("failed", 0) + counts.get("unknown", 0) - len(problems),
         subscriber_emails=emails, eml_url=eml + (("?" + urlencode({"as": as_email})) if as_email else ""),

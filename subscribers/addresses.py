@@ -53,7 +53,10 @@ def parse_address(raw: str, check_deliverability: bool = False) -> Address:
         raise InvalidEmail("the address is empty")
     local, at, domain = text.rpartition("@")
     if at and len(text) <= MAX_EMAIL and len(local) <= 64 and _FAST_LOCAL.match(local):
-        ascii_domain, unicode_domain = _domain(domain, check_deliverability)
+        try:
+            ascii_domain, unicode_domain = _domain(domain, check_deliverability)
+        except EmailNotValidError as exc:  # the domain's reason, with the whole address typed
+            raise InvalidEmail(f"{_show(text)} is not a valid address: {exc}") from None
         if len(local) + 1 + len(ascii_domain) <= MAX_EMAIL:
             return Address(f"{local}@{unicode_domain}", f"{local.lower()}@{ascii_domain}")
     try:
@@ -67,11 +70,11 @@ def parse_address(raw: str, check_deliverability: bool = False) -> Address:
 
 @lru_cache(maxsize=65536)
 def _domain(domain: str, check_deliverability: bool) -> tuple[str, str]:
-    """(IDNA form, display form) of a domain, validated once per import and remembered."""
-    try:
-        result = validate_email(f"x@{domain}", check_deliverability=check_deliverability)
-    except EmailNotValidError as exc:
-        raise InvalidEmail(f"{_show('…@' + domain)} is not a valid address: {exc}") from None
+    """(IDNA form, display form) of a domain, validated once per import and remembered.
+
+    EmailNotValidError propagates: the caller names the whole address in the message.
+    """
+    result = validate_email(f"x@{domain}", check_deliverability=check_deliverability)
     return (result.ascii_domain or result.domain).lower(), result.domain
 
 

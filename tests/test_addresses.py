@@ -54,6 +54,15 @@ def test_the_reason_names_the_address() -> None:
         parse_address("not-an-address")
 
 
+@pytest.mark.parametrize("raw", ["ann.lee@example", "bob@-bad.com", "cy@bad..dom"])
+def test_a_bad_domain_error_shows_the_whole_address_typed(raw: str) -> None:
+    # The domain's verdict is remembered per domain; the message still names this address.
+    for _ in range(2):
+        with pytest.raises(InvalidEmail) as info:
+            parse_address(raw)
+        assert str(info.value).startswith(f"{raw!r} is not a valid address: ")
+
+
 # Local parts drawn to hit the fast path and its edges (dots, plus, case, odd characters that
 # must fall back to email-validator).
 _local = st.text(alphabet="aZ09._+-!#'é \"", min_size=1, max_size=70)

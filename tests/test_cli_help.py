@@ -8,6 +8,7 @@ say in one line what it is for, and every list/show command must take --json.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import click
@@ -81,3 +82,17 @@ def test_list_and_show_commands_take_json(path: tuple[str, ...], command: click.
     assert any(
         "--json" in param.opts for param in command.params if isinstance(param, click.Option)
     )
+
+
+def _asks(command: click.Command) -> bool:
+    source = inspect.getsource(inspect.unwrap(command.callback)) if command.callback else ""
+    return "click.confirm(" in source or "click.prompt(" in source or "_ask(" in source
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=ids(COMMANDS))
+def test_every_command_that_asks_takes_y_and_yes(path: tuple[str, ...], command: click.Command) -> None:
+    yes = [p for p in command.params if "--yes" in p.opts]
+    if _asks(command):
+        assert yes, f"`newsletter {' '.join(path)}` asks a question but has no --yes"
+    if yes:
+        assert "-y" in yes[0].opts, f"`newsletter {' '.join(path)}` takes --yes but not -y"

@@ -1,4 +1,4 @@
-"""`newsletter subscribers ...` and `newsletter init`, run as a user runs them (Click's runner)."""
+"""`newsletter subscribers ...` and `newsletter init` on an existing config, run as a user runs them (Click's runner)."""
 
 from __future__ import annotations
 

@@ -50,9 +50,39 @@ def test_wrong_value_names_the_key(
 
 def test_missing_key_is_named(tmp_path: Path) -> None:
     path = write_config(tmp_path)
-    path.write_text(path.read_text().replace('postal_address = "Field Notes', '# postal_address = "'))
-    with pytest.raises(ConfigError, match="newsletter.postal_address: expected a value, it is missing"):
+    path.write_text(path.read_text().replace('site_url = "https://essays', '# site_url = "'))
+    with pytest.raises(ConfigError, match="newsletter.site_url: expected a value, it is missing"):
         load_settings(path)
+
+
+def test_minimal_config_works_with_every_other_key_defaulted(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[newsletter]\nname = "Notes"\nsite_url = "https://notes.example.org"\n'
+                    'sender_address = "me@notes.example.org"\n'
+                    '[web]\nbase_url = "https://letters.example.org"\n', encoding="utf-8")
+    settings = load_settings(path)
+    assert settings.newsletter.sender_name == "Notes"
+    assert settings.database.url == f"sqlite:///{tmp_path / 'newsletter.db'}"
+    assert settings.delivery.transport == "outbox"
+    assert settings.delivery.outbox_dir == tmp_path / "outbox"
+    assert settings.schedule.weekday == "monday" and str(settings.schedule.timezone) == "UTC"
+
+
+def test_every_config_problem_is_reported_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[newsletter]\nname = "Notes"\n[delivery]\nsmtp_port = "587"\ntransprot = "smtp"\n'
+                    '[schedule]\ntime = "7 am"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    for expected in ("newsletter.site_url: expected a value, it is missing",
+                     "newsletter.sender_address: expected a value, it is missing",
+                     "web.base_url: expected a value, it is missing",
+                     "delivery.smtp_port: expected a whole number",
+                     "schedule.time: expected a 24-hour time",
+                     "delivery.transprot: unknown key (did you mean delivery.transport?)"):
+        assert expected in message
+    assert message.startswith(f"{path}: 6 problems:")
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

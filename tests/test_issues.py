@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -13,7 +16,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
@@ -173,6 +176,8 @@ def test_cli_new_list_show(run_cli, engine: Engine) -> None:  # type: ignore[no-
     assert shown["id"] == listed[0]["id"]
     text = run_cli("issues", "show", str(listed[0]["id"])).output
     assert "essay-002" in text and "draft" in text
+    created = re.search(r"created_at\s+(.*)", text)
+    assert created and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", created[1].strip()), text
 
 
 def test_cli_errors_name_the_problem(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
@@ -219,6 +224,21 @@ def test_cli_preview_as_a_subscriber_text_file_and_browser(
 
     unknown = run_cli("preview", "1", "--as", "nobody@example.org")
     assert unknown.exit_code == 1 and "nobody@example.org" in unknown.output
+
+
+def test_cli_preview_open_without_a_browser_says_so(config_file: Path, engine: Engine, tmp_path: Path) -> None:
+    with session_scope(engine) as session:
+        add_essays(session, make_essay(1))
+    # A headless machine, as over ssh: no display, and $BROWSER names nothing that runs.
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(BROWSER=str(tmp_path / "no-such-browser"), PYTHONPATH=str(PROJECT_ROOT))
+    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "--config", str(config_file)]
+    assert subprocess.run([*command, "issues", "new"], env=env, capture_output=True, check=False).returncode == 0
+    out = tmp_path / "p.html"
+    result = subprocess.run([*command, "preview", "latest", "--open", "-o", str(out)], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "Could not open a browser" in result.stderr and str(out) in result.stderr
 
 
 def test_cli_preview_into_a_missing_folder_says_so(run_cli, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

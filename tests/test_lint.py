@@ -16,6 +16,7 @@ from pipeline.db import session_scope
 from pipeline.essays import import_paths
 from pipeline.issues import compose
 from pipeline.lint import MUST, SHOULD, failures, lint_copy, lint_html, lint_message, warnings
+from pipeline.lint_help import fix_for
 from pipeline.message import MessageFactory, new_message_id
 from pipeline.render import Recipient, render_issue
 from tests.conftest import write_config
@@ -193,6 +194,9 @@ def test_cli_lint_passes_a_good_issue_and_fails_an_http_config(run_cli, engine: 
     failing = run_cli("lint", "latest")  # the default config links to http://127.0.0.1:8025
     assert failing.exit_code == 1
     assert "H11 MUST" in failing.output and "web.base_url" in failing.output
+    # Each finding says how to fix it and where the checklist explains it (inside the project).
+    assert f"fix: {fix_for('H11')} (docs/email-checklist.md#h11)" in " ".join(failing.output.split())
+    assert "shared/design" not in failing.output
     write_config(tmp_path, web={"base_url": BASE})
     passing = run_cli("lint", "latest", "--json")
     assert passing.exit_code == 0, passing.output

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
@@ -26,6 +27,7 @@ from pipeline import confirmations
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
 from pipeline.lint import lint_message
+from pipeline.lint_help import FIXES, fix_for
 from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.publish import publish
 from pipeline.web import create_app, wsgi_app
@@ -612,10 +614,32 @@ def test_lint_tab_lists_what_the_checklist_finds_in_the_message(client: FlaskCli
     raw = client.get(url + ".eml", environ_base=LOCAL).data
     expected = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
     page = client.get(url + "?tab=lint", environ_base=LOCAL).data.decode()
-    shown = re.findall(r"<td><code>([HM]\d+)</code></td>", page)
-    assert shown == [f.code for f in expected]
+    shown = re.findall(r'<td><a href="/preview/checklist#([hm]\d+)"><code>([HM]\d+)</code></a></td>', page)
+    assert shown == [(f.code.lower(), f.code) for f in expected]
     if not expected:
         assert "Every check of the email checklist passes" in page
+        return
+    failed = sum(f.level == "MUST" for f in expected)
+    assert f"{failed} MUST failure{'' if failed == 1 else 's'}</strong>" in page
+    for f in expected:  # each finding with its fix, from the checklist's table of fixes
+        assert str(escape(fix_for(f.code))) in page
+    checklist = client.get("/preview/checklist", environ_base=LOCAL).data.decode()
+    for code, _ in shown:  # every link lands on a section of the checklist
+        assert f'<a id="{code}"></a>' in checklist
+
+
+def test_the_checklist_explains_and_fixes_every_code_the_lint_can_report() -> None:
+    import pipeline.lint_html
+    import pipeline.lint_message
+    codes = set()
+    for module in (pipeline.lint_html, pipeline.lint_message):
+        codes |= set(re.findall(r'Finding\("([HM]\d+)"', Path(module.__file__ or "").read_text(encoding="utf-8")))
+    assert codes and codes <= set(FIXES)
+    doc = (PROJECT_ROOT / "docs" / "email-checklist.md").read_text(encoding="utf-8")
+    for code, fix in FIXES.items():
+        section = doc.split(f'<a id="{code.lower()}"></a>', 1)[1].split("<a id=", 1)[0]
+        assert f"### {code}\n" in section and "**Fix:**" in section
+        assert section.split("**Fix:** ", 1)[1].split("\n", 1)[0].replace("`", "") == fix.replace("`", "")
 
 
 def test_serve_command_answers_http_and_stops(config_file: Path) -> None:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from types import FrameType
 from typing import Any, Callable, TypeVar
 
@@ -76,6 +76,13 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     return value
+
+
+def readable_time(value: datetime) -> str:
+    """A moment as people read it in a terminal: "2026-11-30 17:05 UTC" (no seconds, no offset
+    arithmetic); --json keeps the full ISO value. Naive values are UTC, as the ledger stores them."""
+    moment = value if value.tzinfo is None else value.astimezone(timezone.utc)
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 def print_json(value: Any) -> None:

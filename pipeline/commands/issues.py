@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import webbrowser
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,12 +15,13 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline.commands.base import App, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
+from pipeline.lint_help import anchor, fix_for
 from pipeline.models import Issue
 from pipeline.publish import personal_copy
 from subscribers.consent import find
@@ -98,7 +100,7 @@ def list_command(app: App, as_json: bool) -> None:
     table = Table("id", "key", "status", "essays", "created", "subject")
     for row in rows:
         table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
-                      row["created_at"].strftime("%Y-%m-%d %H:%M"), shown(row["subject"]))
+                      readable_time(row["created_at"]), shown(row["subject"]))
     app.console.print(table)
 
 
@@ -120,8 +122,10 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
         print_json(data)
         return
     for label in ("id", "key", "status", "subject", "preheader", "created_at", "started_at", "finished_at"):
-        if data[label] is not None:
-            app.console.print(f"[bold]{label:<12}[/]{escape(str(data[label]))}")
+        value = data[label]
+        if value is not None:
+            text = readable_time(value) if isinstance(value, datetime) else str(value)
+            app.console.print(f"[bold]{label:<12}[/]{shown(text)}")
     app.console.print("[bold]essays[/]")
     for essay in data["essays"]:
         app.console.print(f"  {essay['position'] + 1}. {shown(essay['slug'])}  {shown(essay['title'])}")
@@ -172,8 +176,10 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
         app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient)}")
     else:
         click.echo(body, nl=False)
-    if open_browser and output is not None:
-        webbrowser.open(output.resolve().as_uri())
+    # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.
+    if open_browser and output is not None and not webbrowser.open(output.resolve().as_uri()):
+        app.err.print(f"Could not open a browser on this machine: open {escape(str(output))} where "
+                      "you can, or run `newsletter serve` and browse to its preview.", soft_wrap=True)
 
 
 @click.command("lint")
@@ -203,13 +209,16 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
 
 def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding], as_json: bool) -> None:
     if as_json:
-        print_json({"issue": issue.key, "failures": [vars(f) for f in failures(findings)],
-                    "warnings": [vars(f) for f in warnings(findings)]})
+        def described(f: Finding) -> dict[str, str]:
+            return {**vars(f), "fix": fix_for(f.code), "explained": anchor(f.code)}
+        print_json({"issue": issue.key, "failures": [described(f) for f in failures(findings)],
+                    "warnings": [described(f) for f in warnings(findings)]})
         return
-    for finding in failures(findings):
-        app.console.print(f"[red]{finding.code} MUST[/]    {escape(finding.message)}", soft_wrap=True)
-    for finding in warnings(findings):
-        app.console.print(f"[yellow]{finding.code} SHOULD[/]  {escape(finding.message)}", soft_wrap=True)
+    for finding in [*failures(findings), *warnings(findings)]:
+        label = "[red]{} MUST[/]  " if finding.level == "MUST" else "[yellow]{} SHOULD[/]"
+        app.console.print(f"{label.format(finding.code)}  {escape(finding.message)}", soft_wrap=True)
+        app.console.print(f"     fix: {escape(fix_for(finding.code))} ({anchor(finding.code)})",
+                          soft_wrap=True, style="dim")
     failed, warned = len(failures(findings)), len(warnings(findings))
     verdict = "[red]fails[/]" if failed else "[green]passes[/]"
     app.console.print(f"Issue {escape(issue.key)} {verdict} the email checklist: "

@@ -1,4 +1,4 @@
-"""`newsletter subscribers` and `newsletter init`: the audience from the command line."""
+"""`newsletter subscribers`: the audience from the command line."""
 
 from __future__ import annotations
 
@@ -255,7 +255,7 @@ def unsubscribe(app: App, email: str) -> None:
 
 @group.command("remove")
 @click.argument("email")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def remove(app: App, email: str, yes: bool) -> None:
     """Erase an address and its name everywhere (a data-protection request).
@@ -278,30 +278,4 @@ def remove(app: App, email: str, yes: bool) -> None:
         app.console.print(f"{shown(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
 
 
-@click.command("init")
-@pass_app
-def init(app: App) -> None:
-    """Prepare this folder: the database, and a token-signing key unless one is set.
-
-    The key signs unsubscribe and confirmation links. It comes from $NEWSLETTER_SECRET_KEY, or
-    else the file .secret_key beside config.toml (created here, readable by you only, kept out
-    of git). Keep it: links in emails already sent stop working without it.
-
-    \b
-    Example:
-      newsletter init
-    """
-    settings = app.settings
-    app.engine  # opening the database creates and migrates it
-    app.console.print(f"Database ready: {settings.database.url}")
-    created: list[str] = []
-    load_secret(settings.base_dir, announce=created.append)
-    if created:
-        app.console.print(created[0])
-    elif os.environ.get(SECRET_ENV, "").strip():
-        app.console.print(f"The token-signing key comes from ${SECRET_ENV}.")
-    else:
-        app.console.print(f"The token-signing key is in {settings.base_dir / SECRET_FILE} (kept).")
-
-
-commands = [group, init]
+commands = [group]

@@ -1,0 +1,100 @@
+"""`newsletter init`: a new newsletter folder, or the database and key of an existing one."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from pipeline.commands.base import App, pass_app
+from pipeline.starter import Answers, write_starter
+from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
+
+LOCAL_BASE_URL = "http://127.0.0.1:8025"  # `newsletter serve`'s own address: fine for trying out
+
+
+@click.command("init")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="The newsletter's name (From name, page titles).")
+@click.option("--site-url", help="Where the essays live on the web, e.g. https://essays.example.org.")
+@click.option("--sender", help="The From address, on a domain you control, e.g. letters@example.org.")
+@click.option("--base-url", help=f"The public https address of `newsletter serve` (default {LOCAL_BASE_URL}).")
+@click.option("--yes", "-y", is_flag=True, help="Ask nothing: take the values from the options.")
+@pass_app
+def init(app: App, folder: Path | None, name: str | None, site_url: str | None, sender: str | None,
+         base_url: str | None, yes: bool) -> None:
+    """Start a newsletter in FOLDER (default: here), or prepare an existing one.
+
+    Without a config.toml, writes one holding only what must be decided (name, site URL,
+    sender, public base URL; asked for unless given as options), every other key commented
+    out with its default; a .gitignore (database, secret key, outbox); and a sample essay in
+    essays/. An existing config.toml is never overwritten. Then creates the database and a
+    token-signing key: $NEWSLETTER_SECRET_KEY, or else the file .secret_key beside
+    config.toml (readable by you only, kept out of git). Keep it: links in emails already
+    sent stop working without it.
+
+    \b
+    Example:
+      newsletter init letters
+      newsletter init letters --yes --name "Field Notes" --site-url https://essays.example.org \\
+          --sender letters@essays.example.org --base-url https://letters.example.org
+      newsletter init
+    """
+    if folder is not None:
+        config = folder / "config.toml"
+    else:
+        config = Path(app.config_path) if app.config_path else Path("config.toml")
+    given = {"--name": name, "--site-url": site_url, "--sender": sender, "--base-url": base_url}
+    if config.exists():
+        if any(given.values()):
+            raise click.ClickException(f"{config} exists: not overwritten. Edit it, or run "
+                                       "`newsletter init NEW-FOLDER` for another newsletter.")
+        app.console.print(f"Using the existing {escape(str(config))} (not changed).")
+    else:
+        answers = _ask(name, site_url, sender, base_url, interactive=not yes)
+        written = write_starter(config.parent, answers, date.today())  # checked before writing
+        for path in written:
+            app.console.print(f"Wrote {escape(str(path))}")
+    app.config_path = str(config)
+    settings = app.settings
+    _ = app.engine  # opening the database creates and migrates it
+    app.console.print(f"Database ready: {escape(settings.database.url)}")
+    created: list[str] = []
+    load_secret(settings.base_dir, announce=created.append)
+    if created:
+        app.console.print(escape(created[0]))
+    elif os.environ.get(SECRET_ENV, "").strip():
+        app.console.print(f"The token-signing key comes from ${SECRET_ENV}.")
+    else:
+        app.console.print(f"The token-signing key is in {escape(str(settings.base_dir / SECRET_FILE))} (kept).")
+    go = f"cd {folder} && " if folder is not None and folder.resolve() != Path.cwd() else ""
+    app.console.print(
+        "Next (README, \"Quick start\"):\n"
+        f"  {go}newsletter essays import essays\n"
+        "  newsletter issues new && newsletter preview latest --open\n"
+        "  newsletter send-test latest --to you@example.org\n"
+        "  newsletter send --latest",
+        soft_wrap=True, markup=False,
+    )
+
+
+def _ask(name: str | None, site_url: str | None, sender: str | None, base_url: str | None,
+         interactive: bool) -> Answers:
+    """The four values: from the options, else asked for; without a terminal, all must be given."""
+    if interactive:
+        name = name or click.prompt("Newsletter name")
+        site_url = site_url or click.prompt("Site URL (where the essays live, https://...)")
+        sender = sender or click.prompt("Sender address (From:)")
+        base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL)
+    missing = [opt for opt, value in (("--name", name), ("--site-url", site_url), ("--sender", sender))
+               if not value]
+    if missing:
+        raise click.UsageError(f"give {', '.join(missing)} (or leave out --yes to be asked)")
+    assert name and site_url and sender
+    return Answers(name, site_url, sender, base_url or LOCAL_BASE_URL)
+
+
+commands = [init]
