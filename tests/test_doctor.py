@@ -83,11 +83,19 @@ class Zone(BaseResolver):  # type: ignore[misc]
 def zone() -> Iterator[tuple[Zone, str]]:
     """(the zone, "127.0.0.1:PORT"): a DNS server on loopback, UDP and TCP on one port."""
     resolver = Zone()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-    servers = [DNSServer(resolver, port=port, address="127.0.0.1", tcp=tcp, logger=quiet) for tcp in (False, True)]
+    servers: list[DNSServer] = []
+    for _try in range(50):  # a port free for UDP may be taken for TCP: try another
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        udp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=False, logger=quiet)
+        try:
+            servers = [udp, DNSServer(resolver, port=port, address="127.0.0.1", tcp=True, logger=quiet)]
+            break
+        except OSError:
+            udp.server.server_close()
+    assert servers, "no loopback port was free for both UDP and TCP"
     for server in servers:
         server.start_thread()
     yield resolver, f"127.0.0.1:{port}"
