@@ -62,8 +62,8 @@ def check(settings: Settings, raw: bytes, what: str, force: bool = False) -> lis
 
 def describe(settings: Settings, found: list[Finding], what: str) -> str:
     """The refusal: one line per failed check with its fix, and the ways out."""
-    lines = [f"{what} is not sent: its message fails {len(found)} MUST check(s) of the email "
-             f"checklist, and over SMTP it would reach every subscriber as it is:"]
+    lines = [(f"{what} is not sent: its message fails {len(found)} MUST check(s) of the email "
+              f"checklist, and over SMTP it would reach every subscriber as it is:")]
     by_fix: dict[str, list[Finding]] = {}
     for finding in found:  # failures with one cause share one fix line
         by_fix.setdefault(fix(settings, finding), []).append(finding)
