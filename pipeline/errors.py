@@ -8,11 +8,12 @@
     ├── NotFound                    an essay, issue or subscriber that does not exist
     ├── RenderError                 a template failed or an issue cannot be rendered
     ├── LookupFailed                the DNS could not answer (timeout, server failure)
-    └── DeliveryError               sending failed
-        ├── TransientDeliveryError  the server said "try later" (4xx, 552)
-        ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
-        ├── AmbiguousDeliveryError  the message was handed over but no reply came: maybe delivered
-        └── TransportUnavailable    no connection or no login: pause, do not burn attempts
+    ├── DeliveryError               sending failed
+    │   ├── TransientDeliveryError  the server said "try later" (4xx, 552)
+    │   ├── PermanentDeliveryError  the server refused the recipient for good (5xx)
+    │   ├── AmbiguousDeliveryError  the message was handed over but no reply came: maybe delivered
+    │   └── TransportUnavailable    no connection or no login: pause, do not burn attempts
+    └── Refused                     harmful unless asked for plainly (--force, --resend)
 
 The audience package has its own root, subscribers.errors.SubscriberError (it may not import
 from pipeline). The CLI turns both into messages and exit codes; nothing else catches them wholesale.
@@ -77,3 +78,8 @@ class AmbiguousDeliveryError(DeliveryError):
 
 class TransportUnavailable(DeliveryError):
     """No connection, or the login failed: pause the run instead of failing every recipient."""
+
+
+class Refused(NewsletterError):
+    """An action that would do harm unless asked for plainly: a repeat send of an essay, a send
+    whose message fails the checklist, a key that is taken. The message says how to ask."""

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, NotFound
+from pipeline.errors import ConfigError, NotFound, Refused
 from pipeline.excerpt import excerpt
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
 
@@ -31,17 +31,24 @@ def compose(
     settings: Settings,
     slugs: Sequence[str] | None = None,
     key: str | None = None,
+    *,
+    resend: bool = False,
+    existing_ok: bool = True,
 ) -> Issue:
     """A draft issue of the oldest unsent essays (or of `slugs`, in that order).
 
-    With `key`, an issue that already has that key is returned unchanged. Raises NotFound for an
+    With `key`, an issue that already has that key is returned unchanged (the scheduler's race
+    for a week), or, with `existing_ok=False`, Refused says it exists. An essay named in `slugs`
+    that went out already (or is going out) is Refused unless `resend`. Raises NotFound for an
     unknown slug, and when there is nothing to send.
     """
     if key is not None:
         existing = find_by_key(session, key)
         if existing is not None:
-            return existing
+            return _existing(existing, existing_ok)
     essays = essays_by_slug(session, slugs) if slugs else unsent_essays(session, settings)
+    if slugs and not resend:
+        _refuse_sent(session, essays)
     if not essays:
         if session.exec(select(Essay.id).limit(1)).first() is None:
             # "every essay has gone out" would be false on a fresh database: none came in.
@@ -75,8 +82,35 @@ def compose(
         winner = find_by_key(session, key)
         if winner is None:  # the conflict was not on the key: a real error
             raise
-        return winner
+        return _existing(winner, existing_ok)
     return issue
+
+
+def _existing(issue: Issue, existing_ok: bool) -> Issue:
+    if existing_ok:
+        return issue
+    raise Refused(f"an issue with the key {issue.key!r} exists already (id {issue.id}, {issue.status}): "
+                  f"nothing was composed; see it with `newsletter issues show {issue.key}`, or "
+                  f"pick another --key")
+
+
+def _refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
+    """Refused naming every essay that has gone out (or is going out) in an issue already: a
+    digest carrying it again would mail it to everyone a second time."""
+    sending = {row[0]: row[1] for row in session.exec(
+        select(IssueEssay.essay_id, Issue.key)
+        .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
+        .where(Issue.status == IssueStatus.SENDING.value))}
+    problems = []
+    for essay in essays:
+        if essay.sent_in_issue_id is not None:
+            sent = session.get(Issue, essay.sent_in_issue_id)
+            problems.append(f"{essay.slug!r} went out in issue {sent.key if sent else essay.sent_in_issue_id}")
+        elif essay.id in sending:
+            problems.append(f"{essay.slug!r} is being sent in issue {sending[essay.id]}")
+    if problems:
+        raise Refused("not composed: " + "; ".join(problems) + ". Pass --resend to mail it again "
+                      "to every subscriber.")
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:

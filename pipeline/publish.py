@@ -20,7 +20,7 @@ from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from pipeline import leases, ledger
+from pipeline import gate, leases, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import (AmbiguousDeliveryError, NewsletterError, NotFound, PermanentDeliveryError,
@@ -98,12 +98,14 @@ def publish(
     progress: Callable[[Report], None] | None = None,
     now: datetime | Callable[[], datetime] | None = None,
     deliver: bool = True,
+    force: bool = False,
 ) -> Report:
     """Send `issue` (id or key; `latest`: the newest open issue, composed when none is open) to
     everyone it is owed to. `confirm(issue, audience)` may decline; `stop` finishes the batch in
     flight and stops; `now` fixes the clock (a datetime advances with real time). With
     `deliver=False` the render and audience are frozen and the issue left `sending` for
-    `newsletter worker` processes (`send --enqueue`)."""
+    `newsletter worker` processes (`send --enqueue`). Over real mail the message must pass the
+    checklist's MUST checks first (pipeline/gate.py raises Refused; `force` sends anyway)."""
     clock = _clock(now)
     started = time.monotonic()
     with Session(engine, expire_on_commit=False) as session:
@@ -131,6 +133,9 @@ def publish(
             report.seconds = time.monotonic() - started
             return report
         session.commit()  # keeps a composed draft, and lets go of SQLite's write lock
+    # Before the prompt; a refused draft is kept, for `newsletter lint` and the next send.
+    sample = personal_copy(None, settings, "", target, None, factory=MessageFactory(settings, rendered))
+    gate.check(settings, sample, target.key, force)
     if confirm is not None and not confirm(target, report.total):
         report.declined = True
         return report

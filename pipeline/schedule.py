@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from pipeline import issues, leases, polling, publish
+from pipeline import gate, issues, leases, polling, publish
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.confirmations import send_queued
 from pipeline.db import session_scope
@@ -62,13 +62,16 @@ def run_due(
     dry_run: bool = False,
     stop: threading.Event | None = None,
     progress: Callable[[publish.Report], None] | None = None,
+    force: bool = False,
 ) -> Outcome:
     """Do what the period due at `now` needs: compose and send, resume, skip, expire or nothing.
 
     Safe to run from any number of processes at once: the issue key is unique, so only one
     insert for a week can win, and the others find the issue and resume or leave it. `stop`
     (set on SIGTERM) makes a send finish the batch in flight and return; the next run resumes.
-    `progress` gets publish's report after every batch.
+    `progress` gets publish's report after every batch. Over SMTP a message that fails the
+    checklist's MUST checks raises gate.SendRefused and leaves the issue unsent (a draft) for
+    the next run after the config is fixed; `force` sends it anyway.
     """
     schedule = settings.schedule
     period = due_period(schedule, now)
@@ -106,7 +109,7 @@ def run_due(
             continue
         # Outside any transaction: sending takes long and must not hold a write lock.
         report = publish.publish(settings, engine, issue_id, now=now, stop=stop,
-                                 progress=progress, deliver=not schedule.enqueue)
+                                 progress=progress, deliver=not schedule.enqueue, force=force)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, _issue(session, period.key), now)
             holders = leases.in_flight(session, issue_id)
@@ -256,6 +259,11 @@ def make_scheduler(
         try:
             send_queued(settings, engine)  # sign-ups' confirmation emails, if `serve` left any
             outcome = run_due(settings, engine, now, stop=stop)
+        except gate.SendRefused as exc:
+            # The settings are read once: trying again soon would only refuse again.
+            log.error("%s\nThe issue stays unsent; fix config.toml and restart the scheduler, "
+                      "whose catch-up run sends it.", exc)
+            return
         except NewsletterError as exc:
             # The scheduler is a shell like the CLI: report, keep running, and try again soon
             # (the issue, if composed, is resumed; its expiry still bounds the retries).

@@ -92,10 +92,13 @@ def run_worker(
     pause_seconds: float = PAUSE_SECONDS,
     transport_factory: Callable[[], Transport] | None = None,
     on_report: Callable[[Report], None] | None = None,
+    force: bool = False,
 ) -> WorkerStats:
     """Deliver issues in `sending` status until `stop` is set (or, with `once`, until a round
     finds nothing to send). `concurrency`: SMTP connections (threads) in this worker, default
-    `delivery.connections`. A stop finishes and records the batch in flight first."""
+    `delivery.connections`. A stop finishes and records the batch in flight first. An issue
+    whose message fails the checklist's MUST checks over SMTP is left alone (logged) unless
+    `force`."""
     if concurrency is not None:
         settings = replace(settings, delivery=replace(settings.delivery, connections=concurrency))
     stop = stop or threading.Event()
@@ -106,7 +109,7 @@ def run_worker(
         try:
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
-                            transport_factory, on_report)
+                            transport_factory, on_report, force)
         except DBAPIError as exc:
             if once:
                 raise DatabaseError(f"the database failed: {exc.orig or exc}") from exc
@@ -125,7 +128,7 @@ def run_worker(
 def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: dict[int, float],
            stop: threading.Event, pause_seconds: float,
            transport_factory: Callable[[], Transport] | None,
-           on_report: Callable[[Report], None] | None) -> bool:
+           on_report: Callable[[Report], None] | None, force: bool = False) -> bool:
     """One pass over the issues being sent; True when anything was attempted."""
     worked = False
     for issue_id, key in sending_issues(engine, utcnow()):
@@ -134,7 +137,7 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
         if resume_at.get(issue_id, 0.0) > time.monotonic():
             continue
         try:
-            report = publish(settings, engine, issue_id, stop=stop,
+            report = publish(settings, engine, issue_id, stop=stop, force=force,
                              transport_factory=transport_factory, progress=_progress_logger(key))
         except NewsletterError as exc:
             # One broken issue (say, its templates) must not stop the others from going out.

@@ -49,6 +49,10 @@ def corpus_dir() -> Path:
     return CORPUS
 
 
+# A public https web.base_url: over SMTP the send gate refuses the default loopback http one.
+PUBLIC_WEB = {"base_url": "https://letters.example.org"}
+
+
 def write_config(directory: Path, database_url: str | None = None, **sections: dict[str, Any]) -> Path:
     """A copy of the project's config.toml in `directory`, with values replaced per section."""
     text = (PROJECT_ROOT / "config.toml").read_text(encoding="utf-8")

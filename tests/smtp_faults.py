@@ -163,8 +163,10 @@ def add_audience(engine: Engine, active: int, essays: int = 3, prefix: str = "re
     return people
 
 
-def new_issue(engine: Engine, settings: Settings, key: str, slugs: list[str] | None = None) -> Issue:
+def new_issue(engine: Engine, settings: Settings, key: str, slugs: list[str] | None = None,
+              resend: bool = False) -> Issue:
+    """A draft of `slugs` (or the unsent essays); `resend` lets essays sent already go again."""
     with Session(engine, expire_on_commit=False) as session:
-        issue = compose(session, settings, slugs=slugs, key=key)
+        issue = compose(session, settings, slugs=slugs, key=key, resend=resend)
         session.commit()
         return issue

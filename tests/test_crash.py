@@ -56,7 +56,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         outcomes = Counter()
         for run in range(RUNS):
             key = f"crash-{run}"
-            issue = new_issue(engine, settings, key, slugs=["essay-000", "essay-001"])
+            issue = new_issue(engine, settings, key, slugs=["essay-000", "essay-001"], resend=True)
             engine.dispose()
             child = fork.Process(target=_sender, args=(str(settings.path), key))
             started = time.monotonic()

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.db import session_scope
-from pipeline.errors import ConfigError, NotFound
+from pipeline.errors import ConfigError, NotFound, Refused
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.links import unsubscribe_url
 from pipeline.models import Issue
@@ -28,6 +28,7 @@ from subscribers.model import Subscriber
 from subscribers.tokens import load_secret, read_token
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, make_essay
+from tests.smtp_faults import add_audience
 
 
 def test_compose_takes_the_oldest_unsent_essays_up_to_the_maximum(session: Session, settings: Settings) -> None:
@@ -60,12 +61,15 @@ def test_same_date_keeps_the_import_order_and_undated_come_last(session: Session
     assert [e.slug for e in issue_essays(session, issue)] == ["essay-002", "essay-003", "essay-001"]
 
 
-def test_named_essays_in_the_order_named_even_when_sent(session: Session, settings: Settings) -> None:
+def test_named_essays_in_the_order_named_a_sent_one_only_with_resend(session: Session, settings: Settings) -> None:
     sent = Issue(key="earlier")
     session.add(sent)
     session.commit()
     add_essays(session, make_essay(1), make_essay(2), make_essay(3, sent_in_issue_id=sent.id))
-    issue = compose(session, settings, slugs=["essay-003", "essay-001", "essay-003"])
+    with pytest.raises(Refused, match="'essay-003' went out in issue earlier.*--resend"):
+        compose(session, settings, slugs=["essay-003", "essay-001"])
+    assert session.exec(select(Issue).where(Issue.key != "earlier")).all() == []
+    issue = compose(session, settings, slugs=["essay-003", "essay-001", "essay-003"], resend=True)
     assert [e.slug for e in issue_essays(session, issue)] == ["essay-003", "essay-001"]
     assert issue.subject == "On gardens, part 3 and 1 more"
 
@@ -178,6 +182,38 @@ def test_cli_new_list_show(run_cli, engine: Engine) -> None:  # type: ignore[no-
     assert "essay-002" in text and "draft" in text
     created = re.search(r"created_at\s+(.*)", text)
     assert created and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", created[1].strip()), text
+
+
+def test_cli_new_refuses_a_sent_essay_unless_resend(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    add_audience(engine, 2, essays=0)
+    with session_scope(engine) as session:
+        add_essays(session, *[make_essay(n) for n in range(1, 3)])
+    assert run_cli("send", "--latest", "--yes").exit_code == 0  # both essays go out
+    again = run_cli("issues", "new", "--essay", "essay-001")
+    assert again.exit_code == 1
+    words = " ".join(again.output.split())
+    assert "'essay-001' went out in issue manual-" in words and "--resend" in words
+    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 1  # nothing composed
+    nothing = run_cli("send", "--latest", "--yes")  # so `send --latest` has nothing to mail again
+    assert nothing.exit_code == 0 and "Nothing to send" in nothing.output
+    resent = run_cli("issues", "new", "--essay", "essay-001", "--resend")
+    assert resent.exit_code == 0 and "Composed issue" in resent.output
+    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 2
+
+
+def test_cli_new_with_a_taken_key_says_so_and_composes_nothing(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        add_essays(session, *[make_essay(n) for n in range(1, 4)])
+    assert run_cli("issues", "new", "--key", "spring", "--essay", "essay-001").exit_code == 0
+    for extra in ((), ("--dry-run",), ("--essay", "essay-002")):
+        taken = run_cli("issues", "new", "--key", "spring", *extra)
+        words = " ".join(taken.output.split())
+        assert taken.exit_code == 1, taken.output
+        assert "Composed" not in words and "Would compose" not in words
+        assert "the key 'spring' exists already (id 1, draft): nothing was composed" in words
+    shown = json.loads(run_cli("issues", "show", "spring", "--json").output)
+    assert [e["slug"] for e in shown["essays"]] == ["essay-001"]  # unchanged
+    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 1
 
 
 def test_cli_errors_name_the_problem(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]

@@ -85,7 +85,7 @@ def test_three_worker_processes_send_5000_messages_exactly_once_even_when_one_is
 
     # Again, and one worker is killed with SIGKILL halfway: no cleanup, its batch stays `sending`.
     smtp_server.received.clear()
-    issue = enqueue(settings, engine, "second", slugs=["essay-000"])
+    issue = enqueue(settings, engine, "second", slugs=["essay-000"], resend=True)
     wait_until(lambda: len(smtp_server.received) >= AUDIENCE // 2, 180, "half the messages")
     os.kill(workers[0].pid, signal.SIGKILL)
     assert workers[0].wait(10) == -signal.SIGKILL

@@ -20,7 +20,7 @@ from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import Action, due_period
 from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, Outcome, make_scheduler, run_due
 from subscribers.model import Subscriber, SubscriberStatus
-from tests.conftest import SMTPServer, write_config
+from tests.conftest import PUBLIC_WEB, SMTPServer, write_config
 
 UTC = timezone.utc
 # Monday 23 November 2026, 07:00 Berlin (CET) = 06:00 UTC: week 48's digest is due.
@@ -80,6 +80,7 @@ def smtp_settings(request: pytest.FixtureRequest, tmp_path: Path, smtp_server: S
                   "grace_hours": 12, "expire_after_hours": 72},
         delivery={"transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
                   "smtp_port": smtp_server.port},
+        web=PUBLIC_WEB,
     ))
 
 
@@ -252,7 +253,7 @@ SMTP_DOWN = {"transport": "smtp", "smtp_tls": "none", "smtp_host": "127.0.0.1",
 def test_an_unfinished_run_brings_the_next_run_forward(tmp_path: Path) -> None:
     # The SMTP server is down (nothing listens on the port): the send pauses, the issue stays
     # owed, and the scheduler comes back in minutes instead of next week.
-    settings = load_settings(write_config(tmp_path, delivery=SMTP_DOWN))
+    settings = load_settings(write_config(tmp_path, delivery=SMTP_DOWN, web=PUBLIC_WEB))
     engine = db.connect(settings.database.url)
     add_essays(engine, 1)
     add_subscribers(engine, 2)
@@ -312,7 +313,7 @@ def test_schedulers_racing_in_threads_make_one_issue_on_either_database(
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     settings = load_settings(write_config(tmp_path, database_url=url, delivery={
         "transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
-        "smtp_port": smtp_server.port}))
+        "smtp_port": smtp_server.port}, web=PUBLIC_WEB))
     engine = db.connect(settings.database.url)
     add_essays(engine, 2)
     emails = add_subscribers(engine, 12)
@@ -349,7 +350,7 @@ def test_cli_run_due_with_the_mail_server_down_exits_4_and_resumes_later(
     tmp_path: Path, run_cli, smtp_server: SMTPServer
 ) -> None:
     schedule = utc_schedule_due(timedelta(hours=1))
-    run_cli.config_file = write_config(tmp_path, schedule=schedule, delivery=SMTP_DOWN)
+    run_cli.config_file = write_config(tmp_path, schedule=schedule, delivery=SMTP_DOWN, web=PUBLIC_WEB)
     engine = db.connect(load_settings(run_cli.config_file).database.url)
     add_essays(engine, 1)
     emails = add_subscribers(engine, 3)
@@ -360,7 +361,7 @@ def test_cli_run_due_with_the_mail_server_down_exits_4_and_resumes_later(
     run_cli.config_file = write_config(tmp_path, schedule=schedule,
                                        delivery={"transport": "smtp", "smtp_tls": "none",
                                                  "smtp_host": smtp_server.host,
-                                                 "smtp_port": smtp_server.port})
+                                                 "smtp_port": smtp_server.port}, web=PUBLIC_WEB)
     back = run_cli("schedule", "run-due")
     assert back.exit_code == 0, back.output
     assert "resumed and sent" in back.output

@@ -19,7 +19,7 @@ from pipeline import db
 from pipeline.config import Settings, load_settings
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import due_period
-from tests.conftest import SMTPServer, write_config
+from tests.conftest import PUBLIC_WEB, SMTPServer, write_config
 from tests.test_schedule import add_essays, add_subscribers, utc_schedule_due
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,7 @@ def setup(
         schedule=utc_schedule_due(timedelta(minutes=30)),
         delivery={"transport": "smtp", "smtp_tls": "none", "smtp_host": smtp_server.host,
                   "smtp_port": smtp_server.port, **delivery},
+        web=PUBLIC_WEB,
     )
     settings = load_settings(config)
     return config, settings, db.connect(settings.database.url)

@@ -34,7 +34,7 @@ from pipeline.web import create_app, wsgi_app
 from subscribers import consent
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, load_secret, make_token, read_token
-from tests.conftest import CLI, SMTPServer, write_config
+from tests.conftest import CLI, PUBLIC_WEB, SMTPServer, write_config
 from tests.digest_fixtures import add_essays, make_essay
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -230,7 +230,7 @@ def test_confirm_refuses_bad_and_expired_tokens(
 def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
     return load_settings(write_config(tmp_path, delivery={
         "transport": "smtp", "smtp_host": smtp_server.host, "smtp_port": smtp_server.port, "smtp_tls": "none",
-    }))
+    }, web=PUBLIC_WEB))
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_subscribe_queues_the_confirmation_the_mailer_sends_it_and_its_link_conf
     mail = smtp_server.received[0]
     assert mail.rcpt_tos == ["Dee@example.org"]  # the domain lower-cased, the local part as typed
     body = mail.message.get_body(("plain",)).get_content()
-    link = re.search(r"http://127\.0\.0\.1:8025(/confirm/\S+)", body)
+    link = re.search(re.escape(PUBLIC_WEB["base_url"]) + r"(/confirm/\S+)", body)
     assert link, body
     confirm_page = client.get(link.group(1))
     client.post(link.group(1), data={"csrf_token": csrf_from(confirm_page.data)})

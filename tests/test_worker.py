@@ -64,9 +64,10 @@ def add_readers(engine: Engine, count: int, essays: int = 2, prefix: str = "read
     return emails
 
 
-def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | None = None) -> Issue:
+def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | None = None,
+            resend: bool = False) -> Issue:
     """Compose issue `key` and hand it to the workers (frozen render and audience, `sending`)."""
-    return hand_over(settings, engine, new_issue(engine, settings, key, slugs=slugs))
+    return hand_over(settings, engine, new_issue(engine, settings, key, slugs=slugs, resend=resend))
 
 
 def hand_over(settings: Settings, engine: Engine, issue: Issue) -> Issue:

@@ -37,31 +37,40 @@ def group() -> None:
 @click.option("--essay", "slugs", multiple=True, metavar="SLUG",
               help="Carry this essay (repeat for several, in order). Default: the oldest unsent.")
 @click.option("--key", default=None, help="The issue's unique key (default: manual-<uuid>).")
+@click.option("--resend", is_flag=True,
+              help="Allow an --essay that went out in an issue already (it is mailed to everyone again).")
 @click.option("--dry-run", is_flag=True, help="Show what the issue would carry; store nothing.")
 @json_option
 @pass_app
-def new(app: App, slugs: tuple[str, ...], key: str | None, dry_run: bool, as_json: bool) -> None:
+def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run: bool,
+        as_json: bool) -> None:
     """Compose a draft issue from the essays not sent yet (oldest first, up to digest.max_essays),
     or from the essays named. Nothing is sent; see it with `newsletter preview`.
+
+    An --essay that went out already (or is being sent) is refused unless --resend; a --key
+    that another issue has is refused (nothing is composed; exit code 1).
 
     \b
     Example:
       newsletter issues new --dry-run
       newsletter issues new
       newsletter issues new --essay walking-at-dawn --essay on-rivers
+      newsletter issues new --essay walking-at-dawn --resend
     """
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for manual-<uuid>",
                                  param_hint="--key")
     if dry_run:
         with Session(app.engine) as session:
-            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
+            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
+                            resend=resend, existing_ok=False)
             data = describe(session, issue)
             session.rollback()  # a dry run stores nothing
         data["id"] = None
     else:
         with session_scope(app.engine) as session:
-            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key)
+            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
+                            resend=resend, existing_ok=False)
             data = describe(session, issue)
     if as_json:
         print_json(data)

@@ -116,17 +116,22 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
 
 @group.command("run-due")
 @click.option("--dry-run", is_flag=True, help="Say what would happen; change and send nothing.")
+@click.option("--force", is_flag=True,
+              help="Send over SMTP even when the message fails a MUST check of `newsletter lint` (logged).")
 @json_option
 @pass_app
-def run_due(app: App, dry_run: bool, as_json: bool) -> None:
+def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
     """Send this week's digest if it is due and not done yet, then exit (for cron, CI timers).
 
     Exit status: 0 when the digest was sent or skipped or nothing was due; 3 when a period
     had to be recorded as expired (missed past grace_hours, or still sending after
     expire_after_hours); 4 when deliveries are still owed (server down, rate limit, a stop
     signal, rows still held by a sender): the next call resumes them; 5 when this run finished
-    the issue but some deliveries are `unknown` (maybe delivered) and need a decision. With `schedule.enqueue = true` it composes the
-    issue and hands it to `newsletter worker` processes (exit 0; they send it).
+    the issue but some deliveries are `unknown` (maybe delivered) and need a decision. With
+    `schedule.enqueue = true` it composes the issue and hands it to `newsletter worker`
+    processes (exit 0; they send it). Over SMTP a message that fails a MUST check of the email
+    checklist is not sent: the reasons and fixes are printed, the issue stays unsent for the
+    next call, and the exit status is 1.
 
     \b
     Example:
@@ -145,7 +150,7 @@ def run_due(app: App, dry_run: bool, as_json: bool) -> None:
             bar.update(task, total=report.to_send, completed=done)
 
         outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
-                                     stop=stop, progress=progress)
+                                     stop=stop, progress=progress, force=force)
     if as_json:
         print_json({"dry_run": dry_run, **outcome.as_dict()})
     else:

@@ -40,16 +40,23 @@ STATUSES = [s.value for s in DeliveryStatus]
 @click.option("--enqueue", is_flag=True,
               help="Freeze the audience and leave the sending to `newsletter worker` processes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True,
+              help="Send over SMTP even when the message fails a MUST check of `newsletter lint` (logged).")
 @json_option
 @pass_app
 def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool, yes: bool,
-         as_json: bool) -> None:
+         force: bool, as_json: bool) -> None:
     """Send an issue to every active subscriber it is owed to (ISSUE: id, key or latest).
 
     The audience is frozen when sending starts. Running it again sends only what is still
     owed. Ctrl-C finishes the batch in flight and stops; `send` again carries on. A server that
     cannot be reached, or refuses the login, pauses the run without using up any attempts
     (exit code 1).
+
+    Over SMTP the message is first checked against the email checklist (as `newsletter lint`
+    does): a MUST failure, such as unsubscribe links on a web.base_url that is not public https,
+    stops the send with the reasons and their fixes (exit code 1). --force sends anyway and
+    logs a warning naming the failures. The outbox transport is not checked.
 
     \b
     Example:
@@ -66,7 +73,7 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
     if enqueue and dry_run:
         raise click.UsageError("--enqueue hands an issue to the workers; a --dry-run sends nothing anyway")
     report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json,
-                  deliver=not enqueue)
+                  deliver=not enqueue, force=force)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -180,8 +187,9 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
 @click.option("--failed", is_flag=True, help="Resend deliveries that failed.")
 @click.option("--unknown", is_flag=True, help="Resend deliveries whose outcome is unknown (a crash mid-send).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Send even when the message fails a MUST check (see `send`).")
 @pass_app
-def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
+def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: bool) -> None:
     """Make failed and/or unknown deliveries of ISSUE owed again, and send them.
 
     An `unknown` delivery may have arrived already: resending can give that subscriber a
@@ -207,7 +215,7 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool) -> None:
     if not yes:
         click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
     requeue(app.engine, target.key, failed, unknown)
-    report = _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False)
+    report = _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False, force=force)
     _summary(app, report)
     raise SystemExit(exit_status(report))
 
@@ -224,7 +232,7 @@ def exit_status(report: Report) -> int:
 
 
 def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
-         deliver: bool = True) -> Report:
+         deliver: bool = True, force: bool = False) -> Report:
     """publish with a confirmation prompt, a progress bar and Ctrl-C turned into a stop flag."""
     stop = threading.Event()
 
@@ -251,7 +259,7 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
                        problems=problems)
 
         return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
-                       confirm=confirm, stop=stop, progress=progress, deliver=deliver)
+                       confirm=confirm, stop=stop, progress=progress, deliver=deliver, force=force)
 
 
 def _summary(app: App, report: Report) -> None:

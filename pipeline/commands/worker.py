@@ -18,12 +18,14 @@ from pipeline.worker import IDLE_SECONDS, run_worker
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64),
               help="SMTP connections (one thread each) in this worker  [default: delivery.connections]")
 @click.option("--once", is_flag=True,
-              help="Deliver what is due now, then exit (exit status 1 when the relay refused, 5 when an "
-                   "issue it finished has unknown deliveries).")
+              help="Deliver what is due now, then exit (exit status 1 when the relay or the checklist "
+                   "refused, 5 when an issue it finished has unknown deliveries).")
 @click.option("--idle", "idle_seconds", type=click.FloatRange(0.1, 3600), default=IDLE_SECONDS,
               show_default=True, help="Seconds between looks for work while there is none.")
+@click.option("--force", is_flag=True,
+              help="Send over SMTP even when an issue's message fails a MUST check of `newsletter lint` (logged).")
 @pass_app
-def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -> None:
+def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float, force: bool) -> None:
     """Deliver every issue in `sending` status, side by side with any number of other workers.
 
     Run one or more on any hosts that reach the database (PostgreSQL for several hosts) and
@@ -31,7 +33,9 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
     `schedule.enqueue = true`, hands an issue to the workers; `newsletter sends status ISSUE`
     shows its progress from any host. SIGTERM or Ctrl-C finishes and records the batch in
     flight, then exits; a second one aborts at once. A worker that dies leaves at most one
-    batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out.
+    batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out. Over
+    SMTP an issue whose message fails a MUST check of the email checklist is not sent (the
+    reasons are logged) unless --force.
 
     \b
     Example:
@@ -52,7 +56,7 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
     stop = threading.Event()
     with stop_on_signals(stop, app):
         stats = run_worker(settings, engine, concurrency=concurrency, once=once, stop=stop,
-                           idle_seconds=idle_seconds)
+                           idle_seconds=idle_seconds, force=force)
     finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
     app.console.print(f"Worker stopped: {stats.sent} sent, {stats.retrying} to retry, "
                       f"{stats.failed} failed, " + (f"{stats.unknown} unknown, " if stats.unknown else "")
@@ -62,6 +66,8 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
                       f"see `newsletter sends status {key}`.", markup=False)
     if once and stats.paused:
         app.err.print(f"Paused: {stats.paused}", markup=False)
+        raise SystemExit(EXIT_ERROR)
+    if once and stats.errors:  # an issue refused or broken: nothing of it went out
         raise SystemExit(EXIT_ERROR)
     if once and stats.undecided:
         raise SystemExit(EXIT_UNDECIDED)

@@ -70,7 +70,8 @@ def test_bench_throughput_with_1_2_and_4_workers(tmp_path: Path, database_url: s
             for count in WORKERS:
                 workers = start_workers(settings, count, folder)
                 key = f"bench-{delay}-{count}"
-                issue = new_issue(engine, settings, key, slugs=["essay-000", "essay-001", "essay-002"])
+                issue = new_issue(engine, settings, key, slugs=["essay-000", "essay-001", "essay-002"],
+                                  resend=True)
                 started = time.perf_counter()
                 hand_over(settings, engine, issue)
                 wait_until(lambda key=key: issue_status(engine, key) == "sent", 600, f"{key} to be sent")
