@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline.commands import database, essays, issues, schedule, send, subscribers, web, worker
+from pipeline.commands import bounces, database, essays, issues, schedule, send, subscribers, web, worker
 from pipeline.commands.base import App
 from pipeline.errors import NewsletterError
 from subscribers.errors import SubscriberError
@@ -51,7 +51,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 # Each command module exposes `commands`: the groups and commands it adds at the top level.
-for module in (database, essays, issues, schedule, subscribers, send, web, worker):
+for module in (database, essays, issues, schedule, subscribers, send, bounces, web, worker):
     for command in module.commands:
         cli.add_command(command)
 
