@@ -13,6 +13,7 @@ change nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +24,15 @@ from sqlmodel import Session, col, select
 
 from pipeline.bounces import Failure, Finding, classify, severity
 from pipeline.config import Settings
+from pipeline.errors import NewsletterError
 from pipeline.mailbox import Source, open_source
 from pipeline.models import BounceEvent, BounceKind, Delivery, ProcessedMessage
 from pipeline.returnpath import delivery_id_of
 from subscribers import consent
 from subscribers.model import Subscriber, utcnow
 from subscribers.tokens import load_secret
+
+log = logging.getLogger("newsletter.bounces")
 
 
 @dataclass
@@ -84,6 +88,19 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
     finally:
         source.close()
     return report
+
+
+def read_bounces(settings: Settings, engine: Engine) -> None:
+    """The bounce mailbox, once (the interval job of the scheduler and the worker): logs, never raises
+    a NewsletterError (an unreachable mailbox must not stop the digest)."""
+    try:
+        report = process_mailbox(settings, engine)
+    except NewsletterError as exc:
+        log.error("bounce mailbox: %s; trying again in %g minutes", exc, settings.bounces.interval_minutes)
+        return
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
+    if counts:
+        log.info("bounce mailbox %s: %s", report.source, counts)
 
 
 def apply(session: Session, settings: Settings, secret: str, finding: Finding, dry_run: bool,
