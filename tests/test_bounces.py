@@ -5,7 +5,10 @@ SMTP send."""
 from __future__ import annotations
 
 import mailbox
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from apscheduler.triggers.interval import IntervalTrigger
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +24,9 @@ from pipeline.feedback import process_mailbox
 from pipeline.models import BounceEvent, Delivery, Issue, ProcessedMessage
 from pipeline.publish import publish
 from pipeline.returnpath import delivery_id_of
+from pipeline.schedule import BOUNCE_JOB_ID, make_scheduler, run_due
 from pipeline.transports import MemoryTransport
+from pipeline.worker import run_worker
 from subscribers import consent
 from subscribers.errors import ConsentError
 from subscribers.model import Subscriber
@@ -347,4 +352,54 @@ def test_end_to_end_send_bounce_process(tmp_path: Path, smtp_server: SMTPServer)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(BounceEvent)).one() == events == 5
     assert statuses(settings)["reader0@example.org"] == "bounced" and len(people) == 6
+    engine.dispose()
+
+
+# --- the scheduler and the worker ------------------------------------------------------------
+
+DUE = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)  # Monday 07:00 Berlin: week 48 is due
+
+
+def test_the_scheduler_reads_the_mailbox_on_its_interval(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, interval_minutes=5))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "postfix.eml"])
+    engine = db.connect(settings.database.url)
+    scheduler = make_scheduler(settings, engine)
+    job = scheduler.get_job(BOUNCE_JOB_ID)
+    assert isinstance(job.trigger, IntervalTrigger) and job.trigger.interval == timedelta(minutes=5)
+    job.func()  # what the scheduler runs every 5 minutes
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    (tmp_path / "off").mkdir()
+    off = load_settings(bounce_config(tmp_path / "off", enabled=False))
+    assert make_scheduler(off, engine).get_job(BOUNCE_JOB_ID) is None
+    engine.dispose()
+
+
+def test_a_worker_reads_the_mailbox_before_it_sends(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    run_worker(settings, engine, once=True)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    engine.dispose()
+
+
+def test_a_high_complaint_rate_stops_the_scheduler_from_starting_the_next_issue(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)  # 1 complaint in 12 delivered: far above 0.3%
+    with Session(engine, expire_on_commit=False) as session:
+        add_essays(session, make_essay(2))
+
+    outcome = run_due(settings, engine, DUE)
+
+    assert "weekly-2026-W48 not started" in outcome.message and "complaint rate 8.33%" in outcome.message
+    with Session(engine) as session:
+        assert session.exec(select(Issue).where(Issue.key == "weekly-2026-W48")).first() is None
+    relaxed = load_settings(bounce_config(tmp_path, complaint_pause_rate=0.5, complaint_warn_rate=0.001))
+    assert run_due(relaxed, engine, DUE).status == "sent"  # under the limit: the week goes out
     engine.dispose()
