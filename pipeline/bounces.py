@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes, message_from_string
-from email import policy
+from email import message_from_bytes, message_from_string, policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -28,7 +27,7 @@ ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
 _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response)|"
-                           r"autoreply|abwesenheitsnotiz|vacation)\b", re.I)
+                           r"autoreply|abwesenheitsnotiz|vacation)\b", re.IGNORECASE)
 # Kinds by how much they weigh when one message reports several recipients.
 _WEIGHT = {BounceKind.COMPLAINT: 5, BounceKind.HARD: 4, BounceKind.SOFT: 3, BounceKind.UNSUBSCRIBE: 2,
            BounceKind.AUTOREPLY: 1, BounceKind.IGNORED: 0}
@@ -59,16 +58,32 @@ class Finding:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Head:
+    """What every finding about one message carries."""
+
+    key: str
+    addressed_to: tuple[str, ...]
+    sender: str
+    subject: str
+
+    def finding(self, kind: BounceKind, reason: str, failures: tuple[Failure, ...] = (),
+                original_message_id: str = "", also_to: tuple[str, ...] = (),
+                extra: dict[str, str] | None = None) -> Finding:
+        return Finding(self.key, kind, reason, failures, self.addressed_to + also_to, original_message_id,
+                       self.sender, self.subject, extra or {})
+
+
 def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
     """What `raw` is. `unsubscribe_address` is the List-Unsubscribe mailto of this list."""
     msg = message_from_bytes(raw, policy=policy.compat32)
     key = _message_key(msg, raw)
     if not msg.keys() or not (msg.get("From") or msg.get("Return-Path") or msg.get("Message-ID")):
         return Finding(key, BounceKind.IGNORED, "not an email message (no headers)")
-    base = dict(key=key, addressed_to=_addressed_to(msg), sender=_address(msg.get("From", "")),
-                subject=_text(msg.get("Subject", "")))
+    base = _Head(key, _addressed_to(msg), _address(msg.get("From", "")), _text(msg.get("Subject", "")))
     content_type = msg.get_content_type()
-    report_type = (msg.get_param("report-type") or "").lower() if content_type == "multipart/report" else ""
+    param = msg.get_param("report-type") if content_type == "multipart/report" else None
+    report_type = param.lower() if isinstance(param, str) else ""
     if report_type == "feedback-report" or _part(msg, "message/feedback-report") is not None:
         return _complaint(msg, base)
     if report_type == "delivery-status" or _part(msg, "message/delivery-status") is not None:
@@ -76,33 +91,33 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
         if finding is not None:
             return finding
     if unsubscribe_address and not _auto_submitted(msg) and any(
-            a.lower() == unsubscribe_address.lower() for a in base["addressed_to"]):
-        return Finding(**base, kind=BounceKind.UNSUBSCRIBE,
-                       reason=f"asked to unsubscribe by mail to {unsubscribe_address}")
+            a.lower() == unsubscribe_address.lower() for a in base.addressed_to):
+        return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
     finding = _nonstandard(msg, base)
     if finding is not None:
         return finding
     if _auto_submitted(msg):
-        return Finding(**base, kind=BounceKind.AUTOREPLY,
-                       reason=f"an automatic reply ({_auto_submitted(msg)}): left alone")
-    return Finding(**base, kind=BounceKind.IGNORED, reason="not a bounce, complaint or unsubscribe")
+        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({_auto_submitted(msg)}): left alone")
+    return base.finding(BounceKind.IGNORED, "not a bounce, complaint or unsubscribe")
 
 
 def severity(kind: BounceKind) -> int:
     return _WEIGHT[kind]
 
 
-def _dsn(msg: Message, base: dict[str, object]) -> Finding | None:
+def _dsn(msg: Message, base: _Head) -> Finding | None:
     """RFC 3464: one block of fields per recipient; None when it holds none (then flufl tries)."""
     failures: list[Failure] = []
     delivered = 0
     for part in msg.walk():
         if part.get_content_type() != "message/delivery-status":
             continue
-        blocks = part.get_payload()
-        if isinstance(blocks, str):  # some MTAs send it base64 or as one string
-            text = part.get_payload(decode=True) or b""
-            blocks = _header_blocks(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            blocks = [b for b in payload if isinstance(b, Message)]
+        else:  # some MTAs send it base64 or as one string
+            data = part.get_payload(decode=True)
+            blocks = _header_blocks(data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload))
         for block in blocks[1:] if len(blocks) > 1 else blocks:
             recipient = _typed_address(block.get("Original-Recipient", "")) or \
                 _typed_address(block.get("Final-Recipient", ""))
@@ -117,52 +132,47 @@ def _dsn(msg: Message, base: dict[str, object]) -> Finding | None:
             failures.append(Failure(recipient, _kind(action, status, detail), status or _status(detail), detail))
     if not failures:
         if delivered:
-            return Finding(**base, kind=BounceKind.IGNORED,  # type: ignore[arg-type]
-                           reason="a success notification (delivered/relayed), not a failure")
+            return base.finding(BounceKind.IGNORED, "a success notification (delivered/relayed), not a failure")
         return None
     kind = max((f.kind for f in failures), key=severity)
     worst = next(f for f in failures if f.kind == kind)
-    return Finding(**base, kind=kind, failures=tuple(failures),  # type: ignore[arg-type]
-                   original_message_id=_original_message_id(msg),
-                   reason=f"DSN {worst.status or 'without status'}: {worst.detail or kind.value}")
+    return base.finding(kind, f"DSN {worst.status or 'without status'}: {worst.detail or kind.value}",
+                        tuple(failures), _original_message_id(msg))
 
 
-def _complaint(msg: Message, base: dict[str, object]) -> Finding:
+def _complaint(msg: Message, base: _Head) -> Finding:
     """RFC 5965 ARF: Feedback-Type abuse/fraud/...; who complained is in the attached original."""
     report = _part(msg, "message/feedback-report")
-    fields = Message()
+    fields: Message = Message()
     if report is not None:
         payload = report.get_payload()
-        if isinstance(payload, list) and payload:
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             fields = payload[0]
-        else:
-            fields = _header_blocks(str(payload))[0] if str(payload).strip() else Message()
+        elif str(payload).strip():
+            fields = _header_blocks(str(payload))[0]
     original = _original_headers(msg)
     recipient = (_address(fields.get("Original-Rcpt-To", "")) or _address(fields.get("Removal-Recipient", ""))
                  or (_address(original.get("To", "")) if original is not None else ""))
     feedback_type = (fields.get("Feedback-Type") or "abuse").strip().lower()
     if feedback_type == "not-spam":
-        return Finding(**base, kind=BounceKind.IGNORED, reason="a not-spam feedback report")  # type: ignore[arg-type]
+        return base.finding(BounceKind.IGNORED, "a not-spam feedback report")
     agent = (fields.get("User-Agent") or "").strip()
     detail = f"{feedback_type} report" + (f" from {agent}" if agent else "")
-    addressed = tuple(base["addressed_to"])  # type: ignore[arg-type]
+    # The original's envelope sender is our VERP return path: it names the delivery.
     mail_from = _address(fields.get("Original-Mail-From", ""))
     if original is not None:
         mail_from = mail_from or _address(original.get("Return-Path", ""))
-    base = {**base, "addressed_to": addressed + ((mail_from,) if mail_from else ())}
-    return Finding(**base, kind=BounceKind.COMPLAINT,  # type: ignore[arg-type]
-                   failures=(Failure(recipient, BounceKind.COMPLAINT, "", detail),),
-                   original_message_id=_original_message_id(msg),
-                   reason=f"complaint: {detail}", extra={"feedback_type": feedback_type})
+    return base.finding(BounceKind.COMPLAINT, f"complaint: {detail}",
+                        (Failure(recipient, BounceKind.COMPLAINT, "", detail),), _original_message_id(msg),
+                        (mail_from,) if mail_from else (), {"feedback_type": feedback_type})
 
 
-def _nonstandard(msg: Message, base: dict[str, object]) -> Finding | None:
+def _nonstandard(msg: Message, base: _Head) -> Finding | None:
     """A bounce in a mail server's own words: flufl.bounce's detectors find the recipients."""
     try:
         temporary, permanent = all_failures(msg)
-    except Exception as exc:  # a detector choking on odd input must not stop the mailbox
-        return Finding(**base, kind=BounceKind.IGNORED,  # type: ignore[arg-type]
-                       reason=f"unparseable: the bounce detectors failed ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001  (a detector choking on odd input must not stop the mailbox)
+        return base.finding(BounceKind.IGNORED, f"unparseable: the bounce detectors failed ({type(exc).__name__})")
     if not temporary and not permanent:
         return None
     body = _body_text(msg)
@@ -177,9 +187,8 @@ def _nonstandard(msg: Message, base: dict[str, object]) -> Finding | None:
             failures.append(Failure(address, kind_here, status, line))
     kind = max((f.kind for f in failures), key=severity)
     worst = next(f for f in failures if f.kind == kind)
-    return Finding(**base, kind=kind, failures=tuple(failures),  # type: ignore[arg-type]
-                   original_message_id=_original_message_id(msg) or _quoted_message_id(body),
-                   reason=f"non-standard bounce: {worst.detail or kind.value}")
+    return base.finding(kind, f"non-standard bounce: {worst.detail or kind.value}", tuple(failures),
+                        _original_message_id(msg) or _quoted_message_id(body))
 
 
 def _kind(action: str, status: str, detail: str) -> BounceKind:
@@ -256,7 +265,7 @@ def _original_headers(msg: Message) -> Message | None:
         kind = part.get_content_type()
         if kind == "message/rfc822":
             payload = part.get_payload()
-            if isinstance(payload, list) and payload:
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 return payload[0]
         if kind in ("text/rfc822-headers", "message/rfc822-headers"):
             data = part.get_payload(decode=True)

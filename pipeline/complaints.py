@@ -14,7 +14,14 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from pipeline.config import BounceSettings
-from pipeline.models import BounceEvent, BounceKind, Delivery, DeliveryStatus, Issue, IssueStatus
+from pipeline.models import (
+    BounceEvent,
+    BounceKind,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+)
 
 
 @dataclass(frozen=True)

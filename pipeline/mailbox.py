@@ -12,7 +12,6 @@ from __future__ import annotations
 import imaplib
 import ipaddress
 import mailbox
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,7 +135,7 @@ class IMAPSource:
                 self.imap = imaplib.IMAP4(host, parts.port or 143, timeout=30)
             self.imap.login(user, secret)
             status, _ = self.imap.select(_quote(folder))
-        except (OSError, socket.timeout, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             raise MailboxError(f"{self.description}: cannot connect: {exc}") from None
         except imaplib.IMAP4.error as exc:
             raise MailboxError(f"{self.description}: {_text(exc)}") from None
@@ -147,11 +146,11 @@ class IMAPSource:
         status, data = self.imap.uid("SEARCH", "UNKEYWORD", PROCESSED_KEYWORD)
         if status != "OK":
             raise MailboxError(f"{self.description}: SEARCH failed: {_text(data)}")
-        for uid in (data[0] or b"").split():
+        for uid in (data[0] or b"").decode("ascii").split():
             status, fetched = self.imap.uid("FETCH", uid, "(BODY.PEEK[])")
             raw = next((item[1] for item in fetched if isinstance(item, tuple)), None)
             if status == "OK" and isinstance(raw, bytes):
-                yield uid.decode("ascii"), raw
+                yield uid, raw
 
     def done(self, handle: str) -> None:
         self.imap.uid("STORE", handle, "+FLAGS", f"(\\Seen {PROCESSED_KEYWORD})")

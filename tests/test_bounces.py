@@ -5,12 +5,11 @@ SMTP send."""
 from __future__ import annotations
 
 import mailbox
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from apscheduler.triggers.interval import IntervalTrigger
-
 import pytest
+from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -85,9 +84,10 @@ def test_the_original_message_id_is_found_in_attached_or_quoted_headers() -> Non
         assert finding.original_message_id.startswith("<fixture-"), (person, finding.original_message_id)
 
 
-def bounce_config(directory: Path, **bounces: object) -> Path:
+def bounce_config(directory: Path, database_url: str | None = None, **bounces: object) -> Path:
     values = {"enabled": True, "return_path": "bounces@essays.example.org", "mailbox": "Maildir", **bounces}
-    return write_config(directory, bounces=values, web={"base_url": "https://letters.example.org"})
+    return write_config(directory, database_url=database_url, bounces=values,
+                        web={"base_url": "https://letters.example.org"})
 
 
 def fixture_audience(settings: Settings) -> dict[str, int]:
@@ -127,8 +127,12 @@ def fill_maildir(path: Path, files: list[Path]) -> mailbox.Maildir:
     return box
 
 
-def test_a_maildir_of_reports_changes_each_subscriber_once(tmp_path: Path) -> None:
-    config = bounce_config(tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_maildir_of_reports_changes_each_subscriber_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    config = bounce_config(tmp_path, url)
     settings = load_settings(config)
     fixture_audience(settings)
     fill_maildir(tmp_path / "Maildir", sorted(FIXTURES.glob("*.eml")))
@@ -357,7 +361,7 @@ def test_end_to_end_send_bounce_process(tmp_path: Path, smtp_server: SMTPServer)
 
 # --- the scheduler and the worker ------------------------------------------------------------
 
-DUE = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)  # Monday 07:00 Berlin: week 48 is due
+DUE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # Monday 07:00 Berlin: week 48 is due
 
 
 def test_the_scheduler_reads_the_mailbox_on_its_interval(tmp_path: Path) -> None:

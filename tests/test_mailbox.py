@@ -19,8 +19,14 @@ import pytest
 from pipeline import db
 from pipeline.config import load_settings
 from pipeline.feedback import process_mailbox
-from pipeline.mailbox import MailboxError, PROCESSED_KEYWORD, open_source
-from tests.test_bounces import FIXTURES, PEOPLE, bounce_config, fixture_audience, statuses
+from pipeline.mailbox import PROCESSED_KEYWORD, MailboxError, open_source
+from tests.test_bounces import (
+    FIXTURES,
+    PEOPLE,
+    bounce_config,
+    fixture_audience,
+    statuses,
+)
 
 DOVECOT = Path("/usr/sbin/dovecot")
 PASSWORD_ENV = "NEWSLETTER_IMAP_PASSWORD"
@@ -175,9 +181,9 @@ def test_sources_refuse_what_they_cannot_read(tmp_path: Path, monkeypatch: pytes
 
 
 def test_the_cli_explains_when_bounces_are_off(tmp_path: Path) -> None:
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from pipeline.cli import cli  # noqa: PLC0415
+    from pipeline.cli import cli
 
     config = bounce_config(tmp_path, enabled=False, mailbox="")
     result = CliRunner().invoke(cli, ["--config", str(config), "bounces", "process"])
