@@ -75,7 +75,18 @@ class _Head:
 
 
 def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
-    """What `raw` is. `unsubscribe_address` is the List-Unsubscribe mailto of this list."""
+    """What `raw` is. `unsubscribe_address` is the List-Unsubscribe mailto of this list.
+
+    Never raises on bad input: a message the parser cannot make sense of is IGNORED with the
+    reason, so one broken message does not stop the mailbox."""
+    try:
+        return _classify(raw, unsubscribe_address)
+    except (ValueError, LookupError, TypeError, AttributeError, UnicodeError) as exc:
+        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        return Finding(key, BounceKind.IGNORED, f"unparseable: {type(exc).__name__}: {exc}"[:300])
+
+
+def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
     msg = message_from_bytes(raw, policy=policy.compat32)
     key = _message_key(msg, raw)
     if not msg.keys() or not (msg.get("From") or msg.get("Return-Path") or msg.get("Message-ID")):

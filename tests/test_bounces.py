@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
@@ -406,4 +409,37 @@ def test_a_high_complaint_rate_stops_the_scheduler_from_starting_the_next_issue(
         assert session.exec(select(Issue).where(Issue.key == "weekly-2026-W48")).first() is None
     relaxed = load_settings(bounce_config(tmp_path, complaint_pause_rate=0.5, complaint_warn_rate=0.001))
     assert run_due(relaxed, engine, DUE).status == "sent"  # under the limit: the week goes out
+    engine.dispose()
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_classify_never_raises_on_any_bytes(raw: bytes) -> None:
+    finding = classify(raw, UNSUBSCRIBE_TO)
+    assert finding.key and finding.reason
+
+
+@hypothesis_settings(max_examples=100, deadline=None)
+@given(st.sampled_from(sorted(EXPECTED)), st.integers(min_value=0), st.binary(min_size=1, max_size=20))
+def test_a_damaged_report_still_classifies_without_raising(name: str, at: int, junk: bytes) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    cut = at % len(raw)
+    finding = classify(raw[:cut] + junk + raw[cut + len(junk):], UNSUBSCRIBE_TO)
+    assert finding.key and finding.reason
+
+
+def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)
+    hard = (FIXTURES / "postfix.eml").read_bytes().replace(b"alice@example.net", b"erin@example.com")
+    fill_maildir(tmp_path / "Maildir", []).add(hard.replace(b"fixture-alice", b"fixture-erin"))
+    report = process_mailbox(settings, engine)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    assert report.outcomes[0].action == "" and "already complained" in report.outcomes[0].reason
+    with Session(engine) as session:
+        erin = session.exec(select(Delivery).where(Delivery.email == "erin@example.com")).one()
+        assert erin.feedback == "complaint"  # the weightier finding stays on the delivery
     engine.dispose()
