@@ -443,3 +443,8 @@ def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
         erin = session.exec(select(Delivery).where(Delivery.email == "erin@example.com")).one()
         assert erin.feedback == "complaint"  # the weightier finding stays on the delivery
     engine.dispose()
+
+
+def test_a_return_path_too_long_for_verp_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at most 20 characters"):
+        load_settings(write_config(tmp_path, bounces={"return_path": "newsletter-bounce-handling@example.org"}))
