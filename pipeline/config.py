@@ -271,10 +271,11 @@ def _bounce_settings(r: _Reader, base: Path, sender: str) -> BounceSettings:
         r.address("bounces.return_path")
     if "+" in return_path.partition("@")[0]:
         raise r.fail("bounces.return_path", "an address without '+' (VERP adds +<token>)", return_path)
-    if len(return_path.partition("@")[0]) > 20:  # + "+" + a ~42-character token: 64 at most (RFC 5321)
+    return_path = return_path or sender
+    if len(return_path.partition("@")[0]) > 20 and (enabled or r.get("bounces.return_path", "")):
+        # + "+" + a token of about 43 characters: a local part may have 64 at most (RFC 5321)
         raise r.fail("bounces.return_path", "a local part of at most 20 characters (VERP adds a "
                      "43-character token, and a local part may have 64)", return_path)
-    return_path = return_path or sender
     if enabled and not mailbox:
         raise r.fail("bounces.mailbox", "a Maildir folder, an mbox file or an imaps:// URL when enabled")
     if mailbox and not mailbox.startswith(("imap://", "imaps://")):
