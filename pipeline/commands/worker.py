@@ -30,7 +30,8 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float) -
     `schedule.enqueue = true`, hands an issue to the workers; `newsletter sends status ISSUE`
     shows its progress from any host. SIGTERM or Ctrl-C finishes and records the batch in
     flight, then exits; a second one aborts at once. A worker that dies leaves at most one
-    batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out.
+    batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out. With
+    [bounces] enabled it also reads the bounce mailbox every bounces.interval_minutes.
 
     \b
     Example:
