@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pipeline.commands import (
+    bounces,
     database,
     doctor,
     essays,
@@ -63,7 +64,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 # Each command module exposes `commands`: the groups and commands it adds at the top level.
-for module in (database, doctor, essays, feeds, issues, project, schedule, subscribers, send, web, worker):
+for module in (bounces, database, doctor, essays, feeds, issues, project, schedule, subscribers, send, web, worker):
     for command in module.commands:
         cli.add_command(command)
 

@@ -117,6 +117,38 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class BounceSettings:
+    """[bounces]: the VERP return path, the bounce mailbox, and the thresholds applied to it."""
+
+    enabled: bool
+    return_path: str  # "bounces@letters.example.org": VERP makes bounces+<token>@letters.example.org
+    mailbox: str  # a Maildir folder, an mbox file, or imap(s)://host[:port]/folder
+    imap_username: str
+    imap_password: str | None
+    soft_bounce_limit: int
+    soft_bounce_days: float
+    complaint_warn_rate: float
+    complaint_pause_rate: float
+    interval_minutes: float
+
+    @property
+    def local_part(self) -> str:
+        return self.return_path.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.return_path.rpartition("@")[2]
+
+    @property
+    def unsubscribe_address(self) -> str:
+        """Where the List-Unsubscribe mailto points: the bounce mailbox, so it is read."""
+        return f"{self.local_part}+unsubscribe@{self.domain}"
+
+
+DISABLED_BOUNCES = BounceSettings(False, "", "", "", None, 2, 30.0, 0.001, 0.003, 15.0)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything config.toml says, checked and typed; `path` is the file it came from."""
 
@@ -129,6 +161,7 @@ class Settings:
     subscribers: SubscriberSettings
     delivery: DeliverySettings
     sources: SourceSettings
+    bounces: BounceSettings = DISABLED_BOUNCES
 
     @property
     def base_dir(self) -> Path:
@@ -244,6 +277,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         first_poll_days=r.integer("sources.first_poll_days", 7, minimum=0),
         timeout_seconds=r.number("sources.timeout_seconds", 20, minimum=1),
     )
+    bounces = _bounce_settings(r, base, newsletter.sender_address)
     r.refuse_unknown_keys()
     r.raise_problems()  # every problem of the file at once, not one per run
     return Settings(
@@ -256,6 +290,44 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         subscribers=subscribers,
         delivery=delivery,
         sources=sources,
+        bounces=bounces,
+    )
+
+
+def _bounce_settings(r: _Reader, base: Path, sender: str) -> BounceSettings:
+    """[bounces] (optional: without it, or with enabled = false, nothing is read from a mailbox)."""
+    enabled = r.boolean("bounces.enabled", False)
+    return_path = r.text("bounces.return_path", "", allow_empty=True)
+    mailbox = r.text("bounces.mailbox", "", allow_empty=True)
+    if return_path:
+        r.address("bounces.return_path")
+    if "+" in return_path.partition("@")[0]:
+        r.fail("bounces.return_path", "an address without '+' (VERP adds +<token>)", return_path)
+    return_path = return_path or sender
+    if len(return_path.partition("@")[0]) > 20 and (enabled or r.get("bounces.return_path", "")):
+        # + "+" + a token of about 43 characters: a local part may have 64 at most (RFC 5321)
+        r.fail("bounces.return_path", "a local part of at most 20 characters (VERP adds a "
+               "43-character token, and a local part may have 64)", return_path)
+    if enabled and not mailbox:
+        r.fail("bounces.mailbox", "a Maildir folder, an mbox file or an imaps:// URL when enabled")
+    if mailbox and not mailbox.startswith(("imap://", "imaps://")):
+        mailbox = str(base / mailbox)
+    password_env = r.text("bounces.imap_password_env", "NEWSLETTER_IMAP_PASSWORD")
+    warn = r.number("bounces.complaint_warn_rate", 0.001, minimum=0)
+    pause = r.number("bounces.complaint_pause_rate", 0.003, minimum=0)
+    if pause and warn > pause:
+        r.fail("bounces.complaint_warn_rate", f"a rate <= complaint_pause_rate ({pause:g})", warn)
+    return BounceSettings(
+        enabled=enabled,
+        return_path=return_path,
+        mailbox=mailbox,
+        imap_username=r.text("bounces.imap_username", "", allow_empty=True),
+        imap_password=os.environ.get(password_env) or None,
+        soft_bounce_limit=r.integer("bounces.soft_bounce_limit", 2, minimum=1),
+        soft_bounce_days=r.number("bounces.soft_bounce_days", 30, minimum=0),
+        complaint_warn_rate=warn,
+        complaint_pause_rate=pause,
+        interval_minutes=r.number("bounces.interval_minutes", 15, minimum=1),
     )
 
 

@@ -33,7 +33,7 @@ from pipeline.errors import ConfigError, PermanentDeliveryError
 
 # The headers a DKIM signature covers (M14): what a forger would want to change.
 DKIM_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
-                b"list-unsubscribe", b"list-unsubscribe-post")
+                b"list-unsubscribe", b"list-unsubscribe-post", b"feedback-id")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 # Every line break str.splitlines() knows, which is what the stdlib's body encoder splits on.
@@ -156,8 +156,10 @@ def list_id(settings: Settings) -> str:
 
 
 def list_unsubscribe(settings: Settings, url: str) -> str:
-    """The one-click URL first, a mailto second (M9)."""
-    return f"<{url}>,\r\n <mailto:{settings.newsletter.sender_address}?subject=unsubscribe>"
+    """The one-click URL first, a mailto second (M9): to the bounce mailbox when one is read."""
+    mailto = (settings.bounces.unsubscribe_address if settings.bounces.enabled
+              else settings.newsletter.sender_address)
+    return f"<{url}>,\r\n <mailto:{mailto}?subject=unsubscribe>"
 
 
 def _qp(text: str) -> bytes:
@@ -237,7 +239,8 @@ def _encode_whole(text: str) -> bytes:
 class MessageFactory:
     """Encodes an issue's constant parts once; `build` makes one subscriber's bytes fast."""
 
-    def __init__(self, settings: Settings, rendered: Rendered, subject_prefix: str = "") -> None:
+    def __init__(self, settings: Settings, rendered: Rendered, subject_prefix: str = "",
+                 feedback_id: str = "") -> None:
         self.settings = settings
         self.rendered = rendered
         news = settings.newsletter
@@ -248,7 +251,9 @@ class MessageFactory:
                       f"Subject: {encode_unstructured(subject_prefix + rendered.subject)}\r\n"
                       ).encode("ascii")
         self._middle = (f"MIME-Version: 1.0\r\n"
-                        f"List-Id: {list_id(settings)}\r\n").encode("ascii")
+                        f"List-Id: {list_id(settings)}\r\n"
+                        + (f"Feedback-ID: {clean_header_text(feedback_id)}\r\n" if feedback_id else "")
+                        ).encode("ascii")
         self._tail = (f"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
                       f"Precedence: bulk\r\n"
                       f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'
@@ -375,7 +380,8 @@ def _der_int(value: int) -> bytes:
 
 
 def reference_message(settings: Settings, rendered: Rendered, recipient: _Recipient,
-                      message_id: str, date: datetime, subject_prefix: str = "") -> bytes:
+                      message_id: str, date: datetime, subject_prefix: str = "",
+                      feedback_id: str = "") -> bytes:
     """The same message built the slow, obvious way with EmailMessage (tests, benchmarks)."""
     news = settings.newsletter
     clean = _with_values(recipient, clean_header_text(recipient.name),
@@ -389,6 +395,8 @@ def reference_message(settings: Settings, rendered: Rendered, recipient: _Recipi
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id
     msg["List-Id"] = list_id(settings).replace("\r\n", "")
+    if feedback_id:
+        msg["Feedback-ID"] = feedback_id
     msg["List-Unsubscribe"] = list_unsubscribe(settings, clean.unsubscribe_url).replace("\r\n", "")
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["Precedence"] = "bulk"

@@ -143,3 +143,44 @@ class FeedEntry(SQLModel, table=True):
     essay_id: int | None = Field(default=None, foreign_key="essay.id", index=True)
     skipped_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     first_seen_at: datetime = Field(default_factory=utcnow)
+    # What the bounce mailbox said later about this delivery (a DSN, a complaint): the status
+    # stays "sent" (it was), these say what became of it.
+    feedback: str | None = Field(default=None, max_length=16, index=True)  # BounceKind value
+    feedback_status: str | None = Field(default=None, max_length=16)  # the DSN's "5.1.1"
+    feedback_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    feedback_at: datetime | None = None
+
+
+class BounceKind(StrEnum):
+    HARD = "hard"  # 5.x.x: the address does not exist
+    SOFT = "soft"  # 4.x.x, mailbox full, delayed: counted
+    COMPLAINT = "complaint"  # ARF feedback report: marked as spam
+    UNSUBSCRIBE = "unsubscribe"  # a mail to the List-Unsubscribe mailto address
+    AUTOREPLY = "autoreply"  # out of office, RFC 3834: left alone
+    IGNORED = "ignored"  # unparseable, or nobody we know: left alone
+
+
+class BounceEvent(SQLModel, table=True):
+    """One finding of the bounce mailbox: a subscriber's bounce/complaint history."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16, index=True)
+    email: str = Field(default="", max_length=320)  # the failed recipient the report names
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+    delivery_id: int | None = Field(default=None, foreign_key="delivery.id", index=True)
+    status: str = Field(default="", max_length=16)  # the DSN's Status, e.g. "5.1.1"
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    matched_by: str = Field(default="", max_length=16)  # verp, message-id, recipient, from
+    report_key: str = Field(max_length=250, index=True)  # the report message's Message-ID
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ProcessedMessage(SQLModel, table=True):
+    """A message of the bounce mailbox already handled: re-reading the mailbox changes nothing."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True, index=True)  # Message-ID, or a hash of the bytes
+    kind: str = Field(max_length=16)
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    processed_at: datetime = Field(default_factory=utcnow)

@@ -29,6 +29,7 @@ from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
+from pipeline.returnpath import feedback_id, return_path
 from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_issue, sample_recipient
 from pipeline.transports import Transport, is_hard_bounce, make_transport
 from subscribers.consent import find as find_subscriber, mark_bounced
@@ -224,7 +225,7 @@ def _deliver(settings: Settings, engine: Engine, issue: Issue, rendered: Rendere
              progress: Callable[[Report], None] | None, clock: Callable[[], datetime]) -> None:
     """One sender per connection, each claiming, sending and recording its own batches (so at
     most one batch per connection is ever in flight) until nothing is due or the run stops."""
-    run = _Run(settings, engine, issue, report, MessageFactory(settings, rendered),
+    run = _Run(settings, engine, issue, report, MessageFactory(settings, rendered, feedback_id=feedback_id(settings, issue)),
                load_secret(settings.base_dir), transport_factory or (lambda: make_transport(settings, issue.key)),
                stop or threading.Event(), progress, clock)
     senders = [threading.Thread(target=run.sender, name=f"sender-{n}", daemon=True)
@@ -317,7 +318,7 @@ class _Run:
         try:
             raw = personal_copy(None, self.settings, self.secret, self.issue, row, factory=self.factory,
                                 message_id=row.message_id, date=self.clock())
-            transport.send(self.settings.newsletter.sender_address, ascii_address(row.email), raw)
+            transport.send(return_path(self.settings, self.secret, row.id), ascii_address(row.email), raw)
         except TransportUnavailable as exc:
             self._pause(f"{exc}. Nothing was lost: the deliveries not attempted are still owed; fix the "
                         f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
@@ -398,7 +399,7 @@ def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> Non
 def _dry_run(session: Session, settings: Settings, issue: Issue, rendered: RenderedIssue,
              report: Report, now: datetime) -> None:
     """Everything but the transport: every owed message is built; nothing is written."""
-    factory = MessageFactory(settings, rendered)
+    factory = MessageFactory(settings, rendered, feedback_id=feedback_id(settings, issue))
     secret = load_secret(settings.base_dir)
     if issue.status == IssueStatus.SENDING.value:
         owed = ledger.owed(session, issue.id or 0)
@@ -435,7 +436,8 @@ def personal_copy(
     if factory is None:
         if session is None:
             raise ValueError("personal_copy needs a session or a prepared factory")
-        factory = MessageFactory(settings, rendered_issue(session, settings, issue), subject_prefix)
+        factory = MessageFactory(settings, rendered_issue(session, settings, issue), subject_prefix,
+                                 feedback_id(settings, issue))
     if subscriber is None:
         recipient = sample_recipient(settings)
     else:
@@ -454,7 +456,8 @@ def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,
         target = find_issue(session, issue)
         address = ascii_address(to)
         subscriber = find_subscriber(session, to)
-        factory = MessageFactory(settings, rendered_issue(session, settings, target), "[TEST] ")
+        factory = MessageFactory(settings, rendered_issue(session, settings, target), "[TEST] ",
+                                 feedback_id(settings, target))
         who = subscriber or ledger.Claimed(0, 0, to.strip(), "", "", 0)  # not a subscriber
         raw = personal_copy(session, settings, secret, target, who, factory=factory)
     transport = transport or make_transport(settings, f"test-{target.key}")

@@ -21,12 +21,15 @@ from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from pipeline import gate, issues, leases, polling, publish
+from pipeline.complaints import scheduled_sending_paused
+from pipeline.feedback import read_bounces
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.confirmations import send_queued
 from pipeline.db import session_scope
@@ -49,6 +52,7 @@ from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.schedule")
 JOB_ID = "weekly-digest"
+BOUNCE_JOB_ID = "bounce-mailbox"
 # After a run that left deliveries owed or failed, the scheduler looks again this much later.
 FOLLOW_UP_MINUTES = 10
 Clock = Callable[[], datetime]
@@ -98,6 +102,11 @@ def run_due(
                     session.flush()
                     return _outcome(settings, session, action, period, issue, now)
                 if action is Action.COMPOSE:
+                    paused = scheduled_sending_paused(session, settings.bounces)
+                    if paused:  # too many complaints: a person must look before the next issue
+                        outcome = _outcome(settings, session, Action.NOT_DUE, period, issue, now)
+                        outcome.message = f"{period.key} not started: {paused}"
+                        return outcome
                     issue = _compose(session, settings, period, now)
                     if issue.status in FINISHED:  # skipped (nothing unsent), or a rival finished
                         action = Action.DONE if issue.status != "skipped" else Action.COMPOSE
@@ -296,6 +305,10 @@ def make_scheduler(
                     event.scheduled_run_time)
 
     scheduler.add_job(job, make_trigger(schedule), id=JOB_ID, name="weekly digest")
+    if settings.bounces.enabled:
+        scheduler.add_job(lambda: read_bounces(settings, engine),
+                          IntervalTrigger(minutes=settings.bounces.interval_minutes),
+                          id=BOUNCE_JOB_ID, name="bounce mailbox")
     scheduler.add_listener(missed, EVENT_JOB_MISSED)
     return scheduler
 

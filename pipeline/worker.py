@@ -28,6 +28,7 @@ from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError
 from pipeline.models import Issue, IssueStatus
 from pipeline.publish import Report, publish
+from pipeline.feedback import read_bounces
 from pipeline.transports import Transport
 from subscribers.model import utcnow
 
@@ -104,8 +105,12 @@ def run_worker(
     stop = stop or threading.Event()
     stats = WorkerStats()
     resume_at: dict[int, float] = {}  # issue id -> monotonic time it may be tried again
+    bounces_due = time.monotonic()  # the bounce mailbox is read first, then every interval
     while not stop.is_set():
         stats.rounds += 1
+        if settings.bounces.enabled and time.monotonic() >= bounces_due:
+            read_bounces(settings, engine)
+            bounces_due = time.monotonic() + settings.bounces.interval_minutes * 60
         try:
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,

@@ -283,11 +283,13 @@ def confirmation_email(
 
 
 def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus) -> bool:
-    """Record an opt-out; a bounce or complaint outranks an unsubscribe. False when no change."""
+    """Record an opt-out; a complaint outranks a bounce, both outrank an unsubscribe. False when no change."""
     if subscriber.status == status.value or subscriber.status == SubscriberStatus.REMOVED:
         return False
     if status == SubscriberStatus.UNSUBSCRIBED and subscriber.status in OPTED_OUT:
         return False  # bounced or complained: already off the list, keep the stronger reason
+    if status == SubscriberStatus.BOUNCED and subscriber.status == SubscriberStatus.COMPLAINED:
+        return False  # a later bounce must not wash out a spam complaint (the sender's reputation)
     now = utcnow()
     subscriber.status, subscriber.updated_at = status.value, now
     if subscriber.unsubscribed_at is None or status == SubscriberStatus.UNSUBSCRIBED:

@@ -29,7 +29,11 @@ from subscribers.errors import BadToken, ExpiredToken, SubscriberError
 
 UNSUBSCRIBE = "unsubscribe"
 CONFIRM = "confirm"
-PURPOSES = (UNSUBSCRIBE, CONFIRM)
+# A bounce token names a delivery row (not a subscriber): it is the VERP part of the envelope
+# sender, so a bounce that quotes nothing else still says which issue went to whom.
+BOUNCE = "bounce"
+PURPOSES = (UNSUBSCRIBE, CONFIRM, BOUNCE)
+UNTIMED = (UNSUBSCRIBE, BOUNCE)
 # A week to follow a confirmation link: long enough for a holiday, short enough that a link
 # forwarded or leaked months later no longer signs somebody up.
 CONFIRM_MAX_AGE = 7 * 24 * 3600
@@ -49,7 +53,7 @@ def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
         raise ValueError(f"unknown token purpose {purpose!r}; expected one of {PURPOSES}")
     if not secret:
         raise SubscriberError("the token-signing secret is empty")
-    if purpose == UNSUBSCRIBE:
+    if purpose in UNTIMED:
         return URLSafeSerializer(secret, salt=_SALT_PREFIX + purpose)
     return URLSafeTimedSerializer(secret, salt=_SALT_PREFIX + purpose)
 
@@ -58,8 +62,8 @@ def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
     """A URL-safe token that says "subscriber `subscriber_id`, for `purpose`", signed with `secret`."""
     if not isinstance(subscriber_id, int) or subscriber_id <= 0:
         raise ValueError(f"a subscriber id is a positive integer, got {subscriber_id!r}")
-    if purpose == UNSUBSCRIBE and subscriber_id < _PLAIN_PAYLOAD_BELOW:
-        return _unsubscribe_signer(secret)(subscriber_id)
+    if purpose in UNTIMED and subscriber_id < _PLAIN_PAYLOAD_BELOW:
+        return _untimed_signer(secret, purpose)(subscriber_id)
     if purpose == CONFIRM:
         micros = (datetime.now(timezone.utc) - _EPOCH) // _MICROSECOND  # exact, unlike a float
         return str(_serializer(secret, purpose).dumps([subscriber_id, micros]))
@@ -68,11 +72,11 @@ def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _unsubscribe_signer(secret: str) -> Callable[[int], str]:
-    """Unsubscribe tokens the way URLSafeSerializer.dumps makes them, byte for byte, but with the
+def _untimed_signer(secret: str, purpose: str) -> Callable[[int], str]:
+    """Unsubscribe (and bounce) tokens the way URLSafeSerializer.dumps makes them, byte for byte, but with the
     key derived and the HMAC keyed once per secret: a send makes one token per message, and
     itsdangerous builds a serializer, a signer and a derived key for every one (~14 us)."""
-    serializer = _serializer(secret, UNSUBSCRIBE)
+    serializer = _serializer(secret, purpose)
     signer = serializer.make_signer()
     keyed = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
     separator = signer.sep
@@ -96,7 +100,7 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     `max_age` (seconds) defaults to CONFIRM_MAX_AGE for confirm tokens; unsubscribe tokens
     have no time in them and never expire.
     """
-    if purpose == UNSUBSCRIBE:
+    if purpose in UNTIMED:
         try:
             value = _serializer(secret, purpose).loads(token)
         except BadSignature:

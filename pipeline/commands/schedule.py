@@ -55,7 +55,9 @@ def run(app: App) -> None:
 
     At start it catches up: a digest that is due and not sent yet goes out now if it is
     still within grace_hours. Then it sleeps until the next scheduled time. A stop signal
-    lets a running send finish its work first.
+    lets a running send finish its work first. With [bounces] enabled it also reads the
+    bounce mailbox every bounces.interval_minutes, and does not start a new issue while the
+    last one's complaint rate is above bounces.complaint_pause_rate.
 
     \b
     Example:

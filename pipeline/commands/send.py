@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from pipeline import leases, ledger
+from pipeline.complaints import issue_feedback
 from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
@@ -123,11 +124,17 @@ def status(app: App, issue: str, as_json: bool) -> None:
         counts = ledger.counts(session, target.id or 0)
         next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
         holders = leases.in_flight(session, target.id or 0)
+        feedback = issue_feedback(session, target.id or 0)
+    verdict, why = feedback.verdict(app.settings.bounces)
     if as_json:
         print_json({"issue": target.key, "status": target.status, "counts": counts,
                     "next_retry_at": next_retry,
                     "in_flight": [{"holder": h.holder, "count": h.count, "lease_until": h.lease_until}
-                                  for h in holders]})
+                                  for h in holders],
+                    "feedback": {"bounced": feedback.bounced, "soft_bounced": feedback.soft,
+                                 "complained": feedback.complained,
+                                 "complaint_rate": feedback.complaint_rate,
+                                 "complaint_verdict": verdict, "explanation": why}})
         return
     # The key above the table, not as its title: a title wraps to the narrow table's width.
     app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
@@ -137,7 +144,13 @@ def status(app: App, issue: str, as_json: bool) -> None:
     for name, count in counts.items():
         table.add_row(name, str(count))
     table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
+    for name, count in (("bounced after sending", feedback.bounced), ("soft bounces", feedback.soft),
+                        ("complained", feedback.complained)):
+        table.add_row(name, str(count))
     app.console.print(table)
+    colour = {"ok": "", "warn": "[yellow]Warning:[/] ", "pause": "[bold red]Paused:[/] "}[verdict]
+    if feedback.complained or verdict != "ok":
+        app.console.print(colour + escape(why[0].upper() + why[1:]), soft_wrap=True)
     if next_retry:
         app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
     if holders:
@@ -166,17 +179,19 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
         counts = ledger.counts(session, target.id or 0)
     total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
-              "last_error", "message_id", "next_attempt_at", "sent_at", "holder")
+              "last_error", "message_id", "next_attempt_at", "sent_at", "holder", "feedback",
+              "feedback_status", "feedback_detail", "feedback_at")
     if as_json:
         print_json([{f: getattr(row, f) for f in fields} for row in found])
         return
     table = Table(title=f"{target.key}: {len(found)} deliveries" + (f" ({wanted})" if wanted else ""))
-    for column in ("email", "status", "attempts", "code", "last error / sent at"):
+    for column in ("email", "status", "attempts", "code", "last error / sent at", "later"):
         table.add_column(column)
     for row in found:
         note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
+        later = " ".join(filter(None, (row.feedback, row.feedback_status)))  # the bounce mailbox's word
         table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
-                      escape(note))
+                      escape(note), escape(later))
     app.console.print(table)
     if len(found) < total:
         app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")

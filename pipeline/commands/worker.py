@@ -36,6 +36,7 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float, f
     batch, which becomes `unknown` when its lease (delivery.lease_seconds) runs out. Over
     SMTP an issue whose message fails a MUST check of the email checklist is not sent (the
     reasons are logged) unless --force.
+    With [bounces] enabled it also reads the bounce mailbox every bounces.interval_minutes.
 
     \b
     Example:

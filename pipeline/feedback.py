@@ -1,0 +1,228 @@
+"""Process the bounce mailbox: classify each message, match it to a delivery, record it, apply consent.
+
+The story (`process_mailbox`): open the source; for each message not processed before, classify
+it (pipeline/bounces.py), find the delivery it is about (the signed VERP return path first, then
+the quoted Message-ID, then the failed recipient's address), change the subscriber's status
+through subscribers/consent.py (hard bounce and complaint at once, soft bounces once
+`soft_bounce_limit` of them fall within `soft_bounce_days`, an emailed unsubscribe like the
+one-click link), and record the finding on the delivery row, in the bounce history and as a
+processed message, in one transaction. The status change comes first and is idempotent, so a
+crash in between repeats it harmlessly on the next run; the processed record makes a re-run
+change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from pipeline.bounces import Failure, Finding, classify, severity
+from pipeline.config import Settings
+from pipeline.errors import NewsletterError
+from pipeline.mailbox import Source, open_source
+from pipeline.models import BounceEvent, BounceKind, Delivery, ProcessedMessage
+from pipeline.returnpath import delivery_id_of
+from subscribers import consent
+from subscribers.model import Subscriber, utcnow
+from subscribers.tokens import load_secret
+
+log = logging.getLogger("newsletter.bounces")
+
+
+@dataclass
+class Outcome:
+    """What processing did with one mailbox message (one row of the table the CLI prints)."""
+
+    key: str
+    kind: str
+    email: str = ""
+    issue_id: int | None = None
+    matched_by: str = ""
+    action: str = ""  # what changed: "bounced", "complained", "unsubscribed", "counted", ""
+    reason: str = ""
+
+
+@dataclass
+class MailboxReport:
+    source: str = ""
+    dry_run: bool = False
+    outcomes: list[Outcome] = field(default_factory=list)
+    already: int = 0  # messages processed by an earlier run
+
+    def counts(self) -> dict[str, int]:
+        found = {kind.value: 0 for kind in BounceKind}
+        for outcome in self.outcomes:
+            found[outcome.kind] += 1
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "dry_run": self.dry_run, "already_processed": self.already,
+                "counts": self.counts(), "messages": [o.__dict__ for o in self.outcomes]}
+
+
+def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False,
+                    location: str | None = None, source: Source | None = None,
+                    now: datetime | None = None) -> MailboxReport:
+    """Process every new message of the bounce mailbox; `dry_run` reads and writes nothing."""
+    secret = load_secret(settings.base_dir)
+    source = source or open_source(settings.bounces, location)
+    report = MailboxReport(source=source.description, dry_run=dry_run)
+    try:
+        for handle, raw in source.messages():
+            finding = classify(raw, settings.bounces.unsubscribe_address if settings.bounces.enabled else "")
+            with Session(engine, expire_on_commit=False) as session:
+                if _processed(session, finding.key):
+                    report.already += 1
+                    if not dry_run:
+                        source.done(handle)
+                    continue
+                report.outcomes.extend(apply(session, settings, secret, finding, dry_run, now or utcnow()))
+            if not dry_run:
+                source.done(handle)
+    finally:
+        source.close()
+    return report
+
+
+def read_bounces(settings: Settings, engine: Engine) -> None:
+    """The bounce mailbox, once (the interval job of the scheduler and the worker): logs, never raises
+    a NewsletterError (an unreachable mailbox must not stop the digest)."""
+    try:
+        report = process_mailbox(settings, engine)
+    except NewsletterError as exc:
+        log.error("bounce mailbox: %s; trying again in %g minutes", exc, settings.bounces.interval_minutes)
+        return
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
+    if counts:
+        log.info("bounce mailbox %s: %s", report.source, counts)
+
+
+def apply(session: Session, settings: Settings, secret: str, finding: Finding, dry_run: bool,
+          now: datetime) -> list[Outcome]:
+    """Match `finding`, change statuses and record it (nothing written when `dry_run`)."""
+    outcomes: list[Outcome] = []
+    events: list[BounceEvent] = []
+    if finding.kind == BounceKind.UNSUBSCRIBE:
+        subscriber = consent.find(session, finding.sender) if finding.sender else None
+        outcome = Outcome(finding.key, finding.kind.value, finding.sender, matched_by="from",
+                          reason=finding.reason)
+        if subscriber is None:
+            outcome.reason = f"{finding.sender or 'the sender'} is not a subscriber: nothing to do"
+        else:
+            changed = dry_run and subscriber.status not in ("unsubscribed", "bounced", "complained", "removed")
+            if not dry_run:
+                changed = consent.unsubscribe(session, subscriber.email)
+            outcome.action = "unsubscribed" if changed else ""
+            if not changed:
+                outcome.reason = f"already {subscriber.status}"
+            events.append(_event(finding, Failure(finding.sender, BounceKind.UNSUBSCRIBE), subscriber.id,
+                                 None, "from", now))
+        outcomes.append(outcome)
+    elif finding.failures:
+        for failure in finding.failures:
+            outcome, event = _apply_failure(session, settings, secret, finding, failure, dry_run, now)
+            outcomes.append(outcome)
+            events.append(event)
+    else:
+        outcomes.append(Outcome(finding.key, finding.kind.value, finding.sender, reason=finding.reason))
+    if not dry_run:
+        session.add_all(events)
+        session.add(ProcessedMessage(key=finding.key, kind=finding.kind.value,
+                                     note=finding.reason[:2000], processed_at=now))
+        session.commit()
+    return outcomes
+
+
+def _apply_failure(session: Session, settings: Settings, secret: str, finding: Finding, failure: Failure,
+                   dry_run: bool, now: datetime) -> tuple[Outcome, BounceEvent]:
+    delivery, matched_by = _match(session, settings, secret, finding, failure)
+    email = delivery.email if delivery is not None else failure.recipient
+    subscriber_id = delivery.subscriber_id if delivery is not None else None
+    outcome = Outcome(finding.key, failure.kind.value, email or failure.recipient,
+                      delivery.issue_id if delivery else None, matched_by,
+                      reason=" ".join(filter(None, (failure.status, failure.detail))) or finding.reason)
+    event = _event(finding, failure, subscriber_id, delivery, matched_by, now)
+    if delivery is None or subscriber_id is None:
+        outcome.reason = f"no delivery matches {failure.recipient or 'this report'}: recorded, nothing changed"
+        return outcome, event
+    subscriber = session.get(Subscriber, subscriber_id)
+    status = subscriber.status if subscriber is not None else "removed"
+    if failure.kind == BounceKind.SOFT:
+        since = now - timedelta(days=settings.bounces.soft_bounce_days)
+        earlier = int(session.exec(select(func.count()).select_from(BounceEvent).where(
+            BounceEvent.subscriber_id == subscriber_id, BounceEvent.kind == BounceKind.SOFT.value,
+            col(BounceEvent.created_at) >= since)).one())
+        limit = settings.bounces.soft_bounce_limit
+        outcome.action = "counted"
+        outcome.reason = f"soft bounce {earlier + 1} of {limit} in {settings.bounces.soft_bounce_days:g} days: {outcome.reason}"
+        if earlier + 1 >= limit:
+            outcome.action = _change(session, subscriber_id, status, BounceKind.HARD, dry_run) or "counted"
+    else:
+        outcome.action = _change(session, subscriber_id, status, failure.kind, dry_run)
+        if not outcome.action:
+            outcome.reason = f"already {status}; {outcome.reason}"
+    if not dry_run:
+        _mark_delivery(delivery, failure, now)
+        session.add(delivery)
+    return outcome, event
+
+
+def _change(session: Session, subscriber_id: int, status: str, kind: BounceKind, dry_run: bool) -> str:
+    """Bounced or complained, through the consent rules; "" when that changed nothing."""
+    target = "complained" if kind == BounceKind.COMPLAINT else "bounced"
+    if dry_run:
+        stronger = {"complained": ("complained", "removed"), "bounced": ("bounced", "complained", "removed")}
+        return "" if status in stronger[target] else target
+    mark = consent.mark_complained if kind == BounceKind.COMPLAINT else consent.mark_bounced
+    return target if mark(session, subscriber_id) else ""
+
+
+def _match(session: Session, settings: Settings, secret: str, finding: Finding,
+           failure: Failure) -> tuple[Delivery | None, str]:
+    """The delivery a failure is about: by VERP, by the quoted Message-ID, by the recipient."""
+    for address in finding.addressed_to:
+        delivery_id = delivery_id_of(settings, secret, address)
+        if delivery_id is not None:
+            found = session.get(Delivery, delivery_id)
+            if found is not None:
+                return found, "verp"
+    if finding.original_message_id:
+        found = session.exec(select(Delivery).where(Delivery.message_id == finding.original_message_id)).first()
+        if found is not None:
+            return found, "message-id"
+    if failure.recipient:
+        subscriber = consent.find(session, failure.recipient)
+        if subscriber is not None:
+            found = session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber.id)
+                                 .order_by(col(Delivery.sent_at).desc(), col(Delivery.id).desc())).first()
+            if found is not None:
+                return found, "recipient"
+    return None, ""
+
+
+def _mark_delivery(delivery: Delivery, failure: Failure, now: datetime) -> None:
+    """The delivery keeps the weightiest thing said about it (a complaint outranks a bounce)."""
+    current = BounceKind(delivery.feedback) if delivery.feedback else None
+    if current is not None and severity(current) > severity(failure.kind):
+        return
+    delivery.feedback, delivery.feedback_status = failure.kind.value, failure.status[:16] or None
+    delivery.feedback_detail, delivery.feedback_at = failure.detail or None, now
+
+
+def _event(finding: Finding, failure: Failure, subscriber_id: int | None, delivery: Delivery | None,
+           matched_by: str, now: datetime) -> BounceEvent:
+    return BounceEvent(kind=failure.kind.value, email=(failure.recipient or "")[:320],
+                       subscriber_id=subscriber_id, issue_id=delivery.issue_id if delivery else None,
+                       delivery_id=delivery.id if delivery else None, status=failure.status[:16],
+                       detail=failure.detail or finding.reason, matched_by=matched_by,
+                       report_key=finding.key[:250], created_at=now)
+
+
+def _processed(session: Session, key: str) -> bool:
+    return session.exec(select(ProcessedMessage.id).where(ProcessedMessage.key == key)).first() is not None

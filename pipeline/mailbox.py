@@ -1,0 +1,184 @@
+"""Read the bounce mailbox: a Maildir folder, an mbox file or an IMAP folder, one message at a time.
+
+A source yields (handle, raw bytes) for every message not handled yet and is told `done(handle)`
+once a message's finding is recorded: a Maildir message then moves to the `.Processed` folder
+beside it, an IMAP message gets the \\Seen flag and the `NewsletterProcessed` keyword. An mbox
+file is never rewritten (another program may be appending to it): its messages are skipped
+by the Message-IDs recorded in the database. imaplib enters the project only here.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import ipaddress
+import mailbox
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from pipeline.config import BounceSettings
+from pipeline.errors import NewsletterError
+
+PROCESSED_FOLDER = "Processed"
+PROCESSED_KEYWORD = "NewsletterProcessed"
+
+
+class MailboxError(NewsletterError):
+    """The bounce mailbox cannot be opened or read."""
+
+
+class Source(Protocol):
+    """Messages of one mailbox; `done` marks one handled so the next run does not read it."""
+
+    description: str
+
+    def messages(self) -> Iterator[tuple[str, bytes]]: ...
+
+    def done(self, handle: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_source(bounces: BounceSettings, location: str | None = None) -> Source:
+    """The source `location` (default: bounces.mailbox) names: imap(s):// URL, folder or file."""
+    where = location or bounces.mailbox
+    if not where:
+        raise MailboxError("no bounce mailbox: set bounces.mailbox in config.toml or pass --mailbox")
+    if where.startswith(("imap://", "imaps://")):
+        return IMAPSource(where, bounces.imap_username, bounces.imap_password)
+    path = Path(where)
+    if path.is_dir():
+        if not (path / "cur").is_dir() or not (path / "new").is_dir():
+            raise MailboxError(f"{path} is a folder but not a Maildir (it has no cur/ and new/)")
+        return MaildirSource(path)
+    if path.is_file():
+        return MboxSource(path)
+    raise MailboxError(f"{path}: no such Maildir folder or mbox file")
+
+
+class MaildirSource:
+    """A Maildir; handled messages move to its `.Processed` subfolder (Maildir++)."""
+
+    def __init__(self, path: Path) -> None:
+        self.description = f"Maildir {path}"
+        self.box = mailbox.Maildir(path, factory=None, create=False)
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        for key in sorted(self.box.keys()):
+            try:
+                yield key, self.box.get_bytes(key)
+            except (KeyError, FileNotFoundError):  # taken by another reader meanwhile
+                continue
+
+    def done(self, handle: str) -> None:
+        folder = self.box.add_folder(PROCESSED_FOLDER)
+        try:
+            message = self.box.get_message(handle)
+        except (KeyError, FileNotFoundError):
+            return
+        message.set_subdir("cur")
+        message.add_flag("S")
+        folder.add(message)
+        self.box.discard(handle)
+
+    def close(self) -> None:
+        self.box.close()
+
+
+class MboxSource:
+    """An mbox file, read and never rewritten."""
+
+    def __init__(self, path: Path) -> None:
+        self.description = f"mbox {path}"
+        self.box = mailbox.mbox(path, factory=None, create=False)
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        try:
+            keys = list(self.box.keys())
+        except (OSError, mailbox.Error) as exc:
+            raise MailboxError(f"{self.description}: cannot read: {exc}") from None
+        for key in keys:
+            yield str(key), self.box.get_bytes(key)
+
+    def done(self, handle: str) -> None:
+        pass  # the recorded Message-ID is the mark (see the module docstring)
+
+    def close(self) -> None:
+        self.box.close()
+
+
+class IMAPSource:
+    """An IMAP folder: imaps:// over TLS, or imap:// to a loopback port only (no password in clear)."""
+
+    def __init__(self, url: str, username: str, password: str | None) -> None:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        folder = unquote(parts.path.lstrip("/")) or "INBOX"
+        self.description = f"IMAP {parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}/{folder}"
+        if not host:
+            raise MailboxError(f"bounces.mailbox: {url!r} names no host")
+        if parts.scheme == "imap" and not _is_loopback(host):
+            raise MailboxError(f"bounces.mailbox: imap:// (no TLS) is only for a local port; use imaps://{host}")
+        user = unquote(parts.username or "") or username
+        secret = unquote(parts.password or "") if parts.password else password
+        if not user or secret is None:
+            raise MailboxError(f"{self.description}: set bounces.imap_username and the password's "
+                               f"environment variable (bounces.imap_password_env)")
+        try:
+            if parts.scheme == "imaps":
+                self.imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, parts.port or 993,
+                                                             ssl_context=ssl.create_default_context(),
+                                                             timeout=30)
+            else:
+                self.imap = imaplib.IMAP4(host, parts.port or 143, timeout=30)
+            self.imap.login(user, secret)
+            status, _ = self.imap.select(_quote(folder))
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            raise MailboxError(f"{self.description}: cannot connect: {exc}") from None
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError(f"{self.description}: {_text(exc)}") from None
+        if status != "OK":
+            raise MailboxError(f"{self.description}: no such folder {folder!r}")
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        status, data = self.imap.uid("SEARCH", "UNKEYWORD", PROCESSED_KEYWORD)
+        if status != "OK":
+            raise MailboxError(f"{self.description}: SEARCH failed: {_text(data)}")
+        for uid in (data[0] or b"").decode("ascii").split():
+            status, fetched = self.imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            raw = next((item[1] for item in fetched if isinstance(item, tuple)), None)
+            if status == "OK" and isinstance(raw, bytes):
+                yield uid, raw
+
+    def done(self, handle: str) -> None:
+        self.imap.uid("STORE", handle, "+FLAGS", f"(\\Seen {PROCESSED_KEYWORD})")
+
+    def close(self) -> None:
+        try:
+            self.imap.close()
+            self.imap.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(_text(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

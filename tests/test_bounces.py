@@ -1,0 +1,450 @@
+"""Bounces, complaints and emailed unsubscribes: classified from real-shaped reports, matched to
+deliveries, applied through the consent rules, once, from a Maildir and an mbox and after a real
+SMTP send."""
+
+from __future__ import annotations
+
+import mailbox
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from apscheduler.triggers.interval import IntervalTrigger
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+
+from pipeline import db
+from pipeline.bounces import classify
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ConfigError
+from pipeline.feedback import process_mailbox
+from pipeline.models import BounceEvent, Delivery, Issue, ProcessedMessage
+from pipeline.publish import publish
+from pipeline.returnpath import delivery_id_of
+from pipeline.schedule import BOUNCE_JOB_ID, make_scheduler, run_due
+from pipeline.transports import MemoryTransport
+from pipeline.worker import run_worker
+from subscribers import consent
+from subscribers.errors import ConsentError
+from subscribers.model import Subscriber
+from subscribers.tokens import load_secret
+from tests.conftest import CLI, SMTPServer, write_config
+from tests.digest_fixtures import add_essays, make_essay
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
+UNSUBSCRIBE_TO = "bounces+unsubscribe@essays.example.org"
+
+# fixture -> (kind, failed recipient, DSN status); what a person reading the report would say.
+EXPECTED = {
+    "postfix.eml": ("hard", "alice@example.net", "5.1.1"),
+    "postfix_delayed.eml": ("soft", "grace@example.net", "4.4.1"),
+    "exim.eml": ("hard", "bob@example.com", "5.1.1"),
+    "exchange.eml": ("hard", "carol@contoso.example", "5.1.10"),
+    "gmail.eml": ("soft", "dan@gmail.example", "5.2.2"),  # mailbox full: a soft bounce
+    "yahoo.eml": ("hard", "heidi@yahoo.example", ""),
+    "ses.eml": ("hard", "ivan@example.org", "5.1.1"),
+    "qmail.eml": ("hard", "judy@example.net", "5.1.1"),
+    "rfc822_headers_only.eml": ("hard", "staff-dave@mx.internal.example", "5.1.1"),
+    "arf_complaint.eml": ("complaint", "erin@example.com", ""),
+    "out_of_office.eml": ("autoreply", None, None),
+    "mailto_unsubscribe.eml": ("unsubscribe", None, None),
+    "garbage.eml": ("ignored", None, None),
+}
+# Who each fixture is about, and the status they must end with after one pass.
+PEOPLE = {
+    "alice@example.net": "bounced", "grace@example.net": "active", "bob@example.com": "bounced",
+    "carol@contoso.example": "bounced", "dan@gmail.example": "active", "heidi@yahoo.example": "bounced",
+    "ivan@example.org": "bounced", "judy@example.net": "bounced", "dave@example.org": "bounced",
+    "erin@example.com": "complained", "frank@example.org": "unsubscribed", "kim@example.org": "active",
+}
+
+
+def test_every_fixture_is_in_the_table() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.eml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_report_is_classified_as_a_reader_would(name: str) -> None:
+    kind, recipient, status = EXPECTED[name]
+    finding = classify((FIXTURES / name).read_bytes(), UNSUBSCRIBE_TO)
+    assert finding.kind.value == kind, finding.reason
+    if recipient is not None:
+        assert [(f.recipient, f.status) for f in finding.failures] == [(recipient, status)]
+        assert finding.failures[0].detail  # the server's own words are kept
+    assert finding.reason
+
+
+def test_the_original_message_id_is_found_in_attached_or_quoted_headers() -> None:
+    for name in ("postfix.eml", "exchange.eml", "rfc822_headers_only.eml", "qmail.eml", "exim.eml",
+                 "arf_complaint.eml"):
+        person = name.split("_")[0]
+        finding = classify((FIXTURES / name).read_bytes(), UNSUBSCRIBE_TO)
+        assert finding.original_message_id.startswith("<fixture-"), (person, finding.original_message_id)
+
+
+def bounce_config(directory: Path, database_url: str | None = None, **bounces: object) -> Path:
+    values = {"enabled": True, "return_path": "bounces@essays.example.org", "mailbox": "Maildir", **bounces}
+    return write_config(directory, database_url=database_url, bounces=values,
+                        web={"base_url": "https://letters.example.org"})
+
+
+def fixture_audience(settings: Settings) -> dict[str, int]:
+    """Everyone the fixtures are about, sent one issue (in memory), each delivery carrying the
+    Message-ID its fixture quotes: {email: delivery id}."""
+    engine = db.connect(settings.database.url)
+    with Session(engine, expire_on_commit=False) as session:
+        add_essays(session, make_essay(1))
+        for email in PEOPLE:
+            consent.add(session, email)
+    report = publish(settings, engine, latest=True, transport_factory=MemoryTransport)
+    assert report.sent == len(PEOPLE)
+    ids = {}
+    with Session(engine) as session:
+        for row in session.exec(select(Delivery)).all():
+            name = row.email.split("@")[0]
+            session.execute(update(Delivery).where(Delivery.id == row.id)
+                            .values(message_id=f"<fixture-{name}-0001@essays.example.org>"))
+            ids[row.email] = row.id
+        session.commit()
+    engine.dispose()
+    return ids
+
+
+def statuses(settings: Settings) -> dict[str, str]:
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        found = {s.email: s.status for s in session.exec(select(Subscriber)).all()}
+    engine.dispose()
+    return found
+
+
+def fill_maildir(path: Path, files: list[Path]) -> mailbox.Maildir:
+    box = mailbox.Maildir(path, create=True)
+    for f in files:
+        box.add(f.read_bytes())
+    return box
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_maildir_of_reports_changes_each_subscriber_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    config = bounce_config(tmp_path, url)
+    settings = load_settings(config)
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", sorted(FIXTURES.glob("*.eml")))
+    run = CLI(config, CliRunner())
+
+    dry = run("bounces", "process", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would process 13 new messages" in dry.output
+    assert set(statuses(settings).values()) == {"active"}  # a dry run changes nobody
+    assert len(list(mailbox.Maildir(tmp_path / "Maildir"))) == 13
+
+    first = run("bounces", "process")
+    assert first.exit_code == 0, first.output
+    assert "processed 13 new messages (7 hard, 2 soft, 1 complaint, 1 unsubscribe, 1 autoreply, 1 ignored)" \
+        in " ".join(first.output.split())
+    assert statuses(settings) == PEOPLE
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        alice = session.exec(select(Delivery).where(Delivery.email == "alice@example.net")).one()
+        assert (alice.status, alice.feedback, alice.feedback_status) == ("sent", "hard", "5.1.1")
+        assert "User unknown" in (alice.feedback_detail or "")
+        dave = session.exec(select(BounceEvent).where(BounceEvent.email == "staff-dave@mx.internal.example")).one()
+        assert dave.matched_by == "message-id" and dave.issue_id == alice.issue_id
+        events = session.exec(select(func.count()).select_from(BounceEvent)).one()
+        # A complaint never comes back by import (rule 1 of consent).
+        with pytest.raises(ConsentError):
+            consent.add(session, "erin@example.com")
+    box = mailbox.Maildir(tmp_path / "Maildir")
+    assert len(box) == 0 and len(box.get_folder("Processed")) == 13
+
+    # New copies of the same reports (the mailbox re-delivered them): nothing changes.
+    fill_maildir(tmp_path / "Maildir", sorted(FIXTURES.glob("*.eml")))
+    again = run("bounces", "process")
+    assert "processed 0 new messages; 13 handled by an earlier run" in " ".join(again.output.split())
+    assert statuses(settings) == PEOPLE
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(BounceEvent)).one() == events
+
+    status = run("sends", "status", alice_issue_key(engine))
+    flat = " ".join(status.output.split())
+    assert "bounced after sending │ 7" in flat or "bounced after sending 7" in flat.replace("│", "")
+    assert "Paused:" in flat and "Complaint rate 8.33% (1 of 12 delivered)" in flat
+    listed = run("bounces", "list", "--kind", "complaint", "--json")
+    assert '"email": "erin@example.com"' in listed.output
+    engine.dispose()
+
+
+def alice_issue_key(engine: Engine) -> str:
+    with Session(engine) as session:
+        return session.exec(select(Issue.key)).one()
+
+
+def test_an_mbox_is_processed_once_and_never_rewritten(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
+    fixture_audience(settings)
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    for f in sorted(FIXTURES.glob("*.eml")):
+        box.add(f.read_bytes())
+    box.flush()
+    box.close()
+    before = (tmp_path / "bounces.mbox").read_bytes()
+    engine = db.connect(settings.database.url)
+
+    first = process_mailbox(settings, engine)
+    second = process_mailbox(settings, engine)
+
+    assert len({o.key for o in first.outcomes}) == 13 and first.already == 0
+    assert second.outcomes == [] and second.already == 13
+    assert statuses(settings) == PEOPLE
+    assert (tmp_path / "bounces.mbox").read_bytes() == before
+    engine.dispose()
+
+
+def test_soft_bounces_make_an_address_bounced_at_the_limit(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=2, soft_bounce_days=30))
+    fixture_audience(settings)
+    gmail = (FIXTURES / "gmail.eml").read_bytes()
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(gmail)
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)
+    assert statuses(settings)["dan@gmail.example"] == "active"
+    box.add(gmail.replace(b"0001.GMR@mx.google.com", b"0002.GMR@mx.google.com"))
+    report = process_mailbox(settings, engine)
+    assert statuses(settings)["dan@gmail.example"] == "bounced"
+    assert report.outcomes[0].action == "bounced" and "soft bounce 2 of 2" in report.outcomes[0].reason
+    engine.dispose()
+
+
+def test_bounces_config_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="bounces.mailbox"):
+        load_settings(write_config(tmp_path, bounces={"enabled": True, "mailbox": ""}))
+    with pytest.raises(ConfigError, match="bounces.return_paht: unknown key"):
+        load_settings(write_config(tmp_path, bounces={"return_paht": "x@example.org"}))
+    with pytest.raises(ConfigError, match="without '\\+'"):
+        load_settings(write_config(tmp_path, bounces={"return_path": "a+b@example.org"}))
+
+
+# --- end to end: a real SMTP send, then DSNs addressed to the VERP return paths ----------------
+
+DSN = """\
+Return-Path: <>
+Delivered-To: {verp}
+From: MAILER-DAEMON@relay.example.net (Mail Delivery System)
+To: {verp}
+Subject: Undelivered Mail Returned to Sender
+Message-Id: <dsn-{n}@relay.example.net>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b{n}"
+
+--b{n}
+Content-Type: text/plain
+
+The mail system could not deliver your message.
+
+--b{n}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.example.net
+
+Final-Recipient: rfc822; {rcpt}
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--b{n}--
+"""
+
+ARF = """\
+From: fbl@mailprovider.example
+To: {verp}
+Subject: complaint
+Message-ID: <arf-{n}@mailprovider.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="f{n}"
+
+--f{n}
+Content-Type: text/plain
+
+An abuse report.
+
+--f{n}
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: ExampleFBL/1.0
+Version: 1
+Original-Mail-From: <{verp}>
+
+--f{n}--
+"""
+
+
+def test_end_to_end_send_bounce_process(tmp_path: Path, smtp_server: SMTPServer) -> None:
+    config = bounce_config(tmp_path)
+    text = config.read_text().replace('transport = "outbox"', 'transport = "smtp"')
+    text = text.replace("smtp_port = 587", f"smtp_port = {smtp_server.port}").replace(
+        'smtp_host = "localhost"', 'smtp_host = "127.0.0.1"').replace('smtp_tls = "starttls"', 'smtp_tls = "none"')
+    config.write_text(text)
+    settings = load_settings(config)
+    engine = db.connect(settings.database.url)
+    with Session(engine, expire_on_commit=False) as session:
+        add_essays(session, make_essay(1))
+        people = [consent.add(session, f"reader{n}@example.org")[0] for n in range(6)]
+    run = CLI(config, CliRunner())
+    sent = run("send", "--latest", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert len(smtp_server.received) == 6
+
+    secret = load_secret(settings.base_dir)
+    verp = {}
+    with Session(engine) as session:
+        rows = {r.email: r for r in session.exec(select(Delivery)).all()}
+    for received in smtp_server.received:
+        rcpt = received.rcpt_tos[0]
+        assert received.mail_from.startswith("bounces+") and received.mail_from.endswith("@essays.example.org")
+        assert delivery_id_of(settings, secret, received.mail_from) == rows[rcpt].id
+        msg = received.message
+        assert msg["Feedback-ID"].endswith(":newsletter:essays.example.org")
+        assert f"mailto:{UNSUBSCRIBE_TO}?subject=unsubscribe" in msg["List-Unsubscribe"]
+        assert "https://letters.example.org/u/" in msg["List-Unsubscribe"]
+        verp[rcpt] = received.mail_from
+
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    # reader0: hard bounce; the DSN quotes nothing of the original and names a forwarded address.
+    box.add(DSN.format(verp=verp["reader0@example.org"], n=0, rcpt="r0@forwarded.example", action="failed",
+                       status="5.1.1", diagnostic="550 5.1.1 user unknown"))
+    box.add(DSN.format(verp=verp["reader1@example.org"], n=1, rcpt="reader1@example.org", action="delayed",
+                       status="4.2.2", diagnostic="452 4.2.2 mailbox full"))
+    box.add(ARF.format(verp=verp["reader2@example.org"], n=2))
+    box.add(f"From: reader3@example.org\nTo: {UNSUBSCRIBE_TO}\nSubject: unsubscribe\n"
+            f"Message-ID: <u3@example.org>\n\nplease\n")
+    box.add(f"From: reader4@example.org\nTo: {verp['reader4@example.org']}\nAuto-Submitted: auto-replied\n"
+            f"Subject: Out of office\nMessage-ID: <ooo4@example.org>\n\nBack Monday.\n")
+    # A forged return path (a token that was not signed by us) matches nothing by VERP.
+    forged = verp["reader5@example.org"].replace("bounces+", "bounces+x")
+    box.add(DSN.format(verp=forged, n=5, rcpt="nobody@forwarded.example", action="failed",
+                       status="5.1.1", diagnostic="550 5.1.1 user unknown"))
+    box.close()
+
+    processed = run("bounces", "process")
+    assert processed.exit_code == 0, processed.output
+    assert statuses(settings) == {
+        "reader0@example.org": "bounced", "reader1@example.org": "active", "reader2@example.org": "complained",
+        "reader3@example.org": "unsubscribed", "reader4@example.org": "active", "reader5@example.org": "active"}
+    with Session(engine) as session:
+        ledger = {r.email: (r.status, r.feedback, r.feedback_status) for r in session.exec(select(Delivery))}
+        matched = {e.email: e.matched_by for e in session.exec(select(BounceEvent))}
+        assert session.exec(select(func.count()).select_from(ProcessedMessage)).one() == 6
+        events = session.exec(select(func.count()).select_from(BounceEvent)).one()
+    assert ledger == {
+        "reader0@example.org": ("sent", "hard", "5.1.1"), "reader1@example.org": ("sent", "soft", "4.2.2"),
+        "reader2@example.org": ("sent", "complaint", None), "reader3@example.org": ("sent", None, None),
+        "reader4@example.org": ("sent", None, None), "reader5@example.org": ("sent", None, None)}
+    assert matched["r0@forwarded.example"] == "verp" and matched[""] == "verp"  # the ARF named nobody
+    assert matched["nobody@forwarded.example"] == ""
+
+    again = run("bounces", "process")  # the messages moved to .Processed: nothing is left to read
+    assert "processed 0 new messages" in again.output
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(BounceEvent)).one() == events == 5
+    assert statuses(settings)["reader0@example.org"] == "bounced" and len(people) == 6
+    engine.dispose()
+
+
+# --- the scheduler and the worker ------------------------------------------------------------
+
+DUE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # Monday 07:00 Berlin: week 48 is due
+
+
+def test_the_scheduler_reads_the_mailbox_on_its_interval(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, interval_minutes=5))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "postfix.eml"])
+    engine = db.connect(settings.database.url)
+    scheduler = make_scheduler(settings, engine)
+    job = scheduler.get_job(BOUNCE_JOB_ID)
+    assert isinstance(job.trigger, IntervalTrigger) and job.trigger.interval == timedelta(minutes=5)
+    job.func()  # what the scheduler runs every 5 minutes
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    (tmp_path / "off").mkdir()
+    off = load_settings(bounce_config(tmp_path / "off", enabled=False))
+    assert make_scheduler(off, engine).get_job(BOUNCE_JOB_ID) is None
+    engine.dispose()
+
+
+def test_a_worker_reads_the_mailbox_before_it_sends(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    run_worker(settings, engine, once=True)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    engine.dispose()
+
+
+def test_a_high_complaint_rate_stops_the_scheduler_from_starting_the_next_issue(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)  # 1 complaint in 12 delivered: far above 0.3%
+    with Session(engine, expire_on_commit=False) as session:
+        add_essays(session, make_essay(2))
+
+    outcome = run_due(settings, engine, DUE)
+
+    assert "weekly-2026-W48 not started" in outcome.message and "complaint rate 8.33%" in outcome.message
+    with Session(engine) as session:
+        assert session.exec(select(Issue).where(Issue.key == "weekly-2026-W48")).first() is None
+    relaxed = load_settings(bounce_config(tmp_path, complaint_pause_rate=0.5, complaint_warn_rate=0.001))
+    assert run_due(relaxed, engine, DUE).status == "sent"  # under the limit: the week goes out
+    engine.dispose()
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_classify_never_raises_on_any_bytes(raw: bytes) -> None:
+    finding = classify(raw, UNSUBSCRIBE_TO)
+    assert finding.key and finding.reason
+
+
+@hypothesis_settings(max_examples=100, deadline=None)
+@given(st.sampled_from(sorted(EXPECTED)), st.integers(min_value=0), st.binary(min_size=1, max_size=20))
+def test_a_damaged_report_still_classifies_without_raising(name: str, at: int, junk: bytes) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    cut = at % len(raw)
+    finding = classify(raw[:cut] + junk + raw[cut + len(junk):], UNSUBSCRIBE_TO)
+    assert finding.key and finding.reason
+
+
+def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", [FIXTURES / "arf_complaint.eml"])
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)
+    hard = (FIXTURES / "postfix.eml").read_bytes().replace(b"alice@example.net", b"erin@example.com")
+    fill_maildir(tmp_path / "Maildir", []).add(hard.replace(b"fixture-alice", b"fixture-erin"))
+    report = process_mailbox(settings, engine)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    assert report.outcomes[0].action == "" and "already complained" in report.outcomes[0].reason
+    with Session(engine) as session:
+        erin = session.exec(select(Delivery).where(Delivery.email == "erin@example.com")).one()
+        assert erin.feedback == "complaint"  # the weightier finding stays on the delivery
+    engine.dispose()
+
+
+def test_a_return_path_too_long_for_verp_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at most 20 characters"):
+        load_settings(write_config(tmp_path, bounces={"return_path": "newsletter-bounce-handling@example.org"}))
