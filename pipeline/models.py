@@ -111,6 +111,12 @@ class Delivery(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = Field(default=None, index=True)  # rate limits count a window
+    # What the bounce mailbox said later about this delivery (a DSN, a complaint): the status
+    # stays "sent" (it was), these say what became of it.
+    feedback: str | None = Field(default=None, max_length=16, index=True)  # BounceKind value
+    feedback_status: str | None = Field(default=None, max_length=16)  # the DSN's "5.1.1"
+    feedback_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    feedback_at: datetime | None = None
 
 
 class Feed(SQLModel, table=True):
@@ -143,12 +149,6 @@ class FeedEntry(SQLModel, table=True):
     essay_id: int | None = Field(default=None, foreign_key="essay.id", index=True)
     skipped_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     first_seen_at: datetime = Field(default_factory=utcnow)
-    # What the bounce mailbox said later about this delivery (a DSN, a complaint): the status
-    # stays "sent" (it was), these say what became of it.
-    feedback: str | None = Field(default=None, max_length=16, index=True)  # BounceKind value
-    feedback_status: str | None = Field(default=None, max_length=16)  # the DSN's "5.1.1"
-    feedback_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    feedback_at: datetime | None = None
 
 
 class BounceKind(StrEnum):
