@@ -1,0 +1,91 @@
+"""Relevance of related links on the essay corpus and the examples, before and after: run with
+`make bench` (prints the figures; labels in tests/data/related_topics.tsv)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.essays import import_paths
+from pipeline.models import Essay
+from pipeline.related import RelatedIndex, has_page, pick_for_issue
+from tests.related_measure import measure
+
+EXAMPLES = PROJECT_ROOT / "examples" / "essays"
+ISSUE_SIZE = 5
+OLD_MIN_SIMILARITY = 0.05
+
+
+def old_related(index: RelatedIndex, essay: Essay, limit: int, exclude: Sequence[int | None] = ()) -> list[Essay]:
+    """The rules before the score floor (the baseline): hints, then essays closer than average,
+    then any sharing words (plain cosine >= 0.05), essays with a page first in each group; always
+    `limit` links when the archive has them; per essay, with no look at the rest of the issue."""
+    skip = {essay.id, *exclude}
+    picked = [e for e in index.hinted(essay) if e.id not in skip]
+    skip |= {e.id for e in picked}
+    row = index.position[essay.id]
+    assert index.matrix is not None
+    centred = index.centred_cosine(row)
+    plain = (index.matrix @ index.matrix[row].T).toarray().ravel()
+    ranked = sorted(
+        ((0, centred[i]) if centred[i] > 0 else (1, plain[i]), not has_page(e), e.slug, i)
+        for i, e in enumerate(index.archive)
+        if i != row and plain[i] >= OLD_MIN_SIMILARITY
+    )
+    ranked = sorted((tier, page, -round(float(score), 9), slug, i) for (tier, score), page, slug, i in ranked)
+    picked += [index.archive[i] for *_, i in ranked if index.archive[i].id not in skip]
+    return picked[:limit]
+
+
+def issue_titles(archive: Sequence[Essay], links_of_issue) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+    """Issues of five consecutive essays: links shown, distinct titles, issues repeating a title."""
+    shown = distinct = repeating = 0
+    for start in range(0, len(archive) - ISSUE_SIZE + 1, ISSUE_SIZE):
+        issue = archive[start : start + ISSUE_SIZE]
+        titles = [e.title for links in links_of_issue(issue) for e in links]
+        shown += len(titles)
+        distinct += len(set(titles))
+        repeating += len(titles) != len(set(titles))
+    return shown, distinct, repeating
+
+
+def _report(name: str, archive: list[Essay]) -> None:
+    index = RelatedIndex(archive)
+    before = measure(archive, lambda e: old_related(index, e, 3))
+    after = measure(archive, lambda e: index.related(e, 3))
+
+    def old_issue(issue: list[Essay]) -> list[list[Essay]]:
+        ids = [e.id for e in issue]
+        return [old_related(index, e, 3, ids) for e in issue]
+
+    def new_issue(issue: list[Essay]) -> list[list[Essay]]:
+        ids = [e.id for e in issue]
+        picked = pick_for_issue(issue, {e.id: index.suggestions(e, ids) for e in issue}, 3)
+        return [[s.essay for s in picked[e.id]] for e in issue if e.id is not None]
+
+    print(f"\n{name} ({len(archive)} essays)")
+    print(f"  before: {before.line()}")
+    print(f"  after:  {after.line()}")
+    for label, links_of_issue in (("before", old_issue), ("after", new_issue)):
+        shown, distinct, repeating = issue_titles(archive, links_of_issue)
+        print(f"  issues of {ISSUE_SIZE}, {label}: {shown} links, {distinct} distinct per issue summed, "
+              f"{repeating} issues repeat a title")
+    assert after.on_topic / max(after.links, 1) >= before.on_topic / max(before.links, 1)
+
+
+def _archive(engine: Engine, *paths: Path) -> list[Essay]:
+    assert import_paths(engine, list(paths)).ok
+    with Session(engine) as session:
+        return list(session.exec(select(Essay).order_by(col(Essay.id))))
+
+
+def test_relevance_on_the_examples(engine: Engine) -> None:
+    _report("examples", _archive(engine, EXAMPLES))
+
+
+def test_relevance_on_the_corpus_and_examples(engine: Engine, corpus_dir: Path) -> None:
+    _report("corpus + examples", _archive(engine, corpus_dir, EXAMPLES))
