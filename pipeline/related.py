@@ -5,7 +5,7 @@ Rules, for each essay of an issue, up to `limit` links, and fewer rather than un
    are matched fuzzily against other essays' dek (or opening excerpt); a match above
    HINT_THRESHOLD is taken, in the order the page listed them.
 2. Then text similarity: TF-IDF over word stems of title (counted twice), dek and the body's
-   opening, compared by cosine similarity after centring (see `centred_cosine`). A candidate is
+   opening (stems found in at least two essays), compared by cosine similarity after centring (see `centred_cosine`). A candidate is
    linked only when its score reaches MIN_SCORE and RELATIVE_SCORE of the essay's best score:
    an essay unlike the others gets no link, and a strong match does not drag weak ones along.
    The most similar first; ties go to essays that already have a page, then by slug, so the
@@ -34,8 +34,8 @@ from pipeline.models import Essay
 HINT_THRESHOLD = 0.8  # SequenceMatcher ratio of a source summary and an essay's dek
 # Calibrated on the essay corpus and the examples with tests/data/related_topics.tsv (see
 # tests/benchmarks/test_bench_related.py): with the shift by 1/(n-1) (see `similar`), same-topic
-# pairs score a median of about 0.08, other pairs about 0.04 at their 90th percentile.
-MIN_SCORE = 0.06
+# pairs score a median of about 0.14, other pairs 0.10 at their 95th percentile.
+MIN_SCORE = 0.15
 RELATIVE_SCORE = 0.7  # of the essay's best score: the third link must be nearly as close as the first
 BODY_CHARS = 2500  # of the body, for similarity
 _WORDS = re.compile(r"[^\w]+")
@@ -123,7 +123,9 @@ class RelatedIndex:
         documents = [document_text(e) for e in self.archive]
         self.matrix = None
         if len(self.archive) > 1 and any(d.strip() for d in documents):
-            vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True)
+            # A word in one essay only cannot link two essays; kept, it would only dilute the
+            # shared words and shrink every score the smaller the archive (min_df=2).
+            vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True, min_df=2)
             try:
                 self.matrix = vectorizer.fit_transform(documents)
             except ValueError:  # only stop words everywhere: no vocabulary, no similarity

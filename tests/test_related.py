@@ -135,6 +135,6 @@ def test_on_the_corpus_and_examples_links_share_the_essays_topic(engine: Engine,
         index = RelatedIndex(archive)
         result = measure(archive, lambda e: index.related(e, 3))
     assert result.essays >= 30 and result.links >= result.essays  # the test has something to judge
-    assert result.on_area / result.links >= 0.9, result.line()
-    assert result.on_topic / result.links >= 0.75, result.line()
-    assert result.first_on_topic >= 28, result.line()
+    assert result.on_area / result.links >= 0.95, result.line()
+    assert result.on_topic / result.links >= 0.85, result.line()
+    assert result.first_on_topic >= 27, result.line()  # of 34; two essays have no same-topic essay

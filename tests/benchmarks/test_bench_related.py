@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from pipeline.config import PROJECT_ROOT
 from pipeline.essays import import_paths
 from pipeline.models import Essay
-from pipeline.related import RelatedIndex, has_page, pick_for_issue
+from pipeline.related import RelatedIndex, _sklearn_text, document_text, has_page, pick_for_issue, stems
 from tests.related_measure import measure
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
@@ -53,14 +53,22 @@ def issue_titles(archive: Sequence[Essay], links_of_issue) -> tuple[int, int, in
     return shown, distinct, repeating
 
 
-def _report(name: str, archive: list[Essay]) -> None:
+def old_index(archive: list[Essay]) -> RelatedIndex:
+    """The index with the old vectorizer: every word, also those of a single essay."""
     index = RelatedIndex(archive)
-    before = measure(archive, lambda e: old_related(index, e, 3))
+    vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True)
+    index.matrix = vectorizer.fit_transform([document_text(e) for e in archive])
+    return index
+
+
+def _report(name: str, archive: list[Essay]) -> None:
+    index, old = RelatedIndex(archive), old_index(archive)
+    before = measure(archive, lambda e: old_related(old, e, 3))
     after = measure(archive, lambda e: index.related(e, 3))
 
     def old_issue(issue: list[Essay]) -> list[list[Essay]]:
         ids = [e.id for e in issue]
-        return [old_related(index, e, 3, ids) for e in issue]
+        return [old_related(old, e, 3, ids) for e in issue]
 
     def new_issue(issue: list[Essay]) -> list[list[Essay]]:
         ids = [e.id for e in issue]
