@@ -19,7 +19,7 @@ Never the essay itself, never another essay of the same issue, never the same es
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import cache
@@ -87,7 +87,7 @@ def related_for_essay(session: Session, essay: Essay, limit: int) -> list[Sugges
 
 
 def pick_for_issue(
-    essays: Sequence[Essay], candidates: dict[int | None, list[Suggestion]], limit: int
+    essays: Sequence[Essay], candidates: Mapping[int, Sequence[Suggestion]], limit: int
 ) -> dict[int, list[Suggestion]]:
     """Up to `limit` links per essay, no title twice in the issue (see the module rules, 3)."""
     used = {_title_key(e.title) for e in essays}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.essays import import_paths
 from pipeline.models import Essay
-from pipeline.config import PROJECT_ROOT
 from pipeline.related import RelatedIndex, related_for_essay, related_for_issue, stem
+from tests.conftest import CLI
 from tests.digest_fixtures import add_essays, make_essay, paragraph
 from tests.related_measure import measure
 
@@ -138,3 +141,22 @@ def test_on_the_corpus_and_examples_links_share_the_essays_topic(engine: Engine,
     assert result.on_area / result.links >= 0.95, result.line()
     assert result.on_topic / result.links >= 0.85, result.line()
     assert result.first_on_topic >= 27, result.line()  # of 34; two essays have no same-topic essay
+
+
+def test_essays_show_lists_the_links_it_would_make_and_why(run_cli: CLI, tmp_path: Path) -> None:
+    (tmp_path / "volcanoes.md").write_text(
+        "---\ntitle: Lava at night\ndate: 2026-10-01\n---\nThe crater glows; basalt cools into ropes.\n",
+        encoding="utf-8",
+    )
+    assert run_cli("essays", "import", str(EXAMPLES), str(tmp_path)).exit_code == 0
+    shown = run_cli("essays", "show", "the-long-way-to-the-bakery").output
+    assert "Related links" in shown
+    assert re.search(r"source hint\s+walking-the-canal-at-dawn\s+Walking the canal at dawn", shown)
+    assert re.search(r"score 0\.\d{3}\s+the-starter-on-the-shelf", run_cli("essays", "show", "why-i-weigh-the-water").output)
+    info = json.loads(run_cli("essays", "show", "why-i-weigh-the-water", "--json").output)
+    links = info["related_links"]
+    assert links and all(link["reason"] == "similarity" and link["score"] > 0 for link in links)
+    assert {link["slug"] for link in links} <= {"the-starter-on-the-shelf", "crust-and-the-oven-spring",
+                                                 "proofing-in-a-cold-kitchen"}
+    alone = run_cli("essays", "show", "volcanoes")
+    assert "Related links (0)" in alone.output and "none: no other essay is close enough" in alone.output

@@ -31,12 +31,12 @@ def old_related(index: RelatedIndex, essay: Essay, limit: int, exclude: Sequence
     assert index.matrix is not None
     centred = index.centred_cosine(row)
     plain = (index.matrix @ index.matrix[row].T).toarray().ravel()
-    ranked = sorted(
-        ((0, centred[i]) if centred[i] > 0 else (1, plain[i]), not has_page(e), e.slug, i)
-        for i, e in enumerate(index.archive)
-        if i != row and plain[i] >= OLD_MIN_SIMILARITY
-    )
-    ranked = sorted((tier, page, -round(float(score), 9), slug, i) for (tier, score), page, slug, i in ranked)
+    ranked = []
+    for i, other in enumerate(index.archive):
+        if i != row and plain[i] >= OLD_MIN_SIMILARITY:
+            tier, score = (0, centred[i]) if centred[i] > 0 else (1, plain[i])
+            ranked.append((tier, not has_page(other), -round(float(score), 9), other.slug, i))
+    ranked.sort()
     picked += [index.archive[i] for *_, i in ranked if index.archive[i].id not in skip]
     return picked[:limit]
 
@@ -72,8 +72,8 @@ def _report(name: str, archive: list[Essay]) -> None:
 
     def new_issue(issue: list[Essay]) -> list[list[Essay]]:
         ids = [e.id for e in issue]
-        picked = pick_for_issue(issue, {e.id: index.suggestions(e, ids) for e in issue}, 3)
-        return [[s.essay for s in picked[e.id]] for e in issue if e.id is not None]
+        picked = pick_for_issue(issue, {e.id: index.suggestions(e, ids) for e in issue if e.id is not None}, 3)
+        return [[s.essay for s in chosen] for chosen in picked.values()]
 
     print(f"\n{name} ({len(archive)} essays)")
     print(f"  before: {before.line()}")
