@@ -9,8 +9,10 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import PROJECT_ROOT, Settings
+from pipeline.digest import issue_view
 from pipeline.essays import import_paths
+from pipeline.issues import compose
 from pipeline.models import Essay
 from pipeline.related import RelatedIndex, related_for_essay, related_for_issue, stem
 from tests.conftest import CLI
@@ -160,3 +162,16 @@ def test_essays_show_lists_the_links_it_would_make_and_why(run_cli: CLI, tmp_pat
                                                  "proofing-in-a-cold-kitchen"}
     alone = run_cli("essays", "show", "volcanoes")
     assert "Related links (0)" in alone.output and "none: no other essay is close enough" in alone.output
+
+
+def test_a_five_essay_digest_repeats_no_related_title(session: Session, settings: Settings) -> None:
+    # Five bread essays sent in one issue, four more in the archive; before, every essay listed
+    # the same three archive essays.
+    add_essays(session, *[make_essay(n) for n in range(0, 45, 5)], *[make_essay(n) for n in (1, 2, 3)])
+    issue = compose(session, settings, slugs=[f"essay-{n:03d}" for n in range(0, 25, 5)], key="bread")
+    session.commit()
+    view = issue_view(session, settings, issue)
+    titles = [link.title for links in view.related for link in links]
+    assert len(titles) == len(set(titles)) == 4  # each archive bread essay once, nothing else
+    assert all(title.startswith("On bread") for title in titles)
+    assert not {e.title for e in view.essays} & set(titles)
