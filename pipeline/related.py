@@ -55,7 +55,7 @@ class Suggestion:
 
     @property
     def reason(self) -> str:
-        return "source hint" if self.score is None else f"similarity {self.score:.3f}"
+        return "source hint" if self.score is None else "similarity"
 
 
 @cache

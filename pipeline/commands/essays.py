@@ -153,8 +153,7 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
         info = describe(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
         links = related_for_essay(session, essay, app.settings.digest.related_per_essay)
         info["related_links"] = [
-            {"slug": s.essay.slug, "title": s.essay.title, "score": s.score,
-             "reason": "source hint" if s.score is None else "similarity"}
+            {"slug": s.essay.slug, "title": s.essay.title, "reason": s.reason, "score": s.score}
             for s in links
         ]
     if as_json:
