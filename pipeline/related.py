@@ -5,11 +5,12 @@ Rules, for each essay of an issue, up to `limit` links, and fewer rather than un
    are matched fuzzily against other essays' dek (or opening excerpt); a match above
    HINT_THRESHOLD is taken, in the order the page listed them.
 2. Then text similarity: TF-IDF over word stems of title (counted twice), dek and the body's
-   opening (stems found in at least two essays), compared by cosine similarity after centring (see `centred_cosine`). A candidate is
-   linked only when its score reaches MIN_SCORE and RELATIVE_SCORE of the essay's best score:
-   an essay unlike the others gets no link, and a strong match does not drag weak ones along.
-   The most similar first; ties go to essays that already have a page, then by slug, so the
-   same archive gives the same links.
+   opening (stems found in at least two essays), compared by cosine similarity after centring
+   (see `centred_cosine`). A candidate is linked only when its score reaches MIN_SCORE and
+   RELATIVE_SCORE of the best score among the essays that may be linked: an essay unlike the
+   others gets no link, and a strong match does not drag weak ones along. The most similar
+   first; ties go to essays that already have a page, then by slug, so the same archive gives
+   the same links.
 3. Across an issue (`pick_for_issue`): in turns, each essay in issue order takes its best
    candidate whose title is not already linked or shown in the issue, so no title appears twice
    in one digest and every essay gets its first link before any gets a second.
@@ -140,7 +141,7 @@ class RelatedIndex:
         skip = {essay.id, *exclude}
         found: list[Suggestion] = []
         hinted = [Suggestion(e, None) for e in self.hinted(essay)]
-        for suggestion in [*hinted, *self.similar(essay)]:
+        for suggestion in [*hinted, *self.similar(essay, skip)]:
             if suggestion.essay.id not in skip:
                 found.append(suggestion)
                 skip.add(suggestion.essay.id)
@@ -167,18 +168,23 @@ class RelatedIndex:
                 found.append(best)
         return found
 
-    def similar(self, essay: Essay) -> list[Suggestion]:
-        """Other essays scoring at least MIN_SCORE and RELATIVE_SCORE of the best (centred
-        cosine), the most similar first; ties to essays with a page, then by slug."""
+    def similar(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
+        """Other essays, not excluded, scoring at least MIN_SCORE and RELATIVE_SCORE of the best
+        of them (centred cosine), the most similar first; ties to essays with a page, then by slug."""
         row = self.position.get(essay.id)
         if self.matrix is None or row is None:
             return []
         # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that, a
         # score means the same on an archive of ten essays and of a thousand.
         scores = self.centred_cosine(row) + 1 / (len(self.archive) - 1)
-        scores[row] = -np.inf
+        skip = {essay.id, *exclude}
         # Rounded so that float noise from the archive's order cannot reorder equal scores.
-        rounded = [round(float(score), 9) for score in scores]
+        rounded = [
+            -np.inf if other.id in skip else round(float(score), 9)
+            for other, score in zip(self.archive, scores, strict=True)
+        ]
+        # Relative to the best essay that can be linked: an essay's twin in the same issue is
+        # shown anyway and must not push the next best below the floor.
         floor = max(MIN_SCORE, RELATIVE_SCORE * max(rounded))
         ranked = sorted(
             (-score, not has_page(self.archive[i]), self.archive[i].slug, i)

@@ -23,7 +23,8 @@ class Relevance:
     def line(self) -> str:
         return (f"links on topic {self.on_topic}/{self.links} ({self.on_topic / max(self.links, 1):.0%}), "
                 f"same area {self.on_area / max(self.links, 1):.0%}, first link on topic "
-                f"{self.first_on_topic}/{self.essays}, {self.links / max(self.essays, 1):.2f} links per essay")
+                f"{self.first_on_topic}/{self.essays}, "
+                f"{self.links / max(self.essays, 1):.2f} links per essay")
 
 
 def labels() -> dict[str, tuple[frozenset[str], str]]:
@@ -36,13 +37,16 @@ def labels() -> dict[str, tuple[frozenset[str], str]]:
 def measure(archive: Sequence[Essay], links_of: Callable[[Essay], Sequence[Essay]]) -> Relevance:
     """Relevance of `links_of` over the archive's essays (each must have a labelled source file)."""
     known = labels()
-    label = {e.slug: known[Path(e.source_path or "").name] for e in archive}
+
+    def label(essay: Essay) -> tuple[frozenset[str], str]:
+        return known[Path(essay.source_path or "").name]
+
     links = on_topic = on_area = first = 0
     for essay in archive:
-        topics, area = label[essay.slug]
+        topics, area = label(essay)
         shown = list(links_of(essay))
         links += len(shown)
-        on_topic += sum(bool(label[e.slug][0] & topics) for e in shown)
-        on_area += sum(label[e.slug][1] == area for e in shown)
-        first += bool(shown) and bool(label[shown[0].slug][0] & topics)
+        on_topic += sum(bool(label(e)[0] & topics) for e in shown)
+        on_area += sum(label(e)[1] == area for e in shown)
+        first += bool(shown) and bool(label(shown[0])[0] & topics)
     return Relevance(len(archive), links, on_topic, on_area, first)

@@ -22,6 +22,7 @@ from tests.related_measure import measure
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
 
 BREAD = "sourdough starter flour water crust oven loaf rise dough fermentation"
+MIXED = "kettle teapot saucer biscuit jam scone cream napkin tray spoon"
 
 
 def test_most_similar_first_never_itself_the_issue_or_twice(session: Session) -> None:
@@ -154,7 +155,8 @@ def test_essays_show_lists_the_links_it_would_make_and_why(run_cli: CLI, tmp_pat
     shown = run_cli("essays", "show", "the-long-way-to-the-bakery").output
     assert "Related links" in shown
     assert re.search(r"source hint\s+walking-the-canal-at-dawn\s+Walking the canal at dawn", shown)
-    assert re.search(r"score 0\.\d{3}\s+the-starter-on-the-shelf", run_cli("essays", "show", "why-i-weigh-the-water").output)
+    weigh = run_cli("essays", "show", "why-i-weigh-the-water").output
+    assert re.search(r"score 0\.\d{3}\s+the-starter-on-the-shelf", weigh)
     info = json.loads(run_cli("essays", "show", "why-i-weigh-the-water", "--json").output)
     links = info["related_links"]
     assert links and all(link["reason"] == "similarity" and link["score"] > 0 for link in links)
@@ -175,3 +177,15 @@ def test_a_five_essay_digest_repeats_no_related_title(session: Session, settings
     assert len(titles) == len(set(titles)) == 4  # each archive bread essay once, nothing else
     assert all(title.startswith("On bread") for title in titles)
     assert not {e.title for e in view.essays} & set(titles)
+
+
+def test_a_twin_in_the_same_issue_does_not_push_the_next_best_below_the_floor(session: Session) -> None:
+    twin = make_essay(0, slug="essay-000-twin", title="On bread, again")
+    # Two more bread essays, half about bread: related, though much less than the twin.
+    half = [make_essay(n, body=[{"kind": "p", "text": paragraph(BREAD + " " + MIXED, 6, n)}]) for n in (5, 10)]
+    essays = add_essays(session, make_essay(0), twin, *half, *[make_essay(n) for n in (1, 2, 3, 4, 6, 7, 8, 9)])
+    alone = related_for_issue(session, [essays[0]], 3)[essays[0].id]  # type: ignore[index]
+    assert [e.slug for e in alone] == ["essay-000-twin"]  # the twin is far closer than the rest
+    in_issue = related_for_issue(session, essays[:2], 3)
+    linked = [e.slug for links in in_issue.values() for e in links]
+    assert linked and set(linked) <= {"essay-005", "essay-010"}

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -12,7 +13,14 @@ from sqlmodel import Session, col, select
 from pipeline.config import PROJECT_ROOT
 from pipeline.essays import import_paths
 from pipeline.models import Essay
-from pipeline.related import RelatedIndex, _sklearn_text, document_text, has_page, pick_for_issue, stems
+from pipeline.related import (
+    RelatedIndex,
+    _sklearn_text,
+    document_text,
+    has_page,
+    pick_for_issue,
+    stems,
+)
 from tests.related_measure import measure
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
@@ -20,7 +28,9 @@ ISSUE_SIZE = 5
 OLD_MIN_SIMILARITY = 0.05
 
 
-def old_related(index: RelatedIndex, essay: Essay, limit: int, exclude: Sequence[int | None] = ()) -> list[Essay]:
+def old_related(
+    index: RelatedIndex, essay: Essay, limit: int, exclude: Sequence[int | None] = ()
+) -> list[Essay]:
     """The rules before the score floor (the baseline): hints, then essays closer than average,
     then any sharing words (plain cosine >= 0.05), essays with a page first in each group; always
     `limit` links when the archive has them; per essay, with no look at the rest of the issue."""
@@ -41,16 +51,21 @@ def old_related(index: RelatedIndex, essay: Essay, limit: int, exclude: Sequence
     return picked[:limit]
 
 
-def issue_titles(archive: Sequence[Essay], links_of_issue) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
-    """Issues of five consecutive essays: links shown, distinct titles, issues repeating a title."""
-    shown = distinct = repeating = 0
+def in_issues(
+    archive: Sequence[Essay], links_of_issue: Callable[[list[Essay]], list[list[Essay]]]
+) -> tuple[list[Essay], dict[str, list[Essay]], int]:
+    """Issues of five consecutive essays: the essays in them, their links, issues repeating a title."""
+    essays: list[Essay] = []
+    links: dict[str, list[Essay]] = {}
+    repeating = 0
     for start in range(0, len(archive) - ISSUE_SIZE + 1, ISSUE_SIZE):
-        issue = archive[start : start + ISSUE_SIZE]
-        titles = [e.title for links in links_of_issue(issue) for e in links]
-        shown += len(titles)
-        distinct += len(set(titles))
+        issue = list(archive[start : start + ISSUE_SIZE])
+        shown = links_of_issue(issue)
+        titles = [e.title for essay_links in shown for e in essay_links]
         repeating += len(titles) != len(set(titles))
-    return shown, distinct, repeating
+        essays += issue
+        links.update((essay.slug, essay_links) for essay, essay_links in zip(issue, shown, strict=True))
+    return essays, links, repeating
 
 
 def old_index(archive: list[Essay]) -> RelatedIndex:
@@ -72,17 +87,23 @@ def _report(name: str, archive: list[Essay]) -> None:
 
     def new_issue(issue: list[Essay]) -> list[list[Essay]]:
         ids = [e.id for e in issue]
-        picked = pick_for_issue(issue, {e.id: index.suggestions(e, ids) for e in issue if e.id is not None}, 3)
+        candidates = {e.id: index.suggestions(e, ids) for e in issue if e.id is not None}
+        picked = pick_for_issue(issue, candidates, 3)
         return [[s.essay for s in chosen] for chosen in picked.values()]
 
     print(f"\n{name} ({len(archive)} essays)")
     print(f"  before: {before.line()}")
     print(f"  after:  {after.line()}")
     for label, links_of_issue in (("before", old_issue), ("after", new_issue)):
-        shown, distinct, repeating = issue_titles(archive, links_of_issue)
-        print(f"  issues of {ISSUE_SIZE}, {label}: {shown} links, {distinct} distinct per issue summed, "
-              f"{repeating} issues repeat a title")
+        essays, links, repeating = in_issues(archive, links_of_issue)
+        result = measure(essays, partial(_links_of, links))
+        print(f"  in issues of {ISSUE_SIZE}, {label}: {result.line()}; "
+              f"{repeating} of {len(essays) // ISSUE_SIZE} issues repeat a title")
     assert after.on_topic / max(after.links, 1) >= before.on_topic / max(before.links, 1)
+
+
+def _links_of(links: dict[str, list[Essay]], essay: Essay) -> list[Essay]:
+    return links[essay.slug]
 
 
 def _archive(engine: Engine, *paths: Path) -> list[Essay]:
