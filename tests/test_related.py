@@ -182,8 +182,9 @@ def test_a_five_essay_digest_repeats_no_related_title(session: Session, settings
 def test_a_twin_in_the_same_issue_does_not_push_the_next_best_below_the_floor(session: Session) -> None:
     twin = make_essay(0, slug="essay-000-twin", title="On bread, again")
     # Two more bread essays, half about bread: related, though much less than the twin.
-    half = [make_essay(n, body=[{"kind": "p", "text": paragraph(BREAD + " " + MIXED, 6, n)}]) for n in (5, 10)]
-    essays = add_essays(session, make_essay(0), twin, *half, *[make_essay(n) for n in (1, 2, 3, 4, 6, 7, 8, 9)])
+    half = [make_essay(n, body=[{"kind": "p", "text": paragraph(f"{BREAD} {MIXED}", 6, n)}]) for n in (5, 10)]
+    others = [make_essay(n) for n in (1, 2, 3, 4, 6, 7, 8, 9)]
+    essays = add_essays(session, make_essay(0), twin, *half, *others)
     alone = related_for_issue(session, [essays[0]], 3)[essays[0].id]  # type: ignore[index]
     assert [e.slug for e in alone] == ["essay-000-twin"]  # the twin is far closer than the rest
     in_issue = related_for_issue(session, essays[:2], 3)
