@@ -11,9 +11,10 @@ Rules, for each essay of an issue, up to `limit` links, and fewer rather than un
    others gets no link, and a strong match does not drag weak ones along. The most similar
    first; ties go to essays that already have a page, then by slug, so the same archive gives
    the same links.
-3. Across an issue (`pick_for_issue`): in turns, each essay in issue order takes its best
-   candidate whose title is not already linked or shown in the issue, so no title appears twice
-   in one digest and every essay gets its first link before any gets a second.
+3. Across an issue (`pick_for_issue`): in turns, each essay takes its best candidate whose
+   title is not already linked or shown in the issue, so no title appears twice in one digest
+   and every essay gets its first link before any gets a second. An essay that two want goes to
+   the one it is closer to (a source hint counts as closest).
 Never the essay itself, never another essay of the same issue, never the same essay twice.
 """
 
@@ -94,15 +95,29 @@ def pick_for_issue(
     used = {_title_key(e.title) for e in essays}
     picked: dict[int, list[Suggestion]] = {e.id: [] for e in essays if e.id is not None}
     queues = {essay_id: list(candidates.get(essay_id, [])) for essay_id in picked}
+    position = {essay_id: i for i, essay_id in enumerate(picked)}
     for _ in range(limit):
-        for essay_id, chosen in picked.items():
-            queue = queues[essay_id]
-            while queue and _title_key(queue[0].essay.title) in used:
-                queue.pop(0)
-            if queue:
-                chosen.append(queue.pop(0))
-                used.add(_title_key(chosen[-1].essay.title))
+        waiting = set(picked)  # the essays that have not had their link of this turn
+        while waiting:
+            for essay_id in list(waiting):
+                queue = queues[essay_id]
+                while queue and _title_key(queue[0].essay.title) in used:
+                    queue.pop(0)
+                if not queue:
+                    waiting.discard(essay_id)
+            if not waiting:
+                break
+            # An essay two of the issue want goes where it fits best: a source hint first, then
+            # the higher score, then the earlier essay; the other takes its next candidate.
+            essay_id = min(waiting, key=lambda i: (_rank(queues[i][0]), position[i]))
+            picked[essay_id].append(queues[essay_id].pop(0))
+            used.add(_title_key(picked[essay_id][-1].essay.title))
+            waiting.discard(essay_id)
     return picked
+
+
+def _rank(suggestion: Suggestion) -> tuple[int, float]:
+    return (0, 0.0) if suggestion.score is None else (1, -suggestion.score)
 
 
 def _archive(session: Session) -> list[Essay]:

@@ -14,7 +14,14 @@ from pipeline.digest import issue_view
 from pipeline.essays import import_paths
 from pipeline.issues import compose
 from pipeline.models import Essay
-from pipeline.related import RelatedIndex, related_for_essay, related_for_issue, stem
+from pipeline.related import (
+    RelatedIndex,
+    Suggestion,
+    pick_for_issue,
+    related_for_essay,
+    related_for_issue,
+    stem,
+)
 from tests.conftest import CLI
 from tests.digest_fixtures import add_essays, make_essay, paragraph
 from tests.related_measure import measure
@@ -190,3 +197,16 @@ def test_a_twin_in_the_same_issue_does_not_push_the_next_best_below_the_floor(se
     in_issue = related_for_issue(session, essays[:2], 3)
     linked = [e.slug for links in in_issue.values() for e in links]
     assert linked and set(linked) <= {"essay-005", "essay-010"}
+
+
+def test_an_essay_two_of_the_issue_want_goes_under_the_closer_one() -> None:
+    first, second, wanted, other = (make_essay(n, id=n + 1) for n in (0, 1, 5, 6))
+    candidates = {
+        1: [Suggestion(wanted, 0.2), Suggestion(other, 0.18)],  # the first essay, less close
+        2: [Suggestion(wanted, 0.3)],
+    }
+    picked = pick_for_issue([first, second], candidates, 3)
+    assert [s.essay.slug for s in picked[2]] == ["essay-005"]
+    assert [s.essay.slug for s in picked[1]] == ["essay-006"]
+    hinted = pick_for_issue([first, second], {**candidates, 1: [Suggestion(wanted, None)]}, 3)
+    assert [s.essay.slug for s in hinted[1]] == ["essay-005"]  # the source page listed it
