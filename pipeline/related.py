@@ -1,24 +1,29 @@
 """Related essays for an essay: the ones its source page listed first, then the most similar by text.
 
-Rules, for each essay of an issue, up to `limit` links:
+Rules, for each essay of an issue, up to `limit` links, and fewer rather than unrelated ones:
 1. Source hints: the summaries the essay's source page listed as related (Essay.source_related)
    are matched fuzzily against other essays' dek (or opening excerpt); a match above
    HINT_THRESHOLD is taken, in the order the page listed them.
 2. Then text similarity: TF-IDF over word stems of title (counted twice), dek and the body's
-   opening, compared by cosine similarity after centring (see `centred_cosine`): essays closer
-   than the archive's average first, then the rest that share words at all. Candidates below
-   MIN_SIMILARITY are never linked (no link is better than a random one). Within those groups,
-   essays that already have a page (their own URL, or sent in an issue) come first, then the
-   most similar, ties broken by slug: the same archive gives the same links.
+   opening (stems found in at least two essays), compared by cosine similarity after centring
+   (see `centred_cosine`). A candidate is linked only when its score reaches MIN_SCORE and
+   RELATIVE_SCORE of the best score among the essays that may be linked: an essay unlike the
+   others gets no link, and a strong match does not drag weak ones along. The most similar
+   first; ties go to essays that already have a page, then by slug, so the same archive gives
+   the same links.
+3. Across an issue (`pick_for_issue`): in turns, each essay takes its best candidate whose
+   title is not already linked or shown in the issue, so no title appears twice in one digest
+   and every essay gets its first link before any gets a second. An essay that two want goes to
+   the one it is closer to (a source hint counts as closest).
 Never the essay itself, never another essay of the same issue, never the same essay twice.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from difflib import SequenceMatcher
-
 from functools import cache
 from types import ModuleType
 
@@ -29,7 +34,11 @@ from pipeline.excerpt import excerpt
 from pipeline.models import Essay
 
 HINT_THRESHOLD = 0.8  # SequenceMatcher ratio of a source summary and an essay's dek
-MIN_SIMILARITY = 0.05  # cosine below which two essays share only common words
+# Calibrated on the essay corpus and the examples with tests/data/related_topics.tsv (see
+# tests/benchmarks/test_bench_related.py): with the shift by 1/(n-1) (see `similar`), same-topic
+# pairs score a median of about 0.14, other pairs 0.10 at their 95th percentile.
+MIN_SCORE = 0.15
+RELATIVE_SCORE = 0.7  # of the essay's best score: the third link must be nearly as close as the first
 BODY_CHARS = 2500  # of the body, for similarity
 _WORDS = re.compile(r"[^\w]+")
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
@@ -37,6 +46,18 @@ _SUFFIXES = tuple(
     (suffix, "y" if suffix in ("ies", "ied", "ily") else "")
     for suffix in "fully ingly ations ation ments ment ness ities ity ings ing ers er ies ied ily ly ed es s".split()
 )
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """An essay worth linking and why: the source page listed it (score None), or its similarity."""
+
+    essay: Essay
+    score: float | None
+
+    @property
+    def reason(self) -> str:
+        return "source hint" if self.score is None else "similarity"
 
 
 @cache
@@ -52,10 +73,60 @@ def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> 
     """For each essay of an issue (by id), its related essays from the whole archive."""
     if limit <= 0 or not essays:
         return {}
-    archive = list(session.exec(select(Essay).order_by(col(Essay.id))))
-    index = RelatedIndex(archive)
+    index = RelatedIndex(_archive(session))
     in_issue = {e.id for e in essays if e.id is not None}
-    return {e.id: index.related(e, limit, exclude=in_issue) for e in essays if e.id is not None}
+    candidates = {e.id: index.suggestions(e, exclude=in_issue) for e in essays if e.id is not None}
+    picked = pick_for_issue(essays, candidates, limit)
+    return {essay_id: [s.essay for s in chosen] for essay_id, chosen in picked.items()}
+
+
+def related_for_essay(session: Session, essay: Essay, limit: int) -> list[Suggestion]:
+    """What the essay would link to in an issue of its own, with the reason for each link."""
+    if limit <= 0 or essay.id is None:
+        return []
+    index = RelatedIndex(_archive(session))
+    return pick_for_issue([essay], {essay.id: index.suggestions(essay)}, limit)[essay.id]
+
+
+def pick_for_issue(
+    essays: Sequence[Essay], candidates: Mapping[int, Sequence[Suggestion]], limit: int
+) -> dict[int, list[Suggestion]]:
+    """Up to `limit` links per essay, no title twice in the issue (see the module rules, 3)."""
+    used = {_title_key(e.title) for e in essays}
+    picked: dict[int, list[Suggestion]] = {e.id: [] for e in essays if e.id is not None}
+    queues = {essay_id: list(candidates.get(essay_id, [])) for essay_id in picked}
+    position = {essay_id: i for i, essay_id in enumerate(picked)}
+    for _ in range(limit):
+        waiting = set(picked)  # the essays that have not had their link of this turn
+        while waiting:
+            for essay_id in list(waiting):
+                queue = queues[essay_id]
+                while queue and _title_key(queue[0].essay.title) in used:
+                    queue.pop(0)
+                if not queue:
+                    waiting.discard(essay_id)
+            if not waiting:
+                break
+            # An essay two of the issue want goes where it fits best: a source hint first, then
+            # the higher score, then the earlier essay; the other takes its next candidate.
+            essay_id = min(waiting, key=lambda i: (_rank(queues[i][0]), position[i]))
+            picked[essay_id].append(queues[essay_id].pop(0))
+            used.add(_title_key(picked[essay_id][-1].essay.title))
+            waiting.discard(essay_id)
+    return picked
+
+
+def _rank(suggestion: Suggestion) -> tuple[int, float]:
+    return (0, 0.0) if suggestion.score is None else (1, -suggestion.score)
+
+
+def _archive(session: Session) -> list[Essay]:
+    return list(session.exec(select(Essay).order_by(col(Essay.id))))
+
+
+def _title_key(title: str) -> str:
+    """Titles as a reader tells them apart: case, punctuation and spacing do not count."""
+    return _normalise(title)
 
 
 class RelatedIndex:
@@ -68,7 +139,9 @@ class RelatedIndex:
         documents = [document_text(e) for e in self.archive]
         self.matrix = None
         if len(self.archive) > 1 and any(d.strip() for d in documents):
-            vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True)
+            # A word in one essay only cannot link two essays; kept, it would only dilute the
+            # shared words and shrink every score the smaller the archive (min_df=2).
+            vectorizer = _sklearn_text().TfidfVectorizer(analyzer=stems, sublinear_tf=True, min_df=2)
             try:
                 self.matrix = vectorizer.fit_transform(documents)
             except ValueError:  # only stop words everywhere: no vocabulary, no similarity
@@ -76,19 +149,18 @@ class RelatedIndex:
 
     def related(self, essay: Essay, limit: int, exclude: Iterable[int | None] = ()) -> list[Essay]:
         """Up to `limit` essays: source hints first, then by similarity (see the module rules)."""
+        return [s.essay for s in self.suggestions(essay, exclude)[:limit]]
+
+    def suggestions(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
+        """Every essay worth linking from `essay`, best first: source hints, then the similar."""
         skip = {essay.id, *exclude}
-        picked: list[Essay] = []
-        for candidate in self.hinted(essay):
-            if candidate.id not in skip:
-                picked.append(candidate)
-                skip.add(candidate.id)
-        for candidate in self.similar(essay):
-            if len(picked) >= limit:
-                break
-            if candidate.id not in skip:
-                picked.append(candidate)
-                skip.add(candidate.id)
-        return picked[:limit]
+        found: list[Suggestion] = []
+        hinted = [Suggestion(e, None) for e in self.hinted(essay)]
+        for suggestion in [*hinted, *self.similar(essay, skip)]:
+            if suggestion.essay.id not in skip:
+                found.append(suggestion)
+                skip.add(suggestion.essay.id)
+        return found
 
     def hinted(self, essay: Essay) -> list[Essay]:
         """The archive's essays that the source page's related summaries describe, in page order."""
@@ -111,23 +183,30 @@ class RelatedIndex:
                 found.append(best)
         return found
 
-    def similar(self, essay: Essay) -> list[Essay]:
-        """Other essays by similarity: first those closer than the archive's average (centred
-        cosine > 0), then those sharing words at all (plain cosine >= MIN_SIMILARITY); within
-        each, essays with a page first, then the most similar, then by slug."""
+    def similar(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
+        """Other essays, not excluded, scoring at least MIN_SCORE and RELATIVE_SCORE of the best
+        of them (centred cosine), the most similar first; ties to essays with a page, then by slug."""
         row = self.position.get(essay.id)
         if self.matrix is None or row is None:
             return []
-        centred = self.centred_cosine(row)
-        plain = (self.matrix @ self.matrix[row].T).toarray().ravel()  # rows are L2-normalised
-        ranked = []
-        for i in range(len(self.archive)):
-            if i == row or plain[i] < MIN_SIMILARITY:
-                continue
-            tier, score = (0, centred[i]) if centred[i] > 0 else (1, plain[i])
-            ranked.append((tier, not has_page(self.archive[i]), -round(float(score), 9),
-                           self.archive[i].slug, i))
-        return [self.archive[i] for *_, i in sorted(ranked)]
+        # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that, a
+        # score means the same on an archive of ten essays and of a thousand.
+        scores = self.centred_cosine(row) + 1 / (len(self.archive) - 1)
+        skip = {essay.id, *exclude}
+        # Rounded so that float noise from the archive's order cannot reorder equal scores.
+        rounded = [
+            -np.inf if other.id in skip else round(float(score), 9)
+            for other, score in zip(self.archive, scores, strict=True)
+        ]
+        # Relative to the best essay that can be linked: an essay's twin in the same issue is
+        # shown anyway and must not push the next best below the floor.
+        floor = max(MIN_SCORE, RELATIVE_SCORE * max(rounded))
+        ranked = sorted(
+            (-score, not has_page(self.archive[i]), self.archive[i].slug, i)
+            for i, score in enumerate(rounded)
+            if score >= floor
+        )
+        return [Suggestion(self.archive[i], -negated) for negated, _, _, i in ranked]
 
     def centred_cosine(self, row: int) -> np.ndarray:
         """Cosine similarity of the rows after subtracting the archive's mean vector.

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.essays import ImportReport, describe, get_essay, import_paths, list_essays, sent_key
+from pipeline.related import related_for_essay
 from subscribers.text import printable
 
 PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
@@ -138,6 +139,10 @@ def _shorten(text: str, width: int) -> str:
 def show_command(app: App, slug: str, as_json: bool) -> None:
     """Show one essay: dek, date, headings, excerpt, words, related.
 
+    "Related links" are the essays a digest would link under this one, and why: the source
+    page listed it ("source hint") or its text is similar (the score; see README, Issues). In
+    a digest, essays of the same issue and titles already linked in it are skipped.
+
     \b
     Example:
       newsletter essays show proofing-in-a-cold-kitchen
@@ -146,6 +151,11 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
     with Session(app.engine) as session:
         essay = get_essay(session, slug)
         info = describe(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
+        links = related_for_essay(session, essay, app.settings.digest.related_per_essay)
+        info["related_links"] = [
+            {"slug": s.essay.slug, "title": s.essay.title, "reason": s.reason, "score": s.score}
+            for s in links
+        ]
     if as_json:
         print_json(info)
         return
@@ -172,6 +182,12 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
         out.print(f"\n[bold]Related on the source page[/] ({len(info['related'])})")
         for item in info["related"]:
             out.print(f"  • [dim]{item['date'] or 'no date':10}[/]  {shown(item['summary'])}")
+    out.print(f"\n[bold]Related links[/] ({len(links)})")
+    if not links:
+        out.print("  none: no other essay is close enough (fewer links rather than unrelated ones)")
+    for link in links:
+        why = "source hint" if link.score is None else f"score {link.score:.3f}"
+        out.print(f"  • [dim]{why:11}[/]  {shown(link.essay.slug)}  {shown(link.essay.title)}")
 
 
 commands = [group]
