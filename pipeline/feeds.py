@@ -17,7 +17,7 @@ import http.client
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import struct_time
 from typing import Any
 from urllib.parse import urlsplit
@@ -194,6 +194,6 @@ def _when(value: struct_time | None) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime(*value[:6], tzinfo=timezone.utc)
+        return datetime(*value[:6], tzinfo=UTC)
     except (TypeError, ValueError):
         return None

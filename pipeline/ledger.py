@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable, Iterator
 
 from sqlalchemy import bindparam, func, or_, text, update
 from sqlalchemy import select as sql_select

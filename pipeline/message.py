@@ -59,7 +59,7 @@ class Rendered(Protocol):
     html: str
     text: str
 
-    def personalise(self, recipient: "_Recipient") -> tuple[str, str]: ...
+    def personalise(self, recipient: _Recipient) -> tuple[str, str]: ...
 
 
 class _Recipient(Protocol):

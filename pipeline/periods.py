@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -183,7 +183,7 @@ def _utc(moment: datetime) -> datetime:
     with the same tzinfo by wall time, ignoring `fold`, which is wrong in the repeated DST hour."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"a naive datetime where an aware one is needed: {moment!r}")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def describe(schedule: ScheduleSettings, action: Action, period: Period, status: str | None,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -23,16 +23,24 @@ from sqlmodel import Session, col, select
 from pipeline import gate, leases, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.errors import (AmbiguousDeliveryError, NewsletterError, NotFound, PermanentDeliveryError,
-                             RenderError, TransientDeliveryError, TransportUnavailable)
+from pipeline.errors import (
+    AmbiguousDeliveryError,
+    NewsletterError,
+    NotFound,
+    PermanentDeliveryError,
+    RenderError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
 from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
-from pipeline.returnpath import feedback_id, return_path
 from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_issue, sample_recipient
+from pipeline.returnpath import feedback_id, return_path
 from pipeline.transports import Transport, is_hard_bounce, make_transport
-from subscribers.consent import find as find_subscriber, mark_bounced
+from subscribers.consent import find as find_subscriber
+from subscribers.consent import mark_bounced
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
@@ -486,5 +494,5 @@ def _clock(now: datetime | Callable[[], datetime] | None) -> Callable[[], dateti
         return utcnow
     if callable(now):
         return now
-    base, origin = now.astimezone(timezone.utc), time.monotonic()
+    base, origin = now.astimezone(UTC), time.monotonic()
     return lambda: base + timedelta(seconds=time.monotonic() - origin)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
@@ -29,11 +29,11 @@ from sqlmodel import Session, select
 
 from pipeline import gate, issues, leases, polling, publish
 from pipeline.complaints import scheduled_sending_paused
-from pipeline.feedback import read_bounces
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.confirmations import send_queued
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
+from pipeline.feedback import read_bounces
 from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.periods import (
     FINISHED,
@@ -96,7 +96,7 @@ def run_due(
                 if action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
                     if issue is None:  # claim the week, so that no later run starts it
                         issue = Issue(key=period.key,
-                                      not_after=period.expires_at.astimezone(timezone.utc))
+                                      not_after=period.expires_at.astimezone(UTC))
                     _expire(issue, now)
                     session.add(issue)
                     session.flush()
@@ -177,13 +177,13 @@ def _compose(session: Session, settings: Settings, period: Period, now: datetime
     except NotFound:
         session.rollback()
         issue = Issue(key=period.key, status=IssueStatus.SKIPPED.value,
-                      finished_at=now.astimezone(timezone.utc))
+                      finished_at=now.astimezone(UTC))
         session.add(issue)
         session.flush()
         return issue
     if issue.not_after is None:
         # Sending stops at the period's expiry even inside a long run.
-        issue.not_after = period.expires_at.astimezone(timezone.utc)
+        issue.not_after = period.expires_at.astimezone(UTC)
         session.add(issue)
         session.flush()
     return issue
@@ -191,7 +191,7 @@ def _compose(session: Session, settings: Settings, period: Period, now: datetime
 
 def _expire(issue: Issue, now: datetime) -> None:
     issue.status = IssueStatus.EXPIRED.value
-    issue.finished_at = now.astimezone(timezone.utc)
+    issue.finished_at = now.astimezone(UTC)
 
 
 def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
@@ -289,14 +289,14 @@ def make_scheduler(
             follow_up(now)
             return
         log.info("next digest due %s (%s UTC), issue %s", local_time(outcome.next_due_at),
-                 outcome.next_due_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                 outcome.next_due_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
                  period_key(outcome.next_due_at))
 
     def follow_up(_now: datetime) -> None:
         # Bring the weekly job forward instead of adding a one-off job: after it runs, the
         # cron trigger sets the next weekly time again. (A one-off job that a shutdown
         # catches in mid-removal makes APScheduler 3.x raise JobLookupError.)
-        soon = datetime.now(timezone.utc) + timedelta(minutes=FOLLOW_UP_MINUTES)
+        soon = datetime.now(UTC) + timedelta(minutes=FOLLOW_UP_MINUTES)
         planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)
         scheduler.modify_job(JOB_ID, next_run_time=min(soon, planned) if planned else soon)
 

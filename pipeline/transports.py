@@ -14,7 +14,6 @@ import itertools
 import os
 import re
 import smtplib
-import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -187,7 +186,7 @@ class SMTPTransport:
                 f"delivery.smtp_username and $NEWSLETTER_SMTP_PASSWORD") from None
         except smtplib.SMTPNotSupportedError as exc:
             raise TransportUnavailable(f"{self._where()}: {exc} (see delivery.smtp_tls)") from None
-        except (smtplib.SMTPException, ssl.SSLError, socket.timeout, OSError) as exc:
+        except (TimeoutError, smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
         self._smtp = smtp
         self.connections += 1

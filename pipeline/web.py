@@ -20,26 +20,34 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from flask import (
-    Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for,
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
 )
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.serving import BaseWSGIServer, make_server as wsgi_server
+from werkzeug.serving import BaseWSGIServer
+from werkzeug.serving import make_server as wsgi_server
 
-from pipeline import db, public
-from pipeline.confirmations import BackgroundMailer
+from pipeline import db, ledger, public
 from pipeline.config import BUILTIN_DOCS, BUILTIN_TEMPLATES, Settings, load_settings
+from pipeline.confirmations import BackgroundMailer
 from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
-from pipeline import ledger
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.markdown import markdown_html
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
-from pipeline.publish import personal_copy
 from pipeline.public import WebState, state
+from pipeline.publish import personal_copy
 from subscribers import consent
 from subscribers.model import Subscriber, SubscriberStatus
 from subscribers.tokens import load_secret

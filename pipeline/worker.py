@@ -26,9 +26,9 @@ from sqlmodel import Session, col, select
 from pipeline.config import Settings
 from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError
+from pipeline.feedback import read_bounces
 from pipeline.models import Issue, IssueStatus
 from pipeline.publish import Report, publish
-from pipeline.feedback import read_bounces
 from pipeline.transports import Transport
 from subscribers.model import utcnow
 

@@ -30,7 +30,12 @@ from sqlmodel import Session, select
 from subscribers.addresses import clean_name, normalize_email, parse_address, suppression_hash
 from subscribers.errors import ConsentError, UnknownSubscriber
 from subscribers.model import (
-    OPTED_OUT, ConfirmationRequest, Subscriber, SubscriberStatus, Suppression, utcnow,
+    OPTED_OUT,
+    ConfirmationRequest,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    utcnow,
 )
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token, read_token, read_token_issued
 

@@ -19,7 +19,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -44,7 +44,7 @@ _SALT_PREFIX = "newsletter.subscribers."
 # Ids below this never take itsdangerous's zlib branch: it compresses a payload only when that
 # saves 2+ bytes, and zlib's output is at least 9 bytes, so a payload of <= 10 digits stays plain.
 _PLAIN_PAYLOAD_BELOW = 10**10
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -65,7 +65,7 @@ def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
     if purpose in UNTIMED and subscriber_id < _PLAIN_PAYLOAD_BELOW:
         return _untimed_signer(secret, purpose)(subscriber_id)
     if purpose == CONFIRM:
-        micros = (datetime.now(timezone.utc) - _EPOCH) // _MICROSECOND  # exact, unlike a float
+        micros = (datetime.now(UTC) - _EPOCH) // _MICROSECOND  # exact, unlike a float
         return str(_serializer(secret, purpose).dumps([subscriber_id, micros]))
     token = _serializer(secret, purpose).dumps(subscriber_id)
     return str(token)

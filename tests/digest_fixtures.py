@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -41,7 +41,7 @@ def make_essay(number: int, **fields: Any) -> Essay:
         ],
         "published_on": date(2025, 1, 1 + number % 28),
         "content_hash": f"hash-{number}",
-        "imported_at": datetime(2025, 2, 1, 12, number % 60, tzinfo=timezone.utc),
+        "imported_at": datetime(2025, 2, 1, 12, number % 60, tzinfo=UTC),
     }
     values.update(fields)
     return Essay(**values)

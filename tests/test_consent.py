@@ -17,8 +17,8 @@ from sqlmodel import Session, select
 from pipeline.models import Delivery, Issue
 from subscribers import consent
 from subscribers.addresses import suppression_hash
-from subscribers.importer import import_csv
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail, UnknownSubscriber
+from subscribers.importer import import_csv
 from subscribers.model import Subscriber, Suppression
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from pipeline.essays import import_paths, slug_for, read_essay
+from pipeline.essays import import_paths, read_essay, slug_for
 from pipeline.models import Essay
 
 NO_HEADER = "(none"  # INDEX.tsv's title column for pages stored without their header

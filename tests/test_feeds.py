@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import write_config
 from tests.feed_server import FIXTURES, FeedServer, serve_feeds
 
-UTC = timezone.utc
+UTC = UTC
 # Monday 23 November 2026, 07:00 Berlin: week 48's digest is due (config.toml's schedule).
 NOW = datetime(2026, 11, 23, 6, 1, tzinfo=UTC)
 

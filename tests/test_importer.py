@@ -36,9 +36,9 @@ def write(tmp_path: Path, data: bytes, name: str = "list.csv") -> Path:
 
 
 SHAPES = {
-    "utf8": "email,name\r\nzoe@example.org,Zoë Ørsted\r\nli@example.org,李雷\r\n".encode("utf-8"),
+    "utf8": "email,name\r\nzoe@example.org,Zoë Ørsted\r\nli@example.org,李雷\r\n".encode(),
     "utf8-bom": "\ufeffemail,name\nzoe@example.org,Zoë Ørsted\nli@example.org,李雷\n".encode("utf-8"),
-    "semicolon": "E-Mail;Name\nzoe@example.org;Zoë Ørsted\nli@example.org;李雷\n".encode("utf-8"),
+    "semicolon": "E-Mail;Name\nzoe@example.org;Zoë Ørsted\nli@example.org;李雷\n".encode(),
     "utf16-tab": "Email Address\tName\r\nzoe@example.org\tZoë Ørsted\r\nli@example.org\t李雷\r\n".encode("utf-16"),
 }
 

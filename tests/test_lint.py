@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def _check_every_copy(session: Session, settings: Settings, count: int, long: bo
         copy = lint_copy(html, text, recipient.unsubscribe_url, settings.newsletter.postal_address)
         assert not failures(copy), [str(f) for f in failures(copy)]
         assert not warnings(copy), [str(f) for f in warnings(copy)]
-        raw = factory.build(recipient, new_message_id(settings), datetime(2026, 3, 2, 7, tzinfo=timezone.utc))
+        raw = factory.build(recipient, new_message_id(settings), datetime(2026, 3, 2, 7, tzinfo=UTC))
         message = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
         assert not failures(message), [str(f) for f in failures(message)]
         checked += 1
@@ -167,7 +167,7 @@ def test_broken_messages_fail(session: Session, https_settings: Settings) -> Non
     issue = compose(session, https_settings)
     session.commit()
     raw = MessageFactory(https_settings, render_issue(session, https_settings, issue)).build(
-        RECIPIENTS[0], new_message_id(https_settings), datetime(2026, 3, 2, 7, tzinfo=timezone.utc))
+        RECIPIENTS[0], new_message_id(https_settings), datetime(2026, 3, 2, 7, tzinfo=UTC))
     domain = https_settings.newsletter.sender_domain
     assert not failures(lint_message(raw, domain, POSTAL))
     head, body = raw.split(b"\r\n\r\n", 1)

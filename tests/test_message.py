@@ -7,7 +7,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import dkim
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -25,14 +27,13 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
-from pipeline.message import (DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id,
-                              reference_message)
+from pipeline.message import DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id, reference_message
 from pipeline.render import Recipient, RenderedIssue, render_issue
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, digest_essays
 
 BASE = "https://letters.example.org"
-WHEN = datetime(2026, 11, 23, 7, 0, 1, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC)
 EVE = Recipient("Eve Öster", "eve@example.org", f"{BASE}/u/eve-token.abc_DEF-1")
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
-from pipeline.errors import RenderError
 from pipeline.digest import issue_view
+from pipeline.errors import RenderError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_copy
 from pipeline.models import Issue
@@ -234,7 +236,7 @@ def _golden_issue(session: Session, settings: Settings) -> Issue:
                    sent_in_issue_id=None),
     )
     issue = compose(session, settings, slugs=[e.slug for e in essays[:3]], key="golden-sample")
-    issue.created_at = datetime(2026, 3, 10, 7, 0, tzinfo=timezone.utc)
+    issue.created_at = datetime(2026, 3, 10, 7, 0, tzinfo=UTC)
     session.commit()
     return issue
 

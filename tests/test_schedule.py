@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time as wallclock
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, Outcome, make_scheduler
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import PUBLIC_WEB, SMTPServer, write_config
 
-UTC = timezone.utc
+UTC = UTC
 # Monday 23 November 2026, 07:00 Berlin (CET) = 06:00 UTC: week 48's digest is due.
 DUE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 KEY = "weekly-2026-W48"

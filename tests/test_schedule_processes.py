@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -72,7 +72,7 @@ def test_two_schedulers_firing_at_once_send_one_issue_once_to_each_subscriber(
     outputs = [p.communicate(timeout=120)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
 
-    key = due_period(settings.schedule, datetime.now(timezone.utc)).key
+    key = due_period(settings.schedule, datetime.now(UTC)).key
     assert [(i.key, i.status) for i in weekly_issues(engine)] == [(key, "sent")]
     per_address = Counter(r for m in smtp_server.received for r in m.rcpt_tos)
     assert per_address == Counter({e: 1 for e in emails})
@@ -126,7 +126,7 @@ def test_schedule_run_catches_up_then_stops_cleanly_on_sigterm(
     add_subscribers(engine, 2)  # and no essays: the due week is recorded as skipped
     log = tmp_path / "schedule.log"
     process = start(config, "run", log=log)
-    key = due_period(settings.schedule, datetime.now(timezone.utc)).key
+    key = due_period(settings.schedule, datetime.now(UTC)).key
     wait_until(lambda: ", issue weekly-" in log.read_text() or process.poll() is not None,
                60, "the catch-up run")
     assert [(i.key, i.status) for i in weekly_issues(engine)] == [(key, "skipped")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,12 @@ from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
 from subscribers.errors import BadToken, ExpiredToken
 from subscribers.tokens import (
-    CONFIRM, SECRET_ENV, UNSUBSCRIBE, load_secret, make_token, read_token,
+    CONFIRM,
+    SECRET_ENV,
+    UNSUBSCRIBE,
+    load_secret,
+    make_token,
+    read_token,
     read_token_issued,
 )
 
@@ -161,9 +166,9 @@ def test_an_empty_environment_variable_falls_back_to_the_file(tmp_path: Path, mo
 
 
 def test_a_confirm_token_knows_the_microsecond_it_was_made() -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     token = make_token(SECRET, CONFIRM, 7)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     subscriber_id, issued = read_token_issued(SECRET, CONFIRM, token)
     assert subscriber_id == 7 and before <= issued <= after
 

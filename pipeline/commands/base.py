@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from types import FrameType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -81,7 +81,7 @@ def to_jsonable(value: Any) -> Any:
 def readable_time(value: datetime) -> str:
     """A moment as people read it in a terminal: "2026-11-30 17:05 UTC" (no seconds, no offset
     arithmetic); --json keeps the full ISO value. Naive values are UTC, as the ledger stores them."""
-    moment = value if value.tzinfo is None else value.astimezone(timezone.utc)
+    moment = value if value.tzinfo is None else value.astimezone(UTC)
     return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 

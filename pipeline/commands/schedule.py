@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from datetime import timezone
+from datetime import UTC
 
 import click
 from rich.progress import (
@@ -93,7 +93,7 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
     now = utcnow()
     times = scheduling.next_fire_times(schedule, now, count)
     rows = [
-        {"key": period_key(t), "local": t, "utc": t.astimezone(timezone.utc)} for t in times
+        {"key": period_key(t), "local": t, "utc": t.astimezone(UTC)} for t in times
     ]
     latest = scheduling.run_due(app.settings, app.engine, now, dry_run=True)
     if as_json:
@@ -159,7 +159,7 @@ def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
         app.console.print(("[dry run] " if dry_run else "") + outcome.message, markup=False)
         app.console.print(
             f"Next digest due {outcome.next_due_at:%a %Y-%m-%d %H:%M %Z} "
-            f"({outcome.next_due_at.astimezone(timezone.utc):%H:%M} UTC)."
+            f"({outcome.next_due_at.astimezone(UTC):%H:%M} UTC)."
         )
     if dry_run:
         return

@@ -17,7 +17,6 @@ from rich.table import Table
 from sqlmodel import Session
 
 from pipeline import leases, ledger
-from pipeline.complaints import issue_feedback
 from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
@@ -28,6 +27,7 @@ from pipeline.commands.base import (
     print_json,
     stop_on_signals,
 )
+from pipeline.complaints import issue_feedback
 from pipeline.models import DeliveryStatus, Issue
 from pipeline.publish import Report, publish, requeue, send_test
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +17,7 @@ from subscribers import consent
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
 from subscribers.model import Subscriber, SubscriberStatus
-from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
+from subscribers.tokens import load_secret
 
 STATUSES = click.Choice([s.value for s in SubscriberStatus])
 SHOW_AT_MOST = 20  # problem rows printed per kind; --json has them all

@@ -17,8 +17,8 @@ from sqlmodel import Session
 
 from pipeline import db
 from pipeline.config import load_settings
-from pipeline.issues import compose
 from pipeline.digest import issue_view
+from pipeline.issues import compose
 from pipeline.render import Recipient, render_view, render_view_for
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, digest_essays

@@ -17,7 +17,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,8 @@ from pipeline.message import MessageFactory, new_message_id, reference_message
 from pipeline.publish import publish
 from pipeline.render import Recipient, render_issue
 from subscribers.model import Subscriber, utcnow
-from tests.digest_fixtures import add_essays, digest_essays
 from tests.benchmarks.sink import start_sink
+from tests.digest_fixtures import add_essays, digest_essays
 from tests.smtp_faults import smtp_settings
 
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2"))
@@ -90,7 +90,7 @@ def test_bench_send_10000_against_raw_smtplib(tmp_path: Path, sink: int) -> None
         issue = compose(session, settings, key=key)
         rendered = render_issue(session, settings, issue)
     factory = MessageFactory(settings, rendered)
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     people = [Recipient(f"Reader Nº{n}" if n % 3 else "", f"reader{n}@example.org", f"{BASE}/u/t{n}")
               for n in range(SUBSCRIBERS)]
     prebuilt = [(p.email, factory.build(p, new_message_id(settings), when)) for p in people]

@@ -22,8 +22,8 @@ import pytest
 
 from pipeline import db
 from pipeline.config import Settings
-from tests.conftest import postgres_available
 from tests.benchmarks.sink import start_sink
+from tests.conftest import postgres_available
 from tests.smtp_faults import new_issue, smtp_settings
 from tests.test_worker import NEWSLETTER, SECRET, add_readers, counts, hand_over, issue_status, wait_until
 

@@ -6,10 +6,9 @@ Create Date: 2026-11-23 23:06:09.069983
 """
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
