@@ -7,31 +7,60 @@ where domain errors become readable messages with a non-zero exit code.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-from pipeline.commands import (
-    bounces,
-    database,
-    doctor,
-    essays,
-    feeds,
-    issues,
-    project,
-    schedule,
-    send,
-    subscribers,
-    web,
-    worker,
-)
-from pipeline.commands.base import App
 from pipeline.errors import NewsletterError
 from subscribers.errors import SubscriberError
 
+# Every top-level command: its name -> (its module under pipeline/commands/, its one-line help).
+# Commands are imported only when run, since their modules pull in the database layer, the
+# templates, the web framework or scikit-learn: `newsletter --help` prints this table instead and
+# starts in a fraction of the time. tests/test_cli_help.py checks each line against the command's
+# own docstring, so the two cannot drift apart.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bounces": ("bounces", "Bounces, complaints and emailed unsubscribes from the bounce mailbox."),
+    "db": ("database", "Create or upgrade the database schema."),
+    "doctor": ("doctor", "Check this setup before the first real send, and print the fix for each problem."),
+    "essays": ("essays", "Import essays (scraped pages, Markdown), list them, show one."),
+    "feeds": ("feeds", "Read essays from RSS or Atom feeds (WordPress, Ghost, Hugo, Substack, ...)."),
+    "init": ("project", "Start a newsletter in FOLDER (default: here), or prepare an existing one."),
+    "issues": ("issues", "Compose issues (digests) from the essays not sent yet, list them, show one."),
+    "lint": ("issues", "Check ISSUE against the email checklist: the real message a subscriber (or a sample one) "
+                       "would get, its headers, its text part and its inlined HTML."),
+    "preview": ("issues", 'Write the exact HTML (or text) a subscriber would receive for ISSUE (id, key or "latest").'),
+    "schedule": ("schedule", "Send the weekly digest on its schedule, exactly once per week."),
+    "send": ("send", "Send an issue to every active subscriber it is owed to (ISSUE: id, key or latest)."),
+    "send-test": ("send", "Send one copy of ISSUE to an address, subject prefixed [TEST]; records nothing."),
+    "sends": ("send", "The delivery ledger of an issue: counts, rows, retries."),
+    "serve": ("web", "Serve the browser preview, the archive, and the unsubscribe, confirm and subscribe pages."),
+    "subscribers": ("subscribers", "Add, import, export, list, unsubscribe and remove subscribers."),
+    "worker": ("worker", "Deliver every issue in `sending` status, side by side with any number of other workers."),
+}
+
 
 class NewsletterGroup(click.Group):
-    """The root group: turns a domain error anywhere below into a message and exit code 1."""
+    """The root group: loads a command's module when it runs, and turns a domain error anywhere
+    below into a message and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module = importlib.import_module(f"pipeline.commands.{COMMANDS[cmd_name][0]}")
+            for command in module.commands:  # each module exposes the commands it adds here
+                self.add_command(command)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+                for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -60,13 +89,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       newsletter issues new
       newsletter send --latest
     """
+    from pipeline.commands.base import App  # noqa: PLC0415  (not for --help: see COMMANDS)
+
     ctx.obj = App(config_path=config_path)
-
-
-# Each command module exposes `commands`: the groups and commands it adds at the top level.
-for module in (bounces, database, doctor, essays, feeds, issues, project, schedule, subscribers, send, web, worker):
-    for command in module.commands:
-        cli.add_command(command)
 
 
 def main() -> None:

@@ -9,12 +9,15 @@ say in one line what it is for, and every list/show command must take --json.
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import click
 import pytest
 from click.testing import CliRunner
 
+from pipeline import cli as cli_module
 from pipeline.cli import cli
 
 
@@ -23,7 +26,10 @@ def walk(
 ) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, f"`newsletter {' '.join((*path, name))}` is listed but cannot be loaded"
             yield from walk(sub, (*path, name))
 
 
@@ -66,10 +72,30 @@ def test_every_group_says_what_it_is_for(path: tuple[str, ...], command: click.C
 def test_root_help_lists_every_command_with_a_description() -> None:
     output = help_text(())
     commands_part = output.split("Commands:", 1)[1]
-    for name in cli.commands:
-        line = next((l for l in commands_part.splitlines() if l.split()[:1] == [name]), "")
+    for name in cli.list_commands(click.Context(cli)):
+        line = next((row for row in commands_part.splitlines() if row.split()[:1] == [name]), "")
         assert line, f"{name} is missing from `newsletter --help`"
         assert len(line.split()) > 1, f"{name} is listed without a description"
+
+
+def test_the_root_help_table_says_what_each_command_says_of_itself() -> None:
+    # `newsletter --help` prints COMMANDS without importing the commands: it must not drift.
+    ctx = click.Context(cli)
+    for name, (module, short_help) in cli_module.COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None, f"{name} is not in pipeline/commands/{module}.py"
+        assert command.get_short_help_str(limit=1000) == short_help, name
+    loaded = {name for name in cli.commands}
+    table = set(cli_module.COMMANDS)
+    assert loaded == table, f"commands missing from the COMMANDS table: {loaded - table}"
+
+
+def test_root_help_imports_no_command_module() -> None:
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import cli; "
+            "CliRunner().invoke(cli, ['--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pipeline.commands.', 'sqlalchemy', 'flask', 'jinja2'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 LISTING = [
