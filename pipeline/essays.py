@@ -2,8 +2,8 @@
 
     import_paths(engine, ["examples/essays", "new.md"]) -> ImportReport
 
-- Folders are searched recursively for *.txt (scraped pages, pipeline/pages.py) and *.md /
-  *.markdown (front matter, pipeline/markdown.py); hidden files and folders, and README or
+- Folders are searched recursively for *.txt (scraped pages, pipeline/readers/scraped_page.py) and *.md /
+  *.markdown (front matter, pipeline/readers/markdown_essay.py); hidden files and folders, and README or
   LICENSE files found there, are skipped.
 - A file's slug is its front matter `slug`, else its file name: editing the title keeps the slug,
   so an edited file updates its essay instead of adding a second one. A moved file (its old
@@ -28,15 +28,15 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session, col, select
 
 from pipeline.db import session_scope
-from pipeline.draft import Draft, check_limits, slugify
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.excerpt import excerpt
-from pipeline.markdown import parse_markdown
 from pipeline.models import Essay, Issue
-from pipeline.pages import parse_page
+from pipeline.readers.markdown_essay import parse_markdown
+from pipeline.readers.parsed_essay import ParsedEssay, check_limits, slugify
+from pipeline.readers.scraped_page import parse_page
 from subscribers.model import utcnow
 
-READERS: dict[str, Callable[[str], Draft]] = {
+READERS: dict[str, Callable[[str], ParsedEssay]] = {
     ".txt": parse_page,
     ".md": parse_markdown,
     ".markdown": parse_markdown,
@@ -119,7 +119,7 @@ def import_paths(
     return report
 
 
-def _drop_unsafe_url(draft: Draft) -> None:
+def _drop_unsafe_url(draft: ParsedEssay) -> None:
     """The url becomes the digest's link: "javascript:..." or a scheme-less one must not."""
     if draft.url and not draft.url.lower().startswith(("https://", "http://")):
         draft.warnings.append(f"front matter: url {draft.url!r} is not an http(s) address; ignored "
@@ -193,8 +193,8 @@ def _not_empty(text: str) -> str:
     return text
 
 
-def read_essay(path: Path) -> Draft:
-    """The Draft in one file, by its suffix; ImportProblem when there is no essay in it."""
+def read_essay(path: Path) -> ParsedEssay:
+    """The ParsedEssay in one file, by its suffix; ImportProblem when there is no essay in it."""
     draft = READERS[path.suffix.lower()](read_source(path))
     if not any(block["kind"] == "p" and block["text"] for block in draft.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
@@ -202,7 +202,7 @@ def read_essay(path: Path) -> Draft:
     return draft
 
 
-def slug_for(draft: Draft, path: Path) -> str:
+def slug_for(draft: ParsedEssay, path: Path) -> str:
     """The front matter's slug, else one made from the file name, else from the title."""
     if draft.slug:
         slug = slugify(draft.slug)
@@ -217,7 +217,7 @@ def slug_for(draft: Draft, path: Path) -> str:
     return slug
 
 
-def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
+def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> Outcome:
     """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
     digest = draft.content_hash(slug)
     source_path = str(path.resolve())
@@ -242,7 +242,7 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
     return outcome
 
 
-def fill(essay: Essay, draft: Draft, digest: str, source_path: str | None) -> None:
+def fill(essay: Essay, draft: ParsedEssay, digest: str, source_path: str | None) -> None:
     """Copy a draft into a new or existing essay; never touches sent_in_issue_id.
 
     Every reader's drafts (files here, feed entries in pipeline/polling.py) go through this.

@@ -30,12 +30,12 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.draft import Draft, slugify
 from pipeline.errors import FeedError, ImportProblem
 from pipeline.essays import fill
-from pipeline.feeds import FeedDocument, FeedItem, fetch, parse_feed
 from pipeline.models import Essay, Feed, FeedEntry, Issue
 from pipeline.periods import Action, Period, decide
+from pipeline.readers.feed import FeedDocument, FeedItem, fetch, parse_feed
+from pipeline.readers.parsed_essay import ParsedEssay, slugify
 from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.feeds")
@@ -159,12 +159,12 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
     first_poll = feed.first_polled_at is None
     for item in document.entries:
         label = item.guid or "(an entry)"
-        if item.problem is not None or item.draft is None:
+        if item.problem is not None or item.essay is None:
             result.failed.append(f"{label}: {item.problem}")
             continue
         try:
             with session.begin_nested():  # a savepoint: a refused entry undoes only itself
-                outcome, name = store_entry(session, feed, item, item.draft,
+                outcome, name = store_entry(session, feed, item, item.essay,
                                             cutoff if first_poll else None)
         except ImportProblem as exc:
             result.failed.append(f"{label}: {exc}")
@@ -178,10 +178,10 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
             result.skipped.append(f"{label}: {name}")
         else:
             getattr(result, outcome).append(name)
-        result.warnings.extend(f"{name}: {warning}" for warning in item.draft.warnings)
+        result.warnings.extend(f"{name}: {warning}" for warning in item.essay.warnings)
 
 
-def store_entry(session: Session, feed: Feed, item: FeedItem, draft: Draft,
+def store_entry(session: Session, feed: Feed, item: FeedItem, draft: ParsedEssay,
                 cutoff: datetime | None) -> tuple[Outcome, str]:
     """Add, update or skip one entry: (outcome, the essay's slug or why it was skipped).
 
@@ -235,7 +235,7 @@ def _same_link(session: Session, url: str | None) -> Essay | None:
     ).first()
 
 
-def entry_slug(draft: Draft) -> str:
+def entry_slug(draft: ParsedEssay) -> str:
     """The link's last path segment ("/2026/10/why-bread/" -> "why-bread"), else the title."""
     path = urlsplit(draft.url or "").path.rstrip("/")
     last = unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0]  # "post.html" -> "post"

@@ -1,7 +1,8 @@
-"""What an importer makes of one file before it reaches the database: a Draft, and text helpers.
+"""What a reader makes of one essay source before it reaches the database: a ParsedEssay.
 
-Both readers (pipeline/pages.py for scraped pages, pipeline/markdown.py for Markdown) return a
-Draft; pipeline/essays.py turns drafts into Essay rows. Everything here is pure.
+Every reader (readers/scraped_page.py, readers/markdown_essay.py, readers/feed.py) returns a
+ParsedEssay; pipeline/essays.py turns them into Essay rows. Also the limits every essay is held
+to and the text helpers the readers share. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ MAX_TAG = 64
 
 
 @dataclass
-class Draft:
+class ParsedEssay:
     """One essay as read from a file, before it is matched against the database."""
 
     title: str
@@ -118,7 +119,7 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", strip_controls(unicodedata.normalize("NFC", text))).strip()
 
 
-def check_limits(draft: Draft) -> None:
+def check_limits(draft: ParsedEssay) -> None:
     """ImportProblem naming the first field over its limit (MAX_TITLE, MAX_TAGS, ...)."""
     for name, value, limit in (
         ("title", draft.title, MAX_TITLE),
