@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.confirmations import latest_for, send_queued
-from subscribers import consent
+from subscribers import consent, roster
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
-from subscribers.model import Subscriber, SubscriberStatus
+from subscribers.model import SubscriberStatus
 from subscribers.tokens import load_secret
 
 STATUSES = click.Choice([s.value for s in SubscriberStatus])
@@ -213,11 +213,7 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
     """
     with Session(app.engine) as session:
         counts = consent.counts(session)
-        query = select(Subscriber).where(Subscriber.status != SubscriberStatus.REMOVED.value)
-        if status:
-            query = query.where(Subscriber.status == status)
-        query = query.order_by(Subscriber.id.desc())  # type: ignore[union-attr]
-        rows = session.exec(query.limit(limit) if limit > 0 else query).all()
+        rows = roster.newest_first(session, status, limit)
     fields = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
     if as_json:
         print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows]})
