@@ -44,7 +44,7 @@ READERS: dict[str, Callable[[str], ParsedEssay]] = {
 # Found in a folder, these document the folder rather than being essays (named, they import).
 NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing"})
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
-Outcome = Literal["added", "updated", "unchanged"]
+ImportChange = Literal["added", "updated", "unchanged"]
 Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
 
 
@@ -217,7 +217,7 @@ def slug_for(draft: ParsedEssay, path: Path) -> str:
     return slug
 
 
-def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> Outcome:
+def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> ImportChange:
     """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
     digest = draft.content_hash(slug)
     source_path = str(path.resolve())
@@ -226,7 +226,7 @@ def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> Outcom
         return "unchanged"
     if essay is None:
         essay = Essay(slug=slug, title=draft.title, content_hash=digest)
-        outcome: Outcome = "added"
+        outcome: ImportChange = "added"
     else:
         outcome = "updated"
         if essay.source_path and essay.source_path != source_path:
@@ -283,7 +283,7 @@ def word_count(essay: Essay) -> int:
     return sum(len(block["text"].split()) for block in essay.body if block["kind"] == "p")
 
 
-def describe(essay: Essay, excerpt_length: int, sent_in: str | None = None) -> dict[str, Any]:
+def describe_essay(essay: Essay, excerpt_length: int, sent_in: str | None = None) -> dict[str, Any]:
     """What `essays show` prints (and its --json): the essay as a reader and an editor see it."""
     return {
         "slug": essay.slug,

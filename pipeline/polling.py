@@ -39,7 +39,7 @@ from pipeline.readers.parsed_essay import ParsedEssay, slugify
 from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.feeds")
-Outcome = Literal["added", "updated", "unchanged", "skipped"]
+EntryChange = Literal["added", "updated", "unchanged", "skipped"]
 
 
 @dataclass
@@ -182,7 +182,7 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
 
 
 def store_entry(session: Session, feed: Feed, item: FeedItem, draft: ParsedEssay,
-                cutoff: datetime | None) -> tuple[Outcome, str]:
+                cutoff: datetime | None) -> tuple[EntryChange, str]:
     """Add, update or skip one entry: (outcome, the essay's slug or why it was skipped).
 
     `cutoff` is set on a feed's first poll: entries older than it are not new.
@@ -208,7 +208,7 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, draft: ParsedEssay
     if essay is not None:
         digest = draft.content_hash(essay.slug)
         if essay.content_hash == digest:
-            outcome: Outcome = "unchanged"
+            outcome: EntryChange = "unchanged"
         else:
             fill(essay, draft, digest, None)
             outcome = "updated"

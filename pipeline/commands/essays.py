@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -10,7 +11,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
-from pipeline.essays import ImportReport, describe, get_essay, import_paths, list_essays, sent_key
+from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
 from pipeline.related import related_for_essay
 from subscribers.text import printable
 
@@ -99,7 +100,7 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter essays list --json | jq -r '.[] | select(.sent == null) | .slug'
     """
     with Session(app.engine) as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key}
             for e, key in list_essays(session)
         ]
@@ -150,7 +151,7 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
     """
     with Session(app.engine) as session:
         essay = get_essay(session, slug)
-        info = describe(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
+        info = describe_essay(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
         links = related_for_essay(session, essay, app.settings.digest.related_per_essay)
         info["related_links"] = [
             {"slug": s.essay.slug, "title": s.essay.title, "reason": s.reason, "score": s.score}

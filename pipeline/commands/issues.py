@@ -64,14 +64,14 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         with Session(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
-            data = describe(session, issue)
+            data = describe_issue(session, issue)
             session.rollback()  # a dry run stores nothing
         data["id"] = None
     else:
         with session_scope(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
-            data = describe(session, issue)
+            data = describe_issue(session, issue)
     if as_json:
         print_json(data)
         return
@@ -99,7 +99,7 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter issues list --json
     """
     with Session(app.engine) as session:
-        rows = [describe(session, issue) for issue in list_issues(session)]
+        rows = [describe_issue(session, issue) for issue in list_issues(session)]
     if as_json:
         print_json(rows)
         return
@@ -126,7 +126,7 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
       newsletter issues show weekly-2026-W48 --json
     """
     with Session(app.engine) as session:
-        data = describe(session, find_issue(session, issue_ref))
+        data = describe_issue(session, find_issue(session, issue_ref))
     if as_json:
         print_json(data)
         return
@@ -250,7 +250,7 @@ def _message(app: App, session: Session, issue: Issue, email: str | None) -> byt
     return personal_copy(session, app.settings, secret, issue, subscriber)
 
 
-def describe(session: Session, issue: Issue) -> dict[str, Any]:
+def describe_issue(session: Session, issue: Issue) -> dict[str, Any]:
     """An issue as the list/show commands print it (and --json gives it)."""
     return {
         "id": issue.id,

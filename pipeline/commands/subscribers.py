@@ -152,13 +152,15 @@ def _print_report(app: App, report: ImportReport) -> None:
         if problems:
             out.print(f"[{style}]{title}:[/]")
             for problem in problems[:SHOW_AT_MOST]:
-                out.print(f"  line {problem.line}: {shown(problem.email or '(empty)')}: {shown(problem.reason)}", soft_wrap=True)
+                out.print(f"  line {problem.line}: {shown(problem.email or '(empty)')}: "
+                          f"{shown(problem.reason)}", soft_wrap=True)
             if len(problems) > SHOW_AT_MOST:
                 out.print(f"  ... and {len(problems) - SHOW_AT_MOST} more (--json lists them all)")
     if report.names_cleaned:
         out.print(f"Names with line breaks or control characters {verb} cleaned: {report.names_cleaned}.")
     out.print(
-        f"{'Dry run: ' if report.dry_run else ''}{report.rows} row{'' if report.rows == 1 else 's'}: {report.added} added, {report.updated} updated, "
+        f"{'Dry run: ' if report.dry_run else ''}{report.rows} row{'' if report.rows == 1 else 's'}: "
+        f"{report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
         f"{len(report.opted_out)} left alone, "
         f"{f'{len(report.opt_outs_recorded)} opt-outs recorded, ' if report.opt_outs_recorded else ''}"
@@ -170,7 +172,8 @@ def _print_report(app: App, report: ImportReport) -> None:
 
 @group.command("export")
 @click.option("--status", type=STATUSES, help="Only subscribers with this status.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of to stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of to stdout.")
 @pass_app
 def export(app: App, status: str | None, output: Path | None) -> None:
     """Write subscribers as CSV (UTF-8): email, name, status, source and dates.
