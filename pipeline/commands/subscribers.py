@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.confirmations import latest_for, send_queued
+from pipeline.db import open_session
 from subscribers import consent, roster
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
@@ -49,7 +49,7 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
       newsletter subscribers add bob@example.org --confirm
     """
     settings = app.settings
-    with Session(app.engine, expire_on_commit=False) as session:
+    with open_session(app.engine, expire_on_commit=False) as session:
         if send_confirm:
             subscriber, needs = consent.subscribe(
                 session, email, name=name, source="cli", double_opt_in=True,
@@ -109,7 +109,7 @@ def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...]
     """
     mapping = _parse_columns(columns)
     settings = app.settings
-    with Session(app.engine, expire_on_commit=False) as session, Progress(
+    with open_session(app.engine, expire_on_commit=False) as session, Progress(
         TextColumn("Importing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} lines"),
         console=app.err, transient=True, disable=as_json,
     ) as bar:
@@ -187,7 +187,7 @@ def export(app: App, status: str | None, output: Path | None) -> None:
       newsletter subscribers export > subscribers.csv
       newsletter subscribers export --status unsubscribed -o left.csv
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         if output is None:
             count = export_csv(session, sys.stdout, status)
         else:
@@ -214,7 +214,7 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
       newsletter subscribers list
       newsletter subscribers list --status pending --json
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         counts = consent.counts(session)
         rows = roster.newest_first(session, status, limit)
     fields = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
@@ -246,7 +246,7 @@ def unsubscribe(app: App, email: str) -> None:
     Example:
       newsletter subscribers unsubscribe ann@example.org
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         changed = consent.unsubscribe(session, email)
     app.console.print(f"Unsubscribed {shown(email)}." if changed else f"{shown(email)} was already off the list.")
 
@@ -268,7 +268,7 @@ def remove(app: App, email: str, yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Erase {email} and its name from the list and the send history?", abort=True)
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         known = consent.remove(session, email)
     if known:
         app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")
