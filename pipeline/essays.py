@@ -97,13 +97,13 @@ def import_paths(
     taken: dict[str, Path] = {}  # slug -> file, within this import
     for done, path in enumerate(files, start=1):
         try:
-            draft = read_essay(path)
-            _drop_unsafe_url(draft)
-            slug = slug_for(draft, path)
+            parsed = read_essay(path)
+            _drop_unsafe_url(parsed)
+            slug = slug_for(parsed, path)
             if slug in taken:
                 raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
             with session_scope(engine) as session:
-                outcome = store(session, draft, slug, path)
+                outcome = store(session, parsed, slug, path)
                 if dry_run:
                     session.rollback()
         except ImportProblem as exc:
@@ -113,18 +113,18 @@ def import_paths(
         else:
             taken[slug] = path
             getattr(report, outcome).append(slug)
-            report.warnings.extend(f"{path}: {warning}" for warning in draft.warnings)
+            report.warnings.extend(f"{path}: {warning}" for warning in parsed.warnings)
         if progress:
             progress(done, len(files), path)
     return report
 
 
-def _drop_unsafe_url(draft: ParsedEssay) -> None:
+def _drop_unsafe_url(parsed: ParsedEssay) -> None:
     """The url becomes the digest's link: "javascript:..." or a scheme-less one must not."""
-    if draft.url and not draft.url.lower().startswith(("https://", "http://")):
-        draft.warnings.append(f"front matter: url {draft.url!r} is not an http(s) address; ignored "
+    if parsed.url and not parsed.url.lower().startswith(("https://", "http://")):
+        parsed.warnings.append(f"front matter: url {parsed.url!r} is not an http(s) address; ignored "
                               "(the essay links to site_url/slug)")
-        draft.url = None
+        parsed.url = None
 
 
 def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Path]:
@@ -195,37 +195,37 @@ def _not_empty(text: str) -> str:
 
 def read_essay(path: Path) -> ParsedEssay:
     """The ParsedEssay in one file, by its suffix; ImportProblem when there is no essay in it."""
-    draft = READERS[path.suffix.lower()](read_source(path))
-    if not any(block["kind"] == "p" and block["text"] for block in draft.body):
+    parsed = READERS[path.suffix.lower()](read_source(path))
+    if not any(block["kind"] == "p" and block["text"] for block in parsed.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
-    check_limits(draft)
-    return draft
+    check_limits(parsed)
+    return parsed
 
 
-def slug_for(draft: ParsedEssay, path: Path) -> str:
+def slug_for(parsed: ParsedEssay, path: Path) -> str:
     """The front matter's slug, else one made from the file name, else from the title."""
-    if draft.slug:
-        slug = slugify(draft.slug)
+    if parsed.slug:
+        slug = slugify(parsed.slug)
         if not slug:
-            raise ImportProblem(f"front matter: slug {draft.slug!r} has no letters or digits")
+            raise ImportProblem(f"front matter: slug {parsed.slug!r} has no letters or digits")
         return slug
     # A page bundle (walks/stairs/index.md) is named by its folder, as static site tools do.
     stem = path.parent.name if path.stem.lower() == "index" else path.stem
-    slug = slugify(stem) or slugify(draft.title)
+    slug = slugify(stem) or slugify(parsed.title)
     if not slug:
         raise ImportProblem("cannot make a slug from the file name or title; add `slug:`")
     return slug
 
 
-def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> ImportChange:
+def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> ImportChange:
     """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
-    digest = draft.content_hash(slug)
+    digest = parsed.content_hash(slug)
     source_path = str(path.resolve())
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
     if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
         return "unchanged"
     if essay is None:
-        essay = Essay(slug=slug, title=draft.title, content_hash=digest)
+        essay = Essay(slug=slug, title=parsed.title, content_hash=digest)
         outcome: ImportChange = "added"
     else:
         outcome = "updated"
@@ -236,28 +236,28 @@ def store(session: Session, draft: ParsedEssay, slug: str, path: Path) -> Import
                     "`slug:` in front matter, or rename it"
                 )
             # The old file is gone: the essay moved (or was renamed with a fixed slug).
-            draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
-    fill(essay, draft, digest, source_path)
+            parsed.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
+    fill(essay, parsed, digest, source_path)
     session.add(essay)
     return outcome
 
 
-def fill(essay: Essay, draft: ParsedEssay, digest: str, source_path: str | None) -> None:
-    """Copy a draft into a new or existing essay; never touches sent_in_issue_id.
+def fill(essay: Essay, parsed: ParsedEssay, digest: str, source_path: str | None) -> None:
+    """Copy a parsed essay into a new or existing Essay row; never touches sent_in_issue_id.
 
-    Every reader's drafts (files here, feed entries in pipeline/polling.py) go through this.
+    Every reader's parsed essays (files here, feed entries in pipeline/polling.py) go through this.
     """
     if essay.id is not None and essay.sent_in_issue_id is not None:
-        draft.warnings.append(f"{essay.slug!r} was sent already; the edit reaches later copies only")
-    essay.title = draft.title
-    essay.dek = draft.dek
-    essay.body = draft.body
-    essay.published_on = draft.published_on
-    essay.url = draft.url
-    essay.source_url = draft.source_url
+        parsed.warnings.append(f"{essay.slug!r} was sent already; the edit reaches later copies only")
+    essay.title = parsed.title
+    essay.dek = parsed.dek
+    essay.body = parsed.body
+    essay.published_on = parsed.published_on
+    essay.url = parsed.url
+    essay.source_url = parsed.source_url
     essay.source_path = source_path
-    essay.source_related = draft.source_related
-    essay.tags = draft.tags
+    essay.source_related = parsed.source_related
+    essay.tags = parsed.tags
     essay.content_hash = digest
     essay.updated_at = utcnow()
 

@@ -139,7 +139,7 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
 
 
 def feed_item(entry: Any, feed_url: str) -> FeedItem:
-    """One parsed entry as a FeedItem; a problem instead of a draft when it cannot be taken."""
+    """One parsed entry as a FeedItem; a problem instead of a parsed essay when it cannot be taken."""
     link = entry.get("link") or ""
     if link and urlsplit(link).scheme not in ("http", "https"):
         link = ""  # "javascript:" or a bare path must not become the digest's link
@@ -167,7 +167,7 @@ def entry_essay(entry: Any, link: str, feed_url: str, published: datetime | None
     if dek and body and dek == body[0]["text"]:
         dek = ""  # a summary that only repeats the opening paragraph says nothing new
     title = _plain(entry.get("title", ""), entry.get("title_detail", {}).get("type", ""))
-    draft = ParsedEssay(
+    parsed = ParsedEssay(
         title=title or title_from_body(body),
         dek=dek,
         body=body,
@@ -176,8 +176,8 @@ def entry_essay(entry: Any, link: str, feed_url: str, published: datetime | None
         source_url=feed_url,
         tags=_tags(entry),
     )
-    check_limits(draft)
-    return draft
+    check_limits(parsed)
+    return parsed
 
 
 def _plain(text: str, kind: str) -> str:

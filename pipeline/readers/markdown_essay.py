@@ -56,7 +56,7 @@ def parse_markdown(text: str) -> ParsedEssay:
 
     date_value = meta.get("date")
     published_on = to_date(date_value)
-    draft = ParsedEssay(
+    parsed = ParsedEssay(
         title=title,
         dek=next((_text_field(meta, k) for k in DEK_KEYS if meta.get(k)), ""),
         body=body,
@@ -66,15 +66,15 @@ def parse_markdown(text: str) -> ParsedEssay:
         tags=_tags(meta.get("tags")),
     )
     if date_value not in (None, "") and published_on is None:
-        draft.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
+        parsed.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
     unknown = sorted(set(meta) - KNOWN_KEYS)
     if unknown:
-        draft.warnings.append(f"front matter: ignored unknown key(s) {', '.join(unknown)}")
-    if not draft.title:
-        draft.title = title_from_body(body)
-        if draft.title:
-            draft.warnings.append(f"no title; took the first sentence: {draft.title!r}")
-    return draft
+        parsed.warnings.append(f"front matter: ignored unknown key(s) {', '.join(unknown)}")
+    if not parsed.title:
+        parsed.title = title_from_body(body)
+        if parsed.title:
+            parsed.warnings.append(f"no title; took the first sentence: {parsed.title!r}")
+    return parsed
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:

@@ -56,7 +56,7 @@ def parse_page(text: str) -> ParsedEssay:
     body = _blocks([line for line in lines if not _is_meta(line)])
 
     category, title, dek = _read_header(header)
-    draft = ParsedEssay(
+    parsed = ParsedEssay(
         title=title,
         dek=dek,
         body=body,
@@ -64,11 +64,11 @@ def parse_page(text: str) -> ParsedEssay:
         source_related=related,
         tags=[category] if category else [],
     )
-    if not draft.title:
-        draft.title = title_from_body(body)
-        if draft.title:
-            draft.warnings.append(f"no title; took the first sentence: {draft.title!r}")
-    return draft
+    if not parsed.title:
+        parsed.title = title_from_body(body)
+        if parsed.title:
+            parsed.warnings.append(f"no title; took the first sentence: {parsed.title!r}")
+    return parsed
 
 
 def is_noise(line: str) -> bool:
