@@ -1,24 +1,23 @@
-"""Read config.toml once into typed, frozen settings, naming the key of any wrong value."""
+"""Read config.toml once into typed, frozen settings, naming the key of any wrong value.
+
+The settings types and which key fills which field live here; the checks each value goes
+through (and the list of problems reported in one run) live in pipeline/config_reader.py.
+"""
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from pipeline.config_reader import PASSWORD_ENV, ConfigReader
 from pipeline.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
-PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 
@@ -32,9 +31,8 @@ def _builtin_templates() -> Path:
 BUILTIN_TEMPLATES = _builtin_templates()
 # docs/ ships as pipeline/docs likewise (the preview serves the email checklist from it).
 BUILTIN_DOCS = BUILTIN_TEMPLATES.parent / "docs"
+DEFAULT_DATABASE = "sqlite:///newsletter.db"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,7 +203,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     """Turn a parsed TOML document into Settings (pure; `config_path` anchors relative paths)."""
-    r = _Reader(raw, config_path)
+    r = ConfigReader(raw, config_path)
     base = config_path.parent
     # Only name, site_url, sender_address and base_url must be decided (`newsletter init`
     # asks for them); every other key has a default, so a minimal config.toml is enough.
@@ -225,10 +223,10 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         base_url=r.url("web.base_url"),
         preview_token=os.environ.get(token_env) or None,
     )
-    database = DatabaseSettings(url=_database_url(r, r.text("database.url", DEFAULT_DATABASE), base))
+    database = DatabaseSettings(url=r.database_url("database.url", DEFAULT_DATABASE, base))
     schedule = ScheduleSettings(
         weekday=r.choice("schedule.weekday", WEEKDAYS, "monday", transform=str.lower),
-        time=r.convert("schedule.time", _parse_time, 'a 24-hour time like "07:00"', "07:00"),
+        time=r.clock_time("schedule.time", "07:00"),
         timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"',
                            "UTC"),
         grace_hours=r.number("schedule.grace_hours", 12, minimum=0),
@@ -295,7 +293,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     )
 
 
-def _bounce_settings(r: _Reader, base: Path, sender: str) -> BounceSettings:
+def _bounce_settings(r: ConfigReader, base: Path, sender: str) -> BounceSettings:
     """[bounces] (optional: without it, or with enabled = false, nothing is read from a mailbox)."""
     enabled = r.boolean("bounces.enabled", False)
     return_path = r.text("bounces.return_path", "", allow_empty=True)
@@ -330,198 +328,3 @@ def _bounce_settings(r: _Reader, base: Path, sender: str) -> BounceSettings:
         complaint_pause_rate=pause,
         interval_minutes=r.number("bounces.interval_minutes", 15, minimum=1),
     )
-
-
-def _database_url(r: _Reader, url: str, base: Path) -> str:
-    """Resolve a relative SQLite path against the config's folder, so cwd does not matter.
-
-    The URL is parsed and its driver imported here, so that a typo or a missing driver is a
-    message naming the key instead of a SQLAlchemy traceback at the first query.
-    """
-    if not url:
-        return url  # already reported
-    try:
-        parsed = make_url(url)
-        dialect = parsed.get_dialect()  # NoSuchModuleError (an ArgumentError): unknown scheme
-    except (ArgumentError, ValueError):
-        r.fail("database.url", 'a SQLAlchemy URL like "sqlite:///newsletter.db" or '
-               '"postgresql+psycopg://user@host/dbname"', url)
-        return url
-    try:
-        dialect.import_dbapi()
-    except ImportError as exc:
-        # The URL may carry a password: name the scheme only.
-        r.problem(f"database.url: the driver for {parsed.drivername!r} is not "
-                  f"installed (no module {exc.name!r}); use sqlite:/// or postgresql+psycopg://")
-        return url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url != "sqlite:///:memory:":
-        path = base / url[len(prefix):]  # an absolute path stays as it is
-        if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
-            r.problem(f"database.url: the folder {path.parent} does not exist "
-                      "(create it, or fix the path)")
-        elif path.is_dir():
-            r.problem(f"database.url: {path} is a folder: name a file in it, "
-                      f"e.g. sqlite:///{path / 'newsletter.db'}")
-        return prefix + str(path)
-    return url
-
-
-DEFAULT_DATABASE = "sqlite:///newsletter.db"
-
-
-def _parse_time(value: str) -> time:
-    hours, _, minutes = value.partition(":")
-    return time(int(hours), int(minutes))
-
-
-_MISSING = object()
-
-
-class _Reader:
-    """Looks up dotted keys; a wrong or missing value is noted (file, key, want) and a stand-in
-    returned, so that one run reports every problem of the file (raise_problems)."""
-
-    def __init__(self, raw: dict[str, Any], path: Path) -> None:
-        self.raw = raw
-        self.path = path
-        self.read: set[str] = {"delivery.smtp_password"}  # every key looked up; see refuse_unknown_keys
-        self.problems: list[str] = []
-
-    def problem(self, message: str) -> None:
-        self.problems.append(message)
-
-    def raise_problems(self) -> None:
-        if len(self.problems) == 1:
-            raise ConfigError(f"{self.path}: {self.problems[0]}")
-        if self.problems:
-            raise ConfigError(f"{self.path}: {len(self.problems)} problems:\n"
-                              + "\n".join(f"  {p}" for p in self.problems))
-
-    def refuse_unknown_keys(self) -> None:
-        """A key nobody reads is a typo: ignored, its default would apply without a word."""
-        sections = {key.partition(".")[0] for key in self.read}
-        for section, values in self.raw.items():
-            if section not in sections or not isinstance(values, dict):
-                what = "section" if isinstance(values, dict) else "key"
-                self.unknown(section, sorted(sections), what)
-                continue
-            for name in values:
-                key = f"{section}.{name}"
-                if key == "delivery.smtp_password":
-                    self.problem(f"{key}: not read from the file: set {PASSWORD_ENV}")
-                elif key not in self.read:
-                    self.unknown(key, sorted(self.read), "key")
-
-    def unknown(self, key: str, known: list[str], what: str) -> None:
-        close = difflib.get_close_matches(key, known, n=1)
-        self.problem(f"{key}: unknown {what}" + (f" (did you mean {close[0]}?)" if close else ""))
-
-    def fail(self, key: str, want: str, value: object = _MISSING) -> None:
-        got = "it is missing" if value is _MISSING else f"got {value!r}"
-        self.problem(f"{key}: expected {want}, {got}")
-
-    def get(self, key: str, default: object = _MISSING) -> Any:
-        """The value at `key`, `default` when absent, or _MISSING (noted) when required."""
-        self.read.add(key)
-        node: Any = self.raw
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                if default is _MISSING:
-                    self.fail(key, "a value")
-                return default
-            node = node[part]
-        return node
-
-    def text(self, key: str, default: object = _MISSING, allow_empty: bool = False) -> str:
-        value = self.get(key, default)
-        if value is _MISSING:
-            return ""
-        if not isinstance(value, str) or (not allow_empty and not value.strip()):
-            self.fail(key, "a non-empty string" if not allow_empty else "a string", value)
-            return ""
-        return value.strip()
-
-    def url(self, key: str) -> str:
-        value = self.text(key)
-        if value and not value.startswith(("https://", "http://")):
-            self.fail(key, "an http:// or https:// URL", value)
-        return value.rstrip("/")
-
-    def url_list(self, key: str, default: object = _MISSING) -> list[str]:
-        value = self.get(key, default)
-        want = 'a list of http:// or https:// URLs like ["https://example.org/feed.xml"]'
-        if not isinstance(value, list):
-            self.fail(key, want, value)
-            return []
-        for item in value:
-            if (not isinstance(item, str) or not item.strip().startswith(("https://", "http://"))
-                    or len(item.strip()) > 500):  # the longest URL an essay or feed row holds
-                self.fail(key, want + " of at most 500 characters", item)
-                return []
-        return [item.strip() for item in value]
-
-    def address(self, key: str) -> str:
-        value = self.text(key)
-        local, at, domain = value.partition("@")
-        if value and (not at or not local or "." not in domain or any(c in value for c in " <>\r\n")):
-            self.fail(key, "an email address like letters@example.org", value)
-        return value
-
-    def choice(
-        self,
-        key: str,
-        options: tuple[str, ...],
-        default: object = _MISSING,
-        transform: Callable[[str], str] = str,
-    ) -> str:
-        value = self.get(key, default)
-        if value is _MISSING:
-            return options[0]
-        if not isinstance(value, str) or transform(value) not in options:
-            self.fail(key, "one of " + ", ".join(options), value)
-            return options[0]
-        return transform(value)
-
-    def integer(
-        self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
-    ) -> int:
-        value = self.get(key, default)
-        if value is _MISSING:
-            return minimum
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum
-        ):
-            limits = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            self.fail(key, f"a whole number {limits}", value)
-            return minimum
-        return value
-
-    def number(self, key: str, default: object = _MISSING, minimum: float = 0) -> float:
-        value = self.get(key, default)
-        if value is _MISSING:
-            return float(minimum)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.fail(key, f"a number >= {minimum:g}", value)
-            return float(minimum)
-        return float(value)
-
-    def boolean(self, key: str, default: object = _MISSING) -> bool:
-        value = self.get(key, default)
-        if value is _MISSING:
-            return False
-        if not isinstance(value, bool):
-            self.fail(key, "true or false", value)
-            return False
-        return value
-
-    def convert(self, key: str, parse: Callable[[str], T], want: str, default: str) -> T:
-        """`parse` of the value; the stand-in for a bad or missing one is parse(default)."""
-        value = self.get(key, default)
-        if value is _MISSING:
-            return parse(default)
-        try:
-            return parse(value.strip())
-        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError, AttributeError):
-            self.fail(key, want, value)
-            return parse(default)

@@ -87,3 +87,9 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def open_session(engine: Engine, expire_on_commit: bool = True) -> Session:
+    """A plain session (nothing committed on exit), for the shells: reads, and library calls that
+    commit their own work; they open it here so that none of them imports the ORM."""
+    return Session(engine, expire_on_commit=expire_on_commit)

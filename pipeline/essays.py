@@ -2,8 +2,8 @@
 
     import_paths(engine, ["examples/essays", "new.md"]) -> ImportReport
 
-- Folders are searched recursively for *.txt (scraped pages, pipeline/pages.py) and *.md /
-  *.markdown (front matter, pipeline/markdown.py); hidden files and folders, and README or
+- Folders are searched recursively for *.txt (scraped pages, pipeline/readers/scraped_page.py) and *.md /
+  *.markdown (front matter, pipeline/readers/markdown_essay.py); hidden files and folders, and README or
   LICENSE files found there, are skipped.
 - A file's slug is its front matter `slug`, else its file name: editing the title keeps the slug,
   so an edited file updates its essay instead of adding a second one. A moved file (its old
@@ -28,15 +28,15 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session, col, select
 
 from pipeline.db import session_scope
-from pipeline.draft import Draft, check_limits, slugify
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.excerpt import excerpt
-from pipeline.markdown import parse_markdown
 from pipeline.models import Essay, Issue
-from pipeline.pages import parse_page
+from pipeline.readers.markdown_essay import parse_markdown
+from pipeline.readers.parsed_essay import ParsedEssay, check_limits, slugify
+from pipeline.readers.scraped_page import parse_page
 from subscribers.model import utcnow
 
-READERS: dict[str, Callable[[str], Draft]] = {
+READERS: dict[str, Callable[[str], ParsedEssay]] = {
     ".txt": parse_page,
     ".md": parse_markdown,
     ".markdown": parse_markdown,
@@ -44,7 +44,7 @@ READERS: dict[str, Callable[[str], Draft]] = {
 # Found in a folder, these document the folder rather than being essays (named, they import).
 NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing"})
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
-Outcome = Literal["added", "updated", "unchanged"]
+ImportChange = Literal["added", "updated", "unchanged"]
 Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
 
 
@@ -97,13 +97,13 @@ def import_paths(
     taken: dict[str, Path] = {}  # slug -> file, within this import
     for done, path in enumerate(files, start=1):
         try:
-            draft = read_essay(path)
-            _drop_unsafe_url(draft)
-            slug = slug_for(draft, path)
+            parsed = read_essay(path)
+            _drop_unsafe_url(parsed)
+            slug = slug_for(parsed, path)
             if slug in taken:
                 raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
             with session_scope(engine) as session:
-                outcome = store(session, draft, slug, path)
+                outcome = store(session, parsed, slug, path)
                 if dry_run:
                     session.rollback()
         except ImportProblem as exc:
@@ -113,18 +113,18 @@ def import_paths(
         else:
             taken[slug] = path
             getattr(report, outcome).append(slug)
-            report.warnings.extend(f"{path}: {warning}" for warning in draft.warnings)
+            report.warnings.extend(f"{path}: {warning}" for warning in parsed.warnings)
         if progress:
             progress(done, len(files), path)
     return report
 
 
-def _drop_unsafe_url(draft: Draft) -> None:
+def _drop_unsafe_url(parsed: ParsedEssay) -> None:
     """The url becomes the digest's link: "javascript:..." or a scheme-less one must not."""
-    if draft.url and not draft.url.lower().startswith(("https://", "http://")):
-        draft.warnings.append(f"front matter: url {draft.url!r} is not an http(s) address; ignored "
+    if parsed.url and not parsed.url.lower().startswith(("https://", "http://")):
+        parsed.warnings.append(f"front matter: url {parsed.url!r} is not an http(s) address; ignored "
                               "(the essay links to site_url/slug)")
-        draft.url = None
+        parsed.url = None
 
 
 def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Path]:
@@ -193,40 +193,40 @@ def _not_empty(text: str) -> str:
     return text
 
 
-def read_essay(path: Path) -> Draft:
-    """The Draft in one file, by its suffix; ImportProblem when there is no essay in it."""
-    draft = READERS[path.suffix.lower()](read_source(path))
-    if not any(block["kind"] == "p" and block["text"] for block in draft.body):
+def read_essay(path: Path) -> ParsedEssay:
+    """The ParsedEssay in one file, by its suffix; ImportProblem when there is no essay in it."""
+    parsed = READERS[path.suffix.lower()](read_source(path))
+    if not any(block["kind"] == "p" and block["text"] for block in parsed.body):
         raise ImportProblem("no essay text in the file (only a header, front matter or noise)")
-    check_limits(draft)
-    return draft
+    check_limits(parsed)
+    return parsed
 
 
-def slug_for(draft: Draft, path: Path) -> str:
+def slug_for(parsed: ParsedEssay, path: Path) -> str:
     """The front matter's slug, else one made from the file name, else from the title."""
-    if draft.slug:
-        slug = slugify(draft.slug)
+    if parsed.slug:
+        slug = slugify(parsed.slug)
         if not slug:
-            raise ImportProblem(f"front matter: slug {draft.slug!r} has no letters or digits")
+            raise ImportProblem(f"front matter: slug {parsed.slug!r} has no letters or digits")
         return slug
     # A page bundle (walks/stairs/index.md) is named by its folder, as static site tools do.
     stem = path.parent.name if path.stem.lower() == "index" else path.stem
-    slug = slugify(stem) or slugify(draft.title)
+    slug = slugify(stem) or slugify(parsed.title)
     if not slug:
         raise ImportProblem("cannot make a slug from the file name or title; add `slug:`")
     return slug
 
 
-def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
+def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> ImportChange:
     """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
-    digest = draft.content_hash(slug)
+    digest = parsed.content_hash(slug)
     source_path = str(path.resolve())
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
     if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
         return "unchanged"
     if essay is None:
-        essay = Essay(slug=slug, title=draft.title, content_hash=digest)
-        outcome: Outcome = "added"
+        essay = Essay(slug=slug, title=parsed.title, content_hash=digest)
+        outcome: ImportChange = "added"
     else:
         outcome = "updated"
         if essay.source_path and essay.source_path != source_path:
@@ -236,28 +236,28 @@ def store(session: Session, draft: Draft, slug: str, path: Path) -> Outcome:
                     "`slug:` in front matter, or rename it"
                 )
             # The old file is gone: the essay moved (or was renamed with a fixed slug).
-            draft.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
-    fill(essay, draft, digest, source_path)
+            parsed.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
+    fill(essay, parsed, digest, source_path)
     session.add(essay)
     return outcome
 
 
-def fill(essay: Essay, draft: Draft, digest: str, source_path: str | None) -> None:
-    """Copy a draft into a new or existing essay; never touches sent_in_issue_id.
+def fill(essay: Essay, parsed: ParsedEssay, digest: str, source_path: str | None) -> None:
+    """Copy a parsed essay into a new or existing Essay row; never touches sent_in_issue_id.
 
-    Every reader's drafts (files here, feed entries in pipeline/polling.py) go through this.
+    Every reader's parsed essays (files here, feed entries in pipeline/polling.py) go through this.
     """
     if essay.id is not None and essay.sent_in_issue_id is not None:
-        draft.warnings.append(f"{essay.slug!r} was sent already; the edit reaches later copies only")
-    essay.title = draft.title
-    essay.dek = draft.dek
-    essay.body = draft.body
-    essay.published_on = draft.published_on
-    essay.url = draft.url
-    essay.source_url = draft.source_url
+        parsed.warnings.append(f"{essay.slug!r} was sent already; the edit reaches later copies only")
+    essay.title = parsed.title
+    essay.dek = parsed.dek
+    essay.body = parsed.body
+    essay.published_on = parsed.published_on
+    essay.url = parsed.url
+    essay.source_url = parsed.source_url
     essay.source_path = source_path
-    essay.source_related = draft.source_related
-    essay.tags = draft.tags
+    essay.source_related = parsed.source_related
+    essay.tags = parsed.tags
     essay.content_hash = digest
     essay.updated_at = utcnow()
 
@@ -283,7 +283,7 @@ def word_count(essay: Essay) -> int:
     return sum(len(block["text"].split()) for block in essay.body if block["kind"] == "p")
 
 
-def describe(essay: Essay, excerpt_length: int, sent_in: str | None = None) -> dict[str, Any]:
+def describe_essay(essay: Essay, excerpt_length: int, sent_in: str | None = None) -> dict[str, Any]:
     """What `essays show` prints (and its --json): the essay as a reader and an editor see it."""
     return {
         "slug": essay.slug,

@@ -14,10 +14,10 @@ from sqlmodel import Session, col, func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.draft import MAX_URL
 from pipeline.errors import ImportProblem, NotFound
-from pipeline.feeds import FeedDocument, fetch, parse_feed
 from pipeline.models import Feed, FeedEntry
+from pipeline.readers.feed import FeedDocument, fetch, parse_feed
+from pipeline.readers.parsed_essay import MAX_URL
 
 
 def check_url(url: str) -> str:

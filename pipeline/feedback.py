@@ -36,7 +36,7 @@ log = logging.getLogger("newsletter.bounces")
 
 
 @dataclass
-class Outcome:
+class HandledMessage:
     """What processing did with one mailbox message (one row of the table the CLI prints)."""
 
     key: str
@@ -52,7 +52,7 @@ class Outcome:
 class MailboxReport:
     source: str = ""
     dry_run: bool = False
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[HandledMessage] = field(default_factory=list)
     already: int = 0  # messages processed by an earlier run
 
     def counts(self) -> dict[str, int]:
@@ -104,13 +104,13 @@ def read_bounces(settings: Settings, engine: Engine) -> None:
 
 
 def apply(session: Session, settings: Settings, secret: str, finding: Finding, dry_run: bool,
-          now: datetime) -> list[Outcome]:
+          now: datetime) -> list[HandledMessage]:
     """Match `finding`, change statuses and record it (nothing written when `dry_run`)."""
-    outcomes: list[Outcome] = []
+    outcomes: list[HandledMessage] = []
     events: list[BounceEvent] = []
     if finding.kind == BounceKind.UNSUBSCRIBE:
         subscriber = consent.find(session, finding.sender) if finding.sender else None
-        outcome = Outcome(finding.key, finding.kind.value, finding.sender, matched_by="from",
+        outcome = HandledMessage(finding.key, finding.kind.value, finding.sender, matched_by="from",
                           reason=finding.reason)
         if subscriber is None:
             outcome.reason = f"{finding.sender or 'the sender'} is not a subscriber: nothing to do"
@@ -130,7 +130,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
             outcomes.append(outcome)
             events.append(event)
     else:
-        outcomes.append(Outcome(finding.key, finding.kind.value, finding.sender, reason=finding.reason))
+        outcomes.append(HandledMessage(finding.key, finding.kind.value, finding.sender, reason=finding.reason))
     if not dry_run:
         session.add_all(events)
         session.add(ProcessedMessage(key=finding.key, kind=finding.kind.value,
@@ -140,11 +140,11 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
 
 
 def _apply_failure(session: Session, settings: Settings, secret: str, finding: Finding, failure: Failure,
-                   dry_run: bool, now: datetime) -> tuple[Outcome, BounceEvent]:
+                   dry_run: bool, now: datetime) -> tuple[HandledMessage, BounceEvent]:
     delivery, matched_by = _match(session, settings, secret, finding, failure)
     email = delivery.email if delivery is not None else failure.recipient
     subscriber_id = delivery.subscriber_id if delivery is not None else None
-    outcome = Outcome(finding.key, failure.kind.value, email or failure.recipient,
+    outcome = HandledMessage(finding.key, failure.kind.value, email or failure.recipient,
                       delivery.issue_id if delivery else None, matched_by,
                       reason=" ".join(filter(None, (failure.status, failure.detail))) or finding.reason)
     event = _event(finding, failure, subscriber_id, delivery, matched_by, now)
@@ -160,7 +160,8 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
             col(BounceEvent.created_at) >= since)).one())
         limit = settings.bounces.soft_bounce_limit
         outcome.action = "counted"
-        outcome.reason = f"soft bounce {earlier + 1} of {limit} in {settings.bounces.soft_bounce_days:g} days: {outcome.reason}"
+        outcome.reason = (f"soft bounce {earlier + 1} of {limit} in "
+                          f"{settings.bounces.soft_bounce_days:g} days: {outcome.reason}")
         if earlier + 1 >= limit:
             outcome.action = _change(session, subscriber_id, status, BounceKind.HARD, dry_run) or "counted"
     else:

@@ -30,16 +30,16 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.draft import Draft, slugify
 from pipeline.errors import FeedError, ImportProblem
 from pipeline.essays import fill
-from pipeline.feeds import FeedDocument, FeedItem, fetch, parse_feed
 from pipeline.models import Essay, Feed, FeedEntry, Issue
 from pipeline.periods import Action, Period, decide
+from pipeline.readers.feed import FeedDocument, FeedItem, fetch, parse_feed
+from pipeline.readers.parsed_essay import ParsedEssay, slugify
 from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.feeds")
-Outcome = Literal["added", "updated", "unchanged", "skipped"]
+EntryChange = Literal["added", "updated", "unchanged", "skipped"]
 
 
 @dataclass
@@ -159,12 +159,12 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
     first_poll = feed.first_polled_at is None
     for item in document.entries:
         label = item.guid or "(an entry)"
-        if item.problem is not None or item.draft is None:
+        if item.problem is not None or item.essay is None:
             result.failed.append(f"{label}: {item.problem}")
             continue
         try:
             with session.begin_nested():  # a savepoint: a refused entry undoes only itself
-                outcome, name = store_entry(session, feed, item, item.draft,
+                outcome, name = store_entry(session, feed, item, item.essay,
                                             cutoff if first_poll else None)
         except ImportProblem as exc:
             result.failed.append(f"{label}: {exc}")
@@ -178,11 +178,11 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
             result.skipped.append(f"{label}: {name}")
         else:
             getattr(result, outcome).append(name)
-        result.warnings.extend(f"{name}: {warning}" for warning in item.draft.warnings)
+        result.warnings.extend(f"{name}: {warning}" for warning in item.essay.warnings)
 
 
-def store_entry(session: Session, feed: Feed, item: FeedItem, draft: Draft,
-                cutoff: datetime | None) -> tuple[Outcome, str]:
+def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssay,
+                cutoff: datetime | None) -> tuple[EntryChange, str]:
     """Add, update or skip one entry: (outcome, the essay's slug or why it was skipped).
 
     `cutoff` is set on a feed's first poll: entries older than it are not new.
@@ -200,22 +200,22 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, draft: Draft,
                    f"published {item.published.date()}, before the first poll's window")
             session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
             return "skipped", why
-        essay = _same_link(session, draft.url)
+        essay = _same_link(session, parsed.url)
         if essay is not None and essay.source_path:
             why = f"already imported from {essay.source_path} (essay {essay.slug!r})"
             session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
             return "skipped", why
     if essay is not None:
-        digest = draft.content_hash(essay.slug)
+        digest = parsed.content_hash(essay.slug)
         if essay.content_hash == digest:
-            outcome: Outcome = "unchanged"
+            outcome: EntryChange = "unchanged"
         else:
-            fill(essay, draft, digest, None)
+            fill(essay, parsed, digest, None)
             outcome = "updated"
     else:
-        slug = unique_slug(session, entry_slug(draft))
-        essay = Essay(slug=slug, title=draft.title, content_hash="")
-        fill(essay, draft, draft.content_hash(slug), None)
+        slug = unique_slug(session, entry_slug(parsed))
+        essay = Essay(slug=slug, title=parsed.title, content_hash="")
+        fill(essay, parsed, parsed.content_hash(slug), None)
         outcome = "added"
     session.add(essay)
     session.flush()
@@ -235,13 +235,13 @@ def _same_link(session: Session, url: str | None) -> Essay | None:
     ).first()
 
 
-def entry_slug(draft: Draft) -> str:
+def entry_slug(parsed: ParsedEssay) -> str:
     """The link's last path segment ("/2026/10/why-bread/" -> "why-bread"), else the title."""
-    path = urlsplit(draft.url or "").path.rstrip("/")
+    path = urlsplit(parsed.url or "").path.rstrip("/")
     last = unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0]  # "post.html" -> "post"
     slug = slugify(last)
     if not slug or slug.isdigit() or slug in ("index", "p"):  # "?p=123", "/2026/10/05/"
-        slug = slugify(draft.title)
+        slug = slugify(parsed.title)
     if not slug:
         raise ImportProblem("cannot make a slug from the entry's link or title")
     return slug

@@ -66,7 +66,8 @@ def _sklearn_text() -> ModuleType:
     CPU, which every `newsletter` command and worker start would pay though few compute links."""
     import sklearn.feature_extraction.text  # noqa: PLC0415  (deferred for start-up time, see above)
 
-    return sklearn.feature_extraction.text
+    text_module: ModuleType = sklearn.feature_extraction.text
+    return text_module
 
 
 def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> dict[int, list[Essay]]:
@@ -225,7 +226,8 @@ class RelatedIndex:
         norms_sq = np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel() - 2 * dot_mean + mean_sq
         norms = np.sqrt(np.clip(norms_sq, 1e-12, None))
         centred = dots - dot_mean - dot_mean[row] + mean_sq
-        return centred / (norms * norms[row])
+        similarity: np.ndarray = centred / (norms * norms[row])
+        return similarity
 
 
 def has_page(essay: Essay) -> bool:

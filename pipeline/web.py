@@ -44,10 +44,10 @@ from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
-from pipeline.markdown import markdown_html
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.public import WebState, state
 from pipeline.publish import personal_copy
+from pipeline.readers.markdown_essay import markdown_html
 from subscribers import consent
 from subscribers.model import Subscriber, SubscriberStatus
 from subscribers.tokens import load_secret

@@ -19,7 +19,8 @@ from typing import Any
 
 from subscribers.errors import UnreadableFile
 
-EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "emailaddress", "email_address", "mail", "address")
+EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "emailaddress", "email_address", "mail",
+                 "address")
 NAME_HEADERS = ("name", "full name", "fullname", "full_name", "display name", "display_name")
 FIRST_HEADERS = ("first name", "firstname", "first_name", "given name", "forename")
 LAST_HEADERS = ("last name", "lastname", "last_name", "surname", "family name")

@@ -92,7 +92,8 @@ def import_csv(
     column or cannot be read.
     """
     shape = sniff(path)
-    report = ImportReport(source=f"import:{path.name}", dry_run=dry_run, encoding=shape.encoding, delimiter=shape.delimiter)
+    report = ImportReport(source=f"import:{path.name}", dry_run=dry_run, encoding=shape.encoding,
+                          delimiter=shape.delimiter)
     existing = {row.email_normalized: row for row in session.execute(
         select(_table.c.email_normalized, _table.c.id, _table.c.status, _table.c.name)
     )}

@@ -48,7 +48,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
+def _serializer(secret: str, purpose: str) -> URLSafeSerializer | URLSafeTimedSerializer:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}; expected one of {PURPOSES}")
     if not secret:

@@ -75,4 +75,4 @@ def test_smtplib_enters_only_through_transports() -> None:
 
 
 def test_feedparser_enters_only_through_the_feed_reader() -> None:
-    assert importers_of("feedparser") == {"pipeline/feeds.py"}
+    assert importers_of("feedparser") == {"pipeline/readers/feed.py"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.html_blocks import html_blocks, html_text
+from pipeline.readers.html_blocks import html_blocks, html_text
 
 
 def test_headings_paragraphs_lists_and_quotes_keep_their_order() -> None:

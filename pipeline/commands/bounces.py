@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json
 from pipeline.complaints import recent_events
+from pipeline.db import open_session
 from pipeline.feedback import MailboxReport, process_mailbox
 from pipeline.models import BounceKind
 
@@ -63,7 +63,7 @@ def list_command(app: App, kind: str | None, limit: int, as_json: bool) -> None:
       newsletter bounces list
       newsletter bounces list --kind complaint --json
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         events = recent_events(session, limit, kind)
     fields = ("id", "created_at", "kind", "email", "subscriber_id", "issue_id", "delivery_id", "status",
               "detail", "matched_by", "report_key")

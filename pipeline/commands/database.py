@@ -21,7 +21,7 @@ def upgrade(app: App) -> None:
     Example:
       newsletter db upgrade
     """
-    app.engine  # opening the database runs the Alembic upgrade
+    _ = app.engine  # opening the database runs the Alembic upgrade
     app.console.print(f"Database is up to date: {app.settings.database.url}")
 
 

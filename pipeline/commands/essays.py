@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
-from pipeline.essays import ImportReport, describe, get_essay, import_paths, list_essays, sent_key
+from pipeline.db import open_session
+from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
 from pipeline.related import related_for_essay
 from subscribers.text import printable
 
@@ -98,8 +99,8 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter essays list
       newsletter essays list --json | jq -r '.[] | select(.sent == null) | .slug'
     """
-    with Session(app.engine) as session:
-        rows = [
+    with open_session(app.engine) as session:
+        rows: list[dict[str, Any]] = [
             {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key}
             for e, key in list_essays(session)
         ]
@@ -148,9 +149,9 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
       newsletter essays show proofing-in-a-cold-kitchen
       newsletter essays show proofing-in-a-cold-kitchen --json
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         essay = get_essay(session, slug)
-        info = describe(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
+        info = describe_essay(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
         links = related_for_essay(session, essay, app.settings.digest.related_per_essay)
         info["related_links"] = [
             {"slug": s.essay.slug, "title": s.essay.title, "reason": s.reason, "score": s.score}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import webbrowser
+from collections.abc import Sequence
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -13,16 +14,15 @@ from typing import Any
 import click
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import Session
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.config import Settings
-from pipeline.db import session_scope
+from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
 from pipeline.lint_help import anchor, fix_for
-from pipeline.models import Issue
+from pipeline.models import Essay, Issue
 from pipeline.publish import personal_copy
 from subscribers.consent import find
 from subscribers.tokens import load_secret
@@ -61,17 +61,17 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         raise click.BadParameter("is empty: give a key, or leave --key out for manual-<uuid>",
                                  param_hint="--key")
     if dry_run:
-        with Session(app.engine) as session:
+        with open_session(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
-            data = describe(session, issue)
+            data = describe_issue(issue, issue_essays(session, issue))
             session.rollback()  # a dry run stores nothing
         data["id"] = None
     else:
         with session_scope(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
-            data = describe(session, issue)
+            data = describe_issue(issue, issue_essays(session, issue))
     if as_json:
         print_json(data)
         return
@@ -98,8 +98,8 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter issues list
       newsletter issues list --json
     """
-    with Session(app.engine) as session:
-        rows = [describe(session, issue) for issue in list_issues(session)]
+    with open_session(app.engine) as session:
+        rows = [describe_issue(issue, issue_essays(session, issue)) for issue in list_issues(session)]
     if as_json:
         print_json(rows)
         return
@@ -125,8 +125,9 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
       newsletter issues show 3
       newsletter issues show weekly-2026-W48 --json
     """
-    with Session(app.engine) as session:
-        data = describe(session, find_issue(session, issue_ref))
+    with open_session(app.engine) as session:
+        issue = find_issue(session, issue_ref)
+        data = describe_issue(issue, issue_essays(session, issue))
     if as_json:
         print_json(data)
         return
@@ -161,9 +162,7 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
       newsletter preview 3 --as ana@example.org -o ana.html
       newsletter preview weekly-2026-W48 --text
     """
-    with Session(app.engine) as session:
-        issue = find_issue(session, issue_ref)
-        raw = _message(app, session, issue, as_email)
+    issue, raw = _message(app, issue_ref, as_email)
     # The parts of the very message a send would hand to the transport (preview is sending
     # without the transport): decoded, they are the exact HTML and text the subscriber gets.
     message = message_from_bytes(raw, policy=policy.default)
@@ -207,9 +206,7 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
       newsletter lint weekly-2026-W48 --as ana@example.org --json
     """
     settings = app.settings
-    with Session(app.engine) as session:
-        issue = find_issue(session, issue_ref)
-        raw = _message(app, session, issue, as_email)
+    issue, raw = _message(app, issue_ref, as_email)
     findings = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
     _report(app, settings, issue, findings, as_json)
     if failures(findings):
@@ -239,19 +236,22 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
                           "address there for the unsubscribe and web-copy links.")
 
 
-def _message(app: App, session: Session, issue: Issue, email: str | None) -> bytes:
-    """The message bytes a send would make for this subscriber (or a sample with an inert link)."""
-    subscriber = None
-    if email is not None:
-        subscriber = find(session, email)
-        if subscriber is None:
-            raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
-    secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
-    return personal_copy(session, app.settings, secret, issue, subscriber)
+def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]:
+    """The issue, and the message bytes a send would make of it for this subscriber (or a sample
+    with an inert link)."""
+    with open_session(app.engine) as session:
+        issue = find_issue(session, issue_ref)
+        subscriber = None
+        if email is not None:
+            subscriber = find(session, email)
+            if subscriber is None:
+                raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
+        secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
+        return issue, personal_copy(session, app.settings, secret, issue, subscriber)
 
 
-def describe(session: Session, issue: Issue) -> dict[str, Any]:
-    """An issue as the list/show commands print it (and --json gives it)."""
+def describe_issue(issue: Issue, essays: Sequence[Essay]) -> dict[str, Any]:
+    """An issue and its essays as the list/show commands print them (and --json gives them)."""
     return {
         "id": issue.id,
         "key": issue.key,
@@ -264,7 +264,7 @@ def describe(session: Session, issue: Issue) -> dict[str, Any]:
         "not_after": issue.not_after,
         "essays": [
             {"position": i, "slug": e.slug, "title": e.title, "published_on": e.published_on}
-            for i, e in enumerate(issue_essays(session, issue))
+            for i, e in enumerate(essays)
         ],
     }
 

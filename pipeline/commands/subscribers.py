@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
-from sqlmodel import Session, select
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.confirmations import latest_for, send_queued
-from subscribers import consent
+from pipeline.db import open_session
+from subscribers import consent, roster
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
-from subscribers.model import Subscriber, SubscriberStatus
+from subscribers.model import SubscriberStatus
 from subscribers.tokens import load_secret
 
 STATUSES = click.Choice([s.value for s in SubscriberStatus])
@@ -49,7 +49,7 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
       newsletter subscribers add bob@example.org --confirm
     """
     settings = app.settings
-    with Session(app.engine, expire_on_commit=False) as session:
+    with open_session(app.engine, expire_on_commit=False) as session:
         if send_confirm:
             subscriber, needs = consent.subscribe(
                 session, email, name=name, source="cli", double_opt_in=True,
@@ -109,7 +109,7 @@ def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...]
     """
     mapping = _parse_columns(columns)
     settings = app.settings
-    with Session(app.engine, expire_on_commit=False) as session, Progress(
+    with open_session(app.engine, expire_on_commit=False) as session, Progress(
         TextColumn("Importing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} lines"),
         console=app.err, transient=True, disable=as_json,
     ) as bar:
@@ -152,13 +152,15 @@ def _print_report(app: App, report: ImportReport) -> None:
         if problems:
             out.print(f"[{style}]{title}:[/]")
             for problem in problems[:SHOW_AT_MOST]:
-                out.print(f"  line {problem.line}: {shown(problem.email or '(empty)')}: {shown(problem.reason)}", soft_wrap=True)
+                out.print(f"  line {problem.line}: {shown(problem.email or '(empty)')}: "
+                          f"{shown(problem.reason)}", soft_wrap=True)
             if len(problems) > SHOW_AT_MOST:
                 out.print(f"  ... and {len(problems) - SHOW_AT_MOST} more (--json lists them all)")
     if report.names_cleaned:
         out.print(f"Names with line breaks or control characters {verb} cleaned: {report.names_cleaned}.")
     out.print(
-        f"{'Dry run: ' if report.dry_run else ''}{report.rows} row{'' if report.rows == 1 else 's'}: {report.added} added, {report.updated} updated, "
+        f"{'Dry run: ' if report.dry_run else ''}{report.rows} row{'' if report.rows == 1 else 's'}: "
+        f"{report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
         f"{len(report.opted_out)} left alone, "
         f"{f'{len(report.opt_outs_recorded)} opt-outs recorded, ' if report.opt_outs_recorded else ''}"
@@ -170,7 +172,8 @@ def _print_report(app: App, report: ImportReport) -> None:
 
 @group.command("export")
 @click.option("--status", type=STATUSES, help="Only subscribers with this status.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of to stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of to stdout.")
 @pass_app
 def export(app: App, status: str | None, output: Path | None) -> None:
     """Write subscribers as CSV (UTF-8): email, name, status, source and dates.
@@ -184,7 +187,7 @@ def export(app: App, status: str | None, output: Path | None) -> None:
       newsletter subscribers export > subscribers.csv
       newsletter subscribers export --status unsubscribed -o left.csv
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         if output is None:
             count = export_csv(session, sys.stdout, status)
         else:
@@ -211,13 +214,9 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
       newsletter subscribers list
       newsletter subscribers list --status pending --json
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         counts = consent.counts(session)
-        query = select(Subscriber).where(Subscriber.status != SubscriberStatus.REMOVED.value)
-        if status:
-            query = query.where(Subscriber.status == status)
-        query = query.order_by(Subscriber.id.desc())  # type: ignore[union-attr]
-        rows = session.exec(query.limit(limit) if limit > 0 else query).all()
+        rows = roster.newest_first(session, status, limit)
     fields = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
     if as_json:
         print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows]})
@@ -247,7 +246,7 @@ def unsubscribe(app: App, email: str) -> None:
     Example:
       newsletter subscribers unsubscribe ann@example.org
     """
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         changed = consent.unsubscribe(session, email)
     app.console.print(f"Unsubscribed {shown(email)}." if changed else f"{shown(email)} was already off the list.")
 
@@ -269,7 +268,7 @@ def remove(app: App, email: str, yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Erase {email} and its name from the list and the send history?", abort=True)
-    with Session(app.engine) as session:
+    with open_session(app.engine) as session:
         known = consent.remove(session, email)
     if known:
         app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")

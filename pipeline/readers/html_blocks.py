@@ -7,15 +7,16 @@ Parsed with the standard library's HTML parser (a tolerant tokenizer, so broken 
 reads), never with patterns over the text. h1 to h3 become headings; p, li, blockquote, pre,
 h4 to h6 and any text between block elements become paragraphs; inline markup (links,
 emphasis) keeps its text. script, style, iframes, forms, embedded media, SVG and known
-newsletter furniture (subscribe boxes, share rows) are dropped with everything inside them. Every text goes through draft.clean(), so control characters and
-terminal escapes never reach the database. Pure.
+newsletter furniture (subscribe boxes, share rows) are dropped with everything inside them.
+Every text goes through parsed_essay.clean(), so control characters and terminal escapes never
+reach the database. Pure.
 """
 
 from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from pipeline.draft import clean
+from pipeline.readers.parsed_essay import clean
 
 HEADINGS = frozenset({"h1", "h2", "h3"})
 # Tags whose start or end closes the text before it: it becomes a block of its own.

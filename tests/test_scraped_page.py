@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from pipeline.pages import is_noise, parse_page
+from pipeline.readers.scraped_page import is_noise, parse_page
 
 TITLE = "How a slow rise changes the crumb of a country loaf"
 DEK = "Time, not yeast, is what gives an ordinary loaf its character and its keeping quality."

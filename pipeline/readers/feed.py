@@ -2,11 +2,11 @@
 
     fetched = fetch(url, etag, last_modified, timeout=20)     # HTTP, the only I/O here
     document = parse_feed(fetched.body, fetched.url)          # pure
-    document.entries -> [FeedItem(guid, published, draft | problem)]
+    document.entries -> [FeedItem(guid, published, essay | problem)]
 
-Each entry becomes the Draft the other readers make: title, link as the essay's url, date,
+Each entry becomes the ParsedEssay the other readers make: title, link as the essay's url, date,
 summary as dek, content (else summary) as body, its HTML reduced to paragraphs and headings by
-pipeline/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
+pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
 fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
 with the reason. feedparser enters the project here and nowhere else.
 """
@@ -25,18 +25,18 @@ from xml.sax import SAXParseException
 
 import feedparser
 
-from pipeline.draft import (
+from pipeline.errors import FeedError, ImportProblem
+from pipeline.excerpt import shorten
+from pipeline.readers.html_blocks import html_blocks, html_text
+from pipeline.readers.parsed_essay import (
     MAX_DEK,
     MAX_TAG,
     MAX_TAGS,
-    Draft,
+    ParsedEssay,
     check_limits,
     clean,
     title_from_body,
 )
-from pipeline.errors import FeedError, ImportProblem
-from pipeline.excerpt import shorten
-from pipeline.html_blocks import html_blocks, html_text
 
 MAX_FEED_BYTES = 10 * 1024 * 1024  # a feed of full posts is a few MB at most
 USER_AGENT = "newsletter-feeds/1 (+https://pypi.org/project/feedparser/)"
@@ -62,11 +62,11 @@ class Fetched:
 
 @dataclass
 class FeedItem:
-    """One entry: its identity and date, and the Draft it makes or why it makes none."""
+    """One entry: its identity and date, and the ParsedEssay it makes or why it makes none."""
 
     guid: str
     published: datetime | None
-    draft: Draft | None = None
+    essay: ParsedEssay | None = None
     problem: str | None = None
 
 
@@ -139,7 +139,7 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
 
 
 def feed_item(entry: Any, feed_url: str) -> FeedItem:
-    """One parsed entry as a FeedItem; a problem instead of a draft when it cannot be taken."""
+    """One parsed entry as a FeedItem; a problem instead of a parsed essay when it cannot be taken."""
     link = entry.get("link") or ""
     if link and urlsplit(link).scheme not in ("http", "https"):
         link = ""  # "javascript:" or a bare path must not become the digest's link
@@ -148,14 +148,14 @@ def feed_item(entry: Any, feed_url: str) -> FeedItem:
     if not guid:
         return FeedItem(guid="", published=published, problem="the entry has no id and no link")
     try:
-        draft = entry_draft(entry, link, feed_url, published)
-        return FeedItem(guid=guid, published=published, draft=draft)
+        essay = entry_essay(entry, link, feed_url, published)
+        return FeedItem(guid=guid, published=published, essay=essay)
     except ImportProblem as exc:
         return FeedItem(guid=guid, published=published, problem=str(exc))
 
 
-def entry_draft(entry: Any, link: str, feed_url: str, published: datetime | None) -> Draft:
-    """The Draft of one entry: content (else summary) as body, summary as dek when both exist."""
+def entry_essay(entry: Any, link: str, feed_url: str, published: datetime | None) -> ParsedEssay:
+    """The ParsedEssay of one entry: content (else summary) as body, summary as dek when both exist."""
     contents = entry.get("content") or []
     html = next((c.get("value", "") for c in contents if "html" in c.get("type", "")), "")
     html = html or (contents[0].get("value", "") if contents else "")
@@ -167,7 +167,7 @@ def entry_draft(entry: Any, link: str, feed_url: str, published: datetime | None
     if dek and body and dek == body[0]["text"]:
         dek = ""  # a summary that only repeats the opening paragraph says nothing new
     title = _plain(entry.get("title", ""), entry.get("title_detail", {}).get("type", ""))
-    draft = Draft(
+    parsed = ParsedEssay(
         title=title or title_from_body(body),
         dek=dek,
         body=body,
@@ -176,8 +176,8 @@ def entry_draft(entry: Any, link: str, feed_url: str, published: datetime | None
         source_url=feed_url,
         tags=_tags(entry),
     )
-    check_limits(draft)
-    return draft
+    check_limits(parsed)
+    return parsed
 
 
 def _plain(text: str, kind: str) -> str:

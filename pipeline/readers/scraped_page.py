@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from pipeline.draft import DATE_PATTERN, Draft, clean, parse_date, title_from_body
 from pipeline.excerpt import sentence_ends
+from pipeline.readers.parsed_essay import DATE_PATTERN, ParsedEssay, clean, parse_date, title_from_body
 
 SHARE_NETWORKS = frozenset(
     "facebook x twitter reddit whatsapp linkedin email e-mail pinterest telegram tumblr "
@@ -47,7 +47,7 @@ _RELATED = re.compile(r"^(related articles|related posts|related stories|related
 _TERMINAL = re.compile(r"[.!?…][\"'”’)]*$")
 
 
-def parse_page(text: str) -> Draft:
+def parse_page(text: str) -> ParsedEssay:
     """The essay in one scraped page's text."""
     lines = [line for line in (clean(raw) for raw in text.splitlines()) if line]
     lines = [line for line in lines if not _ADVERT.match(line)]
@@ -56,7 +56,7 @@ def parse_page(text: str) -> Draft:
     body = _blocks([line for line in lines if not _is_meta(line)])
 
     category, title, dek = _read_header(header)
-    draft = Draft(
+    parsed = ParsedEssay(
         title=title,
         dek=dek,
         body=body,
@@ -64,11 +64,11 @@ def parse_page(text: str) -> Draft:
         source_related=related,
         tags=[category] if category else [],
     )
-    if not draft.title:
-        draft.title = title_from_body(body)
-        if draft.title:
-            draft.warnings.append(f"no title; took the first sentence: {draft.title!r}")
-    return draft
+    if not parsed.title:
+        parsed.title = title_from_body(body)
+        if parsed.title:
+            parsed.warnings.append(f"no title; took the first sentence: {parsed.title!r}")
+    return parsed
 
 
 def is_noise(line: str) -> bool:

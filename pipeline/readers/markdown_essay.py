@@ -13,7 +13,7 @@
 
 Front matter is data from a file anyone may have written, so it is read with limits: at most
 FRONT_MATTER_MAX bytes, no anchors or aliases (`&a` / `*a`: a few hundred bytes of them expand
-to gigabytes, the "billion laughs"), nesting at most MAX_DEPTH deep; pipeline/draft.py then
+to gigabytes, the "billion laughs"), nesting at most MAX_DEPTH deep; pipeline/readers/parsed_essay.py then
 bounds each field. Breaking a rule fails that file with the line and the reason.
 
 markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
@@ -22,14 +22,14 @@ markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from pipeline.draft import Draft, clean, title_from_body, to_date
 from pipeline.errors import ImportProblem
+from pipeline.readers.parsed_essay import ParsedEssay, clean, title_from_body, to_date
 
 FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
 MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front matter
@@ -41,10 +41,10 @@ _MD = MarkdownIt("commonmark")
 
 def markdown_html(text: str) -> str:
     """A trusted Markdown document of the project (docs/) as HTML, for the preview pages."""
-    return _MD.render(text)
+    return str(_MD.render(text))
 
 
-def parse_markdown(text: str) -> Draft:
+def parse_markdown(text: str) -> ParsedEssay:
     """The essay in a Markdown file; raises ImportProblem for broken front matter."""
     meta, body_text = split_front_matter(text)
     body, h1 = body_blocks(body_text)
@@ -56,7 +56,7 @@ def parse_markdown(text: str) -> Draft:
 
     date_value = meta.get("date")
     published_on = to_date(date_value)
-    draft = Draft(
+    parsed = ParsedEssay(
         title=title,
         dek=next((_text_field(meta, k) for k in DEK_KEYS if meta.get(k)), ""),
         body=body,
@@ -66,15 +66,15 @@ def parse_markdown(text: str) -> Draft:
         tags=_tags(meta.get("tags")),
     )
     if date_value not in (None, "") and published_on is None:
-        draft.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
+        parsed.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
     unknown = sorted(set(meta) - KNOWN_KEYS)
     if unknown:
-        draft.warnings.append(f"front matter: ignored unknown key(s) {', '.join(unknown)}")
-    if not draft.title:
-        draft.title = title_from_body(body)
-        if draft.title:
-            draft.warnings.append(f"no title; took the first sentence: {draft.title!r}")
-    return draft
+        parsed.warnings.append(f"front matter: ignored unknown key(s) {', '.join(unknown)}")
+    if not parsed.title:
+        parsed.title = title_from_body(body)
+        if parsed.title:
+            parsed.warnings.append(f"no title; took the first sentence: {parsed.title!r}")
+    return parsed
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
@@ -113,22 +113,24 @@ class _FrontMatterLoader(yaml.SafeLoader):
 
     _depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        event = self.peek_event()
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        # The stubs type a mark as either of PyYAML's two Mark classes; the error takes either.
+        mark = cast("yaml.error.Mark | None", event.start_mark)
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
                 None, None,
                 "anchors and aliases (&name, *name) are not allowed",
-                event.start_mark,
+                mark,
             )
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             if self._depth >= MAX_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", mark
                 )
         self._depth += 1
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 

@@ -1,7 +1,8 @@
-"""What an importer makes of one file before it reaches the database: a Draft, and text helpers.
+"""What a reader makes of one essay source before it reaches the database: a ParsedEssay.
 
-Both readers (pipeline/pages.py for scraped pages, pipeline/markdown.py for Markdown) return a
-Draft; pipeline/essays.py turns drafts into Essay rows. Everything here is pure.
+Every reader (readers/scraped_page.py, readers/markdown_essay.py, readers/feed.py) returns a
+ParsedEssay; pipeline/essays.py turns them into Essay rows. Also the limits every essay is held
+to and the text helpers the readers share. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ MAX_TAG = 64
 
 
 @dataclass
-class Draft:
+class ParsedEssay:
     """One essay as read from a file, before it is matched against the database."""
 
     title: str
@@ -118,19 +119,19 @@ def clean(text: str) -> str:
     return re.sub(r"\s+", " ", strip_controls(unicodedata.normalize("NFC", text))).strip()
 
 
-def check_limits(draft: Draft) -> None:
+def check_limits(parsed: ParsedEssay) -> None:
     """ImportProblem naming the first field over its limit (MAX_TITLE, MAX_TAGS, ...)."""
     for name, value, limit in (
-        ("title", draft.title, MAX_TITLE),
-        ("dek", draft.dek, MAX_DEK),
-        ("slug", draft.slug or "", MAX_SLUG),
-        ("url", draft.url or "", MAX_URL),
+        ("title", parsed.title, MAX_TITLE),
+        ("dek", parsed.dek, MAX_DEK),
+        ("slug", parsed.slug or "", MAX_SLUG),
+        ("url", parsed.url or "", MAX_URL),
     ):
         if len(value) > limit:
             raise ImportProblem(f"{name} is {len(value):,} characters long (the limit is {limit:,})")
-    if len(draft.tags) > MAX_TAGS:
-        raise ImportProblem(f"{len(draft.tags):,} tags (the limit is {MAX_TAGS})")
-    for tag in draft.tags:
+    if len(parsed.tags) > MAX_TAGS:
+        raise ImportProblem(f"{len(parsed.tags):,} tags (the limit is {MAX_TAGS})")
+    for tag in parsed.tags:
         if len(tag) > MAX_TAG:
             raise ImportProblem(
                 f"tag {tag[:20]!r}… is {len(tag):,} characters long (the limit is {MAX_TAG})"
@@ -156,9 +157,9 @@ def first_sentence(text: str) -> str:
     return sentence
 
 
-def title_from_body(draft_body: list[dict[str, str]]) -> str:
+def title_from_body(parsed_body: list[dict[str, str]]) -> str:
     """A title for an essay that has none: the first sentence of its first paragraph."""
-    for block in draft_body:
+    for block in parsed_body:
         if block["kind"] == "p" and block["text"].strip():
             return first_sentence(block["text"])
     return ""

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from pipeline.errors import ImportProblem
-from pipeline.markdown import parse_markdown
+from pipeline.readers.markdown_essay import parse_markdown
 from tests.test_architecture import importers_of
 
 BODY = """
@@ -195,4 +195,4 @@ slug: "\e[1mold-roads"
 
 @pytest.mark.parametrize("library", ["yaml", "markdown_it"])
 def test_yaml_and_markdown_it_enter_only_here(library: str) -> None:
-    assert importers_of(library) == {"pipeline/markdown.py"}
+    assert importers_of(library) == {"pipeline/readers/markdown_essay.py"}

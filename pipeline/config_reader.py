@@ -1,0 +1,212 @@
+"""The checking reader behind config.py: typed look-ups of dotted keys that note every problem."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from datetime import time
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from pipeline.errors import ConfigError
+
+PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
+T = TypeVar("T")
+_MISSING = object()
+
+
+class ConfigReader:
+    """Looks up dotted keys; a wrong or missing value is noted (file, key, want) and a stand-in
+    returned, so that one run reports every problem of the file (raise_problems)."""
+
+    def __init__(self, raw: dict[str, Any], path: Path) -> None:
+        self.raw = raw
+        self.path = path
+        self.read: set[str] = {"delivery.smtp_password"}  # every key looked up; see refuse_unknown_keys
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def raise_problems(self) -> None:
+        if len(self.problems) == 1:
+            raise ConfigError(f"{self.path}: {self.problems[0]}")
+        if self.problems:
+            raise ConfigError(f"{self.path}: {len(self.problems)} problems:\n"
+                              + "\n".join(f"  {p}" for p in self.problems))
+
+    def refuse_unknown_keys(self) -> None:
+        """A key nobody reads is a typo: ignored, its default would apply without a word."""
+        sections = {key.partition(".")[0] for key in self.read}
+        for section, values in self.raw.items():
+            if section not in sections or not isinstance(values, dict):
+                what = "section" if isinstance(values, dict) else "key"
+                self.unknown(section, sorted(sections), what)
+                continue
+            for name in values:
+                key = f"{section}.{name}"
+                if key == "delivery.smtp_password":
+                    self.problem(f"{key}: not read from the file: set {PASSWORD_ENV}")
+                elif key not in self.read:
+                    self.unknown(key, sorted(self.read), "key")
+
+    def unknown(self, key: str, known: list[str], what: str) -> None:
+        close = difflib.get_close_matches(key, known, n=1)
+        self.problem(f"{key}: unknown {what}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+    def fail(self, key: str, want: str, value: object = _MISSING) -> None:
+        got = "it is missing" if value is _MISSING else f"got {value!r}"
+        self.problem(f"{key}: expected {want}, {got}")
+
+    def get(self, key: str, default: object = _MISSING) -> Any:
+        """The value at `key`, `default` when absent, or _MISSING (noted) when required."""
+        self.read.add(key)
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    self.fail(key, "a value")
+                return default
+            node = node[part]
+        return node
+
+    def text(self, key: str, default: object = _MISSING, allow_empty: bool = False) -> str:
+        value = self.get(key, default)
+        if value is _MISSING:
+            return ""
+        if not isinstance(value, str) or (not allow_empty and not value.strip()):
+            self.fail(key, "a non-empty string" if not allow_empty else "a string", value)
+            return ""
+        return value.strip()
+
+    def url(self, key: str) -> str:
+        value = self.text(key)
+        if value and not value.startswith(("https://", "http://")):
+            self.fail(key, "an http:// or https:// URL", value)
+        return value.rstrip("/")
+
+    def url_list(self, key: str, default: object = _MISSING) -> list[str]:
+        value = self.get(key, default)
+        want = 'a list of http:// or https:// URLs like ["https://example.org/feed.xml"]'
+        if not isinstance(value, list):
+            self.fail(key, want, value)
+            return []
+        for item in value:
+            if (not isinstance(item, str) or not item.strip().startswith(("https://", "http://"))
+                    or len(item.strip()) > 500):  # the longest URL an essay or feed row holds
+                self.fail(key, want + " of at most 500 characters", item)
+                return []
+        return [item.strip() for item in value]
+
+    def address(self, key: str) -> str:
+        value = self.text(key)
+        local, at, domain = value.partition("@")
+        if value and (not at or not local or "." not in domain or any(c in value for c in " <>\r\n")):
+            self.fail(key, "an email address like letters@example.org", value)
+        return value
+
+    def choice(
+        self,
+        key: str,
+        options: tuple[str, ...],
+        default: object = _MISSING,
+        transform: Callable[[str], str] = str,
+    ) -> str:
+        value = self.get(key, default)
+        if value is _MISSING:
+            return options[0]
+        if not isinstance(value, str) or transform(value) not in options:
+            self.fail(key, "one of " + ", ".join(options), value)
+            return options[0]
+        return transform(value)
+
+    def integer(
+        self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self.get(key, default)
+        if value is _MISSING:
+            return minimum
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum
+        ):
+            limits = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            self.fail(key, f"a whole number {limits}", value)
+            return minimum
+        return value
+
+    def number(self, key: str, default: object = _MISSING, minimum: float = 0) -> float:
+        value = self.get(key, default)
+        if value is _MISSING:
+            return float(minimum)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.fail(key, f"a number >= {minimum:g}", value)
+            return float(minimum)
+        return float(value)
+
+    def boolean(self, key: str, default: object = _MISSING) -> bool:
+        value = self.get(key, default)
+        if value is _MISSING:
+            return False
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+            return False
+        return value
+
+    def convert(self, key: str, parse: Callable[[str], T], want: str, default: str) -> T:
+        """`parse` of the value; the stand-in for a bad or missing one is parse(default)."""
+        value = self.get(key, default)
+        if value is _MISSING:
+            return parse(default)
+        try:
+            return parse(value.strip())
+        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError, AttributeError):
+            self.fail(key, want, value)
+            return parse(default)
+
+    def clock_time(self, key: str, default: str) -> time:
+        """A 24-hour "HH:MM" time."""
+        return self.convert(key, _parse_time, 'a 24-hour time like "07:00"', default)
+
+    def database_url(self, key: str, default: str, base: Path) -> str:
+        """Resolve a relative SQLite path against the config's folder, so cwd does not matter.
+
+        The URL is parsed and its driver imported here, so that a typo or a missing driver is a
+        message naming the key instead of a SQLAlchemy traceback at the first query.
+        """
+        url = self.text(key, default)
+        if not url:
+            return url  # already reported
+        try:
+            parsed = make_url(url)
+            dialect = parsed.get_dialect()  # NoSuchModuleError (an ArgumentError): unknown scheme
+        except (ArgumentError, ValueError):
+            self.fail(key, 'a SQLAlchemy URL like "sqlite:///newsletter.db" or '
+                      '"postgresql+psycopg://user@host/dbname"', url)
+            return url
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            # The URL may carry a password: name the scheme only.
+            self.problem(f"{key}: the driver for {parsed.drivername!r} is not "
+                         f"installed (no module {exc.name!r}); use sqlite:/// or postgresql+psycopg://")
+            return url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            path = base / url[len(prefix):]  # an absolute path stays as it is
+            if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
+                self.problem(f"{key}: the folder {path.parent} does not exist "
+                             "(create it, or fix the path)")
+            elif path.is_dir():
+                self.problem(f"{key}: {path} is a folder: name a file in it, "
+                             f"e.g. sqlite:///{path / 'newsletter.db'}")
+            return prefix + str(path)
+        return url
+
+
+def _parse_time(value: str) -> time:
+    hours, _, minutes = value.partition(":")
+    return time(int(hours), int(minutes))
