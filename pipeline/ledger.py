@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import DeliverySettings
 from pipeline.db import session_scope
-from pipeline.models import Delivery, DeliveryStatus, Issue
+from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from subscribers.model import Subscriber, SubscriberStatus
 
 PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
@@ -98,6 +98,14 @@ def audience(session: Session) -> Iterator[tuple[int, str, str]]:
         if len(page) < FREEZE_PAGE:
             return
         last = page[-1][0]
+
+
+def audience_size(session: Session, issue: Issue) -> int:
+    """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
+    if issue.status == IssueStatus.SENDING.value:
+        return sum(counts(session, issue.id or 0).values())
+    return int(session.exec(select(func.count()).select_from(Subscriber).where(
+        Subscriber.status == SubscriberStatus.ACTIVE.value)).one())
 
 
 def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
@@ -254,6 +262,7 @@ def counts(session: Session, issue_id: int) -> dict[str, int]:
 
 
 def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+    """The issue's rows in claim order, of one status or all, at most `limit`."""
     query = select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
     if status:
         query = query.where(Delivery.status == status)
@@ -271,16 +280,6 @@ def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]
     count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
         Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
     return int(count), oldest
-
-
-def rate_allowance(engine: Engine, d: DeliverySettings, now: datetime) -> tuple[int, float]:
-    """(messages that may go now, seconds to wait when none may), from the sent rows in the
-    database, so the limits hold across runs and processes (a look; claim_within_rate acts)."""
-    windows = _windows(d)
-    if not windows:
-        return d.batch_size, 0.0
-    with Session(engine) as session:
-        return _allowance(session, windows, d.batch_size, now)
 
 
 def _windows(d: DeliverySettings) -> list[tuple[int, float]]:

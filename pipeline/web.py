@@ -47,7 +47,7 @@ from pipeline.lint_help import fix_for
 from pipeline.markdown import markdown_html
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.public import WebState, state
-from pipeline.publish import personal_copy
+from pipeline.copies import personal_copy
 from subscribers import consent
 from subscribers.model import Subscriber, SubscriberStatus
 from subscribers.tokens import load_secret

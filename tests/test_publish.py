@@ -16,8 +16,9 @@ from sqlmodel import Session, select
 
 from pipeline import db, ledger
 from pipeline.config import Settings
+from pipeline.copies import personal_copy
 from pipeline.models import Delivery, Essay, Issue
-from pipeline.publish import Report, personal_copy, publish
+from pipeline.publish import Ending, Report, dry_run, publish
 from pipeline.transports import MemoryTransport
 from subscribers import consent
 from subscribers.model import utcnow
@@ -52,7 +53,7 @@ def test_every_active_subscriber_gets_exactly_one_copy(
 
     report = publish(settings, engine, latest=True)
 
-    assert (report.sent, report.failed, report.total, report.finished) == (25, 0, 25, True)
+    assert (report.sent, report.failed, report.total, report.ending) == (25, 0, 25, Ending.FINISHED)
     got = Counter(r.rcpt_tos[0] for r in server.received)
     assert got == Counter({s.email: 1 for s in active})
     secret = load_secret(settings.base_dir)
@@ -70,8 +71,8 @@ def test_every_active_subscriber_gets_exactly_one_copy(
         assert read_token(secret, UNSUBSCRIBE, token) == row.subscriber_id
 
     again = publish(settings, engine, report.issue_id)
-    assert again.sent == 0 and "sent already" in (again.nothing or "")
-    assert publish(settings, engine, latest=True).nothing.startswith("nothing to send")
+    assert again.sent == 0 and again.ending is Ending.NOTHING and "sent already" in again.why
+    assert publish(settings, engine, latest=True).why.startswith("nothing to send")
     assert len(server.received) == 25
     engine.dispose()
 
@@ -83,12 +84,12 @@ def test_an_unsubscribe_after_the_freeze_is_honoured(tmp_path: Path, server: Fau
     stop = threading.Event()
     stop.set()  # freeze the audience, send nothing yet
     first = publish(settings, engine, latest=True, stop=stop)
-    assert first.stopped and first.total == 6 and not server.received
+    assert first.ending is Ending.STOPPED and first.total == 6 and not server.received
     with Session(engine) as session:
         consent.unsubscribe(session, people[2].email)
         consent.add(session, "latecomer@example.org")  # not in the frozen audience
     report = publish(settings, engine, first.issue_key)
-    assert (report.sent, report.skipped, report.finished) == (5, 1, True)
+    assert (report.sent, report.skipped, report.ending) == (5, 1, Ending.FINISHED)
     assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(
         p.email for p in people if p.email != people[2].email)
 
@@ -104,10 +105,10 @@ def test_stop_finishes_the_batch_in_flight_and_send_again_carries_on(tmp_path: P
             stop.set()
 
     first = publish(settings, engine, latest=True, stop=stop, progress=on_batch)
-    assert first.stopped and first.sent == 4
+    assert first.ending is Ending.STOPPED and first.sent == 4
     assert first.counts == {"pending": 10, "sending": 0, "sent": 4, "failed": 0, "unknown": 0, "skipped": 0}
     second = publish(settings, engine, first.issue_key)
-    assert second.sent == 10 and second.finished
+    assert second.sent == 10 and second.ending is Ending.FINISHED
     assert Counter(r.rcpt_tos[0] for r in server.received).most_common(1)[0][1] == 1
     assert len(server.received) == 14
 
@@ -126,7 +127,7 @@ def test_a_real_ctrl_c_mid_batch_leaves_nothing_unknown(tmp_path: Path) -> None:
             sent.append(to)
 
     report = publish(settings, engine, latest=True, transport_factory=Interrupting)
-    assert report.stopped and report.sent == 5  # the whole batch in flight, then stop
+    assert report.ending is Ending.STOPPED and report.sent == 5  # the whole batch in flight, then stop
     assert report.counts["sending"] == 0 and report.counts["unknown"] == 0
     assert report.counts["pending"] == 7 and len(sent) == 5
 
@@ -138,14 +139,14 @@ def test_an_unreachable_server_pauses_without_burning_attempts(tmp_path: Path) -
     engine = engine_for(settings)
     add_audience(engine, 8)
     report = publish(settings, engine, latest=True)
-    assert report.paused and "cannot connect" in report.paused and "Nothing was lost" in report.paused
+    assert report.ending is Ending.PAUSED and "cannot connect" in report.why and "Nothing was lost" in report.why
     assert report.sent == 0 and report.counts["pending"] == 8
     with Session(engine) as session:
         assert {r.attempts for r in ledger.rows(session, report.issue_id)} == {0}
     with fault_server() as server:
         settings = smtp_settings(tmp_path, server.port)  # the relay is back (same database)
         resumed = publish(settings, engine, report.issue_key)
-    assert resumed.sent == 8 and resumed.finished and len(server.received) == 8
+    assert resumed.sent == 8 and resumed.ending is Ending.FINISHED and len(server.received) == 8
 
 
 def test_a_refused_login_pauses_and_the_right_one_sends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +156,7 @@ def test_a_refused_login_pauses_and_the_right_one_sends(tmp_path: Path, monkeypa
         engine = engine_for(settings)
         add_audience(engine, 3)
         report = publish(settings, engine, latest=True)
-        assert report.paused and "login as 'news' refused" in report.paused
+        assert report.ending is Ending.PAUSED and "login as 'news' refused" in report.why
         assert report.counts["pending"] == 3 and not server.received
         monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "s3cret")
         settings = smtp_settings(tmp_path, server.port, smtp_username="news")
@@ -167,8 +168,8 @@ def test_a_dry_run_builds_everything_and_writes_nothing(tmp_path: Path, server: 
     settings = smtp_settings(tmp_path, server.port)
     engine = engine_for(settings)
     add_audience(engine, 9)
-    report = publish(settings, engine, latest=True, dry_run=True)
-    assert report.dry_run and report.sent == 9 and report.built_bytes > 9 * 5000
+    report = dry_run(settings, engine, latest=True)
+    assert report.ending is Ending.DRY_RUN and report.sent == 9 and report.built_bytes > 9 * 5000
     assert not server.received
     with Session(engine) as session:
         assert session.exec(select(Issue)).all() == []  # not even the composed draft is kept
@@ -206,11 +207,11 @@ def test_per_hour_rate_limit_holds_across_runs(tmp_path: Path, server: FaultServ
     engine = engine_for(settings)
     add_audience(engine, 8)
     first = publish(settings, engine, latest=True)
-    assert first.sent == 5 and "rate limit" in (first.paused or "")
+    assert first.sent == 5 and first.ending is Ending.PAUSED and "rate limit" in first.why
     second = publish(settings, engine, first.issue_key)
-    assert second.sent == 0 and second.paused and second.counts["pending"] == 3
+    assert second.sent == 0 and second.ending is Ending.PAUSED and second.counts["pending"] == 3
     later = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=1, seconds=5))
-    assert later.sent == 3 and later.finished
+    assert later.sent == 3 and later.ending is Ending.FINISHED
 
 
 def test_per_second_rate_limit_spreads_the_sends(tmp_path: Path, server: FaultServer) -> None:
@@ -234,7 +235,7 @@ def test_an_issue_past_its_not_after_is_not_sent(tmp_path: Path, server: FaultSe
         session.execute(update(Issue).values(not_after=utcnow() - timedelta(hours=1)))
         session.commit()
     report = publish(settings, engine, issue.key)
-    assert "may not be sent after" in (report.nothing or "") and not server.received
+    assert report.ending is Ending.NOTHING and "may not be sent after" in report.why and not server.received
 
 
 def test_personal_copy_is_what_the_subscriber_receives(tmp_path: Path, server: FaultServer) -> None:
@@ -262,11 +263,11 @@ def test_an_issue_with_no_active_subscribers_is_not_started(tmp_path: Path, serv
     engine = engine_for(settings)
     add_audience(engine, 0)
     report = publish(settings, engine, latest=True)
-    assert "no active subscribers" in (report.nothing or "")
+    assert report.ending is Ending.NOTHING and "no active subscribers" in report.why
     with Session(engine) as session:
         issue = session.exec(select(Issue)).one()
         assert issue.status == "draft" and session.exec(select(Delivery)).all() == []
         assert {e.sent_in_issue_id for e in session.exec(select(Essay))} == {None}
     add_audience(engine, 2, essays=0)
     later = publish(settings, engine, latest=True)  # the same draft, now with readers
-    assert later.issue_key == issue.key and later.sent == 2 and later.finished
+    assert later.issue_key == issue.key and later.sent == 2 and later.ending is Ending.FINISHED

@@ -23,7 +23,7 @@ from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
 from pipeline.lint_help import anchor, fix_for
 from pipeline.models import Issue
-from pipeline.publish import personal_copy
+from pipeline.copies import personal_copy
 from subscribers.consent import find
 from subscribers.tokens import load_secret
 

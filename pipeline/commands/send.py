@@ -28,15 +28,19 @@ from pipeline.commands.base import (
     stop_on_signals,
 )
 from pipeline.complaints import issue_feedback
+from pipeline.copies import send_test
+from pipeline.issues import requeue
 from pipeline.models import DeliveryStatus, Issue
-from pipeline.publish import Report, publish, requeue, send_test
+from pipeline.publish import Ending, Report, enqueue, publish
+from pipeline.publish import dry_run as dry_run_of
 
 STATUSES = [s.value for s in DeliveryStatus]
 
 
 @click.command("send")
 @click.argument("issue", required=False)
-@click.option("--latest", is_flag=True, help="The newest open issue; composes one from unsent essays when none is open.")
+@click.option("--latest", is_flag=True,
+              help="The newest open issue; composes one from unsent essays when none is open.")
 @click.option("--dry-run", is_flag=True, help="Build every message, send none, write nothing.")
 @click.option("--enqueue", is_flag=True,
               help="Freeze the audience and leave the sending to `newsletter worker` processes.")
@@ -79,7 +83,7 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
         print_json(report.as_dict())
     else:
         _summary(app, report)
-    raise SystemExit(exit_status(report))
+    raise SystemExit(exit_status(report, dry_run))
 
 
 @click.command("send-test")
@@ -235,13 +239,14 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     raise SystemExit(exit_status(report))
 
 
-def exit_status(report: Report) -> int:
+def exit_status(report: Report, dry_run: bool = False) -> int:
     """The exit code a run ends with (README, "Exit codes")."""
-    if report.paused:
+    if report.ending is Ending.PAUSED:
         return EXIT_ERROR
     if report.undecided:
         return EXIT_UNDECIDED
-    if report.owed and not (report.stopped or report.enqueued or report.declined or report.dry_run):
+    settled = (Ending.STOPPED, Ending.ENQUEUED, Ending.DECLINED, Ending.DRY_RUN)
+    if report.owed and not dry_run and report.ending not in settled:
         return EXIT_OWED
     return 0
 
@@ -261,7 +266,11 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
     columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
                TextColumn("{task.fields[problems]}"))
-    with Progress(*columns, console=app.err, transient=True, disable=quiet or dry_run) as bar, \
+    if dry_run:
+        return dry_run_of(app.settings, app.engine, issue, latest=latest)
+    if not deliver:
+        return enqueue(app.settings, app.engine, issue, latest=latest, confirm=confirm, force=force)
+    with Progress(*columns, console=app.err, transient=True, disable=quiet) as bar, \
             stop_on_signals(stop, app, "`newsletter send` again carries on"):
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
@@ -273,26 +282,26 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
             bar.update(task, total=report.to_send, completed=done, rate=report.sent / elapsed,
                        problems=problems)
 
-        return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
-                       confirm=confirm, stop=stop, progress=progress, deliver=deliver, force=force)
+        return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
+                       progress=progress, force=force)
 
 
 def _summary(app: App, report: Report) -> None:
     out = app.console.print
-    if report.declined:
+    if report.ending is Ending.DECLINED:
         out("Nothing sent.")
         return
-    if report.nothing:
-        out(escape(report.nothing[0].upper() + report.nothing[1:]))
+    if report.ending is Ending.NOTHING:
+        out(escape(report.why[0].upper() + report.why[1:]))
         _undecided(app, report)
         return
-    if report.enqueued:
+    if report.ending is Ending.ENQUEUED:
         out(f"Handed {report.issue_key} \"{escape(report.subject)}\" to the workers: "
             f"{report.to_send} deliveries owed ({report.total} in its ledger). "
             f"Run `newsletter worker` to send them; `newsletter sends status {report.issue_key}` "
             f"shows how far they got.")
         return
-    if report.dry_run:
+    if report.ending is Ending.DRY_RUN:
         out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
             f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
@@ -309,11 +318,11 @@ def _summary(app: App, report: Report) -> None:
                       f"stopped mid-attempt (a crash, kill -9): they are now unknown.[/]")
     for email, error in report.errors[:10]:
         out(f"  [red]{escape(email)}[/]: {escape(error)}")
-    if report.paused:
-        app.err.print(f"[bold red]Paused:[/] {escape(report.paused)}")
-    elif report.stopped:
+    if report.ending is Ending.PAUSED:
+        app.err.print(f"[bold red]Paused:[/] {escape(report.why)}")
+    elif report.ending is Ending.STOPPED:
         out(f"Stopped by request; nothing is in flight. Run `newsletter send {report.issue_key}` to carry on.")
-    if report.finished and not report.undecided:
+    if report.ending is Ending.FINISHED and not report.undecided:
         out(f"[green]{report.issue_key} is sent.[/]")
     elif report.next_retry_at:
         out(f"Deliveries waiting for a retry; the next is due at {report.next_retry_at:%Y-%m-%d %H:%M} "
