@@ -21,6 +21,7 @@ from pipeline.commands import (
     project,
     schedule,
     send,
+    sends,
     subscribers,
     web,
     worker,
@@ -64,7 +65,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 # Each command module exposes `commands`: the groups and commands it adds at the top level.
-for module in (bounces, database, doctor, essays, feeds, issues, project, schedule, subscribers, send, web, worker):
+for module in (bounces, database, doctor, essays, feeds, issues, project, schedule, subscribers, send, sends, web,
+               worker):
     for command in module.commands:
         cli.add_command(command)
 

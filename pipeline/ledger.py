@@ -15,11 +15,12 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import bindparam, func, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, select
 
 from pipeline.config import DeliverySettings
@@ -97,7 +98,7 @@ def audience(session: Session) -> Iterator[tuple[int, str, str]]:
         yield from page  # type: ignore[misc]
         if len(page) < FREEZE_PAGE:
             return
-        last = page[-1][0]
+        last = page[-1][0] or 0
 
 
 def audience_size(session: Session, issue: Issue) -> int:
@@ -120,7 +121,7 @@ def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
         yield from ((sid or 0, email, name) for _, sid, email, name in page)
         if len(page) < FREEZE_PAGE:
             return
-        last = page[-1][0]
+        last = page[-1][0] or 0
 
 
 def _row_count(session: Session, issue_id: int) -> int:
@@ -232,12 +233,12 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
 
 def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     """Rows left `sending` past their lease (a crash mid-batch) become `unknown`."""
-    result = session.execute(
+    result = cast(CursorResult[Any], session.execute(
         update(_TABLE)
         .where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING, _TABLE.c.lease_until < now)
         .values(status=UNKNOWN, updated_at=now, lease_until=None,
                 last_error="the sender stopped mid-attempt (lease ran out): maybe sent, maybe not")
-    )
+    ))
     return max(result.rowcount, 0)
 
 
@@ -246,10 +247,10 @@ def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime)
     allowed = [s for s in statuses if s in (FAILED, UNKNOWN)]
     if not allowed:
         return 0
-    result = session.execute(
+    result = cast(CursorResult[Any], session.execute(
         update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed))
         .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
-    )
+    ))
     return max(result.rowcount, 0)
 
 

@@ -108,7 +108,7 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
     table.add_column(f"Local ({schedule.timezone.key})")
     table.add_column("UTC")
     for row in rows:
-        table.add_row(row["key"], f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
+        table.add_row(str(row["key"]), f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
                       f"{row['utc']:%a %Y-%m-%d %H:%M}")
     app.console.print(table)
     app.console.print(f"Latest due: {latest.key} ({latest.due_at:%a %Y-%m-%d %H:%M %Z}), "
