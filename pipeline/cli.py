@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("schedule", "Send the weekly digest on its schedule, exactly once per week."),
     "send": ("send", "Send an issue to every active subscriber it is owed to (ISSUE: id, key or latest)."),
     "send-test": ("send", "Send one copy of ISSUE to an address, subject prefixed [TEST]; records nothing."),
-    "sends": ("send", "The delivery ledger of an issue: counts, rows, retries."),
+    "sends": ("sends", "The delivery ledger of an issue: counts, rows, retries."),
     "serve": ("web", "Serve the browser preview, the archive, and the unsubscribe, confirm and subscribe pages."),
     "subscribers": ("subscribers", "Add, import, export, list, unsubscribe and remove subscribers."),
     "worker": ("worker", "Deliver every issue in `sending` status, side by side with any number of other workers."),

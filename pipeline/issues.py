@@ -4,6 +4,9 @@
 a unique key: the scheduler passes its period (`weekly-2026-W48`) so that two schedulers firing
 at once still make one issue (the database's unique index decides, not a check-then-insert); by
 hand the key is `manual-<uuid>`. compose flushes; the caller's session scope commits.
+
+This module owns the issue's life: draft -> sending -> sent (reopened by a requeue), or
+skipped / expired. Every status change is one of the named functions at the end.
 """
 
 from __future__ import annotations
@@ -11,15 +14,24 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import nulls_last
+from sqlalchemy import nulls_last, or_, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from pipeline import ledger
 from pipeline.config import Settings
+from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
 from pipeline.excerpt import excerpt
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
+from subscribers.model import utcnow
+
+if TYPE_CHECKING:
+    from pipeline.render import RenderedIssue
 
 # Mail clients show roughly this much of the preheader beside the subject.
 PREHEADER_LENGTH = 140
@@ -163,6 +175,7 @@ def subject_for(settings: Settings, essays: Sequence[Essay]) -> str:
 
 
 def find_by_key(session: Session, key: str) -> Issue | None:
+    """The issue with this key, or None."""
     return session.exec(select(Issue).where(Issue.key == key)).first()
 
 
@@ -200,3 +213,102 @@ def issue_essays(session: Session, issue: Issue) -> list[Essay]:
         .order_by(col(IssueEssay.position))
     )
     return list(session.exec(query))
+
+
+def sending_issues(session: Session, now: datetime) -> list[tuple[int, str]]:
+    """(id, key) of the issues in `sending` status that may still be sent, oldest first."""
+    found = session.exec(
+        select(Issue.id, Issue.key)
+        .where(Issue.status == IssueStatus.SENDING.value,
+               or_(col(Issue.not_after).is_(None), col(Issue.not_after) > now))
+        .order_by(col(Issue.started_at), col(Issue.id))
+    ).all()
+    return [(int(i), str(k)) for i, k in found if i is not None]
+
+
+def open_issues(session: Session, prefix: str, but: str | None = None) -> list[Issue]:
+    """Issues whose key starts with `prefix` (not `but`) that are still draft or sending."""
+    return list(session.exec(select(Issue).where(
+        col(Issue.key).startswith(prefix),
+        col(Issue.status).in_([IssueStatus.DRAFT.value, IssueStatus.SENDING.value]),
+        Issue.key != (but or ""))).all())
+
+
+# --- status changes: the only writes of Issue.status ------------------------------------------
+
+
+def start_sending(session: Session, issue_id: int, rendered: RenderedIssue, now: datetime) -> Issue | None:
+    """draft -> sending, the render frozen onto the issue (row locked); None when it had
+    started already (an earlier run or a rival process). The caller freezes the audience."""
+    current = session.exec(select(Issue).where(Issue.id == issue_id).with_for_update()).one()
+    if current.status != IssueStatus.DRAFT.value:
+        return None
+    current.html_template, current.text_template = rendered.html, rendered.text
+    current.frozen_render = {"html_unnamed": rendered.html_unnamed,
+                             "text_unnamed": rendered.text_unnamed,
+                             "placeholders": rendered.placeholders}
+    current.status, current.started_at = IssueStatus.SENDING.value, now
+    session.add(current)
+    session.flush()
+    return current
+
+
+def finish(session: Session, issue_id: int, now: datetime) -> bool:
+    """sending -> sent, its essays marked sent in it; False when it is not sending. The caller
+    checks that nothing is owed."""
+    issue = session.get(Issue, issue_id)
+    if issue is None or issue.status != IssueStatus.SENDING.value:
+        return False
+    issue.status, issue.finished_at = IssueStatus.SENT.value, now
+    session.add(issue)
+    essay_ids = select(IssueEssay.essay_id).where(IssueEssay.issue_id == issue_id)
+    session.execute(update(Essay).where(col(Essay.id).in_(essay_ids),
+                                        col(Essay.sent_in_issue_id).is_(None))
+                    .values(sent_in_issue_id=issue_id))
+    return True
+
+
+def reopen(session: Session, issue: Issue) -> None:
+    """sent -> sending: deliveries are owed again (a requeue)."""
+    if issue.status == IssueStatus.SENT.value:
+        issue.status, issue.finished_at = IssueStatus.SENDING.value, None
+        session.add(issue)
+
+
+def requeue(engine: Engine, ref: int | str, failed: bool, unknown: bool, now: datetime | None = None) -> int:
+    """`sends retry`: failed and/or unknown rows become owed again (same Message-ID), and the
+    issue is open for sending again; the caller then runs publish."""
+    statuses = [s for s, wanted in ((ledger.FAILED, failed), (ledger.UNKNOWN, unknown)) if wanted]
+    with session_scope(engine) as session:
+        target = find_issue(session, ref)
+        count = ledger.requeue(session, target.id or 0, statuses, now or utcnow())
+        if count:
+            reopen(session, target)
+        return count
+
+
+def expire(session: Session, issue: Issue | None, key: str, not_after: datetime, now: datetime) -> Issue:
+    """draft/sending -> expired; with no issue yet, the period's key is claimed as expired so
+    that no later run starts it."""
+    if issue is None:
+        issue = Issue(key=key, not_after=not_after.astimezone(UTC))
+    issue.status, issue.finished_at = IssueStatus.EXPIRED.value, now.astimezone(UTC)
+    session.add(issue)
+    session.flush()
+    return issue
+
+
+def skip(session: Session, key: str, now: datetime) -> Issue:
+    """A period with nothing to send, recorded as a `skipped` issue under its key."""
+    issue = Issue(key=key, status=IssueStatus.SKIPPED.value, finished_at=now.astimezone(UTC))
+    session.add(issue)
+    session.flush()
+    return issue
+
+
+def bound(session: Session, issue: Issue, not_after: datetime) -> None:
+    """Sending stops at `not_after` even inside a long run (set once)."""
+    if issue.not_after is None:
+        issue.not_after = not_after.astimezone(UTC)
+        session.add(issue)
+        session.flush()

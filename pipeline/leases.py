@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import CursorResult
@@ -44,7 +44,7 @@ def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     for holder in _local_holders(session, issue_id):
         if _alive(holder):
             continue
-        result = cast(CursorResult, session.execute(
+        result = cast(CursorResult[Any], session.execute(
             update(Delivery).where(col(Delivery.issue_id) == issue_id, col(Delivery.status) == ledger.SENDING,
                                    col(Delivery.holder) == holder)
             .values(status=ledger.UNKNOWN, updated_at=now, lease_until=None,

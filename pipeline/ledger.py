@@ -15,16 +15,17 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import bindparam, func, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, select
 
 from pipeline.config import DeliverySettings
 from pipeline.db import session_scope
-from pipeline.models import Delivery, DeliveryStatus, Issue
+from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from subscribers.model import Subscriber, SubscriberStatus
 
 PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
@@ -97,7 +98,15 @@ def audience(session: Session) -> Iterator[tuple[int, str, str]]:
         yield from page  # type: ignore[misc]
         if len(page) < FREEZE_PAGE:
             return
-        last = page[-1][0]
+        last = page[-1][0] or 0
+
+
+def audience_size(session: Session, issue: Issue) -> int:
+    """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
+    if issue.status == IssueStatus.SENDING.value:
+        return sum(counts(session, issue.id or 0).values())
+    return int(session.exec(select(func.count()).select_from(Subscriber).where(
+        Subscriber.status == SubscriberStatus.ACTIVE.value)).one())
 
 
 def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
@@ -112,7 +121,7 @@ def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
         yield from ((sid or 0, email, name) for _, sid, email, name in page)
         if len(page) < FREEZE_PAGE:
             return
-        last = page[-1][0]
+        last = page[-1][0] or 0
 
 
 def _row_count(session: Session, issue_id: int) -> int:
@@ -224,12 +233,12 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
 
 def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     """Rows left `sending` past their lease (a crash mid-batch) become `unknown`."""
-    result = session.execute(
+    result = cast(CursorResult[Any], session.execute(
         update(_TABLE)
         .where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING, _TABLE.c.lease_until < now)
         .values(status=UNKNOWN, updated_at=now, lease_until=None,
                 last_error="the sender stopped mid-attempt (lease ran out): maybe sent, maybe not")
-    )
+    ))
     return max(result.rowcount, 0)
 
 
@@ -238,10 +247,10 @@ def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime)
     allowed = [s for s in statuses if s in (FAILED, UNKNOWN)]
     if not allowed:
         return 0
-    result = session.execute(
+    result = cast(CursorResult[Any], session.execute(
         update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed))
         .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
-    )
+    ))
     return max(result.rowcount, 0)
 
 
@@ -254,6 +263,7 @@ def counts(session: Session, issue_id: int) -> dict[str, int]:
 
 
 def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+    """The issue's rows in claim order, of one status or all, at most `limit`."""
     query = select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
     if status:
         query = query.where(Delivery.status == status)
@@ -271,16 +281,6 @@ def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]
     count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
         Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
     return int(count), oldest
-
-
-def rate_allowance(engine: Engine, d: DeliverySettings, now: datetime) -> tuple[int, float]:
-    """(messages that may go now, seconds to wait when none may), from the sent rows in the
-    database, so the limits hold across runs and processes (a look; claim_within_rate acts)."""
-    windows = _windows(d)
-    if not windows:
-        return d.batch_size, 0.0
-    with Session(engine) as session:
-        return _allowance(session, windows, d.batch_size, now)
 
 
 def _windows(d: DeliverySettings) -> list[tuple[int, float]]:

@@ -93,7 +93,7 @@ def weekday_name(weekday: str) -> str:
     try:
         return WEEKDAY_NAMES[weekday.lower()]
     except KeyError:
-        raise ConfigError(f"not a weekday: {weekday!r} (use one of {', '.join(WEEKDAYS)})")
+        raise ConfigError(f"not a weekday: {weekday!r} (use one of {', '.join(WEEKDAYS)})") from None
 
 
 def period_key(due_at: datetime) -> str:

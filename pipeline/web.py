@@ -40,13 +40,13 @@ from werkzeug.serving import make_server as wsgi_server
 from pipeline import db, ledger, public
 from pipeline.config import BUILTIN_DOCS, BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.confirmations import BackgroundMailer
+from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
 from pipeline.issues import compose, subject_for, unsent_essays
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.public import WebState, state
-from pipeline.publish import personal_copy
 from pipeline.readers.markdown_essay import markdown_html
 from subscribers import consent
 from subscribers.model import Subscriber, SubscriberStatus

@@ -18,17 +18,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from pipeline import issues
 from pipeline.config import Settings
 from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError
 from pipeline.feedback import read_bounces
-from pipeline.models import Issue, IssueStatus
-from pipeline.publish import Report, publish
+from pipeline.publish import Ending, Report, publish
 from pipeline.transports import Transport
 from subscribers.model import utcnow
 
@@ -61,7 +60,7 @@ class WorkerStats:
         self.failed += report.failed
         self.unknown += report.unknown
         self.skipped += report.skipped
-        if report.finished:
+        if report.ending is Ending.FINISHED:
             self.finished.append(report.issue_key)
             if report.undecided:
                 self.undecided[report.issue_key] = report.undecided
@@ -73,13 +72,7 @@ class WorkerStats:
 def sending_issues(engine: Engine, now: datetime) -> list[tuple[int, str]]:
     """(id, key) of the issues in `sending` status that may still be sent, oldest first."""
     with Session(engine) as session:
-        found = session.exec(
-            select(Issue.id, Issue.key)
-            .where(Issue.status == IssueStatus.SENDING.value,
-                   or_(col(Issue.not_after).is_(None), col(Issue.not_after) > now))
-            .order_by(col(Issue.started_at), col(Issue.id))
-        ).all()
-    return [(int(i), str(k)) for i, k in found if i is not None]
+        return issues.sending_issues(session, now)
 
 
 def run_worker(
@@ -162,16 +155,17 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
             log.info("%s: %d sent, %d to retry, %d failed, %d unknown, %d skipped by this worker; "
                      "ledger: %s", key, report.sent, report.retrying, report.failed,
                      report.unknown, report.skipped, _ledger_line(report.counts))
-        if report.finished and report.undecided:
+        finished = report.ending is Ending.FINISHED
+        if finished and report.undecided:
             log.warning("%s is finished, but %d deliveries are unknown (maybe delivered, maybe not): "
                         "`newsletter sends status %s` explains; `newsletter sends retry %s --unknown` "
                         "resends them", key, report.undecided, key, key)
-        elif report.finished:
+        elif finished:
             log.info("%s is sent: every delivery has an outcome", key)
-        if report.paused:
-            stats.paused = report.paused
+        if report.ending is Ending.PAUSED:
+            stats.paused = report.why
             resume_at[issue_id] = time.monotonic() + pause_seconds
-            log.warning("%s paused: %s; trying again in %g s", key, report.paused, pause_seconds)
+            log.warning("%s paused: %s; trying again in %g s", key, report.why, pause_seconds)
     return worked
 
 

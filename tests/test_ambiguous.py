@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from pipeline import db, ledger
 from pipeline.errors import AmbiguousDeliveryError, TransientDeliveryError
-from pipeline.publish import publish
+from pipeline.publish import Ending, enqueue, publish
 from pipeline.transports import SMTPTransport
 from pipeline.worker import run_worker
 from subscribers import consent
@@ -62,7 +62,7 @@ def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Pa
             assert "maybe delivered" in (rows[address].last_error or ""), address
         assert "timed out" in (rows["store-hang@example.org"].last_error or "")
         assert all(got[p.email] == 1 for p in fine)
-        assert first.unknown == 3 and not first.finished
+        assert first.unknown == 3 and first.ending is not Ending.FINISHED
 
         # Resending the unknown ones is a decision the operator takes, and it is taken once.
         cli = CLI(settings.path, CliRunner())
@@ -82,7 +82,7 @@ def test_a_worker_records_an_ambiguous_reply_as_unknown_too(tmp_path: Path) -> N
         engine = db.connect(settings.database.url)
         people = add_audience(engine, 6)
         server.faults[people[2].email] = [("store-drop", "")]
-        report = publish(settings, engine, latest=True, deliver=False)
+        report = enqueue(settings, engine, latest=True)
         for _ in range(3):
             run_worker(settings, engine, once=True, idle_seconds=0.1)
         got = Counter(r.rcpt_tos[0] for r in server.received)

@@ -26,8 +26,9 @@ from pipeline.feedback import process_mailbox
 from pipeline.models import BounceEvent, Delivery, Issue, ProcessedMessage
 from pipeline.publish import publish
 from pipeline.returnpath import delivery_id_of
-from pipeline.schedule import BOUNCE_JOB_ID, make_scheduler, run_due
+from pipeline.schedule import BOUNCE_JOB_ID, make_scheduler
 from pipeline.transports import MemoryTransport
+from pipeline.weekly import run_due
 from pipeline.worker import run_worker
 from subscribers import consent
 from subscribers.errors import ConsentError

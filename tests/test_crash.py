@@ -20,7 +20,7 @@ from sqlmodel import Session
 from pipeline import db, ledger
 from pipeline.cli import cli as cli_main
 from pipeline.config import load_settings
-from pipeline.publish import publish
+from pipeline.publish import Ending, publish
 from subscribers.model import utcnow
 from tests.conftest import CLI
 from tests.smtp_faults import add_audience, fault_server, new_issue, smtp_settings
@@ -140,6 +140,6 @@ def test_ctrl_c_on_the_command_finishes_the_batch_and_send_carries_on(tmp_path: 
         by_id = message_ids(server.received)
         assert all(by_id[r.message_id] == (1 if r.status == "sent" else 0) for r in rows)
         report = publish(settings, engine, "ctrl-c")  # `send` again carries on
-        assert report.finished and report.sent == AUDIENCE - counts["sent"]
+        assert report.ending is Ending.FINISHED and report.sent == AUDIENCE - counts["sent"]
         assert set(message_ids(server.received).values()) == {1}
         engine.dispose()

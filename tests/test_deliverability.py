@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
-from pipeline.publish import personal_copy
+from pipeline.copies import personal_copy
 from subscribers.consent import add
 from subscribers.tokens import load_secret
 from tests.conftest import write_config

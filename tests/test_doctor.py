@@ -40,7 +40,7 @@ from pipeline.doctor import (
 )
 from pipeline.issues import compose
 from pipeline.message import dkim_record
-from pipeline.publish import personal_copy
+from pipeline.copies import personal_copy
 from tests.conftest import CLI, write_config
 from tests.digest_fixtures import add_essays, digest_essays
 

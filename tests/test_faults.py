@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from pipeline import db, ledger
 from pipeline.config import DeliverySettings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError
-from pipeline.publish import publish
+from pipeline.publish import Ending, publish
 from pipeline.transports import SMTPTransport, classify
 from subscribers import consent
 from subscribers.model import Subscriber, utcnow
@@ -67,12 +67,12 @@ def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path) -> None
         assert len(server.peers) >= 2
         assert all(rows[p.email].status == "sent" for p in fine)
         assert first.retrying == 7 and first.failed == 2 and first.bounced == 1 and first.unknown == 1
-        assert not first.finished
+        assert first.ending is not Ending.FINISHED
 
         # Before the backoff has passed, nothing is due; after it, the retries go out.
         assert publish(settings, engine, first.issue_key).sent == 0
         later = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=2))
-        assert later.sent == 7 and later.finished and later.counts["unknown"] == 1
+        assert later.sent == 7 and later.ending is Ending.FINISHED and later.counts["unknown"] == 1
         got = Counter(r.rcpt_tos[0] for r in server.received)
         assert all(got[a] == (1 if e == "retry" else 0) for a, (_, e) in FAULTS.items())
         assert all(got[p.email] == 1 for p in fine)
@@ -89,7 +89,7 @@ def test_transient_failures_past_the_deadline_fail(tmp_path: Path) -> None:
         with Session(engine) as session:
             row = next(r for r in ledger.rows(session, report.issue_id) if r.email == people[0].email)
         assert row.status == "failed" and row.last_error.startswith("gave up after 1 attempts")
-        assert report.finished  # nothing owed: one sent, one failed
+        assert report.ending is Ending.FINISHED  # nothing owed: one sent, one failed
 
 
 @pytest.mark.parametrize(("code", "kind"), [

@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, unsent_essays
 from pipeline.models import Essay, Feed, FeedEntry, Issue
 from pipeline.polling import poll_feeds
-from pipeline.schedule import run_due
+from pipeline.weekly import run_due
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import write_config
 from tests.feed_server import FIXTURES, FeedServer, serve_feeds

@@ -15,9 +15,10 @@ from sqlmodel import Session, select
 
 from pipeline import db, gate
 from pipeline.config import Settings, load_settings
+from pipeline.copies import personal_copy
 from pipeline.issues import compose
 from pipeline.models import Delivery, Issue
-from pipeline.publish import personal_copy, publish
+from pipeline.publish import Ending, enqueue
 from pipeline.schedule import JOB_ID, make_scheduler
 from pipeline.worker import run_worker
 from tests.conftest import CLI, PUBLIC_WEB, write_config
@@ -166,7 +167,7 @@ def test_a_worker_leaves_a_refused_issue_unsent_unless_forced(tmp_path: Path, se
     public = load_settings(smtp_config(tmp_path, server, web=PUBLIC_WEB))
     engine = db.connect(public.database.url)
     people = add_audience(engine, 3)
-    assert publish(public, engine, latest=True, deliver=False).enqueued  # `send --enqueue`
+    assert enqueue(public, engine, latest=True).ending is Ending.ENQUEUED  # `send --enqueue`
     loopback = load_settings(smtp_config(tmp_path, server))  # this worker's config is wrong
     stats = run_worker(loopback, engine, once=True, pause_seconds=0.01)
     assert stats.sent == 0 and server.received == []

@@ -17,8 +17,9 @@ from pipeline import db
 from pipeline.config import Settings, load_settings
 from pipeline.issues import compose
 from pipeline.models import Delivery, Essay, Issue
-from pipeline.periods import Action, due_period
-from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, Outcome, make_scheduler, run_due
+from pipeline.periods import Action, Outcome, due_period
+from pipeline.schedule import FOLLOW_UP_MINUTES, JOB_ID, make_scheduler
+from pipeline.weekly import run_due
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import PUBLIC_WEB, SMTPServer, write_config
 

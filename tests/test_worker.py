@@ -20,11 +20,11 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger, publish
 from pipeline.config import Settings
 from pipeline.issues import find_issue
 from pipeline.models import Issue
-from pipeline.publish import publish
+from pipeline.publish import Ending
 from pipeline.worker import run_worker, sending_issues
 from subscribers.model import Subscriber, utcnow
 from tests.conftest import SMTPServer, write_config
@@ -72,8 +72,8 @@ def enqueue(settings: Settings, engine: Engine, key: str, slugs: list[str] | Non
 
 def hand_over(settings: Settings, engine: Engine, issue: Issue) -> Issue:
     """Freeze a composed issue's render and audience and set it `sending`, sending nothing."""
-    report = publish(settings, engine, issue.id, deliver=False)
-    assert report.enqueued and not report.sent, report
+    report = publish.enqueue(settings, engine, issue.id)
+    assert report.ending is Ending.ENQUEUED and not report.sent, report
     return issue
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -18,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.engine import Engine
 
-from pipeline import db
+from pipeline import db, signals
 from pipeline.config import Settings, load_settings
 from subscribers.text import printable
 
@@ -103,22 +101,14 @@ def stop_on_signals(stop: threading.Event, app: App, then: str = "") -> Iterator
     and turns `unknown` when its lease runs out, never silently resent (README, "Delivery
     semantics"). `then` says what happens next, e.g. "the next run resumes".
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread (tests call in threads)
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            app.err.print(f"{name} again: aborted. Rows in flight show as unknown after their lease.")
-            os._exit(130)
-        stop.set()
+    def first(name: str) -> None:
         app.err.print(f"{name}: stopping after the batch in flight (again to abort at once)"
                       + (f"; {then}." if then else "."))
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    def again(signum: int) -> None:
+        app.err.print(f"{signals.name_of(signum)} again: aborted. Rows in flight show as unknown "
+                      f"after their lease.")
+        os._exit(130)
+
+    with signals.stop_on(stop, first, again):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -17,13 +17,13 @@ from rich.table import Table
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.config import Settings
+from pipeline.copies import personal_copy
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint import Finding, failures, lint_message, warnings
 from pipeline.lint_help import anchor, fix_for
 from pipeline.models import Essay, Issue
-from pipeline.publish import personal_copy
 from subscribers.consent import find
 from subscribers.tokens import load_secret
 

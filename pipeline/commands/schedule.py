@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from pipeline import schedule as scheduling
+from pipeline import weekly
 from pipeline.commands.base import (
     EXIT_EXPIRED,
     EXIT_OWED,
@@ -95,7 +96,7 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
     rows = [
         {"key": period_key(t), "local": t, "utc": t.astimezone(UTC)} for t in times
     ]
-    latest = scheduling.run_due(app.settings, app.engine, now, dry_run=True)
+    latest = weekly.run_due(app.settings, app.engine, now, dry_run=True)
     if as_json:
         print_json({"timezone": schedule.timezone.key, "runs": rows,
                     "latest": {"key": latest.key, "due_at": latest.due_at,
@@ -107,7 +108,7 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
     table.add_column(f"Local ({schedule.timezone.key})")
     table.add_column("UTC")
     for row in rows:
-        table.add_row(row["key"], f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
+        table.add_row(str(row["key"]), f"{row['local']:%a %Y-%m-%d %H:%M %Z}",
                       f"{row['utc']:%a %Y-%m-%d %H:%M}")
     app.console.print(table)
     app.console.print(f"Latest due: {latest.key} ({latest.due_at:%a %Y-%m-%d %H:%M %Z}), "
@@ -144,14 +145,15 @@ def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
     columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # A bar on a terminal only: under cron the output is mail, and bars are noise there.
     with Progress(*columns, console=app.err, transient=True,
-                  disable=dry_run or not app.err.is_terminal) as bar, stop_on_signals(stop, app, "the next run resumes"):
+                  disable=dry_run or not app.err.is_terminal) as bar, \
+            stop_on_signals(stop, app, "the next run resumes"):
         task = bar.add_task("", total=None)
 
         def progress(report: Report) -> None:
             done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             bar.update(task, total=report.to_send, completed=done)
 
-        outcome = scheduling.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
+        outcome = weekly.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
                                      stop=stop, progress=progress, force=force)
     if as_json:
         print_json({"dry_run": dry_run, **outcome.as_dict()})

@@ -1,4 +1,4 @@
-"""`newsletter send`, `send-test` and `sends status/list/retry`: sending by hand, and the ledger."""
+"""`newsletter send` and `send-test`: sending by hand, with a prompt, a progress bar and a summary."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
-from sqlmodel import Session
 
-from pipeline import leases, ledger
 from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
@@ -27,16 +24,18 @@ from pipeline.commands.base import (
     print_json,
     stop_on_signals,
 )
-from pipeline.complaints import issue_feedback
+from pipeline.copies import send_test
 from pipeline.models import DeliveryStatus, Issue
-from pipeline.publish import Report, publish, requeue, send_test
+from pipeline.publish import Ending, Report, enqueue, publish
+from pipeline.publish import dry_run as dry_run_of
 
 STATUSES = [s.value for s in DeliveryStatus]
 
 
 @click.command("send")
 @click.argument("issue", required=False)
-@click.option("--latest", is_flag=True, help="The newest open issue; composes one from unsent essays when none is open.")
+@click.option("--latest", is_flag=True,
+              help="The newest open issue; composes one from unsent essays when none is open.")
 @click.option("--dry-run", is_flag=True, help="Build every message, send none, write nothing.")
 @click.option("--enqueue", is_flag=True,
               help="Freeze the audience and leave the sending to `newsletter worker` processes.")
@@ -73,13 +72,13 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
                                "from the unsent essays when no issue is open)")
     if enqueue and dry_run:
         raise click.UsageError("--enqueue hands an issue to the workers; a --dry-run sends nothing anyway")
-    report = _run(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json,
+    report = run_publish(app, issue, latest=latest, dry_run=dry_run, yes=yes or as_json, quiet=as_json,
                   deliver=not enqueue, force=force)
     if as_json:
         print_json(report.as_dict())
     else:
-        _summary(app, report)
-    raise SystemExit(exit_status(report))
+        summary(app, report)
+    raise SystemExit(exit_status(report, dry_run))
 
 
 @click.command("send-test")
@@ -102,151 +101,19 @@ def send_test_command(app: App, issue: str, to: str) -> None:
     app.console.print(f"Sent a test copy to {escape(to)} through {escape(str(where))} ({len(raw):,} bytes).")
 
 
-@click.group("sends")
-def sends() -> None:
-    """The delivery ledger of an issue: counts, rows, retries."""
-
-
-@sends.command("status")
-@click.argument("issue")
-@json_option
-@pass_app
-def status(app: App, issue: str, as_json: bool) -> None:
-    """How many deliveries of ISSUE have each status.
-
-    \b
-    Example:
-      newsletter sends status weekly-2026-W48
-      newsletter sends status 3 --json
-    """
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        counts = ledger.counts(session, target.id or 0)
-        next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
-        holders = leases.in_flight(session, target.id or 0)
-        feedback = issue_feedback(session, target.id or 0)
-    verdict, why = feedback.verdict(app.settings.bounces)
-    if as_json:
-        print_json({"issue": target.key, "status": target.status, "counts": counts,
-                    "next_retry_at": next_retry,
-                    "in_flight": [{"holder": h.holder, "count": h.count, "lease_until": h.lease_until}
-                                  for h in holders],
-                    "feedback": {"bounced": feedback.bounced, "soft_bounced": feedback.soft,
-                                 "complained": feedback.complained,
-                                 "complaint_rate": feedback.complaint_rate,
-                                 "complaint_verdict": verdict, "explanation": why}})
-        return
-    # The key above the table, not as its title: a title wraps to the narrow table's width.
-    app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
-    table = Table()
-    table.add_column("status")
-    table.add_column("deliveries", justify="right")
-    for name, count in counts.items():
-        table.add_row(name, str(count))
-    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
-    for name, count in (("bounced after sending", feedback.bounced), ("soft bounces", feedback.soft),
-                        ("complained", feedback.complained)):
-        table.add_row(name, str(count))
-    app.console.print(table)
-    colour = {"ok": "", "warn": "[yellow]Warning:[/] ", "pause": "[bold red]Paused:[/] "}[verdict]
-    if feedback.complained or verdict != "ok":
-        app.console.print(colour + escape(why[0].upper() + why[1:]), soft_wrap=True)
-    if next_retry:
-        app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
-    if holders:
-        app.console.print(f"In flight ({counts['sending']} sending): {escape(leases.describe_in_flight(holders))}.")
-    _hints(app, target, counts)
-
-
-@sends.command("list")
-@click.argument("issue")
-@click.option("--status", "wanted", type=click.Choice(STATUSES), help="Only rows with this status.")
-@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
-              help="At most this many rows (0: all).")
-@json_option
-@pass_app
-def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: bool) -> None:
-    """The deliveries of ISSUE: address, status, attempts, last SMTP reply.
-
-    \b
-    Example:
-      newsletter sends list weekly-2026-W48 --status failed
-      newsletter sends list 3 --status unknown --json
-    """
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        found = ledger.rows(session, target.id or 0, wanted, limit or None)
-        counts = ledger.counts(session, target.id or 0)
-    total = counts[wanted] if wanted else sum(counts.values())
-    fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
-              "last_error", "message_id", "next_attempt_at", "sent_at", "holder", "feedback",
-              "feedback_status", "feedback_detail", "feedback_at")
-    if as_json:
-        print_json([{f: getattr(row, f) for f in fields} for row in found])
-        return
-    table = Table(title=f"{target.key}: {len(found)} deliveries" + (f" ({wanted})" if wanted else ""))
-    for column in ("email", "status", "attempts", "code", "last error / sent at", "later"):
-        table.add_column(column)
-    for row in found:
-        note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
-        later = " ".join(filter(None, (row.feedback, row.feedback_status)))  # the bounce mailbox's word
-        table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
-                      escape(note), escape(later))
-    app.console.print(table)
-    if len(found) < total:
-        app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")
-
-
-@sends.command("retry")
-@click.argument("issue")
-@click.option("--failed", is_flag=True, help="Resend deliveries that failed.")
-@click.option("--unknown", is_flag=True, help="Resend deliveries whose outcome is unknown (a crash mid-send).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--force", is_flag=True, help="Send even when the message fails a MUST check (see `send`).")
-@pass_app
-def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: bool) -> None:
-    """Make failed and/or unknown deliveries of ISSUE owed again, and send them.
-
-    An `unknown` delivery may have arrived already: resending can give that subscriber a
-    second copy (with the same Message-ID, which many mail clients merge). Subscribers who
-    unsubscribed or bounced meanwhile are skipped.
-
-    \b
-    Example:
-      newsletter sends retry weekly-2026-W48 --unknown
-      newsletter sends retry 3 --failed --unknown --yes
-    """
-    if not (failed or unknown):
-        raise click.UsageError("say what to resend: --failed, --unknown or both")
-    kinds = [w for w, on in (("failed", failed), ("unknown", unknown)) if on]
-    what = " and ".join(kinds)
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        counts = ledger.counts(session, target.id or 0)
-    count = counts["failed"] * failed + counts["unknown"] * unknown
-    if not count:
-        app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
-        return
-    if not yes:
-        click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
-    requeue(app.engine, target.key, failed, unknown)
-    report = _run(app, target.key, latest=False, dry_run=False, yes=True, quiet=False, force=force)
-    _summary(app, report)
-    raise SystemExit(exit_status(report))
-
-
-def exit_status(report: Report) -> int:
+def exit_status(report: Report, dry_run: bool = False) -> int:
     """The exit code a run ends with (README, "Exit codes")."""
-    if report.paused:
+    if report.ending is Ending.PAUSED:
         return EXIT_ERROR
     if report.undecided:
         return EXIT_UNDECIDED
-    if report.owed and not (report.stopped or report.enqueued or report.declined or report.dry_run):
+    settled = (Ending.STOPPED, Ending.ENQUEUED, Ending.DECLINED, Ending.DRY_RUN)
+    if report.owed and not dry_run and report.ending not in settled:
         return EXIT_OWED
     return 0
 
 
-def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
+def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
          deliver: bool = True, force: bool = False) -> Report:
     """publish with a confirmation prompt, a progress bar and Ctrl-C turned into a stop flag."""
     stop = threading.Event()
@@ -261,7 +128,11 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
     columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
                TextColumn("{task.fields[problems]}"))
-    with Progress(*columns, console=app.err, transient=True, disable=quiet or dry_run) as bar, \
+    if dry_run:
+        return dry_run_of(app.settings, app.engine, issue, latest=latest)
+    if not deliver:
+        return enqueue(app.settings, app.engine, issue, latest=latest, confirm=confirm, force=force)
+    with Progress(*columns, console=app.err, transient=True, disable=quiet) as bar, \
             stop_on_signals(stop, app, "`newsletter send` again carries on"):
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
@@ -273,26 +144,26 @@ def _run(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, qu
             bar.update(task, total=report.to_send, completed=done, rate=report.sent / elapsed,
                        problems=problems)
 
-        return publish(app.settings, app.engine, issue, latest=latest, dry_run=dry_run,
-                       confirm=confirm, stop=stop, progress=progress, deliver=deliver, force=force)
+        return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
+                       progress=progress, force=force)
 
 
-def _summary(app: App, report: Report) -> None:
+def summary(app: App, report: Report) -> None:
     out = app.console.print
-    if report.declined:
+    if report.ending is Ending.DECLINED:
         out("Nothing sent.")
         return
-    if report.nothing:
-        out(escape(report.nothing[0].upper() + report.nothing[1:]))
+    if report.ending is Ending.NOTHING:
+        out(escape(report.why[0].upper() + report.why[1:]))
         _undecided(app, report)
         return
-    if report.enqueued:
+    if report.ending is Ending.ENQUEUED:
         out(f"Handed {report.issue_key} \"{escape(report.subject)}\" to the workers: "
             f"{report.to_send} deliveries owed ({report.total} in its ledger). "
             f"Run `newsletter worker` to send them; `newsletter sends status {report.issue_key}` "
             f"shows how far they got.")
         return
-    if report.dry_run:
+    if report.ending is Ending.DRY_RUN:
         out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
             f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
@@ -309,11 +180,11 @@ def _summary(app: App, report: Report) -> None:
                       f"stopped mid-attempt (a crash, kill -9): they are now unknown.[/]")
     for email, error in report.errors[:10]:
         out(f"  [red]{escape(email)}[/]: {escape(error)}")
-    if report.paused:
-        app.err.print(f"[bold red]Paused:[/] {escape(report.paused)}")
-    elif report.stopped:
+    if report.ending is Ending.PAUSED:
+        app.err.print(f"[bold red]Paused:[/] {escape(report.why)}")
+    elif report.ending is Ending.STOPPED:
         out(f"Stopped by request; nothing is in flight. Run `newsletter send {report.issue_key}` to carry on.")
-    if report.finished and not report.undecided:
+    if report.ending is Ending.FINISHED and not report.undecided:
         out(f"[green]{report.issue_key} is sent.[/]")
     elif report.next_retry_at:
         out(f"Deliveries waiting for a retry; the next is due at {report.next_retry_at:%Y-%m-%d %H:%M} "
@@ -339,13 +210,4 @@ UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `news
                 "{key} --unknown` resends them (a second copy, same Message-ID, for whoever got one).")
 
 
-def _hints(app: App, issue: Issue, counts: dict[str, int]) -> None:
-    if counts["unknown"]:
-        app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
-                          f"its sender stopped mid-attempt; maybe delivered, maybe not. "
-                          + UNKNOWN_HELP.format(key=escape(issue.key)))
-    if counts["failed"]:
-        app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
-
-
-commands = [send, send_test_command, sends]
+commands = [send, send_test_command]

@@ -1,0 +1,163 @@
+"""`newsletter sends status/list/retry`: an issue's delivery ledger, and resending from it."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import Session
+
+from pipeline import leases, ledger
+from pipeline.commands.base import App, json_option, pass_app, print_json
+from pipeline.commands.send import UNKNOWN_HELP, exit_status, run_publish, summary
+from pipeline.complaints import issue_feedback
+from pipeline.issues import requeue
+from pipeline.models import DeliveryStatus, Issue
+
+STATUSES = [s.value for s in DeliveryStatus]
+
+
+@click.group("sends")
+def sends() -> None:
+    """The delivery ledger of an issue: counts, rows, retries."""
+
+
+@sends.command("status")
+@click.argument("issue")
+@json_option
+@pass_app
+def status(app: App, issue: str, as_json: bool) -> None:
+    """How many deliveries of ISSUE have each status.
+
+    \b
+    Example:
+      newsletter sends status weekly-2026-W48
+      newsletter sends status 3 --json
+    """
+    with Session(app.engine) as session:
+        target = leases.settle(session, issue)
+        counts = ledger.counts(session, target.id or 0)
+        next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
+        holders = leases.in_flight(session, target.id or 0)
+        feedback = issue_feedback(session, target.id or 0)
+    verdict, why = feedback.verdict(app.settings.bounces)
+    if as_json:
+        print_json({"issue": target.key, "status": target.status, "counts": counts,
+                    "next_retry_at": next_retry,
+                    "in_flight": [{"holder": h.holder, "count": h.count, "lease_until": h.lease_until}
+                                  for h in holders],
+                    "feedback": {"bounced": feedback.bounced, "soft_bounced": feedback.soft,
+                                 "complained": feedback.complained,
+                                 "complaint_rate": feedback.complaint_rate,
+                                 "complaint_verdict": verdict, "explanation": why}})
+        return
+    # The key above the table, not as its title: a title wraps to the narrow table's width.
+    app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
+    table = Table()
+    table.add_column("status")
+    table.add_column("deliveries", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, str(count))
+    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
+    for name, count in (("bounced after sending", feedback.bounced), ("soft bounces", feedback.soft),
+                        ("complained", feedback.complained)):
+        table.add_row(name, str(count))
+    app.console.print(table)
+    colour = {"ok": "", "warn": "[yellow]Warning:[/] ", "pause": "[bold red]Paused:[/] "}[verdict]
+    if feedback.complained or verdict != "ok":
+        app.console.print(colour + escape(why[0].upper() + why[1:]), soft_wrap=True)
+    if next_retry:
+        app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
+    if holders:
+        app.console.print(f"In flight ({counts['sending']} sending): {escape(leases.describe_in_flight(holders))}.")
+    _hints(app, target, counts)
+
+
+@sends.command("list")
+@click.argument("issue")
+@click.option("--status", "wanted", type=click.Choice(STATUSES), help="Only rows with this status.")
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
+              help="At most this many rows (0: all).")
+@json_option
+@pass_app
+def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: bool) -> None:
+    """The deliveries of ISSUE: address, status, attempts, last SMTP reply.
+
+    \b
+    Example:
+      newsletter sends list weekly-2026-W48 --status failed
+      newsletter sends list 3 --status unknown --json
+    """
+    with Session(app.engine) as session:
+        target = leases.settle(session, issue)
+        found = ledger.rows(session, target.id or 0, wanted, limit or None)
+        counts = ledger.counts(session, target.id or 0)
+    total = counts[wanted] if wanted else sum(counts.values())
+    fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
+              "last_error", "message_id", "next_attempt_at", "sent_at", "holder", "feedback",
+              "feedback_status", "feedback_detail", "feedback_at")
+    if as_json:
+        print_json([{f: getattr(row, f) for f in fields} for row in found])
+        return
+    table = Table(title=f"{target.key}: {len(found)} deliveries" + (f" ({wanted})" if wanted else ""))
+    for column in ("email", "status", "attempts", "code", "last error / sent at", "later"):
+        table.add_column(column)
+    for row in found:
+        note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
+        later = " ".join(filter(None, (row.feedback, row.feedback_status)))  # the bounce mailbox's word
+        table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
+                      escape(note), escape(later))
+    app.console.print(table)
+    if len(found) < total:
+        app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")
+
+
+@sends.command("retry")
+@click.argument("issue")
+@click.option("--failed", is_flag=True, help="Resend deliveries that failed.")
+@click.option("--unknown", is_flag=True, help="Resend deliveries whose outcome is unknown (a crash mid-send).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Send even when the message fails a MUST check (see `send`).")
+@pass_app
+def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: bool) -> None:
+    """Make failed and/or unknown deliveries of ISSUE owed again, and send them.
+
+    An `unknown` delivery may have arrived already: resending can give that subscriber a
+    second copy (with the same Message-ID, which many mail clients merge). Subscribers who
+    unsubscribed or bounced meanwhile are skipped.
+
+    \b
+    Example:
+      newsletter sends retry weekly-2026-W48 --unknown
+      newsletter sends retry 3 --failed --unknown --yes
+    """
+    if not (failed or unknown):
+        raise click.UsageError("say what to resend: --failed, --unknown or both")
+    kinds = [w for w, on in (("failed", failed), ("unknown", unknown)) if on]
+    what = " and ".join(kinds)
+    with Session(app.engine) as session:
+        target = leases.settle(session, issue)
+        counts = ledger.counts(session, target.id or 0)
+    count = counts["failed"] * failed + counts["unknown"] * unknown
+    if not count:
+        app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
+        return
+    if not yes:
+        click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
+    requeue(app.engine, target.key, failed, unknown)
+    report = run_publish(app, target.key, latest=False, dry_run=False, yes=True, quiet=False, force=force)
+    summary(app, report)
+    raise SystemExit(exit_status(report))
+
+
+def _hints(app: App, issue: Issue, counts: dict[str, int]) -> None:
+    if counts["unknown"]:
+        app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
+                          f"its sender stopped mid-attempt; maybe delivered, maybe not. "
+                          + UNKNOWN_HELP.format(key=escape(issue.key)))
+    if counts["failed"]:
+        app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
+
+
+
+commands = [sends]

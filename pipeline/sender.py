@@ -1,0 +1,183 @@
+"""The sender pool: threads that claim, send and record batches of one issue until nothing is due.
+
+One sender per connection claims its own batches (so at most one batch per connection is ever
+in flight), builds each message with the caller's `build(row) -> bytes`, hands it to its own
+transport, and records the outcomes in the ledger. Rate limits are waited for (a long wait
+pauses the run), the relay being gone pauses it, and a stop finishes the batch in flight.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from pipeline import ledger, signals
+from pipeline.config import Settings
+from pipeline.errors import (
+    AmbiguousDeliveryError,
+    PermanentDeliveryError,
+    RenderError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
+from pipeline.message import ascii_address
+from pipeline.models import Issue
+from pipeline.transports import Transport, is_hard_bounce
+from subscribers.consent import mark_bounced
+
+MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
+Build = Callable[[ledger.Claimed], bytes]
+
+
+@dataclass
+class Tally:
+    """What the senders of one run did to the rows they claimed (this run's numbers)."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    unknown: int = 0  # handed over, then no reply: maybe delivered (never retried by itself)
+    skipped: int = 0
+    bounced: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (email, error), first few
+
+    def add(self, engine: Engine, outcomes: list[ledger.Outcome]) -> None:
+        """Count a recorded batch; a hard bounce suppresses its address for good."""
+        for o in outcomes:
+            if o.kind == "sent":
+                self.sent += 1
+            elif o.kind == "retry":
+                self.retrying += 1
+            elif o.kind == "failed":
+                self.failed += 1
+            elif o.kind == "unknown":
+                self.unknown += 1
+            if o.kind in ("retry", "failed", "unknown") and len(self.errors) < 20:
+                self.errors.append((o.claimed.email, o.error or ""))
+            if o.hard_bounce:
+                # consent.mark_bounced commits on its own: the address is suppressed for good.
+                with Session(engine) as session:
+                    self.bounced += mark_bounced(session, o.claimed.subscriber_id)
+
+
+def deliver(settings: Settings, engine: Engine, issue: Issue, tally: Tally, build: Build,
+            envelope: Callable[[int], str], transport_factory: Callable[[], Transport],
+            stop: threading.Event, progress: Callable[[], None] | None,
+            clock: Callable[[], datetime]) -> str | None:
+    """Run `delivery.connections` senders until nothing is due, the run is paused or `stop` is
+    set; returns why it paused (None: it did not). `envelope(row id)` is the return path."""
+    pool = _Pool(settings, engine, issue, tally, build, envelope, transport_factory, stop,
+                 progress, clock)
+    senders = [threading.Thread(target=pool.sender, name=f"sender-{n}", daemon=True)
+               for n in range(settings.delivery.connections)]
+    with signals.ctrl_c_stops(pool.stop):
+        for sender in senders:
+            sender.start()
+        interrupted = False
+        while any(sender.is_alive() for sender in senders):
+            try:
+                for sender in senders:
+                    sender.join(0.2)  # short waits keep this thread answering signals
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                pool.stop.set()  # the batches in flight finish and are recorded
+    if pool.failures:
+        raise pool.failures[0]
+    return pool.paused
+
+
+class _Pool:
+    """What the senders of one run share: the clock, the stop flags, the tally (under a lock)."""
+
+    def __init__(self, settings: Settings, engine: Engine, issue: Issue, tally: Tally, build: Build,
+                 envelope: Callable[[int], str], transport_factory: Callable[[], Transport],
+                 stop: threading.Event, progress: Callable[[], None] | None,
+                 clock: Callable[[], datetime]) -> None:
+        self.settings, self.engine, self.issue, self.tally = settings, engine, issue, tally
+        self.build, self.envelope, self.transport_factory = build, envelope, transport_factory
+        self.stop, self.progress, self.clock = stop, progress, clock
+        self.halt = threading.Event()  # paused: every sender ends after its batch
+        self.paused: str | None = None
+        self.lock = threading.Lock()
+        self.failures: list[BaseException] = []
+        started = issue.started_at or clock()
+        self.deadline = started + timedelta(hours=settings.delivery.retry_hours)
+
+    def sender(self) -> None:
+        transport: Transport | None = None
+        if hasattr(signal, "pthread_sigmask"):
+            # Signals go to the main thread, whose handler sets `stop` at once, before this
+            # sender can claim another batch.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            while not (self.stop.is_set() or self.halt.is_set()):
+                claimed = self._claim()
+                if claimed is None:
+                    continue
+                if not claimed:
+                    return
+                transport = transport or self.transport_factory()
+                outcomes = [self._attempt(transport, row) for row in claimed]
+                ledger.record(self.engine, outcomes, self.deadline)
+                with self.lock:
+                    self.tally.add(self.engine, outcomes)
+                    if self.progress is not None:
+                        self.progress()
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            self.failures.append(exc)
+            self.halt.set()
+        finally:
+            if transport is not None:
+                transport.close()
+
+    def _claim(self) -> list[ledger.Claimed] | None:
+        """The next batch; [] when nothing is due, None to look again (waited or skipped)."""
+        delivery, issue = self.settings.delivery, self.issue
+        now = self.clock()
+        if issue.not_after is not None and now > issue.not_after:
+            return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
+        claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now)
+        if not wait:
+            with self.lock:
+                self.tally.skipped += skipped
+            return claimed if claimed or not skipped else None
+        if wait > MAX_RATE_WAIT:
+            resume = now + timedelta(seconds=wait)
+            return self._pause(f"the rate limit is reached; send again after {resume:%Y-%m-%d %H:%M} UTC "
+                               f"(nothing is lost)")
+        self.stop.wait(wait)
+        return None
+
+    def _pause(self, why: str) -> list[ledger.Claimed]:
+        with self.lock:
+            self.paused = self.paused or why
+        self.halt.set()
+        return []
+
+    def _attempt(self, transport: Transport, row: ledger.Claimed) -> ledger.Outcome:
+        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+            return ledger.Outcome(row, "released", self.clock())
+        try:
+            raw = self.build(row)
+            transport.send(self.envelope(row.id), ascii_address(row.email), raw)
+        except TransportUnavailable as exc:
+            self._pause(f"{exc}. Nothing was lost: the deliveries not attempted are still owed; fix the "
+                        f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
+                        f"by itself)")
+            return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
+        except AmbiguousDeliveryError as exc:
+            return ledger.Outcome(row, "unknown", self.clock(), exc.code, str(exc))
+        except TransientDeliveryError as exc:
+            return ledger.Outcome(row, "retry", self.clock(), exc.code, str(exc))
+        except (PermanentDeliveryError, RenderError) as exc:
+            code = getattr(exc, "code", None)
+            return ledger.Outcome(row, "failed", self.clock(), code, str(exc), is_hard_bounce(code, str(exc)))
+        return ledger.Outcome(row, "sent", self.clock(), 250)
