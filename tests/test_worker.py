@@ -206,8 +206,9 @@ def test_claimers_at_once_take_exactly_the_room_the_rate_limit_leaves(
 def test_a_dead_workers_batch_becomes_unknown_when_its_lease_runs_out(
     tmp_path: Path, server: FaultServer, database_url: str | None, run_cli: Any
 ) -> None:
+    # The lease must outlast the first run's 14 sends even on a loaded machine.
     settings = smtp_settings(tmp_path, server.port, database_url=database_url, batch_size=6,
-                             lease_seconds=1)
+                             lease_seconds=3)
     engine = db.connect(settings.database.url)
     emails = add_readers(engine, 20)
     issue = enqueue(settings, engine, "crashed")
@@ -217,7 +218,7 @@ def test_a_dead_workers_batch_becomes_unknown_when_its_lease_runs_out(
 
     first = run_worker(settings, engine, once=True)
     assert first.sent == 14 and issue_status(engine, "crashed") == "sending"  # lease still running
-    time.sleep(1.2)
+    time.sleep(3.2)
     run_worker(settings, engine, once=True)  # reconciles: the batch is unknown, the issue is done
     assert counts(engine, "crashed")["unknown"] == 6 and issue_status(engine, "crashed") == "sent"
     assert {r.rcpt_tos[0] for r in server.received} == set(emails) - lost
