@@ -24,7 +24,8 @@ from sqlmodel import Session, col, select
 from pipeline import db
 from pipeline.config import Settings
 from pipeline.models import Issue, IssueStatus
-from pipeline.render import render_web_copy
+from pipeline.digest import issue_view
+from pipeline.render import render_web_page
 from subscribers import consent
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail
 from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus
@@ -143,7 +144,7 @@ def web_copy(key: str) -> Any:
             abort(404)
         cache_key = (issue.id or 0, issue.status)
         if cache_key not in st.web_copies:
-            st.web_copies[cache_key] = render_web_copy(s, st.settings, issue)
+            st.web_copies[cache_key] = render_web_page(st.settings, issue_view(s, st.settings, issue))
     return st.web_copies[cache_key]
 
 

@@ -36,7 +36,8 @@ from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
-from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_issue, sample_recipient
+from pipeline.digest import issue_view
+from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_view, sample_recipient
 from pipeline.returnpath import feedback_id, return_path
 from pipeline.transports import Transport, is_hard_bounce, make_transport
 from subscribers.consent import find as find_subscriber
@@ -200,7 +201,7 @@ def rendered_issue(session: Session, settings: Settings, issue: Issue) -> Render
                              html=issue.html_template, text=issue.text_template,
                              html_unnamed=frozen["html_unnamed"], text_unnamed=frozen["text_unnamed"],
                              placeholders=dict(frozen["placeholders"]))
-    return render_issue(session, settings, issue)
+    return render_view(settings, issue_view(session, settings, issue))
 
 
 def audience_size(session: Session, issue: Issue) -> int:

@@ -18,9 +18,9 @@ from pipeline.issues import compose
 from pipeline.lint import MUST, SHOULD, failures, lint_copy, lint_html, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.message import MessageFactory, new_message_id
-from pipeline.render import Recipient, render_issue
+from pipeline.render import Recipient
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, digest_essays, render_issue
 
 BASE = "https://letters.example.org"
 POSTAL = "Field Notes, 12 Example Street, 1000 Example City"

@@ -28,9 +28,9 @@ from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
 from pipeline.message import DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id, reference_message
-from pipeline.render import Recipient, RenderedIssue, render_issue
+from pipeline.render import Recipient, RenderedIssue
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, digest_essays, render_issue
 
 BASE = "https://letters.example.org"
 WHEN = datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC)
