@@ -17,9 +17,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, formatdate
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Engine
@@ -27,6 +24,7 @@ from sqlmodel import Session, col, select
 
 from pipeline.config import Settings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
+from pipeline.message import confirmation_message
 from pipeline.transports import Transport, make_transport
 from subscribers import consent
 from subscribers.model import ConfirmationRequest, ConfirmationStatus, Subscriber, utcnow
@@ -108,20 +106,6 @@ def send_queued(
         log.warning("confirmation emails: %d sent, %d waiting, %d failed; last error: %s",
                     done.sent, done.waiting, done.failed, done.error)
     return done
-
-
-def confirmation_message(settings: Settings, mail: consent.ConfirmationEmail, nonce: str) -> bytes:
-    """The double opt-in email's bytes; its Message-ID is the same on every attempt."""
-    n = settings.newsletter
-    msg = EmailMessage()
-    msg["From"] = formataddr((n.sender_name, n.sender_address))
-    msg["To"] = formataddr((mail.to_name, mail.to_email)) if mail.to_name else mail.to_email
-    msg["Subject"] = mail.subject
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = f"<confirm.{nonce}@{n.sender_domain}>"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(mail.text + f"\n--\n{n.name}\n{n.postal_address}\n")
-    return msg.as_bytes(policy=SMTP)
 
 
 def queued(engine: Engine) -> int:

@@ -39,8 +39,8 @@ from pipeline.doctor import (
     web_check,
 )
 from pipeline.issues import compose
-from pipeline.message import dkim_record
 from pipeline.publish import personal_copy
+from pipeline.signing import dkim_record
 from tests.conftest import CLI, write_config
 from tests.digest_fixtures import add_essays, digest_essays
 

@@ -27,10 +27,12 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
-from pipeline.message import DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id, reference_message
+from pipeline.message import MessageFactory, clean_header_text, new_message_id
 from pipeline.render import Recipient, RenderedIssue
+from pipeline.signing import DKIM_HEADERS
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, digest_essays, render_issue
+from tests.reference_message import reference_message
 
 BASE = "https://letters.example.org"
 WHEN = datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC)
@@ -200,7 +202,7 @@ def test_the_named_and_unnamed_variants_both_take_the_fast_path(rendered: Render
     def slow_path(text: str) -> bytes:
         raise AssertionError("an ordinary recipient fell back to encoding the whole part")
 
-    monkeypatch.setattr(message, "_encode_whole", slow_path)
+    monkeypatch.setattr(message, "encode_whole", slow_path)
     for who in (EVE, Recipient("", "anon@example.org", EVE.unsubscribe_url),
                 Recipient("Zoë Ünterwasser-Bäckerei", "zoe@example.org", EVE.unsubscribe_url + "x" * 40)):
         raw = factory.build(who, "<v@essays.example.org>", WHEN)
