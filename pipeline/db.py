@@ -87,3 +87,14 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def scratch_session(engine: Engine) -> Iterator[Session]:
+    """A session never committed: its changes are thrown away, what it loaded stays readable."""
+    with Session(engine) as session:
+        try:
+            yield session
+        finally:
+            session.expunge_all()  # keep what was loaded: a rollback would expire it
+            session.rollback()

@@ -200,3 +200,15 @@ def issue_essays(session: Session, issue: Issue) -> list[Essay]:
         .order_by(col(IssueEssay.position))
     )
     return list(session.exec(query))
+
+
+def issue_by_id(session: Session, issue_id: int) -> Issue | None:
+    """The issue with this id, or None."""
+    return session.get(Issue, issue_id)
+
+
+def sent_issues(session: Session) -> list[Issue]:
+    """The issues that went out, the latest finished first: what the public archive lists."""
+    query = (select(Issue).where(Issue.status == IssueStatus.SENT.value)
+             .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc()))
+    return list(session.exec(query))
