@@ -12,8 +12,9 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
-from pipeline.confirmations import latest_for, send_queued
+from pipeline.confirmations import send_queued
 from subscribers import consent
+from subscribers.confirmation_queue import latest_for
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
 from subscribers.model import Subscriber, SubscriberStatus
