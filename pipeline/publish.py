@@ -32,11 +32,11 @@ from pipeline.errors import (
     TransientDeliveryError,
     TransportUnavailable,
 )
+from pipeline.issue_view import issue_view
 from pipeline.issues import compose, find_issue, latest_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Essay, Issue, IssueEssay, IssueStatus
-from pipeline.digest import issue_view
 from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_view, sample_recipient
 from pipeline.returnpath import feedback_id, return_path
 from pipeline.transports import Transport, is_hard_bounce, make_transport

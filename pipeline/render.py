@@ -27,7 +27,8 @@ import jinja2
 from premailer import Premailer
 
 from pipeline.config import Settings
-from pipeline.digest import (
+from pipeline.errors import RenderError
+from pipeline.issue_view import (
     IssueView,
     Shape,
     candidate_shapes,
@@ -35,7 +36,6 @@ from pipeline.digest import (
     full_shape,
     template_context,
 )
-from pipeline.errors import RenderError
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")

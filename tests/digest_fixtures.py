@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session
 
 from pipeline.config import Settings
-from pipeline.digest import issue_view
+from pipeline.issue_view import issue_view
 from pipeline.models import Essay, Issue
 from pipeline.render import Recipient, RenderedIssue, render_view, render_view_for, render_web_page
 

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
-from pipeline.digest import issue_view
 from pipeline.errors import RenderError
+from pipeline.issue_view import issue_view
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_copy
 from pipeline.models import Issue

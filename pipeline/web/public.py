@@ -14,7 +14,7 @@ from flask import Blueprint, abort, render_template, request, url_for
 from sqlmodel import Session
 
 from pipeline import db
-from pipeline.digest import issue_view
+from pipeline.issue_view import issue_view
 from pipeline.issues import find_by_key, sent_issues
 from pipeline.models import IssueStatus
 from pipeline.render import render_web_page

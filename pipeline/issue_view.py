@@ -1,4 +1,4 @@
-"""What a digest shows: an issue's essays with dates, excerpts and related links, and how it shrinks.
+"""An issue's view model: its essays with dates, excerpts and related links, and how a digest shrinks.
 
 `issue_view` reads an issue's essays and their related links once; `template_context` turns the
 view, a Shape and the per-subscriber values into what the templates see. When a digest is too
