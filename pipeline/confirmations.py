@@ -72,12 +72,10 @@ def send_queued(
                 subscriber = queries.by_id(session, request.subscriber_id)
                 assert subscriber is not None
                 secret = secret or load_secret(settings.base_dir)  # only when there is mail to sign
-                mail = consent.confirmation_email(secret, subscriber, settings.web.base_url,
-                                                  settings.newsletter.name)
-                raw = confirmation_message(settings, mail, request.nonce)
+                raw = confirmation_message(settings, secret, subscriber, request.nonce)
                 transport = transport or (transport_factory or (lambda: make_transport(settings, "confirm")))()
                 try:
-                    transport.send(settings.newsletter.sender_address, mail.to_email, raw)
+                    transport.send(settings.newsletter.sender_address, subscriber.email, raw)
                 except PermanentDeliveryError as exc:
                     confirmation_queue.finish(session, request, ConfirmationStatus.FAILED, str(exc))
                     done.failed, done.error = done.failed + 1, str(exc)

@@ -29,7 +29,8 @@ from pipeline.config import Settings
 from pipeline.errors import PermanentDeliveryError
 from pipeline.mime_plan import PartPlan, assemble, dynamic_lines, encode_whole, plan_part
 from pipeline.signing import load_key, sign
-from subscribers.consent import ConfirmationEmail
+from subscribers.model import Subscriber
+from subscribers.tokens import CONFIRM, make_token
 
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
@@ -246,15 +247,27 @@ def _with_values(recipient: _Recipient, name: str, email: str, url: str) -> Any:
     return _Probe(name, email, url)
 
 
-def confirmation_message(settings: Settings, mail: ConfirmationEmail, nonce: str) -> bytes:
-    """The double opt-in email's bytes; its Message-ID is the same on every attempt."""
+def confirmation_message(settings: Settings, secret: str, subscriber: Subscriber, nonce: str) -> bytes:
+    """The double opt-in email: a link to web.base_url/confirm/<token>, valid for 7 days.
+
+    Its Message-ID comes from the request's nonce, so every attempt of one request is one message.
+    """
+    assert subscriber.id is not None
     n = settings.newsletter
+    url = f"{settings.web.base_url.rstrip('/')}/confirm/{make_token(secret, CONFIRM, subscriber.id)}"
+    text = (
+        f"Hello{' ' + subscriber.name if subscriber.name else ''},\n\n"
+        f"please confirm that you want to receive {n.name} at {subscriber.email}:\n\n"
+        f"    {url}\n\n"
+        "The link works for 7 days. If you did not ask for this, ignore this message: "
+        "you will not hear from us again.\n"
+    )
     msg = EmailMessage()
     msg["From"] = formataddr((n.sender_name, n.sender_address))
-    msg["To"] = formataddr((mail.to_name, mail.to_email)) if mail.to_name else mail.to_email
-    msg["Subject"] = mail.subject
+    msg["To"] = formataddr((subscriber.name, subscriber.email)) if subscriber.name else subscriber.email
+    msg["Subject"] = f"Please confirm your subscription to {n.name}"
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<confirm.{nonce}@{n.sender_domain}>"
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(mail.text + f"\n--\n{n.name}\n{n.postal_address}\n")
+    msg.set_content(text + f"\n--\n{n.name}\n{n.postal_address}\n")
     return msg.as_bytes(policy=SMTP)
