@@ -16,20 +16,17 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, formatdate
+from datetime import timedelta
 
-from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pipeline.config import Settings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
+from pipeline.message import confirmation_message
 from pipeline.transports import Transport, make_transport
-from subscribers import consent
-from subscribers.model import ConfirmationRequest, ConfirmationStatus, Subscriber, utcnow
+from subscribers import confirmation_queue, consent, queries
+from subscribers.model import ConfirmationRequest, ConfirmationStatus, utcnow
 from subscribers.tokens import load_secret
 
 log = logging.getLogger("newsletter.confirmations")
@@ -37,7 +34,6 @@ LEASE = timedelta(minutes=10)
 PER_ADDRESS_PER_DAY = 3  # confirmation emails one address gets in 24 hours, however often it signs up
 MAX_ATTEMPTS = 10  # then the request fails: the sign-up can be tried again
 INTERVAL_SECONDS = 30.0  # how often `serve`'s mailer looks without being woken
-QUEUED, SENDING = ConfirmationStatus.QUEUED.value, ConfirmationStatus.SENDING.value
 
 
 @dataclass
@@ -63,34 +59,31 @@ def send_queued(
     transport: Transport | None = None
     try:
         for _ in range(limit):
-            request_id = _claim(engine, utcnow())
+            request_id = confirmation_queue.claim(engine, utcnow(), LEASE)
             if request_id is None:
                 break
             with Session(engine) as session:
-                request = session.get(ConfirmationRequest, request_id)
-                assert request is not None
+                request = confirmation_queue.get(session, request_id)
                 why_not = _why_not(session, request)
                 if why_not is not None:
-                    _finish(session, request, ConfirmationStatus.DROPPED, why_not)
+                    confirmation_queue.finish(session, request, ConfirmationStatus.DROPPED, why_not)
                     done.dropped += 1
                     continue
-                subscriber = session.get(Subscriber, request.subscriber_id)
+                subscriber = queries.by_id(session, request.subscriber_id)
                 assert subscriber is not None
                 secret = secret or load_secret(settings.base_dir)  # only when there is mail to sign
-                mail = consent.confirmation_email(secret, subscriber, settings.web.base_url,
-                                                  settings.newsletter.name)
-                raw = confirmation_message(settings, mail, request.nonce)
+                raw = confirmation_message(settings, secret, subscriber, request.nonce)
                 transport = transport or (transport_factory or (lambda: make_transport(settings, "confirm")))()
                 try:
-                    transport.send(settings.newsletter.sender_address, mail.to_email, raw)
+                    transport.send(settings.newsletter.sender_address, subscriber.email, raw)
                 except PermanentDeliveryError as exc:
-                    _finish(session, request, ConfirmationStatus.FAILED, str(exc))
+                    confirmation_queue.finish(session, request, ConfirmationStatus.FAILED, str(exc))
                     done.failed, done.error = done.failed + 1, str(exc)
                     continue
                 except (TransientDeliveryError, TransportUnavailable) as exc:
                     gave_up = request.attempts >= MAX_ATTEMPTS  # the claim counted this attempt
-                    _finish(session, request, ConfirmationStatus.FAILED if gave_up else ConfirmationStatus.QUEUED,
-                            str(exc))
+                    again = ConfirmationStatus.FAILED if gave_up else ConfirmationStatus.QUEUED
+                    confirmation_queue.finish(session, request, again, str(exc))
                     done.error = str(exc)
                     if gave_up:
                         done.failed += 1
@@ -99,7 +92,7 @@ def send_queued(
                     if isinstance(exc, TransportUnavailable):
                         break
                     continue
-                _finish(session, request, ConfirmationStatus.SENT, None)
+                confirmation_queue.finish(session, request, ConfirmationStatus.SENT, None)
                 done.sent += 1
     finally:
         if transport is not None:
@@ -108,34 +101,6 @@ def send_queued(
         log.warning("confirmation emails: %d sent, %d waiting, %d failed; last error: %s",
                     done.sent, done.waiting, done.failed, done.error)
     return done
-
-
-def confirmation_message(settings: Settings, mail: consent.ConfirmationEmail, nonce: str) -> bytes:
-    """The double opt-in email's bytes; its Message-ID is the same on every attempt."""
-    n = settings.newsletter
-    msg = EmailMessage()
-    msg["From"] = formataddr((n.sender_name, n.sender_address))
-    msg["To"] = formataddr((mail.to_name, mail.to_email)) if mail.to_name else mail.to_email
-    msg["Subject"] = mail.subject
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = f"<confirm.{nonce}@{n.sender_domain}>"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(mail.text + f"\n--\n{n.name}\n{n.postal_address}\n")
-    return msg.as_bytes(policy=SMTP)
-
-
-def queued(engine: Engine) -> int:
-    """How many confirmation emails wait (claimed ones included)."""
-    with Session(engine) as session:
-        return int(session.exec(select(func.count()).select_from(ConfirmationRequest)
-                                .where(col(ConfirmationRequest.status).in_((QUEUED, SENDING)))).one())
-
-
-def latest_for(engine: Engine, subscriber_id: int) -> ConfirmationRequest | None:
-    """The newest confirmation request of a subscriber: what became of their last sign-up."""
-    with Session(engine) as session:
-        return session.exec(select(ConfirmationRequest).where(ConfirmationRequest.subscriber_id == subscriber_id)
-                            .order_by(col(ConfirmationRequest.id).desc())).first()
 
 
 class BackgroundMailer:
@@ -166,49 +131,12 @@ class BackgroundMailer:
             self.wake.clear()
 
 
-def _claim(engine: Engine, now: datetime) -> int | None:
-    """The id of the oldest queued request (or one whose claim ran out), claimed for this run."""
-    table = ConfirmationRequest.__table__  # type: ignore[attr-defined]
-    due = or_(table.c.status == QUEUED, (table.c.status == SENDING) & (table.c.updated_at < now - LEASE))
-    for _ in range(20):  # another mailer may take the same row first: then the next one
-        with Session(engine) as session:
-            request_id = session.execute(select(table.c.id).where(due).order_by(table.c.id).limit(1)).scalar()
-            if request_id is None:
-                return None
-            # The condition again: of two mailers that found the same row, one update matches.
-            taken = session.execute(
-                update(table).where(table.c.id == request_id, due)
-                .values(status=SENDING, updated_at=now, attempts=table.c.attempts + 1)
-            )
-            session.commit()
-            if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return int(request_id)
-    return None
-
-
 def _why_not(session: Session, request: ConfirmationRequest) -> str | None:
     """Why this request gets no email (None: send it)."""
-    subscriber = session.get(Subscriber, request.subscriber_id)
+    subscriber = queries.by_id(session, request.subscriber_id)
     if subscriber is None or not consent.needs_confirmation(subscriber):
         return "no confirmation needed (active or removed)"
     day_ago = utcnow() - timedelta(days=1)
-    sent_today = session.exec(
-        select(func.count()).select_from(ConfirmationRequest).where(
-            ConfirmationRequest.subscriber_id == request.subscriber_id,
-            ConfirmationRequest.status == ConfirmationStatus.SENT.value,
-            col(ConfirmationRequest.sent_at) > day_ago)
-    ).one()
-    if sent_today >= PER_ADDRESS_PER_DAY:
+    if confirmation_queue.sent_since(session, request.subscriber_id, day_ago) >= PER_ADDRESS_PER_DAY:
         return f"{PER_ADDRESS_PER_DAY} confirmation emails to this address in 24 hours already"
     return None
-
-
-def _finish(session: Session, request: ConfirmationRequest, status: ConfirmationStatus, error: str | None) -> None:
-    now = utcnow()
-    request.status, request.updated_at = status.value, now
-    request.last_error = error[:500] if error else None
-    if status == ConfirmationStatus.SENT:
-        request.sent_at = now
-    session.add(request)
-    session.commit()
-

@@ -13,11 +13,12 @@ from sqlmodel import Session
 
 from pipeline import ledger
 from pipeline.config import Settings
+from pipeline.issue_view import issue_view
 from pipeline.issues import find_issue
 from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Issue
-from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_issue, sample_recipient
+from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_view, sample_recipient
 from pipeline.returnpath import feedback_id
 from pipeline.transports import Transport, make_transport
 from subscribers.consent import find as find_subscriber
@@ -34,7 +35,7 @@ def rendered_issue(session: Session, settings: Settings, issue: Issue) -> Render
                              html=issue.html_template, text=issue.text_template,
                              html_unnamed=frozen["html_unnamed"], text_unnamed=frozen["text_unnamed"],
                              placeholders=dict(frozen["placeholders"]))
-    return render_issue(session, settings, issue)
+    return render_view(settings, issue_view(session, settings, issue))
 
 
 def factory_for(settings: Settings, issue: Issue, rendered: RenderedIssue,

@@ -93,3 +93,14 @@ def open_session(engine: Engine, expire_on_commit: bool = True) -> Session:
     """A plain session (nothing committed on exit), for the shells: reads, and library calls that
     commit their own work; they open it here so that none of them imports the ORM."""
     return Session(engine, expire_on_commit=expire_on_commit)
+
+
+@contextmanager
+def scratch_session(engine: Engine) -> Iterator[Session]:
+    """A session never committed: its changes are thrown away, what it loaded stays readable."""
+    with Session(engine) as session:
+        try:
+            yield session
+        finally:
+            session.expunge_all()  # keep what was loaded: a rollback would expire it
+            session.rollback()

@@ -19,12 +19,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import Settings
+from pipeline.copies import personal_copy
 from pipeline.errors import NewsletterError
 from pipeline.issues import latest_issue
 from pipeline.lint import Finding, lint_message
-from pipeline.message import dkim_record
-from pipeline.copies import personal_copy
 from pipeline.sender_policy import Lookups, dmarc_record, spf_allows, spf_records
+from pipeline.signing import dkim_record
 from pipeline.transports import check_connection
 from subscribers.tokens import SECRET_ENV, SECRET_FILE
 

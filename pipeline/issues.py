@@ -312,3 +312,15 @@ def bound(session: Session, issue: Issue, not_after: datetime) -> None:
         issue.not_after = not_after.astimezone(UTC)
         session.add(issue)
         session.flush()
+
+
+def issue_by_id(session: Session, issue_id: int) -> Issue | None:
+    """The issue with this id, or None."""
+    return session.get(Issue, issue_id)
+
+
+def sent_issues(session: Session) -> list[Issue]:
+    """The issues that went out, the latest finished first: what the public archive lists."""
+    query = (select(Issue).where(Issue.status == IssueStatus.SENT.value)
+             .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc()))
+    return list(session.exec(query))

@@ -25,20 +25,17 @@ from typing import Any
 
 import jinja2
 from premailer import Premailer
-from sqlmodel import Session
 
 from pipeline.config import Settings
-from pipeline.digest import (
+from pipeline.errors import RenderError
+from pipeline.issue_view import (
     IssueView,
     Shape,
     candidate_shapes,
     clean,
     full_shape,
-    issue_view,
     template_context,
 )
-from pipeline.errors import RenderError
-from pipeline.models import Issue
 
 SIZE_BUDGET = 90 * 1024  # bytes of HTML with placeholders; real values add well under 2 KB
 FIELDS = ("name", "email", "unsubscribe_url")
@@ -136,22 +133,8 @@ def _escape_attr(value: str) -> str:
     return _escape_text(value).replace('"', "&quot;")
 
 
-def render_issue(session: Session, settings: Settings, issue: Issue) -> RenderedIssue:
-    """Render `issue` once, with placeholders, shaped to fit the size budget."""
-    return render_view(settings, issue_view(session, settings, issue))
-
-
-def render_personal(
-    session: Session, settings: Settings, issue: Issue, recipient: Recipient
-) -> tuple[str, str]:
-    """The slow path: a full Jinja2 + premailer render for one subscriber (tests, benchmarks)."""
-    view = issue_view(session, settings, issue)
-    return render_view_for(settings, view, recipient, render_view(settings, view).shape)
-
-
-def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
+def render_web_page(settings: Settings, view: IssueView) -> str:
     """The issue as a web page for the archive and "view in browser": no name, email or token."""
-    view = issue_view(session, settings, issue)
     context = template_context(settings, view, full_shape(settings, view), {f: "" for f in FIELDS})
     return _inline(_fill(settings, "web.html", context))
 

@@ -101,7 +101,8 @@ class SMTPTransport:
         try:
             _data(smtp, raw)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
-            self._check(smtp, exc.smtp_code, exc.smtp_error, "DATA", (354,))
+            reply = exc.smtp_error if isinstance(exc.smtp_error, bytes) else exc.smtp_error.encode()
+            self._check(smtp, exc.smtp_code, reply, "DATA", (354,))
             raise
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # Before the final dot went out the server cannot have taken the message: try later.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from sqlalchemy import delete, func, text
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +36,7 @@ from subscribers.model import (
     Suppression,
     utcnow,
 )
-from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token, read_token, read_token_issued
+from subscribers.tokens import CONFIRM, UNSUBSCRIBE, read_token, read_token_issued
 
 ACTIVE = SubscriberStatus.ACTIVE.value
 PENDING = SubscriberStatus.PENDING.value
@@ -253,38 +252,6 @@ def counts(session: Session) -> dict[str, int]:
     """How many subscribers have each status (every status listed, zeros included)."""
     found = dict(session.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
     return {status.value: int(found.get(status.value, 0)) for status in SubscriberStatus}
-
-
-@dataclass(frozen=True)
-class ConfirmationEmail:
-    """What the confirmation message says; the pipeline's transport sends it."""
-
-    to_email: str
-    to_name: str
-    subject: str
-    text: str
-    url: str
-    token: str
-
-
-def confirmation_email(
-    secret: str, subscriber: Subscriber, base_url: str, newsletter_name: str
-) -> ConfirmationEmail:
-    """The double opt-in message: a link to `base_url`/confirm/<token>, valid for 7 days."""
-    assert subscriber.id is not None
-    token = make_token(secret, CONFIRM, subscriber.id)
-    url = f"{base_url.rstrip('/')}/confirm/{token}"
-    body = (
-        f"Hello{' ' + subscriber.name if subscriber.name else ''},\n\n"
-        f"please confirm that you want to receive {newsletter_name} at {subscriber.email}:\n\n"
-        f"    {url}\n\n"
-        "The link works for 7 days. If you did not ask for this, ignore this message: "
-        "you will not hear from us again.\n"
-    )
-    return ConfirmationEmail(
-        subscriber.email, subscriber.name, f"Please confirm your subscription to {newsletter_name}",
-        body, url, token,
-    )
 
 
 def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus) -> bool:

@@ -7,7 +7,10 @@ from typing import Any
 
 from sqlmodel import Session
 
-from pipeline.models import Essay
+from pipeline.config import Settings
+from pipeline.issue_view import issue_view
+from pipeline.models import Essay, Issue
+from pipeline.render import Recipient, RenderedIssue, render_view, render_view_for, render_web_page
 
 TOPICS = [
     ("Bread", "sourdough starter flour water crust oven loaf rise dough fermentation"),
@@ -83,3 +86,19 @@ def digest_essays(count: int, long: bool = False) -> list[Essay]:
             fields["body"] = [{"kind": "p", "text": paragraph(TOPICS[n % 5][1], 120, n)}]
         essays.append(make_essay(n, **fields))
     return essays
+
+
+def render_issue(session: Session, settings: Settings, issue: Issue) -> RenderedIssue:
+    """The placeholder render of a stored issue: its view gathered, then rendered (as the story does)."""
+    return render_view(settings, issue_view(session, settings, issue))
+
+
+def render_web_copy(session: Session, settings: Settings, issue: Issue) -> str:
+    """The web page of a stored issue, as the archive serves it."""
+    return render_web_page(settings, issue_view(session, settings, issue))
+
+
+def render_personal(session: Session, settings: Settings, issue: Issue, recipient: Recipient) -> tuple[str, str]:
+    """The slow path: a full Jinja2 + premailer render for one subscriber (the oracle of personalise)."""
+    view = issue_view(session, settings, issue)
+    return render_view_for(settings, view, recipient, render_view(settings, view).shape)

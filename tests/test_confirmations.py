@@ -16,7 +16,7 @@ from pipeline import confirmations, db
 from pipeline.config import Settings, load_settings
 from pipeline.schedule import JOB_ID, make_scheduler
 from pipeline.worker import run_worker
-from subscribers import consent
+from subscribers import confirmation_queue, consent
 from subscribers.model import ConfirmationRequest, utcnow
 from tests.conftest import CLI, write_config
 
@@ -35,7 +35,7 @@ def test_the_worker_sends_queued_confirmations(settings: Settings, engine: Engin
     sign_up(engine, "wes@example.org")
     run_worker(settings, engine, once=True)
     assert outbox(settings) == ["confirm-wes@example.org.eml"]
-    assert confirmations.queued(engine) == 0
+    assert confirmation_queue.queued(engine) == 0
 
 
 def test_the_scheduler_job_sends_queued_confirmations(settings: Settings, engine: Engine) -> None:

@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
-from pipeline.issues import compose
 from pipeline.copies import personal_copy
+from pipeline.issues import compose
 from subscribers.consent import add
 from subscribers.tokens import load_secret
 from tests.conftest import write_config

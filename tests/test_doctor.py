@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from pipeline import db
 from pipeline.config import Settings, load_settings
+from pipeline.copies import personal_copy
 from pipeline.dns_records import Records
 from pipeline.doctor import (
     MUST,
@@ -39,8 +40,7 @@ from pipeline.doctor import (
     web_check,
 )
 from pipeline.issues import compose
-from pipeline.message import dkim_record
-from pipeline.copies import personal_copy
+from pipeline.signing import dkim_record
 from tests.conftest import CLI, write_config
 from tests.digest_fixtures import add_essays, digest_essays
 

@@ -22,12 +22,12 @@ from pipeline.errors import ConfigError, NotFound, Refused
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.links import unsubscribe_url
 from pipeline.models import Issue
-from pipeline.render import Recipient, render_issue
+from pipeline.render import Recipient
 from subscribers.addresses import normalize_email
 from subscribers.model import Subscriber
 from subscribers.tokens import load_secret, read_token
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, make_essay
+from tests.digest_fixtures import add_essays, make_essay, render_issue
 from tests.smtp_faults import add_audience
 
 

@@ -18,9 +18,9 @@ from pipeline.issues import compose
 from pipeline.lint import MUST, SHOULD, failures, lint_copy, lint_html, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.message import MessageFactory, new_message_id
-from pipeline.render import Recipient, render_issue
+from pipeline.render import Recipient
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, digest_essays, render_issue
 
 BASE = "https://letters.example.org"
 POSTAL = "Field Notes, 12 Example Street, 1000 Example City"
@@ -185,6 +185,26 @@ def test_broken_messages_fail(session: Session, https_settings: Settings) -> Non
     assert "M10" in broken(head.replace(b"List-Unsubscribe=One-Click", b"yes", 1))
     assert "M7" in broken(head, body.replace(b"\r\n", b"\n"))
     assert "M6" in broken(head + "\r\nX-Note: é".encode())
+
+
+def test_a_dkim_signature_must_cover_the_feedback_id_a_message_carries(session: Session, https_settings: Settings) -> None:
+    add_essays(session, *digest_essays(1))
+    issue = compose(session, https_settings)
+    session.commit()
+    domain = https_settings.newsletter.sender_domain
+    signed = b"from:to:subject:date:message-id:list-id:list-unsubscribe:list-unsubscribe-post"
+
+    def m14(feedback_id: str, covered: bytes) -> set[str]:
+        raw = MessageFactory(https_settings, render_issue(session, https_settings, issue), feedback_id=feedback_id).build(
+            RECIPIENTS[0], new_message_id(https_settings), datetime(2026, 3, 2, 7, tzinfo=UTC))
+        signature = b"DKIM-Signature: v=1; a=rsa-sha256; d=" + domain.encode() + b"; s=news; h=" + covered + b"; b=x\r\n"
+        return {f.message for f in lint_message(signature + raw, domain, POSTAL) if f.code == "M14"}
+
+    assert m14("", signed) == set()
+    assert m14("issue-7:essays", signed) == {"DKIM does not sign feedback-id"}
+    assert m14("issue-7:essays", signed + b":feedback-id") == set()
+    assert m14("", b"from:to:subject:date:message-id") == {
+        "DKIM does not sign list-id, list-unsubscribe, list-unsubscribe-post"}
 
 
 def test_cli_lint_passes_a_good_issue_and_fails_an_http_config(run_cli, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -27,10 +27,14 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
-from pipeline.message import DKIM_HEADERS, MessageFactory, clean_header_text, new_message_id, reference_message
-from pipeline.render import Recipient, RenderedIssue, render_issue
+from pipeline.message import MessageFactory, clean_header_text, confirmation_message, new_message_id
+from pipeline.render import Recipient, RenderedIssue
+from pipeline.signing import DKIM_HEADERS
+from subscribers.model import Subscriber
+from subscribers.tokens import CONFIRM, read_token
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, digest_essays, render_issue
+from tests.reference_message import reference_message
 
 BASE = "https://letters.example.org"
 WHEN = datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC)
@@ -200,7 +204,7 @@ def test_the_named_and_unnamed_variants_both_take_the_fast_path(rendered: Render
     def slow_path(text: str) -> bytes:
         raise AssertionError("an ordinary recipient fell back to encoding the whole part")
 
-    monkeypatch.setattr(message, "_encode_whole", slow_path)
+    monkeypatch.setattr(message, "encode_whole", slow_path)
     for who in (EVE, Recipient("", "anon@example.org", EVE.unsubscribe_url),
                 Recipient("Zoë Ünterwasser-Bäckerei", "zoe@example.org", EVE.unsubscribe_url + "x" * 40)):
         raw = factory.build(who, "<v@essays.example.org>", WHEN)
@@ -251,3 +255,16 @@ def test_a_dkim_key_file_that_is_no_key_is_a_config_error(tmp_path: Path, render
         tmp_path, web={"base_url": BASE}, delivery={"dkim_key": str(key), "dkim_selector": "news"}))
     with pytest.raises(ConfigError, match="delivery.dkim_key: .*dkim.pem is not a PEM private key"):
         MessageFactory(settings, rendered)
+
+
+def test_the_confirmation_email_links_to_the_confirm_page_of_this_subscriber(msg_settings: Settings) -> None:
+    subscriber = Subscriber(id=41, email="back@example.org", email_normalized="back@example.org", name="Back")
+    raw = confirmation_message(msg_settings, "message-test-secret", subscriber, "n0nce")
+    msg = parse(raw)
+    text = msg.get_content()
+    url = re.search(rf"{BASE}/confirm/(\S+)", text)
+    assert url is not None and read_token("message-test-secret", CONFIRM, url[1]) == 41
+    assert msg["To"].addresses[0].addr_spec == "back@example.org" and "Hello Back," in text
+    assert msg["Message-ID"] == f"<confirm.n0nce@{msg_settings.newsletter.sender_domain}>"
+    assert msg["Subject"] == f"Please confirm your subscription to {msg_settings.newsletter.name}"
+    assert text.endswith(f"--\r\n{msg_settings.newsletter.name}\r\n{msg_settings.newsletter.postal_address}\r\n")

@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from pipeline.config import PROJECT_ROOT, Settings
-from pipeline.digest import issue_view
 from pipeline.essays import import_paths
+from pipeline.issue_view import issue_view
 from pipeline.issues import compose
 from pipeline.models import Essay
 from pipeline.related import (

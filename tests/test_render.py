@@ -16,23 +16,27 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
-from pipeline.digest import issue_view
 from pipeline.errors import RenderError
+from pipeline.issue_view import issue_view
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_copy
 from pipeline.models import Issue
 from pipeline.render import (
     SIZE_BUDGET,
     Recipient,
-    render_issue,
-    render_personal,
     render_view,
     render_view_for,
-    render_web_copy,
     sample_recipient,
 )
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays, make_essay
+from tests.digest_fixtures import (
+    add_essays,
+    digest_essays,
+    make_essay,
+    render_issue,
+    render_personal,
+    render_web_copy,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 BASE = "https://letters.example.org"
@@ -195,7 +199,8 @@ from sqlmodel import Session
 from pipeline import db
 from pipeline.config import load_settings
 from pipeline.issues import find_issue
-from pipeline.render import Recipient, render_issue, render_web_copy
+from pipeline.render import Recipient
+from tests.digest_fixtures import render_issue, render_web_copy
 settings = load_settings(sys.argv[1])
 with Session(db.connect(settings.database.url)) as session:
     issue = find_issue(session, "test-5")

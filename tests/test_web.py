@@ -31,7 +31,7 @@ from pipeline.lint_help import FIXES, fix_for
 from pipeline.models import Delivery, Issue, IssueStatus
 from pipeline.publish import publish
 from pipeline.web import create_app, wsgi_app
-from subscribers import consent
+from subscribers import confirmation_queue, consent
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, load_secret, make_token, read_token
 from tests.conftest import CLI, PUBLIC_WEB, SMTPServer, write_config
@@ -256,7 +256,7 @@ def test_subscribe_queues_the_confirmation_the_mailer_sends_it_and_its_link_conf
     assert code == 200 and b"Check your inbox" in page
     assert status_of(engine, "dee@example.org") == "pending"
     assert smtp_server.received == []  # the request made no SMTP connection
-    assert confirmations.queued(engine) == 1
+    assert confirmation_queue.queued(engine) == 1
     assert confirmations.send_queued(smtp_settings, engine).sent == 1
     assert confirmations.send_queued(smtp_settings, engine).sent == 0  # sent once only
     assert len(smtp_server.received) == 1
@@ -303,7 +303,7 @@ def test_subscribe_answers_byte_for_byte_the_same_for_every_address_and_mails_no
     answers = _answers(client, engine)
     assert len(set(answers.values())) == 1 and answers["eve"][0] == 200, answers
     assert smtp_server.received == []  # the same work for each: a queued row, no SMTP
-    assert confirmations.queued(engine) == 4
+    assert confirmation_queue.queued(engine) == 4
     mailed = confirmations.send_queued(smtp_settings, engine)
     assert (mailed.sent, mailed.dropped) == (3, 1)
     assert sorted(m.rcpt_tos[0] for m in smtp_server.received) == [
@@ -322,7 +322,7 @@ def test_subscribe_answers_the_same_with_the_relay_down_and_mails_once_it_is_bac
     assert len(set(answers.values())) == 1 and answers["fay"][0] == 200, answers
     mailed = confirmations.send_queued(down, engine)
     assert mailed.sent == 0 and "cannot connect" in (mailed.error or "")
-    assert confirmations.queued(engine) == 3  # nothing lost (the active address needs nothing)
+    assert confirmation_queue.queued(engine) == 3  # nothing lost (the active address needs nothing)
     back = dataclasses.replace(down, delivery=dataclasses.replace(down.delivery, smtp_port=smtp_server.port))
     assert confirmations.send_queued(back, engine).sent == 3
     engine.dispose()

@@ -11,9 +11,10 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
-from pipeline.confirmations import latest_for, send_queued
+from pipeline.confirmations import send_queued
 from pipeline.db import open_session
 from subscribers import consent, roster
+from subscribers.confirmation_queue import latest_for
 from subscribers.csvfile import MAPPABLE, sniff
 from subscribers.importer import ImportReport, export_csv, import_csv
 from subscribers.model import SubscriberStatus

@@ -15,24 +15,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from pipeline.dates import MONTH_NUMBERS
 from pipeline.errors import ImportProblem
 from pipeline.excerpt import sentence_ends
 from subscribers.text import strip_controls
 
-MONTHS = {
-    name: number
-    for number, names in enumerate(
-        [
-            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"),
-            ("may",), ("june", "jun"), ("july", "jul"), ("august", "aug"),
-            ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"),
-            ("december", "dec"),
-        ],
-        start=1,
-    )
-    for name in names
-}
-_MONTH = "|".join(sorted(MONTHS, key=len, reverse=True))
+_MONTH = "|".join(sorted(MONTH_NUMBERS, key=len, reverse=True))
 # "July 19, 2025", "Jul 9 2025", "19 July 2025", "2025-07-19".
 DATE_PATTERN = (
     rf"(?:(?P<m1>{_MONTH})\.?\s+(?P<d1>\d{{1,2}}),?\s+(?P<y1>\d{{4}})"
@@ -93,7 +81,7 @@ def parse_date(text: str) -> date | None:
     try:
         if g["y3"]:
             return date(int(g["y3"]), int(g["m3"]), int(g["d3"]))
-        month = MONTHS[(g["m1"] or g["m2"]).lower()]
+        month = MONTH_NUMBERS[(g["m1"] or g["m2"]).lower()]
         return date(int(g["y1"] or g["y2"]), month, int(g["d1"] or g["d2"]))
     except ValueError:  # "February 30": a date-shaped string that is no date
         return None

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from pipeline import db
 from pipeline.config import load_settings
-from pipeline.digest import issue_view
+from pipeline.issue_view import issue_view
 from pipeline.issues import compose
 from pipeline.render import Recipient, render_view, render_view_for
 from tests.conftest import write_config

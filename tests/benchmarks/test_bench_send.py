@@ -27,12 +27,13 @@ from sqlmodel import Session
 from pipeline import db
 from pipeline.config import Settings
 from pipeline.issues import compose
-from pipeline.message import MessageFactory, new_message_id, reference_message
+from pipeline.message import MessageFactory, new_message_id
 from pipeline.publish import publish
-from pipeline.render import Recipient, render_issue
+from pipeline.render import Recipient
 from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import start_sink
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, digest_essays, render_issue
+from tests.reference_message import reference_message
 from tests.smtp_faults import smtp_settings
 
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2"))

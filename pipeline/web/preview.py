@@ -1,9 +1,8 @@
-"""The web app: a Flask factory, the security rules every page shares, and the preview pages.
+"""The preview pages: drafts and the next digest as each subscriber would get them, for the operator only.
 
 Preview pages show drafts and subscriber addresses, so they answer only to a browser on this
 machine while the server is bound to loopback, or, when `web.preview_token` is configured, only
-to whoever presents that token. The public pages (archive, unsubscribe, confirm, subscribe) live
-in pipeline/public.py; Flask enters the project here and there, through blueprints.
+to whoever presents that token.
 """
 
 from __future__ import annotations
@@ -11,152 +10,39 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import re
-import threading
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    abort,
-    current_app,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
-from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.serving import BaseWSGIServer
-from werkzeug.serving import make_server as wsgi_server
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from sqlmodel import Session
 
-from pipeline import db, ledger, public
-from pipeline.config import BUILTIN_DOCS, BUILTIN_TEMPLATES, Settings, load_settings
-from pipeline.confirmations import BackgroundMailer
+from pipeline import db, ledger
+from pipeline.config import BUILTIN_DOCS
 from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
-from pipeline.issues import compose, subject_for, unsent_essays
+from pipeline.issues import compose, issue_by_id, list_issues, subject_for, unsent_essays
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
-from pipeline.public import WebState, state
 from pipeline.readers.markdown_essay import markdown_html
-from subscribers import consent
-from subscribers.model import Subscriber, SubscriberStatus
-from subscribers.tokens import load_secret
+from pipeline.web.state import state
+from subscribers import consent, queries
+from subscribers.model import SubscriberStatus
 
 TOKEN_COOKIE = "newsletter_preview"
 LOOPBACK_NAMES = ("localhost",)
-# Every page: no scripts at all, styles from here (inline ones only for the email in the frame),
-# images from https, forms only to here, never framed by another site.
-CSP = (
-    "default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' https: data:; frame-src 'self'; form-action 'self'; base-uri 'none'; "
-    "frame-ancestors 'none'"
-)
 TABS = ("html", "text", "headers", "lint", "status")
 LIST_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id")
 PROBLEM_ROWS = 200  # failed/unknown rows shown per status; the CLI lists them all
 
-preview = Blueprint("preview", __name__, url_prefix="/preview")
+
+bp = Blueprint("preview", __name__, url_prefix="/preview")
 
 
-def create_app(
-    settings: Settings, *, host: str | None = "127.0.0.1", engine: Engine | None = None
-) -> Flask:
-    """The WSGI app. `host` is the address the server binds (None: unknown, as under gunicorn)."""
-    app = Flask(
-        __name__,
-        template_folder=str(BUILTIN_TEMPLATES / "web"),
-        static_folder=str(BUILTIN_TEMPLATES / "web" / "static"),
-    )
-    secret = load_secret(settings.base_dir)
-    # The session cookie (CSRF tokens only) gets a key of its own, derived from the token key.
-    app.secret_key = hashlib.sha256(b"newsletter.web.session:" + secret.encode()).hexdigest()
-    app.config.update(
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.web.base_url.startswith("https://"),
-        MAX_CONTENT_LENGTH=64 * 1024,  # forms are tiny; refuse floods early
-    )
-    app.extensions["newsletter"] = WebState(
-        settings=settings, engine=engine or db.connect(settings.database.url), secret=secret
-    )
-    app.extensions["newsletter.local"] = host is not None and _is_loopback(host)
-    app.register_blueprint(public.bp)
-    app.register_blueprint(preview)
-    app.add_url_rule("/", "home", _home)
-    app.after_request(_security_headers)
-    app.register_error_handler(HTTPException, _error_page)
-    app.context_processor(lambda: {"can_preview": preview_refusal() is None})
-    return app
-
-
-def wsgi_app(proxies: int = 0, mailer: bool = True) -> Flask:
-    """For a WSGI server: settings from $NEWSLETTER_CONFIG or ./config.toml; preview needs the token.
-
-    `proxies`: how many reverse proxies stand in front and set X-Forwarded-For/-Proto; their
-    client address is then the one the sign-up rate limit counts (else every reader is the proxy).
-    `mailer`: run a thread that sends the confirmation emails sign-ups queue (each WSGI worker
-    process runs one; they share the queue safely). Off: `newsletter worker` sends them.
-    """
-    app = create_app(load_settings(os.environ.get("NEWSLETTER_CONFIG")), host=None)
-    if mailer:
-        web = app.extensions["newsletter"]
-        BackgroundMailer(web.settings, web.engine, web.wake).start()
-    if proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
-    return app
-
-
-def make_server(settings: Settings, host: str, port: int, engine: Engine | None = None) -> BaseWSGIServer:
-    """A threaded HTTP server for `newsletter serve` (and the browser tests); port 0: any free one."""
-    return wsgi_server(host, port, create_app(settings, host=host, engine=engine), threaded=True)
-
-
-def mailer_wake(server: BaseWSGIServer) -> threading.Event:
-    """What the server's sign-ups set to wake a confirmation mailer (see `newsletter serve`)."""
-    assert isinstance(server.app, Flask)
-    wake: threading.Event = server.app.extensions["newsletter"].wake
-    return wake
-
-
-def preview_open_on(settings: Settings, host: str) -> bool:
-    """Whether preview pages can answer at all on a server bound to `host`."""
-    return bool(settings.web.preview_token) or _is_loopback(host)
-
-
-def _home() -> Any:
-    return redirect(url_for("preview.index" if preview_refusal() is None else "public.archive"))
-
-
-def _security_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"  # unsubscribe URLs carry tokens
-    response.headers["X-Frame-Options"] = "DENY"
-    if request.blueprint == "preview" or request.path.startswith(("/u/", "/confirm/")):
-        response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _error_page(error: HTTPException) -> Any:
-    titles = {400: "This link or form is not valid", 403: "Not available here", 404: "Not found",
-              410: "This link has expired", 429: "Too many requests"}
-    custom = error.description != type(error).description  # ours, not werkzeug's boilerplate
-    body = error.description if custom else (
-        "There is nothing at this address." if error.code == 404 else error.description or "")
-    return public.message(titles.get(error.code or 500, error.name), body, error.code or 500, "bad")
-
-
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -188,7 +74,7 @@ def preview_refusal() -> str | None:
         return ("This server is not bound to localhost and no preview token is set: preview "
                 "pages are off. Set the variable named by web.preview_token_env.")
     forwarded = request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded")
-    if forwarded or not _is_loopback(request.remote_addr or ""):
+    if forwarded or not is_loopback(request.remote_addr or ""):
         return "Preview pages answer only on this machine (or with the preview token)."
     return None
 
@@ -205,7 +91,7 @@ def host_refusal() -> str | None:
     """
     asked = _host_name(request.host)
     public = _host_name(urlsplit(state().settings.web.base_url).netloc)
-    if asked is not None and (_is_loopback(asked) or asked == public):
+    if asked is not None and (is_loopback(asked) or asked == public):
         return None
     return "This server answers preview pages only under its own name (localhost or web.base_url)."
 
@@ -218,7 +104,7 @@ def _host_name(host: str) -> str | None:
         return None
 
 
-@preview.before_request
+@bp.before_request
 def _guard() -> Any:
     refused = host_refusal()
     if refused:
@@ -240,11 +126,11 @@ def _guard() -> Any:
     return None
 
 
-@preview.get("/")
+@bp.get("/")
 def index() -> str:
     st = state()
-    with Session(st.engine) as s:
-        issues = list(s.exec(select(Issue).order_by(col(Issue.created_at).desc(), col(Issue.id).desc())))
+    with db.scratch_session(st.engine) as s:
+        issues = list_issues(s)
         upcoming = unsent_essays(s, st.settings)
         subject = subject_for(st.settings, upcoming) if upcoming else ""
         counts = {i.id: _nonzero(ledger.counts(s, i.id)) for i in issues if i.id is not None}
@@ -252,29 +138,29 @@ def index() -> str:
                            upcoming_subject=subject, section="preview")
 
 
-@preview.get("/checklist")
+@bp.get("/checklist")
 def checklist() -> str:
     """docs/email-checklist.md, so each code in the Checks tab links to its explanation."""
     text = (BUILTIN_DOCS / "email-checklist.md").read_text(encoding="utf-8")
     return render_template("checklist.html", body=markdown_html(text), section="preview")
 
 
-@preview.get("/issue/<int:issue_id>")
+@bp.get("/issue/<int:issue_id>")
 def issue_page(issue_id: int) -> str:
     return _issue_page(issue_id)
 
 
-@preview.get("/next")
+@bp.get("/next")
 def next_issue() -> str:
     return _issue_page(None)
 
 
-@preview.get("/issue/<int:issue_id>.eml")
+@bp.get("/issue/<int:issue_id>.eml")
 def issue_eml(issue_id: int) -> Response:
     return _eml(issue_id)
 
 
-@preview.get("/next.eml")
+@bp.get("/next.eml")
 def next_eml() -> Response:
     return _eml(None)
 
@@ -290,7 +176,7 @@ def _target(s: Session, issue_id: int | None) -> Issue:
             return compose(s, state().settings)
         except NotFound as exc:
             abort(404, str(exc))
-    issue = s.get(Issue, issue_id)
+    issue = issue_by_id(s, issue_id)
     if issue is None:
         abort(404)
     return issue
@@ -342,7 +228,7 @@ def _issue_page(issue_id: int | None) -> str:
     tab = tab if tab in TABS else "html"
     width = "mobile" if request.args.get("width") == "mobile" else "desktop"
     as_email = request.args.get("as", "").strip()
-    with Session(st.engine) as s:  # never committed: a composed next digest is thrown away
+    with db.scratch_session(st.engine) as s:  # a composed next digest is thrown away
         issue = _target(s, issue_id)
         label, raw = _message(s, issue, as_email)
         view = message_view(raw)
@@ -352,11 +238,8 @@ def _issue_page(issue_id: int | None) -> str:
                     for f in found]
         counts = _nonzero(ledger.counts(s, issue_id)) if issue_id else {}
         problems = _problems(s, issue_id) if tab == "status" and issue_id else []
-        emails = list(s.exec(select(Subscriber.email).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
-                             .order_by(col(Subscriber.email)).limit(500)))
+        emails = queries.active_emails(s, 500)
         shown = {"id": issue_id, "key": issue.key if issue_id else "next", "status": issue.status}
-        s.expunge_all()  # keep what was loaded: a rollback would expire it
-        s.rollback()
     tabs = [("html", "HTML"), ("text", "Text"), ("headers", "Headers"), ("lint", "Checks")]
     if issue_id and shown["status"] in (IssueStatus.SENDING.value, IssueStatus.SENT.value):
         tabs.append(("status", "Send status"))
@@ -379,11 +262,10 @@ def _issue_page(issue_id: int | None) -> str:
 
 
 def _eml(issue_id: int | None) -> Response:
-    with Session(state().engine) as s:
+    with db.scratch_session(state().engine) as s:
         issue = _target(s, issue_id)
         _, raw = _message(s, issue, request.args.get("as", "").strip())
         name = re.sub(r"[^A-Za-z0-9._-]", "_", issue.key) if issue_id else "next-digest"
-        s.rollback()
     response = Response(raw, mimetype="message/rfc822")
     response.headers["Content-Disposition"] = f'attachment; filename="{name}.eml"'
     return response

@@ -8,24 +8,18 @@ because the signed token in the URL is itself the proof.
 
 from __future__ import annotations
 
-import hmac
-import secrets
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template, request, session, url_for
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from flask import Blueprint, abort, render_template, request, url_for
+from sqlmodel import Session
 
 from pipeline import db
-from pipeline.config import Settings
-from pipeline.models import Issue, IssueStatus
-from pipeline.render import render_web_copy
-from subscribers import consent
+from pipeline.issue_view import issue_view
+from pipeline.issues import find_by_key, sent_issues
+from pipeline.models import IssueStatus
+from pipeline.render import render_web_page
+from pipeline.web.state import check_csrf, csrf_token, mask_email, message, state
+from subscribers import consent, queries
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail
 from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, read_token
@@ -37,79 +31,9 @@ bp = Blueprint("public", __name__)
 PUBLISHED = (IssueStatus.SENDING.value, IssueStatus.SENT.value)
 
 
-class RateLimiter:
-    """At most `limit` events per key within `window` seconds, remembered in this process only."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
-        self.limit, self.window, self.clock = limit, window, clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        """Count one event for `key`; False when that goes over the limit (the event is not kept)."""
-        now = self.clock()
-        with self._lock:
-            events = self._events.setdefault(key, deque())
-            while events and events[0] <= now - self.window:
-                events.popleft()
-            if len(events) >= self.limit:
-                return False
-            events.append(now)
-            if len(self._events) > 10_000:  # forget idle keys so memory stays bounded
-                self._events = {k: v for k, v in self._events.items() if v and v[-1] > now - self.window}
-            return True
-
-
-@dataclass
-class WebState:
-    """What every request needs, made once by the app factory."""
-
-    settings: Settings
-    engine: Engine
-    secret: str
-    # Sign-ups per client address (confirmation emails per address: pipeline/confirmations.py).
-    per_client: RateLimiter = field(default_factory=lambda: RateLimiter(5, 3600))
-    # Set by a sign-up: wakes `serve`'s confirmation mailer, when one runs.
-    wake: threading.Event = field(default_factory=threading.Event)
-    web_copies: dict[tuple[int, str], str] = field(default_factory=dict)
-
-
-def state() -> WebState:
-    return current_app.extensions["newsletter"]  # type: ignore[no-any-return]
-
-
-def csrf_token() -> str:
-    """The form token of this browser session, made on first use."""
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return str(session["csrf"])
-
-
-def check_csrf() -> None:
-    """Refuse (400) a form POST whose token does not match the one in the session cookie."""
-    sent = request.form.get("csrf_token", "")
-    kept = session.get("csrf", "")
-    if not sent or not kept or not hmac.compare_digest(str(sent), str(kept)):
-        abort(400, "This form has expired or did not come from this site. Reload the page and try again.")
-
-
 @bp.app_context_processor
 def _template_helpers() -> dict[str, Any]:
     return {"csrf_token": csrf_token, "settings": state().settings}
-
-
-def mask_email(email: str) -> str:
-    """The address as `a••@example.org`: enough to recognise, too little to harvest."""
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}{'•' * min(max(len(local) - 1, 2), 6)}@{domain}"
-
-
-def message(
-    heading: str, body: str, status: int = 200, tone: str = "", link: dict[str, str] | None = None
-) -> tuple[str, int]:
-    """A page that says one thing: the answer of most POSTs, and every error."""
-    page = render_template("message.html", heading=heading, body=body, tone=tone, link=link, section="")
-    return page, status
 
 
 def _subscriber(session_: Session, purpose: str, token: str) -> Subscriber | None:
@@ -120,16 +44,13 @@ def _subscriber(session_: Session, purpose: str, token: str) -> Subscriber | Non
         abort(410, "This link has expired. Subscribe again to get a new one.")
     except BadToken:
         abort(400, "This link is not valid: it may have been cut short or altered. Copy the whole link from the email.")
-    return session_.get(Subscriber, subscriber_id)
+    return queries.by_id(session_, subscriber_id)
 
 
 @bp.get("/archive/")
 def archive() -> str:
     with db.session_scope(state().engine) as s:
-        issues = s.exec(
-            select(Issue).where(Issue.status == IssueStatus.SENT.value)
-            .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc())
-        ).all()
+        issues = sent_issues(s)
     return render_template("archive.html", issues=issues, section="archive")
 
 
@@ -138,12 +59,12 @@ def web_copy(key: str) -> Any:
     """The issue as a web page with no personal data: where "view in browser" leads."""
     st = state()
     with db.session_scope(st.engine) as s:
-        issue = s.exec(select(Issue).where(Issue.key == key)).first()
+        issue = find_by_key(s, key)
         if issue is None or issue.status not in PUBLISHED:
             abort(404)
         cache_key = (issue.id or 0, issue.status)
         if cache_key not in st.web_copies:
-            st.web_copies[cache_key] = render_web_copy(s, st.settings, issue)
+            st.web_copies[cache_key] = render_web_page(st.settings, issue_view(s, st.settings, issue))
     return st.web_copies[cache_key]
 
 

@@ -1,4 +1,4 @@
-"""What a digest shows: an issue's essays with dates, excerpts and related links, and how it shrinks.
+"""An issue's view model: its essays with dates, excerpts and related links, and how a digest shrinks.
 
 `issue_view` reads an issue's essays and their related links once; `template_context` turns the
 view, a Shape and the per-subscriber values into what the templates see. When a digest is too
@@ -12,12 +12,12 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import date
 from typing import Any
 
 from sqlmodel import Session
 
 from pipeline.config import Settings
+from pipeline.dates import format_date
 from pipeline.errors import RenderError
 from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
@@ -25,7 +25,6 @@ from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
 from pipeline.related import related_for_issue
 
-MONTHS = "January February March April May June July August September October November December".split()
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
 # Characters XML (hence lxml, hence premailer) refuses, and line breaks that must not reach text.
@@ -144,10 +143,3 @@ def template_context(settings: Settings, view: IssueView, shape: Shape, values: 
         "recipient": values,
         "preheader_filler": PREHEADER_FILLER,
     }
-
-
-def format_date(day: date | None) -> str:
-    """"19 July 2025": the same in every locale and process."""
-    return f"{day.day} {MONTHS[day.month - 1]} {day.year}" if day else ""
-
-
