@@ -23,7 +23,9 @@ demo: $(STAMP)
 	@echo "Each subscriber's message is one .eml file in ./outbox (open one in a mail client)."
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/ruff check pipeline subscribers tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 3
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider

@@ -51,13 +51,20 @@ class Rendered(Protocol):
     html: str
     text: str
 
-    def personalise(self, recipient: _Recipient) -> tuple[str, str]: ...
+    # Any: the renderer's own Recipient (frozen, with values()); this module stays free of it.
+    def personalise(self, recipient: Any) -> tuple[str, str]: ...
 
 
 class _Recipient(Protocol):
-    name: str
-    email: str
-    unsubscribe_url: str
+    # Read-only: the renderer's Recipient is a frozen dataclass.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def email(self) -> str: ...
+
+    @property
+    def unsubscribe_url(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def write_config(directory: Path, database_url: str | None = None, **sections: d
         for key, value in values.items():
             literal = _toml_literal(value)
             pattern = re.compile(rf"(\[{section}\][^\[]*?^){key} = .*?$", re.S | re.M)
-            text, count = pattern.subn(lambda m: m.group(1) + f"{key} = {literal}", text, count=1)
+            line = f"{key} = {literal}"
+            text, count = pattern.subn(lambda m, line=line: m.group(1) + line, text, count=1)
             if not count:  # not in the file: add it to the section
                 text = text.replace(f"[{section}]\n", f"[{section}]\n{key} = {literal}\n", 1)
     path = directory / "config.toml"

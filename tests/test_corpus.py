@@ -73,7 +73,7 @@ def test_title_date_and_dek_match_the_index(corpus_dir: Path, imported: dict[str
     for row in index(corpus_dir):
         essay = imported[row.file]
         lines = [
-            l.strip() for l in (corpus_dir / row.file).read_text(encoding="utf-8").splitlines()
+            line.strip() for line in (corpus_dir / row.file).read_text(encoding="utf-8").splitlines()
         ]
         date = essay.published_on.isoformat() if essay.published_on else None
         assert date == expected_date(row.date), row.file

@@ -52,7 +52,7 @@ def stop_all(workers: list[subprocess.Popen[str]], logs: list[Path]) -> list[int
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
     sent = []
-    for worker, log in zip(workers, logs):
+    for worker, log in zip(workers, logs, strict=True):
         assert worker.wait(30) == 0, log.read_text()
         found = re.search(r"Worker stopped: (\d+) sent", log.read_text())
         assert found, log.read_text()

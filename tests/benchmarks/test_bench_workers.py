@@ -74,7 +74,7 @@ def test_bench_throughput_with_1_2_and_4_workers(tmp_path: Path, database_url: s
                                   resend=True)
                 started = time.perf_counter()
                 hand_over(settings, engine, issue)
-                wait_until(lambda key=key: issue_status(engine, key) == "sent", 600, f"{key} to be sent")
+                wait_until(lambda key=key, engine=engine: issue_status(engine, key) == "sent", 600, f"{key} to be sent")
                 rates[count] = MESSAGES / (time.perf_counter() - started)
                 stop_workers(workers)
                 assert counts(engine, key)["sent"] == MESSAGES

@@ -1,7 +1,7 @@
 """initial schema: essays, issues, subscribers, deliveries
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 23:06:09.069983
 """
 from __future__ import annotations
