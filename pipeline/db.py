@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlmodel import Session, create_engine
 
 from pipeline.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # How long a SQLite writer waits for another process's write lock before giving up.
@@ -50,14 +53,52 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config  # noqa: PLC0415  (only when the schema must change)
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return cfg
 
 
+_REVISION = re.compile(r"""^(down_)?revision\s*=\s*(?:['"]([^'"]+)['"]|None)""", re.M)
+
+
+@cache
+def head_revisions() -> frozenset[str]:
+    """The newest revision(s), read from the migration files' `revision` and `down_revision`
+    lines rather than through Alembic, whose import costs more than most commands' whole work."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("[0-9]*.py"):
+        for down, name in _REVISION.findall(path.read_text(encoding="utf-8")):
+            if name:
+                (parents if down else revisions).add(name)
+    return frozenset(revisions - parents)
+
+
+def stored_revisions(engine: Engine) -> frozenset[str]:
+    """The revision(s) the database says it is at (empty when it has no schema yet)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return frozenset()
+        return frozenset(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision; safe when several processes start at once."""
+    """Bring the schema to the newest revision; safe when several processes start at once.
+
+    A database already at the head is left alone without loading Alembic: read-only commands
+    start in a fraction of the time. Anything else (no schema, an older one) goes to Alembic,
+    which decides under the lock below, so two processes never both migrate.
+    """
+    try:
+        if head_revisions() and stored_revisions(engine) == head_revisions():
+            return
+    except SQLAlchemyDatabaseError as exc:
+        raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
+    from alembic import command  # noqa: PLC0415  (only when the schema must change)
+
     cfg = alembic_config(engine)
     try:
         with engine.begin() as connection:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
@@ -61,3 +61,27 @@ def test_a_file_that_is_no_database_is_a_readable_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="cannot upgrade the database") as info:
         db.connect(f"sqlite:///{not_a_database}")
     assert "notes.txt" in str(info.value)
+
+
+def test_the_head_read_from_the_files_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    scripts = ScriptDirectory.from_config(db.alembic_config(db.make_engine("sqlite://")))
+    assert db.head_revisions() == frozenset(scripts.get_heads())
+
+
+def test_a_database_behind_the_head_is_still_upgraded(tmp_path: Path) -> None:
+    from alembic import command  # noqa: PLC0415
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:  # a database created by an older release
+        cfg = db.alembic_config(engine)
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0003_claim_index")
+    assert db.stored_revisions(engine) == {"0003_claim_index"}
+    db.upgrade(engine)
+    assert db.stored_revisions(engine) == db.head_revisions()
+    with engine.connect() as connection:  # a table a later migration adds is there
+        assert connection.execute(text("SELECT count(*) FROM essay")).scalar() == 0
+        assert {"bounceevent", "processedmessage"} <= set(inspect(connection).get_table_names())
+    engine.dispose()
