@@ -12,22 +12,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from pipeline import gate, signals
+from pipeline import signals
 from pipeline.config import ScheduleSettings, Settings
-from pipeline.confirmations import send_queued
 from pipeline.errors import NewsletterError
-from pipeline.feedback import read_bounces
 from pipeline.periods import Action, local_time, period_key, weekday_name
-from pipeline.weekly import run_due
 from subscribers.model import utcnow
+
+if TYPE_CHECKING:
+    from apscheduler.events import JobExecutionEvent
+    from apscheduler.schedulers.blocking import BlockingScheduler
 
 log = logging.getLogger("newsletter.schedule")
 JOB_ID = "weekly-digest"
@@ -70,6 +68,18 @@ def make_scheduler(
 ) -> BlockingScheduler:
     """A blocking scheduler with the weekly job (its `func` is also the catch-up run);
     setting `stop` makes a running send finish its batch in flight and return."""
+    # Here, not at the top: `schedule next` only computes times, and should not pay for the
+    # sender, the bounce reader and the scheduler's machinery.
+    from apscheduler.events import EVENT_JOB_MISSED  # noqa: PLC0415
+    from apscheduler.executors.pool import ThreadPoolExecutor  # noqa: PLC0415
+    from apscheduler.schedulers.blocking import BlockingScheduler  # noqa: PLC0415
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    from pipeline import gate  # noqa: PLC0415
+    from pipeline.confirmations import send_queued  # noqa: PLC0415
+    from pipeline.feedback import read_bounces  # noqa: PLC0415
+    from pipeline.weekly import run_due  # noqa: PLC0415
+
     schedule = settings.schedule
     scheduler = BlockingScheduler(
         timezone=schedule.timezone,

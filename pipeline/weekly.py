@@ -11,18 +11,22 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from pipeline import issues, leases, ledger, polling, publish
+from pipeline import issues, leases, ledger
 from pipeline.complaints import scheduled_sending_paused
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
 from pipeline.models import Issue
 from pipeline.periods import FINISHED, Action, Outcome, Period, decide, describe, due_period, next_due, period_of_key
+
+if TYPE_CHECKING:
+    from pipeline import publish
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -50,7 +54,7 @@ def run_due(
     period = due_period(schedule, now)
     if not dry_run:
         expire_stale(settings, engine, now, keep=period.key)
-        polling.poll_before_compose(settings, engine, period, now)  # feeds bring new essays
+        _poll_if_composing(settings, engine, period, now)
     reconciled = 0
     for _attempt in range(3):  # another process may win a race; then look again
         try:
@@ -81,6 +85,8 @@ def run_due(
             log.info("%s: another scheduler got there first; looking again", period.key)
             continue
         # Outside any transaction: sending takes long and must not hold a write lock.
+        from pipeline import publish  # noqa: PLC0415  (the renderer and sender: only to send)
+
         if schedule.enqueue:  # the workers send it
             report = publish.enqueue(settings, engine, issue_id, now=now, force=force)
         else:
@@ -105,6 +111,17 @@ def run_due(
             outcome.message += f" ({why})"
         return outcome
     raise RuntimeError(f"{period.key}: the issue kept changing under this scheduler")
+
+
+def _poll_if_composing(settings: Settings, engine: Engine, period: Period, now: datetime) -> None:
+    """Feeds bring new essays before a compose; the feed readers are loaded only then, so a
+    run with nothing due (cron, every 15 minutes) stays quick."""
+    with Session(engine) as session:
+        issue = issues.find_by_key(session, period.key)
+    if decide(settings.schedule, period, issue.status if issue else None, now) is Action.COMPOSE:
+        from pipeline import polling  # noqa: PLC0415
+
+        polling.poll_before_compose(settings, engine, period, now)
 
 
 def expire_stale(

@@ -9,7 +9,7 @@ from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -17,15 +17,14 @@ from rich.table import Table
 
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.config import Settings
-from pipeline.copies import personal_copy
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.issues import compose, find_issue, issue_essays, list_issues
-from pipeline.lint import Finding, failures, lint_message, warnings
 from pipeline.lint_help import anchor, fix_for
 from pipeline.models import Essay, Issue
-from subscribers.consent import find
-from subscribers.tokens import load_secret
+
+if TYPE_CHECKING:  # the renderer and the checklist load only in the commands that build a message
+    from pipeline.lint import Finding
 
 
 @click.group("issues")
@@ -205,6 +204,8 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
       newsletter lint latest
       newsletter lint weekly-2026-W48 --as ana@example.org --json
     """
+    from pipeline.lint import failures, lint_message  # noqa: PLC0415
+
     settings = app.settings
     issue, raw = _message(app, issue_ref, as_email)
     findings = lint_message(raw, settings.newsletter.sender_domain, settings.newsletter.postal_address)
@@ -214,6 +215,8 @@ def lint(app: App, issue_ref: str, as_email: str | None, as_json: bool) -> None:
 
 
 def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding], as_json: bool) -> None:
+    from pipeline.lint import failures, warnings  # noqa: PLC0415
+
     if as_json:
         def described(f: Finding) -> dict[str, str]:
             return {**vars(f), "fix": fix_for(f.code), "explained": anchor(f.code)}
@@ -239,6 +242,10 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
 def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]:
     """The issue, and the message bytes a send would make of it for this subscriber (or a sample
     with an inert link)."""
+    from pipeline.copies import personal_copy  # noqa: PLC0415
+    from subscribers.consent import find  # noqa: PLC0415
+    from subscribers.tokens import load_secret  # noqa: PLC0415
+
     with open_session(app.engine) as session:
         issue = find_issue(session, issue_ref)
         subscriber = None

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 from datetime import UTC
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import (
@@ -30,8 +31,10 @@ from pipeline.commands.base import (
     stop_on_signals,
 )
 from pipeline.periods import Action, period_key
-from pipeline.publish import Report
 from subscribers.model import utcnow
+
+if TYPE_CHECKING:
+    from pipeline.publish import Report
 
 
 @click.group("schedule")

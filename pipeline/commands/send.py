@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -24,10 +25,10 @@ from pipeline.commands.base import (
     print_json,
     stop_on_signals,
 )
-from pipeline.copies import send_test
 from pipeline.models import DeliveryStatus, Issue
-from pipeline.publish import Ending, Report, enqueue, publish
-from pipeline.publish import dry_run as dry_run_of
+
+if TYPE_CHECKING:  # the renderer and the sender load when a command sends (`sends status` does not)
+    from pipeline.publish import Report
 
 STATUSES = [s.value for s in DeliveryStatus]
 
@@ -95,6 +96,8 @@ def send_test_command(app: App, issue: str, to: str) -> None:
     Example:
       newsletter send-test weekly-2026-W48 --to me@example.org
     """
+    from pipeline.copies import send_test  # noqa: PLC0415
+
     raw = send_test(app.settings, app.engine, issue, to)
     where = (f"the outbox {app.settings.delivery.outbox_dir}"
              if app.settings.delivery.transport == "outbox" else app.settings.delivery.smtp_host)
@@ -103,6 +106,8 @@ def send_test_command(app: App, issue: str, to: str) -> None:
 
 def exit_status(report: Report, dry_run: bool = False) -> int:
     """The exit code a run ends with (README, "Exit codes")."""
+    from pipeline.publish import Ending  # noqa: PLC0415
+
     if report.ending is Ending.PAUSED:
         return EXIT_ERROR
     if report.undecided:
@@ -116,6 +121,9 @@ def exit_status(report: Report, dry_run: bool = False) -> int:
 def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: bool, quiet: bool,
          deliver: bool = True, force: bool = False) -> Report:
     """publish with a confirmation prompt, a progress bar and Ctrl-C turned into a stop flag."""
+    from pipeline.publish import dry_run as dry_run_of  # noqa: PLC0415
+    from pipeline.publish import enqueue, publish  # noqa: PLC0415
+
     stop = threading.Event()
 
     def confirm(target: Issue, audience: int) -> bool:
@@ -149,6 +157,8 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
 
 
 def summary(app: App, report: Report) -> None:
+    from pipeline.publish import Ending  # noqa: PLC0415
+
     out = app.console.print
     if report.ending is Ending.DECLINED:
         out("Nothing sent.")
