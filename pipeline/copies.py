@@ -19,6 +19,7 @@ from pipeline.links import unsubscribe_url
 from pipeline.message import MessageFactory, ascii_address, new_message_id
 from pipeline.models import Issue
 from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, render_view, sample_recipient
+from pipeline.render_cache import cached_render
 from pipeline.returnpath import feedback_id
 from pipeline.transports import Transport, make_transport
 from subscribers.consent import find as find_subscriber
@@ -28,14 +29,15 @@ from subscribers.tokens import load_secret
 
 def rendered_issue(session: Session, settings: Settings, issue: Issue) -> RenderedIssue:
     """The issue's frozen render once sending started (a template edited mid-send changes
-    nothing), else a fresh one."""
+    nothing), else the render of its current essays, archive, settings and templates (paid
+    once: pipeline/render_cache.py)."""
     frozen = issue.frozen_render
     if issue.html_template is not None and issue.text_template is not None and frozen:
         return RenderedIssue(subject=issue.subject, preheader=issue.preheader,
                              html=issue.html_template, text=issue.text_template,
                              html_unnamed=frozen["html_unnamed"], text_unnamed=frozen["text_unnamed"],
                              placeholders=dict(frozen["placeholders"]))
-    return render_view(settings, issue_view(session, settings, issue))
+    return cached_render(session, settings, issue, lambda: render_view(settings, issue_view(session, settings, issue)))
 
 
 def factory_for(settings: Settings, issue: Issue, rendered: RenderedIssue,

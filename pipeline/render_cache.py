@@ -1,0 +1,113 @@
+"""The render cache: an issue's render kept on disk, keyed by everything the render reads.
+
+Rendering an issue builds the related-links index over the whole archive (TF-IDF) and runs
+premailer several times; at a few thousand essays that takes seconds, for every preview, lint
+and send run. The output depends only on the issue (its key, subject, preheader and essays in
+order), the archive (every essay's identity and content hash), the settings, the template files
+and the code, so a hash of all of them names the render: a key found is that exact output, and
+any edit (an essay re-imported with new text, a template touched, a setting changed, the program
+upgraded) makes a new key, so nothing stale can be served.
+
+The cache is a folder beside the config (`.cache/render/`), not a table: it needs no migration,
+it is local to the machine that renders (a worker on another machine fills its own), and losing
+it costs one render. Entries are written to a temporary file and renamed into place, so a process
+reading never sees half an entry and several processes rendering at once just write the same
+bytes; an unreadable entry counts as missing. Only the newest entries are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from pipeline.config import Settings
+from pipeline.issue_view import Shape
+from pipeline.models import Essay, Issue, IssueEssay
+from pipeline.render import RenderedIssue
+
+KEEP = 32  # entries: a few issues' worth of previews while their essays are being edited
+CODE = Path(__file__).resolve().parent  # the pipeline package: a new version renders anew
+# The archive columns the render reads besides the body (which content_hash stands for).
+ARCHIVE = tuple(col(c) for c in (Essay.id, Essay.slug, Essay.title, Essay.dek, Essay.url,
+                                  Essay.published_on, Essay.content_hash, Essay.source_related,
+                                  Essay.tags, Essay.updated_at))
+
+
+def folder(settings: Settings) -> Path:
+    return settings.base_dir / ".cache" / "render"
+
+
+def render_key(session: Session, settings: Settings, issue: Issue) -> str:
+    """The hash of everything an issue's render depends on."""
+    digest = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        digest.update(repr(value).encode("utf-8"))
+        digest.update(b"\0")
+
+    add((issue.id, issue.key, issue.subject, issue.preheader))
+    add(list(session.execute(select(col(IssueEssay.essay_id)).where(col(IssueEssay.issue_id) == issue.id)
+                          .order_by(col(IssueEssay.position)))))
+    for row in session.execute(select(*ARCHIVE).order_by(col(Essay.id))):
+        add(tuple(row))
+    add(settings)
+    for root in [*(d / "email" for d in settings.template_dirs()), CODE]:
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            if path.is_file() and "__pycache__" not in path.parts:
+                add(str(path.relative_to(root)))
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_render(
+    session: Session, settings: Settings, issue: Issue, render: Callable[[], RenderedIssue]
+) -> RenderedIssue:
+    """The issue's render from the cache, or `render()` stored there for next time."""
+    where = folder(settings)
+    entry = where / f"{render_key(session, settings, issue)}.json"
+    found = _read(entry)
+    if found is not None:
+        return found
+    rendered = render()
+    _write(where, entry, rendered)
+    return rendered
+
+
+def _read(entry: Path) -> RenderedIssue | None:
+    try:
+        data = json.loads(entry.read_text(encoding="utf-8"))
+        shape = data.pop("shape")
+        return RenderedIssue(**data, shape=Shape(**shape) if shape else None)
+    except (OSError, ValueError, TypeError, KeyError):  # missing, half-copied by hand, or old
+        return None
+
+
+def _write(where: Path, entry: Path, rendered: RenderedIssue) -> None:
+    data = {"subject": rendered.subject, "preheader": rendered.preheader, "html": rendered.html,
+            "text": rendered.text, "html_unnamed": rendered.html_unnamed,
+            "text_unnamed": rendered.text_unnamed, "placeholders": rendered.placeholders,
+            "shape": asdict(rendered.shape) if rendered.shape else None}
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=where, suffix=".tmp",
+                                         delete=False) as handle:
+            json.dump(data, handle, ensure_ascii=False)
+        os.replace(handle.name, entry)  # atomic: readers see the old state or the whole entry
+        _prune(where)
+    except OSError:
+        pass  # a read-only or full disk: the render is still right, only not kept
+
+
+def _prune(where: Path) -> None:
+    entries = sorted(where.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        old.unlink(missing_ok=True)
