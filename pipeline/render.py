@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from premailer import Premailer
 
 from pipeline.config import Settings
 from pipeline.errors import RenderError
@@ -42,16 +41,25 @@ FIELDS = ("name", "email", "unsubscribe_url")
 SAMPLE_TOKEN = "preview-sample"  # unsigned on purpose: the web refuses it, nobody is unsubscribed
 _URL_SAFE = re.compile(r"https?://[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 
-# premailer as the email checklist says; its defaults break responsive mail. One instance is
-# reused for every issue (it caches parsed CSS).
-logging.getLogger("CSSUTILS").setLevel(logging.CRITICAL)
-_INLINER = Premailer(
-    strip_important=False,  # else the @media rules lose !important and inline styles win
-    allow_network=False,  # never fetch a stylesheet
-    disable_basic_attributes=["width", "height"],  # keep img width="536", not width="100%"
-    exclude_pseudoclasses=True,  # deterministic output, no {...} blocks in style attributes
-    cssutils_logging_level=logging.CRITICAL,
-)
+if TYPE_CHECKING:
+    from premailer import Premailer
+
+
+@lru_cache(maxsize=1)
+def _inliner() -> Premailer:
+    """premailer as the email checklist says; its defaults break responsive mail. One instance
+    is reused for every issue (it caches parsed CSS); loaded on the first render, since a render
+    read back from the cache (pipeline/render_cache.py) needs none."""
+    from premailer import Premailer  # noqa: PLC0415
+
+    logging.getLogger("CSSUTILS").setLevel(logging.CRITICAL)
+    return Premailer(
+        strip_important=False,  # else the @media rules lose !important and inline styles win
+        allow_network=False,  # never fetch a stylesheet
+        disable_basic_attributes=["width", "height"],  # keep img width="536", not width="100%"
+        exclude_pseudoclasses=True,  # deterministic output, no {...} blocks in style attributes
+        cssutils_logging_level=logging.CRITICAL,
+    )
 
 
 @dataclass(frozen=True)
@@ -226,7 +234,7 @@ def make_placeholders(settings: Settings, view: IssueView) -> dict[str, str]:
 
 def _inline(html: str) -> str:
     try:
-        return str(_INLINER.transform(html, pretty_print=True))
+        return str(_inliner().transform(html, pretty_print=True))
     except Exception as exc:  # premailer/lxml/cssutils raise many types; the user needs one
         raise RenderError(f"cannot inline the digest's CSS: {exc}") from exc
 
