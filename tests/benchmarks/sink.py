@@ -1,8 +1,13 @@
-"""A minimal SMTP sink for benchmarks, run in its own process: accepts everything, keeps nothing.
+"""SMTP sinks for benchmarks, each run in its own process: they accept everything, keep nothing.
 
-aiosmtpd would be the bottleneck of every sender measured against it; this one only parses
-verbs. `python tests/benchmarks/sink.py PORT [DELAY]` waits DELAY seconds before answering each
-message's data (a slow relay); `start_sink` runs it and returns once it listens.
+The CPU-bound sink (`start_sink`): aiosmtpd would be the bottleneck of every sender measured
+against it; this one only parses verbs. `python tests/benchmarks/sink.py PORT [DELAY]` waits
+DELAY seconds before answering each message's data.
+
+The latency sink (`start_latency_sink`): an aiosmtpd server whose handler sleeps before its
+reply to MAIL, RCPT and DATA (10 ms by default), the shape of a real relay a network hop away,
+where a sender's rate depends on how many connections it keeps busy rather than on its CPU.
+`python tests/benchmarks/sink.py PORT LATENCY latency`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
+from typing import Any
 
 
 async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
@@ -48,15 +55,61 @@ async def _serve(port: int, delay: float) -> None:
         await server.serve_forever()
 
 
-def start_sink(delay: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
-    """The sink in another process on a free loopback port, once it is listening."""
+class LatencyHandler:
+    """aiosmtpd handler: accept every envelope and message, `latency` seconds after each command."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        await asyncio.sleep(self.latency)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        await asyncio.sleep(self.latency)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.latency)
+        return "250 Message accepted"
+
+
+def _serve_latency(port: int, latency: float) -> None:
+    from aiosmtpd.controller import Controller  # noqa: PLC0415  (only this process needs it)
+
+    controller = Controller(LatencyHandler(latency), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    threading.Event().wait()  # until the benchmark terminates the process
+
+
+def _start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    process = subprocess.Popen([sys.executable, __file__, str(port), str(delay)], stdout=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, __file__, str(port), *args], stdout=subprocess.PIPE)
     assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
     return process, port
 
 
+def start_sink(delay: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
+    """The CPU-bound sink in another process on a free loopback port, once it is listening."""
+    return _start(str(delay))
+
+
+def start_latency_sink(latency: float = 0.010) -> tuple[subprocess.Popen[bytes], int]:
+    """The aiosmtpd latency sink in another process on a free loopback port, once it listens."""
+    return _start(str(latency), "latency")
+
+
 if __name__ == "__main__":
-    asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
+    if sys.argv[3:] == ["latency"]:
+        _serve_latency(int(sys.argv[1]), float(sys.argv[2]))
+    else:
+        asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
