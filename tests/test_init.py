@@ -43,7 +43,7 @@ def test_init_in_an_empty_folder_writes_a_minimal_working_newsletter(empty_folde
     for key in ("# postal_address", "# transport = \"outbox\"", "# timezone", "# dkim_selector"):
         assert key in text
     ignored = (folder / ".gitignore").read_text(encoding="utf-8").split()
-    assert {"*.db", ".secret_key", "outbox/"} <= set(ignored)
+    assert {"*.db", ".secret_key", "outbox/", ".cache/"} <= set(ignored)
     assert (folder / "essays" / "first-essay.md").is_file()
     assert (folder / "newsletter.db").is_file()
     assert stat.S_IMODE((folder / ".secret_key").stat().st_mode) == 0o600
