@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 from sqlmodel import Session
@@ -94,3 +95,32 @@ def test_an_unreadable_entry_is_a_miss(session: Session, settings: Settings) -> 
         entry.write_text("{half an entr", encoding="utf-8")
     assert counted(session, settings, issue, calls) == first
     assert calls == [1, 1]
+
+
+def _render_in_a_process(config: str, key: str, out: str) -> None:
+    from pipeline import db  # noqa: PLC0415
+
+    settings = load_settings(config)
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        from pipeline.issues import find_issue  # noqa: PLC0415
+
+        Path(out).write_text(rendered_issue(session, settings, find_issue(session, key)).html, encoding="utf-8")
+    engine.dispose()
+
+
+def test_processes_rendering_at_once_share_one_whole_entry(session: Session, settings: Settings) -> None:
+    issue = an_issue(session, settings)
+    context = multiprocessing.get_context("spawn")
+    outs = [settings.base_dir / f"render-{n}.html" for n in range(3)]
+    workers = [context.Process(target=_render_in_a_process, args=(str(settings.path), issue.key, str(out)))
+               for out in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    htmls = {out.read_text(encoding="utf-8") for out in outs}
+    assert htmls == {rendered_issue(session, settings, issue).html}
+    assert len(list(folder(settings).glob("*.json"))) == 1
+    assert list(folder(settings).glob("*.tmp")) == []  # no half-written file left behind
