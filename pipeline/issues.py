@@ -324,3 +324,10 @@ def sent_issues(session: Session) -> list[Issue]:
     query = (select(Issue).where(Issue.status == IssueStatus.SENT.value)
              .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc()))
     return list(session.exec(query))
+
+
+def last_started(session: Session) -> Issue | None:
+    """The issue whose sending started last (sending or sent), or None."""
+    return session.exec(select(Issue).where(col(Issue.status).in_(
+        (IssueStatus.SENT.value, IssueStatus.SENDING.value))).order_by(
+        col(Issue.started_at).desc(), col(Issue.id).desc())).first()

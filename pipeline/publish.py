@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import gate, issues, leases, ledger, sender
+from pipeline import gate, issues, leases, ledger, ledger_reads, sender
 from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
@@ -163,7 +163,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
                 report.failed += 1
                 report.errors.append((email, str(exc)))
         report.total = report.sent + report.failed
-        report.counts = ledger.counts(session, target.id) if target.id else {}
+        report.counts = ledger_reads.counts(session, target.id) if target.id else {}
         session.rollback()  # a composed draft, too, is not kept by a dry run
     report.seconds = time.monotonic() - started
     return report.end(Ending.DRY_RUN)
@@ -197,10 +197,10 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
     refusal = _refusal(target, now)
     if refusal:
         report.reconciled = leases.reconcile(session, target.id or 0, now)
-        report.counts = ledger.counts(session, target.id or 0)
+        report.counts = ledger_reads.counts(session, target.id or 0)
         session.commit()
         return None, report.end(Ending.NOTHING, refusal)
-    report.total = ledger.audience_size(session, target)
+    report.total = ledger_reads.audience_size(session, target)
     if not report.total and target.status == IssueStatus.DRAFT.value:
         # Starting would mark the issue and its essays sent to nobody.
         session.commit()  # keeps a composed draft for when there are readers
@@ -248,7 +248,7 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     issue.status, issue.started_at = IssueStatus.SENDING.value, now
     with session_scope(engine) as session:
         report.reconciled = leases.reconcile(session, issue.id or 0, now)
-        report.counts = ledger.counts(session, issue.id or 0)
+        report.counts = ledger_reads.counts(session, issue.id or 0)
     report.total, report.to_send = sum(report.counts.values()), report.counts["pending"]
 
 
@@ -262,8 +262,8 @@ def _builder(settings: Settings, issue: Issue, rendered: RenderedIssue, clock: C
 def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> bool:
     """Mark the issue (and its essays) sent once nothing is pending or in flight."""
     with session_scope(engine) as session:
-        report.counts = ledger.counts(session, issue_id)
-        report.next_retry_at = ledger.next_retry(session, issue_id) if report.counts["pending"] else None
+        report.counts = ledger_reads.counts(session, issue_id)
+        report.next_retry_at = ledger_reads.next_retry(session, issue_id) if report.counts["pending"] else None
         return not report.owed and issues.finish(session, issue_id, now)
 
 
