@@ -37,11 +37,13 @@ DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
 _MD = MarkdownIt("commonmark")
+_MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
 
-def markdown_html(text: str) -> str:
-    """A trusted Markdown document of the project (docs/) as HTML, for the preview pages."""
-    return str(_MD.render(text))
+def markdown_html(text: str, raw_html: bool = True) -> str:
+    """A trusted Markdown document of the project (docs/) as HTML, for the preview pages; with
+    `raw_html=False` (an issue's intro note, mailed to everyone) HTML in it is shown as text."""
+    return str((_MD if raw_html else _MD_NO_HTML).render(text))
 
 
 def parse_markdown(text: str) -> ParsedEssay:
