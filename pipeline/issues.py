@@ -51,7 +51,8 @@ def compose(
 
     With `key`, an issue that already has that key is returned unchanged (the scheduler's race
     for a week), or, with `existing_ok=False`, Refused says it exists. An essay named in `slugs`
-    that went out already (or is going out) is Refused unless `resend`. Raises NotFound for an
+    being sent right now is Refused unless `resend`; one that went out is carried (the send
+    leaves out readers who had it, unless the issue is composed `resend`). Raises NotFound for an
     unknown slug, and when there is nothing to send.
     """
     if key is not None:
@@ -117,22 +118,17 @@ def _existing(issue: Issue, existing_ok: bool) -> Issue:
 
 
 def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
-    """Refused naming every essay that has gone out (or is going out) in an issue already: a
-    digest carrying it again would mail it to everyone a second time."""
+    """Refused naming every essay an issue is sending right now: its readers are not known to
+    have had it yet, so a second issue could not leave them out. (An essay that went out is
+    allowed: the send leaves out the readers who had it; see pipeline/history.py.)"""
     sending = {row[0]: row[1] for row in session.exec(
         select(IssueEssay.essay_id, Issue.key)
         .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
         .where(Issue.status == IssueStatus.SENDING.value))}
-    problems = []
-    for essay in essays:
-        if essay.sent_in_issue_id is not None:
-            sent = session.get(Issue, essay.sent_in_issue_id)
-            problems.append(f"{essay.slug!r} went out in issue {sent.key if sent else essay.sent_in_issue_id}")
-        elif essay.id in sending:
-            problems.append(f"{essay.slug!r} is being sent in issue {sending[essay.id]}")
+    problems = [f"{e.slug!r} is being sent in issue {sending[e.id]}" for e in essays if e.id in sending]
     if problems:
-        raise Refused("not composed: " + "; ".join(problems) + ". Pass --resend to mail it again "
-                      "to every subscriber.")
+        raise Refused("not composed: " + "; ".join(problems) + ". Wait until it is sent (readers "
+                      "who had it are then left out), or pass --resend to mail it to everyone.")
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
