@@ -117,12 +117,15 @@ def list_command(app: App, as_json: bool) -> None:
         app.console.print("No issues yet: compose one with `newsletter issues new`.")
         return
     # At 80 columns the subject keeps its room: an old manual-<uuid> key is cut, not the title.
-    table = Table("id", "status", "essays", "created")
-    table.add_column("key", max_width=16, no_wrap=True, overflow="ellipsis")
-    table.add_column("subject", ratio=1, min_width=24)
+    table = Table("id")
+    table.add_column("key", max_width=12, no_wrap=True, overflow="ellipsis")
+    table.add_column("status")
+    table.add_column("essays", justify="right")
+    table.add_column("created", no_wrap=True)  # the day; `issues show` and --json have the time
+    table.add_column("subject", ratio=1)
     for row in rows:
-        table.add_row(str(row["id"]), row["status"], str(len(row["essays"])),
-                      readable_time(row["created_at"]), escape(row["key"]), shown(row["subject"]))
+        table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
+                      f"{row['created_at']:%Y-%m-%d}", shown(row["subject"]))
     app.console.print(table)
 
 
