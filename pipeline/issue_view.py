@@ -145,6 +145,8 @@ def template_context(settings: Settings, view: IssueView, shape: Shape, values: 
         "also": also,
         "omitted": n - len(shown) - len(also),
         "webview_url": view.webview_url,
+        "archive_url": f"{settings.web.base_url}/archive/",  # the web copy links back to these
+        "subscribe_url": f"{settings.web.base_url}/subscribe",
         "intro_html": view.intro_html,
         "intro_text": view.intro_text,
         "recipient": values,
