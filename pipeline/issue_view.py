@@ -23,7 +23,7 @@ from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
 from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
-from pipeline.readers.markdown_essay import body_blocks, markdown_html
+from pipeline.readers.markdown_essay import markdown_html, note_paragraphs
 from pipeline.related import related_for_issue
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
@@ -95,7 +95,7 @@ def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
         essays=tuple(essays),
         related=links,
         intro_html=markdown_html(issue.intro, raw_html=False) if issue.intro.strip() else "",
-        intro_text=tuple(b["text"] for b in body_blocks(issue.intro)[0]) if issue.intro.strip() else (),
+        intro_text=tuple(note_paragraphs(issue.intro)),
     )
 
 

@@ -54,6 +54,7 @@ def test_edit_a_draft_then_see_the_intro_in_html_text_and_web_copy(  # type: ign
     assert html.index("A short note") < html.index("part 1")  # at the top, above the essays
     text = run_cli("preview", key, "--text").output
     assert "A short note before the essays." in text and "**" not in text
+    assert "See the garden (https://example.org/garden)" in " ".join(text.split())
     assert text.index("A short note") < text.index("part 1")
 
     assert run_cli("send", key, "--yes").exit_code == 0

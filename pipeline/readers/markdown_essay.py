@@ -201,3 +201,30 @@ def _tags(value: object) -> list[str]:
         if tag and tag not in tags:
             tags.append(tag)
     return tags
+
+
+def note_paragraphs(markdown: str) -> list[str]:
+    """A short Markdown note (an issue's intro) as plain paragraphs for a text/plain part:
+    marks dropped, list items marked, and each link's address kept after its text, since a
+    plain-text reader has no other way to follow it."""
+    paragraphs: list[str] = []
+    prefix = ""
+    for token in _MD_NO_HTML.parse(markdown):
+        if token.type == "list_item_open":
+            prefix = f"{token.info}. " if token.info else "• "
+        elif token.type == "inline":
+            parts, links = [], []
+            for child in token.children or []:
+                if child.type in ("text", "code_inline", "html_inline"):
+                    parts.append(child.content)
+                elif child.type in ("softbreak", "hardbreak"):
+                    parts.append(" ")
+                elif child.type == "link_open":
+                    links.append(str(child.attrs.get("href", "")))
+                elif child.type == "link_close" and links:
+                    parts.append(f" ({links.pop()})")
+            text = clean("".join(parts))
+            if text:
+                paragraphs.append(prefix + text)
+            prefix = ""
+    return paragraphs
