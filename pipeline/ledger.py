@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -64,19 +64,25 @@ class Outcome:
     hard_bounce: bool = False
 
 
-def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime) -> int:
+def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime,
+                    leave_out: Mapping[int, str] | None = None) -> int:
     """One pending row per active subscriber, in the caller's transaction; returns rows added.
+    A subscriber in `leave_out` (id -> an essay of the issue they had) gets a `skipped` row
+    saying so, so the ledger tells why they did not get it.
 
     Subscribers are read a page at a time and inserted in batches; the unique (issue,
     subscriber) pair makes a second freeze (or a rival process) add nobody twice.
     """
+    leave_out = leave_out or {}
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
     before, rows = _row_count(session, issue.id or 0), []
     for sid, email, name in audience(session):
+        had = leave_out.get(sid)
         rows.append(dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
-                         status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
-                         message_id=new_message_id(), smtp_code=None, last_error=None,
+                         status=SKIPPED if had else PENDING, attempts=0, next_attempt_at=None,
+                         lease_until=None, message_id=new_message_id(), smtp_code=None,
+                         last_error=f"already had {had} in an earlier issue" if had else None,
                          created_at=now, updated_at=now, sent_at=None))
         if len(rows) == FREEZE_PAGE:
             session.execute(statement, rows)
