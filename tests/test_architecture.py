@@ -42,6 +42,7 @@ LIBRARIES: dict[str, set[str]] = {
     "imaplib": {"pipeline/mailbox.py"},
     "mailbox": {"pipeline/mailbox.py"},
     "flufl": {"pipeline/bounces.py"},
+    "feedgen": {"pipeline/archive_feed.py"},
     "itsdangerous": {"subscribers/tokens.py"},
     "email_validator": {"subscribers/addresses.py"},
     "alembic": {"pipeline/db.py", "pipeline/migrations/*.py", "pipeline/migrations/versions/*.py"},
@@ -53,9 +54,13 @@ EVERYWHERE = {"sqlalchemy", "sqlmodel"}
 
 OWNERS: dict[str, set[str]] = {
     "Essay": {"pipeline/essays.py"},
-    "Issue": {"pipeline/issues.py"},
-    "IssueEssay": {"pipeline/issues.py"},
-    "Delivery": {"pipeline/ledger.py", "pipeline/ledger_reads.py"},
+    # issues.py composes and moves an issue through its statuses; editorial.py edits a draft's
+    # subject, intro and essays, and discards a draft.
+    "Issue": {"pipeline/issues.py", "pipeline/editorial.py"},
+    "IssueEssay": {"pipeline/issues.py", "pipeline/editorial.py"},
+    # The ledger: ledger.py writes it, ledger_reads.py counts and lists it, history.py reads who
+    # had which essay.
+    "Delivery": {"pipeline/ledger.py", "pipeline/ledger_reads.py", "pipeline/history.py"},
     "Feed": {"pipeline/feed_list.py"},
     "FeedEntry": {"pipeline/feed_list.py"},
     "BounceEvent": {"pipeline/bounce_log.py"},
@@ -72,6 +77,8 @@ READS: dict[str, set[str]] = {
     "pipeline/ledger.py": {"Subscriber"},  # the audience frozen, opt-outs skipped at claim time
     "pipeline/ledger_reads.py": {"Subscriber"},  # the audience before it is frozen
     "pipeline/feed_list.py": {"Essay"},  # an essay at a link no feed entry owns
+    "pipeline/history.py": {"Essay", "Issue", "IssueEssay"},  # the essays of the issues a reader got
+    "pipeline/editorial.py": {"Delivery"},  # a draft with deliveries is no draft to discard
 }
 MIGRATIONS = ("pipeline/db.py", "pipeline/migrations/*.py", "pipeline/migrations/versions/*.py")
 SQL_NAMES = {"select", "update", "delete", "insert", "func", "text", "col", "or_", "and_", "not_",
@@ -261,5 +268,5 @@ def test_the_sql_scanner_finds_planted_violations(tmp_path: Path) -> None:
                        "    return f.count(Delivery.id)\n", encoding="utf-8")
     assert sql_violations({"pipeline/essays.py": planted}) == [
         "pipeline/essays.py queries ['Delivery'], owned by "
-        "['pipeline/ledger.py', 'pipeline/ledger_reads.py']"]
+        "['pipeline/history.py', 'pipeline/ledger.py', 'pipeline/ledger_reads.py']"]
     assert sql_violations({"pipeline/essays.py": ROOT / "pipeline" / "essays.py"}) == []
