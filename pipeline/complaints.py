@@ -10,18 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from pipeline import issues, ledger_reads
 from pipeline.config import BounceSettings
-from pipeline.models import (
-    BounceEvent,
-    BounceKind,
-    Delivery,
-    DeliveryStatus,
-    Issue,
-    IssueStatus,
-)
+from pipeline.models import BounceKind
 
 
 @dataclass(frozen=True)
@@ -54,32 +47,18 @@ class IssueFeedback:
 
 
 def issue_feedback(session: Session, issue_id: int) -> IssueFeedback:
-    found = dict(session.exec(
-        select(Delivery.feedback, func.count()).where(Delivery.issue_id == issue_id,
-                                                      col(Delivery.feedback).is_not(None))
-        .group_by(Delivery.feedback)).all())
-    delivered = int(session.exec(select(func.count()).select_from(Delivery).where(
-        Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENT.value)).one())
-    return IssueFeedback(delivered, int(found.get(BounceKind.HARD.value, 0)),
-                         int(found.get(BounceKind.SOFT.value, 0)),
-                         int(found.get(BounceKind.COMPLAINT.value, 0)))
+    delivered, found = ledger_reads.feedback_counts(session, issue_id)
+    return IssueFeedback(delivered, found.get(BounceKind.HARD.value, 0),
+                         found.get(BounceKind.SOFT.value, 0), found.get(BounceKind.COMPLAINT.value, 0))
 
 
 def scheduled_sending_paused(session: Session, bounces: BounceSettings) -> str | None:
     """Why the scheduler must not start the next issue (the last issue's complaint rate), or None."""
     if not bounces.enabled or not bounces.complaint_pause_rate:
         return None
-    last = session.exec(select(Issue).where(col(Issue.status).in_(
-        (IssueStatus.SENT.value, IssueStatus.SENDING.value))).order_by(
-        col(Issue.started_at).desc(), col(Issue.id).desc())).first()
+    last = issues.last_started(session)
     if last is None or last.id is None:
         return None
     verdict, why = issue_feedback(session, last.id).verdict(bounces)
     return f"issue {last.key}: {why}" if verdict == "pause" else None
 
-
-def recent_events(session: Session, limit: int, kind: str | None = None) -> list[BounceEvent]:
-    query = select(BounceEvent).order_by(col(BounceEvent.created_at).desc(), col(BounceEvent.id).desc())
-    if kind:
-        query = query.where(BounceEvent.kind == kind)
-    return list(session.exec(query.limit(limit)).all())

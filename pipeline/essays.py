@@ -272,6 +272,16 @@ def list_essays(session: Session) -> list[tuple[Essay, str | None]]:
     return [(essay, key) for essay, key in rows]
 
 
+def all_essays(session: Session) -> list[Essay]:
+    """Every essay, oldest first (by id)."""
+    return list(session.exec(select(Essay).order_by(col(Essay.id))))
+
+
+def slugs_starting(session: Session, base: str) -> set[str]:
+    """The slugs of the essays whose slug starts with `base`."""
+    return set(session.exec(select(Essay.slug).where(col(Essay.slug).startswith(base))))
+
+
 def get_essay(session: Session, slug: str) -> Essay:
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
     if essay is None:

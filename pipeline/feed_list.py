@@ -1,4 +1,4 @@
-"""The feeds polled: add one, remove one, list them with their last poll (`newsletter feeds`).
+"""The feeds polled: add one, remove one, list them (`newsletter feeds`); every Feed/FeedEntry query.
 
 Feeds come from two places: config.toml's [sources] feeds (changed by editing the file) and
 `feeds add` (rows with origin "cli"). A config feed gets its row on its first poll.
@@ -15,7 +15,7 @@ from sqlmodel import Session, col, func, select
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import ImportProblem, NotFound
-from pipeline.models import Feed, FeedEntry
+from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.readers.feed import FeedDocument, fetch, parse_feed
 from pipeline.readers.parsed_essay import MAX_URL
 
@@ -41,7 +41,7 @@ def add_feed(settings: Settings, engine: Engine, url: str) -> Feed:
     if url in settings.sources.feeds:
         raise ImportProblem(f"{url} is already polled: config.toml lists it in [sources] feeds")
     with session_scope(engine) as session:
-        if session.exec(select(Feed).where(Feed.url == url)).first() is not None:
+        if find_feed(session, url) is not None:
             raise ImportProblem(f"{url} is already added (see `newsletter feeds list`)")
         feed = Feed(url=url, origin="cli")
         session.add(feed)
@@ -53,7 +53,7 @@ def remove_feed(settings: Settings, engine: Engine, url: str) -> int:
     if url in settings.sources.feeds:
         raise ImportProblem(f"{url} is listed in config.toml [sources] feeds: remove it there")
     with session_scope(engine) as session:
-        feed = session.exec(select(Feed).where(Feed.url == url)).first()
+        feed = find_feed(session, url)
         if feed is None:
             raise NotFound(f"no feed {url!r} (see `newsletter feeds list`)")
         entries = session.exec(select(FeedEntry).where(FeedEntry.feed_id == feed.id)).all()
@@ -86,3 +86,38 @@ def list_feeds(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
             "essays": counts.get(feed.id or 0, 0) if feed else 0,
         })
     return list({row["url"]: row for row in listed}.values())
+
+
+def cli_feed_urls(session: Session) -> list[str]:
+    """The URLs of the feeds added with `feeds add`, in the order they were added."""
+    return list(session.exec(select(Feed.url).where(Feed.origin == "cli").order_by(col(Feed.id))))
+
+
+def find_feed(session: Session, url: str) -> Feed | None:
+    return session.exec(select(Feed).where(Feed.url == url)).first()
+
+
+def feed_to_poll(session: Session, settings: Settings, url: str) -> Feed:
+    """The feed's row; a feed named in config.toml gets one on its first poll."""
+    feed = find_feed(session, url)
+    if feed is None:
+        feed = Feed(url=url, origin="config" if url in settings.sources.feeds else "cli")
+        session.add(feed)
+        session.flush()
+    return feed
+
+
+def seen_entry(session: Session, feed_id: int, guid: str) -> FeedEntry | None:
+    """The feed's entry with this id/guid, as recorded when it was first seen."""
+    return session.exec(
+        select(FeedEntry).where(FeedEntry.feed_id == feed_id, FeedEntry.guid == guid)).first()
+
+
+def unclaimed_essay_at(session: Session, url: str | None) -> Essay | None:
+    """An essay already at this link that no feed entry owns (a re-added feed, or a file)."""
+    if not url:
+        return None
+    owned = select(FeedEntry.essay_id).where(col(FeedEntry.essay_id).is_not(None))
+    return session.exec(
+        select(Essay).where(Essay.url == url, col(Essay.id).not_in(owned))
+    ).first()

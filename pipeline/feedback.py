@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from pipeline import bounce_log, ledger_reads
 from pipeline.bounces import Failure, Finding, classify, severity
 from pipeline.config import Settings
 from pipeline.errors import NewsletterError
 from pipeline.mailbox import Source, open_source
-from pipeline.models import BounceEvent, BounceKind, Delivery, ProcessedMessage
+from pipeline.models import BounceEvent, BounceKind, Delivery
 from pipeline.returnpath import delivery_id_of
 from subscribers import consent
 from subscribers.model import Subscriber, utcnow
@@ -77,7 +77,7 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
         for handle, raw in source.messages():
             finding = classify(raw, settings.bounces.unsubscribe_address if settings.bounces.enabled else "")
             with Session(engine, expire_on_commit=False) as session:
-                if _processed(session, finding.key):
+                if bounce_log.processed(session, finding.key):
                     report.already += 1
                     if not dry_run:
                         source.done(handle)
@@ -132,9 +132,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
     else:
         outcomes.append(HandledMessage(finding.key, finding.kind.value, finding.sender, reason=finding.reason))
     if not dry_run:
-        session.add_all(events)
-        session.add(ProcessedMessage(key=finding.key, kind=finding.kind.value,
-                                     note=finding.reason[:2000], processed_at=now))
+        bounce_log.record(session, events, finding.key, finding.kind.value, finding.reason, now)
         session.commit()
     return outcomes
 
@@ -155,9 +153,7 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
     status = subscriber.status if subscriber is not None else "removed"
     if failure.kind == BounceKind.SOFT:
         since = now - timedelta(days=settings.bounces.soft_bounce_days)
-        earlier = int(session.exec(select(func.count()).select_from(BounceEvent).where(
-            BounceEvent.subscriber_id == subscriber_id, BounceEvent.kind == BounceKind.SOFT.value,
-            col(BounceEvent.created_at) >= since)).one())
+        earlier = bounce_log.soft_bounces_since(session, subscriber_id, since)
         limit = settings.bounces.soft_bounce_limit
         outcome.action = "counted"
         outcome.reason = (f"soft bounce {earlier + 1} of {limit} in "
@@ -194,14 +190,13 @@ def _match(session: Session, settings: Settings, secret: str, finding: Finding,
             if found is not None:
                 return found, "verp"
     if finding.original_message_id:
-        found = session.exec(select(Delivery).where(Delivery.message_id == finding.original_message_id)).first()
+        found = ledger_reads.by_message_id(session, finding.original_message_id)
         if found is not None:
             return found, "message-id"
     if failure.recipient:
         subscriber = consent.find(session, failure.recipient)
         if subscriber is not None:
-            found = session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber.id)
-                                 .order_by(col(Delivery.sent_at).desc(), col(Delivery.id).desc())).first()
+            found = ledger_reads.latest_to(session, subscriber.id or 0)
             if found is not None:
                 return found, "recipient"
     return None, ""
@@ -224,6 +219,3 @@ def _event(finding: Finding, failure: Failure, subscriber_id: int | None, delive
                        detail=failure.detail or finding.reason, matched_by=matched_by,
                        report_key=finding.key[:250], created_at=now)
 
-
-def _processed(session: Session, key: str) -> bool:
-    return session.exec(select(ProcessedMessage.id).where(ProcessedMessage.key == key)).first() is not None

@@ -23,6 +23,7 @@ from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
 from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
+from pipeline.readers.markdown_essay import markdown_html, note_paragraphs
 from pipeline.related import related_for_issue
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
@@ -72,6 +73,8 @@ class IssueView:
     webview_url: str
     essays: tuple[Essay, ...]
     related: tuple[tuple[Link, ...], ...]
+    intro_html: str = ""  # the editor's note (Markdown) as HTML, raw HTML in it escaped
+    intro_text: tuple[str, ...] = ()  # the same note as plain paragraphs, for the text part
 
 
 def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
@@ -91,6 +94,8 @@ def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
         webview_url=webview_url(settings, issue),
         essays=tuple(essays),
         related=links,
+        intro_html=markdown_html(issue.intro, raw_html=False) if issue.intro.strip() else "",
+        intro_text=tuple(note_paragraphs(issue.intro)),
     )
 
 
@@ -140,6 +145,10 @@ def template_context(settings: Settings, view: IssueView, shape: Shape, values: 
         "also": also,
         "omitted": n - len(shown) - len(also),
         "webview_url": view.webview_url,
+        "archive_url": f"{settings.web.base_url}/archive/",  # the web copy links back to these
+        "subscribe_url": f"{settings.web.base_url}/subscribe",
+        "intro_html": view.intro_html,
+        "intro_text": view.intro_text,
         "recipient": values,
         "preheader_filler": PREHEADER_FILLER,
     }

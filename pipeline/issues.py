@@ -3,7 +3,8 @@
 `compose` is what `newsletter issues new`, the scheduler and `newsletter send` call. An issue has
 a unique key: the scheduler passes its period (`weekly-2026-W48`) so that two schedulers firing
 at once still make one issue (the database's unique index decides, not a check-then-insert); by
-hand the key is `manual-<uuid>`. compose flushes; the caller's session scope commits.
+hand it is the day, `2026-11-30`, then `2026-11-30-2` (issues composed before keep their
+`manual-<uuid>`). compose flushes; the caller's session scope commits.
 
 This module owns the issue's life: draft -> sending -> sent (reopened by a requeue), or
 skipped / expired. Every status change is one of the named functions at the end.
@@ -12,7 +13,6 @@ skipped / expired. Every status change is one of the named functions at the end.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -51,7 +51,8 @@ def compose(
 
     With `key`, an issue that already has that key is returned unchanged (the scheduler's race
     for a week), or, with `existing_ok=False`, Refused says it exists. An essay named in `slugs`
-    that went out already (or is going out) is Refused unless `resend`. Raises NotFound for an
+    being sent right now is Refused unless `resend`; one that went out is carried (the send
+    leaves out readers who had it, unless the issue is composed `resend`). Raises NotFound for an
     unknown slug, and when there is nothing to send.
     """
     if key is not None:
@@ -60,7 +61,7 @@ def compose(
             return _existing(existing, existing_ok)
     essays = essays_by_slug(session, slugs) if slugs else unsent_essays(session, settings)
     if slugs and not resend:
-        _refuse_sent(session, essays)
+        refuse_sent(session, essays)
     if not essays:
         if session.exec(select(Essay.id).limit(1)).first() is None:
             # "every essay has gone out" would be false on a fresh database: none came in.
@@ -72,29 +73,39 @@ def compose(
             "nothing to send: every essay has gone out in an issue already "
             "(import new ones with `newsletter essays import PATH`)"
         )
-    issue = Issue(
-        key=key or f"manual-{uuid.uuid4()}",
-        subject=subject_for(settings, essays),
-        preheader=excerpt(essays[0], PREHEADER_LENGTH),
-        status=IssueStatus.DRAFT.value,
-    )
-    try:
-        # A savepoint, so that losing the race for `key` rolls back only this insert.
-        with session.begin_nested():
-            session.add(issue)
-            session.flush()
-            assert issue.id is not None
-            for position, essay in enumerate(essays):
-                assert essay.id is not None
-                session.add(IssueEssay(issue_id=issue.id, position=position, essay_id=essay.id))
-            session.flush()
-    except IntegrityError:
-        if key is None:
-            raise
-        winner = find_by_key(session, key)
-        if winner is None:  # the conflict was not on the key: a real error
-            raise
-        return _existing(winner, existing_ok)
+    for _ in range(5):  # a rival taking the day's next key makes this one try the one after
+        issue = Issue(key=key or next_day_key(session, utcnow()), subject=subject_for(settings, essays),
+                      preheader=excerpt(essays[0], PREHEADER_LENGTH), status=IssueStatus.DRAFT.value,
+                      resend=resend)
+        try:
+            return _insert(session, issue, essays)
+        except IntegrityError:
+            winner = find_by_key(session, issue.key)
+            if winner is None:  # the conflict was not on the key: a real error
+                raise
+            if key is not None:
+                return _existing(winner, existing_ok)
+    raise Refused("could not find a free key for a new issue today: pass --key")
+
+
+def next_day_key(session: Session, now: datetime) -> str:
+    """The day's key for an issue composed by hand: `2026-11-30`, then `2026-11-30-2`, ..."""
+    day = f"{now:%Y-%m-%d}"
+    taken = session.exec(select(Issue.key).where(col(Issue.key).startswith(day))).all()
+    numbers = [int(m.group(1) or 1) for k in taken if (m := re.fullmatch(rf"{day}(?:-(\d+))?", k))]
+    return day if not numbers else f"{day}-{max(numbers) + 1}"
+
+
+def _insert(session: Session, issue: Issue, essays: Sequence[Essay]) -> Issue:
+    # A savepoint, so that losing the race for a key rolls back only this insert.
+    with session.begin_nested():
+        session.add(issue)
+        session.flush()
+        assert issue.id is not None
+        for position, essay in enumerate(essays):
+            assert essay.id is not None
+            session.add(IssueEssay(issue_id=issue.id, position=position, essay_id=essay.id))
+        session.flush()
     return issue
 
 
@@ -106,23 +117,18 @@ def _existing(issue: Issue, existing_ok: bool) -> Issue:
                   f"pick another --key")
 
 
-def _refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
-    """Refused naming every essay that has gone out (or is going out) in an issue already: a
-    digest carrying it again would mail it to everyone a second time."""
+def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
+    """Refused naming every essay an issue is sending right now: its readers are not known to
+    have had it yet, so a second issue could not leave them out. (An essay that went out is
+    allowed: the send leaves out the readers who had it; see pipeline/history.py.)"""
     sending = {row[0]: row[1] for row in session.exec(
         select(IssueEssay.essay_id, Issue.key)
         .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
         .where(Issue.status == IssueStatus.SENDING.value))}
-    problems = []
-    for essay in essays:
-        if essay.sent_in_issue_id is not None:
-            sent = session.get(Issue, essay.sent_in_issue_id)
-            problems.append(f"{essay.slug!r} went out in issue {sent.key if sent else essay.sent_in_issue_id}")
-        elif essay.id in sending:
-            problems.append(f"{essay.slug!r} is being sent in issue {sending[essay.id]}")
+    problems = [f"{e.slug!r} is being sent in issue {sending[e.id]}" for e in essays if e.id in sending]
     if problems:
-        raise Refused("not composed: " + "; ".join(problems) + ". Pass --resend to mail it again "
-                      "to every subscriber.")
+        raise Refused("not composed: " + "; ".join(problems) + ". Wait until it is sent (readers "
+                      "who had it are then left out), or pass --resend to mail it to everyone.")
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
@@ -324,3 +330,10 @@ def sent_issues(session: Session) -> list[Issue]:
     query = (select(Issue).where(Issue.status == IssueStatus.SENT.value)
              .order_by(col(Issue.finished_at).desc(), col(Issue.id).desc()))
     return list(session.exec(query))
+
+
+def last_started(session: Session) -> Issue | None:
+    """The issue whose sending started last (sending or sent), or None."""
+    return session.exec(select(Issue).where(col(Issue.status).in_(
+        (IssueStatus.SENT.value, IssueStatus.SENDING.value))).order_by(
+        col(Issue.started_at).desc(), col(Issue.id).desc())).first()

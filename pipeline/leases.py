@@ -13,15 +13,12 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import func, update
-from sqlalchemy.engine import CursorResult
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from pipeline import ledger
+from pipeline import ledger, ledger_reads
 from pipeline.issues import find_issue
-from pipeline.models import Delivery, Issue
+from pipeline.models import Issue
 from subscribers.model import utcnow
 
 GONE = "the sending process {holder} is gone (it stopped mid-attempt): maybe sent, maybe not"
@@ -41,15 +38,9 @@ def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     """Rows past their lease, or held by a dead process of this host, become `unknown`;
     returns how many (in the caller's transaction)."""
     count = ledger.reconcile(session, issue_id, now)
-    for holder in _local_holders(session, issue_id):
-        if _alive(holder):
-            continue
-        result = cast(CursorResult[Any], session.execute(
-            update(Delivery).where(col(Delivery.issue_id) == issue_id, col(Delivery.status) == ledger.SENDING,
-                                   col(Delivery.holder) == holder)
-            .values(status=ledger.UNKNOWN, updated_at=now, lease_until=None,
-                    last_error=GONE.format(holder=holder))))
-        count += max(result.rowcount, 0)
+    for holder in ledger_reads.holders_on(session, issue_id, socket.gethostname()):
+        if not _alive(holder):
+            count += ledger.release_holder(session, issue_id, holder, now, GONE.format(holder=holder))
     return count
 
 
@@ -65,14 +56,10 @@ def settle(session: Session, ref: int | str) -> Issue:
 
 def in_flight(session: Session, issue_id: int) -> list[Holder]:
     """Who holds the issue's `sending` rows, and until when."""
-    found = session.exec(
-        select(Delivery.holder, func.count(), func.max(Delivery.lease_until))
-        .where(Delivery.issue_id == issue_id, Delivery.status == ledger.SENDING)
-        .group_by(Delivery.holder)).all()
     host = f"{socket.gethostname()}:"
-    return [Holder(holder or "an unknown process", int(count), until,
+    return [Holder(holder or "an unknown process", count, until,
                    _alive(holder) if holder and holder.startswith(host) else None)
-            for holder, count, until in found]
+            for holder, count, until in ledger_reads.holders(session, issue_id)]
 
 
 def unconfirmed(holders: list[Holder]) -> int:
@@ -91,14 +78,6 @@ def describe_in_flight(holders: list[Holder]) -> str:
             parts.append(f"{h.count} held by {h.holder}{until}: if that process has died they "
                          f"become `unknown` then")
     return "; ".join(parts)
-
-
-def _local_holders(session: Session, issue_id: int) -> list[str]:
-    host = f"{socket.gethostname()}:"
-    found = session.exec(select(Delivery.holder).distinct().where(
-        Delivery.issue_id == issue_id, Delivery.status == ledger.SENDING,
-        col(Delivery.holder).startswith(host))).all()
-    return [h for h in found if h]
 
 
 def _alive(holder: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -23,9 +23,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, select
 
+from pipeline import ledger_reads
 from pipeline.config import DeliverySettings
 from pipeline.db import session_scope
-from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from pipeline.models import Delivery, DeliveryStatus, Issue
 from subscribers.model import Subscriber, SubscriberStatus
 
 PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
@@ -63,19 +64,25 @@ class Outcome:
     hard_bounce: bool = False
 
 
-def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime) -> int:
+def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime,
+                    leave_out: Mapping[int, str] | None = None) -> int:
     """One pending row per active subscriber, in the caller's transaction; returns rows added.
+    A subscriber in `leave_out` (id -> an essay of the issue they had) gets a `skipped` row
+    saying so, so the ledger tells why they did not get it.
 
     Subscribers are read a page at a time and inserted in batches; the unique (issue,
     subscriber) pair makes a second freeze (or a rival process) add nobody twice.
     """
+    leave_out = leave_out or {}
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     statement = insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
     before, rows = _row_count(session, issue.id or 0), []
     for sid, email, name in audience(session):
+        had = leave_out.get(sid)
         rows.append(dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
-                         status=PENDING, attempts=0, next_attempt_at=None, lease_until=None,
-                         message_id=new_message_id(), smtp_code=None, last_error=None,
+                         status=SKIPPED if had else PENDING, attempts=0, next_attempt_at=None,
+                         lease_until=None, message_id=new_message_id(), smtp_code=None,
+                         last_error=f"already had {had} in an earlier issue" if had else None,
                          created_at=now, updated_at=now, sent_at=None))
         if len(rows) == FREEZE_PAGE:
             session.execute(statement, rows)
@@ -101,12 +108,6 @@ def audience(session: Session) -> Iterator[tuple[int, str, str]]:
         last = page[-1][0] or 0
 
 
-def audience_size(session: Session, issue: Issue) -> int:
-    """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
-    if issue.status == IssueStatus.SENDING.value:
-        return sum(counts(session, issue.id or 0).values())
-    return int(session.exec(select(func.count()).select_from(Subscriber).where(
-        Subscriber.status == SubscriberStatus.ACTIVE.value)).one())
 
 
 def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
@@ -242,6 +243,16 @@ def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     return max(result.rowcount, 0)
 
 
+def release_holder(session: Session, issue_id: int, holder: str, now: datetime, error: str) -> int:
+    """The issue's `sending` rows that `holder` (a process known to be gone) holds become
+    `unknown`, with `error` saying why; returns how many."""
+    result = cast(CursorResult[Any], session.execute(
+        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING,
+                             _TABLE.c.holder == holder)
+        .values(status=UNKNOWN, updated_at=now, lease_until=None, last_error=error)))
+    return max(result.rowcount, 0)
+
+
 def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime) -> int:
     """Make `failed` and/or `unknown` rows owed again (same Message-ID, so clients can dedupe)."""
     allowed = [s for s in statuses if s in (FAILED, UNKNOWN)]
@@ -254,33 +265,12 @@ def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime)
     return max(result.rowcount, 0)
 
 
-def counts(session: Session, issue_id: int) -> dict[str, int]:
-    """How many rows have each status (every status listed, zeros included)."""
-    found = dict(session.exec(
-        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)).all())
-    return {s.value: int(found.get(s.value, 0)) for s in DeliveryStatus}
 
 
-def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
-    """The issue's rows in claim order, of one status or all, at most `limit`."""
-    query = select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
-    if status:
-        query = query.where(Delivery.status == status)
-    return list(session.exec(query.limit(limit)).all())
 
 
-def next_retry(session: Session, issue_id: int) -> datetime | None:
-    """When the earliest row waiting for a retry comes due (None: nothing waits)."""
-    return session.exec(select(func.min(Delivery.next_attempt_at)).where(
-        Delivery.issue_id == issue_id, Delivery.status == PENDING)).one()
 
 
-def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]:
-    """Messages sent (any issue) since `since`, and the oldest of them: rate limits read this."""
-    count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
-        Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
-    return int(count), oldest
 
 
 def _windows(d: DeliverySettings) -> list[tuple[int, float]]:
@@ -302,7 +292,7 @@ def _allowance(session: Session, windows: list[tuple[int, float]], most: int,
     allowed, wait = most, 0.0
     for limit, span in windows:
         since = now - timedelta(seconds=span)
-        count, _ = sent_since(session, since)
+        count, _ = ledger_reads.sent_since(session, since)
         room, want = limit - count - in_flight, min(most, limit)
         if room >= want or (room > 0 and span > SHORT_WINDOW):
             allowed = min(allowed, room)

@@ -6,7 +6,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Column, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from subscribers.model import utcnow
@@ -45,7 +45,8 @@ class IssueStatus(StrEnum):
 
 class Issue(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    # Unique: "weekly-2026-W48" for a scheduled period, "manual-<uuid>" by hand. The database,
+    # Unique: "weekly-2026-W48" for a scheduled period, "2026-11-30" (then "2026-11-30-2") by
+    # hand; older manual issues keep their "manual-<uuid>". The database,
     # not the scheduler, decides that a period gets exactly one issue.
     key: str = Field(max_length=100, unique=True, index=True)
     subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
@@ -62,6 +63,11 @@ class Issue(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     not_after: datetime | None = None  # do not start or continue sending after this
+    # The editor's note above the essays (Markdown), rendered into the HTML, text and web copy.
+    intro: str = Field(default="", sa_column=Column(Text, nullable=False, default="", server_default=""))
+    # Composed with --resend: readers who had one of its essays get it again (else left out).
+    resend: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False,
+                                                         server_default=false()))
 
 
 class IssueEssay(SQLModel, table=True):

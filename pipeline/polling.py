@@ -26,13 +26,15 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import FeedError, ImportProblem
-from pipeline.essays import fill
-from pipeline.models import Essay, Feed, FeedEntry, Issue
+from pipeline.essays import fill, slugs_starting
+from pipeline.feed_list import cli_feed_urls, feed_to_poll, find_feed, seen_entry, unclaimed_essay_at
+from pipeline.issues import find_by_key
+from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.periods import Action, Period, decide
 from pipeline.readers.feed import FeedDocument, FeedItem, fetch, parse_feed
 from pipeline.readers.parsed_essay import ParsedEssay, slugify
@@ -92,7 +94,7 @@ def poll_before_compose(settings: Settings, engine: Engine, period: Period, now:
     digest goes out with what the other sources have.
     """
     with Session(engine) as session:
-        issue = session.exec(select(Issue).where(Issue.key == period.key)).first()
+        issue = find_by_key(session, period.key)
     if decide(settings.schedule, period, issue.status if issue else None, now) is Action.COMPOSE:
         for result in poll_feeds(settings, engine, now).feeds:
             if not result.ok:
@@ -102,8 +104,7 @@ def poll_before_compose(settings: Settings, engine: Engine, period: Period, now:
 def feed_urls(settings: Settings, engine: Engine) -> list[str]:
     """The config's feeds, then those added with `feeds add`, each once."""
     with Session(engine) as session:
-        added = session.exec(select(Feed.url).where(Feed.origin == "cli").order_by(col(Feed.id)))
-        return list(dict.fromkeys([*settings.sources.feeds, *added]))
+        return list(dict.fromkeys([*settings.sources.feeds, *cli_feed_urls(session)]))
 
 
 def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
@@ -111,7 +112,7 @@ def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
     """Fetch, parse and store one feed; a failure is recorded on the feed, never raised."""
     result = FeedResult(url=url)
     with Session(engine) as session:
-        known = session.exec(select(Feed).where(Feed.url == url)).first()
+        known = find_feed(session, url)
         etag, modified = (known.etag, known.last_modified) if known else (None, None)
     try:
         fetched = fetch(url, etag, modified, settings.sources.timeout_seconds)
@@ -121,11 +122,11 @@ def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
         result.status, result.error = "failed", str(exc)
         if not dry_run:
             with session_scope(engine) as session:
-                feed = _feed(session, settings, url)
+                feed = feed_to_poll(session, settings, url)
                 feed.last_polled_at, feed.last_status, feed.last_error = now, "failed", str(exc)
         return result
     with session_scope(engine) as session:
-        feed = _feed(session, settings, url)
+        feed = feed_to_poll(session, settings, url)
         result.title = feed.title
         if document is None:
             result.status = "not-modified"
@@ -138,16 +139,6 @@ def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
         if dry_run:
             session.rollback()
     return result
-
-
-def _feed(session: Session, settings: Settings, url: str) -> Feed:
-    """The feed's row; a feed named in config.toml gets one on its first poll."""
-    feed = session.exec(select(Feed).where(Feed.url == url)).first()
-    if feed is None:
-        feed = Feed(url=url, origin="config" if url in settings.sources.feeds else "cli")
-        session.add(feed)
-        session.flush()
-    return feed
 
 
 def _store_document(session: Session, settings: Settings, feed: Feed, document: FeedDocument,
@@ -188,9 +179,7 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssa
     `cutoff` is set on a feed's first poll: entries older than it are not new.
     """
     assert feed.id is not None
-    seen = session.exec(
-        select(FeedEntry).where(FeedEntry.feed_id == feed.id, FeedEntry.guid == item.guid)
-    ).first()
+    seen = seen_entry(session, feed.id, item.guid)
     if seen is not None and seen.essay_id is None:
         return "unchanged", ""  # skipped when first seen; it stays out of the essays
     essay = session.get(Essay, seen.essay_id) if seen is not None else None
@@ -200,7 +189,7 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssa
                    f"published {item.published.date()}, before the first poll's window")
             session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
             return "skipped", why
-        essay = _same_link(session, parsed.url)
+        essay = unclaimed_essay_at(session, parsed.url)
         if essay is not None and essay.source_path:
             why = f"already imported from {essay.source_path} (essay {essay.slug!r})"
             session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
@@ -225,16 +214,6 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssa
     return outcome, essay.slug
 
 
-def _same_link(session: Session, url: str | None) -> Essay | None:
-    """An essay already at this link that no feed entry owns (a re-added feed, or a file)."""
-    if not url:
-        return None
-    owned = select(FeedEntry.essay_id).where(col(FeedEntry.essay_id).is_not(None))
-    return session.exec(
-        select(Essay).where(Essay.url == url, col(Essay.id).not_in(owned))
-    ).first()
-
-
 def entry_slug(parsed: ParsedEssay) -> str:
     """The link's last path segment ("/2026/10/why-bread/" -> "why-bread"), else the title."""
     path = urlsplit(parsed.url or "").path.rstrip("/")
@@ -249,7 +228,7 @@ def entry_slug(parsed: ParsedEssay) -> str:
 
 def unique_slug(session: Session, base: str) -> str:
     """`base`, or `base-2`, `base-3`, ... the first no essay has."""
-    taken = set(session.exec(select(Essay.slug).where(col(Essay.slug).startswith(base))))
+    taken = slugs_starting(session, base)
     slug, n = base, 1
     while slug in taken:
         n += 1

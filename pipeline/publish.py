@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import gate, issues, leases, ledger, sender
+from pipeline import gate, history, issues, leases, ledger, ledger_reads, sender
 from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
@@ -59,6 +59,9 @@ class Report(sender.Tally):
     reconciled: int = 0  # rows a stopped sender left in flight, found and marked unknown
     counts: dict[str, int] = field(default_factory=dict)
     built_bytes: int = 0  # a dry run: the size of every message it built
+    # essay slug -> readers left out because they had it already (an issue not composed --resend)
+    left_out: dict[str, int] = field(default_factory=dict)
+    resend: bool = False  # composed --resend: readers who had its essays get them again
     ending: Ending = Ending.OWED
     why: str = ""  # for NOTHING and PAUSED: the reason, in a sentence
     next_retry_at: datetime | None = None
@@ -152,7 +155,8 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
         if target.status == IssueStatus.SENDING.value:
             owed = ledger.owed(session, target.id or 0)
         else:
-            owed = ledger.audience(session)
+            skip = {} if target.resend else history.had_before(session, target)
+            owed = (row for row in ledger.audience(session) if row[0] not in skip)
         for subscriber_id, email, name in owed:
             row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
             try:
@@ -163,7 +167,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
                 report.failed += 1
                 report.errors.append((email, str(exc)))
         report.total = report.sent + report.failed
-        report.counts = ledger.counts(session, target.id) if target.id else {}
+        report.counts = ledger_reads.counts(session, target.id) if target.id else {}
         session.rollback()  # a composed draft, too, is not kept by a dry run
     report.seconds = time.monotonic() - started
     return report.end(Ending.DRY_RUN)
@@ -197,10 +201,18 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
     refusal = _refusal(target, now)
     if refusal:
         report.reconciled = leases.reconcile(session, target.id or 0, now)
-        report.counts = ledger.counts(session, target.id or 0)
+        report.counts = ledger_reads.counts(session, target.id or 0)
         session.commit()
         return None, report.end(Ending.NOTHING, refusal)
-    report.total = ledger.audience_size(session, target)
+    report.total, report.resend = ledger_reads.audience_size(session, target), target.resend
+    if target.status == IssueStatus.DRAFT.value and not target.resend:
+        report.left_out = history.repeats(session, target)
+        report.total -= sum(report.left_out.values())
+        if not report.total and report.left_out:
+            session.commit()
+            return None, report.end(Ending.NOTHING, (
+                f"issue {target.key} has nobody to go to: every active subscriber had "
+                f"{', '.join(report.left_out)} already (compose it with --resend to mail it again)"))
     if not report.total and target.status == IssueStatus.DRAFT.value:
         # Starting would mark the issue and its essays sent to nobody.
         session.commit()  # keeps a composed draft for when there are readers
@@ -243,12 +255,13 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     then the rows a stopped sender left in flight reconciled, and what is owed counted."""
     with session_scope(engine) as session:
         if issues.start_sending(session, issue.id or 0, rendered, now) is not None:
-            ledger.freeze_audience(session, issue, lambda: new_message_id(settings), now)
+            skip = {} if issue.resend else history.had_before(session, issue)
+            ledger.freeze_audience(session, issue, lambda: new_message_id(settings), now, skip)
     # The retry deadline (delivery.retry_hours) counts from this run's start.
     issue.status, issue.started_at = IssueStatus.SENDING.value, now
     with session_scope(engine) as session:
         report.reconciled = leases.reconcile(session, issue.id or 0, now)
-        report.counts = ledger.counts(session, issue.id or 0)
+        report.counts = ledger_reads.counts(session, issue.id or 0)
     report.total, report.to_send = sum(report.counts.values()), report.counts["pending"]
 
 
@@ -262,8 +275,8 @@ def _builder(settings: Settings, issue: Issue, rendered: RenderedIssue, clock: C
 def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> bool:
     """Mark the issue (and its essays) sent once nothing is pending or in flight."""
     with session_scope(engine) as session:
-        report.counts = ledger.counts(session, issue_id)
-        report.next_retry_at = ledger.next_retry(session, issue_id) if report.counts["pending"] else None
+        report.counts = ledger_reads.counts(session, issue_id)
+        report.next_retry_at = ledger_reads.next_retry(session, issue_id) if report.counts["pending"] else None
         return not report.owed and issues.finish(session, issue_id, now)
 
 

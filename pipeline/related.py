@@ -28,8 +28,9 @@ from functools import cache
 from types import ModuleType
 
 import numpy as np
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from pipeline.essays import all_essays
 from pipeline.excerpt import excerpt
 from pipeline.models import Essay
 
@@ -74,7 +75,7 @@ def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> 
     """For each essay of an issue (by id), its related essays from the whole archive."""
     if limit <= 0 or not essays:
         return {}
-    index = RelatedIndex(_archive(session))
+    index = RelatedIndex(all_essays(session))
     in_issue = {e.id for e in essays if e.id is not None}
     candidates = {e.id: index.suggestions(e, exclude=in_issue) for e in essays if e.id is not None}
     picked = pick_for_issue(essays, candidates, limit)
@@ -85,7 +86,7 @@ def related_for_essay(session: Session, essay: Essay, limit: int) -> list[Sugges
     """What the essay would link to in an issue of its own, with the reason for each link."""
     if limit <= 0 or essay.id is None:
         return []
-    index = RelatedIndex(_archive(session))
+    index = RelatedIndex(all_essays(session))
     return pick_for_issue([essay], {essay.id: index.suggestions(essay)}, limit)[essay.id]
 
 
@@ -119,10 +120,6 @@ def pick_for_issue(
 
 def _rank(suggestion: Suggestion) -> tuple[int, float]:
     return (0, 0.0) if suggestion.score is None else (1, -suggestion.score)
-
-
-def _archive(session: Session) -> list[Essay]:
-    return list(session.exec(select(Essay).order_by(col(Essay.id))))
 
 
 def _title_key(title: str) -> str:

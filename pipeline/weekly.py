@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from pipeline import issues, leases, ledger
+from pipeline import issues, leases, ledger_reads
 from pipeline.complaints import scheduled_sending_paused
 from pipeline.config import Settings
 from pipeline.db import session_scope
@@ -156,7 +156,7 @@ def _compose(session: Session, settings: Settings, period: Period, now: datetime
 
 def _outcome(settings: Settings, session: Session, action: Action, period: Period,
              issue: Issue | None, now: datetime, dry_run: bool = False) -> Outcome:
-    found = ledger.counts(session, issue.id) if issue and issue.id else {}
+    found = ledger_reads.counts(session, issue.id) if issue and issue.id else {}
     counts = {status: n for status, n in found.items() if n}  # the statuses it has, only
     status = issue.status if issue else None
     return Outcome(action=action, key=period.key, due_at=period.due_at,

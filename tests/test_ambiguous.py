@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.errors import AmbiguousDeliveryError, TransientDeliveryError
 from pipeline.publish import Ending, enqueue, publish
 from pipeline.transports import SMTPTransport
@@ -55,7 +55,7 @@ def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Pa
 
         got = Counter(r.rcpt_tos[0] for r in server.received)
         with Session(engine) as session:
-            rows = {r.email: r for r in ledger.rows(session, first.issue_id or 0)}
+            rows = {r.email: r for r in ledger_reads.rows(session, first.issue_id or 0)}
         for address, (_, status, copies) in CASES.items():
             assert (rows[address].status, got[address]) == (status, copies), address
         for address in ("store-drop@example.org", "drop-after-dot@example.org"):
@@ -72,7 +72,7 @@ def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Pa
         assert got["store-drop@example.org"] == 2 and got["store-hang@example.org"] == 2
         assert got["drop-after-dot@example.org"] == 1
         with Session(engine) as session:
-            assert set(ledger.counts(session, first.issue_id or 0).items()) >= {("unknown", 0), ("sending", 0)}
+            assert set(ledger_reads.counts(session, first.issue_id or 0).items()) >= {("unknown", 0), ("sending", 0)}
         engine.dispose()
 
 
@@ -88,7 +88,7 @@ def test_a_worker_records_an_ambiguous_reply_as_unknown_too(tmp_path: Path) -> N
         got = Counter(r.rcpt_tos[0] for r in server.received)
         assert got[people[2].email] == 1 and all(got[p.email] == 1 for p in people)
         with Session(engine) as session:
-            assert ledger.counts(session, report.issue_id or 0)["unknown"] == 1
+            assert ledger_reads.counts(session, report.issue_id or 0)["unknown"] == 1
         engine.dispose()
 
 

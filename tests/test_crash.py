@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger, ledger_reads
 from pipeline.cli import cli as cli_main
 from pipeline.config import load_settings
 from pipeline.publish import Ending, publish
@@ -73,7 +73,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
             with Session(engine) as session:
                 ledger.reconcile(session, issue.id, utcnow() + timedelta(seconds=settings.delivery.lease_seconds + 1))
                 session.commit()
-                rows = ledger.rows(session, issue.id)
+                rows = ledger_reads.rows(session, issue.id)
             counts = Counter(r.status for r in rows)
             outcomes.update(counts)
             # The audience is frozen whole or not at all; nothing is left in flight.
@@ -92,7 +92,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
             result = cli("sends", "retry", key, "--unknown", "--yes")
             assert result.exit_code == 0, result.output
             with Session(engine) as session:
-                rows = ledger.rows(session, issue.id)
+                rows = ledger_reads.rows(session, issue.id)
             assert len(rows) == AUDIENCE and {r.status for r in rows} == {"sent"}, run
             by_id = message_ids(server.received)
             for row in rows:
@@ -133,8 +133,8 @@ def test_ctrl_c_on_the_command_finishes_the_batch_and_send_carries_on(tmp_path: 
         child.join(30)
         assert child.exitcode == 0
         with Session(engine) as session:
-            counts = ledger.counts(session, issue.id)
-            rows = ledger.rows(session, issue.id)
+            counts = ledger_reads.counts(session, issue.id)
+            rows = ledger_reads.rows(session, issue.id)
         assert counts["sending"] == 0 and counts["unknown"] == 0
         assert 25 <= counts["sent"] < AUDIENCE and counts["sent"] % BATCH == 0
         by_id = message_ids(server.received)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.config import DeliverySettings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError
 from pipeline.publish import Ending, publish
@@ -47,7 +47,7 @@ def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path) -> None
         first = publish(settings, engine, latest=True)
 
         with Session(engine) as session:
-            rows = {r.email: r for r in ledger.rows(session, first.issue_id)}
+            rows = {r.email: r for r in ledger_reads.rows(session, first.issue_id)}
             statuses = {s.email: s.status for s in session.exec(select(Subscriber))}
         for address, (fault, expected) in FAULTS.items():
             row = rows[address]
@@ -87,7 +87,7 @@ def test_transient_failures_past_the_deadline_fail(tmp_path: Path) -> None:
         server.faults[people[0].email] = [("rcpt", "451 4.4.1 try later")]
         report = publish(settings, engine, latest=True)
         with Session(engine) as session:
-            row = next(r for r in ledger.rows(session, report.issue_id) if r.email == people[0].email)
+            row = next(r for r in ledger_reads.rows(session, report.issue_id) if r.email == people[0].email)
         assert row.status == "failed" and row.last_error.startswith("gave up after 1 attempts")
         assert report.ending is Ending.FINISHED  # nothing owed: one sent, one failed
 

@@ -21,7 +21,7 @@ from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
 from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
 from pipeline.links import unsubscribe_url
-from pipeline.models import Issue
+from pipeline.models import Issue, IssueEssay
 from pipeline.render import Recipient
 from subscribers.addresses import normalize_email
 from subscribers.model import Subscriber
@@ -48,7 +48,7 @@ def test_compose_takes_the_oldest_unsent_essays_up_to_the_maximum(session: Sessi
     slugs = [e.slug for e in issue_essays(session, issue)]
     assert slugs == ["essay-004", "essay-001", "essay-005", "essay-006", "essay-007"]
     assert len(slugs) == settings.digest.max_essays
-    assert issue.status == "draft" and issue.key.startswith("manual-")
+    assert issue.status == "draft" and re.fullmatch(r"\d{4}-\d\d-\d\d", issue.key)
     assert issue.subject == "On trains, part 4 and 4 more"
     assert issue.preheader == "A short walk through trains: what the train teaches."
 
@@ -61,16 +61,18 @@ def test_same_date_keeps_the_import_order_and_undated_come_last(session: Session
     assert [e.slug for e in issue_essays(session, issue)] == ["essay-002", "essay-003", "essay-001"]
 
 
-def test_named_essays_in_the_order_named_a_sent_one_only_with_resend(session: Session, settings: Settings) -> None:
-    sent = Issue(key="earlier")
-    session.add(sent)
+def test_named_essays_in_the_order_named_one_being_sent_only_with_resend(session: Session, settings: Settings) -> None:
+    sending = Issue(key="earlier", status="sending")
+    session.add(sending)
     session.commit()
-    add_essays(session, make_essay(1), make_essay(2), make_essay(3, sent_in_issue_id=sent.id))
-    with pytest.raises(Refused, match="'essay-003' went out in issue earlier.*--resend"):
+    add_essays(session, make_essay(1), make_essay(2), make_essay(3))
+    session.add(IssueEssay(issue_id=sending.id or 0, position=0, essay_id=3))
+    session.commit()
+    with pytest.raises(Refused, match="'essay-003' is being sent in issue earlier.*--resend"):
         compose(session, settings, slugs=["essay-003", "essay-001"])
     assert session.exec(select(Issue).where(Issue.key != "earlier")).all() == []
     issue = compose(session, settings, slugs=["essay-003", "essay-001", "essay-003"], resend=True)
-    assert [e.slug for e in issue_essays(session, issue)] == ["essay-003", "essay-001"]
+    assert [e.slug for e in issue_essays(session, issue)] == ["essay-003", "essay-001"] and issue.resend
     assert issue.subject == "On gardens, part 3 and 1 more"
 
 
@@ -184,21 +186,20 @@ def test_cli_new_list_show(run_cli, engine: Engine) -> None:  # type: ignore[no-
     assert created and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", created[1].strip()), text
 
 
-def test_cli_new_refuses_a_sent_essay_unless_resend(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+def test_cli_new_carries_a_sent_essay_for_the_readers_who_have_not_had_it(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
     add_audience(engine, 2, essays=0)
     with session_scope(engine) as session:
         add_essays(session, *[make_essay(n) for n in range(1, 3)])
     assert run_cli("send", "--latest", "--yes").exit_code == 0  # both essays go out
     again = run_cli("issues", "new", "--essay", "essay-001")
-    assert again.exit_code == 1
+    assert again.exit_code == 0
     words = " ".join(again.output.split())
-    assert "'essay-001' went out in issue manual-" in words and "--resend" in words
-    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 1  # nothing composed
-    nothing = run_cli("send", "--latest", "--yes")  # so `send --latest` has nothing to mail again
-    assert nothing.exit_code == 0 and "Nothing to send" in nothing.output
+    assert "2 readers already had essay-001: they will be left out (--resend mails it to everyone)" in words
+    nothing = run_cli("send", "--latest", "--yes")  # both readers had it: nobody to send it to
+    assert nothing.exit_code == 0 and "every active subscriber had essay-001 already" in " ".join(nothing.output.split())
     resent = run_cli("issues", "new", "--essay", "essay-001", "--resend")
-    assert resent.exit_code == 0 and "Composed issue" in resent.output
-    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 2
+    assert resent.exit_code == 0 and "it is resent to everyone" in resent.output
+    assert len(json.loads(run_cli("issues", "list", "--json").output)) == 3
 
 
 def test_cli_new_with_a_taken_key_says_so_and_composes_nothing(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from pipeline import db, ledger
+from pipeline import db, ledger, ledger_reads
 from pipeline.config import Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.message import new_message_id
@@ -42,10 +42,10 @@ def test_freezing_twice_adds_nobody_twice(any_engine: Engine, any_settings: Sett
     assert freeze(any_engine, any_settings, issue_id) == 30
     assert freeze(any_engine, any_settings, issue_id) == 0
     with Session(any_engine) as session:
-        rows = ledger.rows(session, issue_id)
+        rows = ledger_reads.rows(session, issue_id)
     assert len(rows) == 30 and len({r.message_id for r in rows}) == 30
     assert "waiting@example.org" not in {r.email for r in rows}
-    assert ledger.counts(Session(any_engine), issue_id) == {
+    assert ledger_reads.counts(Session(any_engine), issue_id) == {
         "pending": 30, "sending": 0, "sent": 0, "failed": 0, "unknown": 0, "skipped": 0}
 
 
@@ -103,7 +103,7 @@ def test_record_reconcile_and_requeue(any_engine: Engine, any_settings: Settings
     ledger.record(any_engine, [ledger.Outcome(c, "retry", now, 451, "451 later")],
                   deadline=now + timedelta(seconds=30))
     with Session(any_engine) as session:
-        rows = {r.id: r for r in ledger.rows(session, issue_id)}
+        rows = {r.id: r for r in ledger_reads.rows(session, issue_id)}
         assert rows[a.id].status == "sent" and rows[a.id].sent_at is not None and rows[a.id].attempts == 1
         assert rows[b.id].status == "pending" and rows[b.id].next_attempt_at > now
         assert rows[b.id].attempts == 1 and rows[b.id].smtp_code == 451
@@ -113,10 +113,10 @@ def test_record_reconcile_and_requeue(any_engine: Engine, any_settings: Settings
         assert ledger.reconcile(session, issue_id, now + timedelta(seconds=30)) == 0  # lease holds
         assert ledger.reconcile(session, issue_id, now + timedelta(seconds=61)) == 1
         session.commit()
-        assert ledger.rows(session, issue_id, "unknown")[0].id == e.id
+        assert ledger_reads.rows(session, issue_id, "unknown")[0].id == e.id
         assert ledger.requeue(session, issue_id, ["unknown", "failed"], utcnow()) == 2
         session.commit()
-        again = {r.id: r for r in ledger.rows(session, issue_id)}
+        again = {r.id: r for r in ledger_reads.rows(session, issue_id)}
         assert again[e.id].status == "pending" and again[e.id].message_id == e.message_id
 
 
@@ -136,7 +136,7 @@ def test_an_opt_out_after_the_freeze_is_skipped_at_claim(any_engine: Engine, any
     claimed, skipped = ledger.claim(any_engine, issue_id, 10, 600, utcnow())
     assert skipped == 1 and sorted(c.email for c in claimed) == ["l0@example.org", "l2@example.org"]
     with Session(any_engine) as session:
-        assert ledger.rows(session, issue_id, "skipped")[0].email == "l1@example.org"
+        assert ledger_reads.rows(session, issue_id, "skipped")[0].email == "l1@example.org"
 
 
 def test_sent_since_counts_sent_rows_in_the_window(any_engine: Engine, any_settings: Settings) -> None:
@@ -146,5 +146,5 @@ def test_sent_since_counts_sent_rows_in_the_window(any_engine: Engine, any_setti
     claimed, _ = ledger.claim(any_engine, issue_id, 4, 600, now)
     ledger.record(any_engine, [ledger.Outcome(c, "sent", now - timedelta(minutes=n * 40)) for n, c in enumerate(claimed)], None)
     with Session(any_engine) as session:
-        assert ledger.sent_since(session, now - timedelta(hours=1))[0] == 2
-        assert ledger.sent_since(session, now - timedelta(days=1))[0] == 4
+        assert ledger_reads.sent_since(session, now - timedelta(hours=1))[0] == 2
+        assert ledger_reads.sent_since(session, now - timedelta(days=1))[0] == 4

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.config import Settings, load_settings
 from pipeline.models import Issue
 from pipeline.worker import run_worker
@@ -99,7 +99,7 @@ def test_three_worker_processes_send_5000_messages_exactly_once_even_when_one_is
     assert after["unknown"] <= BATCH and after["sent"] + after["unknown"] == AUDIENCE, after
     assert after["pending"] == after["sending"] == after["failed"] == after["skipped"] == 0
     with Session(engine) as session:
-        unknown = {r.email for r in ledger.rows(session, issue.id, "unknown")}
+        unknown = {r.email for r in ledger_reads.rows(session, issue.id, "unknown")}
     got = per_address(smtp_server)
     assert set(emails) - set(got) <= unknown  # only an unknown row may have missed its message
     assert all(n == 1 for n in got.values())

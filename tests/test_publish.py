@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.config import Settings
 from pipeline.copies import personal_copy
 from pipeline.models import Delivery, Essay, Issue
@@ -58,7 +58,7 @@ def test_every_active_subscriber_gets_exactly_one_copy(
         issue = session.get(Issue, report.issue_id)
         assert issue.status == "sent" and issue.finished_at is not None
         assert all(e.sent_in_issue_id == issue.id for e in session.exec(select(Essay)))
-        rows = {r.email: r for r in ledger.rows(session, issue.id)}
+        rows = {r.email: r for r in ledger_reads.rows(session, issue.id)}
     for received in server.received:
         msg = received.message
         row = rows[received.rcpt_tos[0]]
@@ -140,7 +140,7 @@ def test_personal_copy_is_what_the_subscriber_receives(tmp_path: Path, server: F
     secret = load_secret(settings.base_dir)
     with Session(engine) as session:
         issue = session.get(Issue, report.issue_id)
-        row = ledger.rows(session, issue.id)[1]
+        row = ledger_reads.rows(session, issue.id)[1]
         copy = personal_copy(session, settings, secret, issue, people[1], message_id=row.message_id)
         sample = personal_copy(session, settings, secret, issue, None)
     received = server.to(people[1].email)[0].message

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.cli import cli as cli_main
 from pipeline.config import Settings
 from pipeline.models import Delivery
@@ -90,8 +90,8 @@ def test_after_kill_9_status_explains_and_send_exits_5(tmp_path: Path) -> None:
         assert "finished, but 5 deliveries are unknown" in flat(again.output)
         assert "crashed is sent" not in again.output
         with Session(engine) as session:
-            assert ledger.counts(session, issue.id)["sent"] == AUDIENCE - BATCH
-            reasons = {r.last_error for r in ledger.rows(session, issue.id, "unknown")}
+            assert ledger_reads.counts(session, issue.id)["sent"] == AUDIENCE - BATCH
+            reasons = {r.last_error for r in ledger_reads.rows(session, issue.id, "unknown")}
         assert len(reasons) == 1 and "is gone" in reasons.pop()
 
         # The decision: resend them; only those rows can get a second copy.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.config import Settings
 from pipeline.publish import Ending, Report, publish
 from pipeline.transports import MemoryTransport
@@ -83,7 +83,7 @@ def test_an_unreachable_server_pauses_without_burning_attempts(tmp_path: Path) -
     assert report.ending is Ending.PAUSED and "cannot connect" in report.why and "Nothing was lost" in report.why
     assert report.sent == 0 and report.counts["pending"] == 8
     with Session(engine) as session:
-        assert {r.attempts for r in ledger.rows(session, report.issue_id)} == {0}
+        assert {r.attempts for r in ledger_reads.rows(session, report.issue_id)} == {0}
     with fault_server() as server:
         settings = smtp_settings(tmp_path, server.port)  # the relay is back (same database)
         resumed = publish(settings, engine, report.issue_key)
@@ -129,6 +129,6 @@ def test_per_second_rate_limit_spreads_the_sends(tmp_path: Path, server: FaultSe
     report = publish(settings, engine, latest=True)
     assert report.sent == 25 and report.seconds >= 1.5
     with Session(engine) as session:
-        times = sorted(r.sent_at for r in ledger.rows(session, report.issue_id))
+        times = sorted(r.sent_at for r in ledger_reads.rows(session, report.issue_id))
     for i, start in enumerate(times):  # no one-second window holds more than ten
         assert sum(1 for t in times[i:] if t < start + timedelta(seconds=1)) <= 10

@@ -750,3 +750,30 @@ def test_serve_names_a_host_it_cannot_resolve(run_cli: CLI) -> None:
     result = run_cli("serve", "--host", "no-such-host.invalid")  # .invalid never resolves (RFC 6761)
     assert result.exit_code == 1
     assert "Error: --host no-such-host.invalid: no such host name" in result.output
+
+
+# --- the archive's Atom feed, and the web copy's way back ------------------------------------
+
+
+def test_archive_feed_is_atom_with_the_sent_issues_only(client: FlaskClient, issues: dict[str, Issue]) -> None:
+    import feedparser
+
+    reply = client.get("/archive/feed.xml", environ_base=REMOTE)
+    assert reply.status_code == 200 and reply.mimetype == "application/atom+xml"
+    feed = feedparser.parse(reply.data)
+    assert not feed.bozo and feed.version == "atom10"
+    assert feed.feed.title == "Field Notes"
+    assert [e.title for e in feed.entries] == [issues["sent"].subject]
+    assert feed.entries[0].link == "http://127.0.0.1:8025/archive/weekly-2025-W05"  # web.base_url
+    assert b"gus@" not in reply.data and issues["draft"].subject.encode() not in reply.data
+    page = client.get("/archive/", environ_base=REMOTE).data
+    assert b'type="application/atom+xml"' in page and b'href="/archive/feed.xml"' in page
+
+
+def test_web_copy_carries_the_name_a_subscribe_link_and_the_archive(
+    client: FlaskClient, issues: dict[str, Issue]
+) -> None:
+    page = client.get("/archive/weekly-2025-W05", environ_base=REMOTE).data.decode()
+    assert "Field Notes" in page
+    assert 'href="http://127.0.0.1:8025/subscribe"' in page
+    assert 'href="http://127.0.0.1:8025/archive/"' in page

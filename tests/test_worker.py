@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import db, ledger, publish
+from pipeline import db, ledger, ledger_reads, publish
 from pipeline.config import Settings
 from pipeline.issues import find_issue
 from pipeline.models import Issue
@@ -79,7 +79,7 @@ def hand_over(settings: Settings, engine: Engine, issue: Issue) -> Issue:
 
 def counts(engine: Engine, key: str) -> dict[str, int]:
     with Session(engine) as session:
-        return ledger.counts(session, find_issue(session, key).id or 0)
+        return ledger_reads.counts(session, find_issue(session, key).id or 0)
 
 
 def issue_status(engine: Engine, key: str) -> str:
@@ -169,7 +169,7 @@ def test_the_rate_limit_is_shared_by_all_workers(
         thread.join(10)
 
     with Session(engine) as session:
-        times = sorted(r.sent_at for r in ledger.rows(session, find_issue(session, "limited").id))
+        times = sorted(r.sent_at for r in ledger_reads.rows(session, find_issue(session, "limited").id))
     assert len(times) == 35 == len(server.received)
     busiest = max(sum(1 for t in times[i:] if t < start + timedelta(seconds=1))
                   for i, start in enumerate(times))
@@ -280,7 +280,7 @@ def test_worker_once_exits_1_and_burns_no_attempts_when_the_relay_is_down(tmp_pa
     assert worker.returncode == 1, output
     assert "Paused:" in output and "connect" in output.lower()
     with Session(engine) as session:
-        rows = ledger.rows(session, find_issue(session, "no-relay").id)
+        rows = ledger_reads.rows(session, find_issue(session, "no-relay").id)
     assert [(r.status, r.attempts) for r in rows] == [("pending", 0)] * 4
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 from rich.console import Console
@@ -86,6 +86,30 @@ def readable_time(value: datetime) -> str:
 def print_json(value: Any) -> None:
     """Machine-readable output for `--json`: the same fields the table shows."""
     click.echo(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False))
+
+
+class Report(Protocol):
+    """What an import-like command reports: `ok` is False when anything failed."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Report)
+
+
+def finish_report(app: App, report: R, as_json: bool, dry_run: bool,
+                  print_report: Callable[[App, R, bool], None]) -> None:
+    """Print an import's report (JSON for scripts, else for people) and exit 1 if anything failed:
+    the other files or feeds were still taken, but a script must notice the one that was not."""
+    if as_json:
+        print_json({**report.as_dict(), "dry_run": dry_run})
+    else:
+        print_report(app, report, dry_run)
+    if not report.ok:
+        raise SystemExit(1)
 
 
 def json_option(f: F) -> F:

@@ -6,8 +6,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.bounce_log import recent_events
 from pipeline.commands.base import App, json_option, pass_app, print_json
-from pipeline.complaints import recent_events
 from pipeline.db import open_session
 from pipeline.feedback import MailboxReport, process_mailbox
 from pipeline.models import BounceKind

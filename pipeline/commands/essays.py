@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from pipeline.commands.base import App, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, finish_report, json_option, pass_app, print_json, shown
 from pipeline.db import open_session
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
 from pipeline.related import related_for_essay
@@ -61,12 +61,7 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
                 bar.update(task, completed=done, total=total, description=path.name, visible=True)
 
         report = import_paths(engine, paths, progress=advance, dry_run=dry_run)
-    if as_json:
-        print_json({**report.as_dict(), "dry_run": dry_run})
-    else:
-        _print_report(app, report, dry_run)
-    if not report.ok:
-        raise SystemExit(1)
+    finish_report(app, report, as_json, dry_run, _print_report)
 
 
 def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from pipeline import feed_list, polling
-from pipeline.commands.base import App, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, finish_report, json_option, pass_app, print_json, shown
 from pipeline.polling import FeedResult, PollReport
 
 
@@ -117,12 +117,7 @@ def poll_command(app: App, dry_run: bool, as_json: bool) -> None:
       newsletter feeds poll --dry-run --json
     """
     report = polling.poll_feeds(app.settings, app.engine, dry_run=dry_run)
-    if as_json:
-        print_json({**report.as_dict(), "dry_run": dry_run})
-    else:
-        _print_report(app, report, dry_run)
-    if not report.ok:
-        raise SystemExit(1)
+    finish_report(app, report, as_json, dry_run, _print_report)
 
 
 def _print_report(app: App, report: PollReport, dry_run: bool) -> None:

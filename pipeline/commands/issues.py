@@ -15,7 +15,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline import history
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
+from pipeline.commands.issue_edits import discard_command, edit_command
 from pipeline.config import Settings
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
@@ -35,9 +37,9 @@ def group() -> None:
 @group.command("new")
 @click.option("--essay", "slugs", multiple=True, metavar="SLUG",
               help="Carry this essay (repeat for several, in order). Default: the oldest unsent.")
-@click.option("--key", default=None, help="The issue's unique key (default: manual-<uuid>).")
+@click.option("--key", default=None, help="The issue's unique key (default: the day, 2026-11-30, then 2026-11-30-2).")
 @click.option("--resend", is_flag=True,
-              help="Allow an --essay that went out in an issue already (it is mailed to everyone again).")
+              help="Mail an --essay that went out already to everyone, readers who had it included.")
 @click.option("--dry-run", is_flag=True, help="Show what the issue would carry; store nothing.")
 @json_option
 @pass_app
@@ -46,8 +48,9 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
     """Compose a draft issue from the essays not sent yet (oldest first, up to digest.max_essays),
     or from the essays named. Nothing is sent; see it with `newsletter preview`.
 
-    An --essay that went out already (or is being sent) is refused unless --resend; a --key
-    that another issue has is refused (nothing is composed; exit code 1).
+    An --essay that went out already goes only to readers who have not had it (the send leaves
+    the others out and says how many), or with --resend to everyone. An --essay being sent right
+    now, or a --key that another issue has, is refused (nothing is composed; exit code 1).
 
     \b
     Example:
@@ -57,13 +60,14 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
       newsletter issues new --essay walking-at-dawn --resend
     """
     if key is not None and not key.strip():
-        raise click.BadParameter("is empty: give a key, or leave --key out for manual-<uuid>",
+        raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
                                  param_hint="--key")
     if dry_run:
         with open_session(app.engine) as session:
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
             data = describe_issue(issue, issue_essays(session, issue))
+            repeats = history.repeats(session, issue)
             session.rollback()  # a dry run stores nothing
         data["id"] = None
     else:
@@ -71,6 +75,8 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
             issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                             resend=resend, existing_ok=False)
             data = describe_issue(issue, issue_essays(session, issue))
+            repeats = history.repeats(session, issue)
+    data["readers_who_had"] = repeats
     if as_json:
         print_json(data)
         return
@@ -83,7 +89,11 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
                       soft_wrap=True)
     for essay in data["essays"]:
         app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
-    app.console.print(f"Preview it: newsletter preview {data['id']} --open")
+    for slug, n in repeats.items():
+        app.console.print(f"{n} {'reader' if n == 1 else 'readers'} already had {shown(slug)}: "
+                          + ("it is resent to everyone." if resend else "they will be left out "
+                             "(--resend mails it to everyone)."), soft_wrap=True)
+    app.console.print(f"Preview it: newsletter preview {issue.key} --open")
 
 
 @group.command("list")
@@ -105,10 +115,16 @@ def list_command(app: App, as_json: bool) -> None:
     if not rows:
         app.console.print("No issues yet: compose one with `newsletter issues new`.")
         return
-    table = Table("id", "key", "status", "essays", "created", "subject")
+    # At 80 columns the subject keeps its room: an old manual-<uuid> key is cut, not the title.
+    table = Table("id")
+    table.add_column("key", max_width=12, no_wrap=True, overflow="ellipsis")
+    table.add_column("status")
+    table.add_column("essays", justify="right")
+    table.add_column("created", no_wrap=True)  # the day; `issues show` and --json have the time
+    table.add_column("subject", ratio=1)
     for row in rows:
         table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
-                      readable_time(row["created_at"]), shown(row["subject"]))
+                      f"{row['created_at']:%Y-%m-%d}", shown(row["subject"]))
     app.console.print(table)
 
 
@@ -130,7 +146,8 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    for label in ("id", "key", "status", "subject", "preheader", "created_at", "started_at", "finished_at"):
+    for label in ("id", "key", "status", "subject", "preheader", "intro", "created_at", "started_at",
+                  "finished_at"):
         value = data[label]
         if value is not None:
             text = readable_time(value) if isinstance(value, datetime) else str(value)
@@ -265,6 +282,8 @@ def describe_issue(issue: Issue, essays: Sequence[Essay]) -> dict[str, Any]:
         "status": issue.status,
         "subject": issue.subject,
         "preheader": issue.preheader,
+        "intro": issue.intro or None,
+        "resend": issue.resend,
         "created_at": issue.created_at,
         "started_at": issue.started_at,
         "finished_at": issue.finished_at,
@@ -277,3 +296,5 @@ def describe_issue(issue: Issue, essays: Sequence[Essay]) -> dict[str, Any]:
 
 
 commands = [group, preview, lint]
+group.add_command(edit_command)
+group.add_command(discard_command)

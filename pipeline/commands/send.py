@@ -15,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from pipeline import history
 from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
@@ -25,6 +26,7 @@ from pipeline.commands.base import (
     print_json,
     stop_on_signals,
 )
+from pipeline.db import open_session
 from pipeline.models import DeliveryStatus, Issue
 
 if TYPE_CHECKING:  # the renderer and the sender load when a command sends (`sends status` does not)
@@ -128,7 +130,7 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
 
     def confirm(target: Issue, audience: int) -> bool:
         noun = "subscriber" if audience == 1 else "subscribers"
-        question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}?"
+        question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}{_repeat_note(app, target)}?"
         if target.status == "sending":
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
         return yes or click.confirm(question, default=False)
@@ -156,10 +158,23 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
                        progress=progress, force=force)
 
 
+def _repeat_note(app: App, target: Issue) -> str:
+    """What the confirmation says of readers who had one of the issue's essays already."""
+    with open_session(app.engine) as session:
+        repeats = history.repeats(session, target)
+    if not repeats:
+        return ""
+    had = "; ".join(f"{n} {'reader' if n == 1 else 'readers'} already had {slug}" for slug, n in repeats.items())
+    return f" ({had}: {'resent to everyone' if target.resend else 'they are left out'})"
+
+
 def summary(app: App, report: Report) -> None:
     from pipeline.publish import Ending  # noqa: PLC0415
 
     out = app.console.print
+    for slug, n in report.left_out.items() if report.ending not in (Ending.NOTHING, Ending.DECLINED) else ():
+        out(f"{n} {'reader' if n == 1 else 'readers'} already had {escape(slug)}: they are left out "
+            f"(compose the issue with --resend to mail it to everyone).")
     if report.ending is Ending.DECLINED:
         out("Nothing sent.")
         return

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
-from pipeline import leases, ledger
+from pipeline import leases, ledger_reads
 from pipeline.commands.base import App, json_option, pass_app, print_json
 from pipeline.commands.send import UNKNOWN_HELP, exit_status, run_publish, summary
 from pipeline.complaints import issue_feedback
@@ -36,8 +36,8 @@ def status(app: App, issue: str, as_json: bool) -> None:
     """
     with Session(app.engine) as session:
         target = leases.settle(session, issue)
-        counts = ledger.counts(session, target.id or 0)
-        next_retry = ledger.next_retry(session, target.id or 0) if counts["pending"] else None
+        counts = ledger_reads.counts(session, target.id or 0)
+        next_retry = ledger_reads.next_retry(session, target.id or 0) if counts["pending"] else None
         holders = leases.in_flight(session, target.id or 0)
         feedback = issue_feedback(session, target.id or 0)
     verdict, why = feedback.verdict(app.settings.bounces)
@@ -90,8 +90,8 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
     """
     with Session(app.engine) as session:
         target = leases.settle(session, issue)
-        found = ledger.rows(session, target.id or 0, wanted, limit or None)
-        counts = ledger.counts(session, target.id or 0)
+        found = ledger_reads.rows(session, target.id or 0, wanted, limit or None)
+        counts = ledger_reads.counts(session, target.id or 0)
     total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
               "last_error", "message_id", "next_attempt_at", "sent_at", "holder", "feedback",
@@ -137,7 +137,7 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     what = " and ".join(kinds)
     with Session(app.engine) as session:
         target = leases.settle(session, issue)
-        counts = ledger.counts(session, target.id or 0)
+        counts = ledger_reads.counts(session, target.id or 0)
     count = counts["failed"] * failed + counts["unknown"] * unknown
     if not count:
         app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")

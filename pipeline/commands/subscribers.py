@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from pipeline import history
 from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.confirmations import send_queued
 from pipeline.db import open_session
@@ -235,6 +236,46 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
     elif len(rows) < total:
         app.console.print(f"Showing {len(rows)} of {total}; --limit 0 shows all.")
     app.console.print(", ".join(f"{n} {key}" for key, n in counts.items()))
+
+
+@group.command("show")
+@click.argument("email")
+@json_option
+@pass_app
+def show(app: App, email: str, as_json: bool) -> None:
+    """Show one subscriber and their history: every issue they were in the audience of (key,
+    date, essays, what became of it) and the essays they have had. "Had" counts sent and unknown
+    deliveries (unknown: handed to the relay, no reply; most arrive), so a later issue leaves
+    them out rather than risk a second copy.
+
+    \b
+    Example:
+      newsletter subscribers show ana@example.org
+      newsletter subscribers show ana@example.org --json
+    """
+    with open_session(app.engine) as session:
+        subscriber = consent.find(session, email)
+        if subscriber is None:
+            raise click.ClickException(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
+        issues, had = history.history(session, subscriber.id or 0), history.received_essays(session, subscriber.id or 0)
+    fields = ("id", "email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
+    if as_json:
+        print_json({"subscriber": {f: getattr(subscriber, f) for f in fields},
+                    "history": [asdict(r) for r in issues], "received_essays": had})
+        return
+    app.console.print(f"{shown(subscriber.email)}  {shown(subscriber.name)}  {subscriber.status}, "
+                      f"since {subscriber.created_at.date().isoformat()}", soft_wrap=True)
+    if not issues:
+        app.console.print("No issue has been sent to them yet.")
+        return
+    table = Table("issue", "date", "status", "essays")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    for r in issues:
+        note = f" ({r.note})" if r.note and r.status != "sent" else ""
+        table.add_row(shown(r.issue_key), r.date.date().isoformat() if r.date else "", r.status + shown(note),
+                      shown(", ".join(r.essays)))
+    app.console.print(table)
+    app.console.print(f"{len(had)} {'essay' if len(had) == 1 else 'essays'} had (sent or maybe sent).")
 
 
 @group.command("unsubscribe")

@@ -37,11 +37,13 @@ DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
 _MD = MarkdownIt("commonmark")
+_MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
 
-def markdown_html(text: str) -> str:
-    """A trusted Markdown document of the project (docs/) as HTML, for the preview pages."""
-    return str(_MD.render(text))
+def markdown_html(text: str, raw_html: bool = True) -> str:
+    """A trusted Markdown document of the project (docs/) as HTML, for the preview pages; with
+    `raw_html=False` (an issue's intro note, mailed to everyone) HTML in it is shown as text."""
+    return str((_MD if raw_html else _MD_NO_HTML).render(text))
 
 
 def parse_markdown(text: str) -> ParsedEssay:
@@ -199,3 +201,30 @@ def _tags(value: object) -> list[str]:
         if tag and tag not in tags:
             tags.append(tag)
     return tags
+
+
+def note_paragraphs(markdown: str) -> list[str]:
+    """A short Markdown note (an issue's intro) as plain paragraphs for a text/plain part:
+    marks dropped, list items marked, and each link's address kept after its text, since a
+    plain-text reader has no other way to follow it."""
+    paragraphs: list[str] = []
+    prefix = ""
+    for token in _MD_NO_HTML.parse(markdown):
+        if token.type == "list_item_open":
+            prefix = f"{token.info}. " if token.info else "• "
+        elif token.type == "inline":
+            parts, links = [], []
+            for child in token.children or []:
+                if child.type in ("text", "code_inline", "html_inline"):
+                    parts.append(child.content)
+                elif child.type in ("softbreak", "hardbreak"):
+                    parts.append(" ")
+                elif child.type == "link_open":
+                    links.append(str(child.attrs.get("href", "")))
+                elif child.type == "link_close" and links:
+                    parts.append(f" ({links.pop()})")
+            text = clean("".join(parts))
+            if text:
+                paragraphs.append(prefix + text)
+            prefix = ""
+    return paragraphs

@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from sqlmodel import Session
 
-from pipeline import db, ledger
+from pipeline import db, ledger_reads
 from pipeline.config import BUILTIN_DOCS
 from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
@@ -133,7 +133,7 @@ def index() -> str:
         issues = list_issues(s)
         upcoming = unsent_essays(s, st.settings)
         subject = subject_for(st.settings, upcoming) if upcoming else ""
-        counts = {i.id: _nonzero(ledger.counts(s, i.id)) for i in issues if i.id is not None}
+        counts = {i.id: _nonzero(ledger_reads.counts(s, i.id)) for i in issues if i.id is not None}
     return render_template("preview_index.html", issues=issues, counts=counts, upcoming=upcoming,
                            upcoming_subject=subject, section="preview")
 
@@ -218,7 +218,7 @@ def message_view(raw: bytes) -> dict[str, Any]:
 def _problems(s: Session, issue_id: int) -> list[Any]:
     """The failed rows, then the unknown ones, at most PROBLEM_ROWS in all."""
     found = [row for status in (DeliveryStatus.FAILED.value, DeliveryStatus.UNKNOWN.value)
-             for row in ledger.rows(s, issue_id, status, limit=PROBLEM_ROWS)]
+             for row in ledger_reads.rows(s, issue_id, status, limit=PROBLEM_ROWS)]
     return found[:PROBLEM_ROWS]
 
 
@@ -236,7 +236,7 @@ def _issue_page(issue_id: int | None) -> str:
         found = lint_message(raw, n.sender_domain, n.postal_address) if tab == "lint" else []
         findings = [{"code": f.code, "level": f.level, "message": f.message, "fix": fix_for(f.code)}
                     for f in found]
-        counts = _nonzero(ledger.counts(s, issue_id)) if issue_id else {}
+        counts = _nonzero(ledger_reads.counts(s, issue_id)) if issue_id else {}
         problems = _problems(s, issue_id) if tab == "status" and issue_id else []
         emails = queries.active_emails(s, 500)
         shown = {"id": issue_id, "key": issue.key if issue_id else "next", "status": issue.status}

@@ -14,6 +14,7 @@ from flask import Blueprint, abort, render_template, request, url_for
 from sqlmodel import Session
 
 from pipeline import db
+from pipeline.archive_feed import FEED_PATH, atom_feed
 from pipeline.issue_view import issue_view
 from pipeline.issues import find_by_key, sent_issues
 from pipeline.models import IssueStatus
@@ -52,6 +53,14 @@ def archive() -> str:
     with db.session_scope(state().engine) as s:
         issues = sent_issues(s)
     return render_template("archive.html", issues=issues, section="archive")
+
+
+@bp.get(FEED_PATH)
+def archive_feed() -> Any:
+    """The archive as an Atom feed, for feed readers: one entry per sent issue."""
+    with db.session_scope(state().engine) as s:
+        document = atom_feed(state().settings, sent_issues(s))
+    return document, 200, {"Content-Type": "application/atom+xml; charset=utf-8"}
 
 
 @bp.get("/archive/<key>")

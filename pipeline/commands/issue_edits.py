@@ -1,0 +1,77 @@
+"""`newsletter issues edit` and `issues discard`: change a draft before it is sent, or drop it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.commands.base import App, pass_app, shown
+from pipeline.db import open_session, session_scope
+from pipeline.editorial import discard, edit
+from pipeline.issues import find_issue, issue_essays
+
+
+@click.command("edit")
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--subject", default=None, help="The subject line (one line of text).")
+@click.option("--intro", "intro_file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="A Markdown file: the note shown above the essays (an empty file removes it; - reads stdin).")
+@click.option("--add-essay", "add", multiple=True, metavar="SLUG", help="Carry this essay too, at the end (repeat).")
+@click.option("--remove-essay", "remove", multiple=True, metavar="SLUG", help="Stop carrying this essay (repeat).")
+@pass_app
+def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path | None,
+                 add: tuple[str, ...], remove: tuple[str, ...]) -> None:
+    """Change a draft ISSUE (id or key): its subject, an intro note above the essays (Markdown,
+    shown in the HTML and text parts and the web copy), the essays it carries. An issue that is
+    being sent or was sent is refused (exit code 1): readers have it as it is. A subject that was
+    the composed one follows the essays when they change.
+
+    \b
+    Example:
+      newsletter issues edit 2026-11-30 --intro note.md --subject "Rivers, and a walk"
+      newsletter issues edit 2026-11-30 --add-essay on-rivers --remove-essay walking-at-dawn
+    """
+    if subject is None and intro_file is None and not add and not remove:
+        raise click.UsageError("nothing to change: give --subject, --intro, --add-essay or --remove-essay")
+    intro: str | None = None
+    if intro_file is not None:
+        try:
+            if str(intro_file) == "-":
+                intro = sys.stdin.read()
+            else:
+                intro = intro_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read the intro note {intro_file}: {exc}") from None
+    with session_scope(app.engine) as session:
+        issue = edit(session, app.settings, issue_ref, subject=subject, intro=intro, add=add, remove=remove)
+        essays = issue_essays(session, issue)
+        key, title = issue.key, issue.subject
+    app.console.print(f"Edited issue {shown(key)}: {shown(title)}", soft_wrap=True)
+    for essay in essays:
+        app.console.print(f"  {shown(essay.slug)}  {shown(essay.title)}")
+    app.console.print(f"Preview it: newsletter preview {key} --open")
+
+
+@click.command("discard")
+@click.argument("issue_ref", metavar="ISSUE")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def discard_command(app: App, issue_ref: str, yes: bool) -> None:
+    """Delete a draft ISSUE (id or key); its essays stay, unsent, for the next issue. An issue
+    that is being sent or was sent is never deleted (exit code 1).
+
+    \b
+    Example:
+      newsletter issues discard 2026-11-30
+      newsletter issues discard 2026-11-30-2 --yes
+    """
+    with open_session(app.engine) as session:
+        issue = find_issue(session, issue_ref)
+        key, title = issue.key, issue.subject
+    if not yes:
+        click.confirm(f"Discard the draft {key} \"{title}\"?", abort=True)
+    with session_scope(app.engine) as session:
+        discard(session, key)
+    app.console.print(f"Discarded issue {shown(key)}; its essays wait for the next issue.")

@@ -1,0 +1,85 @@
+"""Per-reader history: which essays each subscriber has had, read from the delivery ledger.
+
+A reader "had" an essay when a Delivery of an issue carrying it is `sent`, or `unknown` (handed
+to the relay with no reply: most such messages arrived, and the promise is never the same essay
+twice, so a maybe counts as had). Failed, skipped and still-owed rows do not count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from pipeline.ledger import audience
+from pipeline.models import Delivery, DeliveryStatus, Essay, Issue, IssueEssay
+
+HAD = (DeliveryStatus.SENT.value, DeliveryStatus.UNKNOWN.value)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One issue in a reader's history: its key, when, what it carried and what became of it."""
+
+    issue_key: str
+    subject: str
+    date: datetime | None
+    status: str
+    essays: tuple[str, ...]  # slugs, in the issue's order
+    note: str  # why a row was skipped or failed (the ledger's last error), else ""
+
+
+def had_before(session: Session, issue: Issue) -> dict[int, str]:
+    """subscriber id -> the slug of an essay of `issue` they had in another issue already."""
+    carried = select(IssueEssay.essay_id).where(IssueEssay.issue_id == issue.id)
+    found = session.exec(
+        select(Delivery.subscriber_id, Essay.slug)
+        .join(IssueEssay, col(IssueEssay.issue_id) == col(Delivery.issue_id))
+        .join(Essay, col(Essay.id) == col(IssueEssay.essay_id))
+        .where(col(Delivery.status).in_(HAD), Delivery.issue_id != issue.id,
+               col(IssueEssay.essay_id).in_(carried), col(Delivery.subscriber_id).is_not(None))
+        .order_by(col(Delivery.subscriber_id), col(IssueEssay.position))
+    ).all()
+    had: dict[int, str] = {}
+    for subscriber_id, slug in found:
+        had.setdefault(int(subscriber_id or 0), slug)
+    return had
+
+
+def repeats(session: Session, issue: Issue) -> dict[str, int]:
+    """essay slug -> how many active readers had it already (each reader counted once, under
+    the first such essay of the issue): what the send confirmation tells."""
+    had, counted = had_before(session, issue), dict[str, int]()
+    for subscriber_id, _, _ in audience(session):
+        if subscriber_id in had:
+            counted[had[subscriber_id]] = counted.get(had[subscriber_id], 0) + 1
+    return counted
+
+
+def received_essays(session: Session, subscriber_id: int) -> list[str]:
+    """The slugs of every essay the reader has had (sent or unknown), oldest issue first."""
+    return list(dict.fromkeys(session.exec(
+        select(Essay.slug)
+        .join(IssueEssay, col(IssueEssay.essay_id) == col(Essay.id))
+        .join(Delivery, col(Delivery.issue_id) == col(IssueEssay.issue_id))
+        .where(Delivery.subscriber_id == subscriber_id, col(Delivery.status).in_(HAD))
+        .order_by(col(Delivery.id), col(IssueEssay.position))
+    ).all()))
+
+
+def history(session: Session, subscriber_id: int) -> list[Received]:
+    """Every issue the reader was in the audience of, the oldest first, with its essays."""
+    rows = session.exec(
+        select(Delivery, Issue).join(Issue, col(Issue.id) == col(Delivery.issue_id))
+        .where(Delivery.subscriber_id == subscriber_id).order_by(col(Delivery.id))
+    ).all()
+    return [Received(issue.key, issue.subject, delivery.sent_at or delivery.updated_at, delivery.status,
+                     tuple(_slugs(session, issue.id or 0)), delivery.last_error or "")
+            for delivery, issue in rows]
+
+
+def _slugs(session: Session, issue_id: int) -> Sequence[str]:
+    return session.exec(select(Essay.slug).join(IssueEssay, col(IssueEssay.essay_id) == col(Essay.id))
+                        .where(IssueEssay.issue_id == issue_id).order_by(col(IssueEssay.position))).all()

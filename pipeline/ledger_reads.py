@@ -1,0 +1,92 @@
+"""Reads of the delivery ledger: counts, rows, rates, who holds rows in flight, what bounced.
+
+The writes (freeze, claim, record, requeue, reconcile) are in pipeline/ledger.py; together the
+two are the only modules that query the Delivery table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from subscribers.model import Subscriber, SubscriberStatus
+
+PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
+
+
+def audience_size(session: Session, issue: Issue) -> int:
+    """Who the issue goes to: its ledger once frozen, else today's active subscribers."""
+    if issue.status == IssueStatus.SENDING.value:
+        return sum(counts(session, issue.id or 0).values())
+    return int(session.exec(select(func.count()).select_from(Subscriber).where(
+        Subscriber.status == SubscriberStatus.ACTIVE.value)).one())
+
+
+def counts(session: Session, issue_id: int) -> dict[str, int]:
+    """How many rows have each status (every status listed, zeros included)."""
+    found = dict(session.exec(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)).all())
+    return {s.value: int(found.get(s.value, 0)) for s in DeliveryStatus}
+
+
+def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
+    """The issue's rows in claim order, of one status or all, at most `limit`."""
+    query = select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
+    if status:
+        query = query.where(Delivery.status == status)
+    return list(session.exec(query.limit(limit)).all())
+
+
+def next_retry(session: Session, issue_id: int) -> datetime | None:
+    """When the earliest row waiting for a retry comes due (None: nothing waits)."""
+    return session.exec(select(func.min(Delivery.next_attempt_at)).where(
+        Delivery.issue_id == issue_id, Delivery.status == PENDING)).one()
+
+
+def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]:
+    """Messages sent (any issue) since `since`, and the oldest of them: rate limits read this."""
+    count, oldest = session.exec(select(func.count(), func.min(Delivery.sent_at)).where(
+        Delivery.status == SENT, col(Delivery.sent_at) >= since)).one()
+    return int(count), oldest
+
+def holders(session: Session, issue_id: int) -> list[tuple[str | None, int, datetime | None]]:
+    """(holder, rows, latest lease) per process holding the issue's `sending` rows."""
+    found = session.exec(
+        select(Delivery.holder, func.count(), func.max(Delivery.lease_until))
+        .where(Delivery.issue_id == issue_id, Delivery.status == SENDING)
+        .group_by(Delivery.holder)).all()
+    return [(holder, int(count), until) for holder, count, until in found]
+
+
+def holders_on(session: Session, issue_id: int, host: str) -> list[str]:
+    """The holders (host:pid) of `host` that hold the issue's `sending` rows."""
+    found = session.exec(select(Delivery.holder).distinct().where(
+        Delivery.issue_id == issue_id, Delivery.status == SENDING,
+        col(Delivery.holder).startswith(f"{host}:"))).all()
+    return [h for h in found if h]
+
+
+def feedback_counts(session: Session, issue_id: int) -> tuple[int, dict[str, int]]:
+    """(rows sent, {feedback kind: rows}) of one issue: what its bounces and complaints say."""
+    found = session.exec(
+        select(Delivery.feedback, func.count()).where(Delivery.issue_id == issue_id,
+                                                      col(Delivery.feedback).is_not(None))
+        .group_by(Delivery.feedback)).all()
+    delivered = int(session.exec(select(func.count()).select_from(Delivery).where(
+        Delivery.issue_id == issue_id, Delivery.status == SENT)).one())
+    return delivered, {kind: int(n) for kind, n in found if kind}
+
+
+def by_message_id(session: Session, message_id: str) -> Delivery | None:
+    """The delivery whose message had this Message-ID."""
+    return session.exec(select(Delivery).where(Delivery.message_id == message_id)).first()
+
+
+def latest_to(session: Session, subscriber_id: int) -> Delivery | None:
+    """The delivery sent last to this subscriber (any issue)."""
+    return session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber_id)
+                        .order_by(col(Delivery.sent_at).desc(), col(Delivery.id).desc())).first()
