@@ -318,3 +318,11 @@ def sent_key(session: Session, essay: Essay) -> str | None:
     issue = session.get(Issue, essay.sent_in_issue_id)
     return issue.key if issue else None
 
+
+
+def archive_fingerprint(session: Session) -> list[tuple[Any, ...]]:
+    """Every essay's columns a render reads besides its body (content_hash stands for that), in
+    id order: what the render cache keys on, so any edit to the archive renders anew."""
+    columns = (Essay.id, Essay.slug, Essay.title, Essay.dek, Essay.url, Essay.published_on,
+               Essay.content_hash, Essay.source_related, Essay.tags, Essay.updated_at)
+    return [tuple(row) for row in session.execute(select(*(col(c) for c in columns)).order_by(col(Essay.id)))]

@@ -26,20 +26,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from pipeline.config import Settings
+from pipeline.essays import archive_fingerprint
 from pipeline.issue_view import Shape
-from pipeline.models import Essay, Issue, IssueEssay
+from pipeline.issues import issue_essays
+from pipeline.models import Issue
 from pipeline.render import RenderedIssue
 
 KEEP = 32  # entries: a few issues' worth of previews while their essays are being edited
 CODE = Path(__file__).resolve().parent  # the pipeline package: a new version renders anew
-# The archive columns the render reads besides the body (which content_hash stands for).
-ARCHIVE = tuple(col(c) for c in (Essay.id, Essay.slug, Essay.title, Essay.dek, Essay.url,
-                                  Essay.published_on, Essay.content_hash, Essay.source_related,
-                                  Essay.tags, Essay.updated_at))
 
 
 def folder(settings: Settings) -> Path:
@@ -54,11 +51,10 @@ def render_key(session: Session, settings: Settings, issue: Issue) -> str:
         digest.update(repr(value).encode("utf-8"))
         digest.update(b"\0")
 
-    add((issue.id, issue.key, issue.subject, issue.preheader))
-    add(list(session.execute(select(col(IssueEssay.essay_id)).where(col(IssueEssay.issue_id) == issue.id)
-                          .order_by(col(IssueEssay.position)))))
-    for row in session.execute(select(*ARCHIVE).order_by(col(Essay.id))):
-        add(tuple(row))
+    add((issue.id, issue.key, issue.subject, issue.preheader, issue.intro))
+    add([essay.id for essay in issue_essays(session, issue)])
+    for row in archive_fingerprint(session):
+        add(row)
     add(settings)
     for root in [*(d / "email" for d in settings.template_dirs()), CODE]:
         for path in sorted(root.rglob("*")) if root.is_dir() else []:

@@ -56,6 +56,17 @@ def test_an_edited_essay_renders_anew(session: Session, settings: Settings) -> N
     assert "A title rewritten since the last preview" not in before.html
 
 
+def test_an_edited_intro_note_renders_anew(session: Session, settings: Settings) -> None:
+    issue = an_issue(session, settings)
+    before = rendered_issue(session, settings, issue)
+    issue.intro = "A note written after the last preview."
+    session.add(issue)
+    session.commit()
+    after = rendered_issue(session, settings, issue)
+    assert "A note written after the last preview." in after.html
+    assert "A note written after the last preview." not in before.html
+
+
 def test_an_essay_added_to_the_archive_changes_the_key(session: Session, settings: Settings) -> None:
     # Related links are picked from the whole archive, not only the issue's essays.
     issue = an_issue(session, settings)
