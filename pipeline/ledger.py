@@ -108,8 +108,6 @@ def audience(session: Session) -> Iterator[tuple[int, str, str]]:
         last = page[-1][0] or 0
 
 
-
-
 def owed(session: Session, issue_id: int) -> Iterator[tuple[int, str, str]]:
     """(subscriber id, email, name) of the issue's pending rows, a page at a time."""
     last = 0
@@ -145,12 +143,17 @@ def claim(engine: Engine, issue_id: int, limit: int, lease_seconds: int,
         return _claim(session, issue_id, limit, lease_seconds, now)
 
 
-def claim_within_rate(engine: Engine, issue_id: int, delivery: DeliverySettings,
-                      now: datetime) -> tuple[list[Claimed], int, float]:
+def claim_within_rate(engine: Engine, issue_id: int, delivery: DeliverySettings, now: datetime,
+                      done: list[Outcome] | None = None,
+                      deadline: datetime | None = None) -> tuple[list[Claimed], int, float]:
     """claim() of at most what the rate limits allow now, checked and claimed in one
     transaction that every sender (any process) takes in turn; (rows, skipped, seconds to
-    wait when the limits allow nothing)."""
+    wait when the limits allow nothing). `done`, the outcomes of the caller's previous batch,
+    are recorded first in the same transaction (as record() would): one write lock per batch
+    instead of two, and the batch is recorded before the next is claimed, or neither is."""
     with session_scope(engine) as session:
+        if done:
+            _record(session, done, deadline)
         windows = _windows(delivery)
         allowed, wait = delivery.batch_size, 0.0
         if windows:
@@ -198,8 +201,12 @@ def retry_at(attempts: int, now: datetime) -> datetime:
 
 def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -> None:
     """Write a batch of outcomes in one transaction (a retry past `deadline` becomes failed)."""
-    if not outcomes:
-        return
+    if outcomes:
+        with session_scope(engine) as session:
+            _record(session, outcomes, deadline)
+
+
+def _record(session: Session, outcomes: list[Outcome], deadline: datetime | None) -> None:
     sent, params = [], []
     for o in outcomes:
         if o.kind == "sent":  # the common case: fewer values to bind
@@ -215,21 +222,20 @@ def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -
         params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
                            b_code=o.code, b_error=error, b_now=o.at))
     in_flight = or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN)
-    with session_scope(engine) as session:
-        connection = session.connection()
-        if sent:
-            connection.execute(
-                update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
-                .values(status=SENT, attempts=bindparam("b_attempts"), next_attempt_at=None,
-                        lease_until=None, smtp_code=250, last_error=None,
-                        sent_at=bindparam("b_at"), updated_at=bindparam("b_at")), sent)
-        if params:
-            connection.execute(
-                update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
-                .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
-                        next_attempt_at=bindparam("b_next"), lease_until=None,
-                        smtp_code=bindparam("b_code"), last_error=bindparam("b_error"),
-                        updated_at=bindparam("b_now")), params)
+    connection = session.connection()
+    if sent:
+        connection.execute(
+            update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
+            .values(status=SENT, attempts=bindparam("b_attempts"), next_attempt_at=None,
+                    lease_until=None, smtp_code=250, last_error=None,
+                    sent_at=bindparam("b_at"), updated_at=bindparam("b_at")), sent)
+    if params:
+        connection.execute(
+            update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), in_flight)
+            .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                    next_attempt_at=bindparam("b_next"), lease_until=None,
+                    smtp_code=bindparam("b_code"), last_error=bindparam("b_error"),
+                    updated_at=bindparam("b_now")), params)
 
 
 def reconcile(session: Session, issue_id: int, now: datetime) -> int:
@@ -263,14 +269,6 @@ def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime)
         .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
     ))
     return max(result.rowcount, 0)
-
-
-
-
-
-
-
-
 
 
 def _windows(d: DeliverySettings) -> list[tuple[int, float]]:

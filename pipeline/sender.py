@@ -117,20 +117,26 @@ class _Pool:
             # Signals go to the main thread, whose handler sets `stop` at once, before this
             # sender can claim another batch.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # The batch just sent is recorded in the transaction that claims the next (one write
+        # lock per batch, not two), or alone when there is no next: either way before another
+        # batch is claimed, so at most one batch per connection is ever in flight.
+        done: list[ledger.Outcome] = []
         try:
             while not (self.stop.is_set() or self.halt.is_set()):
-                claimed = self._claim()
+                claimed = self._claim(done)
+                done = self._recorded(done)
+                if claimed and (self.stop.is_set() or self.halt.is_set()):
+                    # Stopped (or paused) while this batch was claimed: hand it back unattempted.
+                    done = [ledger.Outcome(row, "released", self.clock()) for row in claimed]
+                    break
                 if claimed is None:
                     continue
                 if not claimed:
                     return
                 transport = transport or self.transport_factory()
-                outcomes = [self._attempt(transport, row) for row in claimed]
-                ledger.record(self.engine, outcomes, self.deadline)
-                with self.lock:
-                    self.tally.add(self.engine, outcomes)
-                    if self.progress is not None:
-                        self.progress()
+                done = [self._attempt(transport, row) for row in claimed]
+            ledger.record(self.engine, done, self.deadline)
+            done = self._recorded(done)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             self.failures.append(exc)
             self.halt.set()
@@ -138,13 +144,25 @@ class _Pool:
             if transport is not None:
                 transport.close()
 
-    def _claim(self) -> list[ledger.Claimed] | None:
-        """The next batch; [] when nothing is due, None to look again (waited or skipped)."""
+    def _recorded(self, outcomes: list[ledger.Outcome]) -> list[ledger.Outcome]:
+        """Count a batch the ledger holds now; returns the empty batch that follows."""
+        if outcomes:
+            with self.lock:
+                self.tally.add(self.engine, outcomes)
+                if self.progress is not None:
+                    self.progress()
+        return []
+
+    def _claim(self, done: list[ledger.Outcome]) -> list[ledger.Claimed] | None:
+        """Record `done`, then the next batch; [] when nothing is due, None to look again
+        (waited or skipped)."""
         delivery, issue = self.settings.delivery, self.issue
         now = self.clock()
         if issue.not_after is not None and now > issue.not_after:
+            ledger.record(self.engine, done, self.deadline)
             return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
-        claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now)
+        claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now,
+                                                          done, self.deadline)
         if not wait:
             with self.lock:
                 self.tally.skipped += skipped

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -148,3 +150,24 @@ def test_sent_since_counts_sent_rows_in_the_window(any_engine: Engine, any_setti
     with Session(any_engine) as session:
         assert ledger_reads.sent_since(session, now - timedelta(hours=1))[0] == 2
         assert ledger_reads.sent_since(session, now - timedelta(days=1))[0] == 4
+
+
+def test_a_batch_is_recorded_and_the_next_claimed_in_one_transaction(any_engine: Engine,
+                                                                     any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 6)
+    freeze(any_engine, any_settings, issue_id)
+    delivery = replace(any_settings.delivery, batch_size=3)
+    first, _, _ = ledger.claim_within_rate(any_engine, issue_id, delivery, utcnow())
+    transactions: list[object] = []
+    count = transactions.append  # one object, so that it can be removed again
+    event.listen(any_engine, "begin", count)
+    try:
+        done = [ledger.Outcome(c, "sent", utcnow(), 250) for c in first]
+        second, _, _ = ledger.claim_within_rate(any_engine, issue_id, delivery, utcnow(), done, None)
+    finally:
+        event.remove(any_engine, "begin", count)
+    assert len(transactions) == 1  # one write lock for both: the sender's batch costs one
+    with Session(any_engine) as session:
+        status = {r.id: r.status for r in ledger_reads.rows(session, issue_id)}
+    assert [status[c.id] for c in first] == ["sent"] * 3
+    assert [status[c.id] for c in second] == ["sending"] * 3

@@ -19,16 +19,18 @@ import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline import db
 from pipeline.config import Settings
 from pipeline.issues import compose
 from pipeline.message import MessageFactory, new_message_id
-from pipeline.publish import publish
+from pipeline.publish import Ending, publish
 from pipeline.render import Recipient
 from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import start_sink
@@ -49,7 +51,7 @@ def sink() -> Iterator[int]:
     process.wait(10)
 
 
-def prepare(tmp_path: Path, port: int, subscribers: int, **delivery: object) -> tuple[Settings, object, str]:
+def prepare(tmp_path: Path, port: int, subscribers: int, **delivery: Any) -> tuple[Settings, Engine, str]:
     """A database with a 5-essay issue and `subscribers` active subscribers (bulk-inserted)."""
     settings = smtp_settings(tmp_path, port, connections=CONNECTIONS, **delivery)
     engine = db.connect(settings.database.url)
@@ -103,7 +105,7 @@ def test_bench_send_10000_against_raw_smtplib(tmp_path: Path, sink: int) -> None
     report = publish(settings, engine, key)
     ours, our_cpu = time.perf_counter() - start, time.process_time() - cpu
     raw_seconds, raw_cpu = min(before, raw_smtplib(sink, prebuilt))
-    assert report.sent == SUBSCRIBERS and report.finished
+    assert report.sent == SUBSCRIBERS and report.ending is Ending.FINISHED
 
     raw_rate, our_rate = SUBSCRIBERS / raw_seconds, SUBSCRIBERS / ours
     fast = statistics.median(_time(lambda p=p: factory.build(p, "<b@x.org>", when)) for p in people[:2000])
