@@ -25,6 +25,7 @@ from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
 from pipeline.readers.markdown_essay import markdown_html, note_paragraphs
 from pipeline.related import related_for_issue
+from pipeline.related_cache import cached_index, folder
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
@@ -82,7 +83,8 @@ def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
     essays = issue_essays(session, issue)
     if not essays:
         raise RenderError(f"issue {issue.key} carries no essays")
-    related = related_for_issue(session, essays, settings.digest.related_per_essay)
+    related = related_for_issue(session, essays, settings.digest.related_per_essay,
+                                lambda: cached_index(session, folder(settings)))
     links = tuple(
         tuple(Link(clean(r.title), essay_url(settings, r)) for r in related.get(e.id or 0, []))
         for e in essays

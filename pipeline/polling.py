@@ -38,6 +38,7 @@ from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.periods import Action, Period, decide
 from pipeline.readers.feed import FeedDocument, FeedItem, fetch, parse_feed
 from pipeline.readers.parsed_essay import ParsedEssay, slugify
+from pipeline.related_cache import warm
 from subscribers.model import utcnow
 
 log = logging.getLogger("newsletter.feeds")
@@ -84,6 +85,9 @@ def poll_feeds(
     report = PollReport()
     for url in feed_urls(settings, engine):
         report.feeds.append(poll_feed(settings, engine, url, now, dry_run))
+    if not dry_run and any(result.added or result.updated for result in report.feeds):
+        with Session(engine) as session:  # the archive changed: its related links, built now
+            warm(session, settings)
     return report
 
 

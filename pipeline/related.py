@@ -21,11 +21,12 @@ Never the essay itself, never another essay of the same issue, never the same es
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import cache
 from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 from sqlmodel import Session
@@ -71,22 +72,33 @@ def _sklearn_text() -> ModuleType:
     return text_module
 
 
-def related_for_issue(session: Session, essays: Sequence[Essay], limit: int) -> dict[int, list[Essay]]:
-    """For each essay of an issue (by id), its related essays from the whole archive."""
+class Suggester(Protocol):
+    """What picks links: the index built now (RelatedIndex) or one kept from an earlier build."""
+
+    def suggestions(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]: ...
+
+
+def related_for_issue(
+    session: Session, essays: Sequence[Essay], limit: int, index_for: Callable[[], Suggester] | None = None
+) -> dict[int, list[Essay]]:
+    """For each essay of an issue (by id), its related essays from the whole archive
+    (`index_for` gives the archive's index; by default it is built from the database now)."""
     if limit <= 0 or not essays:
         return {}
-    index = RelatedIndex(all_essays(session))
+    index = index_for() if index_for else RelatedIndex(all_essays(session))
     in_issue = {e.id for e in essays if e.id is not None}
     candidates = {e.id: index.suggestions(e, exclude=in_issue) for e in essays if e.id is not None}
     picked = pick_for_issue(essays, candidates, limit)
     return {essay_id: [s.essay for s in chosen] for essay_id, chosen in picked.items()}
 
 
-def related_for_essay(session: Session, essay: Essay, limit: int) -> list[Suggestion]:
+def related_for_essay(
+    session: Session, essay: Essay, limit: int, index_for: Callable[[], Suggester] | None = None
+) -> list[Suggestion]:
     """What the essay would link to in an issue of its own, with the reason for each link."""
     if limit <= 0 or essay.id is None:
         return []
-    index = RelatedIndex(all_essays(session))
+    index = index_for() if index_for else RelatedIndex(all_essays(session))
     return pick_for_issue([essay], {essay.id: index.suggestions(essay)}, limit)[essay.id]
 
 
@@ -184,27 +196,22 @@ class RelatedIndex:
     def similar(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
         """Other essays, not excluded, scoring at least MIN_SCORE and RELATIVE_SCORE of the best
         of them (centred cosine), the most similar first; ties to essays with a page, then by slug."""
+        return rank_similar(self.scored(essay), {essay.id, *exclude})
+
+    def scored(self, essay: Essay) -> list[tuple[Essay, float]]:
+        """Every other essay of the archive with its similarity score, in archive order."""
         row = self.position.get(essay.id)
         if self.matrix is None or row is None:
             return []
         # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that, a
         # score means the same on an archive of ten essays and of a thousand.
         scores = self.centred_cosine(row) + 1 / (len(self.archive) - 1)
-        skip = {essay.id, *exclude}
         # Rounded so that float noise from the archive's order cannot reorder equal scores.
-        rounded = [
-            -np.inf if other.id in skip else round(float(score), 9)
+        return [
+            (other, round(float(score), 9))
             for other, score in zip(self.archive, scores, strict=True)
+            if other.id != essay.id
         ]
-        # Relative to the best essay that can be linked: an essay's twin in the same issue is
-        # shown anyway and must not push the next best below the floor.
-        floor = max(MIN_SCORE, RELATIVE_SCORE * max(rounded))
-        ranked = sorted(
-            (-score, not has_page(self.archive[i]), self.archive[i].slug, i)
-            for i, score in enumerate(rounded)
-            if score >= floor
-        )
-        return [Suggestion(self.archive[i], -negated) for negated, _, _, i in ranked]
 
     def centred_cosine(self, row: int) -> np.ndarray:
         """Cosine similarity of the rows after subtracting the archive's mean vector.
@@ -225,6 +232,19 @@ class RelatedIndex:
         centred = dots - dot_mean - dot_mean[row] + mean_sq
         similarity: np.ndarray = centred / (norms * norms[row])
         return similarity
+
+
+def rank_similar(scored: Sequence[tuple[Essay, float]], skip: set[int | None]) -> list[Suggestion]:
+    """The scored essays not skipped that reach the floor, the most similar first (scores below
+    MIN_SCORE never count: the floor is at least that, so they can be left out of `scored`)."""
+    allowed = [(i, other, score) for i, (other, score) in enumerate(scored) if other.id not in skip]
+    # Relative to the best essay that can be linked: an essay's twin in the same issue is
+    # shown anyway and must not push the next best below the floor.
+    floor = max(MIN_SCORE, RELATIVE_SCORE * max((score for _, _, score in allowed), default=-np.inf))
+    ranked = sorted(
+        (-score, not has_page(other), other.slug, i, other) for i, other, score in allowed if score >= floor
+    )
+    return [Suggestion(other, -negated) for negated, _, _, _, other in ranked]
 
 
 def has_page(essay: Essay) -> bool:

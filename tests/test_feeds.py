@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from pipeline import db
+from pipeline import db, related_cache
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, unsent_essays
@@ -295,3 +295,14 @@ def test_polling_stores_the_same_on_postgresql(
                                           "why-the-starter-wins"]
     finally:
         engine.dispose()
+
+
+def test_a_poll_that_stores_essays_keeps_the_related_index_of_the_new_archive(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "wordpress.xml")
+    poll_feeds(settings, engine, NOW, dry_run=True)
+    assert not related_cache.folder(settings).exists()  # a dry run changes nothing
+    poll_feeds(settings, engine, NOW)
+    with Session(engine) as session:  # the next render finds the index of the archive as it is now
+        assert (related_cache.folder(settings) / f"{related_cache.index_key(session)}.json").is_file()

@@ -13,6 +13,7 @@ from pipeline.commands.base import App, finish_report, json_option, pass_app, pr
 from pipeline.db import open_session
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
 from pipeline.related import related_for_essay
+from pipeline.related_cache import cached_index, folder, warm
 from subscribers.text import printable
 
 PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
@@ -61,6 +62,9 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
                 bar.update(task, completed=done, total=total, description=path.name, visible=True)
 
         report = import_paths(engine, paths, progress=advance, dry_run=dry_run)
+    if not dry_run:  # build the related links now, so that rendering the next issue need not
+        with open_session(engine) as session:
+            warm(session, app.settings)
     finish_report(app, report, as_json, dry_run, _print_report)
 
 
@@ -147,7 +151,8 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
     with open_session(app.engine) as session:
         essay = get_essay(session, slug)
         info = describe_essay(essay, app.settings.digest.excerpt_length, sent_key(session, essay))
-        links = related_for_essay(session, essay, app.settings.digest.related_per_essay)
+        links = related_for_essay(session, essay, app.settings.digest.related_per_essay,
+                                  lambda: cached_index(session, folder(app.settings)))
         info["related_links"] = [
             {"slug": s.essay.slug, "title": s.essay.title, "reason": s.reason, "score": s.score}
             for s in links
