@@ -277,6 +277,15 @@ def all_essays(session: Session) -> list[Essay]:
     return list(session.exec(select(Essay).order_by(col(Essay.id))))
 
 
+def essays_by_id(session: Session, ids: Iterable[int]) -> dict[int, Essay]:
+    """The essays with these ids, by id (those gone are left out)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = session.exec(select(Essay).where(col(Essay.id).in_(wanted)))
+    return {essay.id: essay for essay in rows if essay.id is not None}
+
+
 def slugs_starting(session: Session, base: str) -> set[str]:
     """The slugs of the essays whose slug starts with `base`."""
     return set(session.exec(select(Essay.slug).where(col(Essay.slug).startswith(base))))

@@ -28,10 +28,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pipeline.config import Settings
-from pipeline.essays import all_essays, archive_fingerprint
+from pipeline.essays import all_essays, archive_fingerprint, essays_by_id
 from pipeline.models import Essay
 from pipeline.related import MIN_SCORE, RelatedIndex, Suggestion, rank_similar
 
@@ -72,7 +72,7 @@ class CachedIndex:
     def suggestions(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
         """Every essay worth linking from `essay`, best first (see RelatedIndex.suggestions)."""
         hinted_ids, scored_ids = self.entry.get(essay.id or 0, ([], []))
-        essays = self._essays({*hinted_ids, *(i for i, _ in scored_ids)})
+        essays = essays_by_id(self.session, [*hinted_ids, *(i for i, _ in scored_ids)])
         skip = {essay.id, *exclude}
         hinted = [Suggestion(essays[i], None) for i in hinted_ids if i in essays]
         scored = [(essays[i], score) for i, score in scored_ids if i in essays]
@@ -82,12 +82,6 @@ class CachedIndex:
                 found.append(suggestion)
                 skip.add(suggestion.essay.id)
         return found
-
-    def _essays(self, ids: set[int]) -> dict[int, Essay]:
-        if not ids:
-            return {}
-        rows = self.session.exec(select(Essay).where(col(Essay.id).in_(sorted(ids))))
-        return {e.id: e for e in rows if e.id is not None}
 
 
 def cached_index(session: Session, where: Path) -> CachedIndex:
