@@ -20,16 +20,13 @@ into place like the render cache (pipeline/render_cache.py); an unreadable entry
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from sqlmodel import Session
 
+from pipeline.cache_files import read_entry, write_entry
 from pipeline.config import Settings
 from pipeline.essays import all_essays, archive_fingerprint, essays_by_id
 from pipeline.models import Essay
@@ -90,7 +87,7 @@ def cached_index(session: Session, where: Path) -> CachedIndex:
     entry = _read(path)
     if entry is None:
         entry = build_entry(RelatedIndex(all_essays(session)))
-        _write(where, path, entry)
+        _write(path, entry)
     return CachedIndex(session, entry)
 
 
@@ -111,26 +108,15 @@ def build_entry(index: RelatedIndex) -> Entry:
 
 
 def _read(path: Path) -> Entry | None:
+    data = read_entry(path)
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return {
             int(essay_id): ([int(i) for i in hinted], [(int(i), float(s)) for i, s in scored])
             for essay_id, (hinted, scored) in data.items()
         }
-    except (OSError, ValueError, TypeError, AttributeError):  # missing, half-copied by hand, or old
+    except (ValueError, TypeError, AttributeError):  # missing, or written by an older version
         return None
 
 
-def _write(where: Path, path: Path, entry: Entry) -> None:
-    data = {str(essay_id): [hinted, scored] for essay_id, (hinted, scored) in entry.items()}
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=where, suffix=".tmp",
-                                         delete=False) as handle:
-            json.dump(data, handle)
-        os.replace(handle.name, path)  # atomic: readers see the old state or the whole entry
-        entries = sorted(where.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[KEEP:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only or full disk: the links are still right, only not kept
+def _write(path: Path, entry: Entry) -> None:
+    write_entry(path, {str(essay_id): [hinted, scored] for essay_id, (hinted, scored) in entry.items()}, KEEP)

@@ -18,9 +18,6 @@ bytes; an unreadable entry counts as missing. Only the newest entries are kept.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from pipeline.cache_files import read_entry, write_entry
 from pipeline.config import Settings
 from pipeline.essays import archive_fingerprint
 from pipeline.issue_view import Shape
@@ -74,36 +72,22 @@ def cached_render(
     if found is not None:
         return found
     rendered = render()
-    _write(where, entry, rendered)
+    _write(entry, rendered)
     return rendered
 
 
 def _read(entry: Path) -> RenderedIssue | None:
+    data = read_entry(entry)
     try:
-        data = json.loads(entry.read_text(encoding="utf-8"))
         shape = data.pop("shape")
         return RenderedIssue(**data, shape=Shape(**shape) if shape else None)
-    except (OSError, ValueError, TypeError, KeyError):  # missing, half-copied by hand, or old
+    except (AttributeError, TypeError, KeyError):  # missing, or written by an older version
         return None
 
 
-def _write(where: Path, entry: Path, rendered: RenderedIssue) -> None:
+def _write(entry: Path, rendered: RenderedIssue) -> None:
     data = {"subject": rendered.subject, "preheader": rendered.preheader, "html": rendered.html,
             "text": rendered.text, "html_unnamed": rendered.html_unnamed,
             "text_unnamed": rendered.text_unnamed, "placeholders": rendered.placeholders,
             "shape": asdict(rendered.shape) if rendered.shape else None}
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=where, suffix=".tmp",
-                                         delete=False) as handle:
-            json.dump(data, handle, ensure_ascii=False)
-        os.replace(handle.name, entry)  # atomic: readers see the old state or the whole entry
-        _prune(where)
-    except OSError:
-        pass  # a read-only or full disk: the render is still right, only not kept
-
-
-def _prune(where: Path) -> None:
-    entries = sorted(where.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[KEEP:]:
-        old.unlink(missing_ok=True)
+    write_entry(entry, data, KEEP)
