@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("newsletter.schedule")
 JOB_ID = "weekly-digest"
 BOUNCE_JOB_ID = "bounce-mailbox"
+# Sign-ups' confirmation emails: `serve` sends them at once; when it cannot (the relay was down,
+# or only the scheduler runs), they go within this many minutes, not with next week's digest.
+CONFIRMATIONS_JOB_ID = "confirmation-emails"
+CONFIRMATIONS_MINUTES = 1
 # After a run that left deliveries owed or failed, the scheduler looks again this much later.
 FOLLOW_UP_MINUTES = 10
 Clock = Callable[[], datetime]
@@ -140,6 +144,8 @@ def make_scheduler(
         scheduler.add_job(lambda: read_bounces(settings, engine),
                           IntervalTrigger(minutes=settings.bounces.interval_minutes),
                           id=BOUNCE_JOB_ID, name="bounce mailbox")
+    scheduler.add_job(lambda: send_queued(settings, engine), IntervalTrigger(minutes=CONFIRMATIONS_MINUTES),
+                      id=CONFIRMATIONS_JOB_ID, name="confirmation emails")
     scheduler.add_listener(missed, EVENT_JOB_MISSED)
     return scheduler
 

@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -14,7 +15,7 @@ from sqlmodel import Session, select
 
 from pipeline import confirmations, db
 from pipeline.config import Settings, load_settings
-from pipeline.schedule import JOB_ID, make_scheduler
+from pipeline.schedule import CONFIRMATIONS_JOB_ID, JOB_ID, make_scheduler
 from pipeline.worker import run_worker
 from subscribers import confirmation_queue, consent
 from subscribers.model import ConfirmationRequest, utcnow
@@ -42,6 +43,17 @@ def test_the_scheduler_job_sends_queued_confirmations(settings: Settings, engine
     sign_up(engine, "sue@example.org")
     make_scheduler(settings, engine).get_job(JOB_ID).func()
     assert "confirm-sue@example.org.eml" in outbox(settings)
+
+
+def test_a_running_scheduler_sends_confirmations_within_a_minute_not_next_week(
+    settings: Settings, engine: Engine
+) -> None:
+    # `schedule run` alone (no serve, no worker): a sign-up must not wait for the weekly job.
+    job = make_scheduler(settings, engine).get_job(CONFIRMATIONS_JOB_ID)
+    assert isinstance(job.trigger, IntervalTrigger) and job.trigger.interval == timedelta(minutes=1)
+    sign_up(engine, "una@example.org")
+    job.func()
+    assert outbox(settings) == ["confirm-una@example.org.eml"]
 
 
 def test_mailers_at_once_send_each_confirmation_once(any_settings: Settings, any_engine: Engine) -> None:
