@@ -24,6 +24,7 @@ class Answers:
     site_url: str
     sender_address: str
     base_url: str
+    postal_address: str = ""  # may be left for later: a send over SMTP then refuses to go
 
 
 def config_text(answers: Answers, target: Path) -> str:
@@ -39,6 +40,8 @@ def config_text(answers: Answers, target: Path) -> str:
         site_url_toml=json.dumps(answers.site_url, ensure_ascii=False),
         sender_toml=json.dumps(answers.sender_address, ensure_ascii=False),
         base_url_toml=json.dumps(answers.base_url, ensure_ascii=False),
+        postal_line=(f"postal_address = {json.dumps(answers.postal_address, ensure_ascii=False)}"
+                     if answers.postal_address else '# postal_address = "Your Name, 1 Street, 1000 City"'),
     )
     # Parsed as if it lived in the temporary folder: the target folder may not exist yet, and
     # the only path the file resolves (the default SQLite file) needs an existing folder.

@@ -56,11 +56,25 @@ def test_init_in_an_empty_folder_writes_a_minimal_working_newsletter(empty_folde
 
 
 def test_init_asks_for_the_values_when_not_given(empty_folder: Path) -> None:
-    result = run("init", input="Field Notes\nhttps://essays.example.org\nletters@essays.example.org\n\n")
+    result = run("init", input="Field Notes\nhttps://essays.example.org\nletters@essays.example.org\n\n"
+                               "1 Mill Lane, Riverton\n")
     assert result.exit_code == 0, result.output
     settings = load_settings(empty_folder / "config.toml")
     assert settings.newsletter.name == "Field Notes"
     assert settings.web.base_url == "http://127.0.0.1:8025"  # the default offered
+    assert settings.newsletter.postal_address == "1 Mill Lane, Riverton"
+
+
+def test_init_with_a_postal_address_writes_it_and_the_footer_check_passes(empty_folder: Path) -> None:
+    result = run("init", "letters", "--yes", *VALUES, "--postal-address", "Notes, 1 Mill Lane, Riverton")
+    assert result.exit_code == 0, result.output
+    assert load_settings(empty_folder / "letters" / "config.toml").newsletter.postal_address == (
+        "Notes, 1 Mill Lane, Riverton")
+    config = ("--config", "letters/config.toml")
+    assert run(*config, "essays", "import", "letters/essays").exit_code == 0
+    assert run(*config, "issues", "new").exit_code == 0
+    lint = run(*config, "lint", "latest")
+    assert "H21" not in lint.output, lint.output
 
 
 def test_init_never_overwrites_a_config(empty_folder: Path) -> None:

@@ -22,14 +22,16 @@ LOCAL_BASE_URL = "http://127.0.0.1:8025"  # `newsletter serve`'s own address: fi
 @click.option("--site-url", help="Where the essays live on the web, e.g. https://essays.example.org.")
 @click.option("--sender", help="The From address, on a domain you control, e.g. letters@example.org.")
 @click.option("--base-url", help=f"The public https address of `newsletter serve` (default {LOCAL_BASE_URL}).")
+@click.option("--postal-address", default="", help="The postal address every footer carries (may be set later).")
 @click.option("--yes", "-y", is_flag=True, help="Ask nothing: take the values from the options.")
 @pass_app
 def init(app: App, folder: Path | None, name: str | None, site_url: str | None, sender: str | None,
-         base_url: str | None, yes: bool) -> None:
+         base_url: str | None, postal_address: str, yes: bool) -> None:
     """Start a newsletter in FOLDER (default: here), or prepare an existing one.
 
     Without a config.toml, writes one holding only what must be decided (name, site URL,
-    sender, public base URL; asked for unless given as options), every other key commented
+    sender, public base URL; asked for unless given as options; the postal address every
+    footer carries may wait, but a send over SMTP refuses to go without it), every other key commented
     out with its default; a .gitignore (database, secret key, outbox); and a sample essay in
     essays/. An existing config.toml is never overwritten. Then creates the database and a
     token-signing key: $NEWSLETTER_SECRET_KEY, or else the file .secret_key beside
@@ -40,21 +42,23 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
     Example:
       newsletter init letters
       newsletter init letters --yes --name "Field Notes" --site-url https://essays.example.org \\
-          --sender letters@essays.example.org --base-url https://letters.example.org
+          --sender letters@essays.example.org --base-url https://letters.example.org \\
+          --postal-address "Field Notes, 1 Mill Lane, Riverton"
       newsletter init
     """
     if folder is not None:
         config = folder / "config.toml"
     else:
         config = Path(app.config_path) if app.config_path else Path("config.toml")
-    given = {"--name": name, "--site-url": site_url, "--sender": sender, "--base-url": base_url}
+    given = {"--name": name, "--site-url": site_url, "--sender": sender, "--base-url": base_url,
+             "--postal-address": postal_address}
     if config.exists():
         if any(given.values()):
             raise click.ClickException(f"{config} exists: not overwritten. Edit it, or run "
                                        "`newsletter init NEW-FOLDER` for another newsletter.")
         app.console.print(f"Using the existing {escape(str(config))} (not changed).")
     else:
-        answers = _ask(name, site_url, sender, base_url, interactive=not yes)
+        answers = _ask(name, site_url, sender, base_url, postal_address, interactive=not yes)
         written = write_starter(config.parent, answers, date.today())  # checked before writing
         for path in written:
             app.console.print(f"Wrote {escape(str(path))}")
@@ -82,19 +86,22 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
 
 
 def _ask(name: str | None, site_url: str | None, sender: str | None, base_url: str | None,
-         interactive: bool) -> Answers:
-    """The four values: from the options, else asked for; without a terminal, all must be given."""
+         postal_address: str, interactive: bool) -> Answers:
+    """The four values (and the postal address, which may wait): from the options, else asked
+    for; with --yes the first three must be given."""
     if interactive:
         name = name or click.prompt("Newsletter name")
         site_url = site_url or click.prompt("Site URL (where the essays live, https://...)")
         sender = sender or click.prompt("Sender address (From:)")
         base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL)
+        postal_address = postal_address or click.prompt(
+            "Postal address for every footer (empty: set it later)", default="", show_default=False)
     missing = [opt for opt, value in (("--name", name), ("--site-url", site_url), ("--sender", sender))
                if not value]
     if missing:
         raise click.UsageError(f"give {', '.join(missing)} (or leave out --yes to be asked)")
     assert name and site_url and sender
-    return Answers(name, site_url, sender, base_url or LOCAL_BASE_URL)
+    return Answers(name, site_url, sender, base_url or LOCAL_BASE_URL, postal_address.strip())
 
 
 commands = [init]
