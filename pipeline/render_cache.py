@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,27 @@ def render_key(session: Session, settings: Settings, issue: Issue) -> str:
     for row in archive_fingerprint(session):
         add(row)
     add(settings)
-    for root in [*(d / "email" for d in settings.template_dirs()), CODE]:
-        for path in sorted(root.rglob("*")) if root.is_dir() else []:
-            if path.is_file() and "__pycache__" not in path.parts:
-                add(str(path.relative_to(root)))
-                digest.update(path.read_bytes())
+    for root in [d / "email" for d in settings.template_dirs()]:  # edited while `serve` runs
+        digest.update(_folder_digest(root))
+    digest.update(_code_digest())
     return digest.hexdigest()
+
+
+def _folder_digest(root: Path) -> bytes:
+    """The names and contents of every file below `root`."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")) if root.is_dir() else []:
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode("utf-8") + b"\0")
+            digest.update(path.read_bytes())
+    return digest.digest()
+
+
+@cache
+def _code_digest() -> bytes:
+    """The program's own files, read once per process: the code running cannot change under it
+    (an upgrade is a new process), and reading some hundred files per preview was waste."""
+    return _folder_digest(CODE)
 
 
 def cached_render(
