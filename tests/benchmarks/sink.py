@@ -13,10 +13,12 @@ where a sender's rate depends on how many connections it keeps busy rather than 
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -113,3 +115,22 @@ if __name__ == "__main__":
         _serve_latency(int(sys.argv[1]), float(sys.argv[2]))
     else:
         asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
+
+
+def raw_smtplib(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
+    """The baseline every send benchmark compares against: plain smtplib sending prebuilt bytes
+    over `connections` reused connections (one thread each). (seconds, CPU seconds of this
+    process)."""
+    def worker(part: list[tuple[str, bytes]]) -> None:
+        smtp = smtplib.SMTP("127.0.0.1", port)
+        for to, raw in part:
+            smtp.sendmail("letters@essays.example.org", [to], raw)
+        smtp.quit()
+
+    threads = [threading.Thread(target=worker, args=(messages[i::connections],)) for i in range(connections)]
+    start, cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, time.process_time() - cpu
