@@ -203,6 +203,15 @@ def any_engine(any_settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A real SMTP server on loopback whose faults a test scripts (tests/smtp_faults.py)."""
+    from tests.smtp_faults import fault_server  # noqa: PLC0415  (it imports this module)
+
+    with fault_server() as running:
+        yield running
+
+
 @dataclass
 class Received:
     """One message the test SMTP server accepted."""

@@ -15,6 +15,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from pipeline import db
 from pipeline.config import Settings, load_settings
 from pipeline.issues import compose
 from pipeline.models import Issue
@@ -170,3 +171,8 @@ def new_issue(engine: Engine, settings: Settings, key: str, slugs: list[str] | N
         issue = compose(session, settings, slugs=slugs, key=key, resend=resend)
         session.commit()
         return issue
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The migrated database of `settings`."""
+    return db.connect(settings.database.url)

@@ -22,14 +22,8 @@ from pipeline.publish import Ending, enqueue
 from pipeline.schedule import JOB_ID, make_scheduler
 from pipeline.worker import run_worker
 from tests.conftest import CLI, PUBLIC_WEB, write_config
-from tests.smtp_faults import FaultServer, add_audience, fault_server
+from tests.smtp_faults import FaultServer, add_audience
 from tests.test_schedule import utc_schedule_due
-
-
-@pytest.fixture
-def server() -> Any:
-    with fault_server() as running:
-        yield running
 
 
 def smtp_config(tmp_path: Path, server: FaultServer, **sections: dict[str, Any]) -> Path:

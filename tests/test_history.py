@@ -15,13 +15,7 @@ from pipeline.models import Delivery, Issue
 from pipeline.publish import Ending, dry_run, publish
 from subscribers import consent
 from tests.digest_fixtures import add_essays, make_essay
-from tests.smtp_faults import FaultServer, add_audience, fault_server, new_issue, smtp_settings
-
-
-@pytest.fixture
-def server() -> FaultServer:
-    with fault_server() as running:
-        yield running
+from tests.smtp_faults import FaultServer, add_audience, new_issue, smtp_settings
 
 
 def got(server: FaultServer) -> Counter[str]:

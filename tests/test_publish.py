@@ -12,25 +12,14 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from pipeline import db, ledger_reads
-from pipeline.config import Settings
+from pipeline import ledger_reads
 from pipeline.copies import personal_copy
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.publish import Ending, dry_run, publish
 from subscribers import consent
 from subscribers.model import utcnow
 from subscribers.tokens import UNSUBSCRIBE, load_secret, read_token
-from tests.smtp_faults import FaultServer, add_audience, fault_server, new_issue, smtp_settings
-
-
-@pytest.fixture
-def server() -> FaultServer:
-    with fault_server() as running:
-        yield running
-
-
-def engine_for(settings: Settings):  # noqa: ANN201
-    return db.connect(settings.database.url)
+from tests.smtp_faults import FaultServer, add_audience, engine_for, new_issue, smtp_settings
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

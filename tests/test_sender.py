@@ -12,22 +12,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from pipeline import db, ledger_reads
-from pipeline.config import Settings
+from pipeline import ledger_reads
 from pipeline.publish import Ending, Report, publish
 from pipeline.transports import MemoryTransport
 from subscribers.model import utcnow
-from tests.smtp_faults import FaultServer, add_audience, fault_server, smtp_settings
-
-
-@pytest.fixture
-def server() -> FaultServer:
-    with fault_server() as running:
-        yield running
-
-
-def engine_for(settings: Settings):  # noqa: ANN201
-    return db.connect(settings.database.url)
+from tests.smtp_faults import FaultServer, add_audience, engine_for, fault_server, smtp_settings
 
 
 def test_stop_finishes_the_batch_in_flight_and_send_again_carries_on(tmp_path: Path, server: FaultServer) -> None:

@@ -42,12 +42,6 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
 
 
-@pytest.fixture
-def server() -> Any:
-    with fault_server() as running:
-        yield running
-
-
 def add_readers(engine: Engine, count: int, essays: int = 2, prefix: str = "reader") -> list[str]:
     """Essays to send and `count` active subscribers, inserted in one statement (fast)."""
     with Session(engine) as session:
