@@ -48,6 +48,12 @@ def had_before(session: Session, issue: Issue) -> dict[int, str]:
     return had
 
 
+def left_out(session: Session, issue: Issue) -> dict[int, str]:
+    """Who `issue` is not sent to because they had one of its essays (id -> that essay's slug):
+    nobody when it was composed with --resend. The freeze and the dry run both ask this."""
+    return {} if issue.resend else had_before(session, issue)
+
+
 def repeats(session: Session, issue: Issue) -> dict[str, int]:
     """essay slug -> how many active readers had it already (each reader counted once, under
     the first such essay of the issue): what the send confirmation tells."""

@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
-from pipeline.message import MessageFactory, new_message_id
+from pipeline.message import new_message_id
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import RenderedIssue
 from pipeline.returnpath import return_path
@@ -155,7 +155,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
         if target.status == IssueStatus.SENDING.value:
             owed = ledger.owed(session, target.id or 0)
         else:
-            skip = {} if target.resend else history.had_before(session, target)
+            skip = history.left_out(session, target)
             owed = (row for row in ledger.audience(session) if row[0] not in skip)
         for subscriber_id, email, name in owed:
             row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
@@ -184,7 +184,7 @@ def _prepare(settings: Settings, engine: Engine, ref: int | str | None, latest: 
         rendered = rendered_issue(session, settings, target)
         session.commit()  # keeps a composed draft, and lets go of SQLite's write lock
     # Before the prompt; a refused draft is kept, for `newsletter lint` and the next send.
-    sample = personal_copy(None, settings, "", target, None, factory=MessageFactory(settings, rendered))
+    sample = personal_copy(None, settings, "", target, None, factory=factory_for(settings, target, rendered))
     gate.check(settings, sample, target.key, force)
     if confirm is not None and not confirm(target, report.total):
         return None, None, report.end(Ending.DECLINED)
@@ -255,8 +255,8 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     then the rows a stopped sender left in flight reconciled, and what is owed counted."""
     with session_scope(engine) as session:
         if issues.start_sending(session, issue.id or 0, rendered, now) is not None:
-            skip = {} if issue.resend else history.had_before(session, issue)
-            ledger.freeze_audience(session, issue, lambda: new_message_id(settings), now, skip)
+            ledger.freeze_audience(session, issue, lambda: new_message_id(settings), now,
+                                   history.left_out(session, issue))
     # The retry deadline (delivery.retry_hours) counts from this run's start.
     issue.status, issue.started_at = IssueStatus.SENDING.value, now
     with session_scope(engine) as session:
