@@ -9,12 +9,16 @@ under 0.1% and never reach 0.3%. Above `bounces.complaint_warn_rate` the summary
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlmodel import Session
+from sqlalchemy.engine import Connection
 
-from pipeline import issues, ledger_reads
+from pipeline import glance
 from pipeline.config import BounceSettings
-from pipeline.models import BounceKind
+from pipeline.statuses import BounceKind
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ class IssueFeedback:
         return "ok", said
 
 
-def issue_feedback(session: Session, issue_id: int) -> IssueFeedback:
-    delivered, found = ledger_reads.feedback_counts(session, issue_id)
+def issue_feedback(connection: Connection, issue_id: int) -> IssueFeedback:
+    delivered, found = glance.feedback_counts(connection, issue_id)
     return IssueFeedback(delivered, found.get(BounceKind.HARD.value, 0),
                          found.get(BounceKind.SOFT.value, 0), found.get(BounceKind.COMPLAINT.value, 0))
 
@@ -56,9 +60,11 @@ def scheduled_sending_paused(session: Session, bounces: BounceSettings) -> str |
     """Why the scheduler must not start the next issue (the last issue's complaint rate), or None."""
     if not bounces.enabled or not bounces.complaint_pause_rate:
         return None
+    from pipeline import issues  # noqa: PLC0415  (the ORM: only when the scheduler composes)
+
     last = issues.last_started(session)
     if last is None or last.id is None:
         return None
-    verdict, why = issue_feedback(session, last.id).verdict(bounces)
+    verdict, why = issue_feedback(session.connection(), last.id).verdict(bounces)
     return f"issue {last.key}: {why}" if verdict == "pause" else None
 

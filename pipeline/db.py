@@ -9,15 +9,15 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
-from sqlmodel import Session, create_engine
 
 from pipeline.errors import DatabaseError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # How long a SQLite writer waits for another process's write lock before giving up.
@@ -121,6 +121,8 @@ def connect(url: str) -> Engine:
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any error."""
+    from sqlmodel import Session  # noqa: PLC0415  (the ORM: not for the quick reads, see glance.py)
+
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
@@ -133,12 +135,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 def open_session(engine: Engine, expire_on_commit: bool = True) -> Session:
     """A plain session (nothing committed on exit), for the shells: reads, and library calls that
     commit their own work; they open it here so that none of them imports the ORM."""
+    from sqlmodel import Session  # noqa: PLC0415  (the ORM: not for the quick reads, see glance.py)
+
     return Session(engine, expire_on_commit=expire_on_commit)
 
 
 @contextmanager
 def scratch_session(engine: Engine) -> Iterator[Session]:
     """A session never committed: its changes are thrown away, what it loaded stays readable."""
+    from sqlmodel import Session  # noqa: PLC0415  (the ORM: not for the quick reads, see glance.py)
+
     with Session(engine) as session:
         try:
             yield session

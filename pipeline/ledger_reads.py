@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from pipeline import glance
 from pipeline.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from subscribers.model import Subscriber, SubscriberStatus
 
@@ -27,10 +29,7 @@ def audience_size(session: Session, issue: Issue) -> int:
 
 def counts(session: Session, issue_id: int) -> dict[str, int]:
     """How many rows have each status (every status listed, zeros included)."""
-    found = dict(session.exec(
-        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)).all())
-    return {s.value: int(found.get(s.value, 0)) for s in DeliveryStatus}
+    return glance.counts(_connection(session), issue_id)
 
 
 def rows(session: Session, issue_id: int, status: str | None = None, limit: int | None = None) -> list[Delivery]:
@@ -43,8 +42,7 @@ def rows(session: Session, issue_id: int, status: str | None = None, limit: int 
 
 def next_retry(session: Session, issue_id: int) -> datetime | None:
     """When the earliest row waiting for a retry comes due (None: nothing waits)."""
-    return session.exec(select(func.min(Delivery.next_attempt_at)).where(
-        Delivery.issue_id == issue_id, Delivery.status == PENDING)).one()
+    return glance.next_retry(_connection(session), issue_id)
 
 
 def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]:
@@ -55,11 +53,7 @@ def sent_since(session: Session, since: datetime) -> tuple[int, datetime | None]
 
 def holders(session: Session, issue_id: int) -> list[tuple[str | None, int, datetime | None]]:
     """(holder, rows, latest lease) per process holding the issue's `sending` rows."""
-    found = session.exec(
-        select(Delivery.holder, func.count(), func.max(Delivery.lease_until))
-        .where(Delivery.issue_id == issue_id, Delivery.status == SENDING)
-        .group_by(Delivery.holder)).all()
-    return [(holder, int(count), until) for holder, count, until in found]
+    return glance.holders(_connection(session), issue_id)
 
 
 def holders_on(session: Session, issue_id: int, host: str) -> list[str]:
@@ -68,17 +62,6 @@ def holders_on(session: Session, issue_id: int, host: str) -> list[str]:
         Delivery.issue_id == issue_id, Delivery.status == SENDING,
         col(Delivery.holder).startswith(f"{host}:"))).all()
     return [h for h in found if h]
-
-
-def feedback_counts(session: Session, issue_id: int) -> tuple[int, dict[str, int]]:
-    """(rows sent, {feedback kind: rows}) of one issue: what its bounces and complaints say."""
-    found = session.exec(
-        select(Delivery.feedback, func.count()).where(Delivery.issue_id == issue_id,
-                                                      col(Delivery.feedback).is_not(None))
-        .group_by(Delivery.feedback)).all()
-    delivered = int(session.exec(select(func.count()).select_from(Delivery).where(
-        Delivery.issue_id == issue_id, Delivery.status == SENT)).one())
-    return delivered, {kind: int(n) for kind, n in found if kind}
 
 
 def by_message_id(session: Session, message_id: str) -> Delivery | None:
@@ -90,3 +73,9 @@ def latest_to(session: Session, subscriber_id: int) -> Delivery | None:
     """The delivery sent last to this subscriber (any issue)."""
     return session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber_id)
                         .order_by(col(Delivery.sent_at).desc(), col(Delivery.id).desc())).first()
+
+
+def _connection(session: Session) -> Connection:
+    """The session's connection, its pending changes flushed: the quick reads see what it sees."""
+    session.flush()
+    return session.connection()

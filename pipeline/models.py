@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
+from pipeline.statuses import BounceKind as BounceKind
+from pipeline.statuses import DeliveryStatus as DeliveryStatus
+from pipeline.statuses import IssueStatus as IssueStatus
 from subscribers.model import utcnow
 
 
@@ -32,15 +34,6 @@ class Essay(SQLModel, table=True):
     imported_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     sent_in_issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
-
-
-class IssueStatus(StrEnum):
-    DRAFT = "draft"
-    SENDING = "sending"
-    SENT = "sent"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"  # its period passed before it could be started or finished
-    SKIPPED = "skipped"  # a scheduled period with nothing to send
 
 
 class Issue(SQLModel, table=True):
@@ -78,15 +71,6 @@ class IssueEssay(SQLModel, table=True):
     issue_id: int = Field(foreign_key="issue.id", primary_key=True)
     position: int = Field(primary_key=True)
     essay_id: int = Field(foreign_key="essay.id", index=True)
-
-
-class DeliveryStatus(StrEnum):
-    PENDING = "pending"  # owed, not attempted yet (or waiting for a retry)
-    SENDING = "sending"  # claimed by a worker, attempt in flight
-    SENT = "sent"
-    FAILED = "failed"  # permanent failure, or transient past the retry deadline
-    UNKNOWN = "unknown"  # no reply after the message went out, or its sender died: maybe sent
-    SKIPPED = "skipped"  # unsubscribed (or suppressed) before the attempt
 
 
 class Delivery(SQLModel, table=True):
@@ -155,15 +139,6 @@ class FeedEntry(SQLModel, table=True):
     essay_id: int | None = Field(default=None, foreign_key="essay.id", index=True)
     skipped_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     first_seen_at: datetime = Field(default_factory=utcnow)
-
-
-class BounceKind(StrEnum):
-    HARD = "hard"  # 5.x.x: the address does not exist
-    SOFT = "soft"  # 4.x.x, mailbox full, delayed: counted
-    COMPLAINT = "complaint"  # ARF feedback report: marked as spam
-    UNSUBSCRIBE = "unsubscribe"  # a mail to the List-Unsubscribe mailto address
-    AUTOREPLY = "autoreply"  # out of office, RFC 3834: left alone
-    IGNORED = "ignored"  # unparseable, or nobody we know: left alone
 
 
 class BounceEvent(SQLModel, table=True):

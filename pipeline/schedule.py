@@ -21,7 +21,7 @@ from pipeline import signals
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.errors import NewsletterError
 from pipeline.periods import Action, local_time, period_key, weekday_name
-from subscribers.model import utcnow
+from subscribers.clock import utcnow
 
 if TYPE_CHECKING:
     from apscheduler.events import JobExecutionEvent

@@ -17,13 +17,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from pipeline import issues, leases, ledger_reads
+from pipeline import glance, issues, leases
 from pipeline.complaints import scheduled_sending_paused
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import NotFound
 from pipeline.models import Issue
-from pipeline.periods import FINISHED, Action, Outcome, Period, decide, describe, due_period, next_due, period_of_key
+from pipeline.periods import FINISHED, Action, Outcome, Period, decide, due_period, period_of_key
 
 if TYPE_CHECKING:
     from pipeline import publish
@@ -156,10 +156,6 @@ def _compose(session: Session, settings: Settings, period: Period, now: datetime
 
 def _outcome(settings: Settings, session: Session, action: Action, period: Period,
              issue: Issue | None, now: datetime, dry_run: bool = False) -> Outcome:
-    found = ledger_reads.counts(session, issue.id) if issue and issue.id else {}
-    counts = {status: n for status, n in found.items() if n}  # the statuses it has, only
-    status = issue.status if issue else None
-    return Outcome(action=action, key=period.key, due_at=period.due_at,
-                   issue_id=issue.id if issue else None, status=status,
-                   message=describe(settings.schedule, action, period, status, counts, dry_run),
-                   next_due_at=next_due(settings.schedule, now, 1)[0].due_at, counts=counts)
+    session.flush()  # the quick read below sees what this session has changed
+    row = glance.find_issue(session.connection(), str(issue.id)) if issue and issue.id else None
+    return glance.week_outcome(settings, session.connection(), action, period, row, now, dry_run)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    """Now, aware, in UTC: SQLModel's datetime columns refuse naive values and return UTC."""
-    return datetime.now(UTC)
+from subscribers.clock import utcnow as utcnow  # most modules have always imported it here
 
 
 class SubscriberStatus(StrEnum):

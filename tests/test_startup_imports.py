@@ -1,5 +1,6 @@
-"""Read-only commands load the database layer only: not the renderer, the sender, the feed
-readers, the checklist or Alembic (for a database already at the newest schema).
+"""Read-only commands load SQLAlchemy Core only: not the ORM (SQLModel, pydantic), the renderer,
+the sender, the feed readers, the checklist, the scheduler or Alembic (for a database already at
+the newest schema). They read through pipeline/glance.py.
 
 What a command imports decides how long it takes to start (a cron job runs `schedule run-due`
 every 15 minutes); the times themselves are measured in tests/benchmarks/test_bench_startup.py.
@@ -19,10 +20,11 @@ from tests.conftest import write_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Libraries only composing, rendering, sending, linting, polling or migrating need.
+# Libraries only composing, rendering, sending, linting, polling, scheduling or migrating need;
+# the ORM (SQLModel and pydantic) costs more than the whole work of a read-only command.
 HEAVY = ("alembic", "jinja2", "premailer", "sklearn", "numpy", "dkim", "cssutils", "feedparser",
-         "markdown_it", "flask", "apscheduler.schedulers", "pipeline.render", "pipeline.publish",
-         "pipeline.polling")
+         "markdown_it", "flask", "apscheduler", "sqlmodel", "pydantic", "sqlalchemy.orm",
+         "pipeline.models", "pipeline.render", "pipeline.publish", "pipeline.polling")
 
 PROBE = """
 import json, sys
@@ -32,7 +34,7 @@ try:
 finally:
     heavy = {heavy!r}
     loaded = sorted(n for n in sys.modules if any(n == h or n.startswith(h + ".") for h in heavy))
-    print("\\nLOADED " + json.dumps(sorted({{n.split(".")[0] if not n.startswith(("pipeline", "apscheduler"))
+    print("\\nLOADED " + json.dumps(sorted({{n.split(".")[0] if not n.startswith(("pipeline", "sqlalchemy"))
                                            else n for n in loaded}})))
 """
 
@@ -57,8 +59,8 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args", [("issues", "list"), ("sends", "status", "latest"), ("schedule", "next"),
-                                  ("schedule", "run-due")],
+@pytest.mark.parametrize("args", [("issues", "list"), ("issues", "show", "latest"), ("sends", "status", "latest"),
+                                  ("schedule", "next"), ("schedule", "run-due")],
                          ids=" ".join)
 def test_a_read_only_command_loads_no_heavy_stage(config: Path, args: tuple[str, ...]) -> None:
     assert loaded_by(config, *args) == []
@@ -67,4 +69,4 @@ def test_a_read_only_command_loads_no_heavy_stage(config: Path, args: tuple[str,
 def test_a_command_that_renders_still_loads_the_renderer(config: Path) -> None:
     # Guard: the probe does see the heavy imports when they happen.
     loaded = loaded_by(config, "preview", "1", "--text")  # the composed issue
-    assert {"jinja2", "premailer", "pipeline.render"} <= set(loaded)
+    assert {"jinja2", "premailer", "pipeline.render", "sqlmodel", "pipeline.models"} <= set(loaded)

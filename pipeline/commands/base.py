@@ -28,6 +28,10 @@ EXIT_EXPIRED = 3  # `schedule run-due`: a period was recorded as expired
 EXIT_OWED = 4  # deliveries are still owed (retries waiting, a run stopped or held elsewhere)
 EXIT_UNDECIDED = 5  # finished, but some deliveries are `unknown` (maybe delivered): decide
 
+# What to do about `unknown` deliveries: `send`, `sends status` and run-due say it alike.
+UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `newsletter sends retry "
+                "{key} --unknown` resends them (a second copy, same Message-ID, for whoever got one).")
+
 
 def shown(text: str) -> str:
     """Stored or file-given text for console.print: markup and control characters shown literally.

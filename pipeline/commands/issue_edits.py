@@ -9,8 +9,6 @@ import click
 
 from pipeline.commands.base import App, pass_app, shown
 from pipeline.db import open_session, session_scope
-from pipeline.editorial import discard, edit
-from pipeline.issues import find_issue, issue_essays
 
 
 @click.command("edit")
@@ -33,6 +31,9 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
       newsletter issues edit 2026-11-30 --intro note.md --subject "Rivers, and a walk"
       newsletter issues edit 2026-11-30 --add-essay on-rivers --remove-essay walking-at-dawn
     """
+    from pipeline.editorial import edit  # noqa: PLC0415  (the ORM: only when a command changes a draft)
+    from pipeline.issues import issue_essays  # noqa: PLC0415
+
     if subject is None and intro_file is None and not add and not remove:
         raise click.UsageError("nothing to change: give --subject, --intro, --add-essay or --remove-essay")
     intro: str | None = None
@@ -67,6 +68,9 @@ def discard_command(app: App, issue_ref: str, yes: bool) -> None:
       newsletter issues discard 2026-11-30
       newsletter issues discard 2026-11-30-2 --yes
     """
+    from pipeline.editorial import discard  # noqa: PLC0415  (the ORM: only when a command changes a draft)
+    from pipeline.issues import find_issue  # noqa: PLC0415
+
     with open_session(app.engine) as session:
         issue = find_issue(session, issue_ref)
         key, title = issue.key, issue.subject

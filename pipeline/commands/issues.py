@@ -15,18 +15,19 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline import history
+from pipeline import glance
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.commands.issue_edits import discard_command, edit_command
 from pipeline.config import Settings
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
-from pipeline.issues import compose, find_issue, issue_essays, list_issues
 from pipeline.lint_help import anchor, fix_for
-from pipeline.models import Essay, Issue
 
-if TYPE_CHECKING:  # the renderer and the checklist load only in the commands that build a message
+# `issues list` and `issues show` read through glance.py and start without the ORM; the
+# commands that compose, render or check an issue import their stages when they run.
+if TYPE_CHECKING:
     from pipeline.lint import Finding
+    from pipeline.models import Essay, Issue
 
 
 @click.group("issues")
@@ -59,6 +60,9 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
       newsletter issues new --essay walking-at-dawn --essay on-rivers
       newsletter issues new --essay walking-at-dawn --resend
     """
+    from pipeline import history  # noqa: PLC0415  (composing: the ORM)
+    from pipeline.issues import compose, issue_essays  # noqa: PLC0415
+
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
                                  param_hint="--key")
@@ -107,8 +111,8 @@ def list_command(app: App, as_json: bool) -> None:
       newsletter issues list
       newsletter issues list --json
     """
-    with open_session(app.engine) as session:
-        rows = [describe_issue(issue, issue_essays(session, issue)) for issue in list_issues(session)]
+    with app.engine.connect() as connection:
+        rows = [describe_issue(issue, essays) for issue, essays in glance.issues(connection)]
     if as_json:
         print_json(rows)
         return
@@ -140,9 +144,9 @@ def show(app: App, issue_ref: str, as_json: bool) -> None:
       newsletter issues show 3
       newsletter issues show weekly-2026-W48 --json
     """
-    with open_session(app.engine) as session:
-        issue = find_issue(session, issue_ref)
-        data = describe_issue(issue, issue_essays(session, issue))
+    with app.engine.connect() as connection:
+        issue = glance.find_issue(connection, issue_ref)
+        data = describe_issue(issue, glance.essays_of(connection, issue.id))
     if as_json:
         print_json(data)
         return
@@ -260,6 +264,7 @@ def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]
     """The issue, and the message bytes a send would make of it for this subscriber (or a sample
     with an inert link)."""
     from pipeline.copies import personal_copy  # noqa: PLC0415
+    from pipeline.issues import find_issue  # noqa: PLC0415
     from subscribers.consent import find  # noqa: PLC0415
     from subscribers.tokens import load_secret  # noqa: PLC0415
 
@@ -274,7 +279,8 @@ def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]
         return issue, personal_copy(session, app.settings, secret, issue, subscriber)
 
 
-def describe_issue(issue: Issue, essays: Sequence[Essay]) -> dict[str, Any]:
+def describe_issue(issue: Issue | glance.IssueRow,
+                   essays: Sequence[Essay | glance.CarriedEssay]) -> dict[str, Any]:
     """An issue and its essays as the list/show commands print them (and --json gives them)."""
     return {
         "id": issue.id,

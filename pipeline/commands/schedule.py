@@ -9,17 +9,9 @@ from datetime import UTC
 from typing import TYPE_CHECKING
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from pipeline import schedule as scheduling
-from pipeline import weekly
+from pipeline import glance
 from pipeline.commands.base import (
     EXIT_EXPIRED,
     EXIT_OWED,
@@ -30,9 +22,12 @@ from pipeline.commands.base import (
     print_json,
     stop_on_signals,
 )
-from pipeline.periods import Action, period_key
-from subscribers.model import utcnow
+from pipeline.periods import Action, Outcome, next_due
+from subscribers.clock import utcnow
 
+# `schedule next` and a `run-due` with nothing to change (cron, every 15 minutes) read through
+# glance.py and start without the ORM; the scheduler, the sender and the weekly job load only
+# when there is something to do.
 if TYPE_CHECKING:
     from pipeline.publish import Report
 
@@ -76,6 +71,8 @@ def run(app: App) -> None:
     # The scheduler's own chatter and the migration check would drown the digest's lines.
     for noisy in ("apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pipeline import schedule as scheduling  # noqa: PLC0415  (APScheduler and the whole pipeline)
+
     scheduling.run_forever(app.settings, app.engine)
 
 
@@ -95,11 +92,13 @@ def next_runs(app: App, count: int, as_json: bool) -> None:
     """
     schedule = app.settings.schedule
     now = utcnow()
-    times = scheduling.next_fire_times(schedule, now, count)
-    rows = [
-        {"key": period_key(t), "local": t, "utc": t.astimezone(UTC)} for t in times
-    ]
-    latest = weekly.run_due(app.settings, app.engine, now, dry_run=True)
+    # The periods' own arithmetic: tests/test_periods.py holds it equal to APScheduler's fire
+    # times (DST changes included), and it needs no scheduler loaded to answer.
+    rows = [{"key": p.key, "local": p.due_at, "utc": p.due_at.astimezone(UTC)}
+            for p in next_due(schedule, now, count)]
+    with app.engine.connect() as connection:
+        latest = glance.quiet_week(app.settings, connection, now, dry_run=True)
+    assert latest is not None  # a dry run always has its answer there
     if as_json:
         print_json({"timezone": schedule.timezone.key, "runs": rows,
                     "latest": {"key": latest.key, "due_at": latest.due_at,
@@ -144,20 +143,10 @@ def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
       newsletter schedule run-due --dry-run
       */15 * * * *  cd /srv/newsletter && newsletter schedule run-due
     """
-    stop = threading.Event()
-    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    # A bar on a terminal only: under cron the output is mail, and bars are noise there.
-    with Progress(*columns, console=app.err, transient=True,
-                  disable=dry_run or not app.err.is_terminal) as bar, \
-            stop_on_signals(stop, app, "the next run resumes"):
-        task = bar.add_task("", total=None)
-
-        def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
-            bar.update(task, total=report.to_send, completed=done)
-
-        outcome = weekly.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
-                                     stop=stop, progress=progress, force=force)
+    with app.engine.connect() as connection:
+        outcome = glance.quiet_week(app.settings, connection, utcnow(), dry_run=dry_run)
+    if outcome is None:  # something to compose, send, resume or expire
+        outcome = _run_due(app, dry_run, force)
     if as_json:
         print_json({"dry_run": dry_run, **outcome.as_dict()})
     else:
@@ -174,6 +163,34 @@ def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
         sys.exit(EXIT_OWED)
     if outcome.undecided and outcome.action in (Action.COMPOSE, Action.RESUME):
         sys.exit(EXIT_UNDECIDED)
+
+
+def _run_due(app: App, dry_run: bool, force: bool) -> Outcome:
+    """The weekly job itself, with a progress bar on a terminal and a clean stop on signals."""
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from pipeline import weekly  # noqa: PLC0415  (the ORM, the renderer and the sender)
+
+    stop = threading.Event()
+    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # A bar on a terminal only: under cron the output is mail, and bars are noise there.
+    with Progress(*columns, console=app.err, transient=True,
+                  disable=dry_run or not app.err.is_terminal) as bar, \
+            stop_on_signals(stop, app, "the next run resumes"):
+        task = bar.add_task("", total=None)
+
+        def progress(report: Report) -> None:
+            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
+            bar.update(task, total=report.to_send, completed=done)
+
+        return weekly.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
+                              stop=stop, progress=progress, force=force)
 
 
 commands = [group]

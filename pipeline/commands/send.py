@@ -20,6 +20,7 @@ from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
     EXIT_UNDECIDED,
+    UNKNOWN_HELP,
     App,
     json_option,
     pass_app,
@@ -229,10 +230,6 @@ def _undecided(app: App, report: Report) -> None:
     finished = "finished, but " if report.undecided else ""
     app.err.print(f"[bold yellow]{escape(report.issue_key)} is {finished}{unknown} deliveries are "
                   f"unknown[/] (maybe delivered, maybe not). {UNKNOWN_HELP.format(key=escape(report.issue_key))}")
-
-
-UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `newsletter sends retry "
-                "{key} --unknown` resends them (a second copy, same Message-ID, for whoever got one).")
 
 
 commands = [send, send_test_command]

@@ -5,16 +5,15 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import Session
 
-from pipeline import leases, ledger_reads
-from pipeline.commands.base import App, json_option, pass_app, print_json
-from pipeline.commands.send import UNKNOWN_HELP, exit_status, run_publish, summary
+from pipeline import glance
+from pipeline.commands.base import UNKNOWN_HELP, App, json_option, pass_app, print_json
 from pipeline.complaints import issue_feedback
-from pipeline.issues import requeue
-from pipeline.models import DeliveryStatus, Issue
+from pipeline.db import open_session
+from pipeline.statuses import DeliveryStatus
 
 STATUSES = [s.value for s in DeliveryStatus]
+# The command is quick (glance.py, no ORM) unless rows are in flight: those are reconciled first.
 
 
 @click.group("sends")
@@ -34,12 +33,16 @@ def status(app: App, issue: str, as_json: bool) -> None:
       newsletter sends status weekly-2026-W48
       newsletter sends status 3 --json
     """
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        counts = ledger_reads.counts(session, target.id or 0)
-        next_retry = ledger_reads.next_retry(session, target.id or 0) if counts["pending"] else None
-        holders = leases.in_flight(session, target.id or 0)
-        feedback = issue_feedback(session, target.id or 0)
+    target, counts = settled(app, issue)
+    with app.engine.connect() as connection:
+        next_retry = glance.next_retry(connection, target.id) if counts["pending"] else None
+        feedback = issue_feedback(connection, target.id)
+    holders = []
+    if counts["sending"]:
+        from pipeline import leases  # noqa: PLC0415  (the ORM: only with rows in flight)
+
+        with open_session(app.engine) as session:
+            holders = leases.in_flight(session, target.id)
     verdict, why = feedback.verdict(app.settings.bounces)
     if as_json:
         print_json({"issue": target.key, "status": target.status, "counts": counts,
@@ -69,7 +72,8 @@ def status(app: App, issue: str, as_json: bool) -> None:
     if next_retry:
         app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
     if holders:
-        app.console.print(f"In flight ({counts['sending']} sending): {escape(leases.describe_in_flight(holders))}.")
+        app.console.print(f"In flight ({counts['sending']} sending): "
+                          f"{escape(leases.describe_in_flight(holders))}.")
     _hints(app, target, counts)
 
 
@@ -88,10 +92,11 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
       newsletter sends list weekly-2026-W48 --status failed
       newsletter sends list 3 --status unknown --json
     """
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        found = ledger_reads.rows(session, target.id or 0, wanted, limit or None)
-        counts = ledger_reads.counts(session, target.id or 0)
+    from pipeline import ledger_reads  # noqa: PLC0415  (the ORM: rows are Delivery objects)
+
+    target, counts = settled(app, issue)
+    with open_session(app.engine) as session:
+        found = ledger_reads.rows(session, target.id, wanted, limit or None)
     total = counts[wanted] if wanted else sum(counts.values())
     fields = ("id", "subscriber_id", "email", "name", "status", "attempts", "smtp_code",
               "last_error", "message_id", "next_attempt_at", "sent_at", "holder", "feedback",
@@ -135,9 +140,10 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
         raise click.UsageError("say what to resend: --failed, --unknown or both")
     kinds = [w for w, on in (("failed", failed), ("unknown", unknown)) if on]
     what = " and ".join(kinds)
-    with Session(app.engine) as session:
-        target = leases.settle(session, issue)
-        counts = ledger_reads.counts(session, target.id or 0)
+    from pipeline.commands.send import exit_status, run_publish, summary  # noqa: PLC0415  (the sender)
+    from pipeline.issues import requeue  # noqa: PLC0415
+
+    target, counts = settled(app, issue)
     count = counts["failed"] * failed + counts["unknown"] * unknown
     if not count:
         app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
@@ -150,7 +156,24 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     raise SystemExit(exit_status(report))
 
 
-def _hints(app: App, issue: Issue, counts: dict[str, int]) -> None:
+def settled(app: App, ref: str) -> tuple[glance.IssueRow, dict[str, int]]:
+    """The issue `ref` names and its counts, after rows a stopped sender left in flight are
+    reconciled (leases.settle): what every command here reads first."""
+    with app.engine.connect() as connection:
+        target = glance.find_issue(connection, ref)
+        counts = glance.counts(connection, target.id)
+    if not counts["sending"]:
+        return target, counts
+    from pipeline import leases  # noqa: PLC0415  (the ORM: only with rows in flight)
+
+    with open_session(app.engine) as session:
+        leases.settle(session, target.id)
+    with app.engine.connect() as connection:
+        return glance.find_issue(connection, str(target.id)), glance.counts(connection, target.id)
+
+
+def _hints(app: App, issue: glance.IssueRow, counts: dict[str, int]) -> None:
+
     if counts["unknown"]:
         app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
                           f"its sender stopped mid-attempt; maybe delivered, maybe not. "
