@@ -8,6 +8,10 @@ The latency sink (`start_latency_sink`): an aiosmtpd server whose handler sleeps
 reply to MAIL, RCPT and DATA (10 ms by default), the shape of a real relay a network hop away,
 where a sender's rate depends on how many connections it keeps busy rather than on its CPU.
 `python tests/benchmarks/sink.py PORT LATENCY latency`.
+
+The aiosmtpd sink (`start_aiosmtpd_sink`): aiosmtpd accepting everything with no sleep, the
+CPU-bound sink issue 13 first measured against (aiosmtpd's own parsing is much of the cost per
+message, so it narrows the gap between any two senders). `python tests/benchmarks/sink.py PORT 0 aiosmtpd`.
 """
 
 from __future__ import annotations
@@ -82,10 +86,17 @@ class LatencyHandler:
         return "250 Message accepted"
 
 
-def _serve_latency(port: int, latency: float) -> None:
+class AcceptHandler:
+    """aiosmtpd handler: accept every message at once (aiosmtpd itself accepts MAIL and RCPT)."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 Message accepted"
+
+
+def _serve_aiosmtpd(port: int, handler: object) -> None:
     from aiosmtpd.controller import Controller  # noqa: PLC0415  (only this process needs it)
 
-    controller = Controller(LatencyHandler(latency), hostname="127.0.0.1", port=port)
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     print("ready", flush=True)
     threading.Event().wait()  # until the benchmark terminates the process
@@ -110,9 +121,16 @@ def start_latency_sink(latency: float = 0.010) -> tuple[subprocess.Popen[bytes],
     return _start(str(latency), "latency")
 
 
+def start_aiosmtpd_sink() -> tuple[subprocess.Popen[bytes], int]:
+    """The aiosmtpd sink that never sleeps, in another process on a free loopback port."""
+    return _start("0", "aiosmtpd")
+
+
 if __name__ == "__main__":
     if sys.argv[3:] == ["latency"]:
-        _serve_latency(int(sys.argv[1]), float(sys.argv[2]))
+        _serve_aiosmtpd(int(sys.argv[1]), LatencyHandler(float(sys.argv[2])))
+    elif sys.argv[3:] == ["aiosmtpd"]:
+        _serve_aiosmtpd(int(sys.argv[1]), AcceptHandler())
     else:
         asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
 

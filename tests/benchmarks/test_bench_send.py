@@ -1,10 +1,12 @@
-"""Benchmark: one issue to 10,000 subscribers into an SMTP sink in another process (`make bench`).
+"""Benchmark: a send of 10,000 in this process, into an SMTP sink in another process (`make bench`).
 
-Prints, measured in the same run: messages per second for the whole publish story (freeze,
-claim, build, send, record) against raw smtplib sending the same prebuilt bytes over the same
-number of connections, and their ratio (aim: >= 0.8); the per-message build time of the fast
-path against the stdlib EmailMessage; and the peak memory (tracemalloc) of a run at 10,000 and at
-100,000 subscribers, which should stay flat. It prints; it asserts no time.
+Prints, measured in the same run: messages per second for the publish story run in this process,
+libraries already loaded (render and freeze, claim, build, send, record), against raw smtplib
+sending the same prebuilt bytes over the same number of connections, and their ratio; and the
+per-message build time of the fast path against the stdlib EmailMessage. No process start-up is
+in it, so it has no aim of its own: issue 13's aim for a send (>= 0.9 of raw smtplib over one
+connection, start-up and render included) is printed by test_bench_whole_send.py, and the
+memory of a whole send by test_bench_memory.py. It prints; it asserts no time.
 BENCH_CONNECTIONS=1 measures over one connection (default 2).
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,40 +94,15 @@ def test_bench_send_10000_against_raw_smtplib(tmp_path: Path, sink: int) -> None
                              for p in people[:200])
     size = statistics.mean(len(raw) for _, raw in prebuilt[:100]) / 1024
     print(f"\n{SUBSCRIBERS:,} messages of {size:.0f} KB over {CONNECTIONS} connections to an SMTP sink:")
-    print(f"  publish (freeze, claim, build, send, record): {our_rate:8.0f} msgs/s ({ours:.1f} s)")
-    print(f"  raw smtplib, prebuilt bytes:                 {raw_rate:8.0f} msgs/s ({raw_seconds:.1f} s)")
-    print(f"  ratio publish / raw: {our_rate / raw_rate:.2f} (aim >= 0.8)")
+    print(f"  publish (render, freeze, claim, build, send, record):{our_rate:8.0f} msgs/s ({ours:.1f} s)")
+    print(f"  raw smtplib, prebuilt bytes:                         {raw_rate:8.0f} msgs/s ({raw_seconds:.1f} s)")
+    print(f"  ratio publish / raw: {our_rate / raw_rate:.2f} (in process, no start-up; no aim of its own)")
     # Both run their connections as threads of this process, so under the GIL the CPU this
     # process spends per message bounds the rate: what publish adds to smtplib's own work.
     print(f"  CPU of this process per message: publish {our_cpu / SUBSCRIBERS * 1e6:.0f} us, "
           f"raw smtplib {raw_cpu / SUBSCRIBERS * 1e6:.0f} us")
     print(f"  build one message: fast path {fast * 1000:.3f} ms, EmailMessage {slow * 1000:.3f} ms "
           f"(EmailMessage / fast = {slow / fast:.0f}x)")
-    engine.dispose()
-
-
-class NullTransport:
-    """Discards messages: the memory benchmark measures the pipeline, not a server."""
-
-    def send(self, mail_from: str, to: str, raw: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize("subscribers", [10_000, 100_000])
-def test_bench_peak_memory_stays_flat(tmp_path: Path, subscribers: int) -> None:
-    settings, engine, key = prepare(tmp_path, 1, subscribers, batch_size=500)
-    tracemalloc.start()
-    start = time.perf_counter()
-    report = publish(settings, engine, key, transport_factory=NullTransport)
-    seconds = time.perf_counter() - start
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert report.sent == subscribers
-    print(f"\n{subscribers:>7,} subscribers: peak traced memory {peak / 2**20:6.1f} MiB, "
-          f"{subscribers / seconds:6.0f} msgs/s into a null transport (under tracemalloc)")
     engine.dispose()
 
 
