@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import insert
 from sqlmodel import Session
 
-from pipeline import db
+from pipeline import db, related_cache
 from pipeline.issues import compose
 from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import start_sink
@@ -58,7 +58,8 @@ def peak_rss(args: list[str], folder: Path) -> tuple[float, float]:
 
 
 def populate(folder: Path, port: int, subscribers: int) -> Path:
-    """A 5-essay issue `bench` to `subscribers` active subscribers; the config's path."""
+    """A 5-essay issue `bench` to `subscribers` active subscribers, the archive's related-links
+    index stored as an import leaves it; the config's path."""
     settings = smtp_settings(folder, port, connections=CONNECTIONS)
     engine = db.connect(settings.database.url)
     now = utcnow()
@@ -72,6 +73,9 @@ def populate(folder: Path, port: int, subscribers: int) -> Path:
                 for n in range(first, min(first + 10_000, subscribers))])
         compose(session, settings, key="bench")
         session.commit()
+        # What `essays import` does after changing the archive: the related-links index is built
+        # then, not by the send (which then never loads scikit-learn).
+        related_cache.warm(session, settings)
     engine.dispose()
     return settings.path
 
