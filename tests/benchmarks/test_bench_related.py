@@ -21,7 +21,7 @@ from pipeline.related import (
     pick_for_issue,
     stems,
 )
-from tests.related_measure import measure
+from tests.related_measure import Relevance, measure
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
 ISSUE_SIZE = 5
@@ -53,19 +53,23 @@ def old_related(
 
 def in_issues(
     archive: Sequence[Essay], links_of_issue: Callable[[list[Essay]], list[list[Essay]]]
-) -> tuple[list[Essay], dict[str, list[Essay]], int]:
-    """Issues of five consecutive essays: the essays in them, their links, issues repeating a title."""
+) -> tuple[Relevance, int, int]:
+    """Issues of five consecutive essays: their links' relevance (an essay can link only outside
+    its issue), the issues and those repeating a title."""
     essays: list[Essay] = []
     links: dict[str, list[Essay]] = {}
-    repeating = 0
+    outside: dict[str, list[Essay]] = {}
+    repeating = issues = 0
     for start in range(0, len(archive) - ISSUE_SIZE + 1, ISSUE_SIZE):
         issue = list(archive[start : start + ISSUE_SIZE])
         shown = links_of_issue(issue)
         titles = [e.title for essay_links in shown for e in essay_links]
         repeating += len(titles) != len(set(titles))
+        issues += 1
         essays += issue
         links.update((essay.slug, essay_links) for essay, essay_links in zip(issue, shown, strict=True))
-    return essays, links, repeating
+        outside.update((essay.slug, [e for e in archive if e not in issue]) for essay in issue)
+    return measure(essays, partial(_by_slug, links), partial(_by_slug, outside)), issues, repeating
 
 
 def old_index(archive: list[Essay]) -> RelatedIndex:
@@ -95,15 +99,14 @@ def _report(name: str, archive: list[Essay]) -> None:
     print(f"  before: {before.line()}")
     print(f"  after:  {after.line()}")
     for label, links_of_issue in (("before", old_issue), ("after", new_issue)):
-        essays, links, repeating = in_issues(archive, links_of_issue)
-        result = measure(essays, partial(_links_of, links))
+        result, issues, repeating = in_issues(archive, links_of_issue)
         print(f"  in issues of {ISSUE_SIZE}, {label}: {result.line()}; "
-              f"{repeating} of {len(essays) // ISSUE_SIZE} issues repeat a title")
+              f"{repeating} of {issues} issues repeat a title")
     assert after.on_topic / max(after.links, 1) >= before.on_topic / max(before.links, 1)
 
 
-def _links_of(links: dict[str, list[Essay]], essay: Essay) -> list[Essay]:
-    return links[essay.slug]
+def _by_slug(essays: dict[str, list[Essay]], essay: Essay) -> list[Essay]:
+    return essays[essay.slug]
 
 
 def _archive(engine: Engine, *paths: Path) -> list[Essay]:
