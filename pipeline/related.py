@@ -3,7 +3,10 @@
 Rules, for each essay of an issue, up to `limit` links, and fewer rather than unrelated ones:
 1. Source hints: the summaries the essay's source page listed as related (Essay.source_related)
    are matched fuzzily against other essays' dek (or opening excerpt); a match above
-   HINT_THRESHOLD is taken, in the order the page listed them.
+   HINT_THRESHOLD is taken, in the order the page listed them, when the text backs it: its
+   similarity (rule 2) reaches HINT_SHARE of MIN_SCORE. Some pages list a whole section of the
+   site (one lists twenty essays on film), and the page's word alone would put an essay on
+   costume under one on actors' reactions.
 2. Then text similarity: TF-IDF over word stems of title (counted twice), dek and the body's
    opening (stems found in at least two essays), compared by cosine similarity after centring
    (see `centred_cosine`). A candidate is linked only when its score reaches MIN_SCORE and
@@ -36,12 +39,28 @@ from pipeline.excerpt import excerpt
 from pipeline.models import Essay
 
 HINT_THRESHOLD = 0.8  # SequenceMatcher ratio of a source summary and an essay's dek
-# Calibrated on the essay corpus and the examples with tests/data/related_topics.tsv (see
-# tests/benchmarks/test_bench_related.py): with the shift by 1/(n-1) (see `similar`), same-topic
-# pairs score a median of about 0.14, other pairs 0.10 at their 95th percentile.
-MIN_SCORE = 0.15
+# MIN_SCORE and BODY_CHARS are tuned on the essay corpus and the examples with the labels in
+# tests/data/related_topics.tsv (tests/benchmarks/test_bench_related.py also tunes them on half
+# the essays and reports the other half). With the shift by 1/(n-1) (see `scored`), the essays
+# alone on their topic find nothing above 0.12, and every other essay's closest same-topic
+# essay scores 0.156 or more: the floor sits between the two.
+MIN_SCORE = 0.14
 RELATIVE_SCORE = 0.7  # of the essay's best score: the third link must be nearly as close as the first
-BODY_CHARS = 2500  # of the body, for similarity
+HINT_SHARE = 0.5  # of the floor, for a source hint: the page's word is half the evidence, the text the rest
+# Of the body, for similarity: about its first three paragraphs. With 2,500 the two lonely
+# essays' best and the weakest true pair were 0.119 and 0.135, too close for one floor.
+BODY_CHARS = 1500
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The numbers of rules 1 and 2; other values only to tune them (tests/benchmarks)."""
+
+    body_chars: int = BODY_CHARS
+    min_score: float = MIN_SCORE
+    hint_share: float | None = HINT_SHARE  # None: a source hint needs no backing by the text
+
+
 _WORDS = re.compile(r"[^\w]+")
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _SUFFIXES = tuple(
@@ -142,11 +161,12 @@ def _title_key(title: str) -> str:
 class RelatedIndex:
     """The archive's TF-IDF matrix and hint texts, built once per issue."""
 
-    def __init__(self, archive: Sequence[Essay]) -> None:
+    def __init__(self, archive: Sequence[Essay], tuning: Tuning = Tuning()) -> None:
         self.archive = list(archive)
+        self.tuning = tuning
         self.position = {e.id: i for i, e in enumerate(self.archive)}
         self.hint_texts = [_normalise(e.dek or excerpt(e, 300)) for e in self.archive]
-        documents = [document_text(e) for e in self.archive]
+        documents = [document_text(e, tuning.body_chars) for e in self.archive]
         self.matrix = None
         if len(self.archive) > 1 and any(d.strip() for d in documents):
             # A word in one essay only cannot link two essays; kept, it would only dilute the
@@ -173,7 +193,11 @@ class RelatedIndex:
         return found
 
     def hinted(self, essay: Essay) -> list[Essay]:
-        """The archive's essays that the source page's related summaries describe, in page order."""
+        """The archive's essays that the source page's related summaries describe and the text
+        backs (a score of at least half the floor), in page order."""
+        share = self.tuning.hint_share
+        needed = -np.inf if share is None else share * self.tuning.min_score
+        scores = {other.id: score for other, score in self.scored(essay)} if essay.source_related else {}
         found: list[Essay] = []
         for hint in essay.source_related or []:
             summary = _normalise(str(hint.get("summary") or ""))
@@ -189,14 +213,14 @@ class RelatedIndex:
                 ratio = matcher.ratio()
                 if ratio >= best_ratio and (best is None or ratio > best_ratio):
                     best, best_ratio = self.archive[i], ratio
-            if best is not None and best not in found:
+            if best is not None and best not in found and scores.get(best.id, -np.inf) >= needed:
                 found.append(best)
         return found
 
     def similar(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
         """Other essays, not excluded, scoring at least MIN_SCORE and RELATIVE_SCORE of the best
         of them (centred cosine), the most similar first; ties to essays with a page, then by slug."""
-        return rank_similar(self.scored(essay), {essay.id, *exclude})
+        return rank_similar(self.scored(essay), {essay.id, *exclude}, self.tuning.min_score)
 
     def scored(self, essay: Essay) -> list[tuple[Essay, float]]:
         """Every other essay of the archive with its similarity score, in archive order."""
@@ -234,13 +258,15 @@ class RelatedIndex:
         return similarity
 
 
-def rank_similar(scored: Sequence[tuple[Essay, float]], skip: set[int | None]) -> list[Suggestion]:
+def rank_similar(
+    scored: Sequence[tuple[Essay, float]], skip: set[int | None], min_score: float = MIN_SCORE
+) -> list[Suggestion]:
     """The scored essays not skipped that reach the floor, the most similar first (scores below
-    MIN_SCORE never count: the floor is at least that, so they can be left out of `scored`)."""
+    `min_score` never count: the floor is at least that, so they can be left out of `scored`)."""
     allowed = [(i, other, score) for i, (other, score) in enumerate(scored) if other.id not in skip]
     # Relative to the best essay that can be linked: an essay's twin in the same issue is
     # shown anyway and must not push the next best below the floor.
-    floor = max(MIN_SCORE, RELATIVE_SCORE * max((score for _, _, score in allowed), default=-np.inf))
+    floor = max(min_score, RELATIVE_SCORE * max((score for _, _, score in allowed), default=-np.inf))
     ranked = sorted(
         (-score, not has_page(other), other.slug, i, other) for i, other, score in allowed if score >= floor
     )
@@ -252,12 +278,12 @@ def has_page(essay: Essay) -> bool:
     return bool(essay.url) or essay.sent_in_issue_id is not None
 
 
-def document_text(essay: Essay) -> str:
+def document_text(essay: Essay, body_chars: int = BODY_CHARS) -> str:
     """What similarity looks at: the title twice (it says most per word), the dek, the body."""
     body = " ".join(block.get("text", "") for block in essay.body or [])
     # Only the opening: an essay says what it is about early, and a long essay's tail would
     # otherwise match everything a little (many small overlaps beat one strong one).
-    return f"{essay.title}\n{essay.title}\n{essay.dek}\n{body[:BODY_CHARS]}"
+    return f"{essay.title}\n{essay.title}\n{essay.dek}\n{body[:body_chars]}"
 
 
 def stems(text: str) -> list[str]:

@@ -45,22 +45,41 @@ def test_most_similar_first_never_itself_the_issue_or_twice(session: Session) ->
 
 
 def test_the_source_pages_related_list_comes_first(session: Session) -> None:
+    late = "Late trains, and the people who wait for them on cold platforms"
+    clock = "Why a pendulum clock taught the village to keep its appointments."
     essays = add_essays(
         session,
         make_essay(0),
-        make_essay(5),  # the text twin
-        make_essay(7, dek="Why the pendulum clock taught a village to keep appointments."),
-        make_essay(8, dek="Late trains and the people who wait for them on cold platforms."),
+        make_essay(10),  # the text twin, which the page does not list
+        # Bread essays too (their bodies say so), whose deks the page's summaries describe.
+        make_essay(5, dek=clock.replace("the village", "a village")),
+        make_essay(15, dek=late.replace(", and", " and")),
+        *[make_essay(n) for n in (1, 2, 3, 4, 6, 7, 8, 9)],
     )
     essays[0].source_related = [
-        {"summary": "Late trains, and the people who wait for them on cold platforms", "date": None},
+        {"summary": late, "date": None},
         {"summary": "Something the archive does not have at all, about volcanoes", "date": None},
-        {"summary": "Why a pendulum clock taught the village to keep its appointments.", "date": None},
+        {"summary": clock, "date": None},
     ]
     session.add(essays[0])
     session.commit()
-    links = related_for_issue(session, [essays[0]], 3)[essays[0].id]  # type: ignore[index]
-    assert [e.slug for e in links] == ["essay-008", "essay-007", "essay-005"]
+    links = related_for_essay(session, essays[0], 3)
+    assert [(s.essay.slug, s.reason) for s in links] == [
+        ("essay-015", "source hint"), ("essay-005", "source hint"), ("essay-010", "similarity")
+    ]
+
+
+def test_a_source_hint_the_text_does_not_back_is_not_linked(session: Session) -> None:
+    # A page that lists a whole section of its site: the clock essay it names shares nothing
+    # with this bread essay but the filler every essay has. Before, the page's word sufficed.
+    clock = "Why a pendulum clock taught the village to keep its appointments."
+    essays = add_essays(session, make_essay(0), make_essay(5), make_essay(2, dek=clock),
+                        *[make_essay(n) for n in (1, 3, 4, 6, 7, 8, 9)])
+    essays[0].source_related = [{"summary": clock, "date": None}]
+    session.add(essays[0])
+    session.commit()
+    links = related_for_essay(session, essays[0], 3)
+    assert [(s.essay.slug, s.reason) for s in links] == [("essay-005", "similarity")]
 
 
 def test_unrelated_essays_are_not_linked_at_all(session: Session) -> None:
@@ -150,7 +169,8 @@ def test_on_the_corpus_and_examples_links_share_the_essays_topic(engine: Engine,
     assert result.essays >= 30 and result.links >= result.essays  # the test has something to judge
     assert result.on_area / result.links >= 0.95, result.line()
     assert result.on_topic / result.links >= 0.85, result.line()
-    assert result.first_on_topic >= 27, result.line()  # of 34; two essays have no same-topic essay
+    # Of 34 (the aim: 46 of 48); two essays have no same-topic essay and rightly get no link.
+    assert result.first_right >= 33, result.line()
 
 
 def test_essays_show_lists_the_links_it_would_make_and_why(run_cli: CLI, tmp_path: Path) -> None:
