@@ -23,20 +23,23 @@ Never the essay itself, never another essay of the same issue, never the same es
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import cache
 from types import ModuleType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from sqlmodel import Session
 
 from pipeline.essays import all_essays
 from pipeline.excerpt import excerpt
 from pipeline.models import Essay
+
+if TYPE_CHECKING:  # NumPy loads with scikit-learn, when an index is built; a stored one needs neither
+    import numpy as np
 
 HINT_THRESHOLD = 0.8  # SequenceMatcher ratio of a source summary and an essay's dek
 # MIN_SCORE and BODY_CHARS are tuned on the essay corpus and the examples with the labels in
@@ -196,7 +199,7 @@ class RelatedIndex:
         """The archive's essays that the source page's related summaries describe and the text
         backs (a score of at least half the floor), in page order."""
         share = self.tuning.hint_share
-        needed = -np.inf if share is None else share * self.tuning.min_score
+        needed = -math.inf if share is None else share * self.tuning.min_score
         scores = {other.id: score for other, score in self.scored(essay)} if essay.source_related else {}
         found: list[Essay] = []
         for hint in essay.source_related or []:
@@ -213,7 +216,7 @@ class RelatedIndex:
                 ratio = matcher.ratio()
                 if ratio >= best_ratio and (best is None or ratio > best_ratio):
                     best, best_ratio = self.archive[i], ratio
-            if best is not None and best not in found and scores.get(best.id, -np.inf) >= needed:
+            if best is not None and best not in found and scores.get(best.id, -math.inf) >= needed:
                 found.append(best)
         return found
 
@@ -245,6 +248,8 @@ class RelatedIndex:
         reduction; Suzuki et al. 2013). Computed on the sparse matrix, never densified:
         (a-m).(b-m) = a.b - a.m - b.m + m.m.
         """
+        import numpy as np  # noqa: PLC0415  (with scikit-learn: only when an index is built)
+
         matrix = self.matrix
         assert matrix is not None
         mean = np.asarray(matrix.mean(axis=0)).ravel()
@@ -266,7 +271,7 @@ def rank_similar(
     allowed = [(i, other, score) for i, (other, score) in enumerate(scored) if other.id not in skip]
     # Relative to the best essay that can be linked: an essay's twin in the same issue is
     # shown anyway and must not push the next best below the floor.
-    floor = max(min_score, RELATIVE_SCORE * max((score for _, _, score in allowed), default=-np.inf))
+    floor = max(min_score, RELATIVE_SCORE * max((score for _, _, score in allowed), default=-math.inf))
     ranked = sorted(
         (-score, not has_page(other), other.slug, i, other) for i, other, score in allowed if score >= floor
     )
