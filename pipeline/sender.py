@@ -30,7 +30,6 @@ from pipeline.errors import (
 from pipeline.message import ascii_address
 from pipeline.models import Issue
 from pipeline.transports import Transport, is_hard_bounce
-from subscribers.consent import mark_bounced
 
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 Build = Callable[[ledger.Claimed], bytes]
@@ -62,6 +61,10 @@ class Tally:
             if o.kind in ("retry", "failed", "unknown") and len(self.errors) < 20:
                 self.errors.append((o.claimed.email, o.error or ""))
             if o.hard_bounce:
+                # Imported here: consent loads email_validator (~30 ms), which a send whose
+                # relay refuses nobody for good never needs.
+                from subscribers.consent import mark_bounced  # noqa: PLC0415
+
                 # consent.mark_bounced commits on its own: the address is suppressed for good.
                 with Session(engine) as session:
                     self.bounced += mark_bounced(session, o.claimed.subscriber_id)
