@@ -197,12 +197,19 @@ class SMTPTransport:
 def _tls_context() -> ssl.SSLContext:
     """The default TLS context, made only for TLS connections and shared by them: loading the
     system's CA certificates costs ~30 ms of CPU, which each of 8 connections paid at the start
-    of a send (plain ones too). Keyed by the variables OpenSSL reads them from."""
-    return _context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    of a send (plain ones too). Keyed by where OpenSSL reads them from and when that file last
+    changed, so a long-running worker sees an updated CA bundle at its next connection."""
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.cafile or paths.openssl_cafile
+    try:
+        changed = os.stat(cafile).st_mtime_ns
+    except OSError:
+        changed = 0
+    return _context_for(cafile, paths.capath, changed)
 
 
 @functools.cache
-def _context_for(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+def _context_for(cafile: str | None, capath: str | None, changed: int) -> ssl.SSLContext:
     return ssl.create_default_context()  # reads the certificates the arguments name
 
 
