@@ -112,7 +112,7 @@ class _Pool:
         self.paused: str | None = None
         self.lock = threading.Lock()
         # SQLite has one writer at a time, and a connection waiting for the write lock polls for
-        # it (its busy handler sleeps 1, 2, 5 ... 50 ms between tries), so a sender often slept on
+        # it (its busy handler sleeps 1, 2, 5 ... 100 ms between tries), so a sender often slept on
         # after the lock was free while its relay connection idled. This process's senders queue
         # on a lock of their own, handed over at once; other processes still meet at BEGIN.
         self.writing: AbstractContextManager[object] = (
