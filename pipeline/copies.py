@@ -22,7 +22,6 @@ from pipeline.render import Recipient, RenderedIssue, inert_unsubscribe_url, ren
 from pipeline.render_cache import cached_render
 from pipeline.returnpath import feedback_id
 from pipeline.transports import Transport, make_transport
-from subscribers.consent import find as find_subscriber
 from subscribers.model import Subscriber, utcnow
 from subscribers.tokens import load_secret
 
@@ -78,6 +77,9 @@ def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,
               transport: Transport | None = None) -> bytes:
     """One copy of `issue` to `to`, subject prefixed [TEST], as that subscriber (when it is one)
     would get it; no ledger rows, nothing marked sent."""
+    # Imported here: consent loads email_validator (~30 ms), which sending never needs.
+    from subscribers.consent import find as find_subscriber  # noqa: PLC0415
+
     secret = load_secret(settings.base_dir)
     with Session(engine) as session:
         target = find_issue(session, issue)

@@ -24,8 +24,6 @@ from pipeline.issues import issue_essays
 from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
 from pipeline.readers.markdown_essay import markdown_html, note_paragraphs
-from pipeline.related import related_for_issue
-from pipeline.related_cache import cached_index, folder
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
@@ -80,6 +78,11 @@ class IssueView:
 
 def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
     """The issue's essays and related links, read from the database once."""
+    # Imported here: the related-links code loads numpy, which a render read back from the
+    # cache (pipeline/render_cache.py) never needs, though it needs this module's types.
+    from pipeline.related import related_for_issue  # noqa: PLC0415
+    from pipeline.related_cache import cached_index, folder  # noqa: PLC0415
+
     essays = issue_essays(session, issue)
     if not essays:
         raise RenderError(f"issue {issue.key} carries no essays")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,7 +30,6 @@ from pipeline.errors import (
 from pipeline.message import ascii_address
 from pipeline.models import Issue
 from pipeline.transports import Transport, is_hard_bounce
-from subscribers.consent import mark_bounced
 
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 Build = Callable[[ledger.Claimed], bytes]
@@ -61,6 +61,10 @@ class Tally:
             if o.kind in ("retry", "failed", "unknown") and len(self.errors) < 20:
                 self.errors.append((o.claimed.email, o.error or ""))
             if o.hard_bounce:
+                # Imported here: consent loads email_validator (~30 ms), which a send whose
+                # relay refuses nobody for good never needs.
+                from subscribers.consent import mark_bounced  # noqa: PLC0415
+
                 # consent.mark_bounced commits on its own: the address is suppressed for good.
                 with Session(engine) as session:
                     self.bounced += mark_bounced(session, o.claimed.subscriber_id)
@@ -107,6 +111,12 @@ class _Pool:
         self.halt = threading.Event()  # paused: every sender ends after its batch
         self.paused: str | None = None
         self.lock = threading.Lock()
+        # SQLite has one writer at a time, and a connection waiting for the write lock polls for
+        # it (its busy handler sleeps 1, 2, 5 ... 100 ms between tries), so a sender often slept on
+        # after the lock was free while its relay connection idled. This process's senders queue
+        # on a lock of their own, handed over at once; other processes still meet at BEGIN.
+        self.writing: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
         self.failures: list[BaseException] = []
         started = issue.started_at or clock()
         self.deadline = started + timedelta(hours=settings.delivery.retry_hours)
@@ -135,7 +145,8 @@ class _Pool:
                     return
                 transport = transport or self.transport_factory()
                 done = [self._attempt(transport, row) for row in claimed]
-            ledger.record(self.engine, done, self.deadline)
+            with self.writing:
+                ledger.record(self.engine, done, self.deadline)
             done = self._recorded(done)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             self.failures.append(exc)
@@ -159,10 +170,12 @@ class _Pool:
         delivery, issue = self.settings.delivery, self.issue
         now = self.clock()
         if issue.not_after is not None and now > issue.not_after:
-            ledger.record(self.engine, done, self.deadline)
+            with self.writing:
+                ledger.record(self.engine, done, self.deadline)
             return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
-        claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now,
-                                                          done, self.deadline)
+        with self.writing:
+            claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now,
+                                                              done, self.deadline)
         if not wait:
             with self.lock:
                 self.tally.skipped += skipped
