@@ -1,0 +1,48 @@
+"""The `newsletter` script leaves without tearing the interpreter down, and loses nothing by it:
+every byte of its output arrives through a pipe, and its exit status is the command's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from tests.conftest import CLI, write_config
+from tests.test_schedule import utc_schedule_due
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = PROJECT_ROOT / "examples" / "essays"
+SCRIPT = "from pipeline.cli import main; main()"  # what the installed `newsletter` script runs
+
+
+def newsletter(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-c", SCRIPT, "--config", str(config), *args],
+                          capture_output=True, cwd=PROJECT_ROOT, timeout=120)
+
+
+def test_output_through_a_pipe_is_complete_and_the_exit_status_is_the_commands(run_cli: CLI) -> None:
+    assert run_cli("essays", "import", str(EXAMPLES)).exit_code == 0
+    expected = run_cli("essays", "list", "--json").output
+    listed = newsletter(run_cli.config_file, "essays", "list", "--json")
+    assert listed.returncode == 0
+    assert listed.stdout.decode() == expected  # all of it, though the process skipped its teardown
+
+    missing = newsletter(run_cli.config_file, "sends", "status", "no-such-issue")
+    assert missing.returncode == 1
+    assert b"no issue with the id or key 'no-such-issue'" in missing.stderr
+
+    usage = newsletter(run_cli.config_file, "sends", "status")
+    assert usage.returncode == 2 and b"Missing argument" in usage.stderr
+
+
+def test_a_command_exit_status_of_its_own_survives(tmp_path: Path) -> None:
+    # This week's digest fell due 13 hours ago, past its 12 hours of grace: run-due records it
+    # expired and says so with exit status 3 (for cron mail), once.
+    config = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=13)))
+    expired = newsletter(config, "schedule", "run-due", "--json")
+    assert expired.returncode == 3, expired.stderr
+    assert json.loads(expired.stdout)["status"] == "expired"
+    again = newsletter(config, "schedule", "run-due")
+    assert again.returncode == 0 and b"already expired" in again.stdout
