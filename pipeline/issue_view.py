@@ -23,7 +23,6 @@ from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
 from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
-from pipeline.readers.markdown_essay import markdown_html, note_paragraphs
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
@@ -92,6 +91,11 @@ def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
         tuple(Link(clean(r.title), essay_url(settings, r)) for r in related.get(e.id or 0, []))
         for e in essays
     )
+    intro_html, intro_text = "", tuple[str, ...]()
+    if issue.intro.strip():  # Markdown (and its parser) only for an issue with an intro note
+        from pipeline.readers.markdown_essay import markdown_html, note_paragraphs  # noqa: PLC0415
+
+        intro_html, intro_text = markdown_html(issue.intro, raw_html=False), tuple(note_paragraphs(issue.intro))
     return IssueView(
         key=issue.key,
         subject=issue.subject,
@@ -99,8 +103,8 @@ def issue_view(session: Session, settings: Settings, issue: Issue) -> IssueView:
         webview_url=webview_url(settings, issue),
         essays=tuple(essays),
         related=links,
-        intro_html=markdown_html(issue.intro, raw_html=False) if issue.intro.strip() else "",
-        intro_text=tuple(note_paragraphs(issue.intro)),
+        intro_html=intro_html,
+        intro_text=intro_text,
     )
 
 
