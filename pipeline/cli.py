@@ -103,14 +103,15 @@ def main() -> None:
 
     Tearing the interpreter down (freeing every module of SQLAlchemy, SQLModel, premailer ...)
     takes a fifth of a second after the work is done and nothing is left to write: a cron run
-    and every send paid it. When the command has finished, its output is flushed and only this
-    thread is left, the process exits without it; otherwise it exits the usual way.
+    and every send paid it. When the command has finished, its output is flushed and no thread is
+    left but daemons (which never hold an exit back), the process exits without it; otherwise
+    it exits the usual way.
     """
     try:
         cli(prog_name="newsletter")
     except SystemExit as exc:
-        if threading.active_count() > 1:
-            raise
+        if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+            raise  # work may still be going on: the usual exit waits for it
         code = exc.code
         if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
             print(code, file=sys.stderr)

@@ -143,7 +143,8 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
         return dry_run_of(app.settings, app.engine, issue, latest=latest)
     if not deliver:
         return enqueue(app.settings, app.engine, issue, latest=latest, confirm=confirm, force=force)
-    with Progress(*columns, console=app.err, transient=True, disable=quiet) as bar, \
+    # A bar on a terminal only: in a log or cron mail it is noise (and a thread redrawing nothing).
+    with Progress(*columns, console=app.err, transient=True, disable=quiet or not app.err.is_terminal) as bar, \
             stop_on_signals(stop, app, "`newsletter send` again carries on"):
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
