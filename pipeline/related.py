@@ -168,6 +168,7 @@ class RelatedIndex:
         self.archive = list(archive)
         self.tuning = tuning
         self.position = {e.id: i for i, e in enumerate(self.archive)}
+        self._centring: tuple[np.ndarray, np.ndarray, float, np.ndarray] | None = None
         self.hint_texts = [_normalise(e.dek or excerpt(e, 300)) for e in self.archive]
         documents = [document_text(e, tuning.body_chars) for e in self.archive]
         self.matrix = None
@@ -225,20 +226,23 @@ class RelatedIndex:
         of them (centred cosine), the most similar first; ties to essays with a page, then by slug."""
         return rank_similar(self.scored(essay), {essay.id, *exclude}, self.tuning.min_score)
 
-    def scored(self, essay: Essay) -> list[tuple[Essay, float]]:
-        """Every other essay of the archive with its similarity score, in archive order."""
+    def scored(self, essay: Essay, floor: float | None = None) -> list[tuple[Essay, float]]:
+        """Every other essay of the archive with its similarity score, in archive order; with
+        `floor`, only those scoring at least that (what a stored index keeps)."""
         row = self.position.get(essay.id)
         if self.matrix is None or row is None:
             return []
+        import numpy as np  # noqa: PLC0415  (with scikit-learn: only when an index is built)
+
         # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that, a
         # score means the same on an archive of ten essays and of a thousand.
         scores = self.centred_cosine(row) + 1 / (len(self.archive) - 1)
+        # Building a stored index asks this of every essay: pick the few candidates in NumPy
+        # rather than walking the whole archive in Python for each (n² steps on a big archive).
+        rows = range(len(self.archive)) if floor is None else np.flatnonzero(scores >= floor - 1e-9)
         # Rounded so that float noise from the archive's order cannot reorder equal scores.
-        return [
-            (other, round(float(score), 9))
-            for other, score in zip(self.archive, scores, strict=True)
-            if other.id != essay.id
-        ]
+        found = [(self.archive[i], round(float(scores[i]), 9)) for i in rows if i != row]
+        return found if floor is None else [(other, score) for other, score in found if score >= floor]
 
     def centred_cosine(self, row: int) -> np.ndarray:
         """Cosine similarity of the rows after subtracting the archive's mean vector.
@@ -252,12 +256,14 @@ class RelatedIndex:
 
         matrix = self.matrix
         assert matrix is not None
-        mean = np.asarray(matrix.mean(axis=0)).ravel()
-        dot_mean = matrix @ mean  # a.m for every row
+        if self._centring is None:  # the same for every row: once per index, not once per essay
+            mean = np.asarray(matrix.mean(axis=0)).ravel()
+            dot_mean = matrix @ mean  # a.m for every row
+            mean_sq = float(mean @ mean)
+            norms_sq = np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel() - 2 * dot_mean + mean_sq
+            self._centring = mean, dot_mean, mean_sq, np.sqrt(np.clip(norms_sq, 1e-12, None))
+        mean, dot_mean, mean_sq, norms = self._centring
         dots = (matrix @ matrix[row].T).toarray().ravel()
-        mean_sq = float(mean @ mean)
-        norms_sq = np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel() - 2 * dot_mean + mean_sq
-        norms = np.sqrt(np.clip(norms_sq, 1e-12, None))
         centred = dots - dot_mean - dot_mean[row] + mean_sq
         similarity: np.ndarray = centred / (norms * norms[row])
         return similarity

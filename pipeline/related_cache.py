@@ -102,7 +102,7 @@ def build_entry(index: RelatedIndex) -> Entry:
         if essay.id is None:
             continue
         hinted = [e.id for e in index.hinted(essay) if e.id is not None]
-        scored = [(e.id, s) for e, s in index.scored(essay) if e.id is not None and s >= MIN_SCORE]
+        scored = [(e.id, s) for e, s in index.scored(essay, MIN_SCORE) if e.id is not None]
         entry[essay.id] = (hinted, scored)
     return entry
 
