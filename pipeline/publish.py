@@ -64,6 +64,7 @@ class Report(sender.Tally):
     resend: bool = False  # composed --resend: readers who had its essays get them again
     ending: Ending = Ending.OWED
     why: str = ""  # for NOTHING and PAUSED: the reason, in a sentence
+    refused: str = ""  # a dry run: why the send gate would refuse the real send ("" if it would not)
     next_retry_at: datetime | None = None
     seconds: float = 0.0
 
@@ -152,6 +153,10 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
             return report
         rendered = rendered_issue(session, settings, target)
         factory, secret = factory_for(settings, target, rendered), load_secret(settings.base_dir)
+        try:  # the gate's own check on the same sample a real send checks
+            gate.check(settings, personal_copy(None, settings, "", target, None, factory=factory), target.key)
+        except gate.SendRefused as exc:
+            report.refused = str(exc)
         if target.status == IssueStatus.SENDING.value:
             owed = ledger.owed(session, target.id or 0)
         else:

@@ -66,6 +66,29 @@ def test_send_over_smtp_with_a_loopback_base_url_is_refused_before_the_prompt(
     engine.dispose()
 
 
+def test_a_dry_run_says_the_real_send_would_be_refused_and_exits_1(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    config = smtp_config(tmp_path, server)
+    engine = db.connect(load_settings(config).database.url)
+    add_audience(engine, 3)
+    result = CLI(config, CliRunner())("send", "--latest", "--dry-run")
+    assert result.exit_code == 1  # as the real send would: a script must notice
+    words = flat(result.output)
+    assert "3 messages built" in words and "none sent" in words
+    assert "A real send would be refused" in words
+    assert "M9 List-Unsubscribe has no https one-click URL" in words and "fix: set web.base_url" in words
+    assert server.received == []
+    assert rows(engine) == ([], [])  # a dry run keeps nothing, not even the composed draft
+    # Fixed, the same dry run passes.
+    (tmp_path / "fixed").mkdir()
+    fixed = smtp_config(tmp_path / "fixed", server, web=PUBLIC_WEB)
+    add_audience(db.connect(load_settings(fixed).database.url), 3)
+    passing = CLI(fixed, CliRunner())("send", "--latest", "--dry-run")
+    assert passing.exit_code == 0 and "would be refused" not in passing.output
+    engine.dispose()
+
+
 def test_force_sends_anyway_and_logs_the_failures(
     tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -111,7 +111,7 @@ def exit_status(report: Report, dry_run: bool = False) -> int:
     """The exit code a run ends with (README, "Exit codes")."""
     from pipeline.publish import Ending  # noqa: PLC0415
 
-    if report.ending is Ending.PAUSED:
+    if report.ending is Ending.PAUSED or report.refused:  # refused: as the real send would be
         return EXIT_ERROR
     if report.undecided:
         return EXIT_UNDECIDED
@@ -194,6 +194,8 @@ def summary(app: App, report: Report) -> None:
         out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
             f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
+        if report.refused:
+            app.err.print("[bold red]A real send would be refused:[/] " + escape(report.refused), soft_wrap=True)
         return
     extra = [f"{n} {what}" for n, what in ((report.retrying, "to retry"), (report.failed, "failed"),
                                           (report.skipped, "skipped (unsubscribed since)"),
