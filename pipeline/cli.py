@@ -116,6 +116,8 @@ def main() -> None:
         if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
             print(code, file=sys.stderr)
             code = 1
+        if "pipeline.db" in sys.modules:  # not imported just to close nothing (--help)
+            sys.modules["pipeline.db"].close_all()
         logging.shutdown()
         try:
             sys.stdout.flush()

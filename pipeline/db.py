@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -24,6 +25,10 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_MS = 30_000
 
 
+# Every engine this process made, for close_all.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; on SQLite, WAL mode, a busy timeout and immediate write locks."""
     if url.startswith("sqlite"):
@@ -31,7 +36,17 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    _ENGINES.add(engine)
+    return engine
+
+
+def close_all() -> None:
+    """Close the pooled connections of every server database this process opened: for a process
+    about to leave without its teardown (cli.main), so PostgreSQL sees each session end instead
+    of a dropped connection. SQLite needs no goodbye: the next connection takes up its WAL."""
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -9,7 +9,11 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from tests.conftest import CLI, write_config
+import psycopg
+from sqlalchemy import text
+
+from pipeline import db
+from tests.conftest import CLI, PG_ADMIN_URL, _libpq_url, write_config
 from tests.test_schedule import utc_schedule_due
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +50,19 @@ def test_a_command_exit_status_of_its_own_survives(tmp_path: Path) -> None:
     assert json.loads(expired.stdout)["status"] == "expired"
     again = newsletter(config, "schedule", "run-due")
     assert again.returncode == 0 and b"already expired" in again.stdout
+
+
+def test_before_the_quick_exit_postgresql_sessions_are_ended_not_dropped(postgres_url: str) -> None:
+    engine = db.connect(postgres_url)
+    name = engine.url.database
+
+    def sessions() -> int:
+        with psycopg.connect(_libpq_url(PG_ADMIN_URL), autocommit=True) as admin:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+            return int(row[0]) if row else 0
+
+    with engine.connect() as connection:  # a pooled session, as a command leaves it
+        connection.execute(text("SELECT 1"))
+    assert sessions() == 1
+    db.close_all()
+    assert sessions() == 0
