@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from pipeline import ledger
+from pipeline import glance, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
@@ -186,15 +186,12 @@ def find_by_key(session: Session, key: str) -> Issue | None:
 
 
 def find_issue(session: Session, ref: str | int) -> Issue:
-    """An issue by numeric id, by key, or "latest" (the newest); NotFound says which was asked for."""
-    text = str(ref).strip()
-    issue = session.get(Issue, int(text)) if text.isdigit() else None
-    issue = issue or find_by_key(session, text)
-    if issue is None and text == "latest":  # a key of that name, unlikely as it is, wins
-        return latest_issue(session)
-    if issue is None:
-        raise NotFound(f"no issue with the id or key {text!r} (see `newsletter issues list`)")
-    return issue
+    """An issue by numeric id, by key, or "latest" (the newest); NotFound says which was asked for.
+    The rules are glance.find_issue's, so the quick commands and these agree."""
+    session.flush()  # the look-up sees this session's own changes
+    found = session.get(Issue, glance.find_issue(session.connection(), ref).id)
+    assert found is not None  # just found by the same connection
+    return found
 
 
 def latest_issue(session: Session) -> Issue:
