@@ -159,17 +159,16 @@ def quiet_week(settings: Settings, connection: Connection, now: datetime,
             if stale is not None and decide(schedule, stale, status, now) in (
                     Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
                 return None  # an older week to mark expired: a write
-    return week_outcome(settings, connection, action, period, issue, now, dry_run)
+    return week_outcome(settings, connection, action, period, issue.id if issue else None,
+                        issue.status if issue else None, now, dry_run)
 
 
 def week_outcome(settings: Settings, connection: Connection, action: Action, period: Period,
-                 issue: IssueRow | None, now: datetime, dry_run: bool = False) -> Outcome:
+                 issue_id: int | None, status: str | None, now: datetime, dry_run: bool = False) -> Outcome:
     """What the weekly job says about `period` after `action`: its issue's status and counts."""
-    found = counts(connection, issue.id) if issue else {}
-    shown = {status: n for status, n in found.items() if n}  # the statuses it has, only
-    status = issue.status if issue else None
-    return Outcome(action=action, key=period.key, due_at=period.due_at,
-                   issue_id=issue.id if issue else None, status=status,
+    found = counts(connection, issue_id) if issue_id else {}
+    shown = {s: n for s, n in found.items() if n}  # the statuses it has, only
+    return Outcome(action=action, key=period.key, due_at=period.due_at, issue_id=issue_id, status=status,
                    message=describe(settings.schedule, action, period, status, shown, dry_run),
                    next_due_at=next_due(settings.schedule, now, 1)[0].due_at, counts=shown)
 

@@ -156,6 +156,6 @@ def _compose(session: Session, settings: Settings, period: Period, now: datetime
 
 def _outcome(settings: Settings, session: Session, action: Action, period: Period,
              issue: Issue | None, now: datetime, dry_run: bool = False) -> Outcome:
-    session.flush()  # the quick read below sees what this session has changed
-    row = glance.find_issue(session.connection(), str(issue.id)) if issue and issue.id else None
-    return glance.week_outcome(settings, session.connection(), action, period, row, now, dry_run)
+    session.flush()  # the counts below see what this session has changed
+    return glance.week_outcome(settings, session.connection(), action, period, issue.id if issue else None,
+                               issue.status if issue else None, now, dry_run)

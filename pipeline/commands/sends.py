@@ -168,8 +168,8 @@ def settled(app: App, ref: str) -> tuple[glance.IssueRow, dict[str, int]]:
 
     with open_session(app.engine) as session:
         leases.settle(session, target.id)
-    with app.engine.connect() as connection:
-        return glance.find_issue(connection, str(target.id)), glance.counts(connection, target.id)
+    with app.engine.connect() as connection:  # reconciling changes counts, never the issue itself
+        return target, glance.counts(connection, target.id)
 
 
 def _hints(app: App, issue: glance.IssueRow, counts: dict[str, int]) -> None:
