@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
-from pipeline.message import new_message_id
+from pipeline.message import MessageFactory, new_message_id
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import RenderedIssue
 from pipeline.returnpath import return_path
@@ -111,12 +111,12 @@ def publish(
     flight and stops; `now` fixes the clock (a datetime advances with real time). Over real mail
     the message must pass the checklist's MUST checks first (gate.Refused; `force` sends anyway)."""
     clock, started, stop = _clock(now), time.monotonic(), stop or threading.Event()
-    target, rendered, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
-    if target is None or rendered is None:
+    target, rendered, factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
+    if target is None or rendered is None or factory is None:
         return report
     _start(settings, engine, target, rendered, report, clock())
-    build = _builder(settings, target, rendered, clock)
     secret = load_secret(settings.base_dir)
+    build = _builder(settings, target, factory, secret, clock)
     paused = sender.deliver(
         settings, engine, target, report, build, lambda row_id: return_path(settings, secret, row_id),
         transport_factory or (lambda: make_transport(settings, target.key)), stop,
@@ -135,7 +135,7 @@ def enqueue(settings: Settings, engine: Engine, issue: int | str | None = None, 
             force: bool = False) -> Report:
     """`send --enqueue`: the story up to the freeze; `newsletter worker` processes deliver."""
     clock = _clock(now)
-    target, rendered, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
+    target, rendered, _factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
     if target is None or rendered is None:
         return report
     _start(settings, engine, target, rendered, report, clock())
@@ -180,20 +180,22 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
 
 def _prepare(settings: Settings, engine: Engine, ref: int | str | None, latest: bool, now: datetime,
              force: bool, confirm: Callable[[Issue, int], bool] | None,
-             ) -> tuple[Issue | None, RenderedIssue | None, Report]:
-    """The issue to send and its render, checked by the gate and confirmed; None: not sent."""
+             ) -> tuple[Issue | None, RenderedIssue | None, MessageFactory | None, Report]:
+    """The issue to send, its render and that render's message factory (made once per run),
+    checked by the gate and confirmed; None: not sent."""
     with Session(engine, expire_on_commit=False) as session:
         target, report = _look(session, settings, ref, latest, now)
         if target is None:
-            return None, None, report
+            return None, None, None, report
         rendered = rendered_issue(session, settings, target)
         session.commit()  # keeps a composed draft, and lets go of SQLite's write lock
     # Before the prompt; a refused draft is kept, for `newsletter lint` and the next send.
-    sample = personal_copy(None, settings, "", target, None, factory=factory_for(settings, target, rendered))
+    factory = factory_for(settings, target, rendered)
+    sample = personal_copy(None, settings, "", target, None, factory=factory)
     gate.check(settings, sample, target.key, force)
     if confirm is not None and not confirm(target, report.total):
-        return None, None, report.end(Ending.DECLINED)
-    return target, rendered, report
+        return None, None, None, report.end(Ending.DECLINED)
+    return target, rendered, factory, report
 
 
 def _look(session: Session, settings: Settings, ref: int | str | None, latest: bool,
@@ -270,9 +272,9 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     report.total, report.to_send = sum(report.counts.values()), report.counts["pending"]
 
 
-def _builder(settings: Settings, issue: Issue, rendered: RenderedIssue, clock: Clock) -> sender.Build:
+def _builder(settings: Settings, issue: Issue, factory: MessageFactory, secret: str,
+             clock: Clock) -> sender.Build:
     """build(row) -> the bytes of that subscriber's copy, from one render for the whole run."""
-    factory, secret = factory_for(settings, issue, rendered), load_secret(settings.base_dir)
     return lambda row: personal_copy(None, settings, secret, issue, row, factory=factory,
                                      message_id=row.message_id, date=clock())
 
