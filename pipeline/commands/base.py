@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -114,6 +114,20 @@ def finish_report(app: App, report: R, as_json: bool, dry_run: bool,
         print_report(app, report, dry_run)
     if not report.ok:
         raise SystemExit(1)
+
+
+def print_changes(app: App, added: Iterable[str], updated: Iterable[str], warnings: Iterable[str],
+                  failed: Iterable[object], would: str, indent: str = "", failed_label: str = "Failed") -> None:
+    """The essays an import or a feed poll added or updated (or `would` have), its warnings and
+    its failures, one line each: `essays import` and `feeds poll` print them alike."""
+    for slug in added:
+        app.console.print(f"{indent}[green]{would}added[/]     {shown(slug)}")
+    for slug in updated:
+        app.console.print(f"{indent}[yellow]{would}updated[/]   {shown(slug)}")
+    for warning in warnings:
+        app.err.print(f"{indent}[yellow]Warning:[/] {shown(warning)}", soft_wrap=True)
+    for failure in failed:
+        app.err.print(f"{indent}[red]{failed_label}:[/] {shown(str(failure))}", soft_wrap=True)
 
 
 def json_option(f: F) -> F:

@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from pipeline.commands.base import App, finish_report, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, finish_report, json_option, pass_app, print_changes, print_json, shown
 from pipeline.db import open_session
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
 from pipeline.related import related_for_essay
@@ -74,14 +74,7 @@ def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:
         f"{len(report.added)} {would}added, {len(report.updated)} {would}updated, "
         f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
     )
-    for slug in report.added:
-        app.console.print(f"[green]{would}added[/]     {shown(slug)}")
-    for slug in report.updated:
-        app.console.print(f"[yellow]{would}updated[/]   {shown(slug)}")
-    for warning in report.warnings:
-        app.err.print(f"[yellow]Warning:[/] {shown(warning)}", soft_wrap=True)
-    for failure in report.failed:
-        app.err.print(f"[red]Failed:[/] {shown(str(failure))}", soft_wrap=True)
+    print_changes(app, report.added, report.updated, report.warnings, report.failed, would)
     app.console.print(("[bold]" if report.ok else "[bold red]") + counts + "[/]")
     if dry_run:
         app.console.print("Dry run: nothing was written.")

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from pipeline import feed_list, polling
-from pipeline.commands.base import App, finish_report, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, finish_report, json_option, pass_app, print_changes, print_json, shown
 from pipeline.polling import FeedResult, PollReport
 
 
@@ -126,14 +126,8 @@ def _print_report(app: App, report: PollReport, dry_run: bool) -> None:
     would = "would be " if dry_run else ""
     for result in report.feeds:
         app.console.print(f"[bold]{shown(result.url)}[/] {_summary(result, would)}")
-        for slug in result.added:
-            app.console.print(f"  [green]{would}added[/]     {shown(slug)}")
-        for slug in result.updated:
-            app.console.print(f"  [yellow]{would}updated[/]   {shown(slug)}")
-        for warning in result.warnings:
-            app.err.print(f"  [yellow]Warning:[/] {shown(warning)}", soft_wrap=True)
-        for failure in result.failed:
-            app.err.print(f"  [red]Failed entry:[/] {shown(failure)}", soft_wrap=True)
+        print_changes(app, result.added, result.updated, result.warnings, result.failed, would,
+                      indent="  ", failed_label="Failed entry")
         if result.error:
             app.err.print(f"  [red]Failed:[/] {shown(result.url)}: {shown(result.error)}",
                           soft_wrap=True)
