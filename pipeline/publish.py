@@ -73,6 +73,11 @@ class Report(sender.Tally):
         return self
 
     @property
+    def handled(self) -> int:
+        """Deliveries this run has dealt with, whatever became of them: what a progress bar counts."""
+        return self.sent + self.failed + self.retrying + self.unknown + self.skipped
+
+    @property
     def owed(self) -> int:
         return self.counts.get("pending", 0) + self.counts.get("sending", 0)
 

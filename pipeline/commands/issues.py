@@ -19,7 +19,7 @@ from pipeline import glance
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
 from pipeline.commands.issue_edits import discard_command, edit_command
 from pipeline.config import Settings
-from pipeline.db import open_session, session_scope
+from pipeline.db import open_session, scratch_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.lint_help import anchor, fix_for
 
@@ -66,20 +66,14 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
                                  param_hint="--key")
+    # A dry run composes in a session that is never committed: it stores nothing.
+    with (scratch_session if dry_run else session_scope)(app.engine) as session:
+        issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
+                        resend=resend, existing_ok=False)
+        data = describe_issue(issue, issue_essays(session, issue))
+        repeats = history.repeats(session, issue)
     if dry_run:
-        with open_session(app.engine) as session:
-            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
-                            resend=resend, existing_ok=False)
-            data = describe_issue(issue, issue_essays(session, issue))
-            repeats = history.repeats(session, issue)
-            session.rollback()  # a dry run stores nothing
         data["id"] = None
-    else:
-        with session_scope(app.engine) as session:
-            issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
-                            resend=resend, existing_ok=False)
-            data = describe_issue(issue, issue_essays(session, issue))
-            repeats = history.repeats(session, issue)
     data["readers_who_had"] = repeats
     if as_json:
         print_json(data)

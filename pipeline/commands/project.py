@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 
 from pipeline.commands.base import App, pass_app
+from pipeline.config import find_config
 from pipeline.starter import Answers, write_starter
 from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
 
@@ -49,7 +50,7 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
     if folder is not None:
         config = folder / "config.toml"
     else:
-        config = Path(app.config_path) if app.config_path else Path("config.toml")
+        config = find_config(app.config_path)
     given = {"--name": name, "--site-url": site_url, "--sender": sender, "--base-url": base_url,
              "--postal-address": postal_address}
     if config.exists():

@@ -186,8 +186,7 @@ def _run_due(app: App, dry_run: bool, force: bool) -> Outcome:
         task = bar.add_task("", total=None)
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
-            bar.update(task, total=report.to_send, completed=done)
+            bar.update(task, total=report.to_send, completed=report.handled)
 
         return weekly.run_due(app.settings, app.engine, utcnow(), dry_run=dry_run,
                               stop=stop, progress=progress, force=force)

@@ -28,12 +28,11 @@ from pipeline.commands.base import (
     stop_on_signals,
 )
 from pipeline.db import open_session
-from pipeline.models import DeliveryStatus, Issue
+from pipeline.models import Issue
 
 if TYPE_CHECKING:  # the renderer and the sender load when a command sends (`sends status` does not)
     from pipeline.publish import Report
 
-STATUSES = [s.value for s in DeliveryStatus]
 
 
 @click.command("send")
@@ -149,11 +148,10 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
         def progress(report: Report) -> None:
-            done = report.sent + report.failed + report.retrying + report.unknown + report.skipped
             elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
             problems = (f"{report.failed} failed, {report.retrying} to retry"
                         if report.failed or report.retrying else "")
-            bar.update(task, total=report.to_send, completed=done, rate=report.sent / elapsed,
+            bar.update(task, total=report.to_send, completed=report.handled, rate=report.sent / elapsed,
                        problems=problems)
 
         return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
