@@ -169,6 +169,7 @@ class RelatedIndex:
         self.tuning = tuning
         self.position = {e.id: i for i, e in enumerate(self.archive)}
         self._centring: tuple[np.ndarray, np.ndarray, float, np.ndarray] | None = None
+        self._last: tuple[int, np.ndarray] | None = None  # the last row scored (see _scores)
         self.hint_texts = [_normalise(e.dek or excerpt(e, 300)) for e in self.archive]
         documents = [document_text(e, tuning.body_chars) for e in self.archive]
         self.matrix = None
@@ -201,7 +202,8 @@ class RelatedIndex:
         backs (a score of at least half the floor), in page order."""
         share = self.tuning.hint_share
         needed = -math.inf if share is None else share * self.tuning.min_score
-        scores = {other.id: score for other, score in self.scored(essay)} if essay.source_related else {}
+        row = self.position.get(essay.id)
+        scores = self._scores(row) if essay.source_related and row is not None else None
         found: list[Essay] = []
         for hint in essay.source_related or []:
             summary = _normalise(str(hint.get("summary") or ""))
@@ -217,7 +219,10 @@ class RelatedIndex:
                 ratio = matcher.ratio()
                 if ratio >= best_ratio and (best is None or ratio > best_ratio):
                     best, best_ratio = self.archive[i], ratio
-            if best is not None and best not in found and scores.get(best.id, -math.inf) >= needed:
+            if best is None or best in found:
+                continue
+            score = -math.inf if scores is None else round(float(scores[self.position[best.id]]), 9)
+            if score >= needed:
                 found.append(best)
         return found
 
@@ -230,19 +235,28 @@ class RelatedIndex:
         """Every other essay of the archive with its similarity score, in archive order; with
         `floor`, only those scoring at least that (what a stored index keeps)."""
         row = self.position.get(essay.id)
-        if self.matrix is None or row is None:
+        scores = self._scores(row) if row is not None else None
+        if scores is None or row is None:
             return []
         import numpy as np  # noqa: PLC0415  (with scikit-learn: only when an index is built)
 
-        # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that, a
-        # score means the same on an archive of ten essays and of a thousand.
-        scores = self.centred_cosine(row) + 1 / (len(self.archive) - 1)
         # Building a stored index asks this of every essay: pick the few candidates in NumPy
         # rather than walking the whole archive in Python for each (n² steps on a big archive).
         rows = range(len(self.archive)) if floor is None else np.flatnonzero(scores >= floor - 1e-9)
         # Rounded so that float noise from the archive's order cannot reorder equal scores.
         found = [(self.archive[i], round(float(scores[i]), 9)) for i in rows if i != row]
         return found if floor is None else [(other, score) for other, score in found if score >= floor]
+
+    def _scores(self, row: int) -> np.ndarray | None:
+        """Row `row`'s similarity to every essay (None without a matrix). The last row is kept:
+        an essay's source hints and its similar essays ask for the same row one after the other."""
+        if self.matrix is None:
+            return None
+        if self._last is None or self._last[0] != row:
+            # Centred vectors sum to zero, so unrelated essays average -1/(n-1): shifted by that,
+            # a score means the same on an archive of ten essays and of a thousand.
+            self._last = row, self.centred_cosine(row) + 1 / (len(self.archive) - 1)
+        return self._last[1]
 
     def centred_cosine(self, row: int) -> np.ndarray:
         """Cosine similarity of the rows after subtracting the archive's mean vector.
