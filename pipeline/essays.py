@@ -336,9 +336,12 @@ def sent_key(session: Session, essay: Essay) -> str | None:
 
 
 
-def archive_fingerprint(session: Session) -> list[tuple[Any, ...]]:
+def archive_fingerprint(session: Session, sent: bool = False) -> list[tuple[Any, ...]]:
     """Every essay's columns a render reads besides its body (content_hash stands for that), in
-    id order: what the render cache keys on, so any edit to the archive renders anew."""
+    id order: what the render cache keys on, so any edit to the archive renders anew. `sent`
+    adds which issue sent each: related links prefer published essays on equal scores, so a
+    render depends on it; the related-links index (scores only) does not."""
     columns = (Essay.id, Essay.slug, Essay.title, Essay.dek, Essay.url, Essay.published_on,
-               Essay.content_hash, Essay.source_related, Essay.tags, Essay.updated_at)
+               Essay.content_hash, Essay.source_related, Essay.tags, Essay.updated_at,
+               *((Essay.sent_in_issue_id,) if sent else ()))
     return [tuple(row) for row in session.execute(select(*(col(c) for c in columns)).order_by(col(Essay.id)))]

@@ -52,7 +52,7 @@ def render_key(session: Session, settings: Settings, issue: Issue) -> str:
 
     add((issue.id, issue.key, issue.subject, issue.preheader, issue.intro))
     add([essay.id for essay in issue_essays(session, issue)])
-    for row in archive_fingerprint(session):
+    for row in archive_fingerprint(session, sent=True):
         add(row)
     add(settings)
     for root in [d / "email" for d in settings.template_dirs()]:  # edited while `serve` runs

@@ -56,6 +56,22 @@ def test_an_edited_essay_renders_anew(session: Session, settings: Settings) -> N
     assert "A title rewritten since the last preview" not in before.html
 
 
+def test_an_essay_of_the_archive_sent_since_renders_anew(session: Session, settings: Settings) -> None:
+    # Related links prefer, on equal scores, essays already published (an issue carried them):
+    # an archive essay sent since the last render may change which link an equal score gets.
+    issue = an_issue(session, settings)
+    other = add_essays(session, make_essay(40, slug="sent-elsewhere"))[0]
+    session.commit()
+    before = render_key(session, settings, issue)
+    sender = Issue(key="elsewhere", status="sent")
+    session.add(sender)
+    session.flush()
+    other.sent_in_issue_id = sender.id
+    session.add(other)
+    session.commit()
+    assert render_key(session, settings, issue) != before
+
+
 def test_an_edited_intro_note_renders_anew(session: Session, settings: Settings) -> None:
     issue = an_issue(session, settings)
     before = rendered_issue(session, settings, issue)
