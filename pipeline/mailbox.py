@@ -10,7 +10,6 @@ by the Message-IDs recorded in the database. imaplib enters the project only her
 from __future__ import annotations
 
 import imaplib
-import ipaddress
 import mailbox
 import ssl
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipeline.config import BounceSettings
 from pipeline.errors import NewsletterError
+from pipeline.hosts import is_loopback
 
 PROCESSED_FOLDER = "Processed"
 PROCESSED_KEYWORD = "NewsletterProcessed"
@@ -119,7 +119,7 @@ class IMAPSource:
         self.description = f"IMAP {parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}/{folder}"
         if not host:
             raise MailboxError(f"bounces.mailbox: {url!r} names no host")
-        if parts.scheme == "imap" and not _is_loopback(host):
+        if parts.scheme == "imap" and not is_loopback(host):
             raise MailboxError(f"bounces.mailbox: imap:// (no TLS) is only for a local port; use imaps://{host}")
         user = unquote(parts.username or "") or username
         secret = unquote(parts.password or "") if parts.password else password
@@ -161,15 +161,6 @@ class IMAPSource:
             self.imap.logout()
         except (imaplib.IMAP4.error, OSError):
             pass
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _quote(folder: str) -> str:

@@ -22,8 +22,9 @@ from werkzeug.serving import make_server as wsgi_server
 from pipeline import db
 from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.confirmations import BackgroundMailer
+from pipeline.hosts import is_loopback
 from pipeline.web import preview, public
-from pipeline.web.preview import is_loopback, preview_refusal
+from pipeline.web.preview import preview_refusal
 from pipeline.web.state import WebState, message
 from subscribers.tokens import load_secret
 

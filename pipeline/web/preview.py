@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -23,6 +22,7 @@ from pipeline import db, ledger_reads
 from pipeline.config import BUILTIN_DOCS
 from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
+from pipeline.hosts import is_loopback
 from pipeline.issues import compose, issue_by_id, list_issues, subject_for, unsent_essays
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
@@ -33,22 +33,12 @@ from subscribers import consent, queries
 from subscribers.model import SubscriberStatus
 
 TOKEN_COOKIE = "newsletter_preview"
-LOOPBACK_NAMES = ("localhost",)
 TABS = ("html", "text", "headers", "lint", "status")
 LIST_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id")
 PROBLEM_ROWS = 200  # failed/unknown rows shown per status; the CLI lists them all
 
 
 bp = Blueprint("preview", __name__, url_prefix="/preview")
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _token_digest(token: str) -> str:
