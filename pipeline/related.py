@@ -152,6 +152,18 @@ def pick_for_issue(
     return picked
 
 
+def merge_suggestions(hinted: Iterable[Suggestion], similar: Iterable[Suggestion],
+                      skip: set[int | None]) -> list[Suggestion]:
+    """Source hints, then the similar essays, each essay once and none in `skip`: what a built
+    index and a stored one (related_cache.py) both answer."""
+    found: list[Suggestion] = []
+    for suggestion in [*hinted, *similar]:
+        if suggestion.essay.id not in skip:
+            found.append(suggestion)
+            skip.add(suggestion.essay.id)
+    return found
+
+
 def _rank(suggestion: Suggestion) -> tuple[int, float]:
     return (0, 0.0) if suggestion.score is None else (1, -suggestion.score)
 
@@ -189,13 +201,8 @@ class RelatedIndex:
     def suggestions(self, essay: Essay, exclude: Iterable[int | None] = ()) -> list[Suggestion]:
         """Every essay worth linking from `essay`, best first: source hints, then the similar."""
         skip = {essay.id, *exclude}
-        found: list[Suggestion] = []
         hinted = [Suggestion(e, None) for e in self.hinted(essay)]
-        for suggestion in [*hinted, *self.similar(essay, skip)]:
-            if suggestion.essay.id not in skip:
-                found.append(suggestion)
-                skip.add(suggestion.essay.id)
-        return found
+        return merge_suggestions(hinted, self.similar(essay, skip), skip)
 
     def hinted(self, essay: Essay) -> list[Essay]:
         """The archive's essays that the source page's related summaries describe and the text

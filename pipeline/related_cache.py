@@ -30,7 +30,7 @@ from pipeline.cache_files import read_entry, write_entry
 from pipeline.config import Settings
 from pipeline.essays import all_essays, archive_fingerprint, essays_by_id
 from pipeline.models import Essay
-from pipeline.related import MIN_SCORE, RelatedIndex, Suggestion, rank_similar
+from pipeline.related import MIN_SCORE, RelatedIndex, Suggestion, merge_suggestions, rank_similar
 
 KEEP = 4  # entries: the archive as it is now and a few recent states
 PACKAGE = Path(__file__).resolve().parent
@@ -73,12 +73,7 @@ class CachedIndex:
         skip = {essay.id, *exclude}
         hinted = [Suggestion(essays[i], None) for i in hinted_ids if i in essays]
         scored = [(essays[i], score) for i, score in scored_ids if i in essays]
-        found: list[Suggestion] = []
-        for suggestion in [*hinted, *rank_similar(scored, skip)]:
-            if suggestion.essay.id not in skip:
-                found.append(suggestion)
-                skip.add(suggestion.essay.id)
-        return found
+        return merge_suggestions(hinted, rank_similar(scored, skip), skip)
 
 
 def cached_index(session: Session, where: Path) -> CachedIndex:
