@@ -7,7 +7,6 @@ Feeds come from two places: config.toml's [sources] feeds (changed by editing th
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -17,15 +16,14 @@ from pipeline.db import session_scope
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.readers.feed import FeedDocument, fetch, parse_feed
-from pipeline.readers.parsed_essay import MAX_URL
+from pipeline.readers.parsed_essay import MAX_URL, url_problem
 
 
 def check_url(url: str) -> str:
     url = url.strip()
-    if not url.startswith(("https://", "http://")) or not urlsplit(url).netloc:
-        raise ImportProblem(f"{url!r}: expected an http:// or https:// feed URL")
-    if len(url) > MAX_URL:
-        raise ImportProblem(f"the URL is {len(url):,} characters long (the limit is {MAX_URL})")
+    problem = url_problem(url)
+    if problem:
+        raise ImportProblem(f"{url!r}: {problem}" if len(url) <= MAX_URL else problem)
     return url
 
 

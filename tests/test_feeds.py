@@ -257,6 +257,9 @@ def test_the_same_slug_from_two_feeds_gets_a_suffix(
 @pytest.mark.parametrize(("value", "message"), [
     ('"https://example.org/feed"', "sources.feeds: expected a list of http:// or https:// URLs"),
     ('["ftp://example.org/feed"]', "got 'ftp://example.org/feed'"),
+    # As `feeds add` refuses them: no host, or longer than a feed row holds.
+    ('["https://"]', "(expected an http:// or https:// URL), got 'https://'"),
+    (f'["https://example.org/{"x" * 500}"]', "(the URL is 520 characters long (the limit is 500))"),
 ])
 def test_sources_feeds_must_be_a_list_of_web_addresses(
     config_file: Path, value: str, message: str
