@@ -23,7 +23,7 @@ from pipeline.copies import personal_copy
 from pipeline.errors import NewsletterError
 from pipeline.issues import latest_issue
 from pipeline.lint import Finding, lint_message
-from pipeline.sender_policy import Lookups, dmarc_record, spf_allows, spf_records
+from pipeline.sender_policy import Lookups, dmarc_record, spf_allows, spf_records, tags
 from pipeline.signing import dkim_record
 from pipeline.transports import check_connection
 from subscribers.tokens import SECRET_ENV, SECRET_FILE
@@ -161,8 +161,7 @@ def dkim_checks(settings: Settings, records: Lookups) -> list[Check]:
 
 
 def _dkim_key(text: str) -> str:
-    tags = dict(part.strip().partition("=")[::2] for part in text.split(";") if "=" in part)
-    return "".join(tags.get("p", "").split())
+    return "".join(tags(text).get("p", "").split())
 
 
 def spf_checks(settings: Settings, records: Lookups) -> list[Check]:

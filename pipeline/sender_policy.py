@@ -111,16 +111,17 @@ def dmarc_record(records: Lookups, domain: str) -> tuple[str, dict[str, str]] | 
     labels = domain.lower().rstrip(".").split(".")
     for name in dict.fromkeys([domain, ".".join(labels[-2:])]):
         for text in records.txt(f"_dmarc.{name}"):
-            tags = _tags(text)
-            if tags.get("v") == "DMARC1":
-                return f"_dmarc.{name}", tags
+            found = tags(text)
+            if found.get("v") == "DMARC1":
+                return f"_dmarc.{name}", found
     return None
 
 
-def _tags(text: str) -> dict[str, str]:
-    tags = {}
+def tags(text: str) -> dict[str, str]:
+    """A DNS record's `tag=value;` list (DMARC, DKIM) as a dict, tags in lower case."""
+    found = {}
     for part in text.split(";"):
         key, eq, value = part.partition("=")
         if eq:
-            tags[key.strip().lower()] = value.strip()
-    return tags
+            found[key.strip().lower()] = value.strip()
+    return found
