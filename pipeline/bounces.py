@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes, message_from_string, policy
+from email import message_from_bytes, message_from_string, parser, policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -88,7 +88,7 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
     msg = message_from_bytes(raw, policy=policy.compat32)
-    key = _message_key(msg, raw)
+    key = message_key(raw, msg)
     if not msg.keys() or not (msg.get("From") or msg.get("Return-Path") or msg.get("Message-ID")):
         return Finding(key, BounceKind.IGNORED, "not an email message (no headers)")
     base = _Head(key, _addressed_to(msg), _address(msg.get("From", "")), _text(msg.get("Subject", "")))
@@ -297,7 +297,13 @@ def _header_blocks(text: str) -> list[Message]:
             for block in re.split(r"\r?\n\s*\r?\n", text) if block.strip()] or [Message()]
 
 
-def _message_key(msg: Message, raw: bytes) -> str:
+def message_key(raw: bytes, msg: Message | None = None) -> str:
+    """Its Message-ID, else a hash of its bytes; without `msg` read from the headers alone (cheap)."""
+    if msg is None:
+        try:
+            msg = parser.BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        except (ValueError, LookupError, TypeError, AttributeError, UnicodeError):
+            msg = Message()  # then the hash, as `classify` gives an unparseable message
     message_id = " ".join(str(msg.get("Message-ID") or "").split())
     if message_id and len(message_id) <= 240:
         return message_id

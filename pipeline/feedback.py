@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline import bounce_log, ledger_reads
-from pipeline.bounces import Failure, Finding, classify, severity
+from pipeline.bounces import Failure, Finding, classify, message_key, severity
 from pipeline.config import Settings
 from pipeline.errors import NewsletterError
 from pipeline.mailbox import Source, open_source
@@ -73,11 +73,20 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
     secret = load_secret(settings.base_dir)
     source = source or open_source(settings.bounces, location)
     report = MailboxReport(source=source.description, dry_run=dry_run)
+    unsubscribe = settings.bounces.unsubscribe_address if settings.bounces.enabled else ""
     try:
         for handle, raw in source.messages():
-            finding = classify(raw, settings.bounces.unsubscribe_address if settings.bounces.enabled else "")
+            # The key from the headers first: an mbox is never rewritten, so every run sees every
+            # message again, and classifying (a full MIME parse and walk) is the costly part.
+            key = message_key(raw)
             with Session(engine, expire_on_commit=False) as session:
-                if bounce_log.processed(session, finding.key):
+                finding = None
+                if not bounce_log.processed(session, key):
+                    finding = classify(raw, unsubscribe)
+                    # A message that broke the parser is keyed by its hash: look that up too.
+                    if finding.key != key and bounce_log.processed(session, finding.key):
+                        finding = None
+                if finding is None:
                     report.already += 1
                     if not dry_run:
                         source.done(handle)
