@@ -29,7 +29,7 @@ from pipeline.mailbox import Source, open_source
 from pipeline.models import BounceEvent, BounceKind, Delivery
 from pipeline.returnpath import delivery_id_of
 from subscribers import consent
-from subscribers.model import Subscriber, utcnow
+from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
 log = logging.getLogger("newsletter.bounces")
@@ -124,7 +124,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
         if subscriber is None:
             outcome.reason = f"{finding.sender or 'the sender'} is not a subscriber: nothing to do"
         else:
-            changed = dry_run and subscriber.status not in ("unsubscribed", "bounced", "complained", "removed")
+            changed = dry_run and consent.would_opt_out(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
             if not dry_run:
                 changed = consent.unsubscribe(session, subscriber.email)
             outcome.action = "unsubscribed" if changed else ""
@@ -181,12 +181,11 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
 
 def _change(session: Session, subscriber_id: int, status: str, kind: BounceKind, dry_run: bool) -> str:
     """Bounced or complained, through the consent rules; "" when that changed nothing."""
-    target = "complained" if kind == BounceKind.COMPLAINT else "bounced"
+    target = SubscriberStatus.COMPLAINED if kind == BounceKind.COMPLAINT else SubscriberStatus.BOUNCED
     if dry_run:
-        stronger = {"complained": ("complained", "removed"), "bounced": ("bounced", "complained", "removed")}
-        return "" if status in stronger[target] else target
+        return target.value if consent.would_opt_out(status, target) else ""
     mark = consent.mark_complained if kind == BounceKind.COMPLAINT else consent.mark_bounced
-    return target if mark(session, subscriber_id) else ""
+    return target.value if mark(session, subscriber_id) else ""
 
 
 def _match(session: Session, settings: Settings, secret: str, finding: Finding,
