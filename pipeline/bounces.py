@@ -21,6 +21,7 @@ from email.utils import getaddresses, parseaddr
 from flufl.bounce import all_failures
 
 from pipeline.models import BounceKind
+from pipeline.returnpath import is_unsubscribe_address
 
 # Where the address a message was delivered to shows: the envelope recipient (VERP) is one.
 ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
@@ -101,8 +102,7 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
         finding = _dsn(msg, base)
         if finding is not None:
             return finding
-    if unsubscribe_address and not _auto_submitted(msg) and any(
-            a.lower() == unsubscribe_address.lower() for a in base.addressed_to):
+    if any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to) and not _auto_submitted(msg):
         return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
     finding = _nonstandard(msg, base)
     if finding is not None:

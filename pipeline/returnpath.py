@@ -42,9 +42,10 @@ def delivery_id_of(settings: Settings, secret: str, address: str) -> int | None:
         return None
 
 
-def is_unsubscribe_address(settings: Settings, address: str) -> bool:
-    """True for the List-Unsubscribe mailto address of this list."""
-    return address.strip().strip("<>").lower() == settings.bounces.unsubscribe_address.lower()
+def is_unsubscribe_address(unsubscribe_address: str, address: str) -> bool:
+    """True when `address` is `unsubscribe_address`, the List-Unsubscribe mailto of this list
+    (settings.bounces.unsubscribe_address; "" when none is read: nothing matches)."""
+    return bool(unsubscribe_address) and address.strip().strip("<>").lower() == unsubscribe_address.lower()
 
 
 def feedback_id(settings: Settings, issue: Issue) -> str:
