@@ -150,10 +150,14 @@ def encode_unstructured(text: str) -> str:
     return encode_words(text)
 
 
+def list_label(settings: Settings) -> str:
+    """The list's name as one label (`a-b` for "A--B"): List-Id and Feedback-ID both name it so."""
+    return re.sub(r"[^a-z0-9]+", "-", settings.newsletter.name.lower()).strip("-") or "list"
+
+
 def list_id(settings: Settings) -> str:
     """`Name <label.sender-domain>`, the same for every issue so filters keep working (M12)."""
-    label = re.sub(r"[^a-z0-9]+", "-", settings.newsletter.name.lower()).strip("-") or "list"
-    return f"{encode_phrase(settings.newsletter.name)} <{label}.{settings.newsletter.sender_domain}>"
+    return f"{encode_phrase(settings.newsletter.name)} <{list_label(settings)}.{settings.newsletter.sender_domain}>"
 
 
 def list_unsubscribe(settings: Settings, url: str) -> str:

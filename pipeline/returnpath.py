@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from pipeline.config import Settings
+from pipeline.message import list_label
 from pipeline.models import Issue
 from subscribers.errors import BadToken
 from subscribers.tokens import BOUNCE, make_token, read_token
@@ -50,7 +51,7 @@ def is_unsubscribe_address(unsubscribe_address: str, address: str) -> bool:
 
 def feedback_id(settings: Settings, issue: Issue) -> str:
     """`Feedback-ID: <issue>:<list>:newsletter:<sender domain>`, what Gmail's Postmaster Tools
-    groups complaint rates by (the last field identifies the sender, the others the campaign)."""
-    label = _LABEL.sub("-", settings.newsletter.name.lower()).strip("-") or "list"
+    groups complaint rates by (the last field identifies the sender, the others the campaign); the
+    list is named by the label of its List-Id."""
     key = _LABEL.sub("-", issue.key).strip("-") or "issue"
-    return f"{key}:{label}:newsletter:{settings.newsletter.sender_domain}"
+    return f"{key}:{list_label(settings)}:newsletter:{settings.newsletter.sender_domain}"

@@ -27,8 +27,10 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
-from pipeline.message import MessageFactory, clean_header_text, confirmation_message, new_message_id
+from pipeline.message import MessageFactory, clean_header_text, confirmation_message, list_id, new_message_id
+from pipeline.models import Issue
 from pipeline.render import Recipient, RenderedIssue
+from pipeline.returnpath import feedback_id
 from pipeline.signing import DKIM_HEADERS
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, read_token
@@ -143,6 +145,15 @@ def test_list_id_and_message_ids_are_stable_where_they_should_be(rendered: Rende
     assert first["Message-ID"] == again["Message-ID"]  # a retry keeps the id it was given
     assert first["Date"] != again["Date"]  # and the Date is the time of that attempt
     assert len({new_message_id(msg_settings) for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize("name", ["A--B", "Essays & Notes", "  Über -- Briefe  ", "---"])
+def test_list_id_and_feedback_id_name_the_list_by_one_label(tmp_path: Path, name: str) -> None:
+    # Postmaster Tools' grouping and a reader's filter must agree on which list this is.
+    settings = load_settings(write_config(tmp_path, web={"base_url": BASE}, newsletter={"name": name}))
+    in_list_id = re.fullmatch(r".*<(.+)\.essays\.example\.org>", list_id(settings)).group(1)
+    in_feedback_id = feedback_id(settings, Issue(key="weekly-2026-W48", subject="x")).split(":")[1]
+    assert in_list_id == in_feedback_id
 
 
 def test_header_injection_from_data_is_neutralised(rendered: RenderedIssue, msg_settings: Settings) -> None:
