@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes, message_from_string, policy
+from email import message_from_bytes, message_from_string, parser, policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -21,6 +21,7 @@ from email.utils import getaddresses, parseaddr
 from flufl.bounce import all_failures
 
 from pipeline.models import BounceKind
+from pipeline.returnpath import is_unsubscribe_address
 
 # Where the address a message was delivered to shows: the envelope recipient (VERP) is one.
 ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
@@ -88,7 +89,7 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
     msg = message_from_bytes(raw, policy=policy.compat32)
-    key = _message_key(msg, raw)
+    key = message_key(raw, msg)
     if not msg.keys() or not (msg.get("From") or msg.get("Return-Path") or msg.get("Message-ID")):
         return Finding(key, BounceKind.IGNORED, "not an email message (no headers)")
     base = _Head(key, _addressed_to(msg), _address(msg.get("From", "")), _text(msg.get("Subject", "")))
@@ -101,8 +102,7 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
         finding = _dsn(msg, base)
         if finding is not None:
             return finding
-    if unsubscribe_address and not _auto_submitted(msg) and any(
-            a.lower() == unsubscribe_address.lower() for a in base.addressed_to):
+    if any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to) and not _auto_submitted(msg):
         return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
     finding = _nonstandard(msg, base)
     if finding is not None:
@@ -297,7 +297,13 @@ def _header_blocks(text: str) -> list[Message]:
             for block in re.split(r"\r?\n\s*\r?\n", text) if block.strip()] or [Message()]
 
 
-def _message_key(msg: Message, raw: bytes) -> str:
+def message_key(raw: bytes, msg: Message | None = None) -> str:
+    """Its Message-ID, else a hash of its bytes; without `msg` read from the headers alone (cheap)."""
+    if msg is None:
+        try:
+            msg = parser.BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        except (ValueError, LookupError, TypeError, AttributeError, UnicodeError):
+            msg = Message()  # then the hash, as `classify` gives an unparseable message
     message_id = " ".join(str(msg.get("Message-ID") or "").split())
     if message_id and len(message_id) <= 240:
         return message_id

@@ -22,14 +22,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from pipeline import bounce_log, ledger_reads
-from pipeline.bounces import Failure, Finding, classify, severity
+from pipeline.bounces import Failure, Finding, classify, message_key, severity
 from pipeline.config import Settings
 from pipeline.errors import NewsletterError
 from pipeline.mailbox import Source, open_source
 from pipeline.models import BounceEvent, BounceKind, Delivery
 from pipeline.returnpath import delivery_id_of
 from subscribers import consent
-from subscribers.model import Subscriber, utcnow
+from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
 log = logging.getLogger("newsletter.bounces")
@@ -73,11 +73,20 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
     secret = load_secret(settings.base_dir)
     source = source or open_source(settings.bounces, location)
     report = MailboxReport(source=source.description, dry_run=dry_run)
+    unsubscribe = settings.bounces.unsubscribe_address if settings.bounces.enabled else ""
     try:
         for handle, raw in source.messages():
-            finding = classify(raw, settings.bounces.unsubscribe_address if settings.bounces.enabled else "")
+            # The key from the headers first: an mbox is never rewritten, so every run sees every
+            # message again, and classifying (a full MIME parse and walk) is the costly part.
+            key = message_key(raw)
             with Session(engine, expire_on_commit=False) as session:
-                if bounce_log.processed(session, finding.key):
+                finding = None
+                if not bounce_log.processed(session, key):
+                    finding = classify(raw, unsubscribe)
+                    # A message that broke the parser is keyed by its hash: look that up too.
+                    if finding.key != key and bounce_log.processed(session, finding.key):
+                        finding = None
+                if finding is None:
                     report.already += 1
                     if not dry_run:
                         source.done(handle)
@@ -115,7 +124,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
         if subscriber is None:
             outcome.reason = f"{finding.sender or 'the sender'} is not a subscriber: nothing to do"
         else:
-            changed = dry_run and subscriber.status not in ("unsubscribed", "bounced", "complained", "removed")
+            changed = dry_run and consent.would_opt_out(subscriber.status, SubscriberStatus.UNSUBSCRIBED)
             if not dry_run:
                 changed = consent.unsubscribe(session, subscriber.email)
             outcome.action = "unsubscribed" if changed else ""
@@ -172,12 +181,11 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
 
 def _change(session: Session, subscriber_id: int, status: str, kind: BounceKind, dry_run: bool) -> str:
     """Bounced or complained, through the consent rules; "" when that changed nothing."""
-    target = "complained" if kind == BounceKind.COMPLAINT else "bounced"
+    target = SubscriberStatus.COMPLAINED if kind == BounceKind.COMPLAINT else SubscriberStatus.BOUNCED
     if dry_run:
-        stronger = {"complained": ("complained", "removed"), "bounced": ("bounced", "complained", "removed")}
-        return "" if status in stronger[target] else target
+        return target.value if consent.would_opt_out(status, target) else ""
     mark = consent.mark_complained if kind == BounceKind.COMPLAINT else consent.mark_bounced
-    return target if mark(session, subscriber_id) else ""
+    return target.value if mark(session, subscriber_id) else ""
 
 
 def _match(session: Session, settings: Settings, secret: str, finding: Finding,

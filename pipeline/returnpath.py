@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from pipeline.config import Settings
+from pipeline.message import list_label
 from pipeline.models import Issue
 from subscribers.errors import BadToken
 from subscribers.tokens import BOUNCE, make_token, read_token
@@ -42,14 +43,15 @@ def delivery_id_of(settings: Settings, secret: str, address: str) -> int | None:
         return None
 
 
-def is_unsubscribe_address(settings: Settings, address: str) -> bool:
-    """True for the List-Unsubscribe mailto address of this list."""
-    return address.strip().strip("<>").lower() == settings.bounces.unsubscribe_address.lower()
+def is_unsubscribe_address(unsubscribe_address: str, address: str) -> bool:
+    """True when `address` is `unsubscribe_address`, the List-Unsubscribe mailto of this list
+    (settings.bounces.unsubscribe_address; "" when none is read: nothing matches)."""
+    return bool(unsubscribe_address) and address.strip().strip("<>").lower() == unsubscribe_address.lower()
 
 
 def feedback_id(settings: Settings, issue: Issue) -> str:
     """`Feedback-ID: <issue>:<list>:newsletter:<sender domain>`, what Gmail's Postmaster Tools
-    groups complaint rates by (the last field identifies the sender, the others the campaign)."""
-    label = _LABEL.sub("-", settings.newsletter.name.lower()).strip("-") or "list"
+    groups complaint rates by (the last field identifies the sender, the others the campaign); the
+    list is named by the label of its List-Id."""
     key = _LABEL.sub("-", issue.key).strip("-") or "issue"
-    return f"{key}:{label}:newsletter:{settings.newsletter.sender_domain}"
+    return f"{key}:{list_label(settings)}:newsletter:{settings.newsletter.sender_domain}"

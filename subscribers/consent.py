@@ -254,14 +254,21 @@ def counts(session: Session) -> dict[str, int]:
     return {status.value: int(found.get(status.value, 0)) for status in SubscriberStatus}
 
 
-def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus) -> bool:
-    """Record an opt-out; a complaint outranks a bounce, both outrank an unsubscribe. False when no change."""
-    if subscriber.status == status.value or subscriber.status == SubscriberStatus.REMOVED:
+def would_opt_out(current: str, status: SubscriberStatus) -> bool:
+    """Whether an opt-out as `status` changes a subscriber now `current` (pure: what a dry run
+    shows): a complaint outranks a bounce, both outrank an unsubscribe, removed is final."""
+    if current == status.value or current == SubscriberStatus.REMOVED:
         return False
-    if status == SubscriberStatus.UNSUBSCRIBED and subscriber.status in OPTED_OUT:
+    if status == SubscriberStatus.UNSUBSCRIBED and current in OPTED_OUT:
         return False  # bounced or complained: already off the list, keep the stronger reason
-    if status == SubscriberStatus.BOUNCED and subscriber.status == SubscriberStatus.COMPLAINED:
-        return False  # a later bounce must not wash out a spam complaint (the sender's reputation)
+    # A later bounce must not wash out a spam complaint (the sender's reputation).
+    return not (status == SubscriberStatus.BOUNCED and current == SubscriberStatus.COMPLAINED)
+
+
+def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus) -> bool:
+    """Record an opt-out under the ranking of `would_opt_out`. False when no change."""
+    if not would_opt_out(subscriber.status, status):
+        return False
     now = utcnow()
     subscriber.status, subscriber.updated_at = status.value, now
     if subscriber.unsubscribed_at is None or status == SubscriberStatus.UNSUBSCRIBED:

@@ -19,7 +19,7 @@ from subscribers import consent
 from subscribers.addresses import suppression_hash
 from subscribers.errors import BadToken, ConsentError, ExpiredToken, InvalidEmail, UnknownSubscriber
 from subscribers.importer import import_csv
-from subscribers.model import Subscriber, Suppression
+from subscribers.model import Subscriber, SubscriberStatus, Suppression
 from subscribers.tokens import CONFIRM, UNSUBSCRIBE, make_token
 
 SECRET = "consent-test-secret"
@@ -351,3 +351,27 @@ def test_a_confirmation_link_made_in_the_same_second_before_the_unsubscribe_is_v
     with pytest.raises(ConsentError, match="older than your unsubscribe"):
         consent.confirm_by_token(db, SECRET, token)
     assert status_of(db, "same@example.org") == "unsubscribed"
+
+
+def test_would_opt_out_says_what_each_opt_out_then_does(db: Session) -> None:
+    # The dry run of the bounce mailbox reports through would_opt_out: it must foretell the change.
+    doing = {SubscriberStatus.UNSUBSCRIBED: "unsubscribe", SubscriberStatus.BOUNCED: "bounce",
+             SubscriberStatus.COMPLAINED: "complain"}
+    for n, start in enumerate(("pending", "active", "unsubscribe", "bounce", "complain", "remove")):
+        for target, how in doing.items():
+            email = f"w{n}-{how}@example.org"
+            subscriber, _ = consent.add(db, email, pending=start == "pending")
+            assert subscriber.id is not None
+            if start in OPT_OUTS:
+                opt_out(db, start, email)
+            db.refresh(subscriber)
+            before = subscriber.status
+            expected = consent.would_opt_out(before, target)
+            if target == SubscriberStatus.UNSUBSCRIBED:
+                changed = consent.unsubscribe_by_token(db, SECRET, make_token(SECRET, UNSUBSCRIBE, subscriber.id))
+            else:
+                mark = consent.mark_bounced if target == SubscriberStatus.BOUNCED else consent.mark_complained
+                changed = mark(db, subscriber.id)
+            assert changed is expected, (before, target)
+            db.refresh(subscriber)
+            assert subscriber.status == (target.value if expected else before), (before, target)

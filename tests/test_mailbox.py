@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import mailbox
 import os
 import pwd
 import shutil
@@ -16,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import db
+from pipeline import db, feedback
+from pipeline.bounces import classify, message_key
 from pipeline.config import load_settings
 from pipeline.feedback import process_mailbox
 from pipeline.mailbox import PROCESSED_KEYWORD, MailboxError, open_source
 from tests.test_bounces import (
     FIXTURES,
     PEOPLE,
+    UNSUBSCRIBE_TO,
     bounce_config,
     fixture_audience,
     statuses,
@@ -188,3 +191,41 @@ def test_the_cli_explains_when_bounces_are_off(tmp_path: Path) -> None:
     config = bounce_config(tmp_path, enabled=False, mailbox="")
     result = CliRunner().invoke(cli, ["--config", str(config), "bounces", "process"])
     assert result.exit_code == 1 and "set enabled = true and mailbox" in result.output
+
+
+def test_the_key_read_from_the_headers_alone_is_the_key_of_the_finding() -> None:
+    for path in sorted(FIXTURES.glob("*.eml")):
+        raw = path.read_bytes()
+        assert message_key(raw) == classify(raw, UNSUBSCRIBE_TO).key, path.name
+
+
+def test_a_rerun_classifies_only_the_messages_not_processed_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An mbox is never rewritten: every run sees every message ever received again.
+    settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
+    fixture_audience(settings)
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    for f in sorted(FIXTURES.glob("*.eml")):
+        box.add(f.read_bytes())
+    box.flush()
+    engine = db.connect(settings.database.url)
+    process_mailbox(settings, engine)
+    classified: list[bytes] = []
+    real = feedback.classify
+
+    def counting(raw: bytes, unsubscribe_address: str = "") -> object:
+        classified.append(raw)
+        return real(raw, unsubscribe_address)
+
+    monkeypatch.setattr(feedback, "classify", counting)
+    newer = b"Message-ID: <a-later-report@mx.example.net>\n" + (FIXTURES / "postfix.eml").read_bytes()
+    box.add(newer)
+    box.flush()
+    box.close()
+
+    second = process_mailbox(settings, engine)
+
+    assert second.already == 13 and len(second.outcomes) == 1
+    assert len(classified) == 1  # the new one; what was processed before is skipped unread
+    engine.dispose()

@@ -27,8 +27,10 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, PermanentDeliveryError
 from pipeline.issues import compose
 from pipeline.lint import failures, lint_message
-from pipeline.message import MessageFactory, clean_header_text, confirmation_message, new_message_id
+from pipeline.message import MessageFactory, clean_header_text, confirmation_message, list_id, new_message_id
+from pipeline.models import Issue
 from pipeline.render import Recipient, RenderedIssue
+from pipeline.returnpath import feedback_id
 from pipeline.signing import DKIM_HEADERS
 from subscribers.model import Subscriber
 from subscribers.tokens import CONFIRM, read_token
@@ -143,6 +145,15 @@ def test_list_id_and_message_ids_are_stable_where_they_should_be(rendered: Rende
     assert first["Message-ID"] == again["Message-ID"]  # a retry keeps the id it was given
     assert first["Date"] != again["Date"]  # and the Date is the time of that attempt
     assert len({new_message_id(msg_settings) for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize("name", ["A--B", "Essays & Notes", "  Über -- Briefe  ", "---"])
+def test_list_id_and_feedback_id_name_the_list_by_one_label(tmp_path: Path, name: str) -> None:
+    # Postmaster Tools' grouping and a reader's filter must agree on which list this is.
+    settings = load_settings(write_config(tmp_path, web={"base_url": BASE}, newsletter={"name": name}))
+    in_list_id = re.fullmatch(r".*<(.+)\.essays\.example\.org>", list_id(settings)).group(1)
+    in_feedback_id = feedback_id(settings, Issue(key="weekly-2026-W48", subject="x")).split(":")[1]
+    assert in_list_id == in_feedback_id
 
 
 def test_header_injection_from_data_is_neutralised(rendered: RenderedIssue, msg_settings: Settings) -> None:
@@ -268,3 +279,22 @@ def test_the_confirmation_email_links_to_the_confirm_page_of_this_subscriber(msg
     assert msg["Message-ID"] == f"<confirm.n0nce@{msg_settings.newsletter.sender_domain}>"
     assert msg["Subject"] == f"Please confirm your subscription to {msg_settings.newsletter.name}"
     assert text.endswith(f"--\r\n{msg_settings.newsletter.name}\r\n{msg_settings.newsletter.postal_address}\r\n")
+
+
+def test_the_confirmation_email_is_dkim_signed_like_a_digest_when_a_key_is_configured(
+    tmp_path: Path, dkim_key: tuple[Path, bytes]
+) -> None:
+    # Unsigned, it fails DMARC where the digests pass: the one mail a sign-up depends on lands in spam.
+    key, public = dkim_key
+    settings = load_settings(write_config(
+        tmp_path, web={"base_url": BASE}, delivery={"dkim_key": str(key), "dkim_selector": "news"}))
+    subscriber = Subscriber(id=41, email="back@example.org", email_normalized="back@example.org", name="Back")
+    raw = confirmation_message(settings, "message-test-secret", subscriber, "n0nce")
+    assert raw.startswith(b"DKIM-Signature: ")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"news._domainkey.essays.example.org."
+        return b"v=DKIM1; k=rsa; p=" + public
+
+    assert dkim.verify(raw, dnsfunc=dns)
+    assert not dkim.verify(raw.replace(b"/confirm/", b"/confirm/x", 1), dnsfunc=dns)
