@@ -159,9 +159,10 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
         rendered = rendered_issue(session, settings, target)
         factory, secret = factory_for(settings, target, rendered), load_secret(settings.base_dir)
         try:  # the gate's own check on the same sample a real send checks
-            gate.check(settings, personal_copy(None, settings, "", target, None, factory=factory), target.key)
+            _gate(settings, target, factory)
         except gate.SendRefused as exc:
             report.refused = str(exc)
+        build = _builder(settings, target, factory, secret, lambda: moment)
         if target.status == IssueStatus.SENDING.value:
             owed = ledger.owed(session, target.id or 0)
         else:
@@ -170,8 +171,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
         for subscriber_id, email, name in owed:
             row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
             try:
-                report.built_bytes += len(personal_copy(None, settings, secret, target, row, factory=factory,
-                                                        message_id=row.message_id, date=moment))
+                report.built_bytes += len(build(row))
                 report.sent += 1
             except NewsletterError as exc:
                 report.failed += 1
