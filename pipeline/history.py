@@ -7,12 +7,12 @@ twice, so a maybe counts as had). Failed, skipped and still-owed rows do not cou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from pipeline.glance import essays_of
 from pipeline.ledger import audience
 from pipeline.models import Delivery, DeliveryStatus, Essay, Issue, IssueEssay
 
@@ -81,11 +81,8 @@ def history(session: Session, subscriber_id: int) -> list[Received]:
         select(Delivery, Issue).join(Issue, col(Issue.id) == col(Delivery.issue_id))
         .where(Delivery.subscriber_id == subscriber_id).order_by(col(Delivery.id))
     ).all()
+    # A reader has one row per issue (the ledger's unique key), so each issue's essays are read once.
     return [Received(issue.key, issue.subject, delivery.sent_at or delivery.updated_at, delivery.status,
-                     tuple(_slugs(session, issue.id or 0)), delivery.last_error or "")
+                     tuple(e.slug for e in essays_of(session.connection(), issue.id or 0)),
+                     delivery.last_error or "")
             for delivery, issue in rows]
-
-
-def _slugs(session: Session, issue_id: int) -> Sequence[str]:
-    return session.exec(select(Essay.slug).join(IssueEssay, col(IssueEssay.essay_id) == col(Essay.id))
-                        .where(IssueEssay.issue_id == issue_id).order_by(col(IssueEssay.position))).all()

@@ -290,7 +290,7 @@ def _allowance(session: Session, windows: list[tuple[int, float]], most: int,
     allowed, wait = most, 0.0
     for limit, span in windows:
         since = now - timedelta(seconds=span)
-        count, _ = ledger_reads.sent_since(session, since)
+        count = ledger_reads.sent_since(session, since)
         room, want = limit - count - in_flight, min(most, limit)
         if room >= want or (room > 0 and span > SHORT_WINDOW):
             allowed = min(allowed, room)

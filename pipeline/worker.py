@@ -150,7 +150,7 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
             log.warning("%s: %d deliveries left in flight by a sender that stopped mid-attempt "
                         "(a crash, kill -9) are now unknown: maybe delivered, maybe not", key,
                         report.reconciled)
-        if report.sent or report.retrying or report.failed or report.skipped or report.unknown:
+        if report.handled:  # anything dealt with this round: the worker looks again at once
             worked = True
             log.info("%s: %d sent, %d to retry, %d failed, %d unknown, %d skipped by this worker; "
                      "ledger: %s", key, report.sent, report.retrying, report.failed,

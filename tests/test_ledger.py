@@ -148,8 +148,8 @@ def test_sent_since_counts_sent_rows_in_the_window(any_engine: Engine, any_setti
     claimed, _ = ledger.claim(any_engine, issue_id, 4, 600, now)
     ledger.record(any_engine, [ledger.Outcome(c, "sent", now - timedelta(minutes=n * 40)) for n, c in enumerate(claimed)], None)
     with Session(any_engine) as session:
-        assert ledger_reads.sent_since(session, now - timedelta(hours=1))[0] == 2
-        assert ledger_reads.sent_since(session, now - timedelta(days=1))[0] == 4
+        assert ledger_reads.sent_since(session, now - timedelta(hours=1)) == 2
+        assert ledger_reads.sent_since(session, now - timedelta(days=1)) == 4
 
 
 def test_a_batch_is_recorded_and_the_next_claimed_in_one_transaction(any_engine: Engine,
