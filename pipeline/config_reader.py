@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pipeline.errors import ConfigError
-from pipeline.readers.parsed_essay import url_problem
+from pipeline.web_addresses import url_problem
 
 PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from pipeline.db import session_scope
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.readers.feed import FeedDocument, fetch, parse_feed
-from pipeline.readers.parsed_essay import MAX_URL, url_problem
+from pipeline.web_addresses import MAX_URL, url_problem
 
 
 def check_url(url: str) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipeline.config import BounceSettings
 from pipeline.errors import NewsletterError
-from pipeline.hosts import is_loopback
+from pipeline.web_addresses import is_loopback
 
 PROCESSED_FOLDER = "Processed"
 PROCESSED_KEYWORD = "NewsletterProcessed"

@@ -14,11 +14,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from pipeline.dates import MONTH_NUMBERS
 from pipeline.errors import ImportProblem
 from pipeline.excerpt import sentence_ends
+from pipeline.web_addresses import MAX_URL
 from subscribers.text import strip_controls
 
 _MONTH = "|".join(sorted(MONTH_NUMBERS, key=len, reverse=True))
@@ -36,18 +36,8 @@ TITLE_LIMIT = 120  # a title taken from a first sentence is cut (between words) 
 MAX_TITLE = 300
 MAX_DEK = 1_000
 MAX_SLUG = 200  # Essay.slug's column
-MAX_URL = 500  # Essay.url's column
 MAX_TAGS = 50
 MAX_TAG = 64
-
-
-def url_problem(url: str) -> str | None:
-    """Why `url` (stripped) cannot be stored as an essay's or a feed's address; None: it can."""
-    if not url.startswith(("https://", "http://")) or not urlsplit(url).netloc:
-        return "expected an http:// or https:// URL"
-    if len(url) > MAX_URL:
-        return f"the URL is {len(url):,} characters long (the limit is {MAX_URL})"
-    return None
 
 
 @dataclass

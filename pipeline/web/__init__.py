@@ -22,10 +22,10 @@ from werkzeug.serving import make_server as wsgi_server
 from pipeline import db
 from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.confirmations import BackgroundMailer
-from pipeline.hosts import is_loopback
 from pipeline.web import preview, public
 from pipeline.web.preview import preview_refusal
 from pipeline.web.state import WebState, message
+from pipeline.web_addresses import is_loopback
 from subscribers.tokens import load_secret
 
 # Every page: no scripts at all, styles from here (inline ones only for the email in the frame),

@@ -22,13 +22,13 @@ from pipeline import db, ledger_reads
 from pipeline.config import BUILTIN_DOCS
 from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
-from pipeline.hosts import is_loopback
 from pipeline.issues import compose, issue_by_id, list_issues, subject_for, unsent_essays
 from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.readers.markdown_essay import markdown_html
 from pipeline.web.state import state
+from pipeline.web_addresses import is_loopback
 from subscribers import consent, queries
 from subscribers.model import SubscriberStatus
 
