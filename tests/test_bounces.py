@@ -189,13 +189,19 @@ def alice_issue_key(engine: Engine) -> str:
         return session.exec(select(Issue.key)).one()
 
 
-def test_an_mbox_is_processed_once_and_never_rewritten(tmp_path: Path) -> None:
+def fixture_mbox(tmp_path: Path) -> tuple[Settings, mailbox.mbox]:
+    """Settings reading tmp_path/bounces.mbox, which holds every fixture, and the open mbox."""
     settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
     fixture_audience(settings)
     box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
     for f in sorted(FIXTURES.glob("*.eml")):
         box.add(f.read_bytes())
     box.flush()
+    return settings, box
+
+
+def test_an_mbox_is_processed_once_and_never_rewritten(tmp_path: Path) -> None:
+    settings, box = fixture_mbox(tmp_path)
     box.close()
     before = (tmp_path / "bounces.mbox").read_bytes()
     engine = db.connect(settings.database.url)

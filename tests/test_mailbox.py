@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-import mailbox
 import os
 import pwd
 import shutil
@@ -28,6 +27,7 @@ from tests.test_bounces import (
     UNSUBSCRIBE_TO,
     bounce_config,
     fixture_audience,
+    fixture_mbox,
     statuses,
 )
 
@@ -203,12 +203,7 @@ def test_a_rerun_classifies_only_the_messages_not_processed_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An mbox is never rewritten: every run sees every message ever received again.
-    settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
-    fixture_audience(settings)
-    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
-    for f in sorted(FIXTURES.glob("*.eml")):
-        box.add(f.read_bytes())
-    box.flush()
+    settings, box = fixture_mbox(tmp_path)
     engine = db.connect(settings.database.url)
     process_mailbox(settings, engine)
     classified: list[bytes] = []
