@@ -17,6 +17,7 @@ import re
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +40,20 @@ class Transport(Protocol):
     def send(self, mail_from: str, to: str, raw: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+
+def hand_over(transport: Transport, mail_from: str, to: str, raw: bytes) -> Callable[[], None]:
+    """Start sending one message; returns `verdict()`, which waits for the server's answer and
+    raises as `send` does. Over SMTP the message is out when this returns and the relay is still
+    reading it: the caller can build the next message meanwhile. Other transports finish here."""
+    if isinstance(transport, SMTPTransport):
+        return transport.begin(mail_from, to, raw)
+    transport.send(mail_from, to, raw)
+    return _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 def make_transport(settings: Settings, label: str = "") -> Transport:
@@ -85,6 +100,11 @@ class SMTPTransport:
         self.connections = 0  # how many times it connected (tests, and the summary)
 
     def send(self, mail_from: str, to: str, raw: bytes) -> None:
+        self.begin(mail_from, to, raw)()
+
+    def begin(self, mail_from: str, to: str, raw: bytes) -> Callable[[], None]:
+        """Everything up to and including the message's final dot; returns what reads the reply
+        to it (see hand_over)."""
         reused = self._smtp is not None
         smtp = self._connection()
         try:
@@ -109,6 +129,10 @@ class SMTPTransport:
             # Before the final dot went out the server cannot have taken the message: try later.
             self._drop()
             raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
+        return functools.partial(self._verdict, smtp)
+
+    def _verdict(self, smtp: smtplib.SMTP) -> None:
+        """The reply to a message's final dot."""
         try:
             code, reply = smtp.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
