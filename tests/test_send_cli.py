@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -12,10 +16,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from pipeline.config import Settings
-from pipeline.models import Delivery, Issue
+from pipeline.models import Delivery, Essay, Issue
 from subscribers import consent
 from tests.conftest import CLI
 from tests.smtp_faults import add_audience, fault_server, smtp_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -176,3 +182,49 @@ def test_send_asks_about_1_subscriber_in_good_english(run_cli: CLI, engine: Engi
     add_audience(engine, 1)
     result = run_cli("send", "--latest", input="n\n")
     assert result.exit_code == 0 and "to 1 subscriber?" in flat(result)
+
+
+def test_send_draws_its_bar_on_a_terminal_only(run_cli: CLI, settings: Settings, engine: Engine) -> None:
+    """On a terminal the send shows its progress; piped (cron, a log) it prints the summary only."""
+    add_audience(engine, 5)
+    piped = subprocess.run(newsletter(run_cli, "send", "--latest", "--yes"), capture_output=True,
+                           env=terminal_env(), cwd=PROJECT_ROOT, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert b"Sending" not in piped.stdout + piped.stderr and b"5 sent" in piped.stdout
+
+    composed = run_cli("issues", "new", "--resend", "--key", "again", *slugs_of(engine))
+    assert composed.exit_code == 0, composed.output
+    main, side = pty.openpty()
+    with subprocess.Popen(newsletter(run_cli, "send", "again", "--yes"), stdin=side, stdout=side,
+                          stderr=side, env=terminal_env(), cwd=PROJECT_ROOT) as process:
+        os.close(side)
+        seen = b""
+        while chunk := read_or_nothing(main):
+            seen += chunk
+        assert process.wait(60) == 0, seen.decode(errors="replace")
+    os.close(main)
+    assert b"Sending" in seen and b"5/5" in seen  # the bar, with its count
+    assert len(outbox(settings)) == 10
+
+
+def newsletter(run_cli: CLI, *args: str) -> list[str]:
+    return [sys.executable, "-c", "from pipeline.cli import main; main()", "--config", str(run_cli.config_file), *args]
+
+
+def terminal_env() -> dict[str, str]:
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"}
+    env.pop("NO_COLOR", None)
+    return env
+
+
+def slugs_of(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return [arg for essay in session.exec(select(Essay)) for arg in ("--essay", essay.slug)]
+
+
+def read_or_nothing(fd: int) -> bytes:
+    """What the terminal shows next; b"" once the command has ended and closed it."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""

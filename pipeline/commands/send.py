@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from pipeline import history
 from pipeline.commands.base import (
@@ -135,16 +130,34 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
         return yes or click.confirm(question, default=False)
 
-    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
-               TextColumn("{task.fields[problems]}"))
     if dry_run:
         return dry_run_of(app.settings, app.engine, issue, latest=latest)
     if not deliver:
         return enqueue(app.settings, app.engine, issue, latest=latest, confirm=confirm, force=force)
-    # A bar on a terminal only: in a log or cron mail it is noise (and a thread redrawing nothing).
-    with Progress(*columns, console=app.err, transient=True, disable=quiet or not app.err.is_terminal) as bar, \
-            stop_on_signals(stop, app, "`newsletter send` again carries on"):
+    with _progress_bar(app, quiet) as progress, stop_on_signals(stop, app, "`newsletter send` again carries on"):
+        return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
+                       progress=progress, force=force)
+
+
+@contextmanager
+def _progress_bar(app: App, quiet: bool) -> Iterator[Callable[[Report], None] | None]:
+    """A bar on a terminal only, as `progress(report)`: in a log or cron mail it is noise (and
+    a thread redrawing nothing); rich.progress is not even loaded then."""
+    if quiet or not app.err.is_terminal:
+        yield None
+        return
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("Sending"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
+               TextColumn("{task.fields[problems]}"))
+    with Progress(*columns, console=app.err, transient=True) as bar:
         task = bar.add_task("", total=None, rate=0.0, problems="")
 
         def progress(report: Report) -> None:
@@ -154,8 +167,7 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
             bar.update(task, total=report.to_send, completed=report.handled, rate=report.sent / elapsed,
                        problems=problems)
 
-        return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
-                       progress=progress, force=force)
+        yield progress
 
 
 def _repeat_note(app: App, target: Issue) -> str:
