@@ -63,9 +63,8 @@ def check_css(doc: Document) -> list[Finding]:
     css = "\n".join(doc.styles)
     if len(css.encode("utf-8")) > STYLE_BYTES:
         found.append(Finding("H2", MUST, f"<style> holds {len(css) / 1024:.1f} KB of CSS (max 16 KB)"))
-    errors = _css_errors(css)
+    sheet, errors = _parse_css(css)
     found += [Finding("H2", MUST, f"CSS does not parse: {e}") for e in errors]
-    sheet = cssutils.parseString(css, validate=False)
     for rule in sheet.cssRules:
         if rule.type == rule.MEDIA_RULE:
             for inner in rule.cssRules:
@@ -90,8 +89,9 @@ def check_css(doc: Document) -> list[Finding]:
     return found
 
 
-def _css_errors(css: str) -> list[str]:
-    """cssutils' ERROR log lines while parsing `css` (unknown properties are only warnings)."""
+def _parse_css(css: str) -> tuple[cssutils.css.CSSStyleSheet, list[str]]:
+    """The sheet, and cssutils' ERROR log lines while parsing it (unknown properties are only
+    warnings)."""
     errors: list[str] = []
 
     class Collect(logging.Handler):
@@ -104,11 +104,11 @@ def _css_errors(css: str) -> list[str]:
     log.addHandler(handler)
     log.setLevel(logging.ERROR)
     try:
-        cssutils.parseString(css, validate=False)
+        sheet = cssutils.parseString(css, validate=False)
     finally:
         log.removeHandler(handler)
         log.setLevel(previous)
-    return errors
+    return sheet, errors
 
 
 def check_elements(doc: Document) -> list[Finding]:
