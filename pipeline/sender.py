@@ -204,7 +204,7 @@ class _Pool:
         for row in claimed:
             try:
                 raw: bytes | ledger.Outcome = self.build(row)
-            except RenderError as exc:
+            except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
                 raw = self._outcome(row, exc)
             if verdict is not None:
                 outcomes.append(verdict())

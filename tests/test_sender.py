@@ -121,3 +121,19 @@ def test_per_second_rate_limit_spreads_the_sends(tmp_path: Path, server: FaultSe
         times = sorted(r.sent_at for r in ledger_reads.rows(session, report.issue_id))
     for i, start in enumerate(times):  # no one-second window holds more than ten
         assert sum(1 for t in times[i:] if t < start + timedelta(seconds=1)) <= 10
+
+
+def test_a_copy_that_cannot_be_addressed_fails_alone_mid_batch(tmp_path: Path, server: FaultServer) -> None:
+    # Each copy is built while the relay still reads the one before it: a copy that cannot be
+    # made (this address needs SMTPUTF8) must fail that row only, not the batch or the run.
+    settings = smtp_settings(tmp_path, server.port, batch_size=10)
+    engine = engine_for(settings)
+    add_audience(engine, 3)
+    add_audience(engine, 1, essays=0, prefix="jörg")
+    add_audience(engine, 3, essays=0, prefix="later")
+    report = publish(settings, engine, latest=True)
+    assert report.sent == 6 and report.failed == 1 and report.ending is Ending.FINISHED
+    assert report.errors == [("jörg0@example.org", "'jörg0@example.org' needs SMTPUTF8, which this "
+                                                    "sender does not use")]
+    assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(
+        [f"reader{n}@example.org" for n in range(3)] + [f"later{n}@example.org" for n in range(3)])
