@@ -21,6 +21,7 @@ from pipeline.models import Delivery, Issue
 from pipeline.publish import Ending, enqueue
 from pipeline.schedule import JOB_ID, make_scheduler
 from pipeline.worker import run_worker
+from subscribers.model import Subscriber
 from tests.conftest import CLI, PUBLIC_WEB, write_config
 from tests.smtp_faults import FaultServer, add_audience
 from tests.test_schedule import utc_schedule_due
@@ -31,6 +32,14 @@ def smtp_config(tmp_path: Path, server: FaultServer, **sections: dict[str, Any])
     return write_config(tmp_path, delivery={"transport": "smtp", "smtp_host": "127.0.0.1",
                                             "smtp_port": server.port, "smtp_tls": "none",
                                             "smtp_timeout": 5}, **sections)
+
+
+def readers_through(tmp_path: Path, server: FaultServer, readers: int,
+                    **sections: dict[str, Any]) -> tuple[Path, Engine, list[Subscriber]]:
+    """smtp_config's config, its database and `readers` active subscribers in it."""
+    config = smtp_config(tmp_path, server, **sections)
+    engine = db.connect(load_settings(config).database.url)
+    return config, engine, add_audience(engine, readers)
 
 
 def flat(text: str) -> str:
@@ -45,9 +54,7 @@ def rows(engine: Engine) -> tuple[list[Issue], list[Delivery]]:
 def test_send_over_smtp_with_a_loopback_base_url_is_refused_before_the_prompt(
     tmp_path: Path, server: FaultServer
 ) -> None:
-    config = smtp_config(tmp_path, server)
-    engine = db.connect(load_settings(config).database.url)
-    add_audience(engine, 3)
+    config, engine, _ = readers_through(tmp_path, server, 3)
     result = CLI(config, CliRunner())("send", "--latest", input="y\n")
     assert result.exit_code == 1
     words = flat(result.output)
@@ -69,9 +76,7 @@ def test_send_over_smtp_with_a_loopback_base_url_is_refused_before_the_prompt(
 def test_a_dry_run_says_the_real_send_would_be_refused_and_exits_1(
     tmp_path: Path, server: FaultServer
 ) -> None:
-    config = smtp_config(tmp_path, server)
-    engine = db.connect(load_settings(config).database.url)
-    add_audience(engine, 3)
+    config, engine, _ = readers_through(tmp_path, server, 3)
     result = CLI(config, CliRunner())("send", "--latest", "--dry-run")
     assert result.exit_code == 1  # as the real send would: a script must notice
     words = flat(result.output)
@@ -82,8 +87,8 @@ def test_a_dry_run_says_the_real_send_would_be_refused_and_exits_1(
     assert rows(engine) == ([], [])  # a dry run keeps nothing, not even the composed draft
     # Fixed, the same dry run passes.
     (tmp_path / "fixed").mkdir()
-    fixed = smtp_config(tmp_path / "fixed", server, web=PUBLIC_WEB)
-    add_audience(db.connect(load_settings(fixed).database.url), 3)
+    fixed, fixed_engine, _ = readers_through(tmp_path / "fixed", server, 3, web=PUBLIC_WEB)
+    fixed_engine.dispose()
     passing = CLI(fixed, CliRunner())("send", "--latest", "--dry-run")
     assert passing.exit_code == 0 and "would be refused" not in passing.output
     engine.dispose()
@@ -92,9 +97,7 @@ def test_a_dry_run_says_the_real_send_would_be_refused_and_exits_1(
 def test_force_sends_anyway_and_logs_the_failures(
     tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = smtp_config(tmp_path, server)
-    engine = db.connect(load_settings(config).database.url)
-    people = add_audience(engine, 3)
+    config, engine, people = readers_through(tmp_path, server, 3)
     with caplog.at_level(logging.WARNING, logger="newsletter.gate"):
         result = CLI(config, CliRunner())("send", "--latest", "--yes", "--force")
     assert result.exit_code == 0, result.output
@@ -106,9 +109,7 @@ def test_force_sends_anyway_and_logs_the_failures(
 
 
 def test_a_public_https_base_url_passes_the_gate(tmp_path: Path, server: FaultServer) -> None:
-    config = smtp_config(tmp_path, server, web=PUBLIC_WEB)
-    engine = db.connect(load_settings(config).database.url)
-    people = add_audience(engine, 2)
+    config, engine, people = readers_through(tmp_path, server, 2, web=PUBLIC_WEB)
     result = CLI(config, CliRunner())("send", "--latest", "--yes")
     assert result.exit_code == 0, result.output
     assert len(server.received) == len(people)
