@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from pipeline.config import Settings
 from pipeline.issue_view import issue_view
 from pipeline.models import Essay, Issue
 from pipeline.render import Recipient, RenderedIssue, render_view, render_view_for, render_web_page
+from subscribers.model import Subscriber, utcnow
 
 TOPICS = [
     ("Bread", "sourdough starter flour water crust oven loaf rise dough fermentation"),
@@ -102,3 +104,20 @@ def render_personal(session: Session, settings: Settings, issue: Issue, recipien
     """The slow path: a full Jinja2 + premailer render for one subscriber (the oracle of personalise)."""
     view = issue_view(session, settings, issue)
     return render_view_for(settings, view, recipient, render_view(settings, view).shape)
+
+
+def reader_name(n: int) -> str:
+    """The name of bulk reader `n`: every third has none, so both variants of a copy are made."""
+    return f"Reader Nº{n}" if n % 3 else ""
+
+
+def add_readers(session: Session, count: int, page: int = 10_000) -> None:
+    """`count` active subscribers reader0@example.org ... inserted in bulk (benchmarks: the
+    audience of a send, without consent's per-address checks), in the caller's transaction."""
+    now = utcnow()
+    for first in range(0, count, page):
+        session.execute(insert(Subscriber), [
+            dict(email=f"reader{n}@example.org", email_normalized=f"reader{n}@example.org",
+                 name=reader_name(n), status="active", source="bench",
+                 created_at=now, updated_at=now, confirmed_at=now)
+            for n in range(first, min(first + page, count))])

@@ -20,14 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from pipeline import db, related_cache
 from pipeline.issues import compose
-from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import start_sink
-from tests.digest_fixtures import add_essays, digest_essays
+from tests.digest_fixtures import add_essays, add_readers, digest_essays
 from tests.smtp_faults import smtp_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,15 +60,9 @@ def populate(folder: Path, port: int, subscribers: int) -> Path:
     index stored as an import leaves it; the config's path."""
     settings = smtp_settings(folder, port, connections=CONNECTIONS)
     engine = db.connect(settings.database.url)
-    now = utcnow()
     with Session(engine) as session:
         add_essays(session, *digest_essays(5))
-        for first in range(0, subscribers, 10_000):
-            session.execute(insert(Subscriber), [
-                dict(email=f"reader{n}@example.org", email_normalized=f"reader{n}@example.org",
-                     name=f"Reader Nº{n}" if n % 3 else "", status="active", source="bench",
-                     created_at=now, updated_at=now, confirmed_at=now)
-                for n in range(first, min(first + 10_000, subscribers))])
+        add_readers(session, subscribers)
         compose(session, settings, key="bench")
         session.commit()
         # What `essays import` does after changing the archive: the related-links index is built

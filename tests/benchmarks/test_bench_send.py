@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -31,9 +30,8 @@ from pipeline.issues import compose
 from pipeline.message import MessageFactory, new_message_id
 from pipeline.publish import Ending, publish
 from pipeline.render import Recipient
-from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import raw_smtplib, start_sink
-from tests.digest_fixtures import add_essays, digest_essays, render_issue
+from tests.digest_fixtures import add_essays, add_readers, digest_essays, reader_name, render_issue
 from tests.reference_message import reference_message
 from tests.smtp_faults import smtp_settings
 
@@ -54,15 +52,9 @@ def prepare(tmp_path: Path, port: int, subscribers: int, **delivery: Any) -> tup
     """A database with a 5-essay issue and `subscribers` active subscribers (bulk-inserted)."""
     settings = smtp_settings(tmp_path, port, connections=CONNECTIONS, **delivery)
     engine = db.connect(settings.database.url)
-    now = utcnow()
     with Session(engine, expire_on_commit=False) as session:
         add_essays(session, *digest_essays(5))
-        for start in range(0, subscribers, 5000):
-            session.execute(insert(Subscriber), [
-                dict(email=f"reader{n}@example.org", email_normalized=f"reader{n}@example.org",
-                     name=f"Reader Nº{n}" if n % 3 else "", status="active", source="bench",
-                     created_at=now, updated_at=now, confirmed_at=now)
-                for n in range(start, min(start + 5000, subscribers))])
+        add_readers(session, subscribers)
         issue = compose(session, settings, key="bench")
         session.commit()
     return settings, engine, issue.key
@@ -75,7 +67,7 @@ def test_bench_send_10000_against_raw_smtplib(tmp_path: Path, sink: int) -> None
         rendered = render_issue(session, settings, issue)
     factory = MessageFactory(settings, rendered)
     when = datetime.now(UTC)
-    people = [Recipient(f"Reader Nº{n}" if n % 3 else "", f"reader{n}@example.org", f"{BASE}/u/t{n}")
+    people = [Recipient(reader_name(n), f"reader{n}@example.org", f"{BASE}/u/t{n}")
               for n in range(SUBSCRIBERS)]
     prebuilt = [(p.email, factory.build(p, new_message_id(settings), when)) for p in people]
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from pipeline import db
@@ -26,9 +25,8 @@ from pipeline.issues import compose
 from pipeline.message import MessageFactory, new_message_id
 from pipeline.publish import publish
 from pipeline.render import Recipient
-from subscribers.model import Subscriber, utcnow
 from tests.benchmarks.sink import raw_smtplib
-from tests.digest_fixtures import add_essays, digest_essays, render_issue
+from tests.digest_fixtures import add_essays, add_readers, digest_essays, reader_name, render_issue
 from tests.smtp_faults import smtp_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,21 +47,12 @@ class WholeSend:
         return min(self.before, self.after)
 
 
-def reader_name(n: int) -> str:
-    return f"Reader Nº{n}" if n % 3 else ""  # every third without a name: both variants are sent
-
-
 def whole_send(folder: Path, port: int, subscribers: int, connections: int) -> WholeSend:
     settings = smtp_settings(folder, port, connections=connections)
     engine = db.connect(settings.database.url)
-    now = utcnow()
     with Session(engine, expire_on_commit=False) as session:
         slugs = [essay.slug for essay in add_essays(session, *digest_essays(5))]
-        session.execute(insert(Subscriber), [
-            dict(email=f"reader{n}@example.org", email_normalized=f"reader{n}@example.org",
-                 name=reader_name(n), status="active", source="bench",
-                 created_at=now, updated_at=now, confirmed_at=now)
-            for n in range(subscribers)])
+        add_readers(session, subscribers)
         issue = compose(session, settings, key="whole")
         session.commit()
         # Not through the render cache (the send renders its issue itself); the related-links
