@@ -200,39 +200,36 @@ class _Pool:
         before it: over one connection the sender's own work no longer adds to every round trip.
         The batch stays the unit in flight, so the crash guarantee is unchanged."""
         outcomes: list[ledger.Outcome] = []
-        verdict: Callable[[], ledger.Outcome] | None = None  # the message handed over last
+        waiting: tuple[ledger.Claimed, Callable[[], None]] | None = None  # handed over, reply not read
         for row in claimed:
+            raw, unmade = b"", None
             try:
-                raw: bytes | ledger.Outcome = self.build(row)
+                raw = self.build(row)
             except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
-                raw = self._outcome(row, exc)
-            if verdict is not None:
-                outcomes.append(verdict())
-            verdict = self._hand_over(transport, row, raw)
-        if verdict is not None:
-            outcomes.append(verdict())
+                unmade = self._outcome(row, exc)
+            if waiting is not None:
+                outcomes.append(self._answered(*waiting))
+                waiting = None
+            if unmade is not None:
+                outcomes.append(unmade)
+            elif self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+                outcomes.append(ledger.Outcome(row, "released", self.clock()))
+            else:
+                try:
+                    waiting = row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
+                except DeliveryProblem as exc:
+                    outcomes.append(self._outcome(row, exc))
+        if waiting is not None:
+            outcomes.append(self._answered(*waiting))
         return outcomes
 
-    def _hand_over(self, transport: Transport, row: ledger.Claimed,
-                   raw: bytes | ledger.Outcome) -> Callable[[], ledger.Outcome]:
-        """Send `raw` to `row`'s address; returns what waits for the relay's answer."""
-        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
-            raw = ledger.Outcome(row, "released", self.clock())
-        if isinstance(raw, ledger.Outcome):
-            return lambda: raw
+    def _answered(self, row: ledger.Claimed, answer: Callable[[], None]) -> ledger.Outcome:
+        """The outcome of a message handed over, once the relay has answered it."""
         try:
-            answer = hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
+            answer()
         except DeliveryProblem as exc:
-            failed = self._outcome(row, exc)
-            return lambda: failed
-
-        def verdict() -> ledger.Outcome:
-            try:
-                answer()
-            except DeliveryProblem as exc:
-                return self._outcome(row, exc)
-            return ledger.Outcome(row, "sent", self.clock(), 250)
-        return verdict
+            return self._outcome(row, exc)
+        return ledger.Outcome(row, "sent", self.clock(), 250)
 
     def _outcome(self, row: ledger.Claimed, exc: Exception) -> ledger.Outcome:
         """What an error means for the row (TransportUnavailable also pauses the run)."""
