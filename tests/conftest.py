@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,17 @@ from pipeline.config import PROJECT_ROOT, Settings, load_settings
 
 CORPUS = PROJECT_ROOT.parent / "shared" / "corpus" / "essays"
 PG_ADMIN_URL = os.environ.get("NEWSLETTER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the tests that send it, however the suite was started.
+
+    A shell starts a background job with SIGINT ignored, and a process keeps that for itself
+    and the servers it starts; the tests that press Ctrl-C on a send or on `serve` would then
+    wait for a signal that never arrives. The suite puts Python's own handler back.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
