@@ -58,6 +58,8 @@ def repeats(session: Session, issue: Issue) -> dict[str, int]:
     """essay slug -> how many active readers had it already (each reader counted once, under
     the first such essay of the issue): what the send confirmation tells."""
     had, counted = had_before(session, issue), dict[str, int]()
+    if not had:  # the common case: no need to walk the whole audience
+        return counted
     for subscriber_id, _, _ in audience(session):
         if subscriber_id in had:
             counted[had[subscriber_id]] = counted.get(had[subscriber_id], 0) + 1

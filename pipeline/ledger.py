@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Executable, bindparam, func, or_, text, update
+from sqlalchemy import Executable, String, bindparam, func, literal, or_, text, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, select
@@ -36,6 +37,7 @@ LONGEST_RETRY = 3600.0
 SHORT_WINDOW = 60.0  # seconds: in windows this short, claims wait for room for a whole batch
 RATE_LOCK = 4224243  # the PostgreSQL advisory lock that orders rate-limited claims
 _TABLE = Delivery.__table__  # type: ignore[attr-defined]
+_SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -63,41 +65,57 @@ class Outcome:
     hard_bounce: bool = False
 
 
-def freeze_audience(session: Session, issue: Issue, new_message_id: Callable[[], str], now: datetime,
+def freeze_audience(session: Session, issue: Issue, message_ids: tuple[str, str], now: datetime,
                     leave_out: Mapping[int, str] | None = None) -> int:
     """One pending row per active subscriber, in the caller's transaction; returns rows added.
     A subscriber in `leave_out` (id -> an essay of the issue they had) gets a `skipped` row
-    saying so, so the ledger tells why they did not get it.
+    saying so, so the ledger tells why they did not get it. `message_ids` is the (prefix,
+    suffix) of message.message_id_frame: the row of subscriber n gets prefix + n + suffix.
 
-    Subscribers are read a page at a time and inserted in batches; the unique (issue,
-    subscriber) pair makes a second freeze (or a rival process) add nobody twice.
+    Each row is made by the database (INSERT ... SELECT): no subscriber passes through Python,
+    so a list of 100,000 freezes in one statement. The skipped rows go in first; the unique
+    (issue, subscriber) pair then keeps them out of the pending insert, and makes a second
+    freeze (or a rival process) add nobody twice.
     """
-    leave_out = leave_out or {}
+    before = _row_count(session, issue.id or 0)
+    by_essay: dict[str, list[int]] = {}
+    for sid, slug in (leave_out or {}).items():
+        by_essay.setdefault(slug, []).append(sid)
+    for slug, ids in by_essay.items():
+        for first in range(0, len(ids), FREEZE_PAGE):
+            session.execute(_freeze(session, issue, message_ids, now, SKIPPED,
+                                    f"already had {slug} in an earlier issue", ids[first:first + FREEZE_PAGE]))
+    session.execute(_freeze(session, issue, message_ids, now, PENDING))
+    # Counted, not summed from rowcounts: drivers disagree on INSERT ... SELECT's rowcount.
+    return _row_count(session, issue.id or 0) - before
+
+
+def _freeze(session: Session, issue: Issue, message_ids: tuple[str, str], now: datetime, status: str,
+            error: str | None = None, only: list[int] | None = None) -> Executable:
+    """INSERT INTO delivery SELECT ... FROM subscriber: rows of `status` for the active
+    subscribers (of `only`, when given), in subscriber order, leaving out any already there."""
+    prefix, suffix = message_ids
+    people = _SUBSCRIBERS.c
+    when = literal(now, _TABLE.c.created_at.type)
+    rows = (sql_select(literal(issue.id or 0), people.id, people.email,
+                       func.substr(func.coalesce(people.name, ""), 1, 200), literal(status), literal(0),
+                       literal(prefix) + sql_cast(people.id, String) + literal(suffix),
+                       literal(error, _TABLE.c.last_error.type), when, when)
+            .where(people.status == SubscriberStatus.ACTIVE.value)
+            .order_by(people.id))
+    if only is not None:
+        rows = rows.where(people.id.in_(only))
+    columns = ["issue_id", "subscriber_id", "email", "name", "status", "attempts", "message_id",
+               "last_error", "created_at", "updated_at"]
+    unique = ["issue_id", "subscriber_id"]
     # Imported here: the PostgreSQL dialect's module takes ~30 ms to load, which SQLite never needs.
-    statement: Executable
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: PLC0415
 
-        statement = pg_insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
+        return pg_insert(_TABLE).from_select(columns, rows).on_conflict_do_nothing(index_elements=unique)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
 
-        statement = sqlite_insert(_TABLE).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    before, rows = _row_count(session, issue.id or 0), []
-    for sid, email, name in audience(session):
-        had = leave_out.get(sid)
-        rows.append(dict(issue_id=issue.id, subscriber_id=sid, email=email, name=(name or "")[:200],
-                         status=SKIPPED if had else PENDING, attempts=0, next_attempt_at=None,
-                         lease_until=None, message_id=new_message_id(), smtp_code=None,
-                         last_error=f"already had {had} in an earlier issue" if had else None,
-                         created_at=now, updated_at=now, sent_at=None))
-        if len(rows) == FREEZE_PAGE:
-            session.execute(statement, rows)
-            rows = []
-    if rows:
-        session.execute(statement, rows)
-    # Counted, not summed from rowcounts: drivers disagree on executemany's rowcount.
-    return _row_count(session, issue.id or 0) - before
+    return sqlite_insert(_TABLE).from_select(columns, rows).on_conflict_do_nothing(index_elements=unique)
 
 
 def audience(session: Session) -> Iterator[tuple[int, str, str]]:

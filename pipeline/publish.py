@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
-from pipeline.message import MessageFactory, new_message_id
+from pipeline.message import MessageFactory, message_id_frame, new_message_id
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import RenderedIssue
 from pipeline.returnpath import return_path
@@ -267,7 +267,7 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     if issue.status == IssueStatus.DRAFT.value:  # a worker's every round finds it started already
         with session_scope(engine) as session:  # start_sending decides a race under its row lock
             if issues.start_sending(session, issue.id or 0, rendered, now) is not None:
-                ledger.freeze_audience(session, issue, lambda: new_message_id(settings), now,
+                ledger.freeze_audience(session, issue, message_id_frame(settings), now,
                                        history.left_out(session, issue))
     # The retry deadline (delivery.retry_hours) counts from this run's start.
     issue.status, issue.started_at = IssueStatus.SENDING.value, now

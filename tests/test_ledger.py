@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import replace
@@ -15,7 +16,7 @@ from sqlmodel import Session, select
 from pipeline import db, ledger, ledger_reads
 from pipeline.config import Settings, load_settings
 from pipeline.db import session_scope
-from pipeline.message import new_message_id
+from pipeline.message import message_id_frame
 from pipeline.models import Delivery, Issue
 from subscribers import consent
 from subscribers.model import utcnow
@@ -36,7 +37,7 @@ def make_issue(engine: Engine, settings: Settings, subscribers: int) -> int:
 def freeze(engine: Engine, settings: Settings, issue_id: int) -> int:
     with session_scope(engine) as session:
         issue = session.get(Issue, issue_id)
-        return ledger.freeze_audience(session, issue, lambda: new_message_id(settings), utcnow())
+        return ledger.freeze_audience(session, issue, message_id_frame(settings), utcnow())
 
 
 def test_freezing_twice_adds_nobody_twice(any_engine: Engine, any_settings: Settings) -> None:
@@ -49,6 +50,27 @@ def test_freezing_twice_adds_nobody_twice(any_engine: Engine, any_settings: Sett
     assert "waiting@example.org" not in {r.email for r in rows}
     assert ledger_reads.counts(Session(any_engine), issue_id) == {
         "pending": 30, "sending": 0, "sent": 0, "failed": 0, "unknown": 0, "skipped": 0}
+
+
+def test_a_frozen_row_copies_the_reader_and_gets_its_own_message_id(any_engine: Engine,
+                                                                    any_settings: Settings) -> None:
+    issue_id = make_issue(any_engine, any_settings, 3)
+    with session_scope(any_engine) as session:
+        long_name, _ = consent.add(session, "long@example.org", "N" * 250)
+        later = Issue(key="ledger-later", subject="s", status="sending", started_at=utcnow())
+        session.add(later)
+        session.flush()
+        later_id, long_id = later.id, long_name.id
+    freeze(any_engine, any_settings, issue_id)
+    freeze(any_engine, any_settings, later_id)
+    with Session(any_engine) as session:
+        first, second = ledger_reads.rows(session, issue_id), ledger_reads.rows(session, later_id)
+    domain = re.escape(any_settings.newsletter.sender_domain)
+    assert all(re.fullmatch(rf"<[0-9a-f]+\.{r.subscriber_id}@{domain}>", r.message_id) for r in first + second)
+    assert not {r.message_id for r in first} & {r.message_id for r in second}
+    by_id = {r.subscriber_id: r for r in first}
+    assert by_id[long_id].email == "long@example.org" and by_id[long_id].name == "N" * 200
+    assert {r.email for r in first} == {"l0@example.org", "l1@example.org", "l2@example.org", "long@example.org"}
 
 
 def test_concurrent_claimers_never_take_the_same_row(any_engine: Engine, any_settings: Settings) -> None:
