@@ -269,8 +269,10 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
             if issues.start_sending(session, issue.id or 0, rendered, now) is not None:
                 ledger.freeze_audience(session, issue, message_id_frame(settings), now,
                                        history.left_out(session, issue))
-    # The retry deadline (delivery.retry_hours) counts from this run's start.
-    issue.status, issue.started_at = IssueStatus.SENDING.value, now
+    # The retry deadline (delivery.retry_hours) counts from when the issue started sending: the
+    # stored start for a run that carries on, this run's start for the one that began it (a
+    # rival that won start_sending's race began it a moment earlier).
+    issue.status, issue.started_at = IssueStatus.SENDING.value, issue.started_at or now
     with session_scope(engine) as session:
         report.reconciled = leases.reconcile(session, issue.id or 0, now)
         report.counts = ledger_reads.counts(session, issue.id or 0)

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 from pipeline import db, ledger_reads
 from pipeline.config import DeliverySettings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError
+from pipeline.issues import requeue
 from pipeline.publish import Ending, publish
 from pipeline.transports import SMTPTransport, classify
 from subscribers import consent
@@ -90,6 +91,30 @@ def test_transient_failures_past_the_deadline_fail(tmp_path: Path) -> None:
             row = next(r for r in ledger_reads.rows(session, report.issue_id) if r.email == people[0].email)
         assert row.status == "failed" and row.last_error.startswith("gave up after 1 attempts")
         assert report.ending is Ending.FINISHED  # nothing owed: one sent, one failed
+
+
+def test_the_retry_window_counts_from_the_issue_start_not_from_each_run(tmp_path: Path) -> None:
+    # The scheduler (or a worker) runs the send again whenever a retry is due: were the window
+    # to count from each run, an address that always says "later" would keep the issue owed forever.
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port, retry_hours=24)
+        engine = db.connect(settings.database.url)
+        people = add_audience(engine, 2)
+        server.faults[people[0].email] = [("rcpt", "451 4.4.1 try later")] * 3
+        first = publish(settings, engine, latest=True)
+        assert first.retrying == 1 and first.ending is Ending.OWED
+        within = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=2))
+        assert within.retrying == 1 and within.ending is Ending.OWED  # inside the window: retried
+        past = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=25))
+        with Session(engine) as session:
+            row = next(r for r in ledger_reads.rows(session, first.issue_id) if r.email == people[0].email)
+        assert row.status == "failed" and row.last_error.startswith("gave up after 3 attempts")
+        assert past.ending is Ending.FINISHED
+        # `sends retry` past the window still gives the row its attempt; the relay takes it now.
+        assert requeue(engine, first.issue_key, failed=True, unknown=False) == 1
+        again = publish(settings, engine, first.issue_key, now=utcnow() + timedelta(hours=26))
+        assert again.sent == 1 and again.ending is Ending.FINISHED
+        engine.dispose()
 
 
 @pytest.mark.parametrize(("code", "kind"), [
