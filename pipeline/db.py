@@ -35,16 +35,17 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    engine = create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
     _ENGINES.add(engine)
     return engine
 
 
 def close_all() -> None:
-    """Close the pooled connections of every server database this process opened: for a process
-    about to leave without its teardown (cli.main), so PostgreSQL sees each session end instead
-    of a dropped connection. SQLite needs no goodbye: the next connection takes up its WAL."""
+    """Close the pooled connections of every database this process opened: for a process about
+    to leave without its teardown (cli.main). PostgreSQL then sees each session end instead of
+    a dropped connection; SQLite's last connection to close writes the WAL back into the
+    database file, so that file alone (a backup's copy) holds every commit."""
     for engine in list(_ENGINES):
         engine.dispose()
 

@@ -4,8 +4,11 @@ every byte of its output arrives through a pipe, and its exit status is the comm
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +53,25 @@ def test_a_command_exit_status_of_its_own_survives(tmp_path: Path) -> None:
     assert json.loads(expired.stdout)["status"] == "expired"
     again = newsletter(config, "schedule", "run-due")
     assert again.returncode == 0 and b"already expired" in again.stdout
+
+
+def test_after_a_command_the_database_file_alone_holds_everything(tmp_path: Path) -> None:
+    # A backup is often a copy of newsletter.db alone. SQLite in WAL mode keeps recent commits in
+    # newsletter.db-wal until its last connection closes: a process leaving without closing it
+    # would leave a copy of the file that says these readers are still owed the issue.
+    (tmp_path / "site").mkdir()
+    config = write_config(tmp_path / "site")
+    for step in (("essays", "import", str(EXAMPLES)),
+                 ("subscribers", "import", str(PROJECT_ROOT / "examples" / "subscribers.csv")),
+                 ("send", "--latest", "--yes")):
+        done = newsletter(config, *step)
+        assert done.returncode == 0, done.stderr
+    copy = tmp_path / "backup.db"
+    shutil.copyfile(tmp_path / "site" / "newsletter.db", copy)
+    with closing(sqlite3.connect(copy)) as backup:
+        statuses = dict(backup.execute("SELECT status, count(*) FROM delivery GROUP BY status").fetchall())
+        issues = backup.execute("SELECT status FROM issue").fetchall()
+    assert set(statuses) == {"sent"} and statuses["sent"] > 0 and issues == [("sent",)]
 
 
 def test_before_the_quick_exit_postgresql_sessions_are_ended_not_dropped(postgres_url: str) -> None:
