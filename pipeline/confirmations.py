@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from pipeline.config import Settings
 from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
-from pipeline.message import confirmation_message
+from pipeline.message import ascii_address, confirmation_message
 from pipeline.transports import Transport, make_transport
 from subscribers import confirmation_queue, consent, queries
 from subscribers.model import ConfirmationRequest, ConfirmationStatus, utcnow
@@ -72,10 +72,12 @@ def send_queued(
                 subscriber = queries.by_id(session, request.subscriber_id)
                 assert subscriber is not None
                 secret = secret or load_secret(settings.base_dir)  # only when there is mail to sign
-                raw = confirmation_message(settings, secret, subscriber, request.nonce)
-                transport = transport or (transport_factory or (lambda: make_transport(settings, "confirm")))()
                 try:
-                    transport.send(settings.newsletter.sender_address, subscriber.email, raw)
+                    # Built inside: an address this sender cannot mail (one needing SMTPUTF8,
+                    # signed up before the form refused them) fails its request, not the run.
+                    raw = confirmation_message(settings, secret, subscriber, request.nonce)
+                    transport = transport or (transport_factory or (lambda: make_transport(settings, "confirm")))()
+                    transport.send(settings.newsletter.sender_address, ascii_address(subscriber.email), raw)
                 except PermanentDeliveryError as exc:
                     confirmation_queue.finish(session, request, ConfirmationStatus.FAILED, str(exc))
                     done.failed, done.error = done.failed + 1, str(exc)

@@ -284,7 +284,8 @@ def confirmation_message(settings: Settings, secret: str, subscriber: Subscriber
     )
     msg = EmailMessage()
     msg["From"] = formataddr((n.sender_name, n.sender_address))
-    msg["To"] = formataddr((subscriber.name, subscriber.email)) if subscriber.name else subscriber.email
+    to = ascii_address(subscriber.email)  # the domain in IDNA form, as in a digest
+    msg["To"] = formataddr((subscriber.name, to)) if subscriber.name else to
     msg["Subject"] = f"Please confirm your subscription to {n.name}"
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<confirm.{nonce}@{n.sender_domain}>"

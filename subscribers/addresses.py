@@ -60,7 +60,9 @@ def parse_address(raw: str, check_deliverability: bool = False) -> Address:
         if len(local) + 1 + len(ascii_domain) <= MAX_EMAIL:
             return Address(f"{local}@{unicode_domain}", f"{local.lower()}@{ascii_domain}")
     try:
-        result = validate_email(text, check_deliverability=check_deliverability)
+        # No SMTPUTF8: the sender does not use it, so a local part beyond ASCII could never be
+        # mailed; refused here, where the address comes in, with the reason.
+        result = validate_email(text, check_deliverability=check_deliverability, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidEmail(f"{_show(text)} is not a valid address: {exc}") from None
     # ascii_domain is None only for an internationalised domain email-validator cannot encode.

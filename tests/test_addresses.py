@@ -22,7 +22,7 @@ def test_domain_is_lower_cased_and_idna_encoded_and_local_part_folded() -> None:
 
 def test_two_spellings_of_one_mailbox_share_a_key() -> None:
     assert normalize_email("ANN@EXAMPLE.ORG") == normalize_email("ann@example.org")
-    assert normalize_email("josé@exämple.com") == normalize_email("JOSÉ@EXÄMPLE.COM")
+    assert normalize_email("ann@exämple.com") == normalize_email("ANN@EXÄMPLE.COM")
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,13 @@ def test_invalid_addresses_are_refused_with_a_reason(raw: str) -> None:
     with pytest.raises(InvalidEmail) as info:
         parse_address(raw)
     assert str(info.value)  # says why
+
+
+def test_a_local_part_beyond_ascii_is_refused_as_this_sender_cannot_mail_it() -> None:
+    # Mailing it needs SMTPUTF8, which the sender does not use: the address is refused where
+    # it comes in (import, sign-up form), not found out at every send.
+    with pytest.raises(InvalidEmail, match="'zoë@example.org' is not a valid address: .*before the @-sign"):
+        parse_address("zoë@example.org")
 
 
 def test_the_reason_names_the_address() -> None:
@@ -76,7 +83,7 @@ _domain = st.sampled_from(
 def test_the_fast_path_agrees_with_email_validator(local: str, domain: str) -> None:
     raw = f"{local}@{domain}"
     try:  # parse_address trims surrounding blanks first
-        expected = validate_email(raw.strip(), check_deliverability=False)
+        expected = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError:
         with pytest.raises(InvalidEmail):
             parse_address(raw)

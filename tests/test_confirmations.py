@@ -11,15 +11,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from click.testing import CliRunner
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from pipeline import confirmations, db
 from pipeline.config import Settings, load_settings
 from pipeline.schedule import CONFIRMATIONS_JOB_ID, JOB_ID, make_scheduler
 from pipeline.worker import run_worker
 from subscribers import confirmation_queue, consent
-from subscribers.model import ConfirmationRequest, utcnow
-from tests.conftest import CLI, write_config
+from subscribers.model import ConfirmationRequest, Subscriber, utcnow
+from tests.conftest import CLI, SMTPServer, write_config
 
 
 def sign_up(engine: Engine, email: str) -> None:
@@ -95,3 +95,33 @@ def test_cli_add_confirm_says_when_the_relay_is_down_and_keeps_the_email_queued(
     assert "was not sent: cannot connect" in result.output and "stays queued" in result.output
     with Session(db.connect(load_settings(config).database.url)) as session:
         assert session.exec(select(ConfirmationRequest.status)).all() == ["queued"]
+
+
+def test_a_confirmation_to_an_international_domain_goes_to_its_ascii_form(tmp_path: Path,
+                                                                         smtp_server: SMTPServer) -> None:
+    # As a digest does: the domain in IDNA form in RCPT TO and in the To header (an RFC 2047
+    # encoded word inside an address is no address at all).
+    config = write_config(tmp_path, delivery={"transport": "smtp", "smtp_host": "127.0.0.1",
+                                              "smtp_port": smtp_server.port, "smtp_tls": "none"})
+    settings = load_settings(config)
+    engine = db.connect(settings.database.url)
+    sign_up(engine, "ann@ex\u00e4mple.com")
+    assert confirmations.send_queued(settings, engine).sent == 1
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["ann@xn--exmple-cua.com"]
+    assert received.message["To"].addresses[0].addr_spec == "ann@xn--exmple-cua.com"
+    engine.dispose()
+
+
+def test_a_stored_address_this_sender_cannot_mail_fails_its_confirmation_only(settings: Settings,
+                                                                             engine: Engine) -> None:
+    # An address from before sign-ups refused local parts beyond ASCII (they need SMTPUTF8).
+    sign_up(engine, "zoe@example.org")
+    sign_up(engine, "amy@example.org")
+    with Session(engine) as session:
+        session.execute(update(Subscriber).where(col(Subscriber.email) == "zoe@example.org")
+                        .values(email="zo\u00eb@example.org"))
+        session.commit()
+    mailed = confirmations.send_queued(settings, engine)
+    assert mailed.sent == 1 and mailed.failed == 1 and "SMTPUTF8" in mailed.error
+    assert outbox(settings) == ["confirm-amy@example.org.eml"]

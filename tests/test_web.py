@@ -277,6 +277,10 @@ def test_subscribe_form_refuses_without_csrf_and_explains_bad_addresses(
     assert client.post("/subscribe", data={"email": "x@example.org"}).status_code == 400
     code, page = sign_up(client, "not an address")
     assert code == 400 and b'role="alert"' in page and b'value="not an address"' in page
+    # Letters beyond ASCII before the @ need SMTPUTF8, which this sender does not speak: such
+    # a reader could never be mailed, so the form says so instead of signing them up.
+    code, page = sign_up(client, "zo\u00eb@example.org")
+    assert code == 400 and b'role="alert"' in page and b"before the @-sign" in page
     with Session(engine) as s:
         assert s.exec(select(func.count()).select_from(Subscriber)).one() == 0
     assert smtp_server.received == []
