@@ -44,6 +44,7 @@ class Row:
     email: str
     name: str
     status: str
+    problem: str = ""  # why the row could not be read (its cells are then empty)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None
         reader = csv.reader(handle, delimiter=shape.delimiter)
         try:
             yield from _rows(path, reader, columns)
-        except csv.Error as exc:  # e.g. a cell over the csv module's 128 KiB field limit
+        except csv.Error as exc:  # the header row itself (a bad data row is refused alone)
             raise UnreadableFile(f"{path}: line {reader.line_num}: not readable as CSV: {exc}") from None
 
 
@@ -138,7 +139,16 @@ def _rows(path: Path, reader: Any, columns: dict[str, str] | None) -> Iterator[R
         pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None)
         yield _row(reader.line_num, header, pick)
     ended = reader.line_num
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a cell over the csv module's 128 KiB limit: this row only
+            # The reader drops the rest of that line and carries on with the next one.
+            start, ended = ended + 1, reader.line_num
+            yield Row(start, "", "", "", problem=f"not readable as CSV: {exc}")
+            continue
         # A quoted cell may span lines: a row starts on the line after the previous one ended.
         start, ended = ended + 1, reader.line_num
         if not any(cell.strip() for cell in cells):

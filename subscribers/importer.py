@@ -106,8 +106,8 @@ def import_csv(
         report.rows += 1
         if progress is not None and report.rows % 1000 == 0:
             progress(line)
-        if not row.email:
-            report.refused.append(RowProblem(line, "", "no address in this row"))
+        if row.problem or not row.email:
+            report.refused.append(RowProblem(line, "", row.problem or "no address in this row"))
             continue
         if row.status not in FILE_STATUSES:
             known = ", ".join(name for name in FILE_STATUSES if name)
