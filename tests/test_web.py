@@ -416,7 +416,10 @@ def test_web_copy_has_the_essays_and_no_personal_data(client: FlaskClient, issue
 
 
 @pytest.mark.parametrize("url", ["/archive/manual-draft", "/archive/no-such-issue", "/preview/issue/999",
-                                 "/u/", "/nothing-here"])
+                                 "/u/", "/nothing-here",
+                                 # ids no database column holds: 404 too, not the database's overflow
+                                 "/preview/issue/99999999999999999999", "/preview/issue/9223372036854775808.eml",
+                                 "/preview/issue/2147483648"])
 def test_unknown_or_private_ids_are_404(client: FlaskClient, issues: dict[str, Issue], url: str) -> None:
     assert client.get(url, environ_base=LOCAL).status_code == 404
 

@@ -36,6 +36,9 @@ TOKEN_COOKIE = "newsletter_preview"
 TABS = ("html", "text", "headers", "lint", "status")
 LIST_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id")
 PROBLEM_ROWS = 200  # failed/unknown rows shown per status; the CLI lists them all
+# The largest id a PostgreSQL integer column holds: a larger one in a URL is a 404, not an
+# overflow error from the database (SQLite's limit, 2**63 - 1, is higher still).
+ID = "int(max=2147483647)"
 
 
 bp = Blueprint("preview", __name__, url_prefix="/preview")
@@ -135,7 +138,7 @@ def checklist() -> str:
     return render_template("checklist.html", body=markdown_html(text), section="preview")
 
 
-@bp.get("/issue/<int:issue_id>")
+@bp.get(f"/issue/<{ID}:issue_id>")
 def issue_page(issue_id: int) -> str:
     return _issue_page(issue_id)
 
@@ -145,7 +148,7 @@ def next_issue() -> str:
     return _issue_page(None)
 
 
-@bp.get("/issue/<int:issue_id>.eml")
+@bp.get(f"/issue/<{ID}:issue_id>.eml")
 def issue_eml(issue_id: int) -> Response:
     return _eml(issue_id)
 
