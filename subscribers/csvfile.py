@@ -131,8 +131,8 @@ def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None
 def _rows(path: Path, reader: Any, columns: dict[str, str] | None) -> Iterator[Row]:
     """The rows of a csv.reader (`reader.line_num` gives the lines): header, then data."""
     header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-    if header is None:
-        return
+    if header is None:  # most likely the wrong file, or an export that wrote nothing
+        raise UnreadableFile(f"{path}: the file is empty: no header and no rows")
     pick = _columns(path, header, columns or {})
     if pick is None:  # no header: the first row is data; the address is its cell with an "@"
         email_at = next(i for i, cell in enumerate(header) if "@" in cell)

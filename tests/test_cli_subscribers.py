@@ -257,6 +257,16 @@ def test_a_row_the_csv_reader_gives_up_on_is_refused_alone_with_its_line(run_cli
     assert sorted(s["email"] for s in listed(run_cli)["subscribers"]) == ["after@example.org", "ok@example.org"]
 
 
+@pytest.mark.parametrize("content", ["", "\n \n\n"])
+def test_importing_an_empty_file_says_so_and_fails(run_cli: CLI, tmp_path: Path, content: str) -> None:
+    # Most likely the wrong file, or an export that wrote nothing: "0 rows" and success hid it.
+    path = tmp_path / "empty.csv"
+    path.write_text(content, encoding="utf-8")
+    result = run_cli("subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert f"Error: {path}: the file is empty: no header and no rows" in result.output
+
+
 def test_import_of_utf8_with_one_stray_byte_names_the_line_instead_of_garbling_every_name(
     run_cli: CLI, tmp_path: Path
 ) -> None:
