@@ -179,8 +179,15 @@ def _columns(path: Path, header: list[str], mapping: dict[str, str]) -> _Pick | 
             target = mapping[label].strip().lower()
             if target not in names:
                 raise UnreadableFile(f"{path}: no column {mapping[label]!r} (the header has: {', '.join(header)})")
-            return names.index(target)
-        return next((names.index(w) for w in wanted if w in names), None)
+        else:
+            target = next((w for w in wanted if w in names), "")
+            if not target:
+                return None
+        at = [i for i, name in enumerate(names) if name == target]
+        if len(at) > 1:  # which one holds the data is a guess: the other would be dropped unseen
+            raise UnreadableFile(f"{path}: the header has {header[at[0]].strip()!r} twice (columns "
+                                 f"{', '.join(str(i + 1) for i in at)}): rename one of them")
+        return at[0]
 
     email_at = find("email", EMAIL_HEADERS)
     if email_at is None:

@@ -267,6 +267,16 @@ def test_importing_an_empty_file_says_so_and_fails(run_cli: CLI, tmp_path: Path,
     assert f"Error: {path}: the file is empty: no header and no rows" in result.output
 
 
+def test_a_header_naming_a_column_twice_is_refused_not_half_read(run_cli: CLI, tmp_path: Path) -> None:
+    # With two "email" columns, one would be read and the other dropped without a word.
+    path = tmp_path / "twice.csv"
+    path.write_text("email,name,Email\nann@example.org,Ann,ann@work.example.org\n", encoding="utf-8")
+    result = run_cli("subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert f"Error: {path}: the header has 'email' twice (columns 1, 3)" in result.output
+    assert listed(run_cli)["subscribers"] == []
+
+
 def test_import_of_utf8_with_one_stray_byte_names_the_line_instead_of_garbling_every_name(
     run_cli: CLI, tmp_path: Path
 ) -> None:
