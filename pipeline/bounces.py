@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes, message_from_string, parser, policy
+from email import errors, message_from_bytes, message_from_string, parser, policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -29,6 +29,11 @@ _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
 _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response)|"
                            r"autoreply|abwesenheitsnotiz|vacation)\b", re.IGNORECASE)
+# What reading a hostile or broken message can raise: the stdlib parser and header decoder raise
+# more than ValueError (HeaderParseError for bad encoded words, RecursionError for thousands of
+# nested parts), and any of them must make that one message unparseable, never stop the mailbox.
+_UNREADABLE = (ValueError, LookupError, TypeError, AttributeError, UnicodeError, errors.MessageError,
+               RecursionError)
 # Kinds by how much they weigh when one message reports several recipients.
 _WEIGHT = {BounceKind.COMPLAINT: 5, BounceKind.HARD: 4, BounceKind.SOFT: 3, BounceKind.UNSUBSCRIBE: 2,
            BounceKind.AUTOREPLY: 1, BounceKind.IGNORED: 0}
@@ -82,7 +87,7 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
     reason, so one broken message does not stop the mailbox."""
     try:
         return _classify(raw, unsubscribe_address)
-    except (ValueError, LookupError, TypeError, AttributeError, UnicodeError) as exc:
+    except _UNREADABLE as exc:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
         return Finding(key, BounceKind.IGNORED, f"unparseable: {type(exc).__name__}: {exc}"[:300])
 
@@ -302,7 +307,7 @@ def message_key(raw: bytes, msg: Message | None = None) -> str:
     if msg is None:
         try:
             msg = parser.BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-        except (ValueError, LookupError, TypeError, AttributeError, UnicodeError):
+        except _UNREADABLE:
             msg = Message()  # then the hash, as `classify` gives an unparseable message
     message_id = " ".join(str(msg.get("Message-ID") or "").split())
     if message_id and len(message_id) <= 240:
@@ -313,7 +318,8 @@ def message_key(raw: bytes, msg: Message | None = None) -> str:
 def _text(value: object) -> str:
     try:
         return " ".join(str(make_header(decode_header(str(value)))).split())
-    except (UnicodeError, LookupError, ValueError, TypeError):
+    except (UnicodeError, LookupError, ValueError, TypeError, errors.HeaderParseError):
+        # A broken encoded word (`=?utf-8?b?A?=`) is shown as written: the rest of the message counts.
         return " ".join(str(value).split())
 
 

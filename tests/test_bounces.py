@@ -455,3 +455,64 @@ def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
 def test_a_return_path_too_long_for_verp_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at most 20 characters"):
         load_settings(write_config(tmp_path, bounces={"return_path": "newsletter-bounce-handling@example.org"}))
+
+
+# --- one broken message among good ones ----------------------------------------------------------
+
+BAD_SUBJECT = (b"From: someone@example.net\nTo: bounces@essays.example.org\n"
+               b"Subject: =?utf-8?b?A?=\nMessage-ID: <bad-subject@example.net>\n\nhello\n")
+
+
+def deeply_nested(depth: int) -> bytes:
+    """A message of `depth` multiparts one inside the other: deeper than the stdlib parser recurses."""
+    head = b"From: MAILER-DAEMON@relay.example.net\nTo: bounces@essays.example.org\nSubject: deep\n" \
+           b"Message-ID: <deep@relay.example.net>\nMIME-Version: 1.0\n"
+    body = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (n, n) for n in range(depth))
+    return head + body + b"Content-Type: text/plain\n\nend\n"
+
+
+def test_a_message_that_breaks_the_parser_is_recorded_and_the_rest_processed(tmp_path: Path) -> None:
+    config = bounce_config(tmp_path)
+    settings = load_settings(config)
+    fixture_audience(settings)
+    # Maildir reads in key order: the broken ones come before and after a real hard bounce.
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(BAD_SUBJECT)
+    box.add(deeply_nested(2000))
+    box.add((FIXTURES / "postfix.eml").read_bytes())
+    box.close()
+
+    result = CLI(config, CliRunner())("bounces", "process")
+
+    assert result.exit_code == 0, result.output
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        notes = {m.key: (m.kind, m.note) for m in session.exec(select(ProcessedMessage))}
+    engine.dispose()
+    assert len(notes) == 3
+    # A broken Subject alone is no reason to give up on a message: it is read, and is no bounce.
+    assert notes["<bad-subject@example.net>"] == ("ignored", "not a bounce, complaint or unsubscribe")
+    deep = [v for v in notes.values() if "unparseable" in v[1]]
+    assert len(deep) == 1 and "RecursionError" in deep[0][1]
+    again = CLI(config, CliRunner())("bounces", "process")
+    assert "processed 0 new messages" in again.output
+
+
+def test_a_worker_starts_past_a_message_that_breaks_the_parser(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(deeply_nested(2000))
+    box.add(BAD_SUBJECT)
+    box.add((FIXTURES / "arf_complaint.eml").read_bytes())
+    box.close()
+    engine = db.connect(settings.database.url)
+    run_worker(settings, engine, once=True)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    # All three left the inbox unchanged, marked read (Seen) in .Processed, the broken ones too.
+    moved = sorted((tmp_path / "Maildir" / ".Processed" / "cur").iterdir())
+    assert len(moved) == 3 and all(p.name.endswith(":2,S") for p in moved)
+    assert deeply_nested(2000) in [p.read_bytes() for p in moved]
+    assert not list((tmp_path / "Maildir" / "new").iterdir())
+    engine.dispose()
