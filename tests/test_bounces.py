@@ -516,3 +516,67 @@ def test_a_worker_starts_past_a_message_that_breaks_the_parser(tmp_path: Path) -
     assert deeply_nested(2000) in [p.read_bytes() for p in moved]
     assert not list((tmp_path / "Maildir" / "new").iterdir())
     engine.dispose()
+
+
+MULTI_DSN = b"""\
+From: MAILER-DAEMON@relay.example.net
+To: bounces@essays.example.org
+Subject: Delivery Status Notification
+Message-ID: <dsn-two-recipients@relay.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BB"
+
+--BB
+Content-Type: text/plain
+
+Some recipients failed.
+
+--BB
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.example.net
+
+Final-Recipient: rfc822; alice@example.net
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+Final-Recipient: rfc822; bob@example.com
+Action: delayed
+Status: 4.4.1
+Diagnostic-Code: smtp; 421 4.4.1 try later
+
+--BB
+Content-Type: text/rfc822-headers
+
+From: Field Notes <letters@essays.example.org>
+Message-ID: <fixture-alice-0001@essays.example.org>
+Subject: Proofing
+
+--BB--
+"""
+
+
+def test_a_report_about_several_recipients_charges_each_failure_to_its_own_address(tmp_path: Path) -> None:
+    # The report quotes alice's Message-ID, yet bob's delay is about bob's delivery, not alice's.
+    settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=1))
+    ids = fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", []).add(MULTI_DSN)
+    engine = db.connect(settings.database.url)
+
+    process_mailbox(settings, engine)
+
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    assert statuses(settings)["bob@example.com"] == "bounced"  # one soft bounce is the limit here
+    with Session(engine) as session:
+        people = {s.id: s.email for s in session.exec(select(Subscriber))}
+        events = {e.email: (people.get(e.subscriber_id or 0), e.delivery_id, e.kind)
+                  for e in session.exec(select(BounceEvent))}
+        alice = session.get(Delivery, ids["alice@example.net"])
+        bob = session.get(Delivery, ids["bob@example.com"])
+        assert alice is not None and bob is not None
+        assert (alice.feedback, alice.feedback_status) == ("hard", "5.1.1")
+        assert (bob.feedback, bob.feedback_status) == ("soft", "4.4.1")
+    assert events == {"alice@example.net": ("alice@example.net", ids["alice@example.net"], "hard"),
+                      "bob@example.com": ("bob@example.com", ids["bob@example.com"], "soft")}
+    engine.dispose()
