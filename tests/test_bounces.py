@@ -580,3 +580,33 @@ def test_a_report_about_several_recipients_charges_each_failure_to_its_own_addre
     assert events == {"alice@example.net": ("alice@example.net", ids["alice@example.net"], "hard"),
                       "bob@example.com": ("bob@example.com", ids["bob@example.com"], "soft")}
     engine.dispose()
+
+
+# Servers write Latin-1 or UTF-8 bytes where only ASCII belongs: (fixture, clean bytes, 8-bit bytes).
+EIGHT_BIT = [
+    ("postfix.eml", b"Recipient address\n    rejected", "Recipient address\n    rejected: Bo\xeete inconnue".encode("latin-1")),
+    ("arf_complaint.eml", b"User-Agent: ExampleFBL/1.0", "User-Agent: ExampleFBL/1.0 (Bo\xeete)".encode()),
+    ("qmail.eml", b"Subject: failure notice\n",
+     b'Subject: failure notice\nMIME-Version: 1.0\nContent-Type: text/plain; charset="x-unknown-8bit"\n'),
+    ("qmail.eml", b"Giving up on", "\xc9chec d\xe9finitif. Giving up on".encode("latin-1")),
+]
+
+
+@pytest.mark.parametrize(("name", "clean", "dirty"), EIGHT_BIT)
+def test_eight_bit_bytes_in_a_report_are_read_like_its_clean_equivalent(name: str, clean: bytes,
+                                                                        dirty: bytes) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    assert clean in raw
+    expected = classify(raw, UNSUBSCRIBE_TO)
+    found = classify(raw.replace(clean, dirty, 1), UNSUBSCRIBE_TO)
+    assert found.kind == expected.kind, found.reason
+    assert [(f.recipient, f.kind, f.status) for f in found.failures] == \
+        [(f.recipient, f.kind, f.status) for f in expected.failures]
+    assert found.original_message_id == expected.original_message_id
+
+
+def test_eight_bit_words_of_a_server_are_kept_readable() -> None:
+    raw = (FIXTURES / "postfix.eml").read_bytes().replace(*EIGHT_BIT[0][1:])
+    assert "Boîte inconnue" in classify(raw, UNSUBSCRIBE_TO).failures[0].detail
+    raw = (FIXTURES / "arf_complaint.eml").read_bytes().replace(*EIGHT_BIT[1][1:])
+    assert "ExampleFBL/1.0 (Boîte)" in classify(raw, UNSUBSCRIBE_TO).reason
