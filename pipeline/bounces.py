@@ -26,6 +26,7 @@ from pipeline.returnpath import is_unsubscribe_address
 # Where the address a message was delivered to shows: the envelope recipient (VERP) is one.
 ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
 _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response)|"
                            r"autoreply|abwesenheitsnotiz|vacation)\b", re.IGNORECASE)
@@ -311,7 +312,9 @@ def message_key(raw: bytes, msg: Message | None = None) -> str:
         except _UNREADABLE:
             msg = Message()  # then the hash, as `classify` gives an unparseable message
     message_id = " ".join(_field(msg, "Message-ID").split())
-    if message_id and len(message_id) <= 240:
+    # Only a real `<left@right>` names one message: mail servers send `<>` or a blank field too, and
+    # keying on that made every later message with it look handled by an earlier run.
+    if _MESSAGE_ID.fullmatch(message_id) and len(message_id) <= 240:
         return message_id
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 

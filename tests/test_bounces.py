@@ -610,3 +610,28 @@ def test_eight_bit_words_of_a_server_are_kept_readable() -> None:
     assert "Boîte inconnue" in classify(raw, UNSUBSCRIBE_TO).failures[0].detail
     raw = (FIXTURES / "arf_complaint.eml").read_bytes().replace(*EIGHT_BIT[1][1:])
     assert "ExampleFBL/1.0 (Boîte)" in classify(raw, UNSUBSCRIBE_TO).reason
+
+
+def test_reports_without_a_usable_message_id_are_each_processed_once(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
+    fixture_audience(settings)
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    for n, (rcpt, message_id) in enumerate([("alice@example.net", "Message-ID: <>\n"),
+                                            ("bob@example.com", "Message-ID: <>\n"),
+                                            ("ivan@example.org", "Message-ID:  \n"),
+                                            ("judy@example.net", "")]):
+        report = DSN.format(verp="bounces@essays.example.org", n=n, rcpt=rcpt, action="failed", status="5.1.1",
+                            diagnostic="550 5.1.1 user unknown")
+        box.add(report.replace(f"Message-Id: <dsn-{n}@relay.example.net>\n", message_id))
+    box.close()
+    engine = db.connect(settings.database.url)
+
+    first = process_mailbox(settings, engine)
+    second = process_mailbox(settings, engine)
+
+    assert (len({o.key for o in first.outcomes}), first.already) == (4, 0)
+    assert (second.outcomes, second.already) == ([], 4)
+    found = statuses(settings)
+    assert [found[p] for p in ("alice@example.net", "bob@example.com", "ivan@example.org", "judy@example.net")] \
+        == ["bounced"] * 4
+    engine.dispose()
