@@ -90,7 +90,11 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
         return _classify(raw, unsubscribe_address)
     except _UNREADABLE as exc:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
-        return Finding(key, BounceKind.IGNORED, f"unparseable: {type(exc).__name__}: {exc}"[:300])
+        # Its key is the hash; the Message-ID, when the headers alone hold one, lets the operator
+        # find the message in the mailbox.
+        named = message_key(raw)
+        which = f" ({named})" if not named.startswith("sha256:") else ""
+        return Finding(key, BounceKind.IGNORED, f"unparseable{which}: {type(exc).__name__}: {exc}"[:300])
 
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:

@@ -495,6 +495,7 @@ def test_a_message_that_breaks_the_parser_is_recorded_and_the_rest_processed(tmp
     assert notes["<bad-subject@example.net>"] == ("ignored", "not a bounce, complaint or unsubscribe")
     deep = [v for v in notes.values() if "unparseable" in v[1]]
     assert len(deep) == 1 and "RecursionError" in deep[0][1]
+    assert "<deep@relay.example.net>" in deep[0][1]  # which message it was, to find it in the mailbox
     again = CLI(config, CliRunner())("bounces", "process")
     assert "processed 0 new messages" in again.output
 
