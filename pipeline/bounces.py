@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes, message_from_string, parser, policy
-from email.header import decode_header, make_header
+from email import errors, message_from_bytes, message_from_string, parser, policy
+from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
@@ -26,9 +26,15 @@ from pipeline.returnpath import is_unsubscribe_address
 # Where the address a message was delivered to shows: the envelope recipient (VERP) is one.
 ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
 _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response)|"
                            r"autoreply|abwesenheitsnotiz|vacation)\b", re.IGNORECASE)
+# What reading a hostile or broken message can raise: the stdlib parser and header decoder raise
+# more than ValueError (HeaderParseError for bad encoded words, RecursionError for thousands of
+# nested parts), and any of them must make that one message unparseable, never stop the mailbox.
+_UNREADABLE = (ValueError, LookupError, TypeError, AttributeError, UnicodeError, errors.MessageError,
+               RecursionError)
 # Kinds by how much they weigh when one message reports several recipients.
 _WEIGHT = {BounceKind.COMPLAINT: 5, BounceKind.HARD: 4, BounceKind.SOFT: 3, BounceKind.UNSUBSCRIBE: 2,
            BounceKind.AUTOREPLY: 1, BounceKind.IGNORED: 0}
@@ -82,9 +88,13 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
     reason, so one broken message does not stop the mailbox."""
     try:
         return _classify(raw, unsubscribe_address)
-    except (ValueError, LookupError, TypeError, AttributeError, UnicodeError) as exc:
+    except _UNREADABLE as exc:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
-        return Finding(key, BounceKind.IGNORED, f"unparseable: {type(exc).__name__}: {exc}"[:300])
+        # Its key is the hash; the Message-ID, when the headers alone hold one, lets the operator
+        # find the message in the mailbox.
+        named = message_key(raw)
+        which = f" ({named})" if not named.startswith("sha256:") else ""
+        return Finding(key, BounceKind.IGNORED, f"unparseable{which}: {type(exc).__name__}: {exc}"[:300])
 
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
@@ -92,7 +102,7 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
     key = message_key(raw, msg)
     if not msg.keys() or not (msg.get("From") or msg.get("Return-Path") or msg.get("Message-ID")):
         return Finding(key, BounceKind.IGNORED, "not an email message (no headers)")
-    base = _Head(key, _addressed_to(msg), _address(msg.get("From", "")), _text(msg.get("Subject", "")))
+    base = _Head(key, _addressed_to(msg), _address(_field(msg, "From")), _text(_field(msg, "Subject")))
     content_type = msg.get_content_type()
     param = msg.get_param("report-type") if content_type == "multipart/report" else None
     report_type = param.lower() if isinstance(param, str) else ""
@@ -128,18 +138,19 @@ def _dsn(msg: Message, base: _Head) -> Finding | None:
             blocks = [b for b in payload if isinstance(b, Message)]
         else:  # some MTAs send it base64 or as one string
             data = part.get_payload(decode=True)
-            blocks = _header_blocks(data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload))
+            blocks = _header_blocks(_decode(data, part.get_content_charset()) if isinstance(data, bytes)
+                                    else str(payload))
         for block in blocks[1:] if len(blocks) > 1 else blocks:
-            recipient = _typed_address(block.get("Original-Recipient", "")) or \
-                _typed_address(block.get("Final-Recipient", ""))
-            action = (block.get("Action") or "").strip().lower()
+            recipient = _typed_address(_field(block, "Original-Recipient")) or \
+                _typed_address(_field(block, "Final-Recipient"))
+            action = _field(block, "Action").strip().lower()
             if not recipient or not action:
                 continue
             if action in ("delivered", "relayed", "expanded"):
                 delivered += 1
                 continue
-            status = _status(block.get("Status", ""))
-            detail = _diagnostic(block.get("Diagnostic-Code", ""))
+            status = _status(_field(block, "Status"))
+            detail = _diagnostic(_field(block, "Diagnostic-Code"))
             failures.append(Failure(recipient, _kind(action, status, detail), status or _status(detail), detail))
     if not failures:
         if delivered:
@@ -162,17 +173,17 @@ def _complaint(msg: Message, base: _Head) -> Finding:
         elif str(payload).strip():
             fields = _header_blocks(str(payload))[0]
     original = _original_headers(msg)
-    recipient = (_address(fields.get("Original-Rcpt-To", "")) or _address(fields.get("Removal-Recipient", ""))
-                 or (_address(original.get("To", "")) if original is not None else ""))
-    feedback_type = (fields.get("Feedback-Type") or "abuse").strip().lower()
+    recipient = (_address(_field(fields, "Original-Rcpt-To")) or _address(_field(fields, "Removal-Recipient"))
+                 or (_address(_field(original, "To")) if original is not None else ""))
+    feedback_type = (_field(fields, "Feedback-Type") or "abuse").strip().lower()
     if feedback_type == "not-spam":
         return base.finding(BounceKind.IGNORED, "a not-spam feedback report")
-    agent = (fields.get("User-Agent") or "").strip()
+    agent = _field(fields, "User-Agent").strip()
     detail = f"{feedback_type} report" + (f" from {agent}" if agent else "")
     # The original's envelope sender is our VERP return path: it names the delivery.
-    mail_from = _address(fields.get("Original-Mail-From", ""))
+    mail_from = _address(_field(fields, "Original-Mail-From"))
     if original is not None:
-        mail_from = mail_from or _address(original.get("Return-Path", ""))
+        mail_from = mail_from or _address(_field(original, "Return-Path"))
     return base.finding(BounceKind.COMPLAINT, f"complaint: {detail}",
                         (Failure(recipient, BounceKind.COMPLAINT, "", detail),), _original_message_id(msg),
                         (mail_from,) if mail_from else (), {"feedback_type": feedback_type})
@@ -245,7 +256,7 @@ def _address(value: str) -> str:
 def _addressed_to(msg: Message) -> tuple[str, ...]:
     found: list[str] = []
     for header in ENVELOPE_HEADERS:
-        for _, address in getaddresses([str(v) for v in msg.get_all(header, [])]):
+        for _, address in getaddresses([_as_text(v) for v in msg.get_all(header, [])]):
             if "@" in address and address not in found:
                 found.append(address)
     return tuple(found)
@@ -253,15 +264,15 @@ def _addressed_to(msg: Message) -> tuple[str, ...]:
 
 def _auto_submitted(msg: Message) -> str:
     """Why `msg` is an automatic reply (RFC 3834 and the usual markers), or ""."""
-    auto = (msg.get("Auto-Submitted") or "").strip().lower()
+    auto = _field(msg, "Auto-Submitted").strip().lower()
     if auto and auto != "no":
         return f"Auto-Submitted: {auto}"
     for header in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
         if msg.get(header) and header != "X-Auto-Response-Suppress":
             return header
-    if (msg.get("Precedence") or "").strip().lower() == "auto_reply":
+    if _field(msg, "Precedence").strip().lower() == "auto_reply":
         return "Precedence: auto_reply"
-    if _AUTO_SUBJECT.match(_text(msg.get("Subject", ""))):
+    if _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))):
         return "its subject"
     return ""
 
@@ -280,7 +291,7 @@ def _original_headers(msg: Message) -> Message | None:
                 return payload[0]
         if kind in ("text/rfc822-headers", "message/rfc822-headers"):
             data = part.get_payload(decode=True)
-            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(part.get_payload())
+            text = _decode(data, part.get_content_charset()) if isinstance(data, bytes) else str(part.get_payload())
             return message_from_string(text.lstrip(), policy=policy.compat32)
     return None
 
@@ -288,7 +299,7 @@ def _original_headers(msg: Message) -> Message | None:
 def _original_message_id(msg: Message) -> str:
     original = _original_headers(msg)
     if original is not None and original.get("Message-ID"):
-        return " ".join(str(original["Message-ID"]).split())
+        return " ".join(_field(original, "Message-ID").split())
     return ""
 
 
@@ -302,18 +313,51 @@ def message_key(raw: bytes, msg: Message | None = None) -> str:
     if msg is None:
         try:
             msg = parser.BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-        except (ValueError, LookupError, TypeError, AttributeError, UnicodeError):
+        except _UNREADABLE:
             msg = Message()  # then the hash, as `classify` gives an unparseable message
-    message_id = " ".join(str(msg.get("Message-ID") or "").split())
-    if message_id and len(message_id) <= 240:
+    message_id = " ".join(_field(msg, "Message-ID").split())
+    # Only a real `<left@right>` names one message: mail servers send `<>` or a blank field too, and
+    # keying on that made every later message with it look handled by an earlier run.
+    if _MESSAGE_ID.fullmatch(message_id) and len(message_id) <= 240:
         return message_id
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _field(msg: Message, name: str) -> str:
+    """Header `name` of `msg` as text, "" when absent (see `_as_text`)."""
+    value = msg.get(name)
+    return "" if value is None else _as_text(value)
+
+
+def _as_text(value: object) -> str:
+    """A header value as text. The compat32 parser hands back a `Header`, not a str, for a value
+    holding 8-bit bytes (a server writing Latin-1 into Diagnostic-Code or User-Agent): its bytes
+    are decoded like a body of unknown charset instead of failing every str method later."""
+    if not isinstance(value, Header):
+        return str(value)
+    return "".join(_decode(chunk, charset) if isinstance(chunk, bytes) else chunk
+                   for chunk, charset in decode_header(value))
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """Bytes in their declared charset; one Python does not know (`x-unknown-8bit`, a typo) or none
+    is read as UTF-8 when the bytes are UTF-8, else as Latin-1, which decodes any byte."""
+    if charset:
+        try:
+            return data.decode(charset, "replace")
+        except LookupError:
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _text(value: object) -> str:
     try:
         return " ".join(str(make_header(decode_header(str(value)))).split())
-    except (UnicodeError, LookupError, ValueError, TypeError):
+    except (UnicodeError, LookupError, ValueError, TypeError, errors.HeaderParseError):
+        # A broken encoded word (`=?utf-8?b?A?=`) is shown as written: the rest of the message counts.
         return " ".join(str(value).split())
 
 
@@ -323,7 +367,7 @@ def _body_text(msg: Message) -> str:
         if part.get_content_maintype() == "text":
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
-                texts.append(data.decode(part.get_content_charset() or "utf-8", "replace"))
+                texts.append(_decode(data, part.get_content_charset()))
     return "\n".join(texts)
 
 

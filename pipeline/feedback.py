@@ -29,6 +29,7 @@ from pipeline.mailbox import Source, open_source
 from pipeline.models import BounceEvent, BounceKind, Delivery
 from pipeline.returnpath import delivery_id_of
 from subscribers import consent
+from subscribers.addresses import normalize_email
 from subscribers.model import Subscriber, SubscriberStatus, utcnow
 from subscribers.tokens import load_secret
 
@@ -190,16 +191,26 @@ def _change(session: Session, subscriber_id: int, status: str, kind: BounceKind,
 
 def _match(session: Session, settings: Settings, secret: str, finding: Finding,
            failure: Failure) -> tuple[Delivery | None, str]:
-    """The delivery a failure is about: by VERP, by the quoted Message-ID, by the recipient."""
+    """The delivery a failure is about: by VERP, by the quoted Message-ID, by the recipient.
+
+    A return path or a quoted Message-ID names one delivery, of the whole report. When the report
+    lists one recipient that is the failure (even at a forwarded address); when it lists several,
+    it says which failure is about that delivery only by address, so each failure is charged to it
+    only when the addresses agree, and the others are matched by their own recipient."""
+    several = len({normalize_email(f.recipient) for f in finding.failures}) > 1
+
+    def about_this_failure(delivery: Delivery) -> bool:
+        return not several or normalize_email(delivery.email) == normalize_email(failure.recipient)
+
     for address in finding.addressed_to:
         delivery_id = delivery_id_of(settings, secret, address)
         if delivery_id is not None:
             found = session.get(Delivery, delivery_id)
-            if found is not None:
+            if found is not None and about_this_failure(found):
                 return found, "verp"
     if finding.original_message_id:
         found = ledger_reads.by_message_id(session, finding.original_message_id)
-        if found is not None:
+        if found is not None and about_this_failure(found):
             return found, "message-id"
     if failure.recipient:
         subscriber = consent.find(session, failure.recipient)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import imaplib
 import mailbox
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,7 @@ class MaildirSource:
 
     def __init__(self, path: Path) -> None:
         self.description = f"Maildir {path}"
+        self.path = path
         self.box = mailbox.Maildir(path, factory=None, create=False)
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
@@ -75,12 +77,15 @@ class MaildirSource:
     def done(self, handle: str) -> None:
         folder = self.box.add_folder(PROCESSED_FOLDER)
         try:
-            message = self.box.get_message(handle)
+            raw = self.box.get_bytes(handle)
         except (KeyError, FileNotFoundError):
             return
-        message.set_subdir("cur")
-        message.add_flag("S")
-        folder.add(message)
+        # The bytes move as they are, never parsed: a message the parser chokes on (thousands of
+        # nested parts) must leave the mailbox too, and re-generating a parsed message may change
+        # it. Delivered to new/ then renamed into cur/ as Seen, as a mail client reading it would.
+        key = folder.add(raw)
+        processed = self.path / f".{PROCESSED_FOLDER}"
+        os.replace(processed / "new" / key, processed / "cur" / f"{key}{self.box.colon}2,S")
         self.box.discard(handle)
 
     def close(self) -> None:

@@ -455,3 +455,184 @@ def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
 def test_a_return_path_too_long_for_verp_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at most 20 characters"):
         load_settings(write_config(tmp_path, bounces={"return_path": "newsletter-bounce-handling@example.org"}))
+
+
+# --- one broken message among good ones ----------------------------------------------------------
+
+BAD_SUBJECT = (b"From: someone@example.net\nTo: bounces@essays.example.org\n"
+               b"Subject: =?utf-8?b?A?=\nMessage-ID: <bad-subject@example.net>\n\nhello\n")
+
+
+def deeply_nested(depth: int) -> bytes:
+    """A message of `depth` multiparts one inside the other: deeper than the stdlib parser recurses."""
+    head = b"From: MAILER-DAEMON@relay.example.net\nTo: bounces@essays.example.org\nSubject: deep\n" \
+           b"Message-ID: <deep@relay.example.net>\nMIME-Version: 1.0\n"
+    body = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (n, n) for n in range(depth))
+    return head + body + b"Content-Type: text/plain\n\nend\n"
+
+
+def test_a_message_that_breaks_the_parser_is_recorded_and_the_rest_processed(tmp_path: Path) -> None:
+    config = bounce_config(tmp_path)
+    settings = load_settings(config)
+    fixture_audience(settings)
+    # Maildir reads in key order: the broken ones come before and after a real hard bounce.
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(BAD_SUBJECT)
+    box.add(deeply_nested(2000))
+    box.add((FIXTURES / "postfix.eml").read_bytes())
+    box.close()
+
+    result = CLI(config, CliRunner())("bounces", "process")
+
+    assert result.exit_code == 0, result.output
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    engine = db.connect(settings.database.url)
+    with Session(engine) as session:
+        notes = {m.key: (m.kind, m.note) for m in session.exec(select(ProcessedMessage))}
+    engine.dispose()
+    assert len(notes) == 3
+    # A broken Subject alone is no reason to give up on a message: it is read, and is no bounce.
+    assert notes["<bad-subject@example.net>"] == ("ignored", "not a bounce, complaint or unsubscribe")
+    deep = [v for v in notes.values() if "unparseable" in v[1]]
+    assert len(deep) == 1 and "RecursionError" in deep[0][1]
+    assert "<deep@relay.example.net>" in deep[0][1]  # which message it was, to find it in the mailbox
+    again = CLI(config, CliRunner())("bounces", "process")
+    assert "processed 0 new messages" in again.output
+
+
+def test_a_worker_starts_past_a_message_that_breaks_the_parser(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(deeply_nested(2000))
+    box.add(BAD_SUBJECT)
+    box.add((FIXTURES / "arf_complaint.eml").read_bytes())
+    box.close()
+    engine = db.connect(settings.database.url)
+    run_worker(settings, engine, once=True)
+    assert statuses(settings)["erin@example.com"] == "complained"
+    # All three left the inbox unchanged, marked read (Seen) in .Processed, the broken ones too.
+    moved = sorted((tmp_path / "Maildir" / ".Processed" / "cur").iterdir())
+    assert len(moved) == 3 and all(p.name.endswith(":2,S") for p in moved)
+    assert deeply_nested(2000) in [p.read_bytes() for p in moved]
+    assert not list((tmp_path / "Maildir" / "new").iterdir())
+    engine.dispose()
+
+
+MULTI_DSN = b"""\
+From: MAILER-DAEMON@relay.example.net
+To: bounces@essays.example.org
+Subject: Delivery Status Notification
+Message-ID: <dsn-two-recipients@relay.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BB"
+
+--BB
+Content-Type: text/plain
+
+Some recipients failed.
+
+--BB
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.example.net
+
+Final-Recipient: rfc822; alice@example.net
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+Final-Recipient: rfc822; bob@example.com
+Action: delayed
+Status: 4.4.1
+Diagnostic-Code: smtp; 421 4.4.1 try later
+
+--BB
+Content-Type: text/rfc822-headers
+
+From: Field Notes <letters@essays.example.org>
+Message-ID: <fixture-alice-0001@essays.example.org>
+Subject: Proofing
+
+--BB--
+"""
+
+
+def test_a_report_about_several_recipients_charges_each_failure_to_its_own_address(tmp_path: Path) -> None:
+    # The report quotes alice's Message-ID, yet bob's delay is about bob's delivery, not alice's.
+    settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=1))
+    ids = fixture_audience(settings)
+    fill_maildir(tmp_path / "Maildir", []).add(MULTI_DSN)
+    engine = db.connect(settings.database.url)
+
+    process_mailbox(settings, engine)
+
+    assert statuses(settings)["alice@example.net"] == "bounced"
+    assert statuses(settings)["bob@example.com"] == "bounced"  # one soft bounce is the limit here
+    with Session(engine) as session:
+        people = {s.id: s.email for s in session.exec(select(Subscriber))}
+        events = {e.email: (people.get(e.subscriber_id or 0), e.delivery_id, e.kind)
+                  for e in session.exec(select(BounceEvent))}
+        alice = session.get(Delivery, ids["alice@example.net"])
+        bob = session.get(Delivery, ids["bob@example.com"])
+        assert alice is not None and bob is not None
+        assert (alice.feedback, alice.feedback_status) == ("hard", "5.1.1")
+        assert (bob.feedback, bob.feedback_status) == ("soft", "4.4.1")
+    assert events == {"alice@example.net": ("alice@example.net", ids["alice@example.net"], "hard"),
+                      "bob@example.com": ("bob@example.com", ids["bob@example.com"], "soft")}
+    engine.dispose()
+
+
+# Servers write Latin-1 or UTF-8 bytes where only ASCII belongs: (fixture, clean bytes, 8-bit bytes).
+EIGHT_BIT = [
+    ("postfix.eml", b"Recipient address\n    rejected", "Recipient address\n    rejected: Bo\xeete inconnue".encode("latin-1")),
+    ("arf_complaint.eml", b"User-Agent: ExampleFBL/1.0", "User-Agent: ExampleFBL/1.0 (Bo\xeete)".encode()),
+    ("qmail.eml", b"Subject: failure notice\n",
+     b'Subject: failure notice\nMIME-Version: 1.0\nContent-Type: text/plain; charset="x-unknown-8bit"\n'),
+    ("qmail.eml", b"Giving up on", "\xc9chec d\xe9finitif. Giving up on".encode("latin-1")),
+]
+
+
+@pytest.mark.parametrize(("name", "clean", "dirty"), EIGHT_BIT)
+def test_eight_bit_bytes_in_a_report_are_read_like_its_clean_equivalent(name: str, clean: bytes,
+                                                                        dirty: bytes) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    assert clean in raw
+    expected = classify(raw, UNSUBSCRIBE_TO)
+    found = classify(raw.replace(clean, dirty, 1), UNSUBSCRIBE_TO)
+    assert found.kind == expected.kind, found.reason
+    assert [(f.recipient, f.kind, f.status) for f in found.failures] == \
+        [(f.recipient, f.kind, f.status) for f in expected.failures]
+    assert found.original_message_id == expected.original_message_id
+
+
+def test_eight_bit_words_of_a_server_are_kept_readable() -> None:
+    raw = (FIXTURES / "postfix.eml").read_bytes().replace(*EIGHT_BIT[0][1:])
+    assert "Boîte inconnue" in classify(raw, UNSUBSCRIBE_TO).failures[0].detail
+    raw = (FIXTURES / "arf_complaint.eml").read_bytes().replace(*EIGHT_BIT[1][1:])
+    assert "ExampleFBL/1.0 (Boîte)" in classify(raw, UNSUBSCRIBE_TO).reason
+
+
+def test_reports_without_a_usable_message_id_are_each_processed_once(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, mailbox="bounces.mbox"))
+    fixture_audience(settings)
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    for n, (rcpt, message_id) in enumerate([("alice@example.net", "Message-ID: <>\n"),
+                                            ("bob@example.com", "Message-ID: <>\n"),
+                                            ("ivan@example.org", "Message-ID:  \n"),
+                                            ("judy@example.net", "")]):
+        report = DSN.format(verp="bounces@essays.example.org", n=n, rcpt=rcpt, action="failed", status="5.1.1",
+                            diagnostic="550 5.1.1 user unknown")
+        box.add(report.replace(f"Message-Id: <dsn-{n}@relay.example.net>\n", message_id))
+    box.close()
+    engine = db.connect(settings.database.url)
+
+    first = process_mailbox(settings, engine)
+    second = process_mailbox(settings, engine)
+
+    assert (len({o.key for o in first.outcomes}), first.already) == (4, 0)
+    assert (second.outcomes, second.already) == ([], 4)
+    found = statuses(settings)
+    assert [found[p] for p in ("alice@example.net", "bob@example.com", "ivan@example.org", "judy@example.net")] \
+        == ["bounced"] * 4
+    engine.dispose()
