@@ -13,6 +13,7 @@ import imaplib
 import mailbox
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from pipeline.web_addresses import is_loopback
 
 PROCESSED_FOLDER = "Processed"
 PROCESSED_KEYWORD = "NewsletterProcessed"
+LOCK_TRIES, LOCK_WAIT = 50, 0.1  # an mbox locked by a delivery: wait up to 5 s
 
 
 class MailboxError(NewsletterError):
@@ -101,11 +103,41 @@ class MboxSource:
 
     def messages(self) -> Iterator[tuple[str, bytes]]:
         try:
-            keys = list(self.box.keys())
+            keys = self._whole_messages()
         except (OSError, mailbox.Error) as exc:
             raise MailboxError(f"{self.description}: cannot read: {exc}") from None
         for key in keys:
             yield str(key), self.box.get_bytes(key)
+
+    def _whole_messages(self) -> list[str]:
+        """The keys of the messages written whole. A mail server appends to an mbox under its
+        lock (fcntl and a dotlock), so the list is read under the same lock and no message is
+        seen half-delivered; a last message without its final newline is one a writer that does
+        not lock is still writing: it waits for the next run (judged now, it would be recorded
+        as handled and lost). Messages before the end never change, so they are read unlocked."""
+        locked = self._lock()
+        try:
+            keys = list(self.box.keys())
+            if keys and not self.box.get_bytes(keys[-1]).endswith(b"\n"):
+                keys.pop()
+        finally:
+            if locked:
+                self.box.unlock()
+        return keys
+
+    def _lock(self) -> bool:
+        """Take the mbox lock (a delivery in progress has a moment to finish); False when this
+        process may not lock the file (read-only), so it reads without."""
+        for _ in range(LOCK_TRIES):
+            try:
+                self.box.lock()
+                return True
+            except mailbox.ExternalClashError:
+                time.sleep(LOCK_WAIT)
+            except OSError:
+                return False
+        raise MailboxError(f"{self.description}: locked by another program for "
+                           f"{LOCK_TRIES * LOCK_WAIT:.0f} s (a delivery stuck?): try again later")
 
     def done(self, handle: str) -> None:
         pass  # the recorded Message-ID is the mark (see the module docstring)

@@ -216,6 +216,29 @@ def test_an_mbox_is_processed_once_and_never_rewritten(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_message_still_being_written_to_an_mbox_waits_for_the_next_run(tmp_path: Path) -> None:
+    # The mail server appends to the mbox while we read it: a last message cut short (no final
+    # newline yet) is not judged, nor recorded as handled; once it is whole, it counts.
+    settings, box = fixture_mbox(tmp_path)
+    box.close()
+    engine = db.connect(settings.database.url)
+    assert len({o.key for o in process_mailbox(settings, engine).outcomes}) == 13
+    report = (FIXTURES / "gmail.eml").read_bytes().replace(
+        b"<6751a2b8.5d0a0220.1c2b3a.0001.GMR@mx.google.com>", b"<second-report@mx.google.com>")
+    whole = b"From MAILER-DAEMON Mon Nov 30 12:00:00 2026\n" + report.replace(b"\r\n", b"\n") + b"\n"
+    path = tmp_path / "bounces.mbox"
+    with path.open("ab") as mbox:
+        mbox.write(whole[:len(whole) // 2])
+    cut = process_mailbox(settings, engine)
+    assert cut.outcomes == [] and cut.already == 13
+    with path.open("ab") as mbox:
+        mbox.write(whole[len(whole) // 2:])
+    done = process_mailbox(settings, engine)
+    [whole_report] = done.outcomes  # read as the bounce it is, not as the fragment was
+    assert whole_report.key == "<second-report@mx.google.com>" and whole_report.kind in ("hard", "soft")
+    engine.dispose()
+
+
 def test_soft_bounces_make_an_address_bounced_at_the_limit(tmp_path: Path) -> None:
     settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=2, soft_bounce_days=30))
     fixture_audience(settings)
