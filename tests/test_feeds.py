@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -190,6 +191,20 @@ def test_a_failing_feed_is_reported_with_its_reason_and_the_others_still_poll(
         failed = {f.url.rsplit("/", 1)[1]: f.last_error for f in session.exec(select(Feed))
                   if f.last_status == "failed"}
     assert set(failed) == set(names) - {"ghost.xml"}
+    assert list(essays(engine)) == ["why-the-starter-wins"]
+
+
+def test_a_feed_sent_too_slowly_fails_at_the_timeout_and_the_next_feed_still_polls(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # drip.xml sends a byte every 0.3 s: each read is quick, the whole download is not.
+    settings = configure(config_file, feed_server, "drip.xml", "ghost.xml")
+    started = time.monotonic()
+    drip, ghost = poll_feeds(settings, engine, NOW).feeds
+    assert time.monotonic() - started < 3  # timeout_seconds = 1 bounds the whole download
+    assert (drip.status, drip.error) == (
+        "failed", "not received in full within 1 seconds (the server sent too slowly)")
+    assert (ghost.status, ghost.added) == ("ok", ["why-the-starter-wins"])
     assert list(essays(engine)) == ["why-the-starter-wins"]
 
 

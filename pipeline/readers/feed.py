@@ -9,21 +9,32 @@ summary as dek, content (else summary) as body, its HTML reduced to paragraphs a
 pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
 fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
 with the reason. feedparser enters the project here and nowhere else.
+
+The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
+read: a server that sends a byte now and then would otherwise hold a poll, and the digest
+waiting on it, forever.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
+import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from time import struct_time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from xml.sax import SAXParseException
 
 import feedparser
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 from pipeline.errors import FeedError, ImportProblem
 from pipeline.excerpt import shorten
@@ -87,9 +98,16 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
     if last_modified:
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
+    deadline = Deadline(timeout)
+    opener = urllib.request.build_opener(
+        DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read(MAX_FEED_BYTES + 1)
+        with opener.open(request, timeout=timeout) as response:
+            try:
+                body = response.read(MAX_FEED_BYTES + 1)
+            except TimeoutError:  # the headers came in time, the body did not
+                raise FeedError(f"not received in full within {timeout:g} seconds (the server "
+                                "sent too slowly)") from None
             if len(body) > MAX_FEED_BYTES:
                 raise FeedError(f"larger than {MAX_FEED_BYTES:,} bytes; not read")
             return Fetched(
@@ -112,6 +130,93 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
         raise FeedError(f"no answer within {timeout:g} seconds (timed out)") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise FeedError(f"the connection failed: {exc}") from None
+
+
+class Deadline:
+    """The moment by which a whole fetch must be done; each socket wait gets only what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"not done within {self.seconds:g} seconds")
+        return left
+
+
+class DeadlineReader(io.RawIOBase):
+    """A response's socket reads, each allowed only the time left until the deadline.
+
+    http.client reads the status line, headers and body through one buffered reader; giving
+    each read the time that is left (not the full timeout again) bounds them all together.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        super().__init__()
+        self.sock = sock
+        self.raw = sock.makefile("rb", buffering=0)  # counted by the socket, which stays open
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self.sock.settimeout(self.deadline.remaining())
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def deadline_response(deadline: Deadline) -> type[http.client.HTTPResponse]:
+    """An HTTPResponse class that reads through a DeadlineReader (http.client makes the instance)."""
+
+    class DeadlineResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                     url: str | None = None) -> None:
+            super().__init__(sock, debuglevel, method, url)
+            self.fp.close()  # the plain reader, not read from yet: replaced before the headers
+            self.fp = io.BufferedReader(DeadlineReader(sock, deadline))
+
+    return DeadlineResponse
+
+
+class DeadlineConnection(http.client.HTTPConnection):
+    """Connects within the time left, and answers through a deadline-keeping response."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self.response_class = deadline_response(deadline)
+
+    def connect(self) -> None:
+        self.timeout = self.deadline.remaining()  # a redirect's new connection gets what is left
+        super().connect()
+
+
+class DeadlineHTTPSConnection(DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(DeadlineConnection, deadline=self.deadline), req)
+
+
+class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline), req)
 
 
 def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
