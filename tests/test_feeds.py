@@ -242,6 +242,35 @@ def test_an_entry_without_guid_is_known_by_its_link(
         assert list(guids) == ["https://notes.example.org/posts/stairs-of-the-old-town/"]
 
 
+def test_a_guid_used_twice_in_one_feed_keeps_the_first_entry_and_warns(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    def item(name: str, text: str) -> str:
+        return f"""<item><title>Dup {name}</title>
+      <link>https://notes.example.org/posts/dup-{name.lower()}/</link>
+      <pubDate>Sun, 22 Nov 2026 00:00:00 +0000</pubDate><guid isPermaLink="false">m-dup</guid>
+      <description>&lt;p&gt;{text}&lt;/p&gt;</description></item>"""
+
+    text = (FIXTURES / "hugo.xml").read_text().replace(
+        "<item>", item("A", "The first.") + item("B", "The second.") + "<item>", 1)
+    feed_server.publish("/hugo.xml", text.encode())
+    settings = configure(config_file, feed_server, "hugo.xml")
+    first = poll_feeds(settings, engine, NOW).feeds[0]
+    assert (first.added, first.updated) == (["dup-a", "stairs-of-the-old-town"], [])
+    warning = (f"{feed_server.url('hugo.xml')}: the guid 'm-dup' of an earlier entry is used "
+               "again by 'Dup B'; that later entry is skipped")
+    assert first.warnings == [warning] and first.ok
+    essay = essays(engine)["dup-a"]
+    assert (essay.title, essay.url) == ("Dup A", "https://notes.example.org/posts/dup-a/")
+    assert {"kind": "p", "text": "The first."} in essay.body
+    # Read in full again (another post was edited): the essay does not flip to the other entry.
+    feed_server.publish("/hugo.xml", text.replace("three times", "four times").encode())
+    again = poll_feeds(settings, engine, NOW + timedelta(hours=1)).feeds[0]
+    assert (again.added, again.updated, again.warnings) == ([], ["stairs-of-the-old-town"],
+                                                            [warning])
+    assert essays(engine)["dup-a"].title == "Dup A" and "dup-b" not in essays(engine)
+
+
 def test_a_dry_run_fetches_and_compares_but_writes_nothing(
     config_file: Path, engine: Engine, feed_server: FeedServer
 ) -> None:

@@ -6,7 +6,8 @@
 
 Each entry becomes the ParsedEssay the other readers make: title, link as the essay's url, date,
 summary as dek, content (else summary) as body, its HTML reduced to paragraphs and headings by
-pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
+pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link; when two entries of
+one feed share it, the first is taken and the later one skipped with a warning. A feed that cannot be
 fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
 with the reason. feedparser enters the project here and nowhere else.
 
@@ -238,8 +239,18 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
     document = FeedDocument(title=clean(parsed.feed.get("title", "")))
     if problem is not None and not isinstance(problem, HARMLESS):
         document.warnings.append(f"the feed has a problem the parser read past: {problem}")
+    seen: set[str] = set()
     for entry in parsed.entries:
-        document.entries.append(feed_item(entry, url))
+        item = feed_item(entry, url)
+        if item.guid and item.guid in seen:
+            # The guid is the entry's identity: a second entry with it would overwrite the
+            # first's essay, and flip it back and forth on every poll. The first one wins.
+            name = item.essay.title if item.essay else clean(entry.get("title", "")) or "(untitled)"
+            document.warnings.append(f"{url}: the guid {item.guid!r} of an earlier entry is used "
+                                     f"again by {name!r}; that later entry is skipped")
+            continue
+        seen.add(item.guid)
+        document.entries.append(item)
     return document
 
 
