@@ -28,14 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from time import struct_time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 from xml.sax import SAXParseException
 
 import feedparser
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 from pipeline.errors import FeedError, ImportProblem
 from pipeline.excerpt import shorten
@@ -163,7 +160,7 @@ class DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: WriteableBuffer) -> int | None:
+    def readinto(self, buffer: Any) -> int | None:  # any writable buffer, as RawIOBase takes
         self.sock.settimeout(self.deadline.remaining())
         return self.raw.readinto(buffer)
 
