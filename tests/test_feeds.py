@@ -208,6 +208,19 @@ def test_a_feed_sent_too_slowly_fails_at_the_timeout_and_the_next_feed_still_pol
     assert list(essays(engine)) == ["why-the-starter-wins"]
 
 
+def test_redirects_are_followed_only_to_web_addresses_and_a_loop_is_named_plainly(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "moved.xml", "to-ftp.xml", "loop.xml")
+    moved, to_ftp, loop = poll_feeds(settings, engine, NOW).feeds
+    assert (moved.status, moved.added) == ("ok", ["why-the-starter-wins"])
+    assert to_ftp.error == ("redirected to ftp://127.0.0.1:1/feed.xml, which is not an http:// "
+                            "or https:// URL; not followed")
+    assert loop.error == (f"redirected in a loop or too many times (the last: HTTP 302 Found to "
+                          f"{feed_server.url('loop.xml')})")
+    assert feed_server.hits["/loop.xml"] <= 11
+
+
 def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(
     config_file: Path, engine: Engine, feed_server: FeedServer
 ) -> None:

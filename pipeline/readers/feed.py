@@ -13,7 +13,7 @@ with the reason. feedparser enters the project here and nowhere else.
 
 The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
 read: a server that sends a byte now and then would otherwise hold a poll, and the digest
-waiting on it, forever.
+waiting on it, forever. Redirects are followed only to http:// and https:// URLs.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from time import struct_time
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
 from xml.sax import SAXParseException
 
 import feedparser
@@ -98,7 +98,7 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
     request = urllib.request.Request(url, headers=headers)
     deadline = Deadline(timeout)
     opener = urllib.request.build_opener(
-        DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline))
+        DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline), WebRedirectHandler())
     try:
         with opener.open(request, timeout=timeout) as response:
             try:
@@ -215,6 +215,33 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline), req)
+
+
+class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another http(s) URL, and names a loop in one plain line.
+
+    urllib also follows redirects to ftp://, which is no place a feed is served from (and
+    which this reader refuses as a URL of its own); its loop error is three lines of text.
+    """
+
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: http.client.HTTPMessage) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        target = urljoin(req.full_url, location) if location else ""
+        if target and urlsplit(target).scheme not in ("http", "https"):
+            fp.close()
+            raise FeedError(f"redirected to {target}, which is not an http:// or https:// URL; "
+                            "not followed")
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as exc:
+            if not str(exc.msg).startswith(self.inf_msg):
+                raise  # the answer at the end of the redirects: the caller reports it
+            exc.close()
+            raise FeedError(f"redirected in a loop or too many times (the last: HTTP {code} "
+                            f"{msg} to {target})") from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
