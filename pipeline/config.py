@@ -112,7 +112,7 @@ class DeliverySettings:
 class SourceSettings:
     feeds: tuple[str, ...]  # RSS/Atom feeds polled besides those added with `feeds add`
     first_poll_days: int  # on a feed's first poll, only entries this recent are new
-    timeout_seconds: float  # per feed request
+    timeout_seconds: float  # one feed's whole fetch, the download included
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 It answers conditional GETs (If-None-Match / If-Modified-Since) with 304, counts requests per
 path and keeps the headers each one sent. `/missing.xml` is a 404 and `/slow.xml` answers only
-after SLOW_SECONDS, so a client with a shorter timeout gives up.
+after SLOW_SECONDS, so a client with a shorter timeout gives up. `/drip.xml` answers at once and
+then sends atom.xml's last DRIP_BYTES one every DRIP_SECONDS: no single read waits long, the
+whole download takes DRIP_BYTES * DRIP_SECONDS. REDIRECTS are answered with a 302 to their
+target: /moved.xml to ghost.xml, /to-ftp.xml to an ftp:// URL, /loop.xml to itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "feeds"
 SLOW_SECONDS = 3.0
+DRIP_SECONDS, DRIP_BYTES = 0.3, 20
+REDIRECTS = {"/moved.xml": "/ghost.xml", "/to-ftp.xml": "ftp://127.0.0.1:1/feed.xml",
+             "/loop.xml": "/loop.xml"}
 TYPES = {".xml": "application/rss+xml; charset=utf-8", ".html": "text/html; charset=utf-8"}
 
 
@@ -56,6 +62,15 @@ def serve_feeds() -> Iterator[FeedServer]:
             if path == "/slow.xml":
                 time.sleep(SLOW_SECONDS)
                 path = "/hugo.xml"
+            if path in REDIRECTS:
+                self.send_response(302)
+                self.send_header("Location", REDIRECTS[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if path == "/drip.xml":
+                self.drip(state.files["/atom.xml"])
+                return
             body = state.files.get(path)
             if body is None:
                 self.send_error(404, "Not Found")
@@ -76,6 +91,20 @@ def serve_feeds() -> Iterator[FeedServer]:
             self.send_header("Last-Modified", modified)
             self.end_headers()
             self.wfile.write(body)
+
+        def drip(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", TYPES[".xml"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:-DRIP_BYTES])
+            try:
+                for byte in body[-DRIP_BYTES:]:
+                    self.wfile.flush()
+                    time.sleep(DRIP_SECONDS)
+                    self.wfile.write(bytes([byte]))
+            except OSError:
+                pass  # the client gave up, as it should
 
         def log_message(self, *_args: object) -> None:
             pass  # quiet test output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -193,6 +194,33 @@ def test_a_failing_feed_is_reported_with_its_reason_and_the_others_still_poll(
     assert list(essays(engine)) == ["why-the-starter-wins"]
 
 
+def test_a_feed_sent_too_slowly_fails_at_the_timeout_and_the_next_feed_still_polls(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # drip.xml sends a byte every 0.3 s: each read is quick, the whole download is not.
+    settings = configure(config_file, feed_server, "drip.xml", "ghost.xml")
+    started = time.monotonic()
+    drip, ghost = poll_feeds(settings, engine, NOW).feeds
+    assert time.monotonic() - started < 3  # timeout_seconds = 1 bounds the whole download
+    assert (drip.status, drip.error) == (
+        "failed", "not received in full within 1 seconds (the server sent too slowly)")
+    assert (ghost.status, ghost.added) == ("ok", ["why-the-starter-wins"])
+    assert list(essays(engine)) == ["why-the-starter-wins"]
+
+
+def test_redirects_are_followed_only_to_web_addresses_and_a_loop_is_named_plainly(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    settings = configure(config_file, feed_server, "moved.xml", "to-ftp.xml", "loop.xml")
+    moved, to_ftp, loop = poll_feeds(settings, engine, NOW).feeds
+    assert (moved.status, moved.added) == ("ok", ["why-the-starter-wins"])
+    assert to_ftp.error == ("redirected to ftp://127.0.0.1:1/feed.xml, which is not an http:// "
+                            "or https:// URL; not followed")
+    assert loop.error == (f"redirected in a loop or too many times (the last: HTTP 302 Found to "
+                          f"{feed_server.url('loop.xml')})")
+    assert feed_server.hits["/loop.xml"] <= 11
+
+
 def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(
     config_file: Path, engine: Engine, feed_server: FeedServer
 ) -> None:
@@ -225,6 +253,35 @@ def test_an_entry_without_guid_is_known_by_its_link(
     with Session(engine) as session:
         guids = session.exec(select(FeedEntry.guid).where(col(FeedEntry.essay_id).is_not(None)))
         assert list(guids) == ["https://notes.example.org/posts/stairs-of-the-old-town/"]
+
+
+def test_a_guid_used_twice_in_one_feed_keeps_the_first_entry_and_warns(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    def item(name: str, text: str) -> str:
+        return f"""<item><title>Dup {name}</title>
+      <link>https://notes.example.org/posts/dup-{name.lower()}/</link>
+      <pubDate>Sun, 22 Nov 2026 00:00:00 +0000</pubDate><guid isPermaLink="false">m-dup</guid>
+      <description>&lt;p&gt;{text}&lt;/p&gt;</description></item>"""
+
+    text = (FIXTURES / "hugo.xml").read_text().replace(
+        "<item>", item("A", "The first.") + item("B", "The second.") + "<item>", 1)
+    feed_server.publish("/hugo.xml", text.encode())
+    settings = configure(config_file, feed_server, "hugo.xml")
+    first = poll_feeds(settings, engine, NOW).feeds[0]
+    assert (first.added, first.updated) == (["dup-a", "stairs-of-the-old-town"], [])
+    warning = (f"{feed_server.url('hugo.xml')}: the guid 'm-dup' of an earlier entry is used "
+               "again by 'Dup B'; that later entry is skipped")
+    assert first.warnings == [warning] and first.ok
+    essay = essays(engine)["dup-a"]
+    assert (essay.title, essay.url) == ("Dup A", "https://notes.example.org/posts/dup-a/")
+    assert {"kind": "p", "text": "The first."} in essay.body
+    # Read in full again (another post was edited): the essay does not flip to the other entry.
+    feed_server.publish("/hugo.xml", text.replace("three times", "four times").encode())
+    again = poll_feeds(settings, engine, NOW + timedelta(hours=1)).feeds[0]
+    assert (again.added, again.updated, again.warnings) == ([], ["stairs-of-the-old-town"],
+                                                            [warning])
+    assert essays(engine)["dup-a"].title == "Dup A" and "dup-b" not in essays(engine)
 
 
 def test_a_dry_run_fetches_and_compares_but_writes_nothing(

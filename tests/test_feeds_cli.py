@@ -94,6 +94,28 @@ def test_poll_names_the_failed_feed_exits_1_and_still_polls_the_others(
     assert '"last_error": "HTTP 404 Not Found"' in listed
 
 
+def test_poll_gives_up_on_a_feed_sent_too_slowly_and_polls_the_next(
+    cli: CLI, config_file: Path, feed_server: FeedServer
+) -> None:
+    configure(config_file, feed_server.url("drip.xml"), feed_server.url("hugo.xml"))
+    result = cli("feeds", "poll")
+    assert result.exit_code == 1
+    assert (f"Failed: {feed_server.url('drip.xml')}: not received in full within 1 seconds "
+            "(the server sent too slowly)") in result.output
+    assert slugs(config_file) == ["a-map-with-no-roads", "stairs-of-the-old-town"]
+
+
+def test_poll_names_a_redirect_loop_on_one_line(
+    cli: CLI, config_file: Path, feed_server: FeedServer
+) -> None:
+    configure(config_file, feed_server.url("loop.xml"))
+    result = cli("feeds", "poll")
+    assert result.exit_code == 1
+    assert (f"Failed: {feed_server.url('loop.xml')}: redirected in a loop or too many times "
+            f"(the last: HTTP 302 Found to {feed_server.url('loop.xml')})") in result.output
+    assert "\\x0a" not in result.output
+
+
 def test_poll_dry_run_says_what_would_be_added_and_adds_nothing(
     cli: CLI, config_file: Path, feed_server: FeedServer
 ) -> None:

@@ -6,21 +6,30 @@
 
 Each entry becomes the ParsedEssay the other readers make: title, link as the essay's url, date,
 summary as dek, content (else summary) as body, its HTML reduced to paragraphs and headings by
-pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link. A feed that cannot be
+pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link; when two entries of
+one feed share it, the first is taken and the later one skipped with a warning. A feed that cannot be
 fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
 with the reason. feedparser enters the project here and nowhere else.
+
+The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
+read: a server that sends a byte now and then would otherwise hold a poll, and the digest
+waiting on it, forever. Redirects are followed only to http:// and https:// URLs.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
+import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from time import struct_time
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
 from xml.sax import SAXParseException
 
 import feedparser
@@ -87,9 +96,16 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
     if last_modified:
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
+    deadline = Deadline(timeout)
+    opener = urllib.request.build_opener(
+        DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline), WebRedirectHandler())
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read(MAX_FEED_BYTES + 1)
+        with opener.open(request, timeout=timeout) as response:
+            try:
+                body = response.read(MAX_FEED_BYTES + 1)
+            except TimeoutError:  # the headers came in time, the body did not
+                raise FeedError(f"not received in full within {timeout:g} seconds (the server "
+                                "sent too slowly)") from None
             if len(body) > MAX_FEED_BYTES:
                 raise FeedError(f"larger than {MAX_FEED_BYTES:,} bytes; not read")
             return Fetched(
@@ -114,6 +130,120 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
         raise FeedError(f"the connection failed: {exc}") from None
 
 
+class Deadline:
+    """The moment by which a whole fetch must be done; each socket wait gets only what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"not done within {self.seconds:g} seconds")
+        return left
+
+
+class DeadlineReader(io.RawIOBase):
+    """A response's socket reads, each allowed only the time left until the deadline.
+
+    http.client reads the status line, headers and body through one buffered reader; giving
+    each read the time that is left (not the full timeout again) bounds them all together.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        super().__init__()
+        self.sock = sock
+        self.raw = sock.makefile("rb", buffering=0)  # counted by the socket, which stays open
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:  # any writable buffer, as RawIOBase takes
+        self.sock.settimeout(self.deadline.remaining())
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def deadline_response(deadline: Deadline) -> type[http.client.HTTPResponse]:
+    """An HTTPResponse class that reads through a DeadlineReader (http.client makes the instance)."""
+
+    class DeadlineResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                     url: str | None = None) -> None:
+            super().__init__(sock, debuglevel, method, url)
+            self.fp.close()  # the plain reader, not read from yet: replaced before the headers
+            self.fp = io.BufferedReader(DeadlineReader(sock, deadline))
+
+    return DeadlineResponse
+
+
+class DeadlineConnection(http.client.HTTPConnection):
+    """Connects within the time left, and answers through a deadline-keeping response."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self.response_class = deadline_response(deadline)
+
+    def connect(self) -> None:
+        self.timeout = self.deadline.remaining()  # a redirect's new connection gets what is left
+        super().connect()
+
+
+class DeadlineHTTPSConnection(DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(DeadlineConnection, deadline=self.deadline), req)
+
+
+class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline), req)
+
+
+class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another http(s) URL, and names a loop in one plain line.
+
+    urllib also follows redirects to ftp://, which is no place a feed is served from (and
+    which this reader refuses as a URL of its own); its loop error is three lines of text.
+    """
+
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: http.client.HTTPMessage) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        target = urljoin(req.full_url, location) if location else ""
+        if target and urlsplit(target).scheme not in ("http", "https"):
+            fp.close()
+            raise FeedError(f"redirected to {target}, which is not an http:// or https:// URL; "
+                            "not followed")
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as exc:
+            if not str(exc.msg).startswith(self.inf_msg):
+                raise  # the answer at the end of the redirects: the caller reports it
+            exc.close()
+            raise FeedError(f"redirected in a loop or too many times (the last: HTTP {code} "
+                            f"{msg} to {target})") from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
 def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
     """The feed's entries as Drafts (or problems); FeedError when it is no readable feed."""
     # Not sanitised here: feedparser's sanitiser keeps the text inside the elements it drops
@@ -133,8 +263,18 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
     document = FeedDocument(title=clean(parsed.feed.get("title", "")))
     if problem is not None and not isinstance(problem, HARMLESS):
         document.warnings.append(f"the feed has a problem the parser read past: {problem}")
+    seen: set[str] = set()
     for entry in parsed.entries:
-        document.entries.append(feed_item(entry, url))
+        item = feed_item(entry, url)
+        if item.guid and item.guid in seen:
+            # The guid is the entry's identity: a second entry with it would overwrite the
+            # first's essay, and flip it back and forth on every poll. The first one wins.
+            name = item.essay.title if item.essay else clean(entry.get("title", "")) or "(untitled)"
+            document.warnings.append(f"{url}: the guid {item.guid!r} of an earlier entry is used "
+                                     f"again by {name!r}; that later entry is skipped")
+            continue
+        seen.add(item.guid)
+        document.entries.append(item)
     return document
 
 
