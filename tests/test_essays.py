@@ -445,3 +445,16 @@ def test_list_and_show_print_stored_hostile_text_literally(
         assert "\\x1b[2J\\x1b]0;owned\\x07[red]Loud[/red] \\u202egnp.exe [link=https://evil.example]x" in out
     shown = run_cli("essays", "show", "hostile").output
     assert "dek\\x00\\u2066" in shown and "tags: \\x1b[5mt" in shown and "• Part \\x1b[31mtwo" in shown
+
+
+def test_cli_a_lone_surrogate_in_front_matter_fails_its_file_only(run_cli: CLI, tmp_path: Path) -> None:
+    # It crashed the whole import with a traceback; files sorting after it were never read.
+    (tmp_path / "a-good.md").write_text(ESSAY_MD, encoding="utf-8")
+    (tmp_path / "surr.md").write_text('---\ntitle: "\\ud800 x"\n---\nBody.\n', encoding="utf-8")
+    (tmp_path / "z-good.md").write_text(ESSAY_MD, encoding="utf-8")
+    result = run_cli("essays", "import", str(tmp_path))
+    assert result.exit_code == 1
+    assert "surr.md: front matter title: " in " ".join(result.stderr.split())
+    assert "2 added, 0 updated, 0 unchanged, 1 failed" in result.stdout
+    rows = json.loads(run_cli("essays", "list", "--json").stdout)
+    assert sorted(row["slug"] for row in rows) == ["a-good", "z-good"]

@@ -196,3 +196,23 @@ slug: "\e[1mold-roads"
 @pytest.mark.parametrize("library", ["yaml", "markdown_it"])
 def test_yaml_and_markdown_it_enter_only_here(library: str) -> None:
     assert importers_of(library) == {"pipeline/readers/markdown_essay.py"}
+
+
+# --- values that are no text ----------------------------------------------------------------
+
+
+def test_a_lone_surrogate_escape_is_refused_naming_its_field() -> None:
+    # YAML's "\ud800" makes half of a UTF-16 pair, which no UTF-8 text (nor the database) holds:
+    # it crashed the whole import when the essay was fingerprinted.
+    with pytest.raises(ImportProblem, match=r"front matter title: .*\\ud800.*surrogate"):
+        parse_markdown(doc(r'title: "\ud800 x"'))
+    with pytest.raises(ImportProblem, match=r"front matter tags: .*\\udfff"):
+        parse_markdown(doc('title: T\ntags: [ok, "a\\udfff"]'))
+    with pytest.raises(ImportProblem, match=r"front matter \\ud800: "):
+        parse_markdown(doc('title: T\n"\\ud800": x'))
+
+
+def test_a_surrogate_pair_escape_is_the_character_it_stands_for() -> None:
+    # JSON-style "\ud83c\udf5e" is how some tools write a character beyond the BMP.
+    draft = parse_markdown(doc(r'title: "Bread \ud83c\udf5e"' + '\ndek: "\\ud83c\\udf5e"'))
+    assert (draft.title, draft.dek) == ("Bread \U0001f35e", "\U0001f35e")

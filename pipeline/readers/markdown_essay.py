@@ -36,6 +36,9 @@ MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front 
 DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
+# YAML's "\ud83c\udf5e" (as JSON writes a character beyond U+FFFF) makes two UTF-16 halves.
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MD = MarkdownIt("commonmark")
 _MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
@@ -103,7 +106,41 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         meta = {}
     if not isinstance(meta, dict):
         raise ImportProblem("front matter: expected `key: value` lines")
-    return {str(k).lower(): v for k, v in meta.items()}, text[match.end() :]
+    fields: dict[str, Any] = {}
+    for key, value in meta.items():
+        name = _valid_text(str(key), str(key).encode("utf-8", "backslashreplace").decode())
+        fields[name.lower()] = _valid_text(value, name)
+    return fields, text[match.end() :]
+
+
+def _valid_text(value: Any, field: str) -> Any:
+    """`value` with every string in it valid Unicode; ImportProblem naming `field` if it cannot be.
+
+    A string that no UTF-8 file, JSON fingerprint or database can hold must stop here, with its
+    field named, and not later in a crash that takes the whole import with it. YAML escapes are
+    the only way such a string gets in: the file itself was decoded strictly.
+    """
+    if isinstance(value, str):
+        if not _SURROGATE.search(value):
+            return value  # the common case
+        joined = _SURROGATE_PAIR.sub(_join_pair, value)
+        lone = _SURROGATE.search(joined)
+        if lone:
+            raise ImportProblem(
+                f"front matter {field}: \\u{ord(lone.group()):04x} is half of a UTF-16 surrogate "
+                "pair with no other half, not a character; write the character itself"
+            )
+        return joined
+    if isinstance(value, list):
+        return [_valid_text(item, field) for item in value]
+    if isinstance(value, dict):
+        return {_valid_text(k, field): _valid_text(v, field) for k, v in value.items()}
+    return value
+
+
+def _join_pair(pair: re.Match[str]) -> str:
+    high, low = (ord(c) for c in pair.group())
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
 
 
 class _FrontMatterLoader(yaml.SafeLoader):
