@@ -227,7 +227,10 @@ def _must_be_regular(mode: int) -> None:
 def _not_empty(text: str) -> str:
     if not text.strip():
         raise ImportProblem("empty file")
-    return text
+    # Universal newlines, as open() in text mode reads: "\r\n" (Windows) and a lone "\r"
+    # (classic Mac) end lines too, and the readers see only "\n". A CR-only file's front matter
+    # was otherwise one long line, not front matter at all.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_essay(path: Path) -> ParsedEssay:

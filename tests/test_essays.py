@@ -484,3 +484,23 @@ def test_a_file_is_read_with_a_hard_cap_whatever_its_size_says(
     (tmp_path / "proc.txt").symlink_to("/proc/self/status")
     report = import_paths(engine, [tmp_path / "proc.txt"])
     assert failed_files(report) == {"proc.txt": "too large: more than 100 bytes (the limit)"}
+
+
+def test_line_endings_of_every_kind_are_read_alike(engine: Engine, tmp_path: Path) -> None:
+    # A file with CR-only line endings (classic Mac) lost its front matter into the body.
+    (tmp_path / "cr.md").write_bytes(ESSAY_MD.replace("\n", "\r").encode())
+    (tmp_path / "crlf.md").write_bytes(ESSAY_MD.replace("\n", "\r\n").encode())
+    (tmp_path / "lf.md").write_bytes(ESSAY_MD.encode())
+    report = import_paths(engine, [tmp_path])
+    assert report.ok and report.warnings == [], (report.failed, report.warnings)
+    stored = essays(engine)
+    assert {stored[n].title for n in ("cr", "crlf", "lf")} == {"Proofing in the cellar"}
+    assert stored["cr"].body == stored["crlf"].body == stored["lf"].body
+    assert stored["cr"].published_on == stored["lf"].published_on is not None
+
+
+def test_an_unclosed_front_matter_block_fails_its_file(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "open.md").write_text("---\ntitle: Unclosed\ndate: 2026-01-01\nBody text.\n")
+    report = import_paths(engine, [tmp_path])
+    assert failed_files(report)["open.md"].startswith("front matter line 1: the --- ")
+    assert essays(engine) == {}
