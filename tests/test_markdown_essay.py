@@ -249,3 +249,11 @@ def test_broken_toml_front_matter_names_the_line() -> None:
         parse_markdown("+++\ntitle = " + "[" * 3000 + "\n+++\nBody.\n")
     with pytest.raises(ImportProblem, match="front matter: nested more than 8 levels deep"):
         parse_markdown("+++\ntitle = " + "[" * 20 + "]" * 20 + "\n+++\nBody.\n")
+
+
+@pytest.mark.parametrize("value", ["2026-02-30", '"2026-02-30"', "2026-02-30 08:30:00", "'2026-13-01'"])
+def test_a_date_shaped_value_that_is_no_date_warns_quoted_or_not(value: str) -> None:
+    # Unquoted, YAML itself read it as a date and failed the whole file with no field named.
+    draft = parse_markdown(doc(f"title: T\ndate: {value}"))
+    assert draft.published_on is None and draft.title == "T"
+    assert draft.warnings == [f"front matter: date {value.strip(chr(34) + chr(39))!r} is not a date; left empty"]

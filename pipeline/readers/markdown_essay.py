@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import date
 from typing import Any, cast
 
 import yaml
@@ -221,6 +222,17 @@ class _FrontMatterLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_timestamp(self, node: yaml.ScalarNode) -> date | str:
+        """A date-shaped value that is no date ("2026-02-30") stays text, as it would quoted:
+        the reader then warns about that one field, instead of the whole file failing."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return str(self.construct_scalar(node))
+
+
+_FrontMatterLoader.add_constructor("tag:yaml.org,2002:timestamp", _FrontMatterLoader.construct_timestamp)
 
 
 def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str]:
