@@ -11,13 +11,16 @@
 - Re-importing an unchanged file changes nothing (content_hash over every stored field).
   An update never touches `sent_in_issue_id`: a sent essay stays sent.
 - `dry_run` reads and compares everything and writes nothing.
-- A file that cannot be taken (missing, empty, binary, not UTF-8, over MAX_BYTES, broken front
-  matter, no text) is reported with the reason and writes nothing; the other files still import.
+- A file that cannot be taken (missing, not a regular file, empty, binary, not UTF-8, over
+  MAX_BYTES, broken front matter, no text) is reported with the reason and writes nothing; the
+  other files still import.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,12 +170,9 @@ def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Pat
 
 
 def read_source(path: Path) -> str:
-    """The file's text; ImportProblem when it is too big, empty, binary or not UTF-8."""
+    """The file's text; ImportProblem when it is no regular file, too big, empty, binary or not UTF-8."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ImportProblem(f"too large: {size:,} bytes (the limit is {MAX_BYTES:,})")
-        data = path.read_bytes()
+        data = _read_capped(path)
     except OSError as exc:
         raise ImportProblem(f"cannot read: {exc.strerror}") from None
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -194,10 +194,43 @@ def read_source(path: Path) -> str:
         ) from None
 
 
+def _read_capped(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_BYTES; ImportProblem for anything else.
+
+    A FIFO's open waits for a writer (for ever) and a device can be endless (/dev/zero), so the
+    kind of file is checked before it is opened, and again on the opened file in case the name
+    was swapped in between. The read itself is capped: st_size can be wrong (a /proc file says
+    0) or out of date (a file still being written).
+    """
+    _must_be_regular(path.stat().st_mode)
+    # O_NONBLOCK: should a FIFO slip in after the check, its open returns instead of waiting.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags), "rb") as file:
+        info = os.fstat(file.fileno())
+        _must_be_regular(info.st_mode)
+        if info.st_size > MAX_BYTES:
+            raise ImportProblem(f"too large: {info.st_size:,} bytes (the limit is {MAX_BYTES:,})")
+        data = file.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ImportProblem(f"too large: more than {MAX_BYTES:,} bytes (the limit)")
+    return data
+
+
+def _must_be_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a file")
+    raise ImportProblem(f"not a regular file ({kind}); an essay is read from an ordinary file")
+
+
 def _not_empty(text: str) -> str:
     if not text.strip():
         raise ImportProblem("empty file")
-    return text
+    # Universal newlines, as open() in text mode reads: "\r\n" (Windows) and a lone "\r"
+    # (classic Mac) end lines too, and the readers see only "\n". A CR-only file's front matter
+    # was otherwise one long line, not front matter at all.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_essay(path: Path) -> ParsedEssay:

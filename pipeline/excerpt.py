@@ -24,7 +24,16 @@ ELLIPSIS = "…"
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr st prof jr sr vs etc no fig vol ch ca cf approx dept est mt ft".split()
 )
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s+|$)")
+# A run of stops, then closing quotes and brackets, then a space or the end. It starts only at
+# the first stop of a run, and its runs are atomic: otherwise, where no space follows, every
+# shorter run from every stop is tried again (quadratic: 94 s for 40,000 dots). Neither changes a
+# match: a run that fails from its first stop fails from any later one, and a shorter run ends
+# before a stop or a quote, never before a space.
+_SENTENCE_END = re.compile(r"(?<![.!?…])(?>[.!?…]+)(?>[\"'”’»)\]]*)(?=\s|\Z)")
+# On the reversed text, from where a sentence end starts: the word before it (spaces skipped).
+_WORD_BEFORE = re.compile(r"\s*(\S*)")
+# From where a sentence end stops: the first character of what follows it (spaces skipped).
+_NEXT_CHAR = re.compile(r"\s*(\S?)")
 _SPACE = re.compile(r"\s+")
 
 
@@ -67,15 +76,19 @@ def shorten(text: str, length: int) -> str:
 def sentence_ends(text: str) -> list[int]:
     """Offsets just after each sentence's closing punctuation (and closing quotes)."""
     ends: list[int] = []
+    # Each end looks only at the word before it and the character after it, never copies the
+    # text on either side: linear, however many sentences.
+    reversed_text = text[::-1]
     for match in _SENTENCE_END.finditer(text):
-        before = text[: match.start()].rsplit(None, 1)
-        word = before[-1] if before else ""
-        if match.group().startswith(".") and _is_abbreviation(word):
-            continue
-        following = text[match.end() :].lstrip()
+        if match.group().startswith("."):
+            before = _WORD_BEFORE.match(reversed_text, len(text) - match.start())
+            word = before.group(1)[::-1] if before else ""
+            if _is_abbreviation(word):
+                continue
+        following = _NEXT_CHAR.match(text, match.end())
         # "e.g. the" and "3.5 km" are not boundaries: a sentence starts with a capital, digit
         # or opening quote/bracket.
-        if following and not _starts_sentence(following[0]):
+        if following and following.group(1) and not _starts_sentence(following.group(1)):
             continue
         ends.append(match.end())
     return ends

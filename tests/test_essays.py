@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -445,3 +446,61 @@ def test_list_and_show_print_stored_hostile_text_literally(
         assert "\\x1b[2J\\x1b]0;owned\\x07[red]Loud[/red] \\u202egnp.exe [link=https://evil.example]x" in out
     shown = run_cli("essays", "show", "hostile").output
     assert "dek\\x00\\u2066" in shown and "tags: \\x1b[5mt" in shown and "• Part \\x1b[31mtwo" in shown
+
+
+def test_cli_a_lone_surrogate_in_front_matter_fails_its_file_only(run_cli: CLI, tmp_path: Path) -> None:
+    # It crashed the whole import with a traceback; files sorting after it were never read.
+    (tmp_path / "a-good.md").write_text(ESSAY_MD, encoding="utf-8")
+    (tmp_path / "surr.md").write_text('---\ntitle: "\\ud800 x"\n---\nBody.\n', encoding="utf-8")
+    (tmp_path / "z-good.md").write_text(ESSAY_MD, encoding="utf-8")
+    result = run_cli("essays", "import", str(tmp_path))
+    assert result.exit_code == 1
+    assert "surr.md: front matter title: " in " ".join(result.stderr.split())
+    assert "2 added, 0 updated, 0 unchanged, 1 failed" in result.stdout
+    rows = json.loads(run_cli("essays", "list", "--json").stdout)
+    assert sorted(row["slug"] for row in rows) == ["a-good", "z-good"]
+
+
+@pytest.mark.timeout(30)  # before the fix the FIFO's open waited for a writer, for ever
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX only")
+def test_a_fifo_or_a_device_named_as_an_essay_fails_its_file_only(run_cli: CLI, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.md")
+    (tmp_path / "zero.md").symlink_to("/dev/zero")  # endless: it ate gigabytes in seconds
+    (tmp_path / "good.md").write_text(ESSAY_MD, encoding="utf-8")
+    result = run_cli("essays", "import", *(str(tmp_path / n) for n in ("fifo.md", "zero.md", "good.md")))
+    assert result.exit_code == 1
+    errors = " ".join(result.stderr.split())
+    assert "fifo.md: not a regular file (a FIFO)" in errors
+    assert "zero.md: not a regular file (a device)" in errors
+    assert "1 added, 0 updated, 0 unchanged, 2 failed" in result.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_a_file_is_read_with_a_hard_cap_whatever_its_size_says(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A /proc file says it holds 0 bytes and holds more; a file may also grow after its stat.
+    monkeypatch.setattr("pipeline.essays.MAX_BYTES", 100)
+    (tmp_path / "proc.txt").symlink_to("/proc/self/status")
+    report = import_paths(engine, [tmp_path / "proc.txt"])
+    assert failed_files(report) == {"proc.txt": "too large: more than 100 bytes (the limit)"}
+
+
+def test_line_endings_of_every_kind_are_read_alike(engine: Engine, tmp_path: Path) -> None:
+    # A file with CR-only line endings (classic Mac) lost its front matter into the body.
+    (tmp_path / "cr.md").write_bytes(ESSAY_MD.replace("\n", "\r").encode())
+    (tmp_path / "crlf.md").write_bytes(ESSAY_MD.replace("\n", "\r\n").encode())
+    (tmp_path / "lf.md").write_bytes(ESSAY_MD.encode())
+    report = import_paths(engine, [tmp_path])
+    assert report.ok and report.warnings == [], (report.failed, report.warnings)
+    stored = essays(engine)
+    assert {stored[n].title for n in ("cr", "crlf", "lf")} == {"Proofing in the cellar"}
+    assert stored["cr"].body == stored["crlf"].body == stored["lf"].body
+    assert stored["cr"].published_on == stored["lf"].published_on is not None
+
+
+def test_an_unclosed_front_matter_block_fails_its_file(engine: Engine, tmp_path: Path) -> None:
+    (tmp_path / "open.md").write_text("---\ntitle: Unclosed\ndate: 2026-01-01\nBody text.\n")
+    report = import_paths(engine, [tmp_path])
+    assert failed_files(report)["open.md"].startswith("front matter line 1: the --- ")
+    assert essays(engine) == {}

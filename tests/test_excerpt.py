@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.excerpt import ABBREVIATIONS, ELLIPSIS, excerpt, sentence_ends
 from pipeline.models import Essay
+from tests.conftest import CORPUS
 
 
 def essay(*blocks: tuple[str, str], dek: str = "") -> Essay:
@@ -143,3 +145,68 @@ def test_excerpt_properties(paragraphs: list[list[str]], length: int) -> None:
     assert full[len(kept) : len(kept) + 1] == " ", "never mid-word"
     if len(paragraphs[0][0]) <= length - 2:
         assert kept.endswith((".", "!", "?", "…", "”")), "cut at a sentence end when one fits"
+
+
+# --- sentence ends in linear time -----------------------------------------------------------
+
+
+def reference_sentence_ends(text: str) -> list[int]:
+    """sentence_ends as first written: plain to read, but quadratic on a long run of dots (the
+    pattern retried every shorter run from every dot) and on many sentences (each end copied
+    the text before and after it). The rewrite must give exactly its answers."""
+    import re  # noqa: PLC0415  (only this reference needs it)
+
+    from pipeline.excerpt import _is_abbreviation, _starts_sentence  # noqa: PLC0415
+
+    ends: list[int] = []
+    for match in re.finditer(r"[.!?…]+[\"'”’»)\]]*(?=\s+|$)", text):
+        before = text[: match.start()].rsplit(None, 1)
+        word = before[-1] if before else ""
+        if match.group().startswith(".") and _is_abbreviation(word):
+            continue
+        following = text[match.end() :].lstrip()
+        if following and not _starts_sentence(following[0]):
+            continue
+        ends.append(match.end())
+    return ends
+
+
+# Short texts dense in what the pattern looks at: runs of stops, closing quotes, spaces of
+# several kinds, capitals, digits, abbreviations and single letters.
+PIECES = st.sampled_from(
+    [".", "..", "!", "?", "…", "?!", "\"", "'", "”", "’", "»", ")", "]", "(", "«", "“",
+     " ", "  ", "\n", "\u00a0", "\t", "a", "A", "Mr", "mr", "etc", "e.g", "3", "x", "Word", "ß"]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(PIECES, max_size=30).map("".join))
+def test_sentence_ends_gives_the_answers_it_always_gave(text: str) -> None:
+    assert sentence_ends(text) == reference_sentence_ends(text)
+
+
+def test_sentence_ends_unchanged_on_real_essays() -> None:
+    # The sample essays always; the shared corpus too when it is here.
+    files = [*sorted((PROJECT_ROOT / "examples" / "essays").iterdir()), *sorted(CORPUS.glob("*.txt"))]
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert sentence_ends(line) == reference_sentence_ends(line), (path.name, line)
+
+
+MEGABYTE = 1_000_000
+PATHOLOGICAL = {
+    "a run of stops": "Hello" + "." * MEGABYTE + "x",
+    "a run of closing quotes": "Hello." + "”" * MEGABYTE + "x",
+    "stops and quotes": "Hello" + ".”" * MEGABYTE + "x",
+    "many sentences": "A b. " * MEGABYTE,
+    "many abbreviations": "Mr. " * MEGABYTE,
+    "a run of spaces": "Hello." + " " * MEGABYTE + "x.",
+}
+
+
+@pytest.mark.timeout(60)  # a quadratic pass over a megabyte takes hours; linear, about a second
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_sentence_ends_finishes_on_a_megabyte_of_pathological_text(name: str) -> None:
+    text = PATHOLOGICAL[name]
+    ends = sentence_ends(text)
+    assert ends == sorted(set(ends)) and all(0 < end <= len(text) for end in ends)

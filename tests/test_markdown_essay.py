@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pytest
@@ -196,3 +197,63 @@ slug: "\e[1mold-roads"
 @pytest.mark.parametrize("library", ["yaml", "markdown_it"])
 def test_yaml_and_markdown_it_enter_only_here(library: str) -> None:
     assert importers_of(library) == {"pipeline/readers/markdown_essay.py"}
+
+
+# --- values that are no text ----------------------------------------------------------------
+
+
+def test_a_lone_surrogate_escape_is_refused_naming_its_field() -> None:
+    # YAML's "\ud800" makes half of a UTF-16 pair, which no UTF-8 text (nor the database) holds:
+    # it crashed the whole import when the essay was fingerprinted.
+    with pytest.raises(ImportProblem, match=r"front matter title: .*\\ud800.*surrogate"):
+        parse_markdown(doc(r'title: "\ud800 x"'))
+    with pytest.raises(ImportProblem, match=r"front matter tags: .*\\udfff"):
+        parse_markdown(doc('title: T\ntags: [ok, "a\\udfff"]'))
+    with pytest.raises(ImportProblem, match=r"front matter \\ud800: "):
+        parse_markdown(doc('title: T\n"\\ud800": x'))
+
+
+def test_a_surrogate_pair_escape_is_the_character_it_stands_for() -> None:
+    # JSON-style "\ud83c\udf5e" is how some tools write a character beyond the BMP.
+    draft = parse_markdown(doc(r'title: "Bread \ud83c\udf5e"' + '\ndek: "\\ud83c\\udf5e"'))
+    assert (draft.title, draft.dek) == ("Bread \U0001f35e", "\U0001f35e")
+
+
+# --- front matter that is broken, or not YAML -----------------------------------------------
+
+
+@pytest.mark.parametrize("fence", ["---", "+++"])
+def test_an_unclosed_front_matter_block_is_refused_naming_line_1(fence: str) -> None:
+    # It was taken as body text: the title became "title: Unclosed date: ... Body text".
+    with pytest.raises(ImportProblem, match=rf"front matter line 1: the {re.escape(fence)} .* is never closed"):
+        parse_markdown(f"{fence}\ntitle: Unclosed\ndate: 2026-01-01\n\nBody text.\n")
+
+
+def test_toml_front_matter_between_plus_lines_is_read() -> None:
+    draft = parse_markdown(
+        '+++\ntitle = "Walking the *old* roads"\ndate = 2026-10-05\nsummary = "A dek."\n'
+        'tags = ["walking", "maps"]\nslug = "old-roads"\nurl = "https://example.org/old"\n+++\n'
+        "Body text.\n"
+    )
+    assert (draft.title, draft.published_on, draft.dek, draft.tags, draft.slug, draft.url) == (
+        "Walking the old roads", date(2026, 10, 5), "A dek.", ["walking", "maps"], "old-roads",
+        "https://example.org/old",
+    )
+    assert draft.body == [{"kind": "p", "text": "Body text."}] and draft.warnings == []
+
+
+def test_broken_toml_front_matter_names_the_line() -> None:
+    with pytest.raises(ImportProblem, match="front matter line 3: Invalid value"):
+        parse_markdown('+++\ntitle = "T"\nx = = 3\n+++\nBody.\n')
+    with pytest.raises(ImportProblem, match="front matter: nested more than 8 levels deep"):
+        parse_markdown("+++\ntitle = " + "[" * 3000 + "\n+++\nBody.\n")
+    with pytest.raises(ImportProblem, match="front matter: nested more than 8 levels deep"):
+        parse_markdown("+++\ntitle = " + "[" * 20 + "]" * 20 + "\n+++\nBody.\n")
+
+
+@pytest.mark.parametrize("value", ["2026-02-30", '"2026-02-30"', "2026-02-30 08:30:00", "'2026-13-01'"])
+def test_a_date_shaped_value_that_is_no_date_warns_quoted_or_not(value: str) -> None:
+    # Unquoted, YAML itself read it as a date and failed the whole file with no field named.
+    draft = parse_markdown(doc(f"title: T\ndate: {value}"))
+    assert draft.published_on is None and draft.title == "T"
+    assert draft.warnings == [f"front matter: date {value.strip(chr(34) + chr(39))!r} is not a date; left empty"]

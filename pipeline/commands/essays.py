@@ -34,10 +34,10 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
 
     A .txt file is read as a page scraped from an essay site (title, dek, date, body; share
     lines, ads and bylines dropped; the page's related articles kept). A .md file is Markdown
-    with YAML front matter (title, date, dek or summary, tags, slug, url). The slug is the front
-    matter's `slug`, else the file name, so an edited file updates its essay. Unchanged files are
-    left alone; a file that fails is named with the reason, the others still import, and the
-    exit code is 1.
+    with YAML front matter between --- lines, or TOML between +++ lines (title, date, dek or
+    summary, tags, slug, url). The slug is the front matter's `slug`, else the file name, so an
+    edited file updates its essay. Unchanged files are left alone; a file that fails is named
+    with the reason, the others still import, and the exit code is 1.
 
     \b
     Example:

@@ -11,6 +11,9 @@
     Body in Markdown. `#`/`##` headings become headings; paragraphs, list items and quotes become
     paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
 
+TOML front matter between `+++` lines (as Hugo writes it) is read too, with the same keys. Front
+matter opened on line 1 and never closed is refused, not taken as text.
+
 Front matter is data from a file anyone may have written, so it is read with limits: at most
 FRONT_MATTER_MAX bytes, no anchors or aliases (`&a` / `*a`: a few hundred bytes of them expand
 to gigabytes, the "billion laughs"), nesting at most MAX_DEPTH deep; pipeline/readers/parsed_essay.py then
@@ -22,6 +25,8 @@ markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
 from __future__ import annotations
 
 import re
+import tomllib
+from datetime import date
 from typing import Any, cast
 
 import yaml
@@ -35,7 +40,15 @@ FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
 MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front matter
 DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
+# YAML between --- lines (or ending with YAML's own "..."), or TOML between +++ lines (Hugo's).
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
+_TOML_FRONT = re.compile(r"\A\+\+\+[ \t]*\r?\n(.*?)^\+\+\+[ \t]*$\r?\n?", re.S | re.M)
+# A first line that opens front matter: without its closing line, the block is broken, not text.
+_OPENING = re.compile(r"\A(---|\+\+\+)[ \t]*\r?\n")
+_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
+# YAML's "\ud83c\udf5e" (as JSON writes a character beyond U+FFFF) makes two UTF-16 halves.
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MD = MarkdownIt("commonmark")
 _MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
@@ -81,8 +94,15 @@ def parse_markdown(text: str) -> ParsedEssay:
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """(front matter as a dict, the Markdown after it); no front matter is an empty dict."""
-    match = _FRONT.match(text)
+    match = _FRONT.match(text) or _TOML_FRONT.match(text)
     if not match:
+        opening = _OPENING.match(text)
+        if opening:
+            fence = opening.group(1)
+            raise ImportProblem(
+                f"front matter line 1: the {fence} that opens it is never closed; end the front "
+                f"matter with a {fence} line (or, if it is a rule in the text, put text above it)"
+            )
         return {}, text
     size = len(match.group(1).encode("utf-8"))
     if size > FRONT_MATTER_MAX:
@@ -90,8 +110,21 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
             f"front matter is {size:,} bytes (the limit is {FRONT_MATTER_MAX:,}); "
             "the essay's text goes after the closing ---"
         )
+    meta = _load_toml(match.group(1)) if match.re is _TOML_FRONT else _load_yaml(match.group(1))
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ImportProblem("front matter: expected `key: value` lines")
+    fields: dict[str, Any] = {}
+    for key, value in meta.items():
+        name = _valid_text(str(key), str(key).encode("utf-8", "backslashreplace").decode())
+        fields[name.lower()] = _valid_text(value, name)
+    return fields, text[match.end() :]
+
+
+def _load_yaml(source: str) -> Any:
     try:
-        meta = yaml.load(match.group(1), Loader=_FrontMatterLoader)  # noqa: S506 (safe subclass)
+        return yaml.load(source, Loader=_FrontMatterLoader)  # noqa: S506 (safe subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 2}: " if mark is not None else ""  # +1 for 0-based, +1 for ---
@@ -99,11 +132,65 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         raise ImportProblem(f"front matter {where}{problem}") from None
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise ImportProblem(f"front matter: a value that cannot be read: {exc}") from None
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise ImportProblem("front matter: expected `key: value` lines")
-    return {str(k).lower(): v for k, v in meta.items()}, text[match.end() :]
+
+
+def _load_toml(source: str) -> dict[str, Any]:
+    """TOML front matter, held to the rules of YAML's: errors name the file's line, nesting is
+    at most MAX_DEPTH deep."""
+    too_deep = ImportProblem(f"front matter: nested more than {MAX_DEPTH} levels deep")
+    try:
+        meta = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _TOML_WHERE.search(message)
+        if where is None:
+            raise ImportProblem(f"front matter: {message}") from None
+        # +1 for the +++ line above the TOML.
+        raise ImportProblem(f"front matter line {int(where.group(1)) + 1}: {message[: where.start()]}") from None
+    except RecursionError:  # tomllib recurses into each [ : "[[[[..." runs out of stack
+        raise too_deep from None
+    if _depth(meta) > MAX_DEPTH:
+        raise too_deep
+    return meta
+
+
+def _depth(value: object) -> int:
+    """How deep lists and tables nest in `value` (a table of text is 1)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _valid_text(value: Any, field: str) -> Any:
+    """`value` with every string in it valid Unicode; ImportProblem naming `field` if it cannot be.
+
+    A string that no UTF-8 file, JSON fingerprint or database can hold must stop here, with its
+    field named, and not later in a crash that takes the whole import with it. YAML escapes are
+    the only way such a string gets in: the file itself was decoded strictly.
+    """
+    if isinstance(value, str):
+        if not _SURROGATE.search(value):
+            return value  # the common case
+        joined = _SURROGATE_PAIR.sub(_join_pair, value)
+        lone = _SURROGATE.search(joined)
+        if lone:
+            raise ImportProblem(
+                f"front matter {field}: \\u{ord(lone.group()):04x} is half of a UTF-16 surrogate "
+                "pair with no other half, not a character; write the character itself"
+            )
+        return joined
+    if isinstance(value, list):
+        return [_valid_text(item, field) for item in value]
+    if isinstance(value, dict):
+        return {_valid_text(k, field): _valid_text(v, field) for k, v in value.items()}
+    return value
+
+
+def _join_pair(pair: re.Match[str]) -> str:
+    high, low = (ord(c) for c in pair.group())
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
 
 
 class _FrontMatterLoader(yaml.SafeLoader):
@@ -135,6 +222,17 @@ class _FrontMatterLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_timestamp(self, node: yaml.ScalarNode) -> date | str:
+        """A date-shaped value that is no date ("2026-02-30") stays text, as it would quoted:
+        the reader then warns about that one field, instead of the whole file failing."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return str(self.construct_scalar(node))
+
+
+_FrontMatterLoader.add_constructor("tag:yaml.org,2002:timestamp", _FrontMatterLoader.construct_timestamp)
 
 
 def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str]:
