@@ -32,9 +32,13 @@ def draft(session: Session, ref: str | int, doing: str) -> Issue:
 
 
 def edit(session: Session, settings: Settings, ref: str | int, *, subject: str | None = None,
-         intro: str | None = None, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Issue:
-    """Change a draft. A subject (or preheader) that was the composed one follows the essays."""
+         intro: str | None = None, add: Sequence[str] = (), remove: Sequence[str] = (),
+         resend: bool | None = None) -> Issue:
+    """Change a draft. A subject (or preheader) that was the composed one follows the essays;
+    `resend` (None: unchanged) says whether readers who had one of its essays get it too."""
     issue = draft(session, ref, "edited")
+    if resend is not None:
+        issue.resend = resend
     before = issue_essays(session, issue)
     slugs = [e.slug for e in before]
     for slug in remove:

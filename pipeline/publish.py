@@ -223,7 +223,8 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
             session.commit()
             return None, report.end(Ending.NOTHING, (
                 f"issue {target.key} has nobody to go to: every active subscriber had "
-                f"{', '.join(report.left_out)} already (compose it with --resend to mail it again)"))
+                f"{', '.join(report.left_out)} already (`newsletter issues edit {target.key} --resend` "
+                f"mails it to everyone)"))
     if not report.total and target.status == IssueStatus.DRAFT.value:
         # Starting would mark the issue and its essays sent to nobody.
         session.commit()  # keeps a composed draft for when there are readers

@@ -62,6 +62,25 @@ def test_edit_a_draft_then_see_the_intro_in_html_text_and_web_copy(  # type: ign
     assert page.status_code == 200 and b"A short note <strong>before</strong> the essays." in page.data
 
 
+def test_adding_an_essay_readers_had_warns_as_composing_does_and_resend_can_be_set(  # type: ignore[no-untyped-def]
+        run_cli, engine: Engine) -> None:
+    # Added by an edit, an essay every reader had made the next send reach nobody, with no word
+    # before it; and the send's advice (--resend) could not be given to an existing draft.
+    add_audience(engine, 2, essays=3)
+    first = json.loads(run_cli("issues", "new", "--essay", "essay-000", "--json").output)["key"]
+    assert run_cli("send", first, "--yes").exit_code == 0
+    key = json.loads(run_cli("issues", "new", "--essay", "essay-001", "--json").output)["key"]
+    edited = run_cli("issues", "edit", key, "--add-essay", "essay-000")
+    assert edited.exit_code == 0, edited.output
+    assert (f"2 readers already had essay-000: they will be left out (`newsletter issues edit {key} "
+            "--resend` mails it to everyone).") in " ".join(edited.output.split())
+    resent = run_cli("issues", "edit", key, "--resend")
+    assert resent.exit_code == 0 and "2 readers already had essay-000: it is resent to everyone." \
+        in " ".join(resent.output.split())
+    sent = run_cli("send", key, "--yes", "--json")
+    assert json.loads(sent.output)["sent"] == 2
+
+
 @pytest.mark.parametrize("status", ["sent", "sending"])
 def test_a_sent_or_sending_issue_is_neither_edited_nor_discarded(run_cli, session: Session, status: str) -> None:  # type: ignore[no-untyped-def]
     session.add(Issue(key="gone-out", subject="Out there", status=status))

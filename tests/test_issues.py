@@ -194,9 +194,11 @@ def test_cli_new_carries_a_sent_essay_for_the_readers_who_have_not_had_it(run_cl
     again = run_cli("issues", "new", "--essay", "essay-001")
     assert again.exit_code == 0
     words = " ".join(again.output.split())
-    assert "2 readers already had essay-001: they will be left out (--resend mails it to everyone)" in words
+    assert "2 readers already had essay-001: they will be left out (`newsletter issues edit" in words
     nothing = run_cli("send", "--latest", "--yes")  # both readers had it: nobody to send it to
-    assert nothing.exit_code == 0 and "every active subscriber had essay-001 already" in " ".join(nothing.output.split())
+    said = " ".join(nothing.output.split())
+    assert nothing.exit_code == 0 and "every active subscriber had essay-001 already" in said
+    assert "--resend` mails it to everyone" in said
     resent = run_cli("issues", "new", "--essay", "essay-001", "--resend")
     assert resent.exit_code == 0 and "it is resent to everyone" in resent.output
     assert len(json.loads(run_cli("issues", "list", "--json").output)) == 3

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from pipeline import glance
 from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
-from pipeline.commands.issue_edits import discard_command, edit_command
+from pipeline.commands.issue_edits import discard_command, edit_command, tell_repeats
 from pipeline.config import Settings
 from pipeline.db import open_session, scratch_session, session_scope
 from pipeline.errors import NotFound
@@ -87,10 +87,7 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
                       soft_wrap=True)
     for essay in data["essays"]:
         app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
-    for slug, n in repeats.items():
-        app.console.print(f"{n} {'reader' if n == 1 else 'readers'} already had {shown(slug)}: "
-                          + ("it is resent to everyone." if resend else "they will be left out "
-                             "(--resend mails it to everyone)."), soft_wrap=True)
+    tell_repeats(app, repeats, resend, issue.key)
     app.console.print(f"Preview it: newsletter preview {issue.key} --open")
 
 
