@@ -228,3 +228,12 @@ def read_or_nothing(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:
         return b""
+
+
+def test_without_a_terminal_and_without_yes_a_send_says_to_pass_yes(run_cli: CLI, engine: Engine) -> None:
+    # From cron or a pipe there is nobody to answer: a bare "Aborted!" left the operator guessing.
+    add_audience(engine, 2)
+    result = run_cli("send", "--latest")  # the runner's stdin is no terminal, and empty
+    assert result.exit_code == 1
+    assert "there is no terminal to ask on: pass --yes to answer yes" in " ".join(result.output.split())
+    assert json.loads(run_cli("sends", "status", "latest", "--json").output)["counts"]["sent"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -67,6 +68,18 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def confirm(question: str, *, default: bool = False) -> bool:
+    """click.confirm, except that with no terminal to ask on (cron, a pipe with nothing more to
+    read) the command stops with an error naming --yes, instead of a bare "Aborted!"."""
+    try:
+        return click.confirm(question, default=default)
+    except click.Abort:
+        if sys.stdin is not None and not sys.stdin.isatty():
+            raise click.ClickException(f"{question} needs an answer, and there is no terminal to ask "
+                                       "on: pass --yes to answer yes") from None
+        raise
 
 
 def to_jsonable(value: Any) -> Any:

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from pipeline import feed_list, polling
-from pipeline.commands.base import App, finish_report, json_option, pass_app, print_changes, print_json, shown
+from pipeline.commands.base import App, confirm, finish_report, json_option, pass_app, print_changes, print_json, shown
 from pipeline.polling import FeedResult, PollReport
 
 
@@ -62,7 +62,8 @@ def remove_command(app: App, url: str, yes: bool) -> None:
       newsletter feeds remove https://essays.example.org/feed.xml --yes
     """
     if not yes:
-        click.confirm(f"Stop polling {url}?", abort=True)
+        if not confirm(f"Stop polling {url}?"):
+            raise click.Abort
     forgotten = feed_list.remove_feed(app.settings, app.engine, url)
     app.console.print(f"Removed {shown(url)} ({forgotten} entries forgotten; essays kept).")
 

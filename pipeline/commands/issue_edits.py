@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.base import App, pass_app, shown
+from pipeline.commands.base import App, confirm, pass_app, shown
 from pipeline.db import open_session, session_scope
 
 
@@ -94,7 +94,8 @@ def discard_command(app: App, issue_ref: str, yes: bool) -> None:
         issue = find_issue(session, issue_ref)
         key, title = issue.key, issue.subject
     if not yes:
-        click.confirm(f"Discard the draft {key} \"{title}\"?", abort=True)
+        if not confirm(f"Discard the draft {key} \"{title}\"?"):
+            raise click.Abort
     with session_scope(app.engine) as session:
         discard(session, key)
     app.console.print(f"Discarded issue {shown(key)}; its essays wait for the next issue.")

@@ -17,6 +17,7 @@ from pipeline.commands.base import (
     EXIT_UNDECIDED,
     UNKNOWN_HELP,
     App,
+    confirm,
     json_option,
     pass_app,
     print_json,
@@ -123,19 +124,19 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
 
     stop = threading.Event()
 
-    def confirm(target: Issue, audience: int) -> bool:
+    def ask(target: Issue, audience: int) -> bool:
         noun = "subscriber" if audience == 1 else "subscribers"
         question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}{_repeat_note(app, target)}?"
         if target.status == "sending":
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
-        return yes or click.confirm(question, default=False)
+        return yes or confirm(question)
 
     if dry_run:
         return dry_run_of(app.settings, app.engine, issue, latest=latest)
     if not deliver:
-        return enqueue(app.settings, app.engine, issue, latest=latest, confirm=confirm, force=force)
+        return enqueue(app.settings, app.engine, issue, latest=latest, confirm=ask, force=force)
     with _progress_bar(app, quiet) as progress, stop_on_signals(stop, app, "`newsletter send` again carries on"):
-        return publish(app.settings, app.engine, issue, latest=latest, confirm=confirm, stop=stop,
+        return publish(app.settings, app.engine, issue, latest=latest, confirm=ask, stop=stop,
                        progress=progress, force=force)
 
 

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import glance
-from pipeline.commands.base import UNKNOWN_HELP, App, json_option, pass_app, print_json
+from pipeline.commands.base import UNKNOWN_HELP, App, confirm, json_option, pass_app, print_json
 from pipeline.complaints import issue_feedback
 from pipeline.db import open_session
 from pipeline.statuses import DeliveryStatus
@@ -149,7 +149,8 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
         app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
         return
     if not yes:
-        click.confirm(f"Resend {count} {what} deliveries of {target.key}?", abort=True)
+        if not confirm(f"Resend {count} {what} deliveries of {target.key}?"):
+            raise click.Abort
     requeue(app.engine, target.key, failed, unknown)
     report = run_publish(app, target.key, latest=False, dry_run=False, yes=True, quiet=False, force=force)
     summary(app, report)

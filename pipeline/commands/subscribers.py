@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipeline import history
-from pipeline.commands.base import App, json_option, pass_app, print_json, shown
+from pipeline.commands.base import App, confirm, json_option, pass_app, print_json, shown
 from pipeline.confirmations import send_queued
 from pipeline.db import open_session
 from subscribers import consent, roster
@@ -309,7 +309,8 @@ def remove(app: App, email: str, yes: bool) -> None:
       newsletter subscribers remove ann@example.org --yes
     """
     if not yes:
-        click.confirm(f"Erase {email} and its name from the list and the send history?", abort=True)
+        if not confirm(f"Erase {email} and its name from the list and the send history?"):
+            raise click.Abort
     with open_session(app.engine) as session:
         known = consent.remove(session, email)
     if known:
