@@ -207,15 +207,27 @@ def _claim(session: Session, issue_id: int, limit: int, lease_seconds: int,
     ).all()
     claimed = [Claimed(i, s, e, n, m, a) for i, s, e, n, m, a, status in found
                if status == SubscriberStatus.ACTIVE.value and e]
-    skipped = [row[0] for row in found if row[6] != SubscriberStatus.ACTIVE.value or not row[2]]
+    skipped: dict[str, list[int]] = {}  # why -> row ids
+    for row in found:
+        if row[6] != SubscriberStatus.ACTIVE.value or not row[2]:
+            skipped.setdefault(_not_subscribed(row[6]), []).append(row[0])
     lease = now + timedelta(seconds=lease_seconds)
     if claimed:
         session.execute(update(_TABLE).where(_TABLE.c.id.in_([c.id for c in claimed]))
                         .values(status=SENDING, lease_until=lease, updated_at=now, holder=holder_name()))
-    if skipped:
-        session.execute(update(_TABLE).where(_TABLE.c.id.in_(skipped)).values(
-            status=SKIPPED, updated_at=now, last_error="unsubscribed before it was sent"))
-    return claimed, len(skipped)
+    for why, ids in skipped.items():
+        session.execute(update(_TABLE).where(_TABLE.c.id.in_(ids)).values(
+            status=SKIPPED, updated_at=now, last_error=why))
+    return claimed, sum(len(ids) for ids in skipped.values())
+
+
+def _not_subscribed(status: str | None) -> str:
+    """Why a frozen row is skipped: what the reader became after the audience was frozen."""
+    became = {SubscriberStatus.UNSUBSCRIBED.value: "unsubscribed",
+              SubscriberStatus.BOUNCED.value: "bounced (the address does not exist)",
+              SubscriberStatus.COMPLAINED.value: "complained (marked an issue as spam)",
+              SubscriberStatus.PENDING.value: "waits to confirm again"}.get(status or "", "was erased")
+    return f"not sent: the subscriber {became} after the issue started"
 
 
 def retry_at(attempts: int, now: datetime) -> datetime:
@@ -285,12 +297,16 @@ def release_holder(session: Session, issue_id: int, holder: str, now: datetime, 
 
 
 def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime) -> int:
-    """Make `failed` and/or `unknown` rows owed again (same Message-ID, so clients can dedupe)."""
+    """Make `failed` and/or `unknown` rows owed again (same Message-ID, so clients can dedupe).
+    Only rows of readers still subscribed: a reader who bounced, unsubscribed or complained
+    would only be skipped, and their row keeps the reply or outcome that tells why."""
     allowed = [s for s in statuses if s in (FAILED, UNKNOWN)]
     if not allowed:
         return 0
     result = cast(CursorResult[Any], session.execute(
-        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed))
+        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed),
+                             _TABLE.c.subscriber_id.in_(sql_select(_SUBSCRIBERS.c.id).where(
+                                 _SUBSCRIBERS.c.status == SubscriberStatus.ACTIVE.value)))
         .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
     ))
     return max(result.rowcount, 0)

@@ -117,6 +117,29 @@ def test_the_retry_window_counts_from_the_issue_start_not_from_each_run(tmp_path
         engine.dispose()
 
 
+def test_resending_failures_leaves_a_bounced_reader_failed_with_the_relays_reply(tmp_path: Path) -> None:
+    # `sends retry --failed` made every failed row owed again; the claim then found the bounced
+    # reader inactive and turned the row `skipped`, "unsubscribed before it was sent": the 550
+    # that bounced them was gone from the ledger, with a wrong reason in its place.
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port, retry_hours=0)
+        engine = db.connect(settings.database.url)
+        busy, gone = add_audience(engine, 2)
+        server.faults[busy.email] = [("rcpt", "451 4.4.1 try later")]
+        server.faults[gone.email] = [("rcpt", "550 5.1.1 no such user")]
+        first = publish(settings, engine, latest=True)
+        assert first.counts["failed"] == 2
+        assert requeue(engine, first.issue_key, failed=True, unknown=False) == 1  # the active reader only
+        again = publish(settings, engine, first.issue_key)
+        assert again.sent == 1 and again.skipped == 0
+        with Session(engine) as session:
+            rows = {r.email: r for r in ledger_reads.rows(session, first.issue_id)}
+        assert rows[busy.email].status == "sent"
+        assert (rows[gone.email].status, rows[gone.email].smtp_code) == ("failed", 550)
+        assert "no such user" in (rows[gone.email].last_error or "")
+        engine.dispose()
+
+
 @pytest.mark.parametrize(("code", "kind"), [
     (421, TransientDeliveryError), (450, TransientDeliveryError), (451, TransientDeliveryError),
     (452, TransientDeliveryError), (454, TransientDeliveryError), (552, TransientDeliveryError),

@@ -165,8 +165,12 @@ def test_retry_failed_resends_to_who_is_still_subscribed(tmp_path: Path, engine:
         assert sorted(r["email"] for r in failed) == sorted(p.email for p in people[:2])
         retried = cli("sends", "retry", key, "--failed", "--yes")
         assert retried.exit_code == 0, retried.output
-        assert "1 sent this run" in flat(retried) and "1 skipped" in flat(retried)
+        assert "1 sent this run" in flat(retried)
+        assert "(1 to readers no longer subscribed stay as they are)" in flat(retried)
         assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(p.email for p in people[1:])
+        # The unsubscribed reader's row keeps the relay's answer: it failed, and it says why.
+        still = json.loads(cli("sends", "list", key, "--status", "failed", "--json").output)
+        assert [(r["email"], r["smtp_code"]) for r in still] == [(people[0].email, 554)]
 
 
 def test_sends_list_limit_0_shows_all_like_subscribers_list(run_cli: CLI, audience: list) -> None:

@@ -209,7 +209,7 @@ def summary(app: App, report: Report) -> None:
             app.err.print("[bold red]A real send would be refused:[/] " + escape(report.refused), soft_wrap=True)
         return
     extra = [f"{n} {what}" for n, what in ((report.retrying, "to retry"), (report.failed, "failed"),
-                                          (report.skipped, "skipped (unsubscribed since)"),
+                                          (report.skipped, "skipped (no longer subscribed)"),
                                           (report.bounced, "bounced and suppressed")) if n]
     out(f"{report.issue_key} \"{escape(report.subject)}\": {report.sent} sent this run in "
         f"{report.seconds:.1f} s" + "".join(f", {e}" for e in extra) + ".")

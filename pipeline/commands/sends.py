@@ -128,8 +128,8 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     """Make failed and/or unknown deliveries of ISSUE owed again, and send them.
 
     An `unknown` delivery may have arrived already: resending can give that subscriber a
-    second copy (with the same Message-ID, which many mail clients merge). Subscribers who
-    unsubscribed or bounced meanwhile are skipped.
+    second copy (with the same Message-ID, which many mail clients merge). Deliveries to
+    subscribers who unsubscribed, bounced or complained meanwhile are left as they are.
 
     \b
     Example:
@@ -144,13 +144,20 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     from pipeline.issues import requeue  # noqa: PLC0415
 
     target, counts = settled(app, issue)
-    count = counts["failed"] * failed + counts["unknown"] * unknown
+    found = counts["failed"] * failed + counts["unknown"] * unknown
+    with app.engine.connect() as connection:
+        count = glance.resendable(connection, target.id, kinds)
+    # Rows of readers who bounced, unsubscribed or complained since keep what happened to them.
+    kept = (f" ({found - count} to readers no longer subscribed stay as they are)"
+            if found > count else "")
     if not count:
-        app.console.print(f"No {' or '.join(kinds)} deliveries in {target.key}.")
+        app.console.print(f"No {' or '.join(kinds)} deliveries to resend in {target.key}{kept}.")
         return
     if not yes:
-        if not confirm(f"Resend {count} {what} deliveries of {target.key}?"):
+        if not confirm(f"Resend {count} {what} deliveries of {target.key}{kept}?"):
             raise click.Abort
+    elif kept:
+        app.console.print(f"Resending {count} {what} deliveries of {target.key}{kept}.")
     requeue(app.engine, target.key, failed, unknown)
     report = run_publish(app, target.key, latest=False, dry_run=False, yes=True, quiet=False, force=force)
     summary(app, report)
