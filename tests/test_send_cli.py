@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from pipeline.commands.base import readable_time
 from pipeline.config import Settings
 from pipeline.models import Delivery, Essay, Issue
 from subscribers import consent
@@ -241,3 +243,11 @@ def test_without_a_terminal_and_without_yes_a_send_says_to_pass_yes(run_cli: CLI
     assert result.exit_code == 1
     assert "there is no terminal to ask on: pass --yes to answer yes" in " ".join(result.output.split())
     assert json.loads(run_cli("sends", "status", "latest", "--json").output)["counts"]["sent"] == 0
+
+
+def test_a_retry_time_is_shown_rounded_up_so_acting_at_it_finds_it_due() -> None:
+    # "due at 00:04" for a retry at 00:04:26: a send run at 00:04 found nothing due and said 00:04 again.
+    late = datetime(2026, 12, 1, 0, 4, 26, tzinfo=UTC)
+    assert readable_time(late, not_before=True) == "2026-12-01 00:05 UTC"
+    assert readable_time(late.replace(second=0), not_before=True) == "2026-12-01 00:04 UTC"
+    assert readable_time(late) == "2026-12-01 00:04 UTC"  # a moment past: shown as it was

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import click
@@ -93,10 +93,14 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def readable_time(value: datetime) -> str:
+def readable_time(value: datetime, *, not_before: bool = False) -> str:
     """A moment as people read it in a terminal: "2026-11-30 17:05 UTC" (no seconds, no offset
-    arithmetic); --json keeps the full ISO value. Naive values are UTC, as the ledger stores them."""
+    arithmetic); --json keeps the full ISO value. Naive values are UTC, as the ledger stores them.
+    `not_before`: a moment to act at or after (a retry coming due), rounded up to the minute, so
+    that doing it at the minute shown finds it due (17:04:26 shows as 17:05)."""
     moment = value if value.tzinfo is None else value.astimezone(UTC)
+    if not_before and (moment.second or moment.microsecond):
+        moment = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
     return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 

@@ -21,6 +21,7 @@ from pipeline.commands.base import (
     json_option,
     pass_app,
     print_json,
+    readable_time,
     stop_on_signals,
 )
 from pipeline.db import open_session
@@ -227,8 +228,9 @@ def summary(app: App, report: Report) -> None:
     if report.ending is Ending.FINISHED and not report.undecided:
         out(f"[green]{report.issue_key} is sent.[/]")
     elif report.next_retry_at:
-        out(f"Deliveries waiting for a retry; the next is due at {report.next_retry_at:%Y-%m-%d %H:%M} "
-            f"UTC: run `newsletter send {report.issue_key}` then (the scheduler does it by itself).")
+        out(f"Deliveries waiting for a retry; the next is due at "
+            f"{readable_time(report.next_retry_at, not_before=True)}: run `newsletter send "
+            f"{report.issue_key}` then (the scheduler does it by itself).")
     elif report.counts.get("sending"):
         out(f"{report.counts['sending']} deliveries are held by another sender: "
             f"`newsletter sends status {report.issue_key}` says which, and until when.")

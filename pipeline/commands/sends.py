@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import glance
-from pipeline.commands.base import UNKNOWN_HELP, App, confirm, json_option, pass_app, print_json
+from pipeline.commands.base import UNKNOWN_HELP, App, confirm, json_option, pass_app, print_json, readable_time
 from pipeline.complaints import issue_feedback
 from pipeline.db import open_session
 from pipeline.statuses import DeliveryStatus
@@ -70,7 +70,7 @@ def status(app: App, issue: str, as_json: bool) -> None:
     if feedback.complained or verdict != "ok":
         app.console.print(colour + escape(why[0].upper() + why[1:]), soft_wrap=True)
     if next_retry:
-        app.console.print(f"Next retry due at {next_retry:%Y-%m-%d %H:%M} UTC.")
+        app.console.print(f"Next retry due at {readable_time(next_retry, not_before=True)}.")
     if holders:
         app.console.print(f"In flight ({counts['sending']} sending): "
                           f"{escape(leases.describe_in_flight(holders))}.")
