@@ -33,6 +33,9 @@ BUILTIN_TEMPLATES = _builtin_templates()
 BUILTIN_DOCS = BUILTIN_TEMPLATES.parent / "docs"
 DEFAULT_DATABASE = "sqlite:///newsletter.db"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# Upper bounds of settings that have no natural one: far beyond any use, short of an overflow.
+HOURS_MAX = 24 * 366  # a year
+COUNT_MAX = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,8 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         time=r.clock_time("schedule.time", "07:00"),
         timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"',
                            "UTC"),
-        grace_hours=r.number("schedule.grace_hours", 12, minimum=0),
-        expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0),
+        grace_hours=r.number("schedule.grace_hours", 12, minimum=0, maximum=HOURS_MAX),
+        expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0, maximum=HOURS_MAX),
         enqueue=r.boolean("schedule.enqueue", False),
     )
     templates = r.text("digest.templates", "", allow_empty=True)
@@ -238,9 +241,9 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         r.problem(f"digest.templates: the folder {base / templates} does not "
                   'exist (create it, or set templates = "" for the built-in ones)')
     digest = DigestSettings(
-        max_essays=r.integer("digest.max_essays", 5, minimum=1),
-        excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40),
-        related_per_essay=r.integer("digest.related_per_essay", 3, minimum=0),
+        max_essays=r.integer("digest.max_essays", 5, minimum=1, maximum=1000),
+        excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40, maximum=100_000),
+        related_per_essay=r.integer("digest.related_per_essay", 3, minimum=0, maximum=50),
         subject_one=r.text("digest.subject_one", "{title}"),
         subject_many=r.text("digest.subject_many", "{title} and {more} more"),
         templates=(base / templates) if templates else None,
@@ -258,23 +261,26 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         smtp_tls=r.choice("delivery.smtp_tls", ("starttls", "tls", "none"), "starttls"),
         smtp_username=r.text("delivery.smtp_username", "", allow_empty=True),
         smtp_password=os.environ.get(PASSWORD_ENV) or None,
-        smtp_timeout=r.number("delivery.smtp_timeout", 30, minimum=1),
+        smtp_timeout=r.number("delivery.smtp_timeout", 30, minimum=1, maximum=3600),
         connections=r.integer("delivery.connections", 1, minimum=1, maximum=64),
-        batch_size=r.integer("delivery.batch_size", 50, minimum=1),
-        rate_per_second=r.number("delivery.rate_per_second", 0, minimum=0),
-        rate_per_hour=r.integer("delivery.rate_per_hour", 0, minimum=0),
-        rate_per_day=r.integer("delivery.rate_per_day", 0, minimum=0),
-        retry_hours=r.number("delivery.retry_hours", 24, minimum=0),
-        lease_seconds=r.integer("delivery.lease_seconds", 600, minimum=1),
+        batch_size=r.integer("delivery.batch_size", 50, minimum=1, maximum=100_000),
+        rate_per_second=r.number("delivery.rate_per_second", 0, minimum=0, maximum=100_000),
+        rate_per_hour=r.integer("delivery.rate_per_hour", 0, minimum=0, maximum=COUNT_MAX),
+        rate_per_day=r.integer("delivery.rate_per_day", 0, minimum=0, maximum=COUNT_MAX),
+        retry_hours=r.number("delivery.retry_hours", 24, minimum=0, maximum=HOURS_MAX),
+        lease_seconds=r.integer("delivery.lease_seconds", 600, minimum=1, maximum=7 * 86_400),
         dkim_key=(base / dkim_key) if dkim_key else None,
         dkim_selector=r.text("delivery.dkim_selector", "", allow_empty=True),
     )
     if delivery.dkim_key is not None and not delivery.dkim_selector:
         r.problem("delivery.dkim_selector: needed when dkim_key is set")
+    if 0 < delivery.rate_per_second < 1 / 3600:  # fewer than one a hour: a window of years
+        r.problem(f"delivery.rate_per_second: {delivery.rate_per_second:g} is under one message an hour; "
+                  "use rate_per_hour or rate_per_day for slow limits")
     sources = SourceSettings(
         feeds=tuple(dict.fromkeys(r.url_list("sources.feeds", []))),
-        first_poll_days=r.integer("sources.first_poll_days", 7, minimum=0),
-        timeout_seconds=r.number("sources.timeout_seconds", 20, minimum=1),
+        first_poll_days=r.integer("sources.first_poll_days", 7, minimum=0, maximum=36_500),
+        timeout_seconds=r.number("sources.timeout_seconds", 20, minimum=1, maximum=3600),
     )
     bounces = _bounce_settings(r, base, newsletter.sender_address)
     r.refuse_unknown_keys()
@@ -312,8 +318,8 @@ def _bounce_settings(r: ConfigReader, base: Path, sender: str) -> BounceSettings
     if mailbox and not mailbox.startswith(("imap://", "imaps://")):
         mailbox = str(base / mailbox)
     password_env = r.text("bounces.imap_password_env", "NEWSLETTER_IMAP_PASSWORD")
-    warn = r.number("bounces.complaint_warn_rate", 0.001, minimum=0)
-    pause = r.number("bounces.complaint_pause_rate", 0.003, minimum=0)
+    warn = r.number("bounces.complaint_warn_rate", 0.001, minimum=0, maximum=1)
+    pause = r.number("bounces.complaint_pause_rate", 0.003, minimum=0, maximum=1)
     if pause and warn > pause:
         r.fail("bounces.complaint_warn_rate", f"a rate <= complaint_pause_rate ({pause:g})", warn)
     return BounceSettings(
@@ -322,9 +328,9 @@ def _bounce_settings(r: ConfigReader, base: Path, sender: str) -> BounceSettings
         mailbox=mailbox,
         imap_username=r.text("bounces.imap_username", "", allow_empty=True),
         imap_password=os.environ.get(password_env) or None,
-        soft_bounce_limit=r.integer("bounces.soft_bounce_limit", 2, minimum=1),
-        soft_bounce_days=r.number("bounces.soft_bounce_days", 30, minimum=0),
+        soft_bounce_limit=r.integer("bounces.soft_bounce_limit", 2, minimum=1, maximum=1000),
+        soft_bounce_days=r.number("bounces.soft_bounce_days", 30, minimum=0, maximum=3660),
         complaint_warn_rate=warn,
         complaint_pause_rate=pause,
-        interval_minutes=r.number("bounces.interval_minutes", 15, minimum=1),
+        interval_minutes=r.number("bounces.interval_minutes", 15, minimum=1, maximum=7 * 1440),
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from datetime import time
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -86,8 +88,8 @@ class ConfigReader:
 
     def url(self, key: str) -> str:
         value = self.text(key)
-        if value and not value.startswith(("https://", "http://")):
-            self.fail(key, "an http:// or https:// URL", value)
+        if value and (not value.startswith(("https://", "http://")) or not _host(value)):
+            self.fail(key, "an http:// or https:// URL with a host name", value)
         return value.rstrip("/")
 
     def url_list(self, key: str, default: object = _MISSING) -> list[str]:
@@ -125,26 +127,25 @@ class ConfigReader:
             return options[0]
         return transform(value)
 
-    def integer(
-        self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
-    ) -> int:
+    def integer(self, key: str, default: object = _MISSING, *, minimum: int = 0, maximum: int) -> int:
+        """A whole number in [minimum, maximum]: every setting states its range, so no value
+        can overflow a date, a database column or a buffer later, mid-send."""
         value = self.get(key, default)
         if value is _MISSING:
             return minimum
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum
-        ):
-            limits = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            self.fail(key, f"a whole number {limits}", value)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            self.fail(key, f"a whole number >= {minimum} and <= {maximum:,}", value)
             return minimum
         return value
 
-    def number(self, key: str, default: object = _MISSING, minimum: float = 0) -> float:
+    def number(self, key: str, default: object = _MISSING, *, minimum: float = 0, maximum: float) -> float:
+        """A finite number in [minimum, maximum] (TOML allows nan and inf; no setting does)."""
         value = self.get(key, default)
         if value is _MISSING:
             return float(minimum)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.fail(key, f"a number >= {minimum:g}", value)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not minimum <= value <= maximum):
+            self.fail(key, f"a number >= {minimum:g} and <= {maximum:,g}", value)
             return float(minimum)
         return float(value)
 
@@ -211,3 +212,11 @@ class ConfigReader:
 def _parse_time(value: str) -> time:
     hours, _, minutes = value.partition(":")
     return time(int(hours), int(minutes))
+
+
+def _host(url: str) -> str:
+    """The host of `url`, "" when it has none ("http://") or cannot be read."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # a malformed port or bracket
+        return ""

@@ -36,9 +36,8 @@ ESSAY = table("essay", column("id", Integer), column("slug", String), column("ti
 DELIVERY = table(
     "delivery", column("id", Integer), column("issue_id", Integer), column("status", String),
     column("next_attempt_at", DateTime), column("lease_until", DateTime), column("holder", String),
-    column("feedback", String), column("subscriber_id", Integer),
+    column("feedback", String),
 )
-SUBSCRIBER = table("subscriber", column("id", Integer), column("status", String))
 
 
 @dataclass(frozen=True)
@@ -111,15 +110,6 @@ def counts(connection: Connection, issue_id: int) -> dict[str, int]:
         select(DELIVERY.c.status, func.count()).where(DELIVERY.c.issue_id == issue_id)
         .group_by(DELIVERY.c.status)).all())
     return {s.value: int(found.get(s.value, 0)) for s in DeliveryStatus}
-
-
-def resendable(connection: Connection, issue_id: int, statuses: list[str]) -> int:
-    """How many rows of these statuses `sends retry` makes owed again: those of readers still
-    subscribed (ledger.requeue leaves the others as they are)."""
-    return int(connection.execute(select(func.count()).select_from(DELIVERY).where(
-        DELIVERY.c.issue_id == issue_id, DELIVERY.c.status.in_(statuses),
-        DELIVERY.c.subscriber_id.in_(select(SUBSCRIBER.c.id).where(SUBSCRIBER.c.status == "active")),
-    )).scalar_one())
 
 
 def next_retry(connection: Connection, issue_id: int) -> datetime | None:

@@ -304,12 +304,22 @@ def requeue(session: Session, issue_id: int, statuses: list[str], now: datetime)
     if not allowed:
         return 0
     result = cast(CursorResult[Any], session.execute(
-        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(allowed),
-                             _TABLE.c.subscriber_id.in_(sql_select(_SUBSCRIBERS.c.id).where(
-                                 _SUBSCRIBERS.c.status == SubscriberStatus.ACTIVE.value)))
+        update(_TABLE).where(*_resendable(issue_id, allowed))
         .values(status=PENDING, next_attempt_at=None, lease_until=None, updated_at=now)
     ))
     return max(result.rowcount, 0)
+
+
+def resendable(session: Session, issue_id: int, statuses: list[str]) -> int:
+    """How many rows of these statuses `requeue` would make owed again."""
+    return int(session.execute(sql_select(func.count()).select_from(_TABLE)
+                               .where(*_resendable(issue_id, statuses))).scalar_one())
+
+
+def _resendable(issue_id: int, statuses: list[str]) -> tuple[Any, ...]:
+    """The issue's rows of `statuses` whose reader is still subscribed."""
+    active = sql_select(_SUBSCRIBERS.c.id).where(_SUBSCRIBERS.c.status == SubscriberStatus.ACTIVE.value)
+    return _TABLE.c.issue_id == issue_id, _TABLE.c.status.in_(statuses), _TABLE.c.subscriber_id.in_(active)
 
 
 def _windows(d: DeliverySettings) -> list[tuple[int, float]]:

@@ -119,8 +119,10 @@ def publish(
     target, rendered, factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
     if target is None or rendered is None or factory is None:
         return report
-    _start(settings, engine, target, rendered, report, clock())
+    # Read before the issue starts: a key that cannot be read stops the run with the issue
+    # still a draft, not `sending` with nothing sent.
     secret = load_secret(settings.base_dir)
+    _start(settings, engine, target, rendered, report, clock())
     build = _builder(settings, target, factory, secret, clock)
     paused = sender.deliver(
         settings, engine, target, report, build, lambda row_id: return_path(settings, secret, row_id),

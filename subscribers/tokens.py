@@ -39,6 +39,7 @@ UNTIMED = (UNSUBSCRIBE, BOUNCE)
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 SECRET_ENV = "NEWSLETTER_SECRET_KEY"
 SECRET_FILE = ".secret_key"
+MIN_SECRET = 16  # characters: a key shorter than this could be guessed, and every token forged
 # The salt namespace keeps these signatures apart from any other use of the same key.
 _SALT_PREFIX = "newsletter.subscribers."
 # Ids below this never take itsdangerous's zlib branch: it compresses a payload only when that
@@ -153,17 +154,36 @@ def load_secret(base_dir: Path, announce: Callable[[str], None] | None = None) -
     """
     from_env = os.environ.get(SECRET_ENV, "").strip()
     if from_env:
-        return from_env
+        return _strong(from_env, f"${SECRET_ENV}")
     path = Path(base_dir) / SECRET_FILE
     created = _create_secret_file(path)
-    secret = path.read_text(encoding="utf-8").strip()
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise SubscriberError(f"cannot read the secret key file {path}: {why}") from None
     if not secret:
         raise SubscriberError(f"{path} is empty: delete it to get a new key, or set ${SECRET_ENV}")
+    _strong(secret, str(path))
     if created and announce is not None:
         announce(
             f"Created a new token-signing key in {path} (kept out of git). Back it up: "
             f"unsubscribe links in emails already sent need it. ${SECRET_ENV} overrides it."
         )
+    return secret
+
+
+def _strong(secret: str, where: str) -> str:
+    """`secret`, when it can sign tokens nobody can forge: long enough to resist guessing, and
+    text (an environment variable can hold bytes that are not)."""
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SubscriberError(f"{where}: the key is not UTF-8 text") from None
+    if len(secret) < MIN_SECRET:
+        raise SubscriberError(
+            f"{where}: the key is {len(secret)} characters; use at least {MIN_SECRET}, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'")
     return secret
 
 

@@ -146,7 +146,7 @@ def test_init_writes_a_private_key_once_and_says_so(run_cli: CLI, config_file: P
     assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600
     second = run_cli("init")
     assert "Created" not in second.output and "(kept)" in second.output
-    monkeypatch.setenv(SECRET_ENV, "from-env")
+    monkeypatch.setenv(SECRET_ENV, "from-the-environment")
     assert f"${SECRET_ENV}" in run_cli("init").output
 
 

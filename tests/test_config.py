@@ -36,6 +36,17 @@ def test_shipped_config_loads_with_sqlite_beside_it() -> None:
         ("newsletter", "sender_address", "nobody", "newsletter.sender_address: expected an email"),
         ("newsletter", "site_url", "essays.example.org", "newsletter.site_url: expected an http"),
         ("subscribers", "double_opt_in", "yes", "subscribers.double_opt_in: expected true or false"),
+        # Out of any sensible range: each crashed later, mid-send or mid-schedule, with a traceback.
+        ("schedule", "grace_hours", float("nan"), "schedule.grace_hours: expected a number >= 0 and <="),
+        ("schedule", "grace_hours", 1e308, "schedule.grace_hours: expected a number >= 0 and <="),
+        ("delivery", "retry_hours", float("inf"), "delivery.retry_hours: expected a number >= 0 and <="),
+        ("delivery", "lease_seconds", 99_999_999_999_999_999, "delivery.lease_seconds: expected a whole number"),
+        ("delivery", "batch_size", 10**20, "delivery.batch_size: expected a whole number >= 1 and <="),
+        ("digest", "max_essays", 10**20, "digest.max_essays: expected a whole number >= 1 and <="),
+        ("delivery", "rate_per_second", 1e-300, "delivery.rate_per_second: 1e-300 is under one message an hour"),
+        # A URL without a host: every unsubscribe link was unusable, every delivery failed.
+        ("web", "base_url", "http://", "web.base_url: expected an http:// or https:// URL with a host name"),
+        ("newsletter", "site_url", "https://", "newsletter.site_url: expected an http:// or https:// URL with a"),
     ],
 )
 def test_wrong_value_names_the_key(

@@ -85,3 +85,13 @@ def test_a_database_behind_the_head_is_still_upgraded(tmp_path: Path) -> None:
         assert connection.execute(text("SELECT count(*) FROM essay")).scalar() == 0
         assert {"bounceevent", "processedmessage"} <= set(inspect(connection).get_table_names())
     engine.dispose()
+
+
+def test_a_database_whose_path_holds_a_percent_sign_is_migrated(tmp_path: Path) -> None:
+    # Alembic's config parser read "%" as interpolation: a traceback that printed the URL
+    # (with a PostgreSQL password in it).
+    folder = tmp_path / "100%-letters"
+    folder.mkdir()
+    engine = db.connect(f"sqlite:///{folder}/newsletter.db")
+    assert "delivery" in inspect(engine).get_table_names()
+    engine.dispose()

@@ -251,3 +251,14 @@ def test_a_retry_time_is_shown_rounded_up_so_acting_at_it_finds_it_due() -> None
     assert readable_time(late, not_before=True) == "2026-12-01 00:05 UTC"
     assert readable_time(late.replace(second=0), not_before=True) == "2026-12-01 00:04 UTC"
     assert readable_time(late) == "2026-12-01 00:04 UTC"  # a moment past: shown as it was
+
+
+def test_a_key_file_that_cannot_be_read_stops_the_send_before_the_issue_starts(run_cli: CLI, engine: Engine) -> None:
+    # It was read after the audience was frozen: a traceback, and the issue left `sending`.
+    add_audience(engine, 2)
+    key = run_cli.config_file.parent / ".secret_key"
+    key.unlink(missing_ok=True)
+    key.mkdir()
+    result = run_cli("send", "--latest", "--yes")
+    assert result.exit_code == 1 and "cannot read the secret key file" in result.output
+    assert [i["status"] for i in json.loads(run_cli("issues", "list", "--json").output)] == ["draft"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
-from subscribers.errors import BadToken, ExpiredToken
+from subscribers.errors import BadToken, ExpiredToken, SubscriberError
 from subscribers.tokens import (
     CONFIRM,
     SECRET_ENV,
@@ -132,9 +132,27 @@ def test_unknown_purpose_is_a_programming_error() -> None:
 
 
 def test_secret_comes_from_the_environment_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_ENV, "from-the-env")
-    assert load_secret(tmp_path) == "from-the-env"
+    monkeypatch.setenv(SECRET_ENV, "from-the-environment")
+    assert load_secret(tmp_path) == "from-the-environment"
     assert not (tmp_path / ".secret_key").exists()
+
+
+@pytest.mark.parametrize(("value", "why"), [("a", "the key is 1 characters; use at least 16"),
+                                            ("\udcff\udcfe" * 10, "the key is not UTF-8 text")])
+def test_a_key_anyone_could_guess_or_no_text_at_all_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              value: str, why: str) -> None:
+    # A one-letter key let anyone forge every unsubscribe and confirm link; bytes that are no
+    # text crashed the send that signed with them.
+    monkeypatch.setenv(SECRET_ENV, value)
+    with pytest.raises(SubscriberError, match=f"\\${SECRET_ENV}: {why}"):
+        load_secret(tmp_path)
+
+
+def test_an_unreadable_key_file_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    (tmp_path / ".secret_key").mkdir()  # unreadable as a file, even for root
+    with pytest.raises(SubscriberError, match="cannot read the secret key file .*secret_key: Is a directory"):
+        load_secret(tmp_path)
 
 
 def test_secret_file_is_created_private_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,8 +145,10 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
 
     target, counts = settled(app, issue)
     found = counts["failed"] * failed + counts["unknown"] * unknown
-    with app.engine.connect() as connection:
-        count = glance.resendable(connection, target.id, kinds)
+    from pipeline.ledger import resendable  # noqa: PLC0415  (the ORM: only to resend)
+
+    with open_session(app.engine) as session:
+        count = resendable(session, target.id, kinds)
     # Rows of readers who bounced, unsubscribed or complained since keep what happened to them.
     kept = (f" ({found - count} to readers no longer subscribed stay as they are)"
             if found > count else "")
