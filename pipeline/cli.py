@@ -71,6 +71,13 @@ class NewsletterGroup(click.Group):
             return super().invoke(ctx)
         except (NewsletterError, SubscriberError) as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # The database refusing mid-command (read-only, full disk, gone away): its own words,
+            # not SQLAlchemy's traceback with the statement and its values (addresses) in it.
+            errors = sys.modules.get("sqlalchemy.exc")  # loaded by any command that got this far
+            if errors is not None and isinstance(exc, errors.DBAPIError):
+                raise click.ClickException(f"the database refused: {exc.orig}") from None
+            raise
 
 
 @click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -116,6 +116,7 @@ def upgrade(engine: Engine) -> None:
     except SQLAlchemyDatabaseError as exc:
         raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
     from alembic import command  # noqa: PLC0415  (only when the schema must change)
+    from alembic.util.exc import CommandError  # noqa: PLC0415
 
     cfg = alembic_config(engine)
     try:
@@ -127,6 +128,10 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(cfg, "heads")
     except SQLAlchemyDatabaseError as exc:  # cannot connect, locked, or not a database at all
         raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
+    except CommandError as exc:  # most likely a revision a newer version of the program wrote
+        raise DatabaseError(
+            f"cannot upgrade the database at {engine.url!r}: {exc}; a newer version of newsletter "
+            "may have upgraded it: use that version (or restore a backup made before)") from None
 
 
 def connect(url: str) -> Engine:

@@ -13,8 +13,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from pipeline import db
+from pipeline.config import Settings
 from pipeline.errors import DatabaseError
 from pipeline.models import Essay
+from tests.conftest import CLI
 
 
 def test_migrations_match_the_models(any_engine: Engine) -> None:
@@ -95,3 +97,30 @@ def test_a_database_whose_path_holds_a_percent_sign_is_migrated(tmp_path: Path) 
     engine = db.connect(f"sqlite:///{folder}/newsletter.db")
     assert "delivery" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_a_database_from_a_newer_version_is_named_not_a_traceback(run_cli: CLI, settings: Settings) -> None:
+    # A revision this version does not know (a newer version upgraded it): Alembic's own
+    # CommandError went out as a traceback, from every command and from doctor.
+    engine = db.connect(settings.database.url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ffff9999future'"))
+    engine.dispose()
+    result = run_cli("issues", "list")
+    assert result.exit_code == 1
+    assert "Can't locate revision identified by 'ffff9999future'" in result.output
+    assert "a newer version of newsletter may have upgraded it" in " ".join(result.output.split())
+
+
+def test_a_write_the_database_refuses_is_its_reason_without_the_statement(run_cli: CLI, settings: Settings) -> None:
+    # The database refusing mid-command (read-only, full, a rule of its own; here a trigger):
+    # SQLAlchemy's error went out as a traceback carrying the SQL and its values (the address).
+    engine = db.connect(settings.database.url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TRIGGER frozen BEFORE INSERT ON subscriber "
+                                "BEGIN SELECT RAISE(ABORT, 'the list is frozen'); END"))
+    engine.dispose()
+    result = run_cli("subscribers", "add", "ann@example.org")
+    assert result.exit_code == 1
+    assert "Error: the database refused: the list is frozen" in result.output
+    assert "ann@example.org" not in result.output and "INSERT" not in result.output
