@@ -218,7 +218,9 @@ def describe(schedule: ScheduleSettings, action: Action, period: Period, status:
     if status == "skipped":
         return f"{period.key}: no unsent essays; period recorded as skipped, nothing sent"
     verb = "sent" if action is Action.COMPOSE else "resumed and sent"
-    if status == "sent" and counts.get("unknown", 0):
+    if status != "sent":  # a relay that was down, a rate limit, a stop: not sent yet
+        verb = "started" if action is Action.COMPOSE else "resumed"
+    elif counts.get("unknown", 0):
         verb += " (finished, but some deliveries need a decision)"
     message = f"{period.key} {verb}: issue {status}, {sent} delivered"
     for count, what in (
