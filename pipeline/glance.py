@@ -17,7 +17,18 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from pipeline.config import Settings
 from pipeline.errors import NotFound
-from pipeline.periods import Action, Outcome, Period, decide, describe, due_period, next_due, period_of_key
+from pipeline.periods import (
+    Action,
+    Outcome,
+    Period,
+    before_the_archive,
+    decide,
+    describe,
+    describe_before_archive,
+    due_period,
+    next_due,
+    period_of_key,
+)
 from pipeline.statuses import DeliveryStatus, IssueStatus
 
 PENDING, SENDING, SENT = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value, DeliveryStatus.SENT.value
@@ -32,7 +43,7 @@ ISSUE = table(
 ISSUE_ESSAY = table("issueessay", column("issue_id", Integer), column("position", Integer),
                     column("essay_id", Integer))
 ESSAY = table("essay", column("id", Integer), column("slug", String), column("title", String),
-              column("published_on", Date))
+              column("published_on", Date), column("imported_at", DateTime))
 DELIVERY = table(
     "delivery", column("id", Integer), column("issue_id", Integer), column("status", String),
     column("next_attempt_at", DateTime), column("lease_until", DateTime), column("holder", String),
@@ -149,6 +160,10 @@ def quiet_week(settings: Settings, connection: Connection, now: datetime,
     found = connection.execute(select(*ISSUE.c).where(ISSUE.c.key == period.key)).mappings().first()
     issue = _issue(found) if found else None
     action = decide(schedule, period, issue.status if issue else None, now)
+    if action is Action.EXPIRE_MISSED and issue is None and nothing_was_missed(connection, period):
+        outcome = week_outcome(settings, connection, Action.NOT_DUE, period, None, None, now, dry_run)
+        outcome.message = describe_before_archive(period)
+        return outcome
     if not dry_run:
         if action not in (Action.NOT_DUE, Action.DONE) or (issue and counts(connection, issue.id)[SENDING]):
             return None
@@ -161,6 +176,11 @@ def quiet_week(settings: Settings, connection: Connection, now: datetime,
                 return None  # an older week to mark expired: a write
     return week_outcome(settings, connection, action, period, issue.id if issue else None,
                         issue.status if issue else None, now, dry_run)
+
+
+def nothing_was_missed(connection: Connection, period: Period) -> bool:
+    """`period` fell due before the first essay was imported: there was nothing to send."""
+    return before_the_archive(period, connection.execute(select(func.min(ESSAY.c.imported_at))).scalar())
 
 
 def week_outcome(settings: Settings, connection: Connection, action: Action, period: Period,

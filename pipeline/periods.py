@@ -234,6 +234,22 @@ def describe(schedule: ScheduleSettings, action: Action, period: Period, status:
     return message
 
 
+def before_the_archive(period: Period, first_import: datetime | None) -> bool:
+    """Whether `period` fell due before the first essay was imported (or there is none yet):
+    it had nothing to send, so missing it is no miss. A newsletter set up on a Tuesday must not
+    start by recording Monday's week as expired. Naive moments are UTC, as the database keeps them."""
+    if first_import is None:
+        return True
+    if first_import.tzinfo is None:
+        first_import = first_import.replace(tzinfo=UTC)
+    return _utc(first_import) > _utc(period.due_at)
+
+
+def describe_before_archive(period: Period) -> str:
+    return (f"nothing missed: {period.key} was due {local_time(period.due_at)}, before the first "
+            "essay was imported")
+
+
 def local_time(moment: datetime) -> str:
     """A moment as the log shows it: "Mon 2026-11-23 07:00 CET"."""
     return moment.strftime("%a %Y-%m-%d %H:%M %Z")

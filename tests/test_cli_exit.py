@@ -16,8 +16,9 @@ import psycopg
 from sqlalchemy import text
 
 from pipeline import db
+from pipeline.config import load_settings
 from tests.conftest import CLI, PG_ADMIN_URL, _libpq_url, write_config
-from tests.test_schedule import utc_schedule_due
+from tests.test_schedule import add_essays, utc_schedule_due
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
@@ -48,6 +49,7 @@ def test_a_command_exit_status_of_its_own_survives(tmp_path: Path) -> None:
     # This week's digest fell due 13 hours ago, past its 12 hours of grace: run-due records it
     # expired and says so with exit status 3 (for cron mail), once.
     config = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=13)))
+    add_essays(db.connect(load_settings(config).database.url), 1)  # imported long before it fell due
     expired = newsletter(config, "schedule", "run-due", "--json")
     assert expired.returncode == 3, expired.stderr
     assert json.loads(expired.stdout)["status"] == "expired"

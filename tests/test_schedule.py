@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from pipeline import db
-from pipeline.config import Settings, load_settings
+from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.periods import Action, Outcome, due_period
@@ -29,8 +29,13 @@ DUE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 KEY = "weekly-2026-W48"
 
 
+# When the test essays were imported: well before any week these tests make due (a week due
+# before the first import had nothing to send, and is not missed).
+IMPORTED = DUE - timedelta(days=60)
+
+
 def add_essays(engine: Engine, count: int, prefix: str = "essay") -> list[int]:
-    """Essays written here for the tests (not the corpus), none sent yet."""
+    """Essays written here for the tests (not the corpus), none sent yet, imported at IMPORTED."""
     with db.session_scope(engine) as session:
         essays = [
             Essay(
@@ -40,6 +45,7 @@ def add_essays(engine: Engine, count: int, prefix: str = "essay") -> list[int]:
                 body=[{"kind": "p", "text": f"The beans came up in row {i}. " * 5}],
                 url=f"https://essays.example.org/{prefix}-{i}",
                 content_hash=f"{i:064d}",
+                imported_at=IMPORTED,
             )
             for i in range(1, count + 1)
         ]
@@ -298,6 +304,7 @@ def test_cli_next_lists_local_and_utc_times(tmp_path: Path, run_cli) -> None:
 
 def test_cli_run_due_exit_codes(tmp_path: Path, run_cli) -> None:
     run_cli.config_file = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=13)))
+    add_essays(db.connect(load_settings(run_cli.config_file).database.url), 1)
     dry = run_cli("schedule", "run-due", "--dry-run")
     assert dry.exit_code == 0 and "[dry run] would record" in dry.output
     expired = run_cli("schedule", "run-due", "--json")
@@ -305,6 +312,19 @@ def test_cli_run_due_exit_codes(tmp_path: Path, run_cli) -> None:
     assert json.loads(expired.output)["status"] == "expired"
     again = run_cli("schedule", "run-due")
     assert again.exit_code == 0 and "already expired" in again.output
+
+
+def test_a_new_newsletter_does_not_start_with_a_week_recorded_as_missed(tmp_path: Path, run_cli) -> None:
+    # Set up on a Tuesday, past Monday's grace time: that week fell due before the first essay
+    # was imported, so there was nothing to send. The first cron run said "expired", exit 3.
+    run_cli.config_file = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=13)))
+    assert run_cli("essays", "import", str(PROJECT_ROOT / "examples" / "essays")).exit_code == 0
+    for args in (("--dry-run",), ()):
+        first = run_cli("schedule", "run-due", *args)
+        assert first.exit_code == 0, first.output
+        said = " ".join(first.output.split())
+        assert "nothing missed" in said and "before the first essay was imported" in said
+    assert json.loads(run_cli("issues", "list", "--json").output) == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
