@@ -7,6 +7,8 @@ through (and the list of problems reported in one run) live in pipeline/config_r
 from __future__ import annotations
 
 import os
+import re
+import string
 import tomllib
 from dataclasses import dataclass
 from datetime import time
@@ -244,8 +246,8 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         max_essays=r.integer("digest.max_essays", 5, minimum=1, maximum=1000),
         excerpt_length=r.integer("digest.excerpt_length", 300, minimum=40, maximum=100_000),
         related_per_essay=r.integer("digest.related_per_essay", 3, minimum=0, maximum=50),
-        subject_one=r.text("digest.subject_one", "{title}"),
-        subject_many=r.text("digest.subject_many", "{title} and {more} more"),
+        subject_one=_subject(r, "digest.subject_one", "{title}"),
+        subject_many=_subject(r, "digest.subject_many", "{title} and {more} more"),
         templates=(base / templates) if templates else None,
     )
     subscribers = SubscriberSettings(
@@ -334,3 +336,24 @@ def _bounce_settings(r: ConfigReader, base: Path, sender: str) -> BounceSettings
         complaint_pause_rate=pause,
         interval_minutes=r.number("bounces.interval_minutes", 15, minimum=1, maximum=7 * 1440),
     )
+
+
+SUBJECT_FIELDS = ("title", "more", "count")
+
+
+def _subject(r: ConfigReader, key: str, default: str) -> str:
+    """A subject pattern, checked when the config loads rather than when an issue is composed:
+    only {title}, {more} and {count}, no attribute or index ({more.x}), and no width that would
+    make a subject of gigabytes ({more:>99999999999})."""
+    pattern = r.text(key, default)
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as exc:  # a lone "{" or "}"
+        r.problem(f"{key}: {pattern!r} is not a pattern: {exc} (write {{{{ and }}}} for braces)")
+        return default
+    for name, spec in fields:
+        if name not in SUBJECT_FIELDS or any(len(run) > 3 for run in re.findall(r"\d+", spec or "")):
+            r.problem(f"{key}: {pattern!r} can use only {{title}}, {{more}} and {{count}}, with at most "
+                      f"a short format such as {{more:>3}} (found {{{name}{':' + spec if spec else ''}}})")
+            return default
+    return pattern

@@ -47,6 +47,10 @@ def test_shipped_config_loads_with_sqlite_beside_it() -> None:
         # A URL without a host: every unsubscribe link was unusable, every delivery failed.
         ("web", "base_url", "http://", "web.base_url: expected an http:// or https:// URL with a host name"),
         ("newsletter", "site_url", "https://", "newsletter.site_url: expected an http:// or https:// URL with a"),
+        # Subject patterns are checked as the config loads, not when an issue is composed.
+        ("digest", "subject_many", "{title} {more.x}", "digest.subject_many: '{title} {more.x}' can use only"),
+        ("digest", "subject_many", "{more:>99999999999}", "(found {more:>99999999999})"),
+        ("digest", "subject_one", "{title", "digest.subject_one: '{title' is not a pattern"),
     ],
 )
 def test_wrong_value_names_the_key(

@@ -97,11 +97,10 @@ def test_subject_patterns_come_from_the_config(session: Session, tmp_path: Path)
     assert compose(session, settings).subject == "2 essays: A title Bcc: evil@example.org +1"
 
 
-def test_a_bad_subject_pattern_names_the_key(session: Session, tmp_path: Path) -> None:
-    settings = load_settings(write_config(tmp_path, digest={"subject_many": "{title} and {others}"}))
-    add_essays(session, make_essay(1), make_essay(2))
-    with pytest.raises(ConfigError, match="digest.subject_many"):
-        compose(session, settings)
+def test_a_bad_subject_pattern_names_the_key(tmp_path: Path) -> None:
+    # Found as the config loads, before any command composes (or sends) anything.
+    with pytest.raises(ConfigError, match="digest.subject_many: .* can use only .*found {others}"):
+        load_settings(write_config(tmp_path, digest={"subject_many": "{title} and {others}"}))
 
 
 def test_a_key_makes_one_issue_however_often_asked(any_engine: Engine, any_settings: Settings) -> None:
