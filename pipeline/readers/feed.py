@@ -97,8 +97,7 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
     deadline = Deadline(timeout)
-    opener = urllib.request.build_opener(
-        DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline), WebRedirectHandler())
+    opener = urllib.request.build_opener(DeadlineHandler(deadline), WebRedirectHandler())
     try:
         with opener.open(request, timeout=timeout) as response:
             try:
@@ -199,19 +198,16 @@ class DeadlineHTTPSConnection(DeadlineConnection, http.client.HTTPSConnection):
     pass
 
 
-class DeadlineHTTPHandler(urllib.request.HTTPHandler):
+class DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http:// and https:// URLs over deadline-keeping connections. A subclass of both
+    stock handlers, so that build_opener adds neither of them beside it."""
+
     def __init__(self, deadline: Deadline) -> None:
         super().__init__()
         self.deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(partial(DeadlineConnection, deadline=self.deadline), req)
-
-
-class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline), req)
