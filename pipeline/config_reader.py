@@ -196,8 +196,13 @@ class ConfigReader:
             self.problem(f"{key}: the driver for {parsed.drivername!r} is not "
                          f"installed (no module {exc.name!r}); use sqlite:/// or postgresql+psycopg://")
             return url
+        if parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+            # Each command would open a fresh, empty database and lose it on leaving.
+            self.problem(f"{key}: {url!r} is a database in memory, gone when the command ends; "
+                         "name a file, e.g. sqlite:///newsletter.db")
+            return url
         prefix = "sqlite:///"
-        if url.startswith(prefix) and url != "sqlite:///:memory:":
+        if url.startswith(prefix):
             path = base / url[len(prefix):]  # an absolute path stays as it is
             if not path.parent.is_dir():  # else SQLite says only "unable to open database file"
                 self.problem(f"{key}: the folder {path.parent} does not exist "

@@ -126,6 +126,8 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
         ("not a url", "database.url: expected a SQLAlchemy URL"),
         ("carrier-pigeon://coop/letters", "database.url: expected a SQLAlchemy URL"),
         ("mysql://user:hunter2@db/letters", "database.url: the driver for 'mysql' is not installed"),
+        ("sqlite://", "database.url: 'sqlite://' is a database in memory, gone when the command ends"),
+        ("sqlite:///:memory:", "database.url: 'sqlite:///:memory:' is a database in memory"),
     ],
 )
 def test_wrong_database_url_is_an_error_not_a_traceback(tmp_path: Path, url: str, expected: str) -> None:
