@@ -193,7 +193,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and check a config file; raise ConfigError naming the file and key on any problem."""
     config_path = find_config(path).resolve()
     try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        # utf-8-sig: an editor that starts the file with a byte-order mark (Notepad) is no error.
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(
             f"{config_path}: no such config file (`newsletter init` writes one here; "

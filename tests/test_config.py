@@ -183,3 +183,10 @@ def test_sqlite_path_that_is_a_folder_says_to_name_a_file(tmp_path: Path) -> Non
     config = write_config(tmp_path, database_url="sqlite:///data")
     with pytest.raises(ConfigError, match=r"database.url: .*data is a folder: name a file in it"):
         load_settings(config)
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Notepad starts a UTF-8 file with one; it was "Invalid statement (line 1, column 1)".
+    path = write_config(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_settings(path).newsletter.name
