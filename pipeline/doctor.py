@@ -56,8 +56,28 @@ def diagnose(settings: Settings, engine: Callable[[], Engine], records: Lookups,
     dkim_ok = any(c.code == "dkim-dns" and c.ok for c in checks)
     checks += _guarded("dmarc", lambda: dmarc_checks(settings, records, spf_ok, dkim_ok))
     checks += _guarded("return-path-mx", lambda: return_path_check(settings, records))
-    checks.append(lint_check(settings, engine, message_checks or must_checks))
+    database = database_check(settings, engine)
+    checks.append(database)
+    if database.ok:
+        checks.append(lint_check(settings, engine, message_checks or must_checks))
     return checks
+
+
+def database_check(settings: Settings, engine: Callable[[], Engine]) -> Check:
+    """The database opens and its schema is this version's. A SQLite file that does not exist
+    yet is left so (doctor changes nothing): the first command that stores something makes it."""
+    url = settings.database.url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return Check("database", SHOULD, False, f"no database yet ({url[len('sqlite:///'):]})",
+                     "the first command that stores something creates it: `newsletter essays import FOLDER`")
+    try:
+        with engine().connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except NewsletterError as exc:  # pipeline.db's DatabaseError: cannot open, not a database, newer
+        return Check("database", MUST, False, str(exc),
+                     "check database.url; a SQLite file must be a newsletter database (restore it from "
+                     "a backup, or point database.url at a new file)")
+    return Check("database", MUST, True, "the database opens and its schema is up to date")
 
 
 def failed(checks: list[Check]) -> list[Check]:

@@ -350,6 +350,23 @@ def test_lint_check_on_the_latest_issue(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_database_that_is_no_database_fails_and_a_missing_one_is_left_missing(tmp_path: Path) -> None:
+    # The only finding used to be the lint's "compose an issue", and doctor made a new
+    # newsletter.db where there was none, though it promises to change nothing.
+    settings = settings_with(tmp_path)
+    path = tmp_path / "newsletter.db"
+    path.unlink(missing_ok=True)
+    checks = diagnose(settings, lambda: db.connect(settings.database.url), Records("127.0.0.1:9"))
+    missing = next(c for c in checks if c.code == "database")
+    assert (missing.level, missing.ok) == (SHOULD, False) and "no database yet" in missing.message
+    assert not path.exists()
+    path.write_bytes(b"\x00not a database at all\x7f" * 100)
+    checks = diagnose(settings, lambda: db.connect(settings.database.url), Records("127.0.0.1:9"))
+    broken = next(c for c in checks if c.code == "database")
+    assert (broken.level, broken.ok) == (MUST, False) and broken in failed(checks)
+    assert "file is not a database" in broken.message and "lint" not in {c.code for c in checks}
+
+
 # The command ---------------------------------------------------------------------------------
 
 def publish_everything(zone: Zone, settings: Settings) -> None:
