@@ -28,6 +28,7 @@ from sqlmodel import Session
 
 from pipeline.cache_files import read_entry, write_entry
 from pipeline.config import Settings
+from pipeline.errors import ConfigError
 from pipeline.essays import archive_fingerprint
 from pipeline.issue_view import Shape
 from pipeline.issues import issue_essays
@@ -67,7 +68,10 @@ def _folder_digest(root: Path) -> bytes:
     for path in sorted(root.rglob("*")) if root.is_dir() else []:
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(root)).encode("utf-8") + b"\0")
-            digest.update(path.read_bytes())
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:  # an override template nobody may read: name it, no traceback
+                raise ConfigError(f"cannot read the template {path}: {exc.strerror}") from None
     return digest.digest()
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session
 
 from pipeline.config import BUILTIN_TEMPLATES, Settings, load_settings
 from pipeline.copies import rendered_issue
+from pipeline.errors import ConfigError
 from pipeline.issue_view import issue_view
 from pipeline.issues import compose, issue_essays
 from pipeline.models import Issue
@@ -104,6 +106,17 @@ def test_an_edited_template_renders_anew(tmp_path: Path, session: Session) -> No
                                       encoding="utf-8")
     after = rendered_issue(session, settings, issue)
     assert "Edited footer line" in after.html and "Edited footer line" not in before.html
+
+
+def test_a_template_that_cannot_be_read_is_named_not_a_traceback(tmp_path: Path, session: Session) -> None:
+    # Mode 000 stops a user, not root: a link to /proc/self/mem, which fails on read for anyone.
+    mine = tmp_path / "my-templates" / "email"
+    mine.mkdir(parents=True)
+    (mine / "footer.html").symlink_to("/proc/self/mem")
+    settings = load_settings(write_config(tmp_path, web={"base_url": BASE}, digest={"templates": "my-templates"}))
+    issue = an_issue(session, settings)
+    with pytest.raises(ConfigError, match=r"cannot read the template .*footer\.html: "):
+        rendered_issue(session, settings, issue)
 
 
 def test_a_changed_setting_renders_anew(tmp_path: Path, session: Session) -> None:
