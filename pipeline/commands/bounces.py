@@ -17,7 +17,14 @@ KINDS = [k.value for k in BounceKind]
 
 @click.group("bounces")
 def bounces() -> None:
-    """Bounces, complaints and emailed unsubscribes from the bounce mailbox."""
+    """Bounces, complaints and emailed unsubscribes from the bounce mailbox.
+
+    \b
+    Example:
+      newsletter bounces process --dry-run
+      newsletter bounces process --mailbox ~/Maildir/.Bounces
+      newsletter bounces list --kind complaint
+    """
 
 
 @bounces.command("process")

@@ -9,7 +9,12 @@ from pipeline.commands.base import App, pass_app
 
 @click.group("db")
 def group() -> None:
-    """Create or upgrade the database schema."""
+    """Create or upgrade the database schema.
+
+    \b
+    Example:
+      newsletter db upgrade
+    """
 
 
 @group.command("upgrade")

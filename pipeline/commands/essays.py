@@ -21,7 +21,14 @@ PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
 
 @click.group("essays")
 def group() -> None:
-    """Import essays (scraped pages, Markdown), list them, show one."""
+    """Import essays (scraped pages, Markdown), list them, show one.
+
+    \b
+    Example:
+      newsletter essays import examples/essays
+      newsletter essays list
+      newsletter essays show walking-at-dawn
+    """
 
 
 @group.command("import")

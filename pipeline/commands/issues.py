@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 @click.group("issues")
 def group() -> None:
-    """Compose issues (digests) from the essays not sent yet, list them, show one."""
+    """Compose issues (digests) from the essays not sent yet, list them, show one.
+
+    \b
+    Example:
+      newsletter issues new
+      newsletter issues list
+      newsletter issues edit latest --intro note.md
+    """
 
 
 @group.command("new")

@@ -18,7 +18,14 @@ STATUSES = [s.value for s in DeliveryStatus]
 
 @click.group("sends")
 def sends() -> None:
-    """The delivery ledger of an issue: counts, rows, retries."""
+    """The delivery ledger of an issue: counts, rows, retries.
+
+    \b
+    Example:
+      newsletter sends status latest
+      newsletter sends list latest --status failed
+      newsletter sends retry latest --unknown
+    """
 
 
 @sends.command("status")

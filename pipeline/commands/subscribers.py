@@ -28,7 +28,14 @@ PROGRESS_FROM = 5000  # lines; below this a progress bar is only flicker
 
 @click.group("subscribers")
 def group() -> None:
-    """Add, import, export, list, unsubscribe and remove subscribers."""
+    """Add, import, export, list, unsubscribe and remove subscribers.
+
+    \b
+    Example:
+      newsletter subscribers import examples/subscribers.csv
+      newsletter subscribers add ann@example.org --name "Ann Lee"
+      newsletter subscribers list --status active
+    """
 
 
 @group.command("add")
