@@ -277,6 +277,8 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
     )
     if delivery.dkim_key is not None and not delivery.dkim_selector:
         r.problem("delivery.dkim_selector: needed when dkim_key is set")
+    if delivery.outbox_dir.exists() and not delivery.outbox_dir.is_dir():  # else found mid-send
+        r.problem(f"delivery.outbox_dir: {delivery.outbox_dir} is a file, not a folder")
     if 0 < delivery.rate_per_second < 1 / 3600:  # fewer than one a hour: a window of years
         r.problem(f"delivery.rate_per_second: {delivery.rate_per_second:g} is under one message an hour; "
                   "use rate_per_hour or rate_per_day for slow limits")

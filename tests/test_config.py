@@ -190,3 +190,10 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert load_settings(path).newsletter.name
+
+
+def test_an_outbox_that_is_a_file_is_refused_with_the_config(tmp_path: Path) -> None:
+    # Found only by a send, after the audience was frozen, as "Paused ... File exists".
+    (tmp_path / "outbox").write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ConfigError, match="delivery.outbox_dir: .*outbox is a file, not a folder"):
+        load_settings(write_config(tmp_path))
