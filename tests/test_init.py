@@ -104,3 +104,11 @@ def test_init_with_wrong_values_reports_them_all_and_writes_nothing(empty_folder
 def test_without_a_config_other_commands_point_to_init(empty_folder: Path) -> None:
     result = run("essays", "list")
     assert result.exit_code == 1 and "`newsletter init` writes one here" in result.output
+
+
+def test_init_with_nobody_to_answer_says_which_options_to_give(tmp_path: Path) -> None:
+    # From a script with nothing on stdin it printed a bare "Aborted!".
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "letters")])
+    assert result.exit_code == 2
+    assert "no terminal to ask on: give --yes with --name, --site-url and --sender" in " ".join(result.output.split())
+    assert not (tmp_path / "letters" / "config.toml").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -91,12 +92,19 @@ def _ask(name: str | None, site_url: str | None, sender: str | None, base_url: s
     """The four values (and the postal address, which may wait): from the options, else asked
     for; with --yes the first three must be given."""
     if interactive:
-        name = name or click.prompt("Newsletter name")
-        site_url = site_url or click.prompt("Site URL (where the essays live, https://...)")
-        sender = sender or click.prompt("Sender address (From:)")
-        base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL)
-        postal_address = postal_address or click.prompt(
-            "Postal address for every footer (empty: set it later)", default="", show_default=False)
+        try:
+            name = name or click.prompt("Newsletter name")
+            site_url = site_url or click.prompt("Site URL (where the essays live, https://...)")
+            sender = sender or click.prompt("Sender address (From:)")
+            base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL)
+            postal_address = postal_address or click.prompt(
+                "Postal address for every footer (empty: set it later)", default="", show_default=False)
+        except click.Abort:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise  # Ctrl-C at the prompt
+            # Nobody to answer (cron, a pipe that ran out): say what to give instead of "Aborted!".
+            raise click.UsageError("no terminal to ask on: give --yes with --name, --site-url and "
+                                   "--sender (and --base-url, --postal-address as needed)") from None
     missing = [opt for opt, value in (("--name", name), ("--site-url", site_url), ("--sender", sender))
                if not value]
     if missing:
