@@ -181,6 +181,10 @@ def test_sends_list_limit_0_shows_all_like_subscribers_list(run_cli: CLI, audien
     assert len(every) == len(audience)  # 0 meant "none" before: an empty table
     two = run_cli("sends", "list", "latest", "--limit", "2")
     assert two.exit_code == 0 and f"Showing 2 of {len(audience)}; --limit 0 shows all." in flat(two)
+    # With --json the list stays plain JSON on stdout, and stderr says that rows were left out.
+    cut = run_cli("sends", "list", "latest", "--limit", "2", "--json")
+    assert len(json.loads(cut.stdout)) == 2
+    assert f"Showing 2 of {len(audience)}; --limit 0 shows all." in cut.stderr
     assert run_cli("sends", "list", "latest", "--limit", "-1").exit_code == 2
 
 

@@ -110,6 +110,8 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
               "feedback_status", "feedback_detail", "feedback_at")
     if as_json:
         print_json([{f: getattr(row, f) for f in fields} for row in found])
+        if len(found) < total:  # on stderr: the JSON stays a plain list for scripts
+            click.echo(f"Showing {len(found)} of {total}; --limit 0 shows all.", err=True)
         return
     table = Table(title=f"{target.key}: {len(found)} deliveries" + (f" ({wanted})" if wanted else ""))
     for column in ("email", "status", "attempts", "code", "last error / sent at", "later"):
