@@ -44,7 +44,7 @@ def must_failures(settings: Settings, raw: bytes) -> list[Finding]:
     return failures(lint_message(raw, n.sender_domain, n.postal_address))
 
 
-def check(settings: Settings, raw: bytes, what: str, force: bool = False) -> list[Finding]:
+def check(settings: Settings, raw: bytes, what: str, force: bool = False, stored: bool = True) -> list[Finding]:
     """Gate one message of `what` (an issue key): over real mail a MUST failure raises
     SendRefused naming each failure and its fix; with `force` the send goes on and a warning
     naming the failures is logged. Returns the failures let through (none over the outbox)."""
@@ -57,10 +57,10 @@ def check(settings: Settings, raw: bytes, what: str, force: bool = False) -> lis
         log.warning("sending %s despite %d failed MUST check(s) (--force): %s", what, len(found),
                     "; ".join(f"{f.code} {f.message}" for f in found))
         return found
-    raise SendRefused(describe(settings, found, what), found)
+    raise SendRefused(describe(settings, found, what, stored), found)
 
 
-def describe(settings: Settings, found: list[Finding], what: str) -> str:
+def describe(settings: Settings, found: list[Finding], what: str, stored: bool = True) -> str:
     """The refusal: one line per failed check with its fix, and the ways out."""
     lines = [(f"{what} is not sent: its message fails {len(found)} MUST check(s) of the email "
               f"checklist, and over SMTP it would reach every subscriber as it is:")]
@@ -70,8 +70,9 @@ def describe(settings: Settings, found: list[Finding], what: str) -> str:
     for remedy, findings in by_fix.items():
         lines += [f"  {f.code} {f.message}" for f in findings]
         lines.append(f"    fix: {remedy}")
-    lines.append(f"Nothing was sent. `newsletter lint {what}` shows the full report; "
-                 f"`--force` sends anyway (logged).")
+    # A draft a dry run composed is not kept: `lint` would not find it by its key.
+    lint = f"`newsletter lint {what}`" if stored else "`newsletter issues new`, then `newsletter lint latest`,"
+    lines.append(f"Nothing was sent. {lint} shows the full report; `--force` sends anyway (logged).")
     return "\n".join(lines)
 
 

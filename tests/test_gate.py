@@ -85,6 +85,8 @@ def test_a_dry_run_says_the_real_send_would_be_refused_and_exits_1(
     assert "M9 List-Unsubscribe has no https one-click URL" in words and "fix: set web.base_url" in words
     assert server.received == []
     assert rows(engine) == ([], [])  # a dry run keeps nothing, not even the composed draft
+    # So the way to the full report names no key that would not be found.
+    assert "`newsletter issues new`, then `newsletter lint latest`, shows the full report" in words
     # Fixed, the same dry run passes.
     (tmp_path / "fixed").mkdir()
     fixed, fixed_engine, _ = readers_through(tmp_path / "fixed", server, 3, web=PUBLIC_WEB)
