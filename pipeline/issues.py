@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import nulls_last, or_, update
+from sqlalchemy import func, nulls_last, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -178,6 +178,11 @@ def subject_for(settings: Settings, essays: Sequence[Essay]) -> str:
             f"({exc})"
         ) from None
     return _SPACE.sub(" ", subject).strip()
+
+
+def newest_id(session: Session) -> int:
+    """The highest issue id so far (0 when there is none): an issue above it is new since."""
+    return int(session.exec(select(func.max(Issue.id))).one() or 0)
 
 
 def find_by_key(session: Session, key: str) -> Issue | None:

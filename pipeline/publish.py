@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pipeline import gate, history, issues, leases, ledger, ledger_reads, sender
 from pipeline.config import Settings
@@ -156,7 +155,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
     composed for it is not kept)."""
     started, moment = time.monotonic(), _clock(now)()
     with Session(engine, expire_on_commit=False) as session:
-        newest = session.exec(select(func.max(Issue.id))).one() or 0
+        newest = issues.newest_id(session)
         target, report = _look(session, settings, issue, latest, moment)
         if target is None:
             return report
