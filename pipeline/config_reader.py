@@ -8,14 +8,13 @@ from collections.abc import Callable
 from datetime import time
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pipeline.errors import ConfigError
-from pipeline.web_addresses import url_problem
+from pipeline.web_addresses import MAX_URL, url_problem
 
 PASSWORD_ENV = "NEWSLETTER_SMTP_PASSWORD"
 T = TypeVar("T")
@@ -88,8 +87,8 @@ class ConfigReader:
 
     def url(self, key: str) -> str:
         value = self.text(key)
-        if value and (not value.startswith(("https://", "http://")) or not _host(value)):
-            self.fail(key, "an http:// or https:// URL with a host name", value)
+        if value and url_problem(value):  # as a feed's or an essay's address is checked
+            self.fail(key, f"an http:// or https:// URL with a host name, of at most {MAX_URL} characters", value)
         return value.rstrip("/")
 
     def url_list(self, key: str, default: object = _MISSING) -> list[str]:
@@ -217,11 +216,3 @@ class ConfigReader:
 def _parse_time(value: str) -> time:
     hours, _, minutes = value.partition(":")
     return time(int(hours), int(minutes))
-
-
-def _host(url: str) -> str:
-    """The host of `url`, "" when it has none ("http://") or cannot be read."""
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:  # a malformed port or bracket
-        return ""
