@@ -160,10 +160,9 @@ def quiet_week(settings: Settings, connection: Connection, now: datetime,
     found = connection.execute(select(*ISSUE.c).where(ISSUE.c.key == period.key)).mappings().first()
     issue = _issue(found) if found else None
     action = decide(schedule, period, issue.status if issue else None, now)
-    if action is Action.EXPIRE_MISSED and issue is None and nothing_was_missed(connection, period):
-        outcome = week_outcome(settings, connection, Action.NOT_DUE, period, None, None, now, dry_run)
-        outcome.message = describe_before_archive(period)
-        return outcome
+    nothing = nothing_missed(settings, connection, action, period, issue.status if issue else None, now, dry_run)
+    if nothing is not None:
+        return nothing
     if not dry_run:
         if action not in (Action.NOT_DUE, Action.DONE) or (issue and counts(connection, issue.id)[SENDING]):
             return None
@@ -178,9 +177,18 @@ def quiet_week(settings: Settings, connection: Connection, now: datetime,
                         issue.status if issue else None, now, dry_run)
 
 
-def nothing_was_missed(connection: Connection, period: Period) -> bool:
-    """`period` fell due before the first essay was imported: there was nothing to send."""
-    return before_the_archive(period, connection.execute(select(func.min(ESSAY.c.imported_at))).scalar())
+def nothing_missed(settings: Settings, connection: Connection, action: Action, period: Period,
+                   status: str | None, now: datetime, dry_run: bool = False) -> Outcome | None:
+    """The outcome for a week `decide` calls missed that fell due before the first essay was
+    imported: there was nothing to send, so it is "not due", not expired. None otherwise.
+    `schedule run-due` asks it on both of its paths (the quick read and the full run)."""
+    if action is not Action.EXPIRE_MISSED or status is not None:
+        return None
+    if not before_the_archive(period, connection.execute(select(func.min(ESSAY.c.imported_at))).scalar()):
+        return None
+    outcome = week_outcome(settings, connection, Action.NOT_DUE, period, None, None, now, dry_run)
+    outcome.message = describe_before_archive(period)
+    return outcome
 
 
 def week_outcome(settings: Settings, connection: Connection, action: Action, period: Period,

@@ -29,7 +29,6 @@ from pipeline.periods import (
     Outcome,
     Period,
     decide,
-    describe_before_archive,
     due_period,
     period_of_key,
 )
@@ -73,11 +72,10 @@ def run_due(
                     # A sender killed mid-batch leaves rows `sending`: say so, do not blame a rival.
                     reconciled += leases.reconcile(session, issue.id, now)
                 action = decide(schedule, period, issue.status if issue else None, now)
-                if (action is Action.EXPIRE_MISSED and issue is None
-                        and glance.nothing_was_missed(session.connection(), period)):
-                    outcome = _outcome(settings, session, Action.NOT_DUE, period, None, now, dry_run)
-                    outcome.message = describe_before_archive(period)
-                    return outcome
+                nothing = glance.nothing_missed(settings, session.connection(), action, period,
+                                                issue.status if issue else None, now, dry_run)
+                if nothing is not None:
+                    return nothing
                 if dry_run or action in (Action.NOT_DUE, Action.DONE):
                     return _outcome(settings, session, action, period, issue, now, dry_run)
                 if action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK):
