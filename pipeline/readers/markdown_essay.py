@@ -47,8 +47,8 @@ _TOML_FRONT = re.compile(r"\A\+\+\+[ \t]*\r?\n(.*?)^\+\+\+[ \t]*$\r?\n?", re.S |
 _OPENING = re.compile(r"\A(---|\+\+\+)[ \t]*\r?\n")
 _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 # YAML's "\ud83c\udf5e" (as JSON writes a character beyond U+FFFF) makes two UTF-16 halves.
-_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
 _MD = MarkdownIt("commonmark")
 _MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
@@ -173,24 +173,18 @@ def _valid_text(value: Any, field: str) -> Any:
     if isinstance(value, str):
         if not _SURROGATE.search(value):
             return value  # the common case
-        joined = _SURROGATE_PAIR.sub(_join_pair, value)
-        lone = _SURROGATE.search(joined)
+        lone = _LONE_SURROGATE.search(value)
         if lone:
             raise ImportProblem(
                 f"front matter {field}: \\u{ord(lone.group()):04x} is half of a UTF-16 surrogate "
                 "pair with no other half, not a character; write the character itself"
             )
-        return joined
+        return value.encode("utf-16", "surrogatepass").decode("utf-16")  # each pair, one character
     if isinstance(value, list):
         return [_valid_text(item, field) for item in value]
     if isinstance(value, dict):
         return {_valid_text(k, field): _valid_text(v, field) for k, v in value.items()}
     return value
-
-
-def _join_pair(pair: re.Match[str]) -> str:
-    high, low = (ord(c) for c in pair.group())
-    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
 
 
 class _FrontMatterLoader(yaml.SafeLoader):
