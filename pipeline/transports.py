@@ -97,6 +97,7 @@ class SMTPTransport:
     def __init__(self, delivery: DeliverySettings) -> None:
         self.delivery = delivery
         self._smtp: smtplib.SMTP | None = None
+        self._pipelining = False  # the connection's relay advertised PIPELINING
         self.connections = 0  # how many times it connected (tests, and the summary)
 
     def send(self, mail_from: str, to: str, raw: bytes) -> None:
@@ -107,6 +108,8 @@ class SMTPTransport:
         to it (see hand_over)."""
         reused = self._smtp is not None
         smtp = self._connection()
+        if self._pipelining:
+            return self._begin_pipelined(smtp, reused, mail_from, to, raw)
         try:
             code, reply = _command(smtp, "MAIL FROM", mail_from)
         except (smtplib.SMTPServerDisconnected, OSError):
@@ -127,6 +130,57 @@ class SMTPTransport:
             raise
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # Before the final dot went out the server cannot have taken the message: try later.
+            self._drop()
+            raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
+        return functools.partial(self._verdict, smtp)
+
+    def _begin_pipelined(self, smtp: smtplib.SMTP, reused: bool, mail_from: str, to: str,
+                         raw: bytes) -> Callable[[], None]:
+        """`begin` over a relay that advertises PIPELINING (RFC 2920): MAIL, RCPT and DATA go
+        out in one write and their three replies are read after it, one round trip where
+        lockstep takes three. Every reply is read before any is acted on, so the connection
+        stays in step whatever the relay refused."""
+        group = f"MAIL FROM:<{_checked(mail_from)}>\r\nRCPT TO:<{_checked(to)}>\r\nDATA\r\n".encode()
+        try:
+            smtp.send(group)
+            mail = smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError):
+            # An idle connection the server closed: nothing was taken yet, so reconnect once.
+            self._drop()
+            if not reused:
+                raise TransportUnavailable(f"{self._where()}: the server closed the connection") from None
+            smtp = self._connection()
+            if not self._pipelining:  # the relay stopped advertising it
+                return self.begin(mail_from, to, raw)
+            try:
+                smtp.send(group)
+                mail = smtp.getreply()
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self._drop()
+                raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
+        try:
+            rcpt = smtp.getreply()
+            data = smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Before the message went out the server cannot have taken it: try later.
+            self._drop()
+            raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
+        steps = (("MAIL FROM", mail, (250,)), ("RCPT TO", rcpt, (250, 251)), ("DATA", data, (354,)))
+        refused = next(((step, answer, ok) for step, answer, ok in steps if answer[0] not in ok), None)
+        if refused is not None:
+            step, (code, reply), ok = refused
+            if data[0] == 354:
+                # The relay took DATA although the envelope failed: an empty message ends it
+                # (RFC 2920 3.1), and with no recipient it cannot be delivered.
+                try:
+                    smtp.send(b".\r\n")
+                    smtp.getreply()
+                except (smtplib.SMTPServerDisconnected, OSError):
+                    self._drop()
+            self._check(smtp, code, reply, step, ok)
+        try:
+            _message(smtp, raw)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
         return functools.partial(self._verdict, smtp)
@@ -214,6 +268,7 @@ class SMTPTransport:
         except (TimeoutError, smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
         self._smtp = smtp
+        self._pipelining = smtp.has_extn("pipelining")
         self.connections += 1
         return smtp
 
@@ -240,10 +295,15 @@ def _context_for(cafile: str | None, capath: str | None, changed: int) -> ssl.SS
 def _command(smtp: smtplib.SMTP, verb: str, address: str) -> tuple[int, bytes]:
     """MAIL FROM / RCPT TO without smtplib's quoteaddr, whose email.utils parse costs more than
     the rest of the command; the addresses are already checked ASCII addr-specs (message.py)."""
+    smtp.putcmd(verb.split()[0].lower(), f"{verb.split()[1]}:<{_checked(address)}>")
+    return smtp.getreply()
+
+
+def _checked(address: str) -> str:
+    """The address, unless it would break the command line it goes into."""
     if any(c in address for c in "\r\n<>"):
         raise PermanentDeliveryError(f"{address!r} cannot be used in an SMTP command")
-    smtp.putcmd(verb.split()[0].lower(), f"{verb.split()[1]}:<{address}>")
-    return smtp.getreply()
+    return address
 
 
 def _reason(exc: BaseException) -> str:
@@ -263,6 +323,11 @@ def _data(smtp: smtplib.SMTP, raw: bytes) -> None:
     code, reply = smtp.getreply()
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
+    _message(smtp, raw)
+
+
+def _message(smtp: smtplib.SMTP, raw: bytes) -> None:
+    """The message after a 354, dot-stuffed, up to and including its final dot."""
     if b"\n." in raw:
         raw = raw.replace(b"\n.", b"\n..")
     if raw[:1] == b".":

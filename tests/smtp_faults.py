@@ -46,6 +46,10 @@ class FaultServer:
         return [r for r in self.received if r.rcpt_tos == [address]]
 
     hang_seconds: float = 30.0  # how long a store-hang stays silent
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920), as Postfix and Exim do
+    # One entry per MAIL command: whether the client had already sent its RCPT and DATA (in the
+    # same write) when the server read MAIL, i.e. did not wait for the reply to MAIL.
+    grouped: list[bool] = field(default_factory=list)
 
     def _fault(self, address: str, step: str) -> str | None:
         planned = self.faults.get(address)
@@ -57,6 +61,13 @@ class FaultServer:
 class FaultHandler:
     def __init__(self, server: FaultServer) -> None:
         self.server = server
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that answers EHLO
+        if self.server.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.server.peers.add(session.peer)
@@ -102,6 +113,11 @@ class FaultSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.faults = handler.server
 
+    async def smtp_MAIL(self, arg: str) -> None:
+        # What the client wrote after MAIL and before reading its reply is in the read buffer.
+        self.faults.grouped.append(b"DATA" in bytes(self._reader._buffer))
+        await super().smtp_MAIL(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
         address = self.envelope.rcpt_tos[0] if self.envelope and self.envelope.rcpt_tos else ""
         if self.faults._fault(address, "cut"):
@@ -126,9 +142,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def fault_server(login: tuple[str, str] | None = None) -> Iterator[FaultServer]:
-    """A FaultServer on loopback; with `login`, it demands AUTH with that user and password."""
-    server = FaultServer(port=_free_port())
+def fault_server(login: tuple[str, str] | None = None, pipelining: bool = False) -> Iterator[FaultServer]:
+    """A FaultServer on loopback; with `login`, it demands AUTH with that user and password;
+    with `pipelining`, it advertises PIPELINING."""
+    server = FaultServer(port=_free_port(), pipelining=pipelining)
     options: dict[str, Any] = {}
     if login is not None:
         def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str, auth: Any) -> AuthResult:

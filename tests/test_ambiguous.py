@@ -36,8 +36,9 @@ CASES = {
 }
 
 
-def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Path) -> None:
-    with fault_server() as server:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelining"])
+def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Path, pipelining: bool) -> None:
+    with fault_server(pipelining=pipelining) as server:
         server.hang_seconds = 5.0
         settings = smtp_settings(tmp_path, server.port, batch_size=50, smtp_timeout=1)
         engine = db.connect(settings.database.url)

@@ -34,8 +34,14 @@ FAULTS = {
 }
 
 
-def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path) -> None:
-    with fault_server() as server:
+# Each case over a relay that answers command by command, and over one that advertises
+# PIPELINING, where MAIL, RCPT and DATA arrive together and every refusal is read after all three.
+PIPELINING = pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelining"])
+
+
+@PIPELINING
+def test_each_reply_is_classified_then_retried_or_failed(tmp_path: Path, pipelining: bool) -> None:
+    with fault_server(pipelining=pipelining) as server:
         settings = smtp_settings(tmp_path, server.port, batch_size=50)
         engine = db.connect(settings.database.url)
         fine = add_audience(engine, 4)
@@ -151,8 +157,9 @@ def test_classify(code: int, kind: type) -> None:
     assert isinstance(error, kind) and error.code == code and str(code) in str(error)
 
 
-def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path) -> None:
-    with fault_server() as server:
+@PIPELINING
+def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path, pipelining: bool) -> None:
+    with fault_server(pipelining=pipelining) as server:
         delivery: DeliverySettings = smtp_settings(tmp_path, server.port).delivery
         transport = SMTPTransport(delivery)
         raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
@@ -166,3 +173,24 @@ def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path) -> None:
         assert transport.connections == 2
         transport.close()
         assert [r.rcpt_tos[0] for r in server.received] == [f"r{n}@example.org" for n in (0, 1, 2, 3, 4, 10)]
+
+
+@PIPELINING
+def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path, pipelining: bool) -> None:
+    """Over a relay a network hop away each round trip costs its latency: with PIPELINING a
+    message takes two (envelope, then the message) where lockstep takes four."""
+    with fault_server(pipelining=pipelining) as server:
+        transport = SMTPTransport(smtp_settings(tmp_path, server.port).delivery)
+        raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\n.leading dot\r\nbody\r\n"
+        for n in range(3):
+            transport.send("a@example.org", f"r{n}@example.org", raw)
+        server.faults["gone@example.org"] = [("rcpt", "550 5.1.1 User unknown")]
+        with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 User unknown"):
+            transport.send("a@example.org", "gone@example.org", raw)
+        transport.send("a@example.org", "r3@example.org", raw)  # the connection is still in step
+        transport.close()
+        assert server.grouped == [pipelining] * 5
+        assert transport.connections == 1
+        assert [r.rcpt_tos for r in server.received] == [[f"r{n}@example.org"] for n in range(4)]
+        assert all(r.mail_from == "a@example.org" for r in server.received)
+        assert all(b"\r\n.leading dot\r\n" in r.raw for r in server.received)

@@ -12,6 +12,11 @@ where a sender's rate depends on how many connections it keeps busy rather than 
 The aiosmtpd sink (`start_aiosmtpd_sink`): aiosmtpd accepting everything with no sleep, the
 CPU-bound sink issue 13 first measured against (aiosmtpd's own parsing is much of the cost per
 message, so it narrows the gap between any two senders). `python tests/benchmarks/sink.py PORT 0 aiosmtpd`.
+
+aiosmtpd does not offer PIPELINING (RFC 2920); Postfix and Exim do by default. With
+`pipelining=True` the CPU-bound sink and the aiosmtpd sink advertise it (a last argument
+`pipelining`): a sender may then write MAIL, RCPT and DATA without waiting for each reply.
+Both read commands from a buffered stream, so they take pipelined commands as they come.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import time
 from typing import Any
 
 
-async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
+                   pipelining: bool) -> None:
     writer.write(b"220 sink\r\n")
     while True:
         line = await reader.readline()
@@ -45,16 +51,17 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d
             await writer.drain()
             break
         elif verb == b"EHLO":
-            writer.write(b"250-sink\r\n250 8BITMIME\r\n")
+            writer.write(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n" if pipelining
+                         else b"250-sink\r\n250 8BITMIME\r\n")
         else:
             writer.write(b"250 ok\r\n")
         await writer.drain()
     writer.close()
 
 
-async def _serve(port: int, delay: float) -> None:
+async def _serve(port: int, delay: float, pipelining: bool) -> None:
     server = await asyncio.start_server(
-        lambda r, w: _session(r, w, delay), "127.0.0.1", port, limit=2**24
+        lambda r, w: _session(r, w, delay, pipelining), "127.0.0.1", port, limit=2**24
     )
     print("ready", flush=True)
     async with server:
@@ -89,6 +96,14 @@ class LatencyHandler:
 class AcceptHandler:
     """aiosmtpd handler: accept every message at once (aiosmtpd itself accepts MAIL and RCPT)."""
 
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 Message accepted"
 
@@ -111,9 +126,9 @@ def _start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-def start_sink(delay: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
+def start_sink(delay: float = 0.0, pipelining: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     """The CPU-bound sink in another process on a free loopback port, once it is listening."""
-    return _start(str(delay))
+    return _start(str(delay), "plain", *(["pipelining"] if pipelining else []))
 
 
 def start_latency_sink(latency: float = 0.010) -> tuple[subprocess.Popen[bytes], int]:
@@ -121,18 +136,21 @@ def start_latency_sink(latency: float = 0.010) -> tuple[subprocess.Popen[bytes],
     return _start(str(latency), "latency")
 
 
-def start_aiosmtpd_sink() -> tuple[subprocess.Popen[bytes], int]:
+def start_aiosmtpd_sink(pipelining: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     """The aiosmtpd sink that never sleeps, in another process on a free loopback port."""
-    return _start("0", "aiosmtpd")
+    return _start("0", "aiosmtpd", *(["pipelining"] if pipelining else []))
 
 
 if __name__ == "__main__":
-    if sys.argv[3:] == ["latency"]:
+    mode = sys.argv[3] if len(sys.argv) > 3 else "plain"
+    offers_pipelining = sys.argv[4:] == ["pipelining"]
+    if mode == "latency":
         _serve_aiosmtpd(int(sys.argv[1]), LatencyHandler(float(sys.argv[2])))
-    elif sys.argv[3:] == ["aiosmtpd"]:
-        _serve_aiosmtpd(int(sys.argv[1]), AcceptHandler())
+    elif mode == "aiosmtpd":
+        _serve_aiosmtpd(int(sys.argv[1]), AcceptHandler(offers_pipelining))
     else:
-        asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
+        asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0,
+                           offers_pipelining))
 
 
 def raw_smtplib(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
