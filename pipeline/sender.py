@@ -197,28 +197,28 @@ class _Pool:
 
     def _send_batch(self, transport: Transport, claimed: list[ledger.Claimed]) -> list[ledger.Outcome]:
         """Each row's outcome. Each message is built while the relay is still taking in the one
-        before it: over one connection the sender's own work no longer adds to every round trip.
-        The batch stays the unit in flight, so the crash guarantee is unchanged."""
+        before it, and handed over before that one's reply is read: over a relay that offers
+        PIPELINING its envelope travels with that reply, one round trip a message. The batch
+        stays the unit in flight, so the crash guarantee is unchanged."""
         outcomes: list[ledger.Outcome] = []
         waiting: tuple[ledger.Claimed, Callable[[], None]] | None = None  # handed over, reply not read
         for row in claimed:
-            raw, unmade = b"", None
+            handed: tuple[ledger.Claimed, Callable[[], None]] | None = None
             try:
                 raw = self.build(row)
             except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
-                unmade = self._outcome(row, exc)
+                outcomes.append(self._outcome(row, exc))
+            else:
+                if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+                    outcomes.append(ledger.Outcome(row, "released", self.clock()))
+                else:
+                    try:
+                        handed = row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
+                    except DeliveryProblem as exc:
+                        outcomes.append(self._outcome(row, exc))
             if waiting is not None:
                 outcomes.append(self._answered(*waiting))
-                waiting = None
-            if unmade is not None:
-                outcomes.append(unmade)
-            elif self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
-                outcomes.append(ledger.Outcome(row, "released", self.clock()))
-            else:
-                try:
-                    waiting = row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
-                except DeliveryProblem as exc:
-                    outcomes.append(self._outcome(row, exc))
+            waiting = handed
         if waiting is not None:
             outcomes.append(self._answered(*waiting))
         return outcomes

@@ -91,13 +91,29 @@ def is_hard_bounce(code: int | None, error: str) -> bool:
     return code in (550, 551, 553) and " 5.7." not in f" {error}"
 
 
+@dataclass
+class _FinalReply:
+    """The relay's reply to one message's final dot. Over a pipelining relay the next message's
+    envelope goes out before it is read, so it may be read by that next `begin` and kept here
+    for the verdict: a (code, text) reply, or the connection error that took it."""
+
+    smtp: smtplib.SMTP
+    answer: tuple[int, bytes] | OSError | None = None  # smtplib's errors are OSErrors
+
+
 class SMTPTransport:
-    """One reused SMTP connection (STARTTLS, implicit TLS or plain), reconnected when it drops."""
+    """One reused SMTP connection (STARTTLS, implicit TLS or plain), reconnected when it drops.
+
+    Over a relay that advertises PIPELINING (RFC 2920; Postfix and Exim do) a message costs one
+    round trip where lockstep costs four: the envelope (MAIL, RCPT, DATA) goes out in one write,
+    right behind the message before it, whose final reply is read first. Every reply is read
+    before any is acted on, so a refusal leaves the connection in step."""
 
     def __init__(self, delivery: DeliverySettings) -> None:
         self.delivery = delivery
         self._smtp: smtplib.SMTP | None = None
         self._pipelining = False  # the connection's relay advertised PIPELINING
+        self._unread: _FinalReply | None = None  # a final dot whose reply is not read yet
         self.connections = 0  # how many times it connected (tests, and the summary)
 
     def send(self, mail_from: str, to: str, raw: bytes) -> None:
@@ -106,72 +122,33 @@ class SMTPTransport:
     def begin(self, mail_from: str, to: str, raw: bytes) -> Callable[[], None]:
         """Everything up to and including the message's final dot; returns what reads the reply
         to it (see hand_over)."""
-        reused = self._smtp is not None
-        smtp = self._connection()
-        if self._pipelining:
-            return self._begin_pipelined(smtp, reused, mail_from, to, raw)
-        try:
-            code, reply = _command(smtp, "MAIL FROM", mail_from)
-        except (smtplib.SMTPServerDisconnected, OSError):
-            # An idle connection the server closed: nothing was sent yet, so reconnect once.
-            self._drop()
-            if not reused:
-                raise TransportUnavailable(f"{self._where()}: the server closed the connection") from None
-            smtp = self._connection()
-            code, reply = self._guard(smtp, "MAIL FROM", mail_from)
-        self._check(smtp, code, reply, "MAIL FROM", (250,))
-        code, reply = self._guard(smtp, "RCPT TO", to)
-        self._check(smtp, code, reply, "RCPT TO", (250, 251))
-        try:
-            _data(smtp, raw)
-        except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
-            reply = exc.smtp_error if isinstance(exc.smtp_error, bytes) else exc.smtp_error.encode()
-            self._check(smtp, exc.smtp_code, reply, "DATA", (354,))
-            raise
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            # Before the final dot went out the server cannot have taken the message: try later.
-            self._drop()
-            raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
-        return functools.partial(self._verdict, smtp)
-
-    def _begin_pipelined(self, smtp: smtplib.SMTP, reused: bool, mail_from: str, to: str,
-                         raw: bytes) -> Callable[[], None]:
-        """`begin` over a relay that advertises PIPELINING (RFC 2920): MAIL, RCPT and DATA go
-        out in one write and their three replies are read after it, one round trip where
-        lockstep takes three. Every reply is read before any is acted on, so the connection
-        stays in step whatever the relay refused."""
         group = f"MAIL FROM:<{_checked(mail_from)}>\r\nRCPT TO:<{_checked(to)}>\r\nDATA\r\n".encode()
+        if not self._pipelining:
+            try:
+                self._settle()  # lockstep: the message before is answered before anything is sent
+            except (smtplib.SMTPServerDisconnected, OSError):
+                pass  # kept for its verdict; this message goes over a new connection
+        reused = self._smtp is not None
         try:
-            smtp.send(group)
-            mail = smtp.getreply()
+            smtp, replies = self._envelope(group)
         except (smtplib.SMTPServerDisconnected, OSError):
-            # An idle connection the server closed: nothing was taken yet, so reconnect once.
+            # An idle connection the server closed (or closed after the message before): this
+            # message was not taken, so reconnect once.
             self._drop()
             if not reused:
                 raise TransportUnavailable(f"{self._where()}: the server closed the connection") from None
-            smtp = self._connection()
-            if not self._pipelining:  # the relay stopped advertising it
-                return self.begin(mail_from, to, raw)
             try:
-                smtp.send(group)
-                mail = smtp.getreply()
+                smtp, replies = self._envelope(group)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self._drop()
                 raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
-        try:
-            rcpt = smtp.getreply()
-            data = smtp.getreply()
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            # Before the message went out the server cannot have taken it: try later.
-            self._drop()
-            raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
-        steps = (("MAIL FROM", mail, (250,)), ("RCPT TO", rcpt, (250, 251)), ("DATA", data, (354,)))
-        refused = next(((step, answer, ok) for step, answer, ok in steps if answer[0] not in ok), None)
-        if refused is not None:
-            step, (code, reply), ok = refused
-            if data[0] == 354:
-                # The relay took DATA although the envelope failed: an empty message ends it
-                # (RFC 2920 3.1), and with no recipient it cannot be delivered.
+        steps = (("MAIL FROM", (250,)), ("RCPT TO", (250, 251)), ("DATA", (354,)))
+        for (step, ok), (code, reply) in zip(steps, replies, strict=False):  # lockstep stops at a refusal
+            if code in ok:
+                continue
+            if replies[-1][0] == 354:
+                # A pipelining relay took DATA although the envelope failed: an empty message
+                # ends it (RFC 2920 3.1), and with no recipient it cannot be delivered.
                 try:
                     smtp.send(b".\r\n")
                     smtp.getreply()
@@ -181,37 +158,86 @@ class SMTPTransport:
         try:
             _message(smtp, raw)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Before the final dot went out the server cannot have taken the message: try later.
             self._drop()
             raise TransientDeliveryError(f"{self._where()}: connection lost during DATA: {exc}") from None
-        return functools.partial(self._verdict, smtp)
+        final = self._unread = _FinalReply(smtp)
+        return functools.partial(self._verdict, final)
 
-    def _verdict(self, smtp: smtplib.SMTP) -> None:
-        """The reply to a message's final dot."""
+    def _envelope(self, group: bytes) -> tuple[smtplib.SMTP, list[tuple[int, bytes]]]:
+        """MAIL, RCPT and DATA, and their replies (in lockstep, up to the first refusal). Raises
+        SMTPServerDisconnected or OSError when the connection is lost before the reply to MAIL
+        (the caller reconnects once), TransientDeliveryError when it is lost after it."""
+        smtp = self._connection()
+        lines = group.splitlines(keepends=True)
+        if self._pipelining:
+            smtp.send(group)
+            self._settle()  # the message before: its reply comes first
+            if self._smtp is not smtp:  # that reply was 421 (closing) or garbled: the line is gone
+                raise smtplib.SMTPServerDisconnected("the server closed the connection")
+        else:
+            smtp.send(lines[0])
+        replies = [smtp.getreply()]
         try:
-            code, reply = smtp.getreply()
+            for line in lines[1:]:
+                if not self._pipelining:
+                    if replies[-1][0] not in (250, 251):
+                        break
+                    smtp.send(line)
+                replies.append(smtp.getreply())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Before the message went out the server cannot have taken it: try later.
+            self._drop()
+            raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
+        return smtp, replies
+
+    def _settle(self) -> None:
+        """Read the reply to the last final dot, if it is still unread, and keep it for its
+        verdict. A lost connection is kept too (and raised), as is a 421, which closes it."""
+        final, self._unread = self._unread, None
+        if final is None:
+            return
+        try:
+            final.answer = final.smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            final.answer = exc
+            self._drop()
+            raise
+        if final.answer[0] in (421, -1):
+            self._drop()  # the server is closing this connection; the next send reconnects
+
+    def _verdict(self, final: _FinalReply) -> None:
+        """The reply to a message's final dot."""
+        if final.answer is None:
+            try:
+                self._settle()
+            except (smtplib.SMTPServerDisconnected, OSError):
+                pass  # kept in final.answer
+        answer = final.answer
+        if not isinstance(answer, tuple):
             # The whole message is out; a server may store it and then drop (or stall) before its
             # 250. Sending it again by itself could be a second copy: the sender must decide.
-            self._drop()
             raise AmbiguousDeliveryError(
-                f"{self._where()}: no reply after the end of DATA ({_reason(exc)}): "
-                f"maybe delivered, maybe not") from None
-        self._check(smtp, code, reply, "end of DATA", (250,))
+                f"{self._where()}: no reply after the end of DATA ({_reason(answer or OSError())}): "
+                f"maybe delivered, maybe not")
+        code, reply = answer
+        if code == 250:
+            return
+        # The transaction is over whatever the reply (RFC 5321 4.1.1.4): nothing to reset.
+        if code == -1:
+            raise TransientDeliveryError(f"{self._where()}: end of DATA: connection lost")
+        if code == 530:
+            raise self._refused(code, reply)
+        raise classify(code, reply, f"{self._where()} end of DATA")
 
     def close(self) -> None:
         if self._smtp is not None:
             try:
+                self._settle()
                 self._smtp.quit()
             except (smtplib.SMTPException, OSError):
                 pass
             self._drop()
-
-    def _guard(self, smtp: smtplib.SMTP, verb: str, address: str) -> tuple[int, bytes]:
-        try:
-            return _command(smtp, verb, address)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
 
     def _check(self, smtp: smtplib.SMTP, code: int, reply: bytes, step: str, ok: tuple[int, ...]) -> None:
         if code in ok:
@@ -226,16 +252,22 @@ class SMTPTransport:
         if code == -1:
             raise TransientDeliveryError(f"{self._where()}: {step}: connection lost")
         if code == 530 or (step == "MAIL FROM" and code >= 500):
-            # TLS or login demanded, or our sender refused: every message would fail alike.
-            text = reply.decode("utf-8", "replace")
-            raise TransportUnavailable(f"{self._where()} refused the sender ({code} {text}); "
-                                       f"check delivery.smtp_tls, smtp_username and the sender address")
+            raise self._refused(code, reply)
         raise classify(code, reply, f"{self._where()} {step}")
+
+    def _refused(self, code: int, reply: bytes) -> TransportUnavailable:
+        """TLS or login demanded, or our sender refused: every message would fail alike."""
+        text = reply.decode("utf-8", "replace")
+        return TransportUnavailable(f"{self._where()} refused the sender ({code} {text}); "
+                                    f"check delivery.smtp_tls, smtp_username and the sender address")
 
     def _where(self) -> str:
         return f"{self.delivery.smtp_host}:{self.delivery.smtp_port}"
 
     def _drop(self) -> None:
+        if self._unread is not None:  # its reply can no longer come
+            self._unread.answer = smtplib.SMTPServerDisconnected("connection closed")
+            self._unread = None
         if self._smtp is not None:
             try:
                 self._smtp.close()
@@ -292,15 +324,10 @@ def _context_for(cafile: str | None, capath: str | None, changed: int) -> ssl.SS
     return ssl.create_default_context()  # reads the certificates the arguments name
 
 
-def _command(smtp: smtplib.SMTP, verb: str, address: str) -> tuple[int, bytes]:
-    """MAIL FROM / RCPT TO without smtplib's quoteaddr, whose email.utils parse costs more than
-    the rest of the command; the addresses are already checked ASCII addr-specs (message.py)."""
-    smtp.putcmd(verb.split()[0].lower(), f"{verb.split()[1]}:<{_checked(address)}>")
-    return smtp.getreply()
-
-
 def _checked(address: str) -> str:
-    """The address, unless it would break the command line it goes into."""
+    """The address, unless it would break the command line it goes into. Not smtplib's
+    quoteaddr, whose email.utils parse costs more than the rest of the command: the addresses
+    are already checked ASCII addr-specs (message.py)."""
     if any(c in address for c in "\r\n<>"):
         raise PermanentDeliveryError(f"{address!r} cannot be used in an SMTP command")
     return address
@@ -314,20 +341,11 @@ def _reason(exc: BaseException) -> str:
     return f"connection lost: {exc}"
 
 
-def _data(smtp: smtplib.SMTP, raw: bytes) -> None:
-    """smtplib's `data()` up to its reply (DATA, 354, the dot-stuffed message) with the dot-stuffing
-    done by bytes.replace: smtplib's line-start regex takes ~60 us on a 12 KB digest, a third
-    of what the rest of a send costs in Python. A line that starts with "." gets one more, as
-    RFC 5321 4.5.2 says; the message ends with CRLF "." CRLF."""
-    smtp.putcmd("data")
-    code, reply = smtp.getreply()
-    if code != 354:
-        raise smtplib.SMTPDataError(code, reply)
-    _message(smtp, raw)
-
-
 def _message(smtp: smtplib.SMTP, raw: bytes) -> None:
-    """The message after a 354, dot-stuffed, up to and including its final dot."""
+    """The message after a 354, up to and including its final dot. The dot-stuffing is done by
+    bytes.replace: smtplib's line-start regex takes ~60 us on a 12 KB digest, a third of what
+    the rest of a send costs in Python. A line that starts with "." gets one more, as RFC 5321
+    4.5.2 says; the message ends with CRLF "." CRLF."""
     if b"\n." in raw:
         raw = raw.replace(b"\n.", b"\n..")
     if raw[:1] == b".":

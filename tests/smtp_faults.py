@@ -50,6 +50,10 @@ class FaultServer:
     # One entry per MAIL command: whether the client had already sent its RCPT and DATA (in the
     # same write) when the server read MAIL, i.e. did not wait for the reply to MAIL.
     grouped: list[bool] = field(default_factory=list)
+    # With hold_final_reply, the reply to each final dot waits (up to that many seconds) for the
+    # client's next command; next_came_first says, per message, whether it came meanwhile.
+    hold_final_reply: float = 0.0
+    next_came_first: list[bool] = field(default_factory=list)
 
     def _fault(self, address: str, step: str) -> str | None:
         planned = self.faults.get(address)
@@ -84,6 +88,12 @@ class FaultHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         address = envelope.rcpt_tos[0]
+        if self.server.hold_final_reply:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.server.hold_final_reply
+            while not server._reader._buffer and loop.time() < until:
+                await asyncio.sleep(0.005)
+            self.server.next_came_first.append(bool(server._reader._buffer))
         if self.server._fault(address, "drop"):
             server.transport.close()  # mid-message, as far as the client can tell
             return "250 never seen"

@@ -194,3 +194,26 @@ def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path,
         assert [r.rcpt_tos for r in server.received] == [[f"r{n}@example.org"] for n in range(4)]
         assert all(r.mail_from == "a@example.org" for r in server.received)
         assert all(b"\r\n.leading dot\r\n" in r.raw for r in server.received)
+
+
+def test_over_a_pipelining_relay_the_next_envelope_travels_with_the_reply_before(tmp_path: Path) -> None:
+    """One round trip a message: the sender does not wait for the reply to one message's final
+    dot before it sends the next envelope (RFC 2920 lets message content open a group). The
+    relay holds each such reply until the client's next command arrives, or for 3 s."""
+    with fault_server(pipelining=True) as server:
+        server.hold_final_reply = 3.0
+        settings = smtp_settings(tmp_path, server.port, batch_size=50)
+        engine = db.connect(settings.database.url)
+        readers = add_audience(engine, 4)
+        server.faults[readers[1].email] = [("data", "451 4.3.0 Try later")]
+        report = publish(settings, engine, latest=True)
+        # The last message of the batch has nothing behind it: its reply is waited for.
+        assert server.next_came_first == [True, True, True, False]
+        assert report.sent == 3 and report.retrying == 1
+        with Session(engine) as session:
+            rows = {r.email: r for r in ledger_reads.rows(session, report.issue_id or 0)}
+        assert rows[readers[1].email].status == "pending"
+        assert "451 4.3.0 Try later" in (rows[readers[1].email].last_error or "")
+        assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(
+            r.email for n, r in enumerate(readers) if n != 1)
+        engine.dispose()
