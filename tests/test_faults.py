@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -217,3 +219,50 @@ def test_over_a_pipelining_relay_the_next_envelope_travels_with_the_reply_before
         assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(
             r.email for n, r in enumerate(readers) if n != 1)
         engine.dispose()
+
+
+def _lenient_relay(listener: socket.socket, log: list[tuple[str, bytes]]) -> None:
+    """A pipelining relay that answers 354 to DATA even when it refused every recipient, which
+    RFC 2920 allows; it refuses gone@example.org. `log`: (recipient or "", message) per DATA."""
+    connection, _ = listener.accept()
+    with connection, connection.makefile("rb") as lines:
+        connection.sendall(b"220 relay\r\n")
+        recipient = ""
+        for line in lines:
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                connection.sendall(b"250-relay\r\n250 PIPELINING\r\n")
+            elif verb == b"RCPT":
+                gone = b"gone@" in line
+                recipient = "" if gone else line.decode().split("<")[1].split(">")[0]
+                connection.sendall(b"550 5.1.1 No such user\r\n" if gone else b"250 ok\r\n")
+            elif verb == b"DATA":
+                connection.sendall(b"354 go ahead\r\n")
+                body = b"".join(iter(lines.readline, b".\r\n"))
+                log.append((recipient, body))
+                connection.sendall(b"250 queued\r\n" if recipient else b"554 5.5.1 No valid recipients\r\n")
+            elif verb == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                return
+            else:  # MAIL, RSET
+                recipient = "" if verb == b"RSET" else recipient
+                connection.sendall(b"250 ok\r\n")
+
+
+def test_a_relay_that_takes_data_after_refusing_the_recipient_gets_an_empty_message(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        log: list[tuple[str, bytes]] = []
+        relay = threading.Thread(target=_lenient_relay, args=(listener, log), daemon=True)
+        relay.start()
+        transport = SMTPTransport(smtp_settings(tmp_path, listener.getsockname()[1]).delivery)
+        raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+        with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 No such user"):
+            transport.send("a@example.org", "gone@example.org", raw)
+        transport.send("a@example.org", "r1@example.org", raw)
+        transport.close()
+        relay.join(5)
+    # The refused recipient's DATA was ended at once, empty; the next message went through whole.
+    assert log == [("", b""), ("r1@example.org", raw)]
+    assert transport.connections == 1
