@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import smtplib
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -301,6 +302,10 @@ class SMTPTransport:
             raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
         self._smtp = smtp
         self._pipelining = smtp.has_extn("pipelining")
+        if self._pipelining and smtp.sock is not None:
+            # The next envelope is a small write behind a message not yet acknowledged: Nagle's
+            # algorithm would hold it until the relay's reply, a round trip a message again.
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections += 1
         return smtp
 

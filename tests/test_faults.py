@@ -190,6 +190,10 @@ def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path,
         with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 User unknown"):
             transport.send("a@example.org", "gone@example.org", raw)
         transport.send("a@example.org", "r3@example.org", raw)  # the connection is still in step
+        # Nagle's algorithm would hold each small envelope behind the unacknowledged message
+        # before it (a round trip a message again, over a real network).
+        assert transport._smtp is not None and transport._smtp.sock is not None
+        assert bool(transport._smtp.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is pipelining
         transport.close()
         assert server.grouped == [pipelining] * 5
         assert transport.connections == 1
