@@ -13,6 +13,12 @@ The aiosmtpd sink (`start_aiosmtpd_sink`): aiosmtpd accepting everything with no
 CPU-bound sink issue 13 first measured against (aiosmtpd's own parsing is much of the cost per
 message, so it narrows the gap between any two senders). `python tests/benchmarks/sink.py PORT 0 aiosmtpd`.
 
+The network sink (`start_network_sink`): the CPU-bound sink a network hop away, its every reply
+reaching the client `rtt` seconds (5 ms by default) after the command it answers, while the
+commands behind it are read and answered meanwhile, as on a wire: a sender that waits for each
+reply pays a round trip per command, one that pipelines pays one per group.
+`python tests/benchmarks/sink.py PORT RTT network [pipelining]`.
+
 aiosmtpd does not offer PIPELINING (RFC 2920); Postfix and Exim do by default. With
 `pipelining=True` the CPU-bound sink and the aiosmtpd sink advertise it (a last argument
 `pipelining`): a sender may then write MAIL, RCPT and DATA without waiting for each reply.
@@ -31,8 +37,32 @@ import time
 from typing import Any
 
 
-async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
-                   pipelining: bool) -> None:
+class _Wire:
+    """Replies to one client, each written `rtt` seconds after it was made (0: at once)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, rtt: float) -> None:
+        self.writer, self.rtt = writer, rtt
+        self.loop = asyncio.get_running_loop()
+
+    def write(self, reply: bytes) -> None:
+        if self.rtt:
+            # Equal delays fire in the order they were set, so replies keep their order.
+            self.loop.call_later(self.rtt, self._late, reply)
+        else:
+            self.writer.write(reply)
+
+    def _late(self, reply: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(reply)
+
+    async def drain(self) -> None:
+        if not self.rtt:
+            await self.writer.drain()
+
+
+async def _session(reader: asyncio.StreamReader, socket_writer: asyncio.StreamWriter, delay: float,
+                   pipelining: bool, rtt: float = 0.0) -> None:
+    writer = _Wire(socket_writer, rtt)
     writer.write(b"220 sink\r\n")
     while True:
         line = await reader.readline()
@@ -49,6 +79,7 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d
         elif verb == b"QUIT":
             writer.write(b"221 bye\r\n")
             await writer.drain()
+            await asyncio.sleep(rtt)  # the 221 goes out before the connection closes
             break
         elif verb == b"EHLO":
             writer.write(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n" if pipelining
@@ -56,12 +87,12 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d
         else:
             writer.write(b"250 ok\r\n")
         await writer.drain()
-    writer.close()
+    socket_writer.close()
 
 
-async def _serve(port: int, delay: float, pipelining: bool) -> None:
+async def _serve(port: int, delay: float, pipelining: bool, rtt: float = 0.0) -> None:
     server = await asyncio.start_server(
-        lambda r, w: _session(r, w, delay, pipelining), "127.0.0.1", port, limit=2**24
+        lambda r, w: _session(r, w, delay, pipelining, rtt), "127.0.0.1", port, limit=2**24
     )
     print("ready", flush=True)
     async with server:
@@ -136,6 +167,11 @@ def start_latency_sink(latency: float = 0.010) -> tuple[subprocess.Popen[bytes],
     return _start(str(latency), "latency")
 
 
+def start_network_sink(rtt: float = 0.005, pipelining: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """The network sink in another process on a free loopback port, once it is listening."""
+    return _start(str(rtt), "network", *(["pipelining"] if pipelining else []))
+
+
 def start_aiosmtpd_sink(pipelining: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     """The aiosmtpd sink that never sleeps, in another process on a free loopback port."""
     return _start("0", "aiosmtpd", *(["pipelining"] if pipelining else []))
@@ -148,6 +184,8 @@ if __name__ == "__main__":
         _serve_aiosmtpd(int(sys.argv[1]), LatencyHandler(float(sys.argv[2])))
     elif mode == "aiosmtpd":
         _serve_aiosmtpd(int(sys.argv[1]), AcceptHandler(offers_pipelining))
+    elif mode == "network":
+        asyncio.run(_serve(int(sys.argv[1]), 0.0, offers_pipelining, float(sys.argv[2])))
     else:
         asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0,
                            offers_pipelining))
