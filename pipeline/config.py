@@ -102,6 +102,7 @@ class DeliverySettings:
     smtp_username: str
     smtp_password: str | None
     smtp_timeout: float
+    smtp_pipelining: bool  # send the envelope in one write when the relay offers PIPELINING
     connections: int
     batch_size: int
     rate_per_second: float
@@ -265,6 +266,7 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         smtp_username=r.text("delivery.smtp_username", "", allow_empty=True),
         smtp_password=os.environ.get(PASSWORD_ENV) or None,
         smtp_timeout=r.number("delivery.smtp_timeout", 30, minimum=1, maximum=3600),
+        smtp_pipelining=r.boolean("delivery.smtp_pipelining", True),
         connections=r.integer("delivery.connections", 1, minimum=1, maximum=64),
         batch_size=r.integer("delivery.batch_size", 50, minimum=1, maximum=100_000),
         rate_per_second=r.number("delivery.rate_per_second", 0, minimum=0, maximum=100_000),

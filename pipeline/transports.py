@@ -301,7 +301,7 @@ class SMTPTransport:
         except (TimeoutError, smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
         self._smtp = smtp
-        self._pipelining = smtp.has_extn("pipelining")
+        self._pipelining = d.smtp_pipelining and smtp.has_extn("pipelining")
         if self._pipelining and smtp.sock is not None:
             # The next envelope is a small write behind a message not yet acknowledged: Nagle's
             # algorithm would hold it until the relay's reply, a round trip a message again.

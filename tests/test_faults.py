@@ -177,12 +177,16 @@ def test_one_connection_is_reused_and_a_drop_reconnects(tmp_path: Path, pipelini
         assert [r.rcpt_tos[0] for r in server.received] == [f"r{n}@example.org" for n in (0, 1, 2, 3, 4, 10)]
 
 
-@PIPELINING
-def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path, pipelining: bool) -> None:
+@pytest.mark.parametrize(("pipelining", "allowed"), [(False, True), (True, True), (True, False)],
+                         ids=["lockstep", "pipelining", "pipelining-turned-off"])
+def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path, pipelining: bool,
+                                                                  allowed: bool) -> None:
     """Over a relay a network hop away each round trip costs its latency: with PIPELINING a
-    message takes two (envelope, then the message) where lockstep takes four."""
+    message takes two (envelope, then the message) where lockstep takes four. Unless
+    delivery.smtp_pipelining is false, for a relay that offers it and then mishandles it."""
+    pipelining_used = pipelining and allowed
     with fault_server(pipelining=pipelining) as server:
-        transport = SMTPTransport(smtp_settings(tmp_path, server.port).delivery)
+        transport = SMTPTransport(smtp_settings(tmp_path, server.port, smtp_pipelining=allowed).delivery)
         raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\n.leading dot\r\nbody\r\n"
         for n in range(3):
             transport.send("a@example.org", f"r{n}@example.org", raw)
@@ -193,9 +197,9 @@ def test_the_envelope_is_pipelined_only_when_the_relay_offers_it(tmp_path: Path,
         # Nagle's algorithm would hold each small envelope behind the unacknowledged message
         # before it (a round trip a message again, over a real network).
         assert transport._smtp is not None and transport._smtp.sock is not None
-        assert bool(transport._smtp.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is pipelining
+        assert bool(transport._smtp.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is pipelining_used
         transport.close()
-        assert server.grouped == [pipelining] * 5
+        assert server.grouped == [pipelining_used] * 5
         assert transport.connections == 1
         assert [r.rcpt_tos for r in server.received] == [[f"r{n}@example.org"] for n in range(4)]
         assert all(r.mail_from == "a@example.org" for r in server.received)
