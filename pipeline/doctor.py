@@ -147,14 +147,14 @@ def smtp_checks(settings: Settings) -> list[Check]:
                             "but $NEWSLETTER_SMTP_PASSWORD is unset", "export NEWSLETTER_SMTP_PASSWORD"))
         return checks
     try:
-        check_connection(d)
+        travel = check_connection(d)
     except NewsletterError as exc:
         return checks + [Check("smtp-login", MUST, False, str(exc),
                                "check delivery.smtp_host, smtp_port, smtp_tls, smtp_username and "
                                "$NEWSLETTER_SMTP_PASSWORD")]
     who = f"logged in as {d.smtp_username!r}" if d.smtp_username else "no login configured"
     return checks + [Check("smtp-login", MUST, True, f"{d.smtp_host}:{d.smtp_port} answers; {who}; "
-                           "no message sent")]
+                           f"it {travel}; no message sent")]
 
 
 def dkim_checks(settings: Settings, records: Lookups) -> list[Check]:

@@ -67,13 +67,19 @@ def make_transport(settings: Settings, label: str = "") -> Transport:
     return OutboxTransport(settings.delivery.outbox_dir, label)
 
 
-def check_connection(delivery: DeliverySettings) -> None:
+def check_connection(delivery: DeliverySettings) -> str:
     """Connect, say EHLO, start TLS and log in as a send would, then QUIT: no message is sent.
 
-    Raises TransportUnavailable saying what failed (connection, TLS or login)."""
+    Returns how messages would travel (whether the envelope is pipelined); raises
+    TransportUnavailable saying what failed (connection, TLS or login)."""
     transport = SMTPTransport(delivery)
     try:
-        transport._connection()
+        smtp = transport._connection()
+        if transport._pipelining:
+            return "offers PIPELINING: one round trip a message"
+        if smtp.has_extn("pipelining"):
+            return "offers PIPELINING, turned off by delivery.smtp_pipelining: four round trips a message"
+        return "does not offer PIPELINING: four round trips a message"
     finally:
         transport.close()
 

@@ -43,6 +43,7 @@ from pipeline.issues import compose
 from pipeline.signing import dkim_record
 from tests.conftest import CLI, write_config
 from tests.digest_fixtures import add_essays, digest_essays
+from tests.smtp_faults import fault_server
 
 # The test SMTP server asks for a login over plain TCP on loopback, which aiosmtpd warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -201,7 +202,20 @@ def test_smtp_login_accepted_and_no_mail_sent(tmp_path: Path, auth_smtp: tuple[i
     monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "right-password")
     checks = smtp_checks(smtp_settings(tmp_path, auth_smtp[0]))
     assert codes(checks) == {"transport": True, "smtp-login": True}
+    assert "does not offer PIPELINING: four round trips a message" in checks[-1].message
     assert auth_smtp[1] == []
+
+
+@pytest.mark.parametrize(("allowed", "says"), [
+    (True, "it offers PIPELINING: one round trip a message"),
+    (False, "it offers PIPELINING, turned off by delivery.smtp_pipelining: four round trips a message")])
+def test_doctor_says_whether_the_relay_takes_a_pipelined_envelope(tmp_path: Path, allowed: bool, says: str) -> None:
+    with fault_server(pipelining=True) as server:
+        settings = settings_with(tmp_path, delivery={
+            "transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_tls": "none",
+            "smtp_timeout": 5, "smtp_pipelining": allowed})
+        check = smtp_checks(settings)[-1]
+    assert check.ok and says in check.message and server.received == []
 
 
 def test_smtp_login_refused_fails(tmp_path: Path, auth_smtp: tuple[int, list[bytes]],
