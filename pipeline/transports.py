@@ -10,6 +10,7 @@ stored the message, so it must not be sent again by itself. smtplib enters the p
 
 from __future__ import annotations
 
+import binascii
 import functools
 import itertools
 import os
@@ -137,7 +138,7 @@ class SMTPTransport:
                 pass  # kept for its verdict; this message goes over a new connection
         reused = self._smtp is not None
         try:
-            smtp, replies = self._envelope(group)
+            smtp, replies = self._envelope(group, reused)
         except (smtplib.SMTPServerDisconnected, OSError):
             # An idle connection the server closed (or closed after the message before): this
             # message was not taken, so reconnect once.
@@ -145,7 +146,7 @@ class SMTPTransport:
             if not reused:
                 raise TransportUnavailable(f"{self._where()}: the server closed the connection") from None
             try:
-                smtp, replies = self._envelope(group)
+                smtp, replies = self._envelope(group, reused=False)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self._drop()
                 raise TransientDeliveryError(f"{self._where()}: connection lost: {exc}") from None
@@ -153,7 +154,11 @@ class SMTPTransport:
         for (step, ok), (code, reply) in zip(steps, replies, strict=False):  # lockstep stops at a refusal
             if code in ok:
                 continue
-            if replies[-1][0] == 354:
+            if replies[-1][0] == 354 and replies[1][0] in (250, 251):
+                # A broken relay refused MAIL yet took RCPT and DATA: a dot would deliver an
+                # empty message to that recipient. Only dropping the line aborts it.
+                self._drop()
+            elif replies[-1][0] == 354:
                 # A pipelining relay took DATA although the envelope failed: an empty message
                 # ends it (RFC 2920 3.1), and with no recipient it cannot be delivered.
                 try:
@@ -171,7 +176,7 @@ class SMTPTransport:
         final = self._unread = _FinalReply(smtp)
         return functools.partial(self._verdict, final)
 
-    def _envelope(self, group: bytes) -> tuple[smtplib.SMTP, list[tuple[int, bytes]]]:
+    def _envelope(self, group: bytes, reused: bool) -> tuple[smtplib.SMTP, list[tuple[int, bytes]]]:
         """MAIL, RCPT and DATA, and their replies (in lockstep, up to the first refusal). Raises
         SMTPServerDisconnected or OSError when the connection is lost before the reply to MAIL
         (the caller reconnects once), TransientDeliveryError when it is lost after it."""
@@ -185,6 +190,10 @@ class SMTPTransport:
         else:
             smtp.send(lines[0])
         replies = [smtp.getreply()]
+        if replies[0][0] == 421 and reused:
+            # Most likely the relay closing a connection idle too long ("timeout exceeded"),
+            # said before MAIL came: it answered nothing of this message, as after a silent close.
+            raise smtplib.SMTPServerDisconnected(f"421 {replies[0][1].decode('utf-8', 'replace')}")
         try:
             for line in lines[1:]:
                 if not self._pipelining:
@@ -210,8 +219,8 @@ class SMTPTransport:
             final.answer = exc
             self._drop()
             raise
-        if final.answer[0] in (421, -1):
-            self._drop()  # the server is closing this connection; the next send reconnects
+        if final.answer[0] == 421 or not _ends_message(final.answer[0]):
+            self._drop()  # closing (421), or out of step: the next send reconnects
 
     def _verdict(self, final: _FinalReply) -> None:
         """The reply to a message's final dot."""
@@ -228,11 +237,15 @@ class SMTPTransport:
                 f"{self._where()}: no reply after the end of DATA ({_reason(answer or OSError())}): "
                 f"maybe delivered, maybe not")
         code, reply = answer
-        if code == 250:
+        if 200 <= code < 300:
             return
+        if not _ends_message(code):
+            # No code, or one that answers no end of a message: the relay may have taken it.
+            text = " ".join(reply.decode("utf-8", "replace").split())
+            raise AmbiguousDeliveryError(
+                f"{self._where()}: unreadable reply after the end of DATA ({code if code > 0 else ''} "
+                f"{text!r}): maybe delivered, maybe not")
         # The transaction is over whatever the reply (RFC 5321 4.1.1.4): nothing to reset.
-        if code == -1:
-            raise TransientDeliveryError(f"{self._where()}: end of DATA: connection lost")
         if code == 530:
             raise self._refused(code, reply)
         raise classify(code, reply, f"{self._where()} end of DATA")
@@ -241,7 +254,8 @@ class SMTPTransport:
         if self._smtp is not None:
             try:
                 self._settle()
-                self._smtp.quit()
+                if self._smtp is not None:  # not closed by the reply it read (a 421)
+                    self._smtp.quit()
             except (smtplib.SMTPException, OSError):
                 pass
             self._drop()
@@ -286,26 +300,38 @@ class SMTPTransport:
         if self._smtp is not None:
             return self._smtp
         d = self.delivery
+        smtp: smtplib.SMTP | None = None
         try:
             if d.smtp_tls == "tls":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(d.smtp_host, d.smtp_port, timeout=d.smtp_timeout,
-                                                      context=_tls_context())
+                smtp = smtplib.SMTP_SSL(d.smtp_host, d.smtp_port, timeout=d.smtp_timeout, context=_tls_context())
             else:
                 smtp = smtplib.SMTP(d.smtp_host, d.smtp_port, timeout=d.smtp_timeout)
-            smtp.ehlo()
+            smtp.ehlo_or_helo_if_needed()  # HELO for a relay that refuses EHLO (RFC 5321 4.1.4)
             if d.smtp_tls == "starttls":
                 smtp.starttls(context=_tls_context())
-                smtp.ehlo()
+                smtp.ehlo_or_helo_if_needed()
             if d.smtp_username:
                 smtp.login(d.smtp_username, d.smtp_password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            raise TransportUnavailable(
-                f"{self._where()}: login as {d.smtp_username!r} refused ({exc.smtp_code}); check "
-                f"delivery.smtp_username and $NEWSLETTER_SMTP_PASSWORD") from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise TransportUnavailable(f"{self._where()}: {exc} (see delivery.smtp_tls)") from None
-        except (TimeoutError, smtplib.SMTPException, ssl.SSLError, OSError) as exc:
-            raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
+        except BaseException as exc:
+            if smtp is not None:
+                smtp.close()  # the half-open connection goes too
+            if isinstance(exc, smtplib.SMTPAuthenticationError):
+                raise TransportUnavailable(
+                    f"{self._where()}: login as {d.smtp_username!r} refused ({exc.smtp_code}); check "
+                    f"delivery.smtp_username and $NEWSLETTER_SMTP_PASSWORD") from None
+            if isinstance(exc, smtplib.SMTPNotSupportedError):
+                raise TransportUnavailable(f"{self._where()}: {exc} (see delivery.smtp_tls)") from None
+            if isinstance(exc, binascii.Error):  # smtplib decodes the server's login challenge unchecked
+                raise TransportUnavailable(
+                    f"{self._where()}: login as {d.smtp_username!r} failed: the server's challenge is "
+                    f"not base64 ({exc})") from None
+            if isinstance(exc, UnicodeError):
+                raise TransportUnavailable(
+                    f"{self._where()}: login as {d.smtp_username!r} failed: the login methods this relay "
+                    f"offers take only ASCII user names and passwords") from None
+            if isinstance(exc, (TimeoutError, smtplib.SMTPException, ssl.SSLError, OSError)):
+                raise TransportUnavailable(f"cannot connect to the SMTP server {self._where()}: {exc}") from None
+            raise
         self._smtp = smtp
         self._pipelining = d.smtp_pipelining and smtp.has_extn("pipelining")
         if self._pipelining and smtp.sock is not None:
@@ -333,6 +359,11 @@ def _tls_context() -> ssl.SSLContext:
 @functools.cache
 def _context_for(cafile: str | None, capath: str | None, changed: int) -> ssl.SSLContext:
     return ssl.create_default_context()  # reads the certificates the arguments name
+
+
+def _ends_message(code: int) -> bool:
+    """Whether `code` is a reply that can end a message: 2xx, 4xx or 5xx (RFC 5321 4.2.1)."""
+    return 200 <= code < 300 or 400 <= code < 600
 
 
 def _checked(address: str) -> str:

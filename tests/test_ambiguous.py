@@ -29,6 +29,10 @@ CASES = {
     "store-drop@example.org": ([("store-drop", "")], "unknown", 1),
     "store-hang@example.org": ([("store-hang", "")], "unknown", 1),
     "drop-after-dot@example.org": ([("drop", "")], "unknown", 0),
+    # A reply to the final dot that is no reply (no code, or one that does not end a message):
+    # the relay may hold the message, so it is not sent again by itself.
+    "garbled-final@example.org": ([("data", "Hello? queued as 4XyZ")], "unknown", 0),
+    "odd-final@example.org": ([("data", "354 go on")], "unknown", 0),
     "cut-mid-data@example.org": ([("cut", "")], "sent", 1),
     "twice-cut@example.org": ([("cut", ""), ("cut", "")], "sent", 1),
     **{f"r{code}-{stage}@example.org": ([(stage, f"{code} 4.0.0 {stage} later")], "sent", 1)
@@ -63,7 +67,8 @@ def test_each_fault_gives_each_recipient_the_right_number_of_copies(tmp_path: Pa
             assert "maybe delivered" in (rows[address].last_error or ""), address
         assert "timed out" in (rows["store-hang@example.org"].last_error or "")
         assert all(got[p.email] == 1 for p in fine)
-        assert first.unknown == 3 and first.ending is not Ending.FINISHED
+        assert first.unknown == 5 and first.ending is not Ending.FINISHED
+        assert "queued as 4XyZ" in (rows["garbled-final@example.org"].last_error or "")
 
         # Resending the unknown ones is a decision the operator takes, and it is taken once.
         cli = CLI(settings.path, CliRunner())

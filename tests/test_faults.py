@@ -5,18 +5,20 @@ from __future__ import annotations
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 
 from pipeline import db, ledger_reads
 from pipeline.config import DeliverySettings
-from pipeline.errors import PermanentDeliveryError, TransientDeliveryError
+from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
 from pipeline.issues import requeue
 from pipeline.publish import Ending, publish
-from pipeline.transports import SMTPTransport, classify
+from pipeline.transports import SMTPTransport, check_connection, classify
 from subscribers import consent
 from subscribers.model import Subscriber, utcnow
 from tests.smtp_faults import add_audience, fault_server, smtp_settings
@@ -229,48 +231,165 @@ def test_over_a_pipelining_relay_the_next_envelope_travels_with_the_reply_before
         engine.dispose()
 
 
-def _lenient_relay(listener: socket.socket, log: list[tuple[str, bytes]]) -> None:
-    """A pipelining relay that answers 354 to DATA even when it refused every recipient, which
-    RFC 2920 allows; it refuses gone@example.org. `log`: (recipient or "", message) per DATA."""
-    connection, _ = listener.accept()
-    with connection, connection.makefile("rb") as lines:
+Answer = Callable[[bytes, bytes], "bytes | None"]
+CLOSE = b"<close>"  # an answer that ends with it closes the connection after writing the rest
+PIPELINING_EHLO = b"250-relay\r\n250 PIPELINING\r\n"
+
+
+class ScriptedRelay:
+    """A relay on loopback whose every reply a test may script: `answer(verb, line)` returns the
+    reply to a command (verb b"." for the end of a message, line its body), or None for the
+    usual one; its first connections' EHLO replies are `ehlo`. It takes a recipient's DATA even
+    after refusing MAIL, as a broken relay might. `log`: (recipient or "", message) per DATA,
+    `commands`: every command line, per connection."""
+
+    def __init__(self, answer: Answer = lambda verb, line: None, ehlo: bytes = PIPELINING_EHLO) -> None:
+        self.answer, self.ehlo = answer, ehlo
+        self.log: list[tuple[str, bytes]] = []
+        self.commands: list[list[bytes]] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection, connection.makefile("rb") as lines:
+                self._session(connection, lines)
+
+    def _session(self, connection: socket.socket, lines: Any) -> None:
+        commands: list[bytes] = []
+        self.commands.append(commands)
         connection.sendall(b"220 relay\r\n")
         recipient = ""
         for line in lines:
+            commands.append(line.rstrip(b"\r\n"))
             verb = line[:4].upper()
-            if verb == b"EHLO":
-                connection.sendall(b"250-relay\r\n250 PIPELINING\r\n")
-            elif verb == b"RCPT":
-                gone = b"gone@" in line
-                recipient = "" if gone else line.decode().split("<")[1].split(">")[0]
-                connection.sendall(b"550 5.1.1 No such user\r\n" if gone else b"250 ok\r\n")
-            elif verb == b"DATA":
-                connection.sendall(b"354 go ahead\r\n")
-                body = b"".join(iter(lines.readline, b".\r\n"))
-                log.append((recipient, body))
-                connection.sendall(b"250 queued\r\n" if recipient else b"554 5.5.1 No valid recipients\r\n")
-            elif verb == b"QUIT":
-                connection.sendall(b"221 bye\r\n")
+            default = {b"EHLO": self.ehlo, b"QUIT": b"221 bye\r\n" + CLOSE, b"DATA": b"354 go ahead\r\n"}
+            reply = self.answer(verb, line)
+            reply = default.get(verb, b"250 ok\r\n") if reply is None else reply
+            if verb == b"RCPT":
+                recipient = line.decode().split("<")[1].split(">")[0] if reply[:1] == b"2" else ""
+            elif verb == b"RSET":
+                recipient = ""
+            elif verb == b"DATA" and reply[:3] == b"354":
+                connection.sendall(reply)
+                body = b""
+                for piece in iter(lines.readline, b""):
+                    if piece == b".\r\n":
+                        break
+                    body += piece
+                else:
+                    return  # the client went away mid-message: nothing is taken
+                self.log.append((recipient, body))
+                end = self.answer(b".", body)
+                reply = (b"250 queued\r\n" if recipient else b"554 5.5.1 No valid recipients\r\n") if end is None else end
+                recipient = ""
+            connection.sendall(reply.removesuffix(CLOSE))
+            if reply.endswith(CLOSE):
                 return
-            else:  # MAIL, RSET
-                recipient = "" if verb == b"RSET" else recipient
-                connection.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def test_a_relay_that_takes_data_after_refusing_the_recipient_gets_an_empty_message(tmp_path: Path) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        log: list[tuple[str, bytes]] = []
-        relay = threading.Thread(target=_lenient_relay, args=(listener, log), daemon=True)
-        relay.start()
-        transport = SMTPTransport(smtp_settings(tmp_path, listener.getsockname()[1]).delivery)
-        raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
-        with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 No such user"):
-            transport.send("a@example.org", "gone@example.org", raw)
-        transport.send("a@example.org", "r1@example.org", raw)
-        transport.close()
-        relay.join(5)
+    """RFC 2920 lets a pipelining relay answer 354 to DATA after refusing every recipient."""
+    relay = ScriptedRelay(lambda verb, line: b"550 5.1.1 No such user\r\n" if b"gone@" in line else None)
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+    with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 No such user"):
+        transport.send("a@example.org", "gone@example.org", raw)
+    transport.send("a@example.org", "r1@example.org", raw)
+    transport.close()
+    relay.close()
     # The refused recipient's DATA was ended at once, empty; the next message went through whole.
-    assert log == [("", b""), ("r1@example.org", raw)]
+    assert relay.log == [("", b""), ("r1@example.org", raw)]
     assert transport.connections == 1
+
+
+def test_a_garbled_login_challenge_is_a_login_problem_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "secret")
+    relay = ScriptedRelay(lambda verb, line: b"334 abc\r\n" if verb == b"AUTH" else None,
+                          ehlo=b"250-relay\r\n250 AUTH LOGIN\r\n")
+    delivery = smtp_settings(tmp_path, relay.port, smtp_username="ana").delivery
+    with pytest.raises(TransportUnavailable, match="login as 'ana' failed: the server's challenge"):
+        check_connection(delivery)
+    relay.close()
+
+
+def test_a_password_beyond_ascii_is_a_login_problem_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "pässwort")  # smtplib's AUTH PLAIN and LOGIN send ASCII
+    with fault_server(login=("ana", "pässwort")) as server:
+        delivery = smtp_settings(tmp_path, server.port, smtp_username="ana").delivery
+        with pytest.raises(TransportUnavailable, match="take only ASCII user names and passwords"):
+            check_connection(delivery)
+
+
+@PIPELINING
+def test_closing_with_a_421_owed_for_the_last_message_does_not_raise(tmp_path: Path, pipelining: bool) -> None:
+    with fault_server(pipelining=pipelining) as server:
+        server.faults["r0@example.org"] = [("data", "421 4.3.2 Shutting down")]
+        transport = SMTPTransport(smtp_settings(tmp_path, server.port).delivery)
+        verdict = transport.begin("a@example.org", "r0@example.org", b"Subject: x\r\n\r\nbody\r\n")
+        transport.close()  # reads the owed 421, which closes the connection
+        with pytest.raises(TransientDeliveryError, match="421 4.3.2 Shutting down"):
+            verdict()
+
+
+def test_a_relay_that_refused_the_sender_never_gets_an_empty_message(tmp_path: Path) -> None:
+    """A broken pipelining relay refuses MAIL but takes RCPT and DATA: ending that DATA with a
+    dot would deliver an empty message to a real reader. The connection is dropped instead."""
+    relay = ScriptedRelay(lambda verb, line: b"451 4.7.1 Try later\r\n" if b"refused@" in line else None)
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+    with pytest.raises(TransientDeliveryError, match="MAIL FROM: 451 4.7.1 Try later"):
+        transport.send("refused@example.org", "r1@example.org", raw)
+    transport.send("a@example.org", "r2@example.org", raw)
+    transport.close()
+    relay.close()
+    assert relay.log == [("r2@example.org", raw)]
+
+
+@PIPELINING
+def test_an_idle_connection_closed_with_a_421_is_reopened_for_the_next_message(tmp_path: Path, pipelining: bool) -> None:
+    """Relays close connections idle too long with an unasked 421 (Postfix: "timeout exceeded");
+    the sender reads it as the reply to its next MAIL. No command of that message was answered,
+    so it goes out over a new connection at once, as after a silent close."""
+    def answer(verb: bytes, line: bytes) -> bytes | None:
+        first_connection = len(relay.commands) == 1
+        mails = [c for c in relay.commands[-1] if c[:4].upper() == b"MAIL"]
+        if verb == b"MAIL" and first_connection and len(mails) == 2:
+            return b"421 4.4.2 relay.example: timeout exceeded\r\n" + CLOSE
+        return None
+
+    relay = ScriptedRelay(answer, ehlo=PIPELINING_EHLO if pipelining else b"250 relay\r\n")
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+    transport.send("a@example.org", "r1@example.org", raw)
+    transport.send("a@example.org", "r2@example.org", raw)
+    transport.close()
+    relay.close()
+    assert relay.log == [("r1@example.org", raw), ("r2@example.org", raw)]
+    assert transport.connections == 2
+
+
+def test_a_relay_that_does_not_know_ehlo_is_greeted_with_helo(tmp_path: Path) -> None:
+    """RFC 5321 4.1.4: a client whose EHLO is refused falls back to HELO."""
+    def answer(verb: bytes, line: bytes) -> bytes | None:
+        if verb == b"MAIL" and not any(c[:4].upper() == b"HELO" for c in relay.commands[-1]):
+            return b"503 5.5.1 Say HELO first\r\n"
+        return None
+
+    relay = ScriptedRelay(answer, ehlo=b"502 5.5.2 EHLO not implemented\r\n")
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+    transport.send("a@example.org", "r1@example.org", raw)
+    transport.close()
+    relay.close()
+    assert relay.log == [("r1@example.org", raw)]
