@@ -199,7 +199,9 @@ class _Pool:
         """Each row's outcome. Each message is built while the relay is still taking in the one
         before it, and handed over before that one's reply is read: over a relay that offers
         PIPELINING its envelope travels with that reply, one round trip a message. The batch
-        stays the unit in flight, so the crash guarantee is unchanged."""
+        stays the unit in flight, so the crash guarantee is unchanged. An unexpected error
+        (a bug, or a library raising what nobody foresaw) halts the run after the batch is
+        recorded: the copy being handed over is `unknown`, the rest stay owed."""
         outcomes: list[ledger.Outcome] = []
         waiting: tuple[ledger.Claimed, Callable[[], None]] | None = None  # handed over, reply not read
         for row in claimed:
@@ -208,6 +210,9 @@ class _Pool:
                 raw = self.build(row)
             except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
                 outcomes.append(self._outcome(row, exc))
+            except Exception as exc:
+                self._fail(exc)
+                outcomes.append(ledger.Outcome(row, "released", self.clock()))
             else:
                 if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
                     outcomes.append(ledger.Outcome(row, "released", self.clock()))
@@ -216,6 +221,9 @@ class _Pool:
                         handed = row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
                     except DeliveryProblem as exc:
                         outcomes.append(self._outcome(row, exc))
+                    except Exception as exc:
+                        self._fail(exc)
+                        outcomes.append(self._unknown(row, exc))
             if waiting is not None:
                 outcomes.append(self._answered(*waiting))
             waiting = handed
@@ -229,7 +237,21 @@ class _Pool:
             answer()
         except DeliveryProblem as exc:
             return self._outcome(row, exc)
+        except Exception as exc:
+            self._fail(exc)
+            return self._unknown(row, exc)
         return ledger.Outcome(row, "sent", self.clock(), 250)
+
+    def _fail(self, exc: Exception) -> None:
+        """An error nobody expected: every sender stops after its batch; the caller raises it."""
+        with self.lock:
+            self.failures.append(exc)
+        self.halt.set()
+
+    def _unknown(self, row: ledger.Claimed, exc: Exception) -> ledger.Outcome:
+        """A copy the error met while it was being handed over: it may have gone out."""
+        return ledger.Outcome(row, "unknown", self.clock(), None,
+                              f"unexpected error while it was handed over ({exc!r}): maybe delivered, maybe not")
 
     def _outcome(self, row: ledger.Claimed, exc: Exception) -> ledger.Outcome:
         """What an error means for the row (TransportUnavailable also pauses the run)."""

@@ -63,6 +63,30 @@ def test_a_real_ctrl_c_mid_batch_leaves_nothing_unknown(tmp_path: Path) -> None:
     assert report.counts["pending"] == 7 and len(sent) == 5
 
 
+def test_an_unexpected_error_mid_batch_records_what_is_known_then_surfaces(tmp_path: Path) -> None:
+    """A bug (or a library raising what nobody expected) mid-batch: the copies already answered
+    stay sent, the one being handed over is unknown (it may have gone out), the rest stay owed;
+    nothing is left `sending` for a later run to turn into `unknown`, and the error is raised."""
+    settings = smtp_settings(tmp_path, 1, batch_size=5)
+    engine = engine_for(settings)
+    add_audience(engine, 8)
+
+    class Failing(MemoryTransport):
+        def send(self, mail_from: str, to: str, raw: bytes) -> None:
+            if len(self.sent) == 2:
+                raise RuntimeError("the library broke")
+            super().send(mail_from, to, raw)
+
+    with pytest.raises(RuntimeError, match="the library broke"):
+        publish(settings, engine, latest=True, transport_factory=Failing)
+    with Session(engine) as session:
+        rows = ledger_reads.rows(session, 1)
+    assert Counter(r.status for r in rows) == {"sent": 2, "unknown": 1, "pending": 5}
+    unknown = next(r for r in rows if r.status == "unknown")
+    assert "RuntimeError('the library broke')" in (unknown.last_error or "")
+    assert all(r.attempts == 0 for r in rows if r.status == "pending")
+
+
 def test_an_unreachable_server_pauses_without_burning_attempts(tmp_path: Path) -> None:
     with fault_server() as probe:
         dead_port = probe.port  # free once the probe stops
