@@ -183,8 +183,17 @@ class SMTPTransport:
         smtp = self._connection()
         lines = group.splitlines(keepends=True)
         if self._pipelining:
-            smtp.send(group)
+            assert smtp.sock is not None  # a live connection
+            try:
+                # Not smtp.send, which closes the socket when the write fails, and with it the
+                # reply to the message before, which may well be here already.
+                smtp.sock.sendall(group)
+                lost: OSError | None = None
+            except OSError as exc:
+                lost = exc
             self._settle()  # the message before: its reply comes first
+            if lost is not None:
+                raise lost
             if self._smtp is not smtp:  # that reply was 421 (closing) or garbled: the line is gone
                 raise smtplib.SMTPServerDisconnected("the server closed the connection")
         else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -233,6 +235,7 @@ def test_over_a_pipelining_relay_the_next_envelope_travels_with_the_reply_before
 
 Answer = Callable[[bytes, bytes], "bytes | None"]
 CLOSE = b"<close>"  # an answer that ends with it closes the connection after writing the rest
+RESET = b"<reset>"  # ... resets it (an abortive close: RST) after writing the rest
 PIPELINING_EHLO = b"250-relay\r\n250 PIPELINING\r\n"
 
 
@@ -290,8 +293,10 @@ class ScriptedRelay:
                 end = self.answer(b".", body)
                 reply = (b"250 queued\r\n" if recipient else b"554 5.5.1 No valid recipients\r\n") if end is None else end
                 recipient = ""
-            connection.sendall(reply.removesuffix(CLOSE))
-            if reply.endswith(CLOSE):
+            connection.sendall(reply.removesuffix(CLOSE).removesuffix(RESET))
+            if reply.endswith(RESET):
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if reply.endswith((CLOSE, RESET)):
                 return
 
     def close(self) -> None:
@@ -393,3 +398,25 @@ def test_a_relay_that_does_not_know_ehlo_is_greeted_with_helo(tmp_path: Path) ->
     transport.close()
     relay.close()
     assert relay.log == [("r1@example.org", raw)]
+
+
+@PIPELINING
+def test_a_250_that_came_before_the_relay_reset_the_connection_counts(tmp_path: Path, pipelining: bool) -> None:
+    """The relay answers a message 250, then resets the connection before the sender, busy
+    building the next copy, writes again. Over PIPELINING that write comes before the 250 is
+    read: the write fails, and the 250 (already here) must still be read, not thrown away."""
+    def answer(verb: bytes, line: bytes) -> bytes | None:
+        return b"250 2.0.0 queued\r\n" + RESET if verb == b"." and len(relay.log) == 1 else None
+
+    relay = ScriptedRelay(answer, ehlo=PIPELINING_EHLO if pipelining else b"250 relay\r\n")
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
+    first = transport.begin("a@example.org", "r1@example.org", raw)
+    time.sleep(0.2)  # the next copy is being built; the reset arrives meanwhile
+    second = transport.begin("a@example.org", "r2@example.org", raw)
+    first()  # sent: no AmbiguousDeliveryError
+    second()
+    transport.close()
+    relay.close()
+    assert relay.log == [("r1@example.org", raw), ("r2@example.org", raw)]
+    assert transport.connections == 2
