@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from pipeline import db, ledger_reads
 from pipeline.config import DeliverySettings
-from pipeline.errors import PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
+from pipeline.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
 from pipeline.issues import requeue
 from pipeline.publish import Ending, publish
 from pipeline.transports import SMTPTransport, check_connection, classify
@@ -303,21 +303,6 @@ class ScriptedRelay:
         self.listener.close()
 
 
-def test_a_relay_that_takes_data_after_refusing_the_recipient_gets_an_empty_message(tmp_path: Path) -> None:
-    """RFC 2920 lets a pipelining relay answer 354 to DATA after refusing every recipient."""
-    relay = ScriptedRelay(lambda verb, line: b"550 5.1.1 No such user\r\n" if b"gone@" in line else None)
-    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
-    raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
-    with pytest.raises(PermanentDeliveryError, match="RCPT TO: 550 5.1.1 No such user"):
-        transport.send("a@example.org", "gone@example.org", raw)
-    transport.send("a@example.org", "r1@example.org", raw)
-    transport.close()
-    relay.close()
-    # The refused recipient's DATA was ended at once, empty; the next message went through whole.
-    assert relay.log == [("", b""), ("r1@example.org", raw)]
-    assert transport.connections == 1
-
-
 def test_a_garbled_login_challenge_is_a_login_problem_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "secret")
     relay = ScriptedRelay(lambda verb, line: b"334 abc\r\n" if verb == b"AUTH" else None,
@@ -347,18 +332,32 @@ def test_closing_with_a_421_owed_for_the_last_message_does_not_raise(tmp_path: P
             verdict()
 
 
-def test_a_relay_that_refused_the_sender_never_gets_an_empty_message(tmp_path: Path) -> None:
-    """A broken pipelining relay refuses MAIL but takes RCPT and DATA: ending that DATA with a
-    dot would deliver an empty message to a real reader. The connection is dropped instead."""
-    relay = ScriptedRelay(lambda verb, line: b"451 4.7.1 Try later\r\n" if b"refused@" in line else None)
+@pytest.mark.parametrize(("sender", "recipient", "refused", "blank", "connections"), [
+    ("a@example.org", "refused@example.org", "RCPT TO: 550 5.1.1 Refused", [("", b"")], 1),
+    ("refused@example.org", "r1@example.org", "MAIL FROM: 451 4.7.1 Refused", [], 2),
+], ids=["recipient-refused", "sender-refused"])
+def test_a_relay_that_takes_data_after_a_refusal_never_delivers_an_empty_message(
+        tmp_path: Path, sender: str, recipient: str, refused: str, blank: list[tuple[str, bytes]],
+        connections: int) -> None:
+    """RFC 2920 lets a pipelining relay answer 354 to DATA after refusing every recipient: an
+    empty message ends that DATA, and with no recipient it goes nowhere. A broken relay that
+    refuses MAIL yet takes RCPT and DATA would deliver that empty message to a real reader: the
+    connection is dropped instead, which aborts it."""
+    def answer(verb: bytes, line: bytes) -> bytes | None:
+        if b"refused@" not in line:
+            return None
+        return b"550 5.1.1 Refused\r\n" if verb == b"RCPT" else b"451 4.7.1 Refused\r\n"
+
+    relay = ScriptedRelay(answer)
     transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
     raw = b"Subject: x\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n"
-    with pytest.raises(TransientDeliveryError, match="MAIL FROM: 451 4.7.1 Try later"):
-        transport.send("refused@example.org", "r1@example.org", raw)
+    with pytest.raises(DeliveryError, match=refused):
+        transport.send(sender, recipient, raw)
     transport.send("a@example.org", "r2@example.org", raw)
     transport.close()
     relay.close()
-    assert relay.log == [("r2@example.org", raw)]
+    assert relay.log == [*blank, ("r2@example.org", raw)]
+    assert transport.connections == connections
 
 
 @PIPELINING
