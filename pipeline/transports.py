@@ -199,10 +199,17 @@ class SMTPTransport:
         else:
             smtp.send(lines[0])
         replies = [smtp.getreply()]
-        if replies[0][0] == 421 and reused:
-            # Most likely the relay closing a connection idle too long ("timeout exceeded"),
-            # said before MAIL came: it answered nothing of this message, as after a silent close.
-            raise smtplib.SMTPServerDisconnected(f"421 {replies[0][1].decode('utf-8', 'replace')}")
+        if replies[0][0] == 421:
+            text = " ".join(replies[0][1].decode("utf-8", "replace").split())
+            if reused:
+                # Most likely the relay closing a connection idle too long ("timeout exceeded"),
+                # said before MAIL came: nothing of this message was answered, as after a silent
+                # close, so the caller reconnects.
+                raise smtplib.SMTPServerDisconnected(f"421 {text}")
+            # A new connection turned away: the relay is shedding load. Every message would meet
+            # the same, so the run pauses, as when the relay cannot be reached.
+            self._drop()
+            raise TransportUnavailable(f"{self._where()} is not taking mail now (421 {text})")
         try:
             for line in lines[1:]:
                 if not self._pipelining:

@@ -419,3 +419,23 @@ def test_a_250_that_came_before_the_relay_reset_the_connection_counts(tmp_path: 
     relay.close()
     assert relay.log == [("r1@example.org", raw), ("r2@example.org", raw)]
     assert transport.connections == 2
+
+
+@PIPELINING
+def test_a_relay_that_answers_421_to_a_new_connection_pauses_the_run(tmp_path: Path, pipelining: bool) -> None:
+    """A relay shedding load answers every new connection's MAIL with 421 and closes it: as when
+    it cannot be reached, the run pauses, nothing is attempted, no backoff is burnt."""
+    relay = ScriptedRelay(lambda verb, line: b"421 4.3.2 Too busy, try later\r\n" + CLOSE if verb == b"MAIL" else None,
+                          ehlo=PIPELINING_EHLO if pipelining else b"250 relay\r\n")
+    settings = smtp_settings(tmp_path, relay.port, batch_size=4)
+    engine = db.connect(settings.database.url)
+    add_audience(engine, 6)
+    report = publish(settings, engine, latest=True)
+    relay.close()
+    assert report.ending is Ending.PAUSED and report.sent == 0
+    assert "421 4.3.2 Too busy, try later" in report.why and "Nothing was lost" in report.why
+    with Session(engine) as session:
+        rows = ledger_reads.rows(session, report.issue_id or 0)
+    assert {(r.status, r.attempts) for r in rows} == {("pending", 0)}
+    assert len(relay.commands) == 1  # one connection tried, not one per reader
+    engine.dispose()
