@@ -72,11 +72,13 @@ class NewsletterGroup(click.Group):
         except (NewsletterError, SubscriberError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
-            # The database refusing mid-command (read-only, full disk, gone away): its own words,
-            # not SQLAlchemy's traceback with the statement and its values (addresses) in it.
+            # The database failing mid-command (read-only, full disk, gone away): the first line
+            # of its own words, not SQLAlchemy's traceback with the statement and its values
+            # (addresses) in it, nor the SQL the driver quotes on the lines after.
             errors = sys.modules.get("sqlalchemy.exc")  # loaded by any command that got this far
             if errors is not None and isinstance(exc, errors.DBAPIError):
-                raise click.ClickException(f"the database refused: {exc.orig}") from None
+                said = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
+                raise click.ClickException(f"the database failed: {said}") from None
             raise
 
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from pipeline import ledger, signals
 from pipeline.config import Settings
 from pipeline.errors import (
     AmbiguousDeliveryError,
+    DatabaseError,
     DeliveryError,
     RenderError,
     TransientDeliveryError,
@@ -32,6 +35,7 @@ from pipeline.models import Issue
 from pipeline.transports import Transport, hand_over, is_hard_bounce
 
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
+SAVE_PATIENCE = 30.0  # seconds a sender keeps trying to record what it knows after a database error
 Build = Callable[[ledger.Claimed], bytes]
 # What one message's attempt can end in (RenderError: its bytes could not be made).
 DeliveryProblem = (DeliveryError, RenderError)
@@ -133,38 +137,87 @@ class _Pool:
         # lock per batch, not two), or alone when there is no next: either way before another
         # batch is claimed, so at most one batch per connection is ever in flight.
         done: list[ledger.Outcome] = []
+        held: list[ledger.Claimed] = []  # claimed, not handed over yet: handed back if this fails
         try:
             while not (self.stop.is_set() or self.halt.is_set()):
                 claimed = self._claim(done)
-                done = self._recorded(done)
+                recorded, done, held = done, [], list(claimed or [])
+                self._recorded(recorded)
                 if claimed and (self.stop.is_set() or self.halt.is_set()):
                     # Stopped (or paused) while this batch was claimed: hand it back unattempted.
-                    done = [ledger.Outcome(row, "released", self.clock()) for row in claimed]
+                    done, held = [ledger.Outcome(row, "released", self.clock()) for row in claimed], []
                     break
                 if claimed is None:
                     continue
                 if not claimed:
                     return
                 transport = transport or self.transport_factory()
+                held = []  # from here the batch's own outcomes say what became of each row
                 done = self._send_batch(transport, claimed)
             with self.writing:
                 ledger.record(self.engine, done, self.deadline)
-            done = self._recorded(done)
+            recorded, done = done, []
+            self._recorded(recorded)
         except BaseException as exc:  # handed to the caller's thread, which raises it
-            self.failures.append(exc)
+            in_hand = done + [ledger.Outcome(row, "released", self.clock()) for row in held]
+            self.failures.append(self._after_failure(exc, in_hand))
             self.halt.set()
         finally:
             if transport is not None:
                 transport.close()
 
-    def _recorded(self, outcomes: list[ledger.Outcome]) -> list[ledger.Outcome]:
-        """Count a batch the ledger holds now; returns the empty batch that follows."""
+    def _after_failure(self, exc: BaseException, in_hand: list[ledger.Outcome]) -> BaseException:
+        """Record what this sender knows (the relay's answers, and the rows it claimed but never
+        handed over) before the run stops: left `sending`, they would become "maybe sent" later.
+        A database that failed is given SAVE_PATIENCE seconds to answer again, on a fresh
+        connection. Returns the error to raise, saying what became of them."""
+        database_failed = isinstance(exc, SQLAlchemyError)
+        saved = self._save(in_hand, SAVE_PATIENCE if database_failed else 0.0)
+        if not database_failed:
+            return exc
+        why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        sent = sum(o.kind == "sent" for o in in_hand)
+        if not in_hand:
+            fate = ""
+        elif saved:
+            fate = (f"; the {len(in_hand)} deliveries in hand were recorded once it answered again "
+                    f"({sent} sent)")
+        else:
+            fate = (f"; the {len(in_hand)} deliveries in hand ({sent} of them taken by the relay) could "
+                    f"not be recorded and will show as unknown (see the README, \"Troubleshooting: "
+                    f"after a crash\")")
+        error = DatabaseError(f"the database failed mid-send ({why}){fate}; `send` again carries on")
+        error.__cause__ = exc
+        return error
+
+    def _save(self, outcomes: list[ledger.Outcome], patience: float) -> bool:
+        """Record `outcomes`, trying again for `patience` seconds while the database fails."""
+        if not outcomes:
+            return True
+        until, pause = time.monotonic() + patience, 0.2
+        while True:
+            try:
+                with self.writing:
+                    ledger.record(self.engine, outcomes, self.deadline)
+                break
+            except SQLAlchemyError:
+                if time.monotonic() + pause > until:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        try:
+            self._recorded(outcomes)
+        except Exception:  # noqa: S110  (the summary's count, or a bounce mark: the next run sees them)
+            pass
+        return True
+
+    def _recorded(self, outcomes: list[ledger.Outcome]) -> None:
+        """Count a batch the ledger holds now."""
         if outcomes:
             with self.lock:
                 self.tally.add(self.engine, outcomes)
                 if self.progress is not None:
                     self.progress()
-        return []
 
     def _claim(self, done: list[ledger.Outcome]) -> list[ledger.Claimed] | None:
         """Record `done`, then the next batch; [] when nothing is due, None to look again

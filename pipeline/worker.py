@@ -101,18 +101,19 @@ def run_worker(
     bounces_due = time.monotonic()  # the bounce mailbox is read first, then every interval
     while not stop.is_set():
         stats.rounds += 1
-        if settings.bounces.enabled and time.monotonic() >= bounces_due:
-            read_bounces(settings, engine)
-            bounces_due = time.monotonic() + settings.bounces.interval_minutes * 60
         try:
+            if settings.bounces.enabled and time.monotonic() >= bounces_due:
+                read_bounces(settings, engine)
+                bounces_due = time.monotonic() + settings.bounces.interval_minutes * 60
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
                             transport_factory, on_report, force)
-        except DBAPIError as exc:
+        except (DBAPIError, DatabaseError) as exc:
+            why = database_trouble(exc)
             if once:
-                raise DatabaseError(f"the database failed: {exc.orig or exc}") from exc
-            stats.errors.append(f"database: {exc.orig or exc}")
-            log.error("database error: %s; trying again in %g s", exc.orig or exc, ERROR_SECONDS)
+                raise (exc if isinstance(exc, DatabaseError) else DatabaseError(f"the database failed: {why}")) from exc
+            stats.errors.append(f"database: {why}")
+            log.error("database error: %s; trying again in %g s", why, ERROR_SECONDS)
             stop.wait(ERROR_SECONDS)
             continue
         if once and not worked:
@@ -121,6 +122,12 @@ def run_worker(
             stop.wait(idle_seconds)
     stats.stopped = stop.is_set()
     return stats
+
+
+def database_trouble(exc: BaseException) -> str:
+    """What the database said, in one line: its driver's words without the SQL they quote."""
+    text = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
+    return (text.strip().splitlines() or ["no reason given"])[0]
 
 
 def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: dict[int, float],

@@ -122,5 +122,5 @@ def test_a_write_the_database_refuses_is_its_reason_without_the_statement(run_cl
     engine.dispose()
     result = run_cli("subscribers", "add", "ann@example.org")
     assert result.exit_code == 1
-    assert "Error: the database refused: the list is frozen" in result.output
+    assert "Error: the database failed: the list is frozen" in result.output
     assert "ann@example.org" not in result.output and "INSERT" not in result.output

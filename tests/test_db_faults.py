@@ -1,0 +1,166 @@
+"""The database failing mid-send (a real PostgreSQL server): what the relay took stays known.
+
+A connection of the send is killed (`pg_terminate_backend`) at a chosen moment: while it waits on
+a table lock that the test holds, so the moment is exact. The server itself stays up, as after a
+failover or a restarted connection pooler: the sender's next connection works.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, select
+
+from pipeline import db, ledger_reads
+from pipeline.config import load_settings
+from pipeline.errors import DatabaseError, PermanentDeliveryError
+from pipeline.models import Issue
+from pipeline.publish import Ending, publish
+from pipeline.transports import MemoryTransport
+from pipeline.worker import WorkerStats, run_worker
+from tests.conftest import write_config
+from tests.smtp_faults import add_audience, new_issue, smtp_settings
+
+
+def _plain(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL (psycopg connects with it)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def killed_when_it_waits(url: str, table: str) -> None:
+    """Lock `table` now; the first other connection that waits on it is terminated, then the
+    lock goes. Call it just before the write to be hit."""
+    holder = psycopg.connect(_plain(url))
+    holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+    def kill() -> None:
+        with psycopg.connect(_plain(url), autocommit=True) as admin:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'").fetchone()
+                if killed and killed[0]:
+                    break
+                time.sleep(0.02)
+        holder.rollback()
+        holder.close()
+
+    threading.Thread(target=kill, daemon=True).start()
+
+
+class _Transports:
+    """A transport factory whose MemoryTransports run `before(transport, to)` before each send."""
+
+    def __init__(self, before: Callable[[MemoryTransport, str], None]) -> None:
+        self.before = before
+        self.made: list[MemoryTransport] = []
+
+    def __call__(self) -> MemoryTransport:
+        outer = self
+
+        class Hooked(MemoryTransport):
+            def send(self, mail_from: str, to: str, raw: bytes) -> None:
+                outer.before(self, to)
+                super().send(mail_from, to, raw)
+
+        self.made.append(Hooked())
+        return self.made[-1]
+
+    def sent(self) -> list[str]:
+        return [s.to for t in self.made for s in t.sent]
+
+
+def _statuses(engine: Engine, key: str) -> tuple[Counter[str], set[int]]:
+    """The issue's rows by status, and the attempts of those still pending."""
+    with Session(engine) as session:
+        issue = session.exec(select(Issue).where(Issue.key == key)).one()
+        rows = ledger_reads.rows(session, issue.id or 0)
+    return Counter(r.status for r in rows), {r.attempts for r in rows if r.status == "pending"}
+
+
+def test_copies_the_relay_took_are_recorded_though_the_connection_died_recording_them(
+        tmp_path: Path, postgres_url: str) -> None:
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    add_audience(engine, 25)
+    new_issue(engine, settings, "dbf")
+    kill: list[object] = []
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if len(transport.sent) == 9:  # the tenth, last of the batch: its record is the next write
+            kill.append(killed_when_it_waits(postgres_url, "delivery"))
+
+    transports = _Transports(before)
+    with pytest.raises(DatabaseError, match="the database failed mid-send") as raised:
+        publish(settings, engine, "dbf", transport_factory=transports)
+    assert "the 10 deliveries in hand were recorded once it answered again (10 sent)" in str(raised.value)
+    assert "`send` again carries on" in str(raised.value)
+    statuses, attempts = _statuses(engine, "dbf")
+    assert statuses == {"sent": 10, "pending": 15} and attempts == {0}
+
+    again = publish(settings, engine, "dbf", transport_factory=_Transports(lambda t, to: None))
+    assert again.sent == 15 and again.ending is Ending.FINISHED
+    engine.dispose()
+
+
+def test_a_batch_claimed_but_never_sent_stays_owed_when_the_database_fails(
+        tmp_path: Path, postgres_url: str) -> None:
+    """The first batch held a hard bounce; marking that reader bounced (after the next batch was
+    claimed) met a dead connection. The claimed batch was never handed to the relay: it stays
+    pending, attempts unburnt, rather than becoming "maybe sent"."""
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    readers = add_audience(engine, 25)
+    new_issue(engine, settings, "dbb")
+    gone = readers[4].email
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if to == gone:
+            transport.fail[to] = [PermanentDeliveryError("relay RCPT TO: 550 5.1.1 No such user", 550)]
+            killed_when_it_waits(postgres_url, "suppression")  # only marking a bounce writes it
+
+    with pytest.raises(DatabaseError, match="the database failed mid-send"):
+        publish(settings, engine, "dbb", transport_factory=_Transports(before))
+    statuses, attempts = _statuses(engine, "dbb")
+    assert statuses == {"sent": 9, "failed": 1, "pending": 15} and attempts == {0}
+    engine.dispose()
+
+
+def test_a_worker_rides_out_a_database_failure_while_it_reads_bounces(
+        tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The README: a database that goes away makes the worker wait and carry on. That held for
+    sending; reading the bounce mailbox (which writes what it processed) ended the worker."""
+    box = tmp_path / "bounces"
+    for part in ("new", "cur", "tmp"):
+        (box / part).mkdir(parents=True)
+    (box / "new" / "1.msg").write_text("From: MAILER-DAEMON@example.org\nTo: bounces@example.org\n"
+                                       "Message-ID: <dsn1@example.org>\nSubject: hello\n\nnot a bounce\n")
+    settings = load_settings(write_config(
+        tmp_path, database_url=postgres_url, web={"base_url": "https://letters.example.org"},
+        bounces={"enabled": True, "mailbox": str(box), "return_path": "bounces@example.org"}))
+    engine = db.connect(postgres_url)
+    stop = threading.Event()
+    stats: list[WorkerStats] = []
+    killed_when_it_waits(postgres_url, "processedmessage")  # what the mailbox reader writes
+    worker = threading.Thread(target=lambda: stats.append(run_worker(settings, engine, stop=stop, idle_seconds=0.1)))
+    with caplog.at_level(logging.ERROR):
+        worker.start()
+        deadline = time.monotonic() + 30
+        while worker.is_alive() and time.monotonic() < deadline:
+            if any("database error" in r.getMessage() for r in caplog.records):
+                break
+            time.sleep(0.05)
+        stop.set()
+        worker.join(30)
+    assert stats, "the worker died instead of waiting and carrying on"
+    assert any(e.startswith("database: ") for e in stats[0].errors), stats[0].errors
+    engine.dispose()
