@@ -175,7 +175,7 @@ class _Pool:
         saved = self._save(in_hand, SAVE_PATIENCE if database_failed else 0.0)
         if not database_failed:
             return exc
-        why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no reason given"])[0]
         sent = sum(o.kind == "sent" for o in in_hand)
         if not in_hand:
             fate = ""
@@ -205,6 +205,8 @@ class _Pool:
                     return False
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
+            except Exception:  # the failure being reported must not be hidden by this one
+                return False
         try:
             self._recorded(outcomes)
         except Exception:  # noqa: S110  (the summary's count, or a bounce mark: the next run sees them)
