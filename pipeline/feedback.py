@@ -156,6 +156,11 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
                       delivery.issue_id if delivery else None, matched_by,
                       reason=" ".join(filter(None, (failure.status, failure.detail))) or finding.reason)
     event = _event(finding, failure, subscriber_id, delivery, matched_by, now)
+    if matched_by == UNPROVEN:
+        outcome.matched_by, event.matched_by = "", ""
+        outcome.reason = ("names no message we sent (no signed return path, no Message-ID of ours): "
+                          "forged or about another sender's mail; recorded, nothing changed")
+        return outcome, event
     if delivery is None or subscriber_id is None:
         outcome.reason = f"no delivery matches {failure.recipient or 'this report'}: recorded, nothing changed"
         return outcome, event
@@ -189,11 +194,15 @@ def _change(session: Session, subscriber_id: int, status: str, kind: BounceKind,
     return target.value if mark(session, subscriber_id) else ""
 
 
+UNPROVEN = "unproven"  # _match: the report names no delivery of ours at all
+
+
 def _match(session: Session, settings: Settings, secret: str, finding: Finding,
            failure: Failure) -> tuple[Delivery | None, str]:
     """The delivery a failure is about: by VERP, by the quoted Message-ID, by the recipient.
 
-    A return path or a quoted Message-ID names one delivery, of the whole report. When the report
+    A return path or a quoted Message-ID names one delivery, of the whole report; a report that
+    names none is not matched at all, by address neither (UNPROVEN). When the report
     lists one recipient that is the failure (even at a forwarded address); when it lists several,
     it says which failure is about that delivery only by address, so each failure is charged to it
     only when the addresses agree, and the others are matched by their own recipient."""
@@ -202,16 +211,23 @@ def _match(session: Session, settings: Settings, secret: str, finding: Finding,
     def about_this_failure(delivery: Delivery) -> bool:
         return not several or normalize_email(delivery.email) == normalize_email(failure.recipient)
 
+    proven = False  # the report names a delivery of ours: it is about mail we sent
     for address in finding.addressed_to:
         delivery_id = delivery_id_of(settings, secret, address)
         if delivery_id is not None:
             found = session.get(Delivery, delivery_id)
+            proven = proven or found is not None
             if found is not None and about_this_failure(found):
                 return found, "verp"
     if finding.original_message_id:
         found = ledger_reads.by_message_id(session, finding.original_message_id)
+        proven = proven or found is not None
         if found is not None and about_this_failure(found):
             return found, "message-id"
+    if not proven:
+        # Anyone can mail the bounce address a report naming any reader: without our signed
+        # return path or a Message-ID we sent, it is forged, or about another sender's mail.
+        return None, UNPROVEN
     if failure.recipient:
         subscriber = consent.find(session, failure.recipient)
         if subscriber is not None:

@@ -646,7 +646,11 @@ def test_reports_without_a_usable_message_id_are_each_processed_once(tmp_path: P
                                             ("judy@example.net", "")]):
         report = DSN.format(verp="bounces@essays.example.org", n=n, rcpt=rcpt, action="failed", status="5.1.1",
                             diagnostic="550 5.1.1 user unknown")
-        box.add(report.replace(f"Message-Id: <dsn-{n}@relay.example.net>\n", message_id))
+        # The headers of the message that bounced, as relays return them: our Message-ID.
+        quoted = (f"--b{n}\nContent-Type: text/rfc822-headers\n\n"
+                  f"Message-ID: <fixture-{rcpt.split('@')[0]}-0001@essays.example.org>\n\n--b{n}--\n")
+        box.add(report.replace(f"Message-Id: <dsn-{n}@relay.example.net>\n", message_id)
+                .replace(f"--b{n}--\n", quoted))
     box.close()
     engine = db.connect(settings.database.url)
 
@@ -658,4 +662,35 @@ def test_reports_without_a_usable_message_id_are_each_processed_once(tmp_path: P
     found = statuses(settings)
     assert [found[p] for p in ("alice@example.net", "bob@example.com", "ivan@example.org", "judy@example.net")] \
         == ["bounced"] * 4
+    engine.dispose()
+
+
+def test_a_report_that_names_no_message_we_sent_changes_nobody(tmp_path: Path) -> None:
+    """Anyone can mail the bounce address. A bounce or complaint naming a reader, with neither
+    our signed return path nor a Message-ID we sent, is forged or about someone else's mail: it
+    must not unsubscribe the reader, nor count toward the complaint rate that pauses sending."""
+    settings = load_settings(bounce_config(tmp_path))
+    fixture_audience(settings)
+    plain = "bounces@essays.example.org"  # the bounce address itself, with no token
+    forged = [
+        DSN.format(verp=plain, n=1, rcpt="alice@example.net", action="failed", status="5.1.1",
+                   diagnostic="550 5.1.1 user unknown"),
+        ARF.format(verp=plain, n=2).replace("Version: 1\n", "Version: 1\nOriginal-Rcpt-To: grace@example.net\n"),
+        # Backscatter: someone else's spam, sent in our bounce address's name, bounced to us.
+        DSN.format(verp=plain, n=3, rcpt="kim@example.org", action="failed", status="5.1.1",
+                   diagnostic="550 5.1.1 user unknown").replace(
+            "--b3--\n", "--b3\nContent-Type: text/rfc822-headers\n\nFrom: bounces@essays.example.org\n"
+                        "Message-ID: <cheap-pills-77@spam.example>\n\n--b3--\n"),
+    ]
+    box = fill_maildir(tmp_path / "Maildir", [])
+    for message in forged:
+        box.add(message)
+    engine = db.connect(settings.database.url)
+
+    report = process_mailbox(settings, engine)
+
+    found = statuses(settings)
+    assert [found[a] for a in ("alice@example.net", "grace@example.net", "kim@example.org")] == ["active"] * 3
+    assert len(report.outcomes) == 3
+    assert all("names no message we sent" in o.reason and not o.action for o in report.outcomes)
     engine.dispose()
