@@ -28,6 +28,9 @@ ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
+_MAILBOX_FULL = re.compile(r"mailbox (is )?full|over ?quota|quota exceeded|insufficient (disk )?space",
+                           re.IGNORECASE)
+_COMPLAINTS = ("abuse", "fraud")  # RFC 5965 feedback types a reader's "this is spam" button sends
 _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response)|"
                            r"autoreply|abwesenheitsnotiz|vacation)\b", re.IGNORECASE)
 # What reading a hostile or broken message can raise: the stdlib parser and header decoder raise
@@ -114,6 +117,10 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
             return finding
     if any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to) and not _auto_submitted(msg):
         return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
+    if _says_auto_reply(msg):
+        # Before the bounce detectors: a reader's "out of office" can word itself like a bounce
+        # ("your message could not be delivered to ...") and name an address in passing.
+        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({_auto_submitted(msg)}): left alone")
     finding = _nonstandard(msg, base)
     if finding is not None:
         return finding
@@ -176,8 +183,9 @@ def _complaint(msg: Message, base: _Head) -> Finding:
     recipient = (_address(_field(fields, "Original-Rcpt-To")) or _address(_field(fields, "Removal-Recipient"))
                  or (_address(_field(original, "To")) if original is not None else ""))
     feedback_type = (_field(fields, "Feedback-Type") or "abuse").strip().lower()
-    if feedback_type == "not-spam":
-        return base.finding(BounceKind.IGNORED, "a not-spam feedback report")
+    if feedback_type not in _COMPLAINTS:
+        # not-spam, auth-failure (DMARC, RFC 6591), virus, other: no reader said this is spam.
+        return base.finding(BounceKind.IGNORED, f"a {feedback_type} feedback report, not a reader's complaint")
     agent = _field(fields, "User-Agent").strip()
     detail = f"{feedback_type} report" + (f" from {agent}" if agent else "")
     # The original's envelope sender is our VERP return path: it names the delivery.
@@ -223,9 +231,11 @@ def _kind(action: str, status: str, detail: str) -> BounceKind:
         if klass == "4" or status == "5.2.2" or subject == "7":
             return BounceKind.SOFT
         return BounceKind.HARD if klass == "5" else BounceKind.SOFT
+    if _MAILBOX_FULL.search(detail):  # a server's own words for 5.2.2, without the code
+        return BounceKind.SOFT
     code = _SMTP_CODE.search(detail)
     if code is not None:
-        return BounceKind.SOFT if code.group(1) == "4" else BounceKind.HARD
+        return BounceKind.SOFT if code.group(1) == "4" or code.group(0).startswith("552") else BounceKind.HARD
     return BounceKind.HARD if action == "failed" else BounceKind.SOFT
 
 
@@ -260,6 +270,14 @@ def _addressed_to(msg: Message) -> tuple[str, ...]:
             if "@" in address and address not in found:
                 found.append(address)
     return tuple(found)
+
+
+def _says_auto_reply(msg: Message) -> bool:
+    """An automatic reply by the markers only a responder sets: its subject, X-Autoreply and the
+    like. Not Auto-Submitted alone, which mail systems set on their bounces too (RFC 3834)."""
+    return bool(msg.get("X-Autoreply") or msg.get("X-Autorespond")
+                or _field(msg, "Precedence").strip().lower() == "auto_reply"
+                or _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))))
 
 
 def _auto_submitted(msg: Message) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
 from pipeline import db
-from pipeline.bounces import classify
+from pipeline.bounces import BounceKind, classify
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.feedback import process_mailbox
@@ -694,3 +694,33 @@ def test_a_report_that_names_no_message_we_sent_changes_nobody(tmp_path: Path) -
     assert len(report.outcomes) == 3
     assert all("names no message we sent" in o.reason and not o.action for o in report.outcomes)
     engine.dispose()
+
+
+# Classified as a reader would: (what the message is, raw message, kind, status of its one failure).
+MISREAD = [
+    ("a reader's out-of-office reply whose wording looks like a bounce",
+     "From: Alice <alice@example.net>\nTo: bounces+t@essays.example.org\nSubject: Automatic reply: On walking\n"
+     "Message-ID: <ooo-1@example.net>\nAuto-Submitted: auto-replied\n\nThank you for your email.\n\n"
+     "Your message could not be delivered to Alice personally as she has left Example Net.\n"
+     "For anything else, please write to office@example.net.\n",
+     BounceKind.AUTOREPLY, None),
+    ("a DMARC authentication-failure report (RFC 6591), which no reader sent",
+     ARF.format(verp="bounces+t@essays.example.org", n=1).replace("Feedback-Type: abuse", "Feedback-Type: auth-failure"),
+     BounceKind.IGNORED, None),
+    ("qmail's full mailbox, in its own words",
+     "From: MAILER-DAEMON@mx.example.com\nTo: bounces+t@essays.example.org\nSubject: failure notice\n"
+     "Message-ID: <q1@mx.example.com>\n\nHi. This is the qmail-send program at mx.example.com.\n"
+     "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+     "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+     "<bob@example.com>:\n552 sorry, mailbox full (over quota)\n",
+     BounceKind.SOFT, ""),
+]
+
+
+@pytest.mark.parametrize(("what", "raw", "kind", "status"), MISREAD, ids=[m[0] for m in MISREAD])
+def test_what_is_no_bounce_or_no_lasting_one_is_not_read_as_one(what: str, raw: str, kind: BounceKind,
+                                                                 status: str | None) -> None:
+    finding = classify(raw.encode(), UNSUBSCRIBE_TO)
+    assert finding.kind == kind, (what, finding)
+    if status is not None:
+        assert [f.kind for f in finding.failures] == [kind], (what, finding)
