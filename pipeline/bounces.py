@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import errors, message_from_bytes, message_from_string, parser, policy
 from email.header import Header, decode_header, make_header
 from email.message import Message
@@ -90,14 +90,29 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
     Never raises on bad input: a message the parser cannot make sense of is IGNORED with the
     reason, so one broken message does not stop the mailbox."""
     try:
-        return _classify(raw, unsubscribe_address)
+        return _without_nul(_classify(raw, unsubscribe_address))
     except _UNREADABLE as exc:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
         # Its key is the hash; the Message-ID, when the headers alone hold one, lets the operator
         # find the message in the mailbox.
         named = message_key(raw)
         which = f" ({named})" if not named.startswith("sha256:") else ""
-        return Finding(key, BounceKind.IGNORED, f"unparseable{which}: {type(exc).__name__}: {exc}"[:300])
+        return _without_nul(Finding(key, BounceKind.IGNORED, f"unparseable{which}: {type(exc).__name__}: {exc}"[:300]))
+
+
+def _without_nul(finding: Finding) -> Finding:
+    """Every text a report gave, NUL bytes dropped: PostgreSQL cannot store them, and one report
+    with a NUL in the server's words made every later run of the mailbox fail on it."""
+    def clean(text: str) -> str:
+        return text.replace("\x00", "")
+
+    return replace(
+        finding, key=clean(finding.key), reason=clean(finding.reason),
+        failures=tuple(replace(f, recipient=clean(f.recipient), status=clean(f.status), detail=clean(f.detail))
+                       for f in finding.failures),
+        addressed_to=tuple(clean(a) for a in finding.addressed_to),
+        original_message_id=clean(finding.original_message_id), sender=clean(finding.sender),
+        subject=clean(finding.subject), extra={k: clean(v) for k, v in finding.extra.items()})
 
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:

@@ -724,3 +724,33 @@ def test_what_is_no_bounce_or_no_lasting_one_is_not_read_as_one(what: str, raw: 
     assert finding.kind == kind, (what, finding)
     if status is not None:
         assert [f.kind for f in finding.failures] == [kind], (what, finding)
+
+
+def _quoting(report: str, n: int, name: str) -> str:
+    """`report` (a DSN above) returning the bounced message's headers, our Message-ID in them."""
+    return report.replace(f"--b{n}--\n", f"--b{n}\nContent-Type: text/rfc822-headers\n\n"
+                                         f"Message-ID: <fixture-{name}-0001@essays.example.org>\n\n--b{n}--\n")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_nul_byte_in_a_report_does_not_stop_the_mailbox(backend: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """PostgreSQL text cannot hold NUL: one report with a NUL in the server's words made every run
+    fail, so the reports behind it were never read (and a worker never got to send)."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = load_settings(bounce_config(tmp_path, url))
+    fixture_audience(settings)
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(_quoting(DSN.format(verp="bounces@essays.example.org", n=1, rcpt="bob@example.com", action="failed",
+                                status="5.1.1", diagnostic="550 5.1.1 no\x00such user"), 1, "bob"))
+    box.add(_quoting(DSN.format(verp="bounces@essays.example.org", n=2, rcpt="alice@example.net", action="failed",
+                                status="5.1.1", diagnostic="550 5.1.1 user unknown"), 2, "alice"))
+    engine = db.connect(settings.database.url)
+
+    report = process_mailbox(settings, engine)
+
+    assert len(report.outcomes) == 2
+    found = statuses(settings)
+    assert (found["bob@example.com"], found["alice@example.net"]) == ("bounced", "bounced")
+    assert any("550 5.1.1 nosuch user" in o.reason for o in report.outcomes)
+    engine.dispose()
