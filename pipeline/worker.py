@@ -101,10 +101,20 @@ def run_worker(
     bounces_due = time.monotonic()  # the bounce mailbox is read first, then every interval
     while not stop.is_set():
         stats.rounds += 1
-        try:
-            if settings.bounces.enabled and time.monotonic() >= bounces_due:
+        if settings.bounces.enabled and time.monotonic() >= bounces_due:
+            # Its next turn is set first: a mailbox that fails every time (a report the database
+            # refuses, a damaged table) waits for its interval, and the sending goes on.
+            bounces_due = time.monotonic() + settings.bounces.interval_minutes * 60
+            try:
                 read_bounces(settings, engine)
-                bounces_due = time.monotonic() + settings.bounces.interval_minutes * 60
+            except (DBAPIError, DatabaseError) as exc:
+                if once:
+                    raise (exc if isinstance(exc, DatabaseError) else
+                           DatabaseError(f"the database failed: {database_trouble(exc)}")) from exc
+                stats.errors.append(f"database: {database_trouble(exc)}")
+                log.error("database error while reading the bounce mailbox: %s; trying again in %g "
+                          "minutes", database_trouble(exc), settings.bounces.interval_minutes)
+        try:
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
                             transport_factory, on_report, force)

@@ -23,7 +23,7 @@ from pipeline import db, ledger_reads
 from pipeline.config import load_settings
 from pipeline.errors import DatabaseError, PermanentDeliveryError
 from pipeline.models import Issue
-from pipeline.publish import Ending, publish
+from pipeline.publish import Ending, Report, enqueue, publish
 from pipeline.transports import MemoryTransport
 from pipeline.worker import WorkerStats, run_worker
 from tests.conftest import write_config
@@ -163,4 +163,39 @@ def test_a_worker_rides_out_a_database_failure_while_it_reads_bounces(
         worker.join(30)
     assert stats, "the worker died instead of waiting and carrying on"
     assert any(e.startswith("database: ") for e in stats[0].errors), stats[0].errors
+    engine.dispose()
+
+
+def test_a_mailbox_the_database_keeps_failing_on_does_not_keep_the_worker_from_sending(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Whatever makes reading the bounce mailbox fail every time (here the table it records in is
+    gone), the worker logs it and sends: the mailbox waits for its interval, the readers do not."""
+    box = tmp_path / "bounces"
+    for part in ("new", "cur", "tmp"):
+        (box / part).mkdir(parents=True)
+    (box / "new" / "1.msg").write_text("From: someone@example.org\nTo: bounces@example.org\n"
+                                       "Message-ID: <m1@example.org>\nSubject: hello\n\nhello\n")
+    settings = load_settings(write_config(
+        tmp_path, database_url=postgres_url, web={"base_url": "https://letters.example.org"},
+        bounces={"enabled": True, "mailbox": str(box), "return_path": "bounces@example.org"}))
+    engine = db.connect(postgres_url)
+    add_audience(engine, 5)
+    new_issue(engine, settings, "mbx")
+    assert enqueue(settings, engine, "mbx").ending is Ending.ENQUEUED
+    with psycopg.connect(_plain(postgres_url), autocommit=True) as admin:
+        admin.execute("DROP TABLE processedmessage")
+    transports = _Transports(lambda t, to: None)
+    stop = threading.Event()
+
+    def on_report(report: Report) -> None:
+        if report.ending is Ending.FINISHED:
+            stop.set()
+
+    give_up = threading.Timer(30, stop.set)  # the worker that never sends must not hang the suite
+    give_up.start()
+    stats = run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
+                       on_report=on_report)
+    give_up.cancel()
+    assert sorted(transports.sent()) == sorted(f"reader{n}@example.org" for n in range(5))
+    assert stats.errors and all(e.startswith("database: ") for e in stats.errors)
     engine.dispose()
