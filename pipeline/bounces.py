@@ -10,7 +10,9 @@ flufl.bounce's detectors, which enters the project only here.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import quopri
 import re
 from dataclasses import dataclass, field, replace
 from email import errors, message_from_bytes, message_from_string, parser, policy
@@ -156,9 +158,17 @@ def _dsn(msg: Message, base: _Head) -> Finding | None:
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
-        if isinstance(payload, list):
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if isinstance(payload, list) and encoding in ("base64", "quoted-printable"):
+            # Some MTAs send it encoded; the parser then split the encoded text as if it were
+            # fields. Put the text back together and decode it.
+            text = "\n".join(b.as_string() for b in payload if isinstance(b, Message))
+            encoded = text.encode("ascii", "replace")
+            decoded = binascii.a2b_base64(encoded) if encoding == "base64" else quopri.decodestring(encoded)
+            blocks = _header_blocks(_decode(decoded, part.get_content_charset()))
+        elif isinstance(payload, list):
             blocks = [b for b in payload if isinstance(b, Message)]
-        else:  # some MTAs send it base64 or as one string
+        else:  # as one string
             data = part.get_payload(decode=True)
             blocks = _header_blocks(_decode(data, part.get_content_charset()) if isinstance(data, bytes)
                                     else str(payload))

@@ -4,7 +4,9 @@ SMTP send."""
 
 from __future__ import annotations
 
+import base64
 import mailbox
+import quopri
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -754,3 +756,21 @@ def test_a_nul_byte_in_a_report_does_not_stop_the_mailbox(backend: str, tmp_path
     assert (found["bob@example.com"], found["alice@example.net"]) == ("bounced", "bounced")
     assert any("550 5.1.1 nosuch user" in o.reason for o in report.outcomes)
     engine.dispose()
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_a_delivery_status_part_sent_encoded_is_read(encoding: str) -> None:
+    """Some MTAs send the message/delivery-status part base64 (or quoted-printable): Python's
+    parser splits its encoded text as if it were fields, and the bounce read as an auto-reply."""
+    fields = ("Reporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; alice@example.net\r\n"
+              "Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n")
+    body = (base64.encodebytes(fields.encode()) if encoding == "base64"
+            else quopri.encodestring(fields.encode().replace(b"\r\n", b"\n"), quotetabs=True)).decode()
+    raw = ("From: postmaster@mx.example.net\nTo: bounces+t@essays.example.org\nSubject: Delivery Status "
+           "Notification (Failure)\nMessage-ID: <dsn-enc@mx.example.net>\nAuto-Submitted: auto-replied\n"
+           'MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary="r"\n\n'
+           "--r\nContent-Type: text/plain\n\nNot delivered.\n\n--r\nContent-Type: message/delivery-status\n"
+           f"Content-Transfer-Encoding: {encoding}\n\n{body}\n--r--\n")
+    finding = classify(raw.encode(), UNSUBSCRIBE_TO)
+    assert finding.kind == BounceKind.HARD, finding
+    assert [(f.recipient, f.status) for f in finding.failures] == [("alice@example.net", "5.1.1")]
