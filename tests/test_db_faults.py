@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, select
 
 from pipeline import db, ledger_reads
-from pipeline.config import load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import DatabaseError, PermanentDeliveryError
 from pipeline.models import Issue
 from pipeline.publish import Ending, Report, enqueue, publish
@@ -135,18 +135,23 @@ def test_a_batch_claimed_but_never_sent_stays_owed_when_the_database_fails(
     engine.dispose()
 
 
+def _with_a_bounce_mailbox(tmp_path: Path, postgres_url: str) -> Settings:
+    """Settings on `postgres_url` whose bounce mailbox is a Maildir holding one plain message."""
+    box = tmp_path / "bounces"
+    for part in ("new", "cur", "tmp"):
+        (box / part).mkdir(parents=True)
+    (box / "new" / "1.msg").write_text("From: someone@example.org\nTo: bounces@example.org\n"
+                                       "Message-ID: <m1@example.org>\nSubject: hello\n\nhello\n")
+    return load_settings(write_config(
+        tmp_path, database_url=postgres_url, web={"base_url": "https://letters.example.org"},
+        bounces={"enabled": True, "mailbox": str(box), "return_path": "bounces@example.org"}))
+
+
 def test_a_worker_rides_out_a_database_failure_while_it_reads_bounces(
         tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The README: a database that goes away makes the worker wait and carry on. That held for
     sending; reading the bounce mailbox (which writes what it processed) ended the worker."""
-    box = tmp_path / "bounces"
-    for part in ("new", "cur", "tmp"):
-        (box / part).mkdir(parents=True)
-    (box / "new" / "1.msg").write_text("From: MAILER-DAEMON@example.org\nTo: bounces@example.org\n"
-                                       "Message-ID: <dsn1@example.org>\nSubject: hello\n\nnot a bounce\n")
-    settings = load_settings(write_config(
-        tmp_path, database_url=postgres_url, web={"base_url": "https://letters.example.org"},
-        bounces={"enabled": True, "mailbox": str(box), "return_path": "bounces@example.org"}))
+    settings = _with_a_bounce_mailbox(tmp_path, postgres_url)
     engine = db.connect(postgres_url)
     stop = threading.Event()
     stats: list[WorkerStats] = []
@@ -170,14 +175,7 @@ def test_a_mailbox_the_database_keeps_failing_on_does_not_keep_the_worker_from_s
         tmp_path: Path, postgres_url: str) -> None:
     """Whatever makes reading the bounce mailbox fail every time (here the table it records in is
     gone), the worker logs it and sends: the mailbox waits for its interval, the readers do not."""
-    box = tmp_path / "bounces"
-    for part in ("new", "cur", "tmp"):
-        (box / part).mkdir(parents=True)
-    (box / "new" / "1.msg").write_text("From: someone@example.org\nTo: bounces@example.org\n"
-                                       "Message-ID: <m1@example.org>\nSubject: hello\n\nhello\n")
-    settings = load_settings(write_config(
-        tmp_path, database_url=postgres_url, web={"base_url": "https://letters.example.org"},
-        bounces={"enabled": True, "mailbox": str(box), "return_path": "bounces@example.org"}))
+    settings = _with_a_bounce_mailbox(tmp_path, postgres_url)
     engine = db.connect(postgres_url)
     add_audience(engine, 5)
     new_issue(engine, settings, "mbx")
