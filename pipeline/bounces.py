@@ -183,7 +183,11 @@ def _dsn(msg: Message, base: _Head) -> Finding | None:
                 continue
             status = _status(_field(block, "Status"))
             detail = _diagnostic(_field(block, "Diagnostic-Code"))
-            failures.append(Failure(recipient, _kind(action, status, detail), status or _status(detail), detail))
+            # The server's own enhanced code is the better witness when the Status is missing or
+            # only the catch-all X.0.0 (a full mailbox under "5.0.0" is still a full mailbox).
+            said = _status(detail)
+            weighed = said if said and (not status or status.endswith(".0.0")) else status
+            failures.append(Failure(recipient, _kind(action, weighed, detail), status or said, detail))
     if not failures:
         if delivered:
             return base.finding(BounceKind.IGNORED, "a success notification (delivered/relayed), not a failure")

@@ -716,6 +716,14 @@ MISREAD = [
      "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
      "<bob@example.com>:\n552 sorry, mailbox full (over quota)\n",
      BounceKind.SOFT, ""),
+    ("a policy refusal whose DSN gives its status only in the server's words",
+     DSN.format(verp="bounces+t@essays.example.org", n=4, rcpt="bob@example.com", action="failed", status="",
+                diagnostic="550 5.7.1 Message rejected as spam").replace("Status: \n", ""),
+     BounceKind.SOFT, ""),
+    ("a full mailbox under a DSN's catch-all Status 5.0.0",
+     DSN.format(verp="bounces+t@essays.example.org", n=5, rcpt="bob@example.com", action="failed", status="5.0.0",
+                diagnostic="552 5.2.2 Mailbox full"),
+     BounceKind.SOFT, ""),
 ]
 
 
