@@ -14,6 +14,7 @@ change nothing.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,6 +76,9 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
     source = source or open_source(settings.bounces, location)
     report = MailboxReport(source=source.description, dry_run=dry_run)
     unsubscribe = settings.bounces.unsubscribe_address if settings.bounces.enabled else ""
+    # A dry run records no bounce events, so its soft bounces are counted here: it must reach
+    # each limit where the real run would.
+    counted: Counter[int] = Counter()
     try:
         for handle, raw in source.messages():
             # The key from the headers first: an mbox is never rewritten, so every run sees every
@@ -92,7 +96,7 @@ def process_mailbox(settings: Settings, engine: Engine, *, dry_run: bool = False
                     if not dry_run:
                         source.done(handle)
                     continue
-                report.outcomes.extend(apply(session, settings, secret, finding, dry_run, now or utcnow()))
+                report.outcomes.extend(apply(session, settings, secret, finding, dry_run, now or utcnow(), counted))
             if not dry_run:
                 source.done(handle)
     finally:
@@ -114,8 +118,10 @@ def read_bounces(settings: Settings, engine: Engine) -> None:
 
 
 def apply(session: Session, settings: Settings, secret: str, finding: Finding, dry_run: bool,
-          now: datetime) -> list[HandledMessage]:
-    """Match `finding`, change statuses and record it (nothing written when `dry_run`)."""
+          now: datetime, counted: Counter[int] | None = None) -> list[HandledMessage]:
+    """Match `finding`, change statuses and record it (nothing written when `dry_run`; then
+    `counted` holds the soft bounces per subscriber this dry run has read so far)."""
+    counted = Counter() if counted is None else counted
     outcomes: list[HandledMessage] = []
     events: list[BounceEvent] = []
     if finding.kind == BounceKind.UNSUBSCRIBE:
@@ -136,7 +142,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
         outcomes.append(outcome)
     elif finding.failures:
         for failure in finding.failures:
-            outcome, event = _apply_failure(session, settings, secret, finding, failure, dry_run, now)
+            outcome, event = _apply_failure(session, settings, secret, finding, failure, dry_run, now, counted)
             outcomes.append(outcome)
             events.append(event)
     else:
@@ -148,7 +154,7 @@ def apply(session: Session, settings: Settings, secret: str, finding: Finding, d
 
 
 def _apply_failure(session: Session, settings: Settings, secret: str, finding: Finding, failure: Failure,
-                   dry_run: bool, now: datetime) -> tuple[HandledMessage, BounceEvent]:
+                   dry_run: bool, now: datetime, counted: Counter[int]) -> tuple[HandledMessage, BounceEvent]:
     delivery, matched_by = _match(session, settings, secret, finding, failure)
     email = delivery.email if delivery is not None else failure.recipient
     subscriber_id = delivery.subscriber_id if delivery is not None else None
@@ -168,7 +174,9 @@ def _apply_failure(session: Session, settings: Settings, secret: str, finding: F
     status = subscriber.status if subscriber is not None else "removed"
     if failure.kind == BounceKind.SOFT:
         since = now - timedelta(days=settings.bounces.soft_bounce_days)
-        earlier = bounce_log.soft_bounces_since(session, subscriber_id, since)
+        earlier = bounce_log.soft_bounces_since(session, subscriber_id, since) + counted[subscriber_id]
+        if dry_run:
+            counted[subscriber_id] += 1
         limit = settings.bounces.soft_bounce_limit
         outcome.action = "counted"
         outcome.reason = (f"soft bounce {earlier + 1} of {limit} in "

@@ -782,3 +782,21 @@ def test_a_delivery_status_part_sent_encoded_is_read(encoding: str) -> None:
     finding = classify(raw.encode(), UNSUBSCRIBE_TO)
     assert finding.kind == BounceKind.HARD, finding
     assert [(f.recipient, f.status) for f in finding.failures] == [("alice@example.net", "5.1.1")]
+
+
+def test_a_dry_run_counts_the_soft_bounces_it_reads_as_the_real_run_does(tmp_path: Path) -> None:
+    settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=2, soft_bounce_days=30))
+    fixture_audience(settings)
+    gmail = (FIXTURES / "gmail.eml").read_bytes()
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(gmail)
+    box.add(gmail.replace(b"0001.GMR@mx.google.com", b"0002.GMR@mx.google.com"))
+    engine = db.connect(settings.database.url)
+
+    dry = process_mailbox(settings, engine, dry_run=True)
+    real = process_mailbox(settings, engine)
+
+    assert [(o.action, o.reason.split(":")[0]) for o in dry.outcomes] \
+        == [(o.action, o.reason.split(":")[0]) for o in real.outcomes]
+    assert real.outcomes[-1].action == "bounced" and "soft bounce 2 of 2" in real.outcomes[-1].reason
+    engine.dispose()
