@@ -158,13 +158,8 @@ def _dsn(msg: Message, base: _Head) -> Finding | None:
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
-        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-        if isinstance(payload, list) and encoding in ("base64", "quoted-printable"):
-            # Some MTAs send it encoded; the parser then split the encoded text as if it were
-            # fields. Put the text back together and decode it.
-            text = "\n".join(b.as_string() for b in payload if isinstance(b, Message))
-            encoded = text.encode("ascii", "replace")
-            decoded = binascii.a2b_base64(encoded) if encoding == "base64" else quopri.decodestring(encoded)
+        decoded = _reassembled(part)
+        if decoded is not None:
             blocks = _header_blocks(_decode(decoded, part.get_content_charset()))
         elif isinstance(payload, list):
             blocks = [b for b in payload if isinstance(b, Message)]
@@ -333,6 +328,9 @@ def _original_headers(msg: Message) -> Message | None:
     for part in msg.walk():
         kind = part.get_content_type()
         if kind == "message/rfc822":
+            decoded = _reassembled(part)
+            if decoded is not None:
+                return message_from_string(_decode(decoded, None).lstrip(), policy=policy.compat32)
             payload = part.get_payload()
             if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 return payload[0]
@@ -341,6 +339,18 @@ def _original_headers(msg: Message) -> Message | None:
             text = _decode(data, part.get_content_charset()) if isinstance(data, bytes) else str(part.get_payload())
             return message_from_string(text.lstrip(), policy=policy.compat32)
     return None
+
+
+def _reassembled(part: Message) -> bytes | None:
+    """The decoded bytes of a message/* part sent base64 or quoted-printable (some MTAs and
+    feedback loops encode them, though RFC 2046 forbids it), which the parser split as if the
+    encoded text were fields or a message; None when the part is not encoded so."""
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    payload = part.get_payload()
+    if encoding not in ("base64", "quoted-printable") or not isinstance(payload, list):
+        return None
+    encoded = "\n".join(p.as_string() for p in payload if isinstance(p, Message)).encode("ascii", "replace")
+    return binascii.a2b_base64(encoded) if encoding == "base64" else quopri.decodestring(encoded)
 
 
 def _original_message_id(msg: Message) -> str:

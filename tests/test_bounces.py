@@ -800,3 +800,16 @@ def test_a_dry_run_counts_the_soft_bounces_it_reads_as_the_real_run_does(tmp_pat
         == [(o.action, o.reason.split(":")[0]) for o in real.outcomes]
     assert real.outcomes[-1].action == "bounced" and "soft bounce 2 of 2" in real.outcomes[-1].reason
     engine.dispose()
+
+
+def test_a_complaint_whose_original_is_sent_base64_names_our_message() -> None:
+    original = ("Return-Path: <bounces@essays.example.org>\r\nFrom: Essays <letters@essays.example.org>\r\n"
+                "To: erin@example.com\r\nSubject: On walking\r\n"
+                "Message-ID: <fixture-erin-0001@essays.example.org>\r\n\r\nThe digest.\r\n")
+    raw = ARF.format(verp="bounces@essays.example.org", n=7).replace(
+        "--f7--\n", "--f7\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+                    + base64.encodebytes(original.encode()).decode() + "\n--f7--\n")
+    finding = classify(raw.encode(), UNSUBSCRIBE_TO)
+    assert finding.kind == BounceKind.COMPLAINT
+    assert finding.original_message_id == "<fixture-erin-0001@essays.example.org>"
+    assert [f.recipient for f in finding.failures] == ["erin@example.com"]
