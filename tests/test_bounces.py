@@ -241,16 +241,22 @@ def test_a_message_still_being_written_to_an_mbox_waits_for_the_next_run(tmp_pat
     engine.dispose()
 
 
-def test_soft_bounces_make_an_address_bounced_at_the_limit(tmp_path: Path) -> None:
+def _soft_bounce_twice(tmp_path: Path) -> tuple[Settings, mailbox.Maildir, bytes, bytes]:
+    """A limit of 2 soft bounces in 30 days, an empty Maildir, and two soft bounces for dan."""
     settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=2, soft_bounce_days=30))
     fixture_audience(settings)
     gmail = (FIXTURES / "gmail.eml").read_bytes()
-    box = fill_maildir(tmp_path / "Maildir", [])
-    box.add(gmail)
+    return (settings, fill_maildir(tmp_path / "Maildir", []), gmail,
+            gmail.replace(b"0001.GMR@mx.google.com", b"0002.GMR@mx.google.com"))
+
+
+def test_soft_bounces_make_an_address_bounced_at_the_limit(tmp_path: Path) -> None:
+    settings, box, first, second = _soft_bounce_twice(tmp_path)
+    box.add(first)
     engine = db.connect(settings.database.url)
     process_mailbox(settings, engine)
     assert statuses(settings)["dan@gmail.example"] == "active"
-    box.add(gmail.replace(b"0001.GMR@mx.google.com", b"0002.GMR@mx.google.com"))
+    box.add(second)
     report = process_mailbox(settings, engine)
     assert statuses(settings)["dan@gmail.example"] == "bounced"
     assert report.outcomes[0].action == "bounced" and "soft bounce 2 of 2" in report.outcomes[0].reason
@@ -785,12 +791,9 @@ def test_a_delivery_status_part_sent_encoded_is_read(encoding: str) -> None:
 
 
 def test_a_dry_run_counts_the_soft_bounces_it_reads_as_the_real_run_does(tmp_path: Path) -> None:
-    settings = load_settings(bounce_config(tmp_path, soft_bounce_limit=2, soft_bounce_days=30))
-    fixture_audience(settings)
-    gmail = (FIXTURES / "gmail.eml").read_bytes()
-    box = fill_maildir(tmp_path / "Maildir", [])
-    box.add(gmail)
-    box.add(gmail.replace(b"0001.GMR@mx.google.com", b"0002.GMR@mx.google.com"))
+    settings, box, first, second = _soft_bounce_twice(tmp_path)
+    box.add(first)
+    box.add(second)
     engine = db.connect(settings.database.url)
 
     dry = process_mailbox(settings, engine, dry_run=True)
