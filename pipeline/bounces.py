@@ -134,7 +134,7 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
             return finding
     if any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to) and not _auto_submitted(msg):
         return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
-    if _says_auto_reply(msg):
+    if _responder_marker(msg):
         # Before the bounce detectors: a reader's "out of office" can word itself like a bounce
         # ("your message could not be delivered to ...") and name an address in passing.
         return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({_auto_submitted(msg)}): left alone")
@@ -296,12 +296,18 @@ def _addressed_to(msg: Message) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _says_auto_reply(msg: Message) -> bool:
-    """An automatic reply by the markers only a responder sets: its subject, X-Autoreply and the
-    like. Not Auto-Submitted alone, which mail systems set on their bounces too (RFC 3834)."""
-    return bool(msg.get("X-Autoreply") or msg.get("X-Autorespond")
-                or _field(msg, "Precedence").strip().lower() == "auto_reply"
-                or _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))))
+def _responder_marker(msg: Message) -> str:
+    """Which marker only an auto-responder sets `msg` carries (X-Autoreply, X-Autorespond,
+    Precedence: auto_reply, an "out of office" subject), or "". Not Auto-Submitted, which mail
+    systems set on their bounces too (RFC 3834)."""
+    for header in ("X-Autoreply", "X-Autorespond"):
+        if msg.get(header):
+            return header
+    if _field(msg, "Precedence").strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    if _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))):
+        return "its subject"
+    return ""
 
 
 def _auto_submitted(msg: Message) -> str:
@@ -309,14 +315,7 @@ def _auto_submitted(msg: Message) -> str:
     auto = _field(msg, "Auto-Submitted").strip().lower()
     if auto and auto != "no":
         return f"Auto-Submitted: {auto}"
-    for header in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
-        if msg.get(header) and header != "X-Auto-Response-Suppress":
-            return header
-    if _field(msg, "Precedence").strip().lower() == "auto_reply":
-        return "Precedence: auto_reply"
-    if _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))):
-        return "its subject"
-    return ""
+    return _responder_marker(msg)
 
 
 def _part(msg: Message, content_type: str) -> Message | None:
