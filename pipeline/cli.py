@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from pipeline.errors import NewsletterError
+from pipeline.errors import NewsletterError, database_words
 from subscribers.errors import SubscriberError
 
 # Every top-level command: its name -> (its module under pipeline/commands/, its one-line help).
@@ -77,8 +77,7 @@ class NewsletterGroup(click.Group):
             # (addresses) in it, nor the SQL the driver quotes on the lines after.
             errors = sys.modules.get("sqlalchemy.exc")  # loaded by any command that got this far
             if errors is not None and isinstance(exc, errors.DBAPIError):
-                said = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
-                raise click.ClickException(f"the database failed: {said}") from None
+                raise click.ClickException(f"the database failed: {database_words(exc)}") from None
             raise
 
 

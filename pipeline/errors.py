@@ -83,3 +83,10 @@ class TransportUnavailable(DeliveryError):
 class Refused(NewsletterError):
     """An action that would do harm unless asked for plainly: a repeat send of an essay, a send
     whose message fails the checklist, a key that is taken. The message says how to ask."""
+
+
+def database_words(exc: BaseException) -> str:
+    """What the database said, in one line: its driver's words (SQLAlchemy keeps them in `orig`)
+    without the SQL they quote on the lines after, nor the statement and its values."""
+    said = getattr(exc, "orig", None) or exc
+    return (str(said).strip().splitlines() or ["no reason given"])[0]

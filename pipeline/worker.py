@@ -25,7 +25,7 @@ from sqlmodel import Session
 from pipeline import issues
 from pipeline.config import Settings
 from pipeline.confirmations import send_queued
-from pipeline.errors import DatabaseError, NewsletterError
+from pipeline.errors import DatabaseError, NewsletterError, database_words
 from pipeline.feedback import read_bounces
 from pipeline.publish import Ending, Report, publish
 from pipeline.transports import Transport
@@ -108,22 +108,14 @@ def run_worker(
             try:
                 read_bounces(settings, engine)
             except (DBAPIError, DatabaseError) as exc:
-                if once:
-                    raise (exc if isinstance(exc, DatabaseError) else
-                           DatabaseError(f"the database failed: {database_trouble(exc)}")) from exc
-                stats.errors.append(f"database: {database_trouble(exc)}")
-                log.error("database error while reading the bounce mailbox: %s; trying again in %g "
-                          "minutes", database_trouble(exc), settings.bounces.interval_minutes)
+                _database_failed(exc, stats, once, "while reading the bounce mailbox",
+                                 f"{settings.bounces.interval_minutes:g} minutes")
         try:
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
                             transport_factory, on_report, force)
         except (DBAPIError, DatabaseError) as exc:
-            why = database_trouble(exc)
-            if once:
-                raise (exc if isinstance(exc, DatabaseError) else DatabaseError(f"the database failed: {why}")) from exc
-            stats.errors.append(f"database: {why}")
-            log.error("database error: %s; trying again in %g s", why, ERROR_SECONDS)
+            _database_failed(exc, stats, once, "", f"{ERROR_SECONDS:g} s")
             stop.wait(ERROR_SECONDS)
             continue
         if once and not worked:
@@ -134,10 +126,13 @@ def run_worker(
     return stats
 
 
-def database_trouble(exc: BaseException) -> str:
-    """What the database said, in one line: its driver's words without the SQL they quote."""
-    text = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
-    return (text.strip().splitlines() or ["no reason given"])[0]
+def _database_failed(exc: BaseException, stats: WorkerStats, once: bool, doing: str, again_in: str) -> None:
+    """A database error the worker rides out (logged, counted), or, with `once`, raises."""
+    why = database_words(exc)
+    if once:
+        raise (exc if isinstance(exc, DatabaseError) else DatabaseError(f"the database failed: {why}")) from exc
+    stats.errors.append(f"database: {why}")
+    log.error("database error%s: %s; trying again in %s", f" {doing}" if doing else "", why, again_in)
 
 
 def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: dict[int, float],
