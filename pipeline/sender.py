@@ -29,6 +29,7 @@ from pipeline.errors import (
     RenderError,
     TransientDeliveryError,
     TransportUnavailable,
+    database_words,
 )
 from pipeline.message import ascii_address
 from pipeline.models import Issue
@@ -37,6 +38,7 @@ from pipeline.transports import Transport, hand_over, is_hard_bounce
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 SAVE_PATIENCE = 30.0  # seconds a sender keeps trying to record what it knows after a database error
 Build = Callable[[ledger.Claimed], bytes]
+Handed = tuple[ledger.Claimed, Callable[[], None]]  # a row handed over, and what reads its reply
 # What one message's attempt can end in (RenderError: its bytes could not be made).
 DeliveryProblem = (DeliveryError, RenderError)
 
@@ -175,7 +177,7 @@ class _Pool:
         saved = self._save(in_hand, SAVE_PATIENCE if database_failed else 0.0)
         if not database_failed:
             return exc
-        why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no reason given"])[0]
+        why = database_words(exc)
         sent = sum(o.kind == "sent" for o in in_hand)
         if not in_hand:
             fate = ""
@@ -258,33 +260,37 @@ class _Pool:
         (a bug, or a library raising what nobody foresaw) halts the run after the batch is
         recorded: the copy being handed over is `unknown`, the rest stay owed."""
         outcomes: list[ledger.Outcome] = []
-        waiting: tuple[ledger.Claimed, Callable[[], None]] | None = None  # handed over, reply not read
+        waiting: Handed | None = None  # handed over, reply not read
         for row in claimed:
-            handed: tuple[ledger.Claimed, Callable[[], None]] | None = None
-            try:
-                raw = self.build(row)
-            except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
-                outcomes.append(self._outcome(row, exc))
-            except Exception as exc:
-                self._fail(exc)
-                outcomes.append(ledger.Outcome(row, "released", self.clock()))
-            else:
-                if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
-                    outcomes.append(ledger.Outcome(row, "released", self.clock()))
-                else:
-                    try:
-                        handed = row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)
-                    except DeliveryProblem as exc:
-                        outcomes.append(self._outcome(row, exc))
-                    except Exception as exc:
-                        self._fail(exc)
-                        outcomes.append(self._unknown(row, exc))
+            handed, outcome = self._attempt(transport, row)
+            if outcome is not None:
+                outcomes.append(outcome)
             if waiting is not None:
                 outcomes.append(self._answered(*waiting))
             waiting = handed
         if waiting is not None:
             outcomes.append(self._answered(*waiting))
         return outcomes
+
+    def _attempt(self, transport: Transport, row: ledger.Claimed) -> tuple[Handed | None, ledger.Outcome | None]:
+        """Build the row's copy and hand it over: (the row and what reads its reply, None), or
+        (None, its outcome) when it was not handed over."""
+        try:
+            raw = self.build(row)
+        except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
+            return None, self._outcome(row, exc)
+        except Exception as exc:
+            self._fail(exc)
+            return None, ledger.Outcome(row, "released", self.clock())
+        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
+            return None, ledger.Outcome(row, "released", self.clock())
+        try:
+            return (row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)), None
+        except DeliveryProblem as exc:
+            return None, self._outcome(row, exc)
+        except Exception as exc:
+            self._fail(exc)
+            return None, self._unknown(row, exc)
 
     def _answered(self, row: ledger.Claimed, answer: Callable[[], None]) -> ledger.Outcome:
         """The outcome of a message handed over, once the relay has answered it."""
