@@ -181,8 +181,8 @@ class SMTPTransport:
         SMTPServerDisconnected or OSError when the connection is lost before the reply to MAIL
         (the caller reconnects once), TransientDeliveryError when it is lost after it."""
         smtp = self._connection()
-        lines = group.splitlines(keepends=True)
-        if self._pipelining:
+        lockstep = None if self._pipelining else group.splitlines(keepends=True)
+        if lockstep is None:
             assert smtp.sock is not None  # a live connection
             try:
                 # Not smtp.send, which closes the socket when the write fails, and with it the
@@ -197,7 +197,7 @@ class SMTPTransport:
             if self._smtp is not smtp:  # that reply was 421 (closing) or garbled: the line is gone
                 raise smtplib.SMTPServerDisconnected("the server closed the connection")
         else:
-            smtp.send(lines[0])
+            smtp.send(lockstep[0])
         replies = [smtp.getreply()]
         if replies[0][0] == 421:
             text = " ".join(replies[0][1].decode("utf-8", "replace").split())
@@ -211,12 +211,14 @@ class SMTPTransport:
             self._drop()
             raise TransportUnavailable(f"{self._where()} is not taking mail now (421 {text})")
         try:
-            for line in lines[1:]:
-                if not self._pipelining:
+            if lockstep is None:
+                replies += (smtp.getreply(), smtp.getreply())  # RCPT's and DATA's, whatever MAIL's was
+            else:
+                for line in lockstep[1:]:
                     if replies[-1][0] not in (250, 251):
                         break
                     smtp.send(line)
-                replies.append(smtp.getreply())
+                    replies.append(smtp.getreply())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # Before the message went out the server cannot have taken it: try later.
             self._drop()
