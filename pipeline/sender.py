@@ -78,6 +78,26 @@ class Tally:
                     self.bounced += mark_bounced(session, o.claimed.subscriber_id)
 
 
+class Unrecorded(DatabaseError):
+    """The database failed mid-send and stayed away longer than a sender waits: `outcomes`, what
+    the relay answered (and rows never handed over), are not in the ledger yet. A process that
+    outlives the outage (a worker) records them with `record_late` once the database answers."""
+
+    def __init__(self, message: str, outcomes: list[ledger.Outcome], deadline: datetime) -> None:
+        super().__init__(message)
+        self.outcomes, self.deadline = outcomes, deadline
+
+
+def record_late(engine: Engine, unrecorded: Unrecorded) -> Tally:
+    """Record what a failed sender could not, now that the database answers (raises while it
+    still does not); returns the tally of those outcomes. Rows whose lease ran out meanwhile
+    (`unknown`) take their real outcome; rows someone made owed again are left as they are."""
+    ledger.record(engine, unrecorded.outcomes, unrecorded.deadline)
+    tally = Tally()
+    tally.add(engine, unrecorded.outcomes)
+    return tally
+
+
 def deliver(settings: Settings, engine: Engine, issue: Issue, tally: Tally, build: Build,
             envelope: Callable[[int], str], transport_factory: Callable[[], Transport],
             stop: threading.Event, progress: Callable[[], None] | None,
@@ -185,9 +205,13 @@ class _Pool:
             fate = (f"; the {len(in_hand)} deliveries in hand were recorded once it answered again "
                     f"({sent} sent)")
         else:
-            fate = (f"; the {len(in_hand)} deliveries in hand ({sent} of them taken by the relay) could "
-                    f"not be recorded and will show as unknown (see the README, \"Troubleshooting: "
-                    f"after a crash\")")
+            message = (f"the database failed mid-send ({why}); the {len(in_hand)} deliveries in hand "
+                       f"({sent} of them taken by the relay) could not be recorded: a worker records them "
+                       f"when it answers again, after `send` they show as unknown (see the README, "
+                       f"\"Troubleshooting: after a crash\"); `send` again carries on")
+            late = Unrecorded(message, in_hand, self.deadline)
+            late.__cause__ = exc
+            return late
         error = DatabaseError(f"the database failed mid-send ({why}){fate}; `send` again carries on")
         error.__cause__ = exc
         return error

@@ -28,6 +28,7 @@ from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError, database_words
 from pipeline.feedback import read_bounces
 from pipeline.publish import Ending, Report, publish
+from pipeline.sender import Unrecorded, record_late
 from pipeline.transports import Transport
 from subscribers.model import utcnow
 
@@ -99,6 +100,7 @@ def run_worker(
     stats = WorkerStats()
     resume_at: dict[int, float] = {}  # issue id -> monotonic time it may be tried again
     bounces_due = time.monotonic()  # the bounce mailbox is read first, then every interval
+    kept: list[Unrecorded] = []  # what the relay answered while the database was away
     while not stop.is_set():
         stats.rounds += 1
         if settings.bounces.enabled and time.monotonic() >= bounces_due:
@@ -111,10 +113,15 @@ def run_worker(
                 _database_failed(exc, stats, once, "while reading the bounce mailbox",
                                  f"{settings.bounces.interval_minutes:g} minutes")
         try:
+            _record_kept(engine, kept, stats)  # first: until then those rows look in flight
             send_queued(settings, engine, transport_factory=transport_factory)  # sign-ups' emails
             worked = _round(settings, engine, stats, resume_at, stop, pause_seconds,
                             transport_factory, on_report, force)
         except (DBAPIError, DatabaseError) as exc:
+            if isinstance(exc, Unrecorded) and not once:  # --once exits: they show as unknown
+                kept.append(exc)
+                exc = DatabaseError(f"{database_words(exc.__cause__ or exc)}; the {len(exc.outcomes)} "
+                                    f"deliveries in hand are kept until it answers again")
             _database_failed(exc, stats, once, "", f"{ERROR_SECONDS:g} s")
             stop.wait(ERROR_SECONDS)
             continue
@@ -124,6 +131,20 @@ def run_worker(
             stop.wait(idle_seconds)
     stats.stopped = stop.is_set()
     return stats
+
+
+def _record_kept(engine: Engine, kept: list[Unrecorded], stats: WorkerStats) -> None:
+    """Record the outcomes a sender could not while the database was away (raises while it still
+    is): the copies the relay took become `sent` rather than "maybe sent" once their lease ends."""
+    while kept:
+        tally = record_late(engine, kept[0])
+        outcomes = kept.pop(0).outcomes
+        stats.sent += tally.sent
+        stats.retrying += tally.retrying
+        stats.failed += tally.failed
+        stats.unknown += tally.unknown
+        log.warning("the database answers again: the %d deliveries kept since it failed are recorded "
+                    "(%d sent)", len(outcomes), tally.sent)
 
 
 def _database_failed(exc: BaseException, stats: WorkerStats, once: bool, doing: str, again_in: str) -> None:
@@ -149,6 +170,8 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
         try:
             report = publish(settings, engine, issue_id, stop=stop, force=force,
                              transport_factory=transport_factory, progress=_progress_logger(key))
+        except DatabaseError:
+            raise  # the database's failing, not the issue's: the worker waits ERROR_SECONDS
         except NewsletterError as exc:
             # One broken issue (say, its templates) must not stop the others from going out.
             stats.errors.append(f"{key}: {exc}")
@@ -160,7 +183,8 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
             on_report(report)
         if report.reconciled:
             log.warning("%s: %d deliveries left in flight by a sender that stopped mid-attempt "
-                        "(a crash, kill -9) are now unknown: maybe delivered, maybe not", key,
+                        "(a crash, kill -9, a database failure it could not outwait) are now unknown: maybe "
+                        "delivered, maybe not", key,
                         report.reconciled)
         if report.handled:  # anything dealt with this round: the worker looks again at once
             worked = True

@@ -24,6 +24,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import DatabaseError, PermanentDeliveryError
 from pipeline.models import Issue
 from pipeline.publish import Ending, Report, enqueue, publish
+from pipeline.sender import Unrecorded
 from pipeline.transports import MemoryTransport
 from pipeline.worker import WorkerStats, run_worker
 from tests.conftest import write_config
@@ -55,6 +56,25 @@ def killed_when_it_waits(url: str, table: str) -> None:
         holder.close()
 
     threading.Thread(target=kill, daemon=True).start()
+
+
+def away_for(url: str, table: str, seconds: float) -> None:
+    """The database away for `seconds` as far as `table` is concerned: every connection that
+    waits on it in that time is terminated (as by a restart); then the lock goes."""
+    holder = psycopg.connect(_plain(url))
+    holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+    def refuse() -> None:
+        with psycopg.connect(_plain(url), autocommit=True) as admin:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")
+                time.sleep(0.02)
+        holder.rollback()
+        holder.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
 
 
 class _Transports:
@@ -196,4 +216,66 @@ def test_a_mailbox_the_database_keeps_failing_on_does_not_keep_the_worker_from_s
     give_up.cancel()
     assert sorted(transports.sent()) == sorted(f"reader{n}@example.org" for n in range(5))
     assert stats.errors and all(e.startswith("database: ") for e in stats.errors)
+    engine.dispose()
+
+
+def test_a_send_says_what_it_could_not_record_when_the_database_stays_away(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past SAVE_PATIENCE a one-shot `send` gives up on recording: the error says how many the
+    relay took, that they show as unknown after `send`, and where to read what to do."""
+    monkeypatch.setattr("pipeline.sender.SAVE_PATIENCE", 0.5)
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    add_audience(engine, 25)
+    new_issue(engine, settings, "away")
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if len(transport.sent) == 9:
+            away_for(postgres_url, "delivery", 2.0)
+
+    with pytest.raises(Unrecorded) as raised:
+        publish(settings, engine, "away", transport_factory=_Transports(before))
+    assert len(raised.value.outcomes) == 10
+    assert "the 10 deliveries in hand (10 of them taken by the relay) could not be recorded" in str(raised.value)
+    assert "after `send` they show as unknown" in str(raised.value)
+    time.sleep(2.5)  # the outage is over
+    statuses, _ = _statuses(engine, "away")
+    assert statuses == {"sending": 10, "pending": 15}  # until a command sees this process gone
+    engine.dispose()
+
+
+def test_a_worker_records_what_the_relay_took_once_a_long_database_outage_ends(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender waits SAVE_PATIENCE for the database to take what the relay answered. When it
+    stays away longer (a failover, a restart) a worker, which outlives the outage, keeps those
+    outcomes and records them when it answers again: the copies the relay took are `sent`, not
+    left `sending` until their lease runs out and then "maybe sent" (whose retry is a second copy)."""
+    monkeypatch.setattr("pipeline.sender.SAVE_PATIENCE", 0.5)
+    monkeypatch.setattr("pipeline.worker.ERROR_SECONDS", 0.2)
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    add_audience(engine, 25)
+    new_issue(engine, settings, "long")
+    assert enqueue(settings, engine, "long").ending is Ending.ENQUEUED
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if len(transport.sent) == 9 and not transports.made[1:]:  # the first batch's last copy
+            away_for(postgres_url, "delivery", 3.0)
+
+    transports = _Transports(before)
+    stop = threading.Event()
+
+    def on_report(report: Report) -> None:
+        if report.ending is Ending.FINISHED:
+            stop.set()
+
+    give_up = threading.Timer(40, stop.set)
+    give_up.start()
+    stats = run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
+                       on_report=on_report)
+    give_up.cancel()
+    statuses, _ = _statuses(engine, "long")
+    assert statuses == {"sent": 25}, statuses
+    assert Counter(transports.sent()) == Counter(f"reader{n}@example.org" for n in range(25))
+    assert stats.sent == 25 and any(e.startswith("database: ") for e in stats.errors)
     engine.dispose()

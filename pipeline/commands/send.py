@@ -218,7 +218,8 @@ def summary(app: App, report: Report) -> None:
     out(f"Ledger: {counts or 'empty'}.")
     if report.reconciled:
         app.err.print(f"[yellow]{report.reconciled} deliveries were left in flight by a sender that "
-                      f"stopped mid-attempt (a crash, kill -9): they are now unknown.[/]")
+                      f"stopped mid-attempt (a crash, kill -9, a database failure it could not outwait): they "
+                      f"are now unknown.[/]")
     for email, error in report.errors[:10]:
         out(f"  [red]{escape(email)}[/]: {escape(error)}")
     if report.ending is Ending.PAUSED:
