@@ -277,21 +277,20 @@ def _record(session: Session, outcomes: list[Outcome], deadline: datetime | None
 
 def reconcile(session: Session, issue_id: int, now: datetime) -> int:
     """Rows left `sending` past their lease (a crash mid-batch) become `unknown`."""
-    result = cast(CursorResult[Any], session.execute(
-        update(_TABLE)
-        .where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING, _TABLE.c.lease_until < now)
-        .values(status=UNKNOWN, updated_at=now, lease_until=None,
-                last_error="the sender stopped mid-attempt (lease ran out): maybe sent, maybe not")
-    ))
-    return max(result.rowcount, 0)
+    return _in_flight_unknown(session, issue_id, _TABLE.c.lease_until < now, now,
+                              "the sender stopped mid-attempt (lease ran out): maybe sent, maybe not")
 
 
 def release_holder(session: Session, issue_id: int, holder: str, now: datetime, error: str) -> int:
     """The issue's `sending` rows that `holder` (a process known to be gone) holds become
     `unknown`, with `error` saying why; returns how many."""
+    return _in_flight_unknown(session, issue_id, _TABLE.c.holder == holder, now, error)
+
+
+def _in_flight_unknown(session: Session, issue_id: int, which: Any, now: datetime, error: str) -> int:
+    """The issue's `sending` rows that `which` selects become `unknown` (maybe sent): how many."""
     result = cast(CursorResult[Any], session.execute(
-        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING,
-                             _TABLE.c.holder == holder)
+        update(_TABLE).where(_TABLE.c.issue_id == issue_id, _TABLE.c.status == SENDING, which)
         .values(status=UNKNOWN, updated_at=now, lease_until=None, last_error=error)))
     return max(result.rowcount, 0)
 
