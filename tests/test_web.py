@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html as html_module
+import os
 import re
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -538,6 +540,25 @@ def test_preview_issue_tabs(client: FlaskClient, ledger: Issue) -> None:
     status = client.get(url + "?tab=status", environ_base=LOCAL).data.decode()
     assert "h3@example.org" in status and "550 5.1.1 mailbox unavailable" in status
     assert "h4@example.org" in status and "h1@example.org" not in status
+
+
+def test_send_status_tab_settles_rows_a_stopped_sender_left_in_flight(
+    client: FlaskClient, session: Session, issues: dict[str, Issue]
+) -> None:
+    """The tab reads the ledger as `sends status` does: rows held by a process of this host that
+    no longer runs are `unknown` (maybe sent), not "sending"; a live holder is named."""
+    issue = issues["sent"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease = datetime.now(UTC) + timedelta(minutes=10)
+    for n, holder in enumerate([f"{socket.gethostname()}:{dead.pid}"] * 2 + [f"{socket.gethostname()}:{os.getpid()}"]):
+        session.add(Delivery(issue_id=issue.id, subscriber_id=None, email=f"f{n}@example.org", status="sending",
+                             message_id=f"<f{n}@essays.example.org>", holder=holder, lease_until=lease))
+    session.commit()
+    status = client.get(f"/preview/issue/{issue.id}?tab=status", environ_base=LOCAL).data.decode()
+    assert "2 unknown" in status and "1 sending" in status
+    assert f"1 being sent by {socket.gethostname()}:{os.getpid()} (running on this host)" in status
+    assert "f0@example.org" in status and "is gone (it stopped mid-attempt)" in status
 
 
 def test_preview_as_a_chosen_subscriber_and_the_eml_download(

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from sqlmodel import Session
 
-from pipeline import db, ledger_reads
+from pipeline import db, leases, ledger_reads
 from pipeline.config import BUILTIN_DOCS
 from pipeline.copies import personal_copy
 from pipeline.errors import NotFound
@@ -30,7 +30,7 @@ from pipeline.readers.markdown_essay import markdown_html
 from pipeline.web.state import state
 from pipeline.web_addresses import is_loopback
 from subscribers import consent, queries
-from subscribers.model import SubscriberStatus
+from subscribers.model import SubscriberStatus, utcnow
 
 TOKEN_COOKIE = "newsletter_preview"
 TABS = ("html", "text", "headers", "lint", "status")
@@ -221,6 +221,10 @@ def _issue_page(issue_id: int | None) -> str:
     tab = tab if tab in TABS else "html"
     width = "mobile" if request.args.get("width") == "mobile" else "desktop"
     as_email = request.args.get("as", "").strip()
+    if tab == "status" and issue_id:
+        # As `sends status` does: rows a stopped sender left in flight become `unknown` first.
+        with db.session_scope(st.engine) as s:
+            leases.reconcile(s, issue_id, utcnow())
     with db.scratch_session(st.engine) as s:  # a composed next digest is thrown away
         issue = _target(s, issue_id)
         label, raw = _message(s, issue, as_email)
@@ -231,6 +235,8 @@ def _issue_page(issue_id: int | None) -> str:
                     for f in found]
         counts = _nonzero(ledger_reads.counts(s, issue_id)) if issue_id else {}
         problems = _problems(s, issue_id) if tab == "status" and issue_id else []
+        in_flight = (leases.describe_in_flight(leases.in_flight(s, issue_id))
+                     if tab == "status" and issue_id else "")
         emails = queries.active_emails(s, 500)
         shown = {"id": issue_id, "key": issue.key if issue_id else "next", "status": issue.status}
     tabs = [("html", "HTML"), ("text", "Text"), ("headers", "Headers"), ("lint", "Checks")]
@@ -247,7 +253,7 @@ def _issue_page(issue_id: int | None) -> str:
         "preview_issue.html", issue=shown, view=view, tab=tab, tabs=tabs,
         width=width, as_email=as_email, recipient_label=label, findings=findings, link=link,
         failed=len(failures(found)), warned=len(warnings(found)),
-        status_counts=counts, problem_rows=problems,
+        status_counts=counts, problem_rows=problems, in_flight=in_flight,
         problem_more=counts.get("failed", 0) + counts.get("unknown", 0) - len(problems),
         subscriber_emails=emails, eml_url=eml + (("?" + urlencode({"as": as_email})) if as_email else ""),
         section="preview",
