@@ -146,7 +146,8 @@ def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
     """The person followed their confirmation link: make them active (again). Idempotent.
 
     Raises BadToken/ExpiredToken, UnknownSubscriber, or ConsentError for a link made before the
-    latest unsubscribe (following an old link is not a new decision) or for a removed address.
+    latest opt-out (unsubscribe, hard bounce or complaint: following an old link is not a new
+    decision) or for a removed address.
     """
     subscriber_id, issued = read_token_issued(secret, CONFIRM, token)
     subscriber = get(session, subscriber_id)
@@ -158,7 +159,8 @@ def confirm_by_token(session: Session, secret: str, token: str) -> Subscriber:
     # A link made in the very microsecond of the unsubscribe counts as older; so does one of an
     # older kind, which knows only its whole second (issued has microsecond 0 then).
     if left is not None and issued <= left:
-        raise ConsentError("this confirmation link is older than your unsubscribe; please sign up again")
+        raise ConsentError("this confirmation link is older than your unsubscribe (or the address's "
+                           "latest bounce or complaint); please sign up again")
     now = utcnow()
     subscriber.status, subscriber.confirmed_at, subscriber.updated_at = ACTIVE, now, now
     session.add(subscriber)
@@ -270,9 +272,10 @@ def _opt_out(session: Session, subscriber: Subscriber, status: SubscriberStatus)
     if not would_opt_out(subscriber.status, status):
         return False
     now = utcnow()
-    subscriber.status, subscriber.updated_at = status.value, now
-    if subscriber.unsubscribed_at is None or status == SubscriberStatus.UNSUBSCRIBED:
-        subscriber.unsubscribed_at = now
+    # The latest opt-out of any kind, as an import records it: a confirmation link made before
+    # it is void (confirm_by_token). Keeping the first let a link older than a complaint or a
+    # bounce make the address active again.
+    subscriber.status, subscriber.updated_at, subscriber.unsubscribed_at = status.value, now, now
     session.add(subscriber)
     _suppress(session, subscriber.email_normalized, status.value)
     session.commit()

@@ -131,6 +131,25 @@ def test_a_confirmation_link_older_than_the_unsubscribe_is_void(
     assert status_of(db, "late@example.org") == "unsubscribed"
 
 
+@pytest.mark.parametrize("how", ["bounce", "complain"])
+def test_a_confirmation_link_older_than_a_later_bounce_or_complaint_is_void(db: Session, how: str) -> None:
+    """Unsubscribed, signed up again and confirmed; then a hard bounce or a spam complaint. The
+    same confirmation link, followed again, must not make the address active: it is older than
+    the latest opt-out, whatever its kind (it used to count only the first)."""
+    consent.add(db, "again@example.org")
+    opt_out(db, "unsubscribe", "again@example.org")
+    subscriber, _ = consent.subscribe(db, "again@example.org")
+    time.sleep(0.01)
+    token = make_token(SECRET, CONFIRM, subscriber.id or 0)  # mailed after that unsubscribe
+    assert consent.confirm_by_token(db, SECRET, token).status == "active"
+    time.sleep(0.01)
+    opt_out(db, how, "again@example.org")
+    with pytest.raises(ConsentError, match="older than"):
+        consent.confirm_by_token(db, SECRET, token)
+    assert status_of(db, "again@example.org") == {"bounce": "bounced", "complain": "complained"}[how]
+    assert consent.is_suppressed(db, "again@example.org")
+
+
 def test_double_opt_in_keeps_a_new_sign_up_pending_until_confirmed(db: Session) -> None:
     subscriber, needs_confirmation = consent.subscribe(db, "new@example.org", name="New\r\nBcc: x@y")
     assert needs_confirmation and subscriber.status == "pending"
