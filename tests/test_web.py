@@ -493,6 +493,41 @@ def test_preview_token_once_in_the_url_then_a_cookie_or_the_header(settings: Set
     assert client.get("/preview/", environ_base=REMOTE).status_code == 200  # the cookie now
 
 
+
+def test_tokens_beyond_ascii_are_refused_not_a_server_error(settings: Settings, engine: Engine) -> None:
+    """Secrets are compared as bytes: a form token or preview token with a letter beyond ASCII
+    (anyone can send one) is a wrong token, not a 500, and public pages do not care about it."""
+    with_token = dataclasses.replace(settings, web=dataclasses.replace(settings.web, preview_token="s3cret-Token"))
+    app = create_app(with_token, host="0.0.0.0", engine=engine)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    client.get("/subscribe")  # a session with a form token
+    assert client.post("/subscribe", data={"csrf_token": "\u00e9", "email": "x@example.org"}).status_code == 400
+    assert client.get("/subscribe", headers={"X-Preview-Token": "\u00e9"}).status_code == 200
+    assert client.get("/preview/?token=\u00e9", environ_base=REMOTE).status_code == 403
+    client.set_cookie("newsletter_preview", "\u00e9")
+    assert client.get("/preview/", environ_base=REMOTE).status_code == 403
+
+
+def test_a_nul_anywhere_in_a_request_is_a_400_on_both_databases(any_settings: Settings, any_engine: Engine) -> None:
+    """PostgreSQL refuses a NUL in text (a driver error, so a 500): a request carrying one in its
+    path, query or form is refused before any page looks it up."""
+    app = create_app(any_settings, engine=any_engine)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    assert client.get("/archive/nope").status_code == 404
+    assert client.get("/archive/x%00y").status_code == 400
+    assert client.get("/preview/issue/1?as=a%00b@example.org", environ_base=LOCAL).status_code == 400
+    client.get("/subscribe")
+    assert client.post("/subscribe", data={"csrf_token": "x", "email": "a\x00b@example.org"}).status_code == 400
+
+
+def test_a_host_header_that_cannot_be_encoded_is_a_400_page(client: FlaskClient) -> None:
+    """werkzeug cannot make URLs for a host like a..b; the error page needs none."""
+    for host in ["a" * 64 + ".example", "a..b"]:
+        page = client.get("/archive/", headers={"Host": host})
+        assert page.status_code == 400, host
+
 # --- preview pages --------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ import os
 import threading
 from typing import Any
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, abort, redirect, request, url_for
+from flask.globals import request_ctx
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -62,6 +63,7 @@ def create_app(
     app.register_blueprint(public.bp)
     app.register_blueprint(preview.bp)
     app.add_url_rule("/", "home", _home)
+    app.before_request(_refuse_nul)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _error_page)
     app.context_processor(lambda: {"can_preview": preview_refusal() is None})
@@ -116,7 +118,21 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+def _refuse_nul() -> None:
+    """A NUL in the path, the query or a form is nobody's address, key or token, and PostgreSQL
+    refuses it in text with a driver error (a 500): refused here, before any page looks it up."""
+    values = [request.path, *request.args.keys(), *request.args.values()]
+    if request.method == "POST":
+        values += [*request.form.keys(), *request.form.values()]
+    if any("\x00" in value for value in values):
+        abort(400, "This address or form holds a character no link or form of this site has.")
+
+
 def _error_page(error: HTTPException) -> Any:
+    if getattr(request_ctx, "url_adapter", None) is None:
+        # No URLs can be made for this request (werkzeug could not encode its Host header, say):
+        # the page template links to others, so the answer is plain text.
+        return Response(f"{error.code} {error.name}\n", error.code or 500, mimetype="text/plain")
     titles = {400: "This link or form is not valid", 403: "Not available here", 404: "Not found",
               410: "This link has expired", 429: "Too many requests"}
     custom = error.description != type(error).description  # ours, not werkzeug's boilerplate

@@ -8,7 +8,6 @@ to whoever presents that token.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -27,7 +26,7 @@ from pipeline.lint import failures, lint_message, warnings
 from pipeline.lint_help import fix_for
 from pipeline.models import DeliveryStatus, Issue, IssueStatus
 from pipeline.readers.markdown_essay import markdown_html
-from pipeline.web.state import state
+from pipeline.web.state import same_secret, state
 from pipeline.web_addresses import is_loopback
 from subscribers import consent, queries
 from subscribers.model import SubscriberStatus, utcnow
@@ -57,10 +56,10 @@ def preview_refusal() -> str | None:
     token = state().settings.web.preview_token
     if token:
         given = request.headers.get("X-Preview-Token", "")
-        if given and hmac.compare_digest(given, token):
+        if given and same_secret(given, token):
             return None
         cookie = request.cookies.get(TOKEN_COOKIE, "")
-        if cookie and hmac.compare_digest(cookie, _token_digest(token)):
+        if cookie and same_secret(cookie, _token_digest(token)):
             return None
         return "Preview pages need the preview token: open this page once with ?token=..."
     if not current_local():
@@ -105,7 +104,7 @@ def _guard() -> Any:
     token = state().settings.web.preview_token
     offered = request.args.get("token")
     if token and offered is not None:
-        if not hmac.compare_digest(offered, token):
+        if not same_secret(offered, token):
             abort(403, "That preview token is not right.")
         # Trade the token in the URL for a cookie, and drop it from the address bar and history.
         rest = {k: v for k, v in request.args.items() if k != "token"}
