@@ -4,6 +4,7 @@ what readers got (or are getting), so it is refused with the reason."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 from sqlalchemy import delete
@@ -63,8 +64,10 @@ def edit(session: Session, settings: Settings, ref: str | int, *, subject: str |
         for position, essay in enumerate(after):
             session.add(IssueEssay(issue_id=issue.id or 0, position=position, essay_id=essay.id or 0))
     if subject is not None:
-        if not subject.strip() or "\n" in subject or "\r" in subject:
-            raise Refused("--subject must be one line of text, not empty")
+        if not subject.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in subject):
+            # Control characters too: the subject goes into headers and the archive's Atom feed,
+            # whose XML refuses most of them.
+            raise Refused("--subject must be one line of text, not empty, without control characters")
         issue.subject = subject.strip()
     if intro is not None:
         if len(intro) > MAX_INTRO:

@@ -92,6 +92,18 @@ def test_a_sent_or_sending_issue_is_neither_edited_nor_discarded(run_cli, sessio
     assert json.loads(run_cli("issues", "show", "gone-out", "--json").output)["subject"] == "Out there"
 
 
+@pytest.mark.parametrize("subject", ["Notes\x0bweek", "Tabs\tinside", "A\u2028line"])
+def test_a_subject_with_control_characters_is_refused(run_cli, engine: Engine, subject: str) -> None:  # type: ignore[no-untyped-def]
+    """A subject goes into headers, the archive and its Atom feed (where XML refuses most control
+    characters, so one would break the public feed for good once the issue is sent)."""
+    add_audience(engine, 1, essays=1)
+    key = json.loads(run_cli("issues", "new", "--json").output)["key"]
+    composed = json.loads(run_cli("issues", "show", key, "--json").output)["subject"]
+    edited = run_cli("issues", "edit", key, "--subject", subject)
+    assert edited.exit_code == 1 and "--subject must be one line of text" in edited.output
+    assert json.loads(run_cli("issues", "show", key, "--json").output)["subject"] == composed
+
+
 def test_discard_asks_first_and_the_essays_wait_for_the_next_issue(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
     add_audience(engine, 1, essays=2)
     key = json.loads(run_cli("issues", "new", "--json").output)["key"]
