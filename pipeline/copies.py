@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from pipeline import ledger
+from pipeline import ledger, ledger_reads
 from pipeline.config import Settings
 from pipeline.issue_view import issue_view
 from pipeline.issues import find_issue
@@ -64,6 +64,15 @@ def personal_copy(
         if session is None:
             raise ValueError("personal_copy needs a session or a prepared factory")
         factory = factory_for(settings, issue, rendered_issue(session, settings, issue), subject_prefix)
+    if session is not None and isinstance(subscriber, Subscriber) and issue.id and subscriber.id:
+        # A copy of an issue that went out (or is going out) to this reader is the one they got:
+        # under the name and address its ledger row froze, whatever changed since. Not its
+        # Message-ID: a test copy under it could be dropped as a duplicate, or its bounce taken
+        # for the real delivery's.
+        frozen = ledger_reads.row_of(session, issue.id, subscriber.id)
+        if frozen is not None and frozen.email:
+            subscriber = ledger.Claimed(frozen.id or 0, subscriber.id, frozen.email, frozen.name,
+                                        frozen.message_id, frozen.attempts)
     if subscriber is None:
         recipient = sample_recipient(settings)
     else:

@@ -69,6 +69,12 @@ def by_message_id(session: Session, message_id: str) -> Delivery | None:
     return session.exec(select(Delivery).where(Delivery.message_id == message_id)).first()
 
 
+def row_of(session: Session, issue_id: int, subscriber_id: int) -> Delivery | None:
+    """The issue's row for this subscriber (frozen when the issue started sending), if any."""
+    return session.exec(select(Delivery).where(Delivery.issue_id == issue_id,
+                                               Delivery.subscriber_id == subscriber_id)).first()
+
+
 def latest_to(session: Session, subscriber_id: int) -> Delivery | None:
     """The delivery sent last to this subscriber (any issue)."""
     return session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber_id)

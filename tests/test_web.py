@@ -671,6 +671,28 @@ def test_preview_shows_byte_for_byte_what_sending_delivered(
     assert "1 sent" in status and "No failed or unknown deliveries" in status
 
 
+def test_preview_of_a_sent_issue_shows_the_copy_as_it_was_sent(
+    smtp_client: tuple[FlaskClient, Engine], smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    """Renamed after the send, Ivy's preview of that issue still shows the name her copy went
+    out with (the ledger's frozen row), not today's."""
+    client, engine = smtp_client
+    with Session(engine, expire_on_commit=False) as s:
+        store(s, make_essay(1))
+        issue = compose(s, smtp_settings)
+        s.commit()
+        add(s, "ivy@example.org", "Ivy Old")
+    assert publish(smtp_settings, engine, issue.id).sent == 1
+    received = smtp_server.received[0].message
+    with Session(engine) as s:
+        add(s, "IVY@example.org", "Ivy New")
+        assert consent.find(s, "ivy@example.org").name == "Ivy New"  # type: ignore[union-attr]
+    eml = message_from_bytes(client.get(f"/preview/issue/{issue.id}.eml?as=ivy@example.org",
+                                        environ_base=LOCAL).data, policy=policy.default)
+    assert str(eml["To"]) == str(received["To"]) == "Ivy Old <ivy@example.org>"
+    assert eml["Message-ID"] != received["Message-ID"]  # a preview, not that delivery
+    assert "Ivy New" not in eml.get_body(("plain",)).get_content()
+
 def test_lint_tab_lists_what_the_checklist_finds_in_the_message(client: FlaskClient, settings: Settings,
                                                                 issues: dict[str, Issue]) -> None:
     url = f"/preview/issue/{issues['draft'].id}"
