@@ -29,6 +29,9 @@ MAPPABLE = ("email", "name", "status")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+# Opt-out words of a status column (ours and other tools'), for files without a header.
+OPT_OUT_WORDS = frozenset({"unsubscribed", "bounced", "cleaned", "complained"})
+
 @dataclass(frozen=True)
 class CsvShape:
     encoding: str
@@ -52,6 +55,7 @@ class _Pick:
     email: int
     names: tuple[int, ...]
     status: int | None
+    headerless: bool = False  # no status column by name: a cell saying an opt-out is one
 
 
 def sniff(path: Path) -> CsvShape:
@@ -136,7 +140,7 @@ def _rows(path: Path, reader: Any, columns: dict[str, str] | None) -> Iterator[R
     pick = _columns(path, header, columns or {})
     if pick is None:  # no header: the first row is data; the address is its cell with an "@"
         email_at = next(i for i, cell in enumerate(header) if "@" in cell)
-        pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None)
+        pick = _Pick(email_at, (1 if email_at == 0 else 0,) if len(header) > 1 else (), None, headerless=True)
         yield _row(reader.line_num, header, pick)
     ended = reader.line_num
     while True:
@@ -164,6 +168,12 @@ def _row(line: int, cells: list[str], pick: _Pick) -> Row:
     else:
         name = " ".join(cells[i].strip() for i in pick.names if i < count and cells[i].strip())
     status = cells[pick.status].strip().lower() if pick.status is not None and pick.status < count else ""
+    if pick.headerless:
+        # Without a header, an export's status column has no name; the opt-outs in it must
+        # still count (other cells, a date or a note, are ignored as extra columns are).
+        taken = (pick.email, *pick.names)
+        status = next((cell.strip().lower() for i, cell in enumerate(cells)
+                       if i not in taken and cell.strip().lower() in OPT_OUT_WORDS), "")
     return Row(line, unguard(email), unguard(name), status)
 
 

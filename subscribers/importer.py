@@ -98,9 +98,22 @@ def import_csv(
         select(_table.c.email_normalized, _table.c.id, _table.c.status, _table.c.name)
     )}
     suppressed = set(session.execute(select(_suppression.c.email_hash)).scalars())
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str, str | None]] = {}  # key -> (line, its count, its status)
     batch = _Batch()
     now = utcnow()
+
+    def opt_out(key: str, line: int, email: str, file_status: str, new: tuple[Any, ...] | None = None) -> None:
+        """Record the file's opt-out: of a `new` row, or of an address on the list (or going on it)."""
+        report.opt_outs_recorded.append(RowProblem(line, email, f"{file_status} in the file: recorded so"))
+        if new is not None:
+            batch.inserts.append(new)
+        else:
+            batch.leaves.append({"_key": key, "_status": file_status})
+        digest = suppression_hash(key)
+        if digest not in suppressed:
+            suppressed.add(digest)
+            batch.suppress.append({"email_hash": digest, "reason": file_status, "created_at": now})
+
     for row in read_rows(path, shape, columns):
         line = row.line
         report.rows += 1
@@ -120,45 +133,55 @@ def import_csv(
             report.refused.append(RowProblem(line, row.email, str(exc)))
             continue
         key = address.normalized
+        file_status = FILE_STATUSES[row.status]
         if key in seen:
-            report.duplicates.append(RowProblem(line, row.email, f"same address as line {seen[key]}"))
+            first, counted, became = seen[key]
+            if file_status in OPTED_OUT and became in (ACTIVE, PENDING):
+                # The stricter status wins, whichever row comes first: an opt-out must never be
+                # lost as a duplicate of a row that put the address on the list.
+                setattr(report, counted, getattr(report, counted) - 1)
+                seen[key] = (first, "opt_outs_recorded", file_status)
+                opt_out(key, line, row.email, file_status)
+                why = f"same address as line {first}; its opt-out counts (the stricter status wins)"
+            else:
+                why = f"same address as line {first}"
+            report.duplicates.append(RowProblem(line, row.email, why))
             continue
-        seen[key] = line
         name = clean_name(row.name)
         if name != row.name:
             report.names_cleaned += 1
         current = existing.get(key)
-        file_status = FILE_STATUSES[row.status]
-        if file_status in OPTED_OUT:
-            if current is not None and current.status in OPTED_OUT:
-                report.unchanged += 1
-                continue
-            report.opt_outs_recorded.append(RowProblem(line, row.email, f"{file_status} in the file: recorded so"))
-            if current is None:
-                batch.inserts.append((address.email, key, name, file_status, report.source, False, True))
-            else:
-                batch.leaves.append({"_id": current.id, "_status": file_status})
-            digest = suppression_hash(key)
-            if digest not in suppressed:
-                suppressed.add(digest)
-                batch.suppress.append({"email_hash": digest, "reason": file_status, "created_at": now})
-            continue
         is_suppressed = bool(suppressed) and suppression_hash(key) in suppressed
+        if file_status in OPTED_OUT:
+            if (current is not None and current.status in OPTED_OUT) or (current is None and is_suppressed):
+                # Opted out already; or removed (erased), when only its suppression hash is left:
+                # the file must not put that address and name back on the list.
+                report.unchanged += 1
+                seen[key] = (line, "unchanged", None)
+                continue
+            seen[key] = (line, "opt_outs_recorded", file_status)
+            opt_out(key, line, row.email, file_status, None if current is not None else
+                    (address.email, key, name, file_status, report.source, False, True))
+            continue
         want = PENDING if pending or file_status == PENDING else ACTIVE
         status, why = operator_decision(current.status if current else None, is_suppressed, want)
         if status is None:
             report.opted_out.append(RowProblem(line, row.email, why))
+            seen[key] = (line, "opted_out", None)
         elif current is None:
             report.added += 1
+            seen[key] = (line, "added", status)
             batch.inserts.append((address.email, key, name, status, report.source, status == ACTIVE, False))
         elif status != current.status or (name and name != current.name):
             report.updated += 1
+            seen[key] = (line, "updated", status)
             batch.updates.append({
                 "_id": current.id, "_status": status, "_name": name or current.name,
                 "_confirmed": now if status != current.status else None,
             })
         else:
             report.unchanged += 1
+            seen[key] = (line, "unchanged", status)
         if not dry_run and len(batch) >= BATCH:
             _write(session, batch, now)
     if progress is not None:
@@ -185,7 +208,8 @@ def _write(session: Session, batch: _Batch, now: Any) -> None:
             )
         if batch.leaves:
             session.execute(
-                update(_table).where(_table.c.id == bindparam("_id")).values(
+                # By address: the row may be one this import inserted a moment ago.
+                update(_table).where(_table.c.email_normalized == bindparam("_key")).values(
                     status=bindparam("_status"), updated_at=now, unsubscribed_at=now,
                 ),
                 batch.leaves,

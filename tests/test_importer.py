@@ -278,3 +278,48 @@ def test_a_status_column_can_be_mapped(db: Session, tmp_path: Path) -> None:
     report = import_csv(db, write(tmp_path, data), columns={"email": "E-mail", "status": "Abo"})
     assert len(report.opt_outs_recorded) == 1
     assert people(db) == {"ann@example.org": ("", "unsubscribed")}
+
+
+def test_an_opt_out_later_in_the_file_wins_over_an_earlier_row_of_the_same_address(
+        any_db: Session, tmp_path: Path) -> None:
+    """Two rows of one address: the stricter status counts, whichever comes first. An opt-out
+    "skipped as duplicate" left the person active (and unsuppressed); here and across batches."""
+    consent.add(any_db, "kept@example.org", name="Kept")
+    data = (
+        "email,name,status\n"
+        "Gina@example.org,Gina,\n"
+        "kept@example.org,Kept,subscribed\n"
+        "gina@example.org,Gina,unsubscribed\n"
+        "KEPT@example.org,Kept,cleaned\n"
+        "hal@example.org,Hal,complained\n"
+        "hal@example.org,Hal,subscribed\n"
+    )
+    report = import_csv(any_db, write(tmp_path, data.encode()))
+    assert {email: status for email, (_, status) in people(any_db).items()} == {
+        "Gina@example.org": "unsubscribed", "kept@example.org": "bounced", "hal@example.org": "complained"}
+    for email in ("gina@example.org", "kept@example.org", "hal@example.org"):
+        assert consent.is_suppressed(any_db, email)
+    assert report.added == report.updated == report.unchanged == 0
+    assert [(r.line, r.email) for r in report.opt_outs_recorded] == [
+        (4, "gina@example.org"), (5, "KEPT@example.org"), (6, "hal@example.org")]
+    assert [r.line for r in report.duplicates] == [4, 5, 7]
+
+
+def test_a_file_without_a_header_still_carries_its_opt_outs(db: Session, tmp_path: Path) -> None:
+    """No header, so no status column by name: a cell that says an opt-out is still one."""
+    data = b"nora@example.org,Nora,unsubscribed\nned@example.org,Ned,bounced\nola@example.org,Ola,2024-01-02\n"
+    report = import_csv(db, write(tmp_path, data))
+    assert people(db) == {"nora@example.org": ("Nora", "unsubscribed"), "ned@example.org": ("Ned", "bounced"),
+                          "ola@example.org": ("Ola", "active")}
+    assert len(report.opt_outs_recorded) == 2 and report.refused == []
+
+
+def test_an_opt_out_row_never_brings_back_a_removed_address(any_db: Session, tmp_path: Path) -> None:
+    """Erased on request: only the suppression hash is left. A file listing them as unsubscribed
+    must not put their address and name back on the list."""
+    consent.add(any_db, "dave@example.org", name="Dave Doe")
+    assert consent.remove(any_db, "dave@example.org")
+    report = import_csv(any_db, write(tmp_path, b"email,name,status\ndave@example.org,Dave Doe,unsubscribed\n"))
+    assert report.unchanged == 1 and report.opt_outs_recorded == []
+    assert "dave@example.org" not in people(any_db)
+    assert consent.is_suppressed(any_db, "dave@example.org")
