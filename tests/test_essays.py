@@ -504,3 +504,28 @@ def test_an_unclosed_front_matter_block_fails_its_file(engine: Engine, tmp_path:
     report = import_paths(engine, [tmp_path])
     assert failed_files(report)["open.md"].startswith("front matter line 1: the --- ")
     assert essays(engine) == {}
+
+
+def test_essays_in_other_scripts_keep_their_letters_in_the_slug(engine: Engine, tmp_path: Path) -> None:
+    """Titles and file names with no Latin letters made no slug at all, so the essay could not be
+    imported. Their slug keeps their own letters; slugs ASCII can make stay as they always were."""
+    (tmp_path / "walk.md").write_text("---\ntitle: Прогулка\nslug: Прогулка на рассвете\n---\nЯ шёл вдоль канала.\n",
+                                      encoding="utf-8")
+    (tmp_path / "نزهة.md").write_text("---\ntitle: نزهة عند الفجر\n---\nمشيت على طول القناة عند الفجر.\n",
+                                      encoding="utf-8")
+    (tmp_path / "夜明け.md").write_text("---\ntitle: 夜明けの散歩\n---\n夜明けに運河沿いを歩いた。\n", encoding="utf-8")
+    (tmp_path / "Café Walks, 2.md").write_text("---\ntitle: Walks\n---\nA walk past the café.\n", encoding="utf-8")
+    report = import_paths(engine, [tmp_path])
+    assert sorted(report.added) == sorted(["прогулка-на-рассвете", "نزهة", "夜明け", "cafe-walks-2"])
+    assert report.failed == []
+    assert import_paths(engine, [tmp_path / "walk.md"]).added == []  # the same essay, found again
+
+
+def test_a_feed_entry_in_another_script_gets_a_slug_from_its_link_or_title() -> None:
+    from pipeline.polling import entry_slug
+    from pipeline.readers.parsed_essay import ParsedEssay
+
+    linked = ParsedEssay(title="x", body=[], url="https://example.ru/2026/%D0%BF%D1%80%D0%BE%D0%B3%D1%83%D0%BB%D0%BA%D0%B0/")
+    assert entry_slug(linked) == "прогулка"
+    untitled = ParsedEssay(title="نزهة عند الفجر", body=[], url="https://example.org/?p=12")
+    assert entry_slug(untitled) == "نزهة-عند-الفجر"

@@ -127,9 +127,18 @@ def check_limits(parsed: ParsedEssay) -> None:
 
 
 def slugify(text: str, limit: int = 80) -> str:
-    """ASCII, lower case, words joined by hyphens: "Café Walks, 2" -> "cafe-walks-2"."""
+    """Lower case, words joined by hyphens, in ASCII where the text has Latin letters or digits:
+    "Café Walks, 2" -> "cafe-walks-2". Text with none keeps its own letters ("Прогулка на
+    рассвете" -> "прогулка-на-рассвете"): an essay in Cyrillic, Arabic or Japanese had no slug
+    and could not be imported. The ASCII form comes first, unchanged, so no existing essay's
+    slug (its identity on the next import) changes."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    if not slug:
+        # Letters, digits and the marks that belong to them (Arabic vowels, Devanagari signs).
+        kept = "".join(c if unicodedata.category(c)[0] in "LNM" else "-"
+                       for c in unicodedata.normalize("NFKC", text).lower())
+        slug = re.sub(r"-+", "-", kept).strip("-")
     if len(slug) > limit:
         slug = slug[:limit].rsplit("-", 1)[0]
     return slug
