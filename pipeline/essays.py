@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -91,6 +92,57 @@ class ImportReport:
         }
 
 
+def _scan(folder: Path, report: ImportReport) -> list[Path]:
+    """The essay files under `folder`, in order; what looks like one but cannot be taken (a broken
+    link, a link loop, a link leading out of the folder, a folder that cannot be read) goes to
+    report.failed by name, rather than being passed over without a word. Pipes and devices are
+    kept, for read_essay to refuse as it does when they are named."""
+    root = folder.resolve()
+    found: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        report.failed.append(Failure(Path(error.filename or folder), f"cannot read this folder: {error.strerror}"))
+
+    for where, folders, names in os.walk(folder, onerror=unreadable):  # linked folders are not walked
+        here = Path(where)
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in folders:
+            if (here / name).is_symlink():
+                report.warnings.append(f"{here / name}: a link to a folder, not followed; name it to import "
+                                       "its essays")
+        for name in sorted(names):
+            candidate = here / name
+            if name.startswith(".") or candidate.suffix.lower() not in READERS or \
+                    candidate.stem.lower() in NOT_ESSAYS:
+                continue
+            problem = _not_an_essay_file(candidate, root)
+            if problem:
+                report.failed.append(Failure(candidate, problem))
+            else:
+                found.append(candidate)
+    return found
+
+
+def _not_an_essay_file(path: Path, root: Path) -> str | None:
+    """Why a folder's entry cannot be read as an essay file (None: it can)."""
+    try:
+        if path.is_symlink():
+            target = path.resolve(strict=True)
+            if root != target and root not in target.parents:
+                return (f"a link to {target}, outside the folder: name it to import it "
+                        "(a folder's essays are the files in it)")
+        path.stat()  # a pipe or a device is read_essay's to refuse, as when it is named
+    except FileNotFoundError:
+        return f"a broken link (to {os.readlink(path)})"
+    except RuntimeError:  # pathlib's word for ELOOP
+        return "a link that leads back to itself (a loop)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that leads back to itself (a loop)"
+        return f"cannot check it: {exc.strerror}"
+    return None
+
+
 def import_paths(
     engine: Engine,
     paths: Iterable[str | Path],
@@ -120,6 +172,9 @@ def import_paths(
             report.failed.append(Failure(path, str(exc)))
         except (IntegrityError, DataError) as exc:  # e.g. another process took the slug just now
             report.failed.append(Failure(path, f"the database refused it: {exc.orig}"))
+        except OSError as exc:  # the file system refused a look (a folder without permission): this file only
+            report.failed.append(Failure(path, f"cannot read it: {exc.strerror or exc}"
+                                                 + (f" ({exc.filename})" if exc.filename else "")))
         else:
             taken[slug] = path
             getattr(report, outcome).append(slug)
@@ -143,14 +198,7 @@ def collect_files(paths: Iterable[str | Path], report: ImportReport) -> list[Pat
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in READERS
-                and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.stem.lower() not in NOT_ESSAYS
-            )
+            found = _scan(path, report)
             if not found:
                 report.warnings.append(f"{path}: no .txt, .md or .markdown files in this folder")
             files.extend(found)

@@ -529,3 +529,49 @@ def test_a_feed_entry_in_another_script_gets_a_slug_from_its_link_or_title() -> 
     assert entry_slug(linked) == "прогулка"
     untitled = ParsedEssay(title="نزهة عند الفجر", body=[], url="https://example.org/?p=12")
     assert entry_slug(untitled) == "نزهة-عند-الفجر"
+
+
+def test_a_folder_scan_names_every_file_it_cannot_take(engine: Engine, tmp_path: Path) -> None:
+    """A broken link, a link loop, a pipe, and a link leading out of the folder were skipped
+    without a word (or, the last, imported: any file the link named became an essay)."""
+    folder = tmp_path / "essays"
+    folder.mkdir()
+    (folder / "cellar.md").write_text(ESSAY_MD, encoding="utf-8")
+    (folder / "broken.md").symlink_to(tmp_path / "gone.md")
+    (folder / "loop.md").symlink_to(folder / "loop.md")
+    os.mkfifo(folder / "pipe.md")
+    outside = tmp_path / "private.txt"
+    outside.write_text("Not an essay of this folder, but a file of its own.\n", encoding="utf-8")
+    (folder / "private.txt").symlink_to(outside)
+    (folder / "inside.md").symlink_to(folder / "cellar.md")  # a link within the folder is fine
+    report = import_paths(engine, [folder])
+    assert report.added == ["cellar"]
+    failed = failed_files(report)
+    assert set(failed) == {"broken.md", "loop.md", "pipe.md", "private.txt"}
+    assert "broken link" in failed["broken.md"] and "loop" in failed["loop.md"]
+    assert "not a regular file" in failed["pipe.md"]
+    assert "outside" in failed["private.txt"] and "name it" in failed["private.txt"]
+    assert import_paths(engine, [folder / "private.txt"]).added == ["private"]  # named: taken
+
+
+def test_a_file_the_system_will_not_let_us_check_fails_alone(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError while importing one file (here: checking whether a slug's old file still exists)
+    ended the whole import with a traceback; it is that file's failure, and the next is imported."""
+    (tmp_path / "a.md").write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: shared\ntitle"), encoding="utf-8")
+    assert import_paths(engine, [tmp_path / "a.md"]).added == ["shared"]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "b.md").write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: shared\ntitle"), encoding="utf-8")
+    (moved / "c.md").write_text(ESSAY_MD, encoding="utf-8")
+    real_exists = Path.exists
+
+    def exists(self: Path, *args: object, **kwargs: object) -> bool:
+        if self.name == "a.md":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    report = import_paths(engine, [moved / "b.md", moved / "c.md"])
+    assert report.added == ["c"]
+    assert "Permission denied" in failed_files(report)["b.md"]
