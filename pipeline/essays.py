@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 from pipeline.db import session_scope
 from pipeline.errors import ImportProblem, NotFound
 from pipeline.excerpt import excerpt
-from pipeline.models import Essay, Issue
+from pipeline.models import Essay, Feed, FeedEntry, Issue
 from pipeline.readers.parsed_essay import ParsedEssay, check_limits, slugify
 from subscribers.model import utcnow
 
@@ -317,6 +317,10 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> Impor
         outcome: ImportChange = "added"
     else:
         outcome = "updated"
+        feed = _feed_of(session, essay) if not essay.source_path else None
+        if feed is not None:  # each would overwrite the other at every import and poll
+            raise ImportProblem(f"slug {slug!r} belongs to an essay from the feed {feed}; give this file "
+                                "its own `slug:` in front matter, or rename it")
         if essay.source_path and essay.source_path != source_path:
             if Path(essay.source_path).exists():  # two live files, one slug: not an edit
                 raise ImportProblem(
@@ -328,6 +332,12 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> Impor
     fill(essay, parsed, digest, source_path)
     session.add(essay)
     return outcome
+
+
+def _feed_of(session: Session, essay: Essay) -> str | None:
+    """The address of the feed this essay came from (None: it came from no feed)."""
+    return session.exec(select(Feed.url).join(FeedEntry, col(FeedEntry.feed_id) == col(Feed.id))
+                        .where(FeedEntry.essay_id == essay.id)).first()
 
 
 def fill(essay: Essay, parsed: ParsedEssay, digest: str, source_path: str | None) -> None:

@@ -575,3 +575,26 @@ def test_a_file_the_system_will_not_let_us_check_fails_alone(
     report = import_paths(engine, [moved / "b.md", moved / "c.md"])
     assert report.added == ["c"]
     assert "Permission denied" in failed_files(report)["b.md"]
+
+
+def test_a_file_with_the_slug_of_an_essay_from_a_feed_is_refused(engine: Engine, tmp_path: Path) -> None:
+    """The feed made walking-at-dawn; a file of that name (say, draft notes) replaced the post and
+    dropped its link, and the next poll put the feed's text back: they overwrote each other."""
+    from pipeline.models import Feed, FeedEntry
+
+    with Session(engine) as session:
+        feed = Feed(url="https://blog.example.org/feed.xml")
+        essay = Essay(slug="walking-at-dawn", title="Walking at dawn", content_hash="x",
+                      url="https://blog.example.org/walking-at-dawn/", body=[{"kind": "p", "text": "From the feed."}])
+        session.add(feed)
+        session.add(essay)
+        session.flush()
+        session.add(FeedEntry(feed_id=feed.id or 0, guid="https://blog.example.org/?p=1", essay_id=essay.id))
+        session.commit()
+    (tmp_path / "walking-at-dawn.md").write_text("---\ntitle: Notes\n---\nMy draft notes.\n", encoding="utf-8")
+    report = import_paths(engine, [tmp_path])
+    reason = failed_files(report)["walking-at-dawn.md"]
+    assert "https://blog.example.org/feed.xml" in reason and "slug:" in reason
+    with Session(engine) as session:
+        kept = session.exec(select(Essay).where(Essay.slug == "walking-at-dawn")).one()
+        assert kept.url == "https://blog.example.org/walking-at-dawn/" and kept.source_path is None
