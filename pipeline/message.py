@@ -275,8 +275,10 @@ def confirmation_message(settings: Settings, secret: str, subscriber: Subscriber
     assert subscriber.id is not None
     n = settings.newsletter
     url = f"{settings.web.base_url.rstrip('/')}/confirm/{make_token(secret, CONFIRM, subscriber.id)}"
+    # No name, in the greeting or in To: it is whatever the form was given, by anyone, and must
+    # not carry a stranger's text (an advert, a link) into a mail to somebody else's address.
     text = (
-        f"Hello{' ' + subscriber.name if subscriber.name else ''},\n\n"
+        "Hello,\n\n"
         f"please confirm that you want to receive {n.name} at {subscriber.email}:\n\n"
         f"    {url}\n\n"
         "The link works for 7 days. If you did not ask for this, ignore this message: "
@@ -285,7 +287,7 @@ def confirmation_message(settings: Settings, secret: str, subscriber: Subscriber
     msg = EmailMessage()
     msg["From"] = formataddr((n.sender_name, n.sender_address))
     to = ascii_address(subscriber.email)  # the domain in IDNA form, as in a digest
-    msg["To"] = formataddr((subscriber.name, to)) if subscriber.name else to
+    msg["To"] = to
     msg["Subject"] = f"Please confirm your subscription to {n.name}"
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = f"<confirm.{nonce}@{n.sender_domain}>"

@@ -121,7 +121,7 @@ def subscribe(
     every address, and the mailer (pipeline/confirmations.py) sends only to one that
     needs_confirmation. An opted-out or removed address always needs confirmation (rule 2), and
     its status does not change until then; an active subscriber stays as is (the form cannot
-    rename somebody else).
+    rename somebody else); a pending one takes the name of this latest sign-up.
     """
     address = parse_address(email, check_deliverability)
     subscriber = find(session, address.normalized)
@@ -131,6 +131,11 @@ def subscribe(
             email=address.email, email_normalized=address.normalized, name=clean_name(name),
             status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
         ), commit=False)
+    elif subscriber.status == PENDING and clean_name(name) and clean_name(name) != subscriber.name:
+        # Still unconfirmed: the latest sign-up names them (the one whose email they follow), not
+        # the first, which may have been a stranger's with an advert for a name.
+        subscriber.name = clean_name(name)
+        session.add(subscriber)
     assert subscriber.id is not None
     session.add(ConfirmationRequest(subscriber_id=subscriber.id, nonce=secrets.token_hex(16)))
     session.commit()

@@ -394,3 +394,14 @@ def test_would_opt_out_says_what_each_opt_out_then_does(db: Session) -> None:
             assert changed is expected, (before, target)
             db.refresh(subscriber)
             assert subscriber.status == (target.value if expected else before), (before, target)
+
+
+def test_a_new_sign_up_of_a_pending_address_gives_it_that_sign_up_s_name(db: Session) -> None:
+    """Someone signed Vera up under an advert for a name; her own sign-up, the one whose email
+    she follows, names her. An active subscriber is never renamed by the form."""
+    consent.subscribe(db, "vera@example.org", name="WIN $500 at http://spam.example/claim")
+    subscriber, needs = consent.subscribe(db, "vera@example.org", name="Vera Victim")
+    assert needs and subscriber.name == "Vera Victim" and status_of(db, "vera@example.org") == "pending"
+    consent.add(db, "ann@example.org", name="Ann")
+    consent.subscribe(db, "ann@example.org", name="Not Ann")
+    assert consent.find(db, "ann@example.org").name == "Ann"  # type: ignore[union-attr]
