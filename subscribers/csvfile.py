@@ -215,14 +215,22 @@ def _columns(path: Path, header: list[str], mapping: dict[str, str]) -> _Pick | 
     return _Pick(email_at, tuple(i for i in parts if i is not None), status_at)
 
 
+# A formula start right after a separator inside a cell, and the same with guard()'s `'` in it.
+_INNER_FORMULA = re.compile(r"([;,])([=+\-@])")
+_INNER_GUARDED = re.compile(r"([;,])'([=+\-@])")
+
 def guard(value: object) -> str:
-    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR gets a `'` before it."""
+    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR gets a `'` before it,
+    and so does one after a `;` or `,` inside it: a spreadsheet that splits the file on another
+    separator than ours (Excel splits on ";" in many locales) would make that part a cell."""
     if value is None:
         return ""
     text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    text = _INNER_FORMULA.sub(r"\1'\2", text)
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def unguard(text: str) -> str:
     """Undo guard() on import, so an exported file imports the addresses it holds."""
-    return text[1:] if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_START else text
+    text = text[1:] if len(text) > 1 and text[0] == "'" and text[1] in FORMULA_START else text
+    return _INNER_GUARDED.sub(r"\1\2", text) if "'" in text else text

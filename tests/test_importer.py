@@ -323,3 +323,23 @@ def test_an_opt_out_row_never_brings_back_a_removed_address(any_db: Session, tmp
     assert report.unchanged == 1 and report.opt_outs_recorded == []
     assert "dave@example.org" not in people(any_db)
     assert consent.is_suppressed(any_db, "dave@example.org")
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_an_export_opened_with_another_separator_has_no_formula_cell(db: Session, tmp_path: Path, separator: str) -> None:
+    """Excel in a German or French locale splits a .csv on semicolons: a name holding
+    ";=cmd|..." became a cell of its own starting with "=". The guard covers a formula start
+    after a separator inside a cell too, and import undoes it: the export round-trips."""
+    consent.add(db, "mallory@example.org", name="Mallory;=cmd|' /C calc'!A0;")
+    consent.add(db, "tab@example.org", name="Tab\t@SUM(A1)")
+    out = io.StringIO()
+    export_csv(db, out)
+    for row in csv.reader(io.StringIO(out.getvalue()), delimiter=separator):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), (separator, cell)
+    before = people(db)
+    for subscriber in db.exec(select(Subscriber)).all():
+        db.delete(subscriber)
+    db.commit()
+    import_csv(db, write(tmp_path, out.getvalue().encode(), "export.csv"))
+    assert people(db) == before
