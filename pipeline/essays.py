@@ -312,9 +312,17 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> Impor
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
     if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
         return "unchanged"
-    if essay is None:
+    renamed = None if essay is not None else session.exec(
+        select(Essay).where(Essay.source_path == source_path)).first()
+    if renamed is not None:
+        # The same file under another slug: its `slug:` was corrected. A second essay would go
+        # out in the next digest beside the first (or again, after it was sent).
+        parsed.warnings.append(f"slug {renamed.slug!r} of this file is now {slug!r}: its essay is renamed")
+        essay, renamed.slug = renamed, slug
+        outcome: ImportChange = "updated"
+    elif essay is None:
         essay = Essay(slug=slug, title=parsed.title, content_hash=digest)
-        outcome: ImportChange = "added"
+        outcome = "added"
     else:
         outcome = "updated"
         feed = _feed_of(session, essay) if not essay.source_path else None

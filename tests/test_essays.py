@@ -598,3 +598,17 @@ def test_a_file_with_the_slug_of_an_essay_from_a_feed_is_refused(engine: Engine,
     with Session(engine) as session:
         kept = session.exec(select(Essay).where(Essay.slug == "walking-at-dawn")).one()
         assert kept.url == "https://blog.example.org/walking-at-dawn/" and kept.source_path is None
+
+
+def test_correcting_a_file_s_slug_renames_its_essay(engine: Engine, tmp_path: Path) -> None:
+    """A typo in `slug:` fixed in the same file made a second essay, and the next digest carried
+    both (or, after a send, mailed the essay again as new)."""
+    essay = tmp_path / "rivers.md"
+    essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivres\ntitle"), encoding="utf-8")
+    assert import_paths(engine, [essay]).added == ["on-rivres"]
+    essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivers\ntitle"), encoding="utf-8")
+    report = import_paths(engine, [essay])
+    assert report.updated == ["on-rivers"] and report.added == []
+    assert any("on-rivres" in w and "on-rivers" in w for w in report.warnings)
+    with Session(engine) as session:
+        assert [e.slug for e in session.exec(select(Essay))] == ["on-rivers"]
