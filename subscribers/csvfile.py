@@ -83,7 +83,7 @@ def sniff(path: Path) -> CsvShape:
                 lines = data.count(b"\n")
                 first_line = _first_nonblank(data[: 1 << 16].decode(encoding, errors="replace"))
     except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
+        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror or exc}") from None
     counts = {d: _unquoted(first_line).count(d) for d in (",", ";", "\t")}
     delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
     return CsvShape(encoding, delimiter, lines + 1)
@@ -123,7 +123,7 @@ def read_rows(path: Path, shape: CsvShape, columns: dict[str, str] | None = None
     try:
         handle = path.open(encoding=shape.encoding, errors=errors, newline="")
     except OSError as exc:
-        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror}") from None
+        raise UnreadableFile(f"{path}: cannot read it: {exc.strerror or exc}") from None
     with handle:
         reader = csv.reader(handle, delimiter=shape.delimiter)
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,25 @@ def test_list_prints_names_literally_and_bidi_marks_never_get_in(
     out = run_cli("subscribers", "list").output
     assert "\x1b" not in out and "\u202e" not in out
     assert "\\x1b[2J[red]Eve[/red] \\u202egnp.exe" in out and "[link=https://x]y" in out
+
+
+def test_import_reads_standard_input_and_a_pipe(run_cli: CLI, tmp_path: Path) -> None:
+    """`export | import -` and a named pipe (/dev/stdin, a FIFO) work: the file is read twice
+    (once to find its encoding and separator), which a pipe cannot be, so it is kept aside first.
+    It said "cannot read it: None"."""
+    piped = run_cli("subscribers", "import", "-", input="email,name\npia@example.org,Pia\n")
+    assert piped.exit_code == 0, piped.output
+    fifo = tmp_path / "list.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as out:
+            out.write("email,name\nfay@example.org,Fay\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    named = run_cli("subscribers", "import", str(fifo))
+    writer.join(10)
+    assert named.exit_code == 0, named.output
+    listed = run_cli("subscribers", "list").output
+    assert "pia@example.org" in listed and "fay@example.org" in listed

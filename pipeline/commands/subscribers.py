@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,7 +94,7 @@ def add(app: App, email: str, name: str, pending: bool, send_confirm: bool) -> N
 
 
 @group.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show what the import would do; change nothing.")
 @click.option(
     "--column", "columns", multiple=True, metavar="FIELD=HEADER",
@@ -111,14 +115,17 @@ def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...]
     are recorded as opt-outs. Rows that are not addresses are refused with their line number;
     the good rows are imported all the same and the exit code is 1.
 
+    FILE "-" reads standard input.
+
     \b
     Example:
       newsletter subscribers import examples/subscribers.csv --dry-run
       newsletter subscribers import export.csv --column email=E-mail --column "name=Full name"
+      other-tool export | newsletter subscribers import -
     """
     mapping = _parse_columns(columns)
     settings = app.settings
-    with open_session(app.engine, expire_on_commit=False) as session, Progress(
+    with _read_twice(file) as file, open_session(app.engine, expire_on_commit=False) as session, Progress(
         TextColumn("Importing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} lines"),
         console=app.err, transient=True, disable=as_json,
     ) as bar:
@@ -135,6 +142,25 @@ def import_command(app: App, file: Path, dry_run: bool, columns: tuple[str, ...]
         _print_report(app, report)
     if report.refused:
         raise SystemExit(1)
+
+
+@contextmanager
+def _read_twice(file: Path) -> Iterator[Path]:
+    """`file` itself when it is a regular file; else (standard input as "-", a pipe) a copy kept
+    aside while the import runs: the import reads the file twice, once to find its encoding and
+    separator, which a pipe cannot be."""
+    if str(file) != "-" and file.is_file():
+        yield file
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / ("stdin.csv" if str(file) == "-" else file.name)
+        with copy.open("wb") as kept:
+            if str(file) == "-":
+                shutil.copyfileobj(sys.stdin.buffer, kept)
+            else:
+                with file.open("rb") as source:
+                    shutil.copyfileobj(source, kept)
+        yield copy
 
 
 def _parse_columns(columns: tuple[str, ...]) -> dict[str, str]:
