@@ -72,7 +72,9 @@ OWNERS: dict[str, set[str]] = {
 }
 # Joins and look-ups an owner makes on a table it does not own (read only).
 READS: dict[str, set[str]] = {
-    "pipeline/essays.py": {"Issue"},  # the key of the issue that sent each essay
+    # The key of the issue that sent each essay; the feed an essay came from (a file must not
+    # take it over).
+    "pipeline/essays.py": {"Issue", "Feed", "FeedEntry"},
     "pipeline/issues.py": {"Essay"},  # an issue's essays, and the unsent ones
     "pipeline/ledger.py": {"Subscriber"},  # the audience frozen, opt-outs skipped at claim time
     "pipeline/ledger_reads.py": {"Subscriber"},  # the audience before it is frozen
