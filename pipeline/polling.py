@@ -8,7 +8,8 @@
   link's last path segment, else the title; made unique with -2, -3). An entry seen before
   updates its essay when it changed; a sent essay stays sent, so it is never offered again.
 - On a feed's first successful poll only entries dated within sources.first_poll_days are new;
-  older (or undated) ones are recorded as skipped, so they never become essays or mail.
+  older (or undated) ones are recorded as skipped, so they never become essays or mail, even
+  one that could not be taken then (no text): it is not retried as if it were new.
 - A feed that fails (timeout, HTTP error, not a feed, malformed XML) is recorded and reported
   with the reason; the other feeds still poll. One feed's entries and its new state are
   written in one transaction; one entry that cannot be taken rolls back only itself, and then
@@ -154,13 +155,9 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
     first_poll = feed.first_polled_at is None
     for item in document.entries:
         label = item.guid or "(an entry)"
-        if item.problem is not None or item.essay is None:
-            result.failed.append(f"{label}: {item.problem}")
-            continue
         try:
             with session.begin_nested():  # a savepoint: a refused entry undoes only itself
-                outcome, name = store_entry(session, feed, item, item.essay,
-                                            cutoff if first_poll else None)
+                outcome, name = store_entry(session, feed, item, cutoff if first_poll else None)
         except ImportProblem as exc:
             result.failed.append(f"{label}: {exc}")
             continue
@@ -173,38 +170,54 @@ def _store_document(session: Session, settings: Settings, feed: Feed, document: 
             result.skipped.append(f"{label}: {name}")
         else:
             getattr(result, outcome).append(name)
-        result.warnings.extend(f"{name}: {warning}" for warning in item.essay.warnings)
+        if item.essay is not None:
+            result.warnings.extend(f"{name}: {warning}" for warning in item.essay.warnings)
 
 
-def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssay,
+def store_entry(session: Session, feed: Feed, item: FeedItem,
                 cutoff: datetime | None) -> tuple[EntryChange, str]:
     """Add, update or skip one entry: (outcome, the essay's slug or why it was skipped).
 
-    `cutoff` is set on a feed's first poll: entries older than it are not new.
+    `cutoff` is set on a feed's first poll: entries older than it are not new. ImportProblem
+    when the entry is to be taken but cannot be (no text, over a limit).
     """
     assert feed.id is not None
-    seen = seen_entry(session, feed.id, item.guid)
+    seen = seen_entry(session, feed.id, item.guid) if item.guid else None
     if seen is not None and seen.essay_id is None:
         return "unchanged", ""  # skipped when first seen; it stays out of the essays
+    # Whether an entry is new is settled before whether it can be read: an old post that
+    # cannot be taken on the first poll must still be recorded as old, or a later poll (with
+    # no cutoff) would take it as new once it can be read, and mail a post from years ago.
+    why = None if seen is not None or not item.guid else before_window(item, cutoff)
+    if why is not None:
+        session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
+        return "skipped", why
+    if item.problem is not None or item.essay is None:
+        raise ImportProblem(item.problem or "the entry cannot be read")
+    parsed = item.essay
     essay = session.get(Essay, seen.essay_id) if seen is not None else None
     if seen is None:
-        if cutoff is not None and (item.published is None or item.published < cutoff):
-            why = ("undated, on the feed's first poll" if item.published is None else
-                   f"published {item.published.date()}, before the first poll's window")
-            session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
-            return "skipped", why
         essay = unclaimed_essay_at(session, parsed.url)
         if essay is not None and essay.source_path:
             why = f"already imported from {essay.source_path} (essay {essay.slug!r})"
             session.add(FeedEntry(feed_id=feed.id, guid=item.guid, skipped_reason=why))
             return "skipped", why
+    outcome, essay = save_essay(session, essay, parsed)
+    if seen is None:
+        session.add(FeedEntry(feed_id=feed.id, guid=item.guid, essay_id=essay.id))
+        session.flush()
+    return outcome, essay.slug
+
+
+def save_essay(session: Session, essay: Essay | None,
+               parsed: ParsedEssay) -> tuple[EntryChange, Essay]:
+    """The entry's essay, updated when its text changed, or new (with a slug no essay has)."""
     if essay is not None:
         digest = parsed.content_hash(essay.slug)
         if essay.content_hash == digest:
-            outcome: EntryChange = "unchanged"
-        else:
-            fill(essay, parsed, digest, None)
-            outcome = "updated"
+            return "unchanged", essay
+        fill(essay, parsed, digest, None)
+        outcome: EntryChange = "updated"
     else:
         slug = unique_slug(session, entry_slug(parsed))
         essay = Essay(slug=slug, title=parsed.title, content_hash="")
@@ -212,10 +225,18 @@ def store_entry(session: Session, feed: Feed, item: FeedItem, parsed: ParsedEssa
         outcome = "added"
     session.add(essay)
     session.flush()
-    if seen is None:
-        session.add(FeedEntry(feed_id=feed.id, guid=item.guid, essay_id=essay.id))
-        session.flush()
-    return outcome, essay.slug
+    return outcome, essay
+
+
+def before_window(item: FeedItem, cutoff: datetime | None) -> str | None:
+    """Why a first poll does not take this entry as new (older than `cutoff`, or undated)."""
+    if cutoff is None:
+        return None
+    if item.published is None:
+        return "undated, on the feed's first poll"
+    if item.published < cutoff:
+        return f"published {item.published.date()}, before the first poll's window"
+    return None
 
 
 def entry_slug(parsed: ParsedEssay) -> str:

@@ -239,6 +239,41 @@ def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(
     assert "If-None-Match" not in feed_server.headers[-1][1]  # validators kept back: full read
 
 
+def test_an_old_entry_that_cannot_be_taken_on_the_first_poll_stays_out_once_it_can(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    def with_old_post(body: str) -> bytes:
+        return (FIXTURES / "hugo.xml").read_text().replace("<item>", f"""<item>
+      <title>Photos from 2015</title><link>https://notes.example.org/posts/photos-2015/</link>
+      <pubDate>Mon, 05 Jan 2015 10:00:00 +0000</pubDate>
+      <guid>https://notes.example.org/posts/photos-2015/</guid>
+      <description>{body}</description></item><item>""", 1).encode()
+
+    # A gallery from 2015 with no text: outside the first poll's window, whatever its problem.
+    feed_server.publish("/hugo.xml", with_old_post("&lt;img src=&#34;a.jpg&#34;&gt;"))
+    settings = configure(config_file, feed_server, "hugo.xml")
+    first = poll_feeds(settings, engine, NOW)
+    assert first.ok, first.as_dict()
+    result = first.feeds[0]
+    assert (result.added, result.failed) == (["stairs-of-the-old-town"], [])
+    assert result.skipped == [
+        "https://notes.example.org/posts/photos-2015/: published 2015-01-05, before the first "
+        "poll's window",
+        "https://notes.example.org/posts/a-map-with-no-roads/: published 2024-01-01, before the "
+        "first poll's window"]
+    # The blogger adds a caption: the 2015 post is now readable, and still not new.
+    feed_server.publish("/hugo.xml", with_old_post("&lt;p&gt;Photos, now with a caption.&lt;/p&gt;"))
+    later = poll_feeds(settings, engine, NOW + timedelta(days=1))
+    assert later.ok and (later.feeds[0].added, later.feeds[0].updated) == ([], [])
+    assert sorted(essays(engine)) == ["stairs-of-the-old-town"]
+    with Session(engine) as session:
+        assert [essay.slug for essay in unsent_essays(session, settings)] == [
+            "stairs-of-the-old-town"]
+    # An entry recorded as skipped stays skipped: losing its text again fails nothing.
+    feed_server.publish("/hugo.xml", with_old_post("&lt;img src=&#34;b.jpg&#34;&gt;"))
+    assert poll_feeds(settings, engine, NOW + timedelta(days=2)).ok
+
+
 def test_an_entry_without_guid_is_known_by_its_link(
     config_file: Path, engine: Engine, feed_server: FeedServer
 ) -> None:
