@@ -6,6 +6,9 @@ after SLOW_SECONDS, so a client with a shorter timeout gives up. `/drip.xml` ans
 then sends atom.xml's last DRIP_BYTES one every DRIP_SECONDS: no single read waits long, the
 whole download takes DRIP_BYTES * DRIP_SECONDS. REDIRECTS are answered with a 302 to their
 target: /moved.xml to ghost.xml, /to-ftp.xml to an ftp:// URL, /loop.xml to itself.
+HEAVY_REDIRECTS also redirect to ghost.xml, with a body that a client must not read:
+/heavy-redirect.xml announces HEAVY_BYTES, /endless-redirect.xml never ends; each records in
+`written` how many bytes it got out before the client hung up.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ SLOW_SECONDS = 3.0
 DRIP_SECONDS, DRIP_BYTES = 0.3, 20
 REDIRECTS = {"/moved.xml": "/ghost.xml", "/to-ftp.xml": "ftp://127.0.0.1:1/feed.xml",
              "/loop.xml": "/loop.xml"}
+HEAVY_REDIRECTS = {"/heavy-redirect.xml": "/ghost.xml", "/endless-redirect.xml": "/ghost.xml"}
+HEAVY_BYTES = 1024 ** 3
 TYPES = {".xml": "application/rss+xml; charset=utf-8", ".html": "text/html; charset=utf-8"}
 
 
@@ -37,6 +42,7 @@ class FeedServer:
     hits: Counter[str] = field(default_factory=Counter)
     headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     modified: dict[str, str] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)  # path -> bytes sent of a heavy body
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
@@ -67,6 +73,9 @@ def serve_feeds() -> Iterator[FeedServer]:
                 self.send_header("Location", REDIRECTS[path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                return
+            if path in HEAVY_REDIRECTS:
+                self.heavy_redirect(path)
                 return
             if path == "/drip.xml":
                 self.drip(state.files["/atom.xml"])
@@ -105,6 +114,23 @@ def serve_feeds() -> Iterator[FeedServer]:
                     self.wfile.write(bytes([byte]))
             except OSError:
                 pass  # the client gave up, as it should
+
+        def heavy_redirect(self, path: str) -> None:
+            """A 302 with a large body: sent until the client hangs up, counting what went out."""
+            self.send_response(302)
+            self.send_header("Location", HEAVY_REDIRECTS[path])
+            self.send_header("Content-Type", "text/html")
+            if path == "/heavy-redirect.xml":
+                self.send_header("Content-Length", str(HEAVY_BYTES))
+            self.end_headers()  # without a length, the body lasts until the connection closes
+            chunk, sent = b"moved " * 10_000, 0
+            try:
+                while path != "/heavy-redirect.xml" or sent < HEAVY_BYTES:
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # the client hung up, as it should
+            state.written[path] = sent
 
         def log_message(self, *_args: object) -> None:
             pass  # quiet test output

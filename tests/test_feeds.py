@@ -17,6 +17,7 @@ from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, unsent_essays
 from pipeline.models import Essay, Feed, FeedEntry, Issue
 from pipeline.polling import poll_feeds
+from pipeline.readers.feed import MAX_FEED_BYTES
 from pipeline.weekly import run_due
 from subscribers.model import Subscriber, SubscriberStatus
 from tests.conftest import write_config
@@ -219,6 +220,22 @@ def test_redirects_are_followed_only_to_web_addresses_and_a_loop_is_named_plainl
     assert loop.error == (f"redirected in a loop or too many times (the last: HTTP 302 Found to "
                           f"{feed_server.url('loop.xml')})")
     assert feed_server.hits["/loop.xml"] <= 11
+
+
+@pytest.mark.parametrize("name", ["heavy-redirect.xml", "endless-redirect.xml"])
+def test_a_redirect_is_followed_without_reading_its_body(
+    name: str, config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # A 302 whose body is a gigabyte, or never ends: read, it would fill memory or the timeout.
+    settings = configure(config_file, feed_server, name)
+    result = poll_feeds(settings, engine, NOW).feeds[0]
+    assert (result.status, result.error, result.added) == ("ok", None, ["why-the-starter-wins"])
+    deadline = time.monotonic() + 5
+    while f"/{name}" not in feed_server.written and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the hang-up at its next write
+    # What the server got out before the client hung up: the socket buffers at most, never
+    # what a feed may be, let alone the body.
+    assert feed_server.written[f"/{name}"] < MAX_FEED_BYTES
 
 
 def test_an_entry_that_cannot_be_taken_fails_alone_and_is_read_again_next_time(

@@ -13,7 +13,8 @@ with the reason. feedparser enters the project here and nowhere else.
 
 The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
 read: a server that sends a byte now and then would otherwise hold a poll, and the digest
-waiting on it, forever. Redirects are followed only to http:// and https:// URLs.
+waiting on it, forever. Redirects are followed only to http:// and https:// URLs, and a
+redirect's own body is never read (MAX_FEED_BYTES bounds only the feed itself).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ class DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
 
 
 class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to another http(s) URL, and names a loop in one plain line.
+    """Follows a redirect only to another http(s) URL, unread, and names a loop in one plain line.
 
     urllib also follows redirects to ftp://, which is no place a feed is served from (and
     which this reader refuses as a URL of its own); its loop error is three lines of text.
@@ -224,8 +225,11 @@ class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
                        headers: http.client.HTTPMessage) -> Any:
         location = headers.get("location") or headers.get("uri")
         target = urljoin(req.full_url, location) if location else ""
+        # urllib reads a redirect's body in full before it follows, with no limit: a server
+        # could send gigabytes, or no end, with its 302. Only the headers are needed; closed,
+        # the response reads as empty (urllib's read gets b"") and its connection is let go.
+        fp.close()
         if target and urlsplit(target).scheme not in ("http", "https"):
-            fp.close()
             raise FeedError(f"redirected to {target}, which is not an http:// or https:// URL; "
                             "not followed")
         try:
