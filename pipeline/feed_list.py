@@ -30,7 +30,7 @@ def check_url(url: str) -> str:
 def check_feed(settings: Settings, url: str) -> FeedDocument:
     """Fetch and parse the feed once without storing anything; FeedError when it is no feed."""
     fetched = fetch(url, None, None, settings.sources.timeout_seconds)
-    return parse_feed(fetched.body, fetched.url, fetched.content_type)
+    return parse_feed(fetched.body, url, fetched.content_type, fetched.url)
 
 
 def add_feed(settings: Settings, engine: Engine, url: str) -> Feed:

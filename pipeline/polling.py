@@ -122,7 +122,7 @@ def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
     try:
         fetched = fetch(url, etag, modified, settings.sources.timeout_seconds)
         document = None if fetched.not_modified else parse_feed(
-            fetched.body, fetched.url, fetched.content_type)
+            fetched.body, url, fetched.content_type, fetched.url)
     except FeedError as exc:
         result.status, result.error = "failed", str(exc)
         if not dry_run:
@@ -182,7 +182,7 @@ def store_entry(session: Session, feed: Feed, item: FeedItem,
     when the entry is to be taken but cannot be (no text, over a limit).
     """
     assert feed.id is not None
-    seen = seen_entry(session, feed.id, item.guid) if item.guid else None
+    seen = entry_record(session, feed.id, item)
     if seen is not None and seen.essay_id is None:
         return "unchanged", ""  # skipped when first seen; it stays out of the essays
     # Whether an entry is new is settled before whether it can be read: an old post that
@@ -226,6 +226,23 @@ def save_essay(session: Session, essay: Essay | None,
     session.add(essay)
     session.flush()
     return outcome, essay
+
+
+def entry_record(session: Session, feed_id: int, item: FeedItem) -> FeedEntry | None:
+    """The record of this entry from an earlier poll, by its guid.
+
+    Entries used to be recorded under their guid resolved where a redirect led: found by that,
+    the record takes the guid as it is read now, and the entry is not taken for a new one.
+    """
+    if not item.guid:
+        return None
+    seen = seen_entry(session, feed_id, item.guid)
+    if seen is None and item.located_guid not in ("", item.guid):
+        seen = seen_entry(session, feed_id, item.located_guid)
+        if seen is not None:
+            seen.guid = item.guid
+            session.add(seen)
+    return seen
 
 
 def before_window(item: FeedItem, cutoff: datetime | None) -> str | None:

@@ -5,7 +5,8 @@ path and keeps the headers each one sent. `/missing.xml` is a 404 and `/slow.xml
 after SLOW_SECONDS, so a client with a shorter timeout gives up. `/drip.xml` answers at once and
 then sends atom.xml's last DRIP_BYTES one every DRIP_SECONDS: no single read waits long, the
 whole download takes DRIP_BYTES * DRIP_SECONDS. REDIRECTS are answered with a 302 to their
-target: /moved.xml to ghost.xml, /to-ftp.xml to an ftp:// URL, /loop.xml to itself.
+target: /moved.xml to ghost.xml, /to-ftp.xml to an ftp:// URL, /loop.xml to itself; a test
+adds to `redirects` when a site starts redirecting.
 HEAVY_REDIRECTS also redirect to ghost.xml, with a body that a client must not read:
 /heavy-redirect.xml announces HEAVY_BYTES, /endless-redirect.xml never ends; each records in
 `written` how many bytes it got out before the client hung up.
@@ -42,6 +43,7 @@ class FeedServer:
     hits: Counter[str] = field(default_factory=Counter)
     headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     modified: dict[str, str] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=lambda: dict(REDIRECTS))  # path -> target
     written: dict[str, int] = field(default_factory=dict)  # path -> bytes sent of a heavy body
 
     def url(self, path: str) -> str:
@@ -68,9 +70,9 @@ def serve_feeds() -> Iterator[FeedServer]:
             if path == "/slow.xml":
                 time.sleep(SLOW_SECONDS)
                 path = "/hugo.xml"
-            if path in REDIRECTS:
+            if path in state.redirects:
                 self.send_response(302)
-                self.send_header("Location", REDIRECTS[path])
+                self.send_header("Location", state.redirects[path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return

@@ -307,6 +307,58 @@ def test_an_entry_without_guid_is_known_by_its_link(
         assert list(guids) == ["https://notes.example.org/posts/stairs-of-the-old-town/"]
 
 
+def bare_guid_feed(*items: tuple[str, str, str]) -> bytes:
+    """An RSS feed whose guids are bare numbers (no isPermaLink="false"), as some blogs write them."""
+    entries = "".join(f"""<item><title>{title}</title><link>{link}</link><guid>{guid}</guid>
+      <pubDate>Sun, 22 Nov 2026 00:00:00 +0000</pubDate>
+      <description>&lt;p&gt;A walk called {title}.&lt;/p&gt;</description></item>"""
+                      for guid, title, link in items)
+    return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>Numbered walks</title>'
+            f"<link>https://walks.example.org/</link>{entries}</channel></rss>").encode()
+
+
+def test_an_entry_with_a_bare_guid_stays_one_entry_when_the_feed_starts_redirecting(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    old = [("1234", "Dawn", "https://walks.example.org/dawn/"),
+           ("1235", "Dusk", "https://walks.example.org/dusk/")]
+    feed_server.publish("/notes", bare_guid_feed(*old))
+    settings = configure(config_file, feed_server, "notes")
+    assert poll_feeds(settings, engine, NOW).feeds[0].added == ["dawn", "dusk"]
+    # The site now answers /notes with a redirect to /notes/, where a new walk is out too.
+    feed_server.publish("/notes/", bare_guid_feed(("1236", "Noon", "posts/noon/"), *old))
+    feed_server.redirects["/notes"] = "/notes/"
+    result = poll_feeds(settings, engine, NOW + timedelta(days=1)).feeds[0]
+    assert (result.status, result.added, result.updated, result.unchanged) == ("ok", ["noon"], [], 2)
+    found = essays(engine)
+    assert sorted(found) == ["dawn", "dusk", "noon"]
+    # A link in the feed is where a reader finds the post: resolved where the feed now is.
+    assert found["noon"].url == feed_server.url("notes/posts/noon/")
+    assert {essay.source_url for essay in found.values()} == {feed_server.url("notes")}
+
+
+def test_entries_recorded_through_a_redirect_before_are_still_known(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # Entries were once recorded under their guid resolved where the redirect led.
+    walks = [("1234", "Dawn", "https://walks.example.org/dawn/")]
+    feed_server.publish("/notes/", bare_guid_feed(*walks))
+    feed_server.redirects["/notes"] = "/notes/"
+    settings = configure(config_file, feed_server, "notes")
+    assert poll_feeds(settings, engine, NOW).feeds[0].added == ["dawn"]
+    with db.session_scope(engine) as session:
+        entry = session.exec(select(FeedEntry)).one()
+        assert entry.guid == feed_server.url("1234")
+        entry.guid = feed_server.url("notes/1234")
+    feed_server.publish("/notes/", bare_guid_feed(("1235", "Dusk", "https://walks.example.org/dusk/"),
+                                                  *walks))
+    result = poll_feeds(settings, engine, NOW + timedelta(days=1)).feeds[0]
+    assert (result.added, result.updated, result.unchanged) == (["dusk"], [], 1)
+    with Session(engine) as session:  # recorded again under its guid as it is read now
+        assert sorted(session.exec(select(FeedEntry.guid))) == [
+            feed_server.url("1234"), feed_server.url("1235")]
+
+
 def test_a_guid_used_twice_in_one_feed_keeps_the_first_entry_and_warns(
     config_file: Path, engine: Engine, feed_server: FeedServer
 ) -> None:

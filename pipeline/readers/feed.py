@@ -1,15 +1,16 @@
 """A reader for RSS and Atom feeds: fetch one with a conditional GET, parse it, map its entries.
 
-    fetched = fetch(url, etag, last_modified, timeout=20)     # HTTP, the only I/O here
-    document = parse_feed(fetched.body, fetched.url)          # pure
+    fetched = fetch(url, etag, last_modified, timeout=20)           # HTTP, the only I/O here
+    document = parse_feed(fetched.body, url, location=fetched.url)  # pure
     document.entries -> [FeedItem(guid, published, essay | problem)]
 
 Each entry becomes the ParsedEssay the other readers make: title, link as the essay's url, date,
 summary as dek, content (else summary) as body, its HTML reduced to paragraphs and headings by
-pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link; when two entries of
-one feed share it, the first is taken and the later one skipped with a warning. A feed that cannot be
-fetched (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError
-with the reason. feedparser enters the project here and nowhere else.
+pipeline/readers/html_blocks.py. An entry is known by its id/guid, else its link (a relative one
+resolved against the feed's own URL, wherever a redirect led); when two entries of one feed share
+it, the first is taken and the later one skipped with a warning. A feed that cannot be fetched
+(timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError with the
+reason. feedparser enters the project here and nowhere else.
 
 The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
 read: a server that sends a byte now and then would otherwise hold a poll, and the digest
@@ -78,6 +79,9 @@ class FeedItem:
     published: datetime | None
     essay: ParsedEssay | None = None
     problem: str | None = None
+    # The guid resolved against where the feed was fetched from, as entries were recorded before
+    # their identity was resolved against the feed's own URL: a record under it is this entry.
+    located_guid: str = ""
 
 
 @dataclass
@@ -244,28 +248,26 @@ class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
-    """The feed's entries as Drafts (or problems); FeedError when it is no readable feed."""
-    # Not sanitised here: feedparser's sanitiser keeps the text inside the elements it drops
-    # (an iframe's fallback text), and only text is taken from the HTML (html_blocks drops them).
-    parsed = feedparser.parse(
-        body, response_headers={"content-type": content_type, "content-location": url},
-        sanitize_html=False,
-    )
-    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
-    if not parsed.get("version") and not parsed.entries:
-        kind = content_type.split(";")[0].strip() or "unknown content"
-        raise FeedError(f"not an RSS or Atom feed (the server sent {kind}; is this the site's "
-                        "page rather than its feed?)")
-    if isinstance(problem, SAXParseException):
-        raise FeedError(f"malformed XML at line {problem.getLineNumber()}, column "
-                        f"{problem.getColumnNumber()}: {problem.getMessage()}")
-    document = FeedDocument(title=clean(parsed.feed.get("title", "")))
-    if problem is not None and not isinstance(problem, HARMLESS):
-        document.warnings.append(f"the feed has a problem the parser read past: {problem}")
+def parse_feed(body: bytes, url: str, content_type: str = "", location: str = "") -> FeedDocument:
+    """The feed's entries as FeedItems (or problems); FeedError when it is no readable feed.
+
+    `url` is the feed's own URL, as configured; `location` is where the document came from after
+    redirects (`url` when there were none). Links in the document resolve against `location`, as
+    a reader's browser would; an entry's identity resolves against `url`: feedparser takes a
+    guid such as "1234" for a relative URL, and an entry must stay the same entry (and not be
+    mailed again) when the site starts redirecting its feed elsewhere.
+    """
+    location = location or url
+    parsed = _parse(body, location, content_type)
+    document = FeedDocument(title=clean(parsed.feed.get("title", "")),
+                            warnings=_problems(parsed, content_type))
+    # feedparser resolves every relative URL against one base: read against the feed's own
+    # URL too (only when it was redirected, else the two are one) for the entries' identities.
+    own = parsed.entries if location == url else _parse(body, url, content_type).entries
     seen: set[str] = set()
-    for entry in parsed.entries:
-        item = feed_item(entry, url)
+    for entry, as_own in zip(parsed.entries, own, strict=True):
+        item = feed_item(entry, url, entry_id(as_own))
+        item.located_guid = entry_id(entry)
         if item.guid and item.guid in seen:
             # The guid is the entry's identity: a second entry with it would overwrite the
             # first's essay, and flip it back and forth on every poll. The first one wins.
@@ -278,17 +280,48 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> FeedDocument:
     return document
 
 
-def feed_item(entry: Any, feed_url: str) -> FeedItem:
-    """One parsed entry as a FeedItem; a problem instead of a parsed essay when it cannot be taken."""
+def _parse(body: bytes, base: str, content_type: str) -> Any:
+    # Not sanitised here: feedparser's sanitiser keeps the text inside the elements it drops
+    # (an iframe's fallback text), and only text is taken from the HTML (html_blocks drops them).
+    return feedparser.parse(body, response_headers={"content-type": content_type,
+                                                    "content-location": base},
+                            sanitize_html=False)
+
+
+def _problems(parsed: Any, content_type: str) -> list[str]:
+    """FeedError when the document is no feed or malformed XML; else what the parser read past."""
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    if not parsed.get("version") and not parsed.entries:
+        kind = content_type.split(";")[0].strip() or "unknown content"
+        raise FeedError(f"not an RSS or Atom feed (the server sent {kind}; is this the site's "
+                        "page rather than its feed?)")
+    if isinstance(problem, SAXParseException):
+        raise FeedError(f"malformed XML at line {problem.getLineNumber()}, column "
+                        f"{problem.getColumnNumber()}: {problem.getMessage()}")
+    if problem is not None and not isinstance(problem, HARMLESS):
+        return [f"the feed has a problem the parser read past: {problem}"]
+    return []
+
+
+def entry_id(entry: Any) -> str:
+    """An entry's identity: its id/guid, else its link."""
+    return clean(entry.get("id") or web_link(entry))
+
+
+def web_link(entry: Any) -> str:
+    """The entry's link, when it is an http(s) URL."""
     link = entry.get("link") or ""
-    if link and urlsplit(link).scheme not in ("http", "https"):
-        link = ""  # "javascript:" or a bare path must not become the digest's link
-    guid = clean(entry.get("id") or link)
+    # "javascript:" or a bare path must not become the digest's link
+    return link if urlsplit(link).scheme in ("http", "https") else ""
+
+
+def feed_item(entry: Any, feed_url: str, guid: str) -> FeedItem:
+    """One parsed entry, known by `guid`; a problem instead of a parsed essay when it cannot be taken."""
     published = _when(entry.get("published_parsed") or entry.get("updated_parsed"))
     if not guid:
         return FeedItem(guid="", published=published, problem="the entry has no id and no link")
     try:
-        essay = entry_essay(entry, link, feed_url, published)
+        essay = entry_essay(entry, web_link(entry), feed_url, published)
         return FeedItem(guid=guid, published=published, essay=essay)
     except ImportProblem as exc:
         return FeedItem(guid=guid, published=published, problem=str(exc))
