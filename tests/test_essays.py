@@ -12,10 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import PROJECT_ROOT, load_settings
 from pipeline.essays import MAX_BYTES, ImportReport, import_paths
+from pipeline.issues import compose
 from pipeline.models import Essay, Issue
-from tests.conftest import CLI
+from pipeline.render import Recipient
+from tests.conftest import CLI, PUBLIC_WEB, write_config
+from tests.digest_fixtures import render_issue
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
 
@@ -612,3 +615,70 @@ def test_correcting_a_file_s_slug_renames_its_essay(engine: Engine, tmp_path: Pa
     assert any("on-rivres" in w and "on-rivers" in w for w in report.warnings)
     with Session(engine) as session:
         assert [e.slug for e in session.exec(select(Essay))] == ["on-rivers"]
+
+
+# Raw HTML as it turns up in Markdown essays moved from an older blog: text in p and div tags,
+# and an analytics snippet whose blank line ends CommonMark's <div> block mid-script.
+HTML_IN_MARKDOWN = """---
+title: Notes from the mill
+---
+The wheel turned slowly that spring.
+
+<p>A paragraph kept in p tags from the old site.</p>
+
+<div class="aside">A note in a div that readers should see.</div>
+
+<div class="tracking">
+<script>
+  var queue = queue || [];
+
+  queue.push(['track', 'TOKEN-9F3A']);
+</script>
+</div>
+
+<div>
+<style>
+.aside { outline-color: #0ff1ce }
+
+body { background: url(https://pixel.example/x.gif) }
+</style>
+</div>
+
+<div class="embed">
+    <script>
+        var first = 1;
+
+        var hidden = 'TOKEN-INDENTED';
+    </script>
+</div>
+
+The miller kept his own counsel.
+"""
+
+
+def test_raw_html_in_markdown_keeps_its_text_and_mails_no_script_or_style(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # The p and div text was dropped; the script's and the style's text after the blank line
+    # reached the issue's text and HTML parts as if it were a paragraph.
+    (tmp_path / "mill.md").write_text(HTML_IN_MARKDOWN, encoding="utf-8")
+    report = import_paths(engine, [tmp_path])
+    assert report.ok and report.warnings == [], (report.failed, report.warnings)
+    paragraphs = [
+        "The wheel turned slowly that spring.",
+        "A paragraph kept in p tags from the old site.",
+        "A note in a div that readers should see.",
+        "The miller kept his own counsel.",
+    ]
+    assert essays(engine)["mill"].body == [{"kind": "p", "text": text} for text in paragraphs]
+
+    settings = load_settings(write_config(tmp_path, web=PUBLIC_WEB, digest={"excerpt_length": 2000}))
+    with Session(engine) as session:
+        issue = compose(session, settings, key="mill")
+        session.commit()
+        rendered = render_issue(session, settings, issue)
+    html, plain = rendered.personalise(Recipient("Ana", "ana@example.org", "https://letters.example.org/u/t"))
+    for part in (html, plain):
+        assert " ".join(paragraphs) in " ".join(part.split())
+        for leaked in ("TOKEN-9F3A", "TOKEN-INDENTED", "queue.push", "pixel.example", "0ff1ce"):
+            assert leaked not in part

@@ -34,6 +34,8 @@ def test_broken_markup_still_reads_and_an_unclosed_script_hides_only_itself() ->
         {"kind": "p", "text": "one"}, {"kind": "p", "text": "two"}, {"kind": "h", "text": "head"}]
     assert html_blocks("<p>before</p><script>never closed <p>hidden") == [
         {"kind": "p", "text": "before"}]
+    # As in a browser; the parser gave an unclosed comment back as text ("<!-- never ...").
+    assert html_blocks("<p>before</p><!-- never closed <p>hidden") == [{"kind": "p", "text": "before"}]
 
 
 def test_a_summarys_link_back_to_its_entry_is_left_out() -> None:

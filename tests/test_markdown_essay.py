@@ -257,3 +257,35 @@ def test_a_date_shaped_value_that_is_no_date_warns_quoted_or_not(value: str) -> 
     draft = parse_markdown(doc(f"title: T\ndate: {value}"))
     assert draft.published_on is None and draft.title == "T"
     assert draft.warnings == [f"front matter: date {value.strip(chr(34) + chr(39))!r} is not a date; left empty"]
+
+
+# --- raw HTML in the Markdown -----------------------------------------------------------------
+
+
+def test_inline_script_and_style_go_with_their_contents() -> None:
+    draft = parse_markdown("Before <script>track('TOKEN')</script>after, <style>p{}</style>and on.\n")
+    assert draft.body == [{"kind": "p", "text": "Before after, and on."}]
+
+
+def test_a_comment_or_script_never_closed_hides_the_rest_and_warns() -> None:
+    commented = parse_markdown(doc("title: T", "Kept.\n\n<!-- a draft note\n\nnot for readers\n"))
+    assert commented.body == [{"kind": "p", "text": "Kept."}]
+    assert commented.warnings == ["raw HTML: <!-- is never closed; the text after it is left out"]
+    script = parse_markdown(doc("title: T", "Kept.\n\n<div>\n<script>\nvar a = 1;\n\nvar TOKEN = 2;\n"))
+    assert script.body == [{"kind": "p", "text": "Kept."}]
+    assert script.warnings == ["raw HTML: <script> is never closed; the text after it is left out"]
+
+
+def test_markdown_structure_reads_as_before_through_the_html_reader() -> None:
+    # Every heading level is a heading, list items keep their markers (each paragraph of a
+    # loose item), and a paragraph of symbols alone is the author's, not page furniture.
+    draft = parse_markdown(
+        "Text.\n\n#### Small heading\n\n⁂\n\n1. one\n2. two\n   - inner\n\n- loose\n\n  again\n\n"
+        "```\n<p>code</p>\n```\n"
+    )
+    assert draft.body == [
+        {"kind": "p", "text": "Text."}, {"kind": "h", "text": "Small heading"},
+        {"kind": "p", "text": "⁂"}, {"kind": "p", "text": "1. one"}, {"kind": "p", "text": "2. two"},
+        {"kind": "p", "text": "• inner"}, {"kind": "p", "text": "• loose"},
+        {"kind": "p", "text": "• again"}, {"kind": "p", "text": "<p>code</p>"},
+    ]

@@ -10,6 +10,9 @@ emphasis) keeps its text. script, style, iframes, forms, embedded media, SVG and
 newsletter furniture (subscribe boxes, share rows) are dropped with everything inside them.
 Every text goes through parsed_essay.clean(), so control characters and terminal escapes never
 reach the database. Pure.
+
+The Markdown reader (readers/markdown_essay.py) reads its rendered HTML here too, in pieces, with
+BlockReader: raw HTML in an essay's Markdown is then read exactly as a feed's HTML is.
 """
 
 from __future__ import annotations
@@ -42,17 +45,18 @@ FURNITURE_CLASSES = frozenset({
 })
 
 
-def html_blocks(html: str, skip_links_to: str | None = None) -> list[dict[str, str]]:
+def html_blocks(
+    html: str, skip_links_to: str | None = None, *, symbols_are_text: bool = False
+) -> list[dict[str, str]]:
     """The paragraphs and headings of an HTML fragment, in order; empty ones left out.
 
     A link to `skip_links_to` is left out with its text: a summary's "Continue reading" link
-    back to the entry itself is no part of the summary.
+    back to the entry itself is no part of the summary. A block of symbols alone (a lone emoji,
+    a rule of dashes) is left out as furniture, unless `symbols_are_text` (see BlockReader).
     """
-    parser = _BlockParser(skip_links_to)
-    parser.feed(html)
-    parser.close()
-    parser.flush()
-    return parser.blocks
+    reader = BlockReader(skip_links_to, symbols_are_text=symbols_are_text)
+    reader.feed(html)
+    return reader.finish()
 
 
 def html_text(html: str, skip_links_to: str | None = None) -> str:
@@ -60,14 +64,41 @@ def html_text(html: str, skip_links_to: str | None = None) -> str:
     return clean(" ".join(block["text"] for block in html_blocks(html, skip_links_to)))
 
 
-class _BlockParser(HTMLParser):
-    def __init__(self, skip_links_to: str | None) -> None:
+class BlockReader(HTMLParser):
+    """html_blocks for HTML that arrives in pieces: feed() each piece, then finish().
+
+    `symbols_are_text`: in a feed a block without a letter or digit is a share row's separator;
+    in an author's own Markdown it is theirs (a "⁂" between sections), so it is kept there.
+    """
+
+    def __init__(self, skip_links_to: str | None = None, *, symbols_are_text: bool = False) -> None:
         super().__init__(convert_charrefs=True)
         self.skip_links_to = skip_links_to
+        self.symbols_are_text = symbols_are_text
         self.blocks: list[dict[str, str]] = []
         self.text: list[str] = []
         self.dropped: list[str] = []  # open elements inside a dropped one; text counts when empty
         self.heading = 0  # open h1-h3 elements
+        self.unclosed = ""  # after finish(): "<script>" or "<!--" left open at the end, if any
+
+    @property
+    def inside_markup(self) -> bool:
+        """Whether the HTML so far ends inside a dropped element (a script, a style, ...) or a
+        comment or tag: what comes next is its content, whatever it looks like."""
+        return bool(self.dropped or self.rawdata)  # rawdata: what the parser holds unfinished
+
+    def finish(self) -> list[dict[str, str]]:
+        """The blocks of everything fed; an element or comment still open hid the rest."""
+        if self.rawdata.startswith("<!--"):
+            # A comment never closed runs to the end, as in a browser; the parser would give
+            # it back as text, and a commented-out draft would reach the readers.
+            self.rawdata = ""
+            self.unclosed = "<!--"
+        self.close()
+        self.flush()
+        if self.dropped:
+            self.unclosed = f"<{self.dropped[0]}>"
+        return self.blocks
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in VOID:
@@ -115,5 +146,6 @@ class _BlockParser(HTMLParser):
         """The text gathered since the last block boundary becomes a block, if it has any."""
         text = clean("".join(self.text))
         self.text = []
-        if any(c.isalnum() for c in text):  # a lone emoji or rule of dashes is no paragraph
+        # A lone emoji or rule of dashes is no paragraph in a feed (see symbols_are_text).
+        if any(c.isalnum() for c in text) or (self.symbols_are_text and text):
             self.blocks.append({"kind": "h" if self.heading else "p", "text": text})

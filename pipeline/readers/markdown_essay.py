@@ -10,6 +10,7 @@
     ---
     Body in Markdown. `#`/`##` headings become headings; paragraphs, list items and quotes become
     paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
+    Raw HTML in the body is read by readers/html_blocks.py, as a feed's HTML is.
 
 TOML front matter between `+++` lines (as Hugo writes it) is read too, with the same keys. Front
 matter opened on line 1 and never closed is refused, not taken as text.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from datetime import date
 from typing import Any, cast
 
@@ -34,6 +36,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from pipeline.errors import ImportProblem
+from pipeline.readers.html_blocks import BlockReader, html_blocks
 from pipeline.readers.parsed_essay import ParsedEssay, clean, title_from_body, to_date
 
 FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
@@ -49,6 +52,7 @@ _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 # YAML's "\ud83c\udf5e" (as JSON writes a character beyond U+FFFF) makes two UTF-16 halves.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+_NEWLINES = re.compile(r"\r\n?")  # as markdown-it reads them: its line numbers count these
 _MD = MarkdownIt("commonmark")
 _MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
 
@@ -62,7 +66,7 @@ def markdown_html(text: str, raw_html: bool = True) -> str:
 def parse_markdown(text: str) -> ParsedEssay:
     """The essay in a Markdown file; raises ImportProblem for broken front matter."""
     meta, body_text = split_front_matter(text)
-    body, h1 = body_blocks(body_text)
+    body, h1, body_warnings = body_blocks(body_text)
     title = _text_field(meta, "title")
     if not title and h1:
         title = h1  # a leading "# Title" is the title when the front matter has none
@@ -80,6 +84,7 @@ def parse_markdown(text: str) -> ParsedEssay:
         url=_text_field(meta, "url") or None,
         tags=_tags(meta.get("tags")),
     )
+    parsed.warnings.extend(body_warnings)
     if date_value not in (None, "") and published_on is None:
         parsed.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
     unknown = sorted(set(meta) - KNOWN_KEYS)
@@ -229,31 +234,68 @@ class _FrontMatterLoader(yaml.SafeLoader):
 _FrontMatterLoader.add_constructor("tag:yaml.org,2002:timestamp", _FrontMatterLoader.construct_timestamp)
 
 
-def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str]:
-    """(paragraph and heading blocks, the text of a leading level-1 heading or "")."""
-    blocks: list[dict[str, str]] = []
+def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str, list[str]]:
+    """(paragraph and heading blocks, the text of a leading level-1 heading or "", warnings).
+
+    The Markdown is rendered to HTML and read by the HTML reader, one top-level block at a time:
+    raw HTML in it is then read as a feed's HTML is (text in <p> and <div> kept, scripts and
+    styles dropped with their contents), as a browser would show it.
+    """
+    source = _NEWLINES.sub("\n", markdown)
+    tokens = _MD.parse(source)
     h1 = ""
-    tokens = _MD.parse(markdown)
-    kind = "p"
-    prefix = ""
+    if tokens and tokens[0].type == "heading_open" and tokens[0].tag == "h1":
+        h1 = " ".join(b["text"] for b in html_blocks(_render(tokens[:3]), symbols_are_text=True))
+        tokens = tokens[3:]
+    _keep_markdown_structure(tokens)
+    reader = BlockReader(symbols_are_text=True)
+    lines = source.split("\n")
+    done = 0  # source lines read so far
+    for start, stop in _top_level_blocks(tokens):
+        where = tokens[start].map  # a top-level block's [first line, line after it]
+        end = where[1] if where else done
+        if reader.inside_markup:
+            # CommonMark ends a <div> block at a blank line even inside its <script> or comment:
+            # what follows is still that content, so it is read as the raw text it is. Rendered,
+            # an indented "</script>" would become code, escaped, and never close the script.
+            reader.feed("\n".join(lines[done:end]) + "\n")
+        else:
+            reader.feed(_render(tokens[start:stop]))
+        done = end
+    blocks = reader.finish()
+    warnings = [f"raw HTML: {reader.unclosed} is never closed; the text after it is left out"]
+    return blocks, h1, warnings if reader.unclosed else []
+
+
+def _render(tokens: list[Token]) -> str:
+    return str(_MD.renderer.render(tokens, _MD.options, {}))
+
+
+def _top_level_blocks(tokens: list[Token]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each top-level block's tokens: a paragraph, a list, an HTML block, ..."""
+    start = 0
     for i, token in enumerate(tokens):
-        if token.type == "heading_open":
-            kind = "title" if token.tag == "h1" and i == 0 else "h"
+        if token.level == 0 and token.nesting <= 0:  # a block's closing token, or a leaf block
+            yield start, i + 1
+            start = i + 1
+
+
+def _keep_markdown_structure(tokens: list[Token]) -> None:
+    """What the HTML reader would otherwise make differently of Markdown: every level of `#`
+    is a heading (it takes only h1-h3), and a list item's paragraphs start with its marker
+    ("• ", "1. "), since plain text has no other way to show a list."""
+    marker = ""
+    for i, token in enumerate(tokens):
+        if token.type in ("heading_open", "heading_close") and token.tag in ("h4", "h5", "h6"):
+            token.tag = "h3"
         elif token.type == "list_item_open":
-            # Items keep a visible marker: "1. " in ordered lists (info holds the number).
-            prefix = f"{token.info}. " if token.info else "• "
+            marker = f"{token.info}. " if token.info else "• "  # info: an ordered item's number
         elif token.type == "list_item_close":
-            prefix = ""
-        elif token.type == "inline":
-            text = clean(inline_text(token.children or []))
-            if kind == "title":
-                h1 = text
-            elif text:
-                blocks.append({"kind": kind, "text": (prefix if kind == "p" else "") + text})
-            kind = "p"
-        elif token.type in ("fence", "code_block") and token.content.strip():
-            blocks.append({"kind": "p", "text": clean(token.content)})
-    return blocks, h1
+            marker = ""
+        elif token.type == "inline" and marker and tokens[i - 1].type == "paragraph_open":
+            children = token.children or []
+            if clean(inline_text(children)):  # an item of only an image gets no lone marker
+                token.children = [Token("text", "", 0, content=marker), *children]
 
 
 def inline_text(children: list[Token]) -> str:
