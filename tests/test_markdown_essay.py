@@ -176,7 +176,7 @@ def test_deep_nesting_and_huge_numbers_are_problems_not_crashes() -> None:
     with pytest.raises(ImportProblem, match="line 2: nested more than 8 levels deep"):
         parse_markdown(doc("title: " + "[" * 3000))
     with pytest.raises(ImportProblem, match="a value that cannot be read"):
-        parse_markdown(doc("title: T\nnumber: " + "9" * 5000))
+        parse_markdown(doc("title: T\nnumber: !!int " + "9" * 5000))  # untagged, it is text
 
 
 def test_control_characters_escapes_and_bidi_controls_are_stripped() -> None:
@@ -289,3 +289,33 @@ def test_markdown_structure_reads_as_before_through_the_html_reader() -> None:
         {"kind": "p", "text": "• inner"}, {"kind": "p", "text": "• loose"},
         {"kind": "p", "text": "• again"}, {"kind": "p", "text": "<p>code</p>"},
     ]
+
+
+# --- front matter values are the text written ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "front, field, expected",
+    [
+        # YAML 1.1 read these as false, 570 (base 60), 3.1, 1000, nothing, 8 (octal), 31, and
+        # the tags as [True, False, 1.0, 1].
+        ("title: No", "title", "No"),
+        ("title: 9:30", "title", "9:30"),
+        ("title: 3.10", "title", "3.10"),
+        ("title: 1_000", "title", "1_000"),
+        ("title: Null", "title", "Null"),
+        ("title: T\nslug: 010", "slug", "010"),
+        ("title: T\ndek: 0x1F", "dek", "0x1F"),
+        ("title: T\ntags: [on, off, yes, no, 1.0, 1]", "tags", ["on", "off", "yes", "no", "1.0", "1"]),
+        ("title: T\ndek:\ntags:", "dek", ""),  # an empty value is still no value
+    ],
+)
+def test_front_matter_scalars_stay_the_text_written(front: str, field: str, expected: object) -> None:
+    draft = parse_markdown(doc(front))
+    assert getattr(draft, field) == expected
+    assert draft.warnings == []
+
+
+def test_a_yaml_date_is_still_a_date_and_a_date_shaped_title_stays_text() -> None:
+    draft = parse_markdown(doc("title: 2026-10-05\ndate: 2026-10-05"))
+    assert (draft.title, draft.published_on) == ("2026-10-05", date(2026, 10, 5))

@@ -12,6 +12,7 @@
     paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
     Raw HTML in the body is read by readers/html_blocks.py, as a feed's HTML is.
 
+YAML values are the text written (`title: No` is "No", `slug: 010` is "010"), dates aside.
 TOML front matter between `+++` lines (as Hugo writes it) is read too, with the same keys. Front
 matter opened on line 1 and never closed is refused, not taken as text.
 
@@ -231,7 +232,15 @@ class _FrontMatterLoader(yaml.SafeLoader):
             return str(self.construct_scalar(node))
 
 
-_FrontMatterLoader.add_constructor("tag:yaml.org,2002:timestamp", _FrontMatterLoader.construct_timestamp)
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_FrontMatterLoader.add_constructor(_TIMESTAMP, _FrontMatterLoader.construct_timestamp)
+# A plain value stays the text written: YAML 1.1 reads `No` as false, `9:30` as 570, `3.10` as
+# 3.1, `010` as 8 and `Null` as nothing, and titles, slugs and tags were silently rewritten.
+# Only a date is typed, for the date field (a date-shaped title is the same text again).
+_FrontMatterLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag == _TIMESTAMP]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str, list[str]]:
