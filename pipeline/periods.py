@@ -15,10 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.config import WEEKDAYS, ScheduleSettings
-from pipeline.errors import ConfigError
 
-# APScheduler 3.x reads day_of_week="0" as Monday (cron reads 0 as Sunday): names avoid the trap.
-WEEKDAY_NAMES = {name: name[:3] for name in WEEKDAYS}
 KEY_PATTERN = re.compile(r"^weekly-(\d{4})-W(\d{2})$")
 # Issue statuses after which a period needs nothing more.
 FINISHED = frozenset({"sent", "skipped", "expired", "cancelled"})
@@ -86,14 +83,6 @@ class Outcome:
             "undecided": self.undecided,
             "enqueued": self.enqueued,
         }
-
-
-def weekday_name(weekday: str) -> str:
-    """The three-letter day APScheduler's CronTrigger wants ("monday" -> "mon")."""
-    try:
-        return WEEKDAY_NAMES[weekday.lower()]
-    except KeyError:
-        raise ConfigError(f"not a weekday: {weekday!r} (use one of {', '.join(WEEKDAYS)})") from None
 
 
 def period_key(due_at: datetime) -> str:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.engine import Engine
 
 from pipeline import signals
 from pipeline.config import ScheduleSettings, Settings
 from pipeline.errors import NewsletterError
-from pipeline.periods import Action, local_time, period_key, weekday_name
+from pipeline.periods import Action, local_time, next_due, period_key
 from subscribers.clock import utcnow
 
 if TYPE_CHECKING:
@@ -39,15 +39,31 @@ FOLLOW_UP_MINUTES = 10
 Clock = Callable[[], datetime]
 
 
-def make_trigger(schedule: ScheduleSettings) -> CronTrigger:
-    """The weekly cron trigger: weekday by name (3.x reads 0 as Monday), local time, timezone."""
-    return CronTrigger(
-        day_of_week=weekday_name(schedule.weekday),
-        hour=schedule.time.hour,
-        minute=schedule.time.minute,
-        second=0,
-        timezone=schedule.timezone,
-    )
+class WeeklyTrigger(BaseTrigger):  # type: ignore[misc]
+    """Fires when each week's digest is due, as pipeline/periods.py says: the one place that
+    knows when a week's digest is due decides when the scheduler wakes for it too.
+
+    Not APScheduler's CronTrigger: across a clock change it steps in wall-clock time and adds
+    the step in UTC, so a Monday 00:30 in Berlin never fired for the week after spring-forward
+    (it rolled over to the next Monday), and a time in the repeated autumn hour fired twice.
+    """
+
+    def __init__(self, schedule: ScheduleSettings) -> None:
+        self.schedule = schedule
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
+        # As APScheduler's own triggers: the first time at or after `now`, or strictly after the
+        # previous firing when there was one.
+        after = previous_fire_time if previous_fire_time is not None else now - timedelta(microseconds=1)
+        return next_due(self.schedule, after)[0].due_at
+
+    def __str__(self) -> str:
+        return f"weekly on {self.schedule.weekday} at {self.schedule.time:%H:%M} {self.schedule.timezone.key}"
+
+
+def make_trigger(schedule: ScheduleSettings) -> WeeklyTrigger:
+    """The weekly trigger: each week's due time, in the schedule's timezone."""
+    return WeeklyTrigger(schedule)
 
 
 def next_fire_times(schedule: ScheduleSettings, now: datetime, count: int) -> list[datetime]:
@@ -129,7 +145,7 @@ def make_scheduler(
 
     def follow_up(_now: datetime) -> None:
         # Bring the weekly job forward instead of adding a one-off job: after it runs, the
-        # cron trigger sets the next weekly time again. (A one-off job that a shutdown
+        # weekly trigger sets the next weekly time again. (A one-off job that a shutdown
         # catches in mid-removal makes APScheduler 3.x raise JobLookupError.)
         soon = datetime.now(UTC) + timedelta(minutes=FOLLOW_UP_MINUTES)
         planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)
