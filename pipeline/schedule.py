@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import signals
 from pipeline.config import ScheduleSettings, Settings
-from pipeline.errors import NewsletterError
+from pipeline.errors import NewsletterError, database_words
 from pipeline.periods import Action, local_time, next_due, period_key
 from subscribers.clock import utcnow
 
@@ -124,11 +125,13 @@ def make_scheduler(
             log.error("%s\nThe issue stays unsent; fix config.toml and restart the scheduler, "
                       "whose catch-up run sends it.", exc)
             return
-        except NewsletterError as exc:
+        except (NewsletterError, SQLAlchemyError) as exc:
             # The scheduler is a shell like the CLI: report, keep running, and try again soon
-            # (the issue, if composed, is resumed; its expiry still bounds the retries).
-            log.error("the digest run failed: %s; trying again in %d minutes", exc,
-                      FOLLOW_UP_MINUTES)
+            # (the issue, if composed, is resumed; its expiry still bounds the retries). The
+            # database failing (a restart, a failover) too: left to APScheduler, the next run
+            # would be next week's, and this week's digest lost.
+            why = exc if isinstance(exc, NewsletterError) else f"the database failed: {database_words(exc)}"
+            log.error("the digest run failed: %s; trying again in %d minutes", why, FOLLOW_UP_MINUTES)
             follow_up(now)
             return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)

@@ -388,3 +388,26 @@ def test_cli_run_due_with_the_mail_server_down_exits_4_and_resumes_later(
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
     assert [(i.status) for i in issues(engine)] == ["sent"]
     engine.dispose()
+
+
+def test_a_database_error_at_the_scheduled_minute_brings_the_run_forward_not_a_week_on(
+        tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The database failing as the job runs (a restart, a failover: here its connection is killed
+    while it waits on the issue table) escaped the job as a raw SQLAlchemy error: APScheduler
+    logged it and the next run was next week's, so this week's digest was lost."""
+    from tests.test_db_faults import killed_when_it_waits
+
+    settings = load_settings(write_config(tmp_path, database_url=postgres_url, web=PUBLIC_WEB))
+    engine = db.connect(postgres_url)
+    add_essays(engine, 1)
+    add_subscribers(engine, 2)
+    due_at = due_period(settings.schedule, datetime.now(UTC)).due_at
+    scheduler = make_scheduler(settings, engine, clock=lambda: due_at)
+    killed_when_it_waits(postgres_url, "issue")
+    with caplog.at_level("ERROR", logger="newsletter.schedule"):
+        scheduler.get_job(JOB_ID).func()  # raised the driver's error
+    assert any("the digest run failed" in r.getMessage() and "the database failed" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    soon = scheduler.get_job(JOB_ID).next_run_time - datetime.now(UTC)
+    assert timedelta(minutes=FOLLOW_UP_MINUTES - 1) < soon <= timedelta(minutes=FOLLOW_UP_MINUTES)
+    engine.dispose()
