@@ -37,6 +37,7 @@ DEFAULT_DATABASE = "sqlite:///newsletter.db"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # Upper bounds of settings that have no natural one: far beyond any use, short of an overflow.
 HOURS_MAX = 24 * 366  # a year
+WEEK_HOURS = 7 * 24 - 1  # the longest window that ends before the next week's digest
 COUNT_MAX = 1_000_000_000
 
 
@@ -236,10 +237,16 @@ def parse_settings(raw: dict[str, Any], config_path: Path) -> Settings:
         time=r.clock_time("schedule.time", "07:00"),
         timezone=r.convert("schedule.timezone", ZoneInfo, 'an IANA timezone like "Europe/Berlin"',
                            "UTC"),
-        grace_hours=r.number("schedule.grace_hours", 12, minimum=0, maximum=HOURS_MAX),
-        expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0, maximum=HOURS_MAX),
+        # Above 0: the job runs a moment after its time, and a grace of 0 expired every week.
+        # Under a week: a window reaching into the next week's digest leaves the older issue to
+        # a run that never resumes it.
+        grace_hours=r.number("schedule.grace_hours", 12, minimum=0.1, maximum=WEEK_HOURS),
+        expire_after_hours=r.number("schedule.expire_after_hours", 72, minimum=0.1, maximum=WEEK_HOURS),
         enqueue=r.boolean("schedule.enqueue", False),
     )
+    if schedule.expire_after_hours < schedule.grace_hours:
+        r.problem(f"schedule.expire_after_hours: {schedule.expire_after_hours:g} is less than "
+                  f"schedule.grace_hours ({schedule.grace_hours:g}): a late start must come before expiry")
     templates = r.text("digest.templates", "", allow_empty=True)
     if templates and not (base / templates).is_dir():  # else the built-in ones would apply silently
         r.problem(f"digest.templates: the folder {base / templates} does not "

@@ -164,7 +164,8 @@ class ConfigReader:
             return parse(default)
         try:
             return parse(value.strip())
-        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError, AttributeError):
+        # OSError: zoneinfo reads a name like "Europe" (a folder) or one too long as a file path.
+        except (ValueError, ZoneInfoNotFoundError, IndexError, TypeError, AttributeError, OSError):
             self.fail(key, want, value)
             return parse(default)
 

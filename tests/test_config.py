@@ -37,8 +37,18 @@ def test_shipped_config_loads_with_sqlite_beside_it() -> None:
         ("newsletter", "site_url", "essays.example.org", "newsletter.site_url: expected an http"),
         ("subscribers", "double_opt_in", "yes", "subscribers.double_opt_in: expected true or false"),
         # Out of any sensible range: each crashed later, mid-send or mid-schedule, with a traceback.
-        ("schedule", "grace_hours", float("nan"), "schedule.grace_hours: expected a number >= 0 and <="),
-        ("schedule", "grace_hours", 1e308, "schedule.grace_hours: expected a number >= 0 and <="),
+        ("schedule", "grace_hours", float("nan"), "schedule.grace_hours: expected a number >= 0.1 and <="),
+        ("schedule", "grace_hours", 1e308, "schedule.grace_hours: expected a number >= 0.1 and <="),
+        # The job runs a moment after its time, so a grace of 0 expired every week; a week or more
+        # overlaps the next week's digest, whose run never resumes the older issue.
+        ("schedule", "grace_hours", 0, "schedule.grace_hours: expected a number >= 0.1 and <= 167"),
+        ("schedule", "grace_hours", 168, "schedule.grace_hours: expected a number >= 0.1 and <= 167"),
+        ("schedule", "expire_after_hours", 0, "schedule.expire_after_hours: expected a number >= 0.1 and <= 167"),
+        ("schedule", "expire_after_hours", 240, "schedule.expire_after_hours: expected a number >= 0.1"),
+        ("schedule", "expire_after_hours", 6, "schedule.expire_after_hours: 6 is less than schedule.grace_hours (12)"),
+        # A name that is a folder of the timezone database, or too long for a file name.
+        ("schedule", "timezone", "Europe", "schedule.timezone: expected an IANA timezone"),
+        ("schedule", "timezone", "A" * 300, "schedule.timezone: expected an IANA timezone"),
         ("delivery", "retry_hours", float("inf"), "delivery.retry_hours: expected a number >= 0 and <="),
         ("delivery", "lease_seconds", 99_999_999_999_999_999, "delivery.lease_seconds: expected a whole number"),
         ("delivery", "batch_size", 10**20, "delivery.batch_size: expected a whole number >= 1 and <="),
