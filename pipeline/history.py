@@ -48,6 +48,18 @@ def had_before(session: Session, issue: Issue) -> dict[int, str]:
     return had
 
 
+def had_by_some(session: Session, essay_ids: list[int]) -> set[int]:
+    """Which of these essays some reader has had already: an issue carrying them reached some
+    readers but was never finished (it expired half-sent), so they are still unsent."""
+    if not essay_ids:
+        return set()
+    return {int(essay_id) for essay_id in session.exec(
+        select(IssueEssay.essay_id).distinct()
+        .join(Delivery, col(Delivery.issue_id) == col(IssueEssay.issue_id))
+        .where(col(IssueEssay.essay_id).in_(essay_ids), col(Delivery.status).in_(HAD))
+    ).all()}
+
+
 def left_out(session: Session, issue: Issue) -> dict[int, str]:
     """Who `issue` is not sent to because they had one of its essays (id -> that essay's slug):
     nobody when it was composed with --resend. The freeze and the dry run both ask this."""

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from pipeline import glance, ledger
+from pipeline import glance, history, ledger
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
@@ -135,7 +135,8 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
     """Essays no issue has carried yet, oldest first (essay date, then import order).
 
     Essays of an issue still `sending` are left out: they are marked sent only when it
-    finishes, and a second digest carrying them meanwhile would send them twice.
+    finishes, and a second digest carrying them meanwhile would send them twice. Essays that
+    some readers had (an issue that expired half-sent) are never mixed with new ones.
     """
     in_flight = (
         select(IssueEssay.essay_id)
@@ -148,7 +149,14 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
     )
-    return list(session.exec(query))
+    essays = list(session.exec(query))
+    had = history.had_by_some(session, [e.id for e in essays if e.id is not None])
+    if had and len(had) < len(essays):
+        # Some readers had some of these (an issue that expired half-sent): mixed with new
+        # essays, those readers would be left out of the whole issue and never get the new
+        # ones. The essays they had go out first, alone; the new ones in the next issue.
+        essays = [e for e in essays if e.id in had]
+    return essays
 
 
 def essays_by_slug(session: Session, slugs: Sequence[str]) -> list[Essay]:

@@ -24,7 +24,7 @@ from pipeline.links import unsubscribe_url
 from pipeline.models import Issue, IssueEssay
 from pipeline.render import Recipient
 from subscribers.addresses import normalize_email
-from subscribers.model import Subscriber
+from subscribers.model import Subscriber, utcnow
 from subscribers.tokens import load_secret, read_token
 from tests.conftest import write_config
 from tests.digest_fixtures import add_essays, make_essay, render_issue
@@ -332,3 +332,43 @@ def test_cli_new_refuses_an_empty_key(run_cli, engine: Engine) -> None:  # type:
     result = run_cli("issues", "new", "--key", " ")
     assert result.exit_code == 2 and "--key" in result.output and "empty" in result.output
     assert json.loads(run_cli("issues", "list", "--json").stdout) == []  # no manual-<uuid> made instead
+
+
+def test_after_an_issue_expires_half_sent_every_reader_still_gets_every_essay_once(engine: Engine,
+                                                                                  settings: Settings) -> None:
+    """W02 reached 2 of 5 readers, then expired. W03 was composed of W02's essays plus a new one,
+    and left out the 2 (they had one of its essays): they never got the new essay, which was then
+    marked sent. The essays some readers had go out first, alone; the new one in the next issue."""
+    from pipeline import history
+    from pipeline.errors import TransportUnavailable
+    from pipeline.issues import expire
+    from pipeline.publish import publish
+    from pipeline.transports import MemoryTransport
+
+    readers = add_audience(engine, 5, essays=2)
+
+    class CutOff(MemoryTransport):
+        def send(self, mail_from: str, to: str, raw: bytes) -> None:
+            if len(self.sent) == 2:
+                raise TransportUnavailable("the relay went away")
+            super().send(mail_from, to, raw)
+
+    with Session(engine, expire_on_commit=False) as session:
+        w02 = compose(session, settings, key="weekly-2027-W02")
+        session.commit()
+    assert publish(settings, engine, w02.key, transport_factory=CutOff).sent == 2
+    with Session(engine, expire_on_commit=False) as session:
+        expire(session, session.get(Issue, w02.id), w02.key, utcnow(), utcnow())
+        session.commit()
+        add_essays(session, make_essay(2))
+    for key in ("weekly-2027-W03", "weekly-2027-W04"):
+        with Session(engine, expire_on_commit=False) as session:
+            issue = compose(session, settings, key=key)
+            session.commit()
+        publish(settings, engine, issue.key, transport_factory=MemoryTransport)
+    with Session(engine) as session:
+        carried = {key: [e.slug for e in issue_essays(session, find_issue(session, key))]
+                   for key in ("weekly-2027-W03", "weekly-2027-W04")}
+        assert carried == {"weekly-2027-W03": ["essay-000", "essay-001"], "weekly-2027-W04": ["essay-002"]}
+        for reader in readers:
+            assert history.received_essays(session, reader.id or 0) == ["essay-000", "essay-001", "essay-002"]
