@@ -295,9 +295,15 @@ def requeue(engine: Engine, ref: int | str, failed: bool, unknown: bool, now: da
     """`sends retry`: failed and/or unknown rows become owed again (same Message-ID), and the
     issue is open for sending again; the caller then runs publish."""
     statuses = [s for s, wanted in ((ledger.FAILED, failed), (ledger.UNKNOWN, unknown)) if wanted]
+    now = now or utcnow()
     with session_scope(engine) as session:
         target = find_issue(session, ref)
-        count = ledger.requeue(session, target.id or 0, statuses, now or utcnow())
+        if target.not_after is not None and now > target.not_after:
+            # Reopened, it could not be sent (publish refuses it), and the next run would expire a
+            # sent issue, taking its web copy out of the archive: refused before any change.
+            raise Refused(f"issue {target.key} may not be sent after {target.not_after:%Y-%m-%d %H:%M} "
+                          "UTC (its week is over): nothing was changed")
+        count = ledger.requeue(session, target.id or 0, statuses, now)
         if count:
             reopen(session, target)
         return count

@@ -7,7 +7,7 @@ import os
 import pty
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -266,3 +266,26 @@ def test_a_key_file_that_cannot_be_read_stops_the_send_before_the_issue_starts(r
     result = run_cli("send", "--latest", "--yes")
     assert result.exit_code == 1 and "cannot read the secret key file" in result.output
     assert [i["status"] for i in json.loads(run_cli("issues", "list", "--json").output)] == ["draft"]
+
+
+def test_a_retry_past_the_issue_s_last_day_changes_nothing(tmp_path: Path, engine: Engine) -> None:
+    """A weekly issue may not be sent after its not_after. `sends retry` then refused the send, but
+    had already reopened the issue (sent -> sending): the next run-due expired it, and its web
+    copy, linked from every copy delivered, was gone from the archive."""
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port)
+        people = add_audience(engine, 3)
+        server.faults[people[0].email] = [("data", "554 5.6.0 rejected for now")]
+        cli = CLI(settings.path, CliRunner())
+        assert "1 failed" in flat(cli("send", "--latest", "--yes"))
+        with Session(engine) as session:
+            issue = session.exec(select(Issue)).one()
+            issue.not_after = datetime.now(UTC) - timedelta(hours=1)
+            session.add(issue)
+            session.commit()
+            key = issue.key
+        retried = cli("sends", "retry", key, "--failed", "--yes")
+        assert retried.exit_code == 1 and "may not be sent after" in flat(retried)
+        assert "nothing was changed" in flat(retried)
+        status = json.loads(cli("sends", "status", key, "--json").output)
+        assert status["status"] == "sent" and status["counts"]["failed"] == 1

@@ -23,14 +23,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from pipeline import confirmations
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.issues import compose
 from pipeline.lint import lint_message
 from pipeline.lint_help import FIXES, fix_for
-from pipeline.models import Delivery, Issue, IssueStatus
+from pipeline.models import Delivery, Essay, Issue, IssueStatus
 from pipeline.publish import publish
 from pipeline.web import create_app, wsgi_app
 from subscribers import confirmation_queue, consent
@@ -396,6 +396,9 @@ def issues(session: Session, settings: Settings) -> dict[str, Issue]:
     store(session, *(make_essay(n) for n in range(1, 5)))
     sent = compose(session, settings, slugs=["essay-001", "essay-002"], key="weekly-2025-W05")
     sent.status = IssueStatus.SENT.value
+    for essay in session.exec(select(Essay).where(col(Essay.slug).in_(["essay-001", "essay-002"]))):
+        essay.sent_in_issue_id = sent.id  # as a finished send marks them
+        session.add(essay)
     draft = compose(session, settings, slugs=["essay-003", "essay-004"], key="manual-draft")
     session.commit()
     add(session, "gus@example.org", "Gus")
@@ -872,6 +875,22 @@ def test_archive_feed_survives_a_control_character_already_stored(
     feed = feedparser.parse(reply.data)
     assert not feed.bozo and [e.title for e in feed.entries] == ["Notesweek"]
     assert feed.entries[0].summary == "Beforeafter"
+
+def test_the_web_copy_of_an_issue_that_expired_half_sent_stays(
+    client: FlaskClient, session: Session, issues: dict[str, Issue]
+) -> None:
+    """Copies that went out link to their web copy; the issue expiring before every reader had
+    it (a relay down for days) took that page away from the readers who had it."""
+    sent = session.get(Issue, issues["sent"].id)
+    assert sent is not None
+    sent.status, sent.started_at = "expired", datetime.now(UTC)
+    session.add(sent)
+    session.commit()
+    assert client.get(f"/archive/{sent.key}", environ_base=REMOTE).status_code == 200
+    never = Issue(key="weekly-2025-W09", subject="Never went out", status="expired")
+    session.add(never)
+    session.commit()
+    assert client.get("/archive/weekly-2025-W09", environ_base=REMOTE).status_code == 404
 
 def test_web_copy_carries_the_name_a_subscribe_link_and_the_archive(
     client: FlaskClient, issues: dict[str, Issue]

@@ -17,7 +17,7 @@ from pipeline import db
 from pipeline.archive_feed import FEED_PATH, atom_feed
 from pipeline.issue_view import issue_view
 from pipeline.issues import find_by_key, sent_issues
-from pipeline.models import IssueStatus
+from pipeline.models import Issue, IssueStatus
 from pipeline.render import render_web_page
 from pipeline.web.state import check_csrf, csrf_token, mask_email, message, state
 from subscribers import consent, queries
@@ -30,6 +30,12 @@ bp = Blueprint("public", __name__)
 # What a web copy may be: an issue that has started going out (its "view in browser" link is
 # in mailboxes from the first message on). Drafts stay private.
 PUBLISHED = (IssueStatus.SENDING.value, IssueStatus.SENT.value)
+
+
+def published(issue: Issue) -> bool:
+    """Whether the issue has a web copy: it is going out or went out, or it expired after it
+    started (some readers have it, and its link)."""
+    return issue.status in PUBLISHED or (issue.status == IssueStatus.EXPIRED.value and issue.started_at is not None)
 
 
 @bp.app_context_processor
@@ -69,7 +75,7 @@ def web_copy(key: str) -> Any:
     st = state()
     with db.session_scope(st.engine) as s:
         issue = find_by_key(s, key)
-        if issue is None or issue.status not in PUBLISHED:
+        if issue is None or not published(issue):
             abort(404)
         cache_key = (issue.id or 0, issue.status)
         if cache_key not in st.web_copies:
