@@ -102,7 +102,7 @@ def find_issue(connection: Connection, ref: str | int) -> IssueRow:
     """An issue by numeric id, by key, or "latest" (the newest); NotFound says which was asked for."""
     text = str(ref).strip()
     found = None
-    if text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= 18:  # "²" is a digit to isdigit(); 20 digits overflow
         found = connection.execute(select(*ISSUE.c).where(ISSUE.c.id == int(text))).mappings().first()
     found = found or connection.execute(select(*ISSUE.c).where(ISSUE.c.key == text)).mappings().first()
     if found is None and text == "latest":  # a key of that name, unlikely as it is, wins

@@ -372,3 +372,11 @@ def test_after_an_issue_expires_half_sent_every_reader_still_gets_every_essay_on
         assert carried == {"weekly-2027-W03": ["essay-000", "essay-001"], "weekly-2027-W04": ["essay-002"]}
         for reader in readers:
             assert history.received_essays(session, reader.id or 0) == ["essay-000", "essay-001", "essay-002"]
+
+
+@pytest.mark.parametrize("ref", ["99999999999999999999", "²", "٣"])
+def test_an_issue_number_no_database_holds_is_not_found_not_a_traceback(run_cli, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """str.isdigit() is true for "²" and Arabic-Indic digits, and int() of 20 digits overflows the
+    database's integer: each was a traceback in every command that takes an ISSUE."""
+    shown = run_cli("issues", "show", ref)
+    assert shown.exit_code == 1 and f"no issue with the id or key {ref!r}" in shown.output
