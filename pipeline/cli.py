@@ -59,6 +59,15 @@ class NewsletterGroup(click.Group):
                 self.add_command(command)
         return self.commands.get(cmd_name)
 
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """As Click's, but a mistyped command is told the commands it may have meant: Click
+        suggests from the commands loaded, and here none are until one runs."""
+        name = click.utils.make_str(args[0])
+        if name in COMMANDS or name in self.commands or ctx.resilient_parsing or name.startswith("-"):
+            return super().resolve_command(ctx, args)
+        raise click.exceptions.NoSuchCommand(name, possibilities=list(COMMANDS), ctx=ctx)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
         rows = [(name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from pipeline import cli as cli_module
 from pipeline.cli import cli
+from pipeline.config import PROJECT_ROOT
 
 
 def walk(
@@ -122,3 +123,13 @@ def test_every_command_that_asks_takes_y_and_yes(path: tuple[str, ...], command:
         assert yes, f"`newsletter {' '.join(path)}` asks a question but has no --yes"
     if yes:
         assert "-y" in yes[0].opts, f"`newsletter {' '.join(path)}` takes --yes but not -y"
+
+
+def test_a_mistyped_command_is_told_what_it_may_have_meant() -> None:
+    """Commands load only when they run, so Click had none to suggest from at the top level. In a
+    process of its own, as a user runs it: in this one the other tests have loaded them all."""
+    for typed, meant in (("sned", "'send'"), ("essay", "'essays'"), ("subscriber", "'subscribers'")):
+        result = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", typed],
+                                capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+        assert result.returncode == 2 and f"Did you mean {meant}" in result.stderr.replace("one of: ", ""), \
+            result.stderr
