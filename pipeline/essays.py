@@ -43,7 +43,8 @@ from subscribers.model import utcnow
 # Markdown nor the page scraper (about 0.15 s of imports).
 READERS: dict[str, str] = {".txt": "scraped_page", ".md": "markdown_essay", ".markdown": "markdown_essay"}
 # Found in a folder, these document the folder rather than being essays (named, they import).
-NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing"})
+# Not essays, in a folder scan: a repository's notes, and Hugo's section pages (_index.md).
+NOT_ESSAYS = frozenset({"readme", "license", "changelog", "contributing", "_index"})
 MAX_BYTES = 2 * 1024 * 1024  # an essay is a few dozen KB; anything this big is the wrong file
 ImportChange = Literal["added", "updated", "unchanged"]
 Progress = Callable[[int, int, Path], None]  # (files done, files in all, the file just done)
@@ -158,30 +159,39 @@ def import_paths(
     files = collect_files(paths, report)
     taken: dict[str, Path] = {}  # slug -> file, within this import
     for done, path in enumerate(files, start=1):
-        try:
-            parsed = read_essay(path)
-            _drop_unsafe_url(parsed)
-            slug = slug_for(parsed, path)
-            if slug in taken:
-                raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
-            with session_scope(engine) as session:
-                outcome = store(session, parsed, slug, path)
-                if dry_run:
-                    session.rollback()
-        except ImportProblem as exc:
-            report.failed.append(Failure(path, str(exc)))
-        except (IntegrityError, DataError) as exc:  # e.g. another process took the slug just now
-            report.failed.append(Failure(path, f"the database refused it: {exc.orig}"))
-        except OSError as exc:  # the file system refused a look (a folder without permission): this file only
-            report.failed.append(Failure(path, f"cannot read it: {exc.strerror or exc}"
-                                                 + (f" ({exc.filename})" if exc.filename else "")))
-        else:
-            taken[slug] = path
-            getattr(report, outcome).append(slug)
-            report.warnings.extend(f"{path}: {warning}" for warning in parsed.warnings)
+        _import_one(engine, path, taken, report, dry_run)
         if progress:
             progress(done, len(files), path)
     return report
+
+
+def _import_one(engine: Engine, path: Path, taken: dict[str, Path], report: ImportReport, dry_run: bool) -> None:
+    """Import one file in its own transaction; what became of it goes into `report`."""
+    try:
+        parsed = read_essay(path)
+        if parsed.draft:  # not for readers yet: the site itself does not publish it
+            report.warnings.append(f"{path}: not imported: {parsed.draft} in its front matter "
+                                   "(import it once that is gone)")
+            return
+        _drop_unsafe_url(parsed)
+        slug = slug_for(parsed, path)
+        if slug in taken:
+            raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
+        with session_scope(engine) as session:
+            outcome = store(session, parsed, slug, path)
+            if dry_run:
+                session.rollback()
+    except ImportProblem as exc:
+        report.failed.append(Failure(path, str(exc)))
+    except (IntegrityError, DataError) as exc:  # e.g. another process took the slug just now
+        report.failed.append(Failure(path, f"the database refused it: {exc.orig}"))
+    except OSError as exc:  # the file system refused a look (a folder without permission): this file only
+        report.failed.append(Failure(path, f"cannot read it: {exc.strerror or exc}"
+                                             + (f" ({exc.filename})" if exc.filename else "")))
+    else:
+        taken[slug] = path
+        getattr(report, outcome).append(slug)
+        report.warnings.extend(f"{path}: {warning}" for warning in parsed.warnings)
 
 
 def _drop_unsafe_url(parsed: ParsedEssay) -> None:

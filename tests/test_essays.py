@@ -702,3 +702,24 @@ def test_front_matter_titles_slugs_and_tags_are_stored_as_written(engine: Engine
         "clock": ("9:30", []),
         "010": ("3.10", []),
     }
+
+
+def test_drafts_and_section_pages_of_a_site_are_not_imported(engine: Engine, tmp_path: Path) -> None:
+    """`draft: true` (Hugo, Jekyll, Eleventy) or `published: false` said only "ignored unknown
+    key", and the draft was mailed in the next issue; Hugo's _index.md (a section's page)
+    became an essay titled like the site."""
+    site = tmp_path / "content"
+    (site / "posts").mkdir(parents=True)
+    (site / "_index.md").write_text("---\ntitle: Home\n---\nWelcome to the site.\n", encoding="utf-8")
+    (site / "posts" / "_index.md").write_text("---\ntitle: Posts\n---\nAll the posts.\n", encoding="utf-8")
+    (site / "posts" / "ready.md").write_text(ESSAY_MD, encoding="utf-8")
+    (site / "posts" / "later.md").write_text("---\ntitle: Later\ndraft: true\n---\nNot yet.\n", encoding="utf-8")
+    (site / "posts" / "hidden.md").write_text("---\ntitle: Hidden\npublished: false\n---\nNot yet.\n",
+                                              encoding="utf-8")
+    (site / "posts" / "toml.md").write_text('+++\ntitle = "Toml"\ndraft = true\n+++\nNot yet.\n', encoding="utf-8")
+    (site / "posts" / "shown.md").write_text("---\ntitle: Shown\ndraft: false\n---\nOut now.\n", encoding="utf-8")
+    report = import_paths(engine, [site])
+    assert sorted(report.added) == ["ready", "shown"] and report.ok
+    drafts = [w for w in report.warnings if "not imported" in w]
+    assert sorted(Path(w.split(":")[0]).name for w in drafts) == ["hidden.md", "later.md", "toml.md"]
+    assert not any("unknown key" in w for w in report.warnings)

@@ -44,7 +44,10 @@ from pipeline.readers.parsed_essay import ParsedEssay, clean, title_from_body, t
 FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
 MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front matter
 DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
-KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url"})
+KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url", "draft",
+                        "published"})
+# How site generators' front matter says yes and no (YAML values stay the text written).
+_YES, _NO = frozenset({"true", "yes", "on"}), frozenset({"false", "no", "off"})
 # YAML between --- lines (or ending with YAML's own "..."), or TOML between +++ lines (Hugo's).
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*$\r?\n?", re.S | re.M)
 _TOML_FRONT = re.compile(r"\A\+\+\+[ \t]*\r?\n(.*?)^\+\+\+[ \t]*$\r?\n?", re.S | re.M)
@@ -87,6 +90,7 @@ def parse_markdown(text: str) -> ParsedEssay:
         tags=_tags(meta.get("tags")),
     )
     parsed.warnings.extend(body_warnings)
+    parsed.draft = _draft(meta)
     if date_value not in (None, "") and published_on is None:
         parsed.warnings.append(f"front matter: date {date_value!r} is not a date; left empty")
     unknown = sorted(set(meta) - KNOWN_KEYS)
@@ -139,6 +143,16 @@ def _load_yaml(source: str) -> Any:
         raise ImportProblem(f"front matter {where}{problem}") from None
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise ImportProblem(f"front matter: a value that cannot be read: {exc}") from None
+
+
+def _draft(meta: dict[str, Any]) -> str:
+    """Why the front matter makes this a draft (Hugo, Jekyll and Eleventy's `draft: true`, or
+    `published: false`), else ""."""
+    for key, means in (("draft", _YES), ("published", _NO)):
+        value = meta.get(key)
+        if str(value).strip().lower() in means:
+            return f"{key}: {str(value).strip().lower()}"
+    return ""
 
 
 def _load_toml(source: str) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class ParsedEssay:
     source_related: list[dict[str, Any]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    draft: str = ""  # why the file is a draft not to import ("draft: true"), else ""
 
     def content_hash(self, slug: str) -> str:
         """A fingerprint of everything stored from the file: equal hash, nothing to update."""
