@@ -55,6 +55,8 @@ def test_send_latest_through_the_outbox_then_again_sends_nothing(
     assert result.exit_code == 0, result.output
     assert "5 sent this run" in flat(result) and "is sent." in flat(result)
     assert "Messages are in" in flat(result) and "(one .eml file each)" in flat(result)
+    # A trial to the outbox counts as sent: the way to mail those essays for real is said.
+    assert "now count as sent" in flat(result) and "issues new --resend --essay" in flat(result)
     files = outbox(settings)
     assert len(files) == 5
     recipients = sorted(message_from_bytes(f.read_bytes(), policy=policy.default)["To"].addresses[0].addr_spec
