@@ -319,6 +319,8 @@ def test_cli_show_unknown_slug(run_cli: CLI) -> None:
 def test_cli_list_when_empty(run_cli: CLI) -> None:
     result = run_cli("essays", "list")
     assert result.exit_code == 0 and "No essays yet" in result.output
+    # The hint names the folder `init` makes, not one only this repository has.
+    assert "newsletter essays import essays" in result.output and "examples/" not in result.output
     assert json.loads(run_cli("essays", "list", "--json").output) == []
 
 

@@ -48,6 +48,8 @@ def test_init_in_an_empty_folder_writes_a_minimal_working_newsletter(empty_folde
     assert (folder / "newsletter.db").is_file()
     assert stat.S_IMODE((folder / ".secret_key").stat().st_mode) == 0o600
     assert "cd letters && newsletter essays import essays" in result.output
+    # Followed as written, the steps end in a send: a subscriber comes before it.
+    assert result.output.index("newsletter subscribers add") < result.output.index("newsletter send --latest")
     settings = load_settings(folder / "config.toml")
     assert settings.newsletter.sender_name == "Notes"
 

@@ -107,7 +107,8 @@ def list_command(app: App, as_json: bool) -> None:
         print_json(rows)
         return
     if not rows:
-        app.console.print("No essays yet. Import some: newsletter essays import examples/essays")
+        app.console.print("No essays yet. Import some: newsletter essays import essays "
+                          "(the folder `newsletter init` made; any folder of .md or .txt files)")
         return
     # One line per essay. A slug is typed back into `essays show`, so it is never cut; titles
     # are shortened to what the terminal has left (`essays show` has the whole title).

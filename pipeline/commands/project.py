@@ -80,6 +80,7 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
     app.console.print(
         "Next (README, \"Quick start\"):\n"
         f"  {go}newsletter essays import essays\n"
+        "  newsletter subscribers add you@example.org --name \"You\"\n"
         "  newsletter issues new && newsletter preview latest --open\n"
         "  newsletter send-test latest --to you@example.org\n"
         "  newsletter send --latest",
