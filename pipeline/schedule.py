@@ -119,6 +119,8 @@ def make_scheduler(
         now = clock()
         try:
             send_queued(settings, engine)  # sign-ups' confirmation emails, if `serve` left any
+            # The time after them: a slow relay can carry that run past the digest's due time.
+            now = clock()
             outcome = run_due(settings, engine, now, stop=stop)
         except gate.SendRefused as exc:
             # The settings are read once: trying again soon would only refuse again.
@@ -169,6 +171,16 @@ def make_scheduler(
     return scheduler
 
 
+def catch_up(scheduler: BlockingScheduler, first_due: datetime) -> None:
+    """Run whatever is due now, once, before waiting; then the first wait ends at `first_due`
+    (the next due time as it was before the catch-up) at the latest. Left to APScheduler, the
+    first wait is reckoned from when the scheduler starts: a catch-up that ran past the due time
+    (a slow relay) made that week's run next week's."""
+    scheduler.get_job(JOB_ID).func()
+    planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)  # a follow-up it set
+    scheduler.modify_job(JOB_ID, next_run_time=min(first_due, planned) if planned else first_due)
+
+
 def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:
     """Run the scheduler in the foreground until SIGTERM or Ctrl-C; a running job finishes
     its batch in flight first. A second signal exits at once."""
@@ -196,7 +208,7 @@ def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> No
         log.info("scheduler started: weekly on %s at %s %s; next digest due %s (%s)",
                  settings.schedule.weekday, settings.schedule.time.strftime("%H:%M"),
                  settings.schedule.timezone.key, local_time(first_due), period_key(first_due))
-        scheduler.get_job(JOB_ID).func()  # the catch-up: whatever is due now, once, before waiting
+        catch_up(scheduler, first_due)
         if not stopping.is_set():
             scheduler.start()
     log.info("scheduler stopped")

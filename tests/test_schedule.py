@@ -411,3 +411,28 @@ def test_a_database_error_at_the_scheduled_minute_brings_the_run_forward_not_a_w
     soon = scheduler.get_job(JOB_ID).next_run_time - datetime.now(UTC)
     assert timedelta(minutes=FOLLOW_UP_MINUTES - 1) < soon <= timedelta(minutes=FOLLOW_UP_MINUTES)
     engine.dispose()
+
+
+def test_a_catch_up_that_runs_past_the_due_time_still_sends_that_week(tmp_path: Path) -> None:
+    """The scheduler starts a moment before the digest is due; its catch-up first sends the
+    sign-ups' confirmations through a slow relay, and is past the due time when it asks what is
+    due. It asked with the time it started at (not due yet), and the scheduler then reckoned its
+    first wait from after the due time: next week's. That week's digest was never made."""
+    from pipeline.schedule import catch_up
+
+    settings = load_settings(write_config(tmp_path, web=PUBLIC_WEB))
+    engine = db.connect(settings.database.url)
+    add_essays(engine, 1)
+    add_subscribers(engine, 2)
+    due_at = due_period(settings.schedule, datetime.now(UTC)).due_at
+    # Each reading of the clock is a few seconds on: the start, then after the slow confirmations.
+    readings = iter([due_at - timedelta(seconds=2), due_at + timedelta(seconds=4)])
+    scheduler = make_scheduler(settings, engine, clock=lambda: next(readings, due_at + timedelta(seconds=9)))
+    catch_up(scheduler, due_at)
+    assert [(i.key, i.status) for i in issues(engine)] == [(due_period(settings.schedule, due_at).key, "sent")]
+
+    # Had it found nothing due, the first wait ends at the due time, not a week on.
+    idle = make_scheduler(settings, engine, clock=lambda: due_at - timedelta(seconds=2))
+    catch_up(idle, due_at + timedelta(days=7))
+    assert idle.get_job(JOB_ID).next_run_time == due_at + timedelta(days=7)
+    engine.dispose()
