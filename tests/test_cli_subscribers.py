@@ -56,8 +56,8 @@ def test_add_refuses_an_invalid_address_with_a_readable_error(run_cli: CLI) -> N
 
 def test_an_unsubscribed_address_cannot_be_added_or_imported_back(run_cli: CLI, tmp_path: Path) -> None:
     run_cli("subscribers", "add", "gone@example.org")
-    assert "Unsubscribed gone@example.org" in run_cli("subscribers", "unsubscribe", "gone@example.org").output
-    assert "already off the list" in run_cli("subscribers", "unsubscribe", "GONE@example.org").output
+    assert "Unsubscribed gone@example.org" in run_cli("subscribers", "unsubscribe", "gone@example.org", "--yes").output
+    assert "already off the list" in run_cli("subscribers", "unsubscribe", "GONE@example.org", "--yes").output
     result = run_cli("subscribers", "add", "gone@example.org")
     assert result.exit_code == 1 and "only the person can re-subscribe" in result.output
     path = tmp_path / "old.csv"
@@ -113,7 +113,7 @@ def test_import_names_a_missing_column_and_a_bad_mapping(run_cli: CLI, tmp_path:
 def test_export_is_formula_safe_and_filters_by_status(run_cli: CLI, tmp_path: Path) -> None:
     run_cli("subscribers", "add", "ann@example.org", "--name", "=1+2")
     run_cli("subscribers", "add", "bob@example.org", "--name", "Bob")
-    run_cli("subscribers", "unsubscribe", "bob@example.org")
+    run_cli("subscribers", "unsubscribe", "bob@example.org", "--yes")
     result = run_cli("subscribers", "export")
     assert result.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -162,7 +162,7 @@ def test_add_confirm_sends_a_working_link_over_smtp(
     )
     run = CLI(config, CliRunner())
     run("subscribers", "add", "gone@example.org")
-    run("subscribers", "unsubscribe", "gone@example.org")
+    run("subscribers", "unsubscribe", "gone@example.org", "--yes")
     result = run("subscribers", "add", "Gone@example.org", "--name", "Back\r\nBcc: x@example.com", "--confirm")
     assert result.exit_code == 0, result.output
     assert "Sent a confirmation link to gone@example.org" in result.output
@@ -190,7 +190,7 @@ def test_help_shows_examples(run_cli: CLI) -> None:
 def test_moving_a_list_by_export_and_import_keeps_every_opt_out(run_cli: CLI, tmp_path: Path) -> None:
     run_cli("subscribers", "add", "stay@example.org", "--name", "Stay")
     run_cli("subscribers", "add", "left@example.org", "--name", "Left")
-    run_cli("subscribers", "unsubscribe", "left@example.org")
+    run_cli("subscribers", "unsubscribe", "left@example.org", "--yes")
     exported = tmp_path / "all.csv"
     assert run_cli("subscribers", "export", "-o", str(exported)).exit_code == 0
     elsewhere = tmp_path / "elsewhere"
@@ -218,7 +218,7 @@ def test_list_shows_whole_addresses_and_statuses_in_80_columns(run_cli: CLI) -> 
     long = "felix.walker.the.second@example.com"
     for email in (long, "dmitri@example.com"):
         assert run_cli("subscribers", "add", email, "--name", "Дмитрий Соколов Felix Walker").exit_code == 0
-    assert run_cli("subscribers", "unsubscribe", "dmitri@example.com").exit_code == 0
+    assert run_cli("subscribers", "unsubscribe", "dmitri@example.com", "--yes").exit_code == 0
     shown = run_cli("subscribers", "list")
     assert shown.exit_code == 0
     assert long in shown.output and "unsubscribed " in shown.output
@@ -334,3 +334,14 @@ def test_import_reads_standard_input_and_a_pipe(run_cli: CLI, tmp_path: Path) ->
     assert named.exit_code == 0, named.output
     listed = run_cli("subscribers", "list").output
     assert "pia@example.org" in listed and "fay@example.org" in listed
+
+
+
+def test_unsubscribe_asks_first_as_remove_does(run_cli: CLI) -> None:
+    """Only the reader can come back from an unsubscribe: a mistyped address was unsubscribed at
+    once, and `add` then refused it."""
+    assert run_cli("subscribers", "add", "kim@example.org").exit_code == 0
+    declined = run_cli("subscribers", "unsubscribe", "kim@example.org", input="n\n")
+    assert declined.exit_code == 1 and "Only they can come back" in declined.output
+    assert "kim@example.org" in run_cli("subscribers", "list", "--status", "active").output
+    assert run_cli("subscribers", "unsubscribe", "kim@example.org", input="y\n").exit_code == 0

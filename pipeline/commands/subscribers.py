@@ -313,14 +313,20 @@ def show(app: App, email: str, as_json: bool) -> None:
 
 @group.command("unsubscribe")
 @click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
-def unsubscribe(app: App, email: str) -> None:
+def unsubscribe(app: App, email: str, yes: bool) -> None:
     """Unsubscribe an address (say, one that asked by email). Nothing is erased.
+
+    Asks first: only the reader can come back (by signing up and confirming), so a mistyped
+    address cannot be undone from here.
 
     \b
     Example:
-      newsletter subscribers unsubscribe ann@example.org
+      newsletter subscribers unsubscribe ann@example.org --yes
     """
+    if not yes and not confirm(f"Unsubscribe {email}? Only they can come back, by signing up again."):
+        raise click.Abort
     with open_session(app.engine) as session:
         changed = consent.unsubscribe(session, email)
     app.console.print(f"Unsubscribed {shown(email)}." if changed else f"{shown(email)} was already off the list.")
