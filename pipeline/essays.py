@@ -149,23 +149,27 @@ def import_paths(
     paths: Iterable[str | Path],
     progress: Progress | None = None,
     dry_run: bool = False,
+    archive: bool = False,
 ) -> ImportReport:
     """Import every essay file in `paths` (files or folders), each in its own transaction.
 
     With `dry_run`, every file is read and compared with the database exactly as in a real
-    import, and each transaction is rolled back: the report says what would change.
+    import, and each transaction is rolled back: the report says what would change. With
+    `archive`, the essays not sent yet are taken as published before the newsletter: related
+    links point to them, and no digest takes them by itself.
     """
     report = ImportReport()
     files = collect_files(paths, report)
     taken: dict[str, Path] = {}  # slug -> file, within this import
     for done, path in enumerate(files, start=1):
-        _import_one(engine, path, taken, report, dry_run)
+        _import_one(engine, path, taken, report, dry_run, archive)
         if progress:
             progress(done, len(files), path)
     return report
 
 
-def _import_one(engine: Engine, path: Path, taken: dict[str, Path], report: ImportReport, dry_run: bool) -> None:
+def _import_one(engine: Engine, path: Path, taken: dict[str, Path], report: ImportReport, dry_run: bool,
+                archive: bool) -> None:
     """Import one file in its own transaction; what became of it goes into `report`."""
     try:
         parsed = read_essay(path)
@@ -178,7 +182,7 @@ def _import_one(engine: Engine, path: Path, taken: dict[str, Path], report: Impo
         if slug in taken:
             raise ImportProblem(f"slug {slug!r} is also the slug of {taken[slug]}")
         with session_scope(engine) as session:
-            outcome = store(session, parsed, slug, path)
+            outcome = store(session, parsed, slug, path, archive)
             if dry_run:
                 session.rollback()
     except ImportProblem as exc:
@@ -315,13 +319,20 @@ def slug_for(parsed: ParsedEssay, path: Path) -> str:
     return slug
 
 
-def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> ImportChange:
-    """Add the essay or update the one with this slug; never touches sent_in_issue_id."""
+def store(session: Session, parsed: ParsedEssay, slug: str, path: Path, archive: bool = False) -> ImportChange:
+    """Add the essay or update the one with this slug; never touches sent_in_issue_id. With
+    `archive`, an essay not sent yet is marked published before the newsletter (never unmarked:
+    a later import without it leaves the mark)."""
     digest = parsed.content_hash(slug)
     source_path = str(path.resolve())
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
+    to_archive = archive and (essay is None or (not essay.archive and essay.sent_in_issue_id is None))
     if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
-        return "unchanged"
+        if not to_archive:
+            return "unchanged"
+        essay.archive = True
+        session.add(essay)
+        return "updated"
     renamed = None if essay is not None else session.exec(
         select(Essay).where(Essay.source_path == source_path)).first()
     if renamed is not None:
@@ -348,6 +359,7 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path) -> Impor
             # The old file is gone: the essay moved (or was renamed with a fixed slug).
             parsed.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
     fill(essay, parsed, digest, source_path)
+    essay.archive = essay.archive or to_archive
     session.add(essay)
     return outcome
 

@@ -132,7 +132,8 @@ def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
-    """Essays no issue has carried yet, oldest first (essay date, then import order).
+    """Essays no issue has carried yet, oldest first (essay date, then import order), but for
+    those imported as the archive (published before the newsletter).
 
     Essays of an issue still `sending` are left out: they are marked sent only when it
     finishes, and a second digest carrying them meanwhile would send them twice. Essays that
@@ -145,7 +146,8 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
     )
     query = (
         select(Essay)
-        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(in_flight))
+        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(in_flight),
+               col(Essay.archive).is_(False))
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
     )

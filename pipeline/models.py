@@ -34,6 +34,10 @@ class Essay(SQLModel, table=True):
     imported_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     sent_in_issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+    # Published before the newsletter (`essays import --archive`): a related-link target that no
+    # digest takes by itself (an issue may still name it).
+    archive: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False,
+                                                          server_default=false()))
 
 
 class Issue(SQLModel, table=True):

@@ -306,8 +306,9 @@ def rank_similar(
 
 
 def has_page(essay: Essay) -> bool:
-    """Published already: the source gave it a URL, or an issue carried it to readers."""
-    return bool(essay.url) or essay.sent_in_issue_id is not None
+    """Published already: the source gave it a URL, an issue carried it to readers, or it came
+    in as the archive (published before the newsletter)."""
+    return bool(essay.url) or essay.sent_in_issue_id is not None or essay.archive
 
 
 def document_text(essay: Essay, body_chars: int = BODY_CHARS) -> str:

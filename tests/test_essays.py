@@ -278,7 +278,7 @@ def test_cli_import_list_show(run_cli: CLI, monkeypatch: pytest.MonkeyPatch) -> 
         "reading-contour-lines",
         "stairs-as-shortcuts",
     ]  # newest first
-    assert set(rows[0]) == {"slug", "title", "date", "sent"}
+    assert set(rows[0]) == {"slug", "title", "date", "sent", "archive"}
     assert rows[0]["date"] == "2026-11-09" and rows[0]["sent"] is None
 
     shown = run_cli("essays", "show", "why-i-weigh-the-water")
@@ -725,3 +725,28 @@ def test_drafts_and_section_pages_of_a_site_are_not_imported(engine: Engine, tmp
     drafts = [w for w in report.warnings if "not imported" in w]
     assert sorted(Path(w.split(":")[0]).name for w in drafts) == ["hidden.md", "later.md", "toml.md"]
     assert not any("unknown key" in w for w in report.warnings)
+
+
+def test_an_archive_imported_as_published_is_linked_to_but_never_mailed(run_cli: CLI, tmp_path: Path) -> None:
+    """An essayist with years of essays imports them all: the first digests mailed the oldest,
+    five a week, for months. `--archive` takes them as published before the newsletter: related
+    links point to them, no digest carries them, and `issues new --essay` still can."""
+    old = tmp_path / "archive"
+    old.mkdir()
+    for n, year in enumerate((2017, 2019, 2021)):
+        (old / f"old-{n}.md").write_text(f"---\ntitle: Old {n}\ndate: {year}-05-01\n---\nAn older essay, {n}.\n",
+                                         encoding="utf-8")
+    imported = run_cli("essays", "import", str(old), "--archive")
+    assert imported.exit_code == 0, imported.output
+    new = tmp_path / "new.md"
+    new.write_text("---\ntitle: New\ndate: 2026-11-30\n---\nThis week's essay.\n", encoding="utf-8")
+    assert run_cli("essays", "import", str(new)).exit_code == 0
+    listed = {row["slug"]: row for row in json.loads(run_cli("essays", "list", "--json").output)}
+    assert [listed[f"old-{n}"]["archive"] for n in range(3)] == [True, True, True]
+    assert listed["new"]["archive"] is False
+    composed = json.loads(run_cli("issues", "new", "--json").output)
+    assert [e["slug"] for e in composed["essays"]] == ["new"]
+    # Re-importing the archive without the option leaves it archived; asking for one carries it.
+    assert run_cli("essays", "import", str(old)).exit_code == 0
+    again = json.loads(run_cli("issues", "new", "--essay", "old-0", "--json").output)
+    assert [e["slug"] for e in again["essays"]] == ["old-0"]

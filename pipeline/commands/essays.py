@@ -34,9 +34,11 @@ def group() -> None:
 @group.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Read and check the files, show what would change.")
+@click.option("--archive", is_flag=True,
+              help="Published before the newsletter: link to these essays, never mail them by themselves.")
 @json_option
 @pass_app
-def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, archive: bool, as_json: bool) -> None:
     """Import essay files or folders (searched for .txt, .md, .markdown).
 
     A .txt file is read as a page scraped from an essay site (title, dek, date, body; share
@@ -46,11 +48,16 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
     edited file updates its essay. Unchanged files are left alone; a file that fails is named
     with the reason, the others still import, and the exit code is 1.
 
+    An archive of essays published before the newsletter goes in with --archive: related
+    links point to them, no digest takes them by itself (`issues new --essay SLUG` still can),
+    and the first digests carry the new essays instead of years of old ones.
+
     \b
     Example:
       newsletter essays import examples/essays
       newsletter essays import drafts/walking-at-dawn.md notes/ --dry-run
       newsletter essays import drafts/ --json
+      newsletter essays import ~/blog/content/posts --archive
     """
     engine = app.engine
     with Progress(
@@ -68,7 +75,7 @@ def import_command(app: App, paths: tuple[Path, ...], dry_run: bool, as_json: bo
             if total >= PROGRESS_FROM:
                 bar.update(task, completed=done, total=total, description=path.name, visible=True)
 
-        report = import_paths(engine, paths, progress=advance, dry_run=dry_run)
+        report = import_paths(engine, paths, progress=advance, dry_run=dry_run, archive=archive)
     if not dry_run:  # build the related links now, so that rendering the next issue need not
         with open_session(engine) as session:
             warm(session, app.settings)
@@ -91,7 +98,8 @@ def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:
 @json_option
 @pass_app
 def list_command(app: App, as_json: bool) -> None:
-    """List the essays, newest first: slug, title, date, sent.
+    """List the essays, newest first: slug, title, date, sent (an issue key, "not yet", or
+    "archive": imported with --archive, never mailed by itself).
 
     \b
     Example:
@@ -100,7 +108,7 @@ def list_command(app: App, as_json: bool) -> None:
     """
     with open_session(app.engine) as session:
         rows: list[dict[str, Any]] = [
-            {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key}
+            {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key, "archive": e.archive}
             for e, key in list_essays(session)
         ]
     if as_json:
@@ -123,10 +131,13 @@ def list_command(app: App, as_json: bool) -> None:
             shown(row["slug"]),
             shown(_shorten(printable(row["title"]), title_width)),
             row["date"].isoformat() if row["date"] else "—",
-            shown(row["sent"]) if row["sent"] else "[dim]not yet[/]",
+            shown(row["sent"]) if row["sent"] else "[dim]archive[/]" if row["archive"] else "[dim]not yet[/]",
         )
     app.console.print(table)
-    app.console.print(f"{len(rows)} essays, {sum(1 for r in rows if not r['sent'])} not sent yet")
+    owed = sum(1 for r in rows if not r["sent"] and not r["archive"])
+    archived = sum(1 for r in rows if not r["sent"] and r["archive"])
+    app.console.print(f"{len(rows)} essays, {owed} not sent yet"
+                      + (f", {archived} in the archive (never mailed by themselves)" if archived else ""))
 
 
 def _shorten(text: str, width: int) -> str:
