@@ -58,6 +58,7 @@ class Report(sender.Tally):
     to_send: int = 0  # owed when this run began delivering
     reconciled: int = 0  # rows a stopped sender left in flight, found and marked unknown
     counts: dict[str, int] = field(default_factory=dict)
+    built: int = 0  # a dry run: the messages it built (it sends none: `sent` stays 0)
     built_bytes: int = 0  # a dry run: the size of every message it built
     # essay slug -> readers left out because they had it already (an issue not composed --resend)
     left_out: dict[str, int] = field(default_factory=dict)
@@ -176,11 +177,11 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
             row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
             try:
                 report.built_bytes += len(build(row))
-                report.sent += 1
+                report.built += 1
             except NewsletterError as exc:
                 report.failed += 1
                 report.errors.append((email, str(exc)))
-        report.total = report.sent + report.failed
+        report.total = report.built + report.failed
         report.counts = ledger_reads.counts(session, target.id) if target.id else {}
         session.rollback()  # a composed draft, too, is not kept by a dry run
     report.seconds = time.monotonic() - started

@@ -85,7 +85,7 @@ def test_a_dry_run_builds_everything_and_writes_nothing(tmp_path: Path, server: 
     engine = engine_for(settings)
     add_audience(engine, 9)
     report = dry_run(settings, engine, latest=True)
-    assert report.ending is Ending.DRY_RUN and report.sent == 9 and report.built_bytes > 9 * 5000
+    assert report.ending is Ending.DRY_RUN and (report.sent, report.built) == (0, 9) and report.built_bytes > 9 * 5000
     assert not server.received
     with Session(engine) as session:
         assert session.exec(select(Issue)).all() == []  # not even the composed draft is kept

@@ -89,6 +89,9 @@ def test_dry_run_writes_nothing(run_cli: CLI, settings: Settings, engine: Engine
     result = run_cli("send", "--latest", "--dry-run", "--yes")
     assert result.exit_code == 0 and "5 messages built" in flat(result)
     assert outbox(settings) == []
+    # A script reading the JSON must not take built messages for sent ones.
+    data = json.loads(run_cli("send", "--latest", "--dry-run", "--json").stdout)
+    assert (data["sent"], data["built"], data["ending"]) == (0, 5, "dry-run")
     with Session(engine) as session:
         assert session.exec(select(Delivery)).all() == [] and session.exec(select(Issue)).all() == []
 

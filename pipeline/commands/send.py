@@ -203,8 +203,8 @@ def summary(app: App, report: Report) -> None:
             f"shows how far they got.")
         return
     if report.ending is Ending.DRY_RUN:
-        out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.sent} messages "
-            f"built ({report.built_bytes / max(report.sent, 1) / 1024:.1f} KB each), none sent, "
+        out(f"Dry run of {report.issue_key} \"{escape(report.subject)}\": {report.built} messages "
+            f"built ({report.built_bytes / max(report.built, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
         if report.refused:
             app.err.print("[bold red]A real send would be refused:[/] " + escape(report.refused), soft_wrap=True)
