@@ -57,6 +57,7 @@ def test_send_latest_through_the_outbox_then_again_sends_nothing(
     assert "Messages are in" in flat(result) and "(one .eml file each)" in flat(result)
     # A trial to the outbox counts as sent: the way to mail those essays for real is said.
     assert "now count as sent" in flat(result) and "issues new --resend --essay" in flat(result)
+    assert "once config.toml's delivery section names an SMTP relay" in flat(result)
     files = outbox(settings)
     assert len(files) == 5
     recipients = sorted(message_from_bytes(f.read_bytes(), policy=policy.default)["To"].addresses[0].addr_spec

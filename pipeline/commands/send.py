@@ -240,8 +240,8 @@ def summary(app: App, report: Report) -> None:
         out(f"Messages are in {app.settings.delivery.outbox_dir}/ (one .eml file each).")
         # A first try of the quick start is a real send to the outbox: its essays are then had.
         out("Nothing was mailed, but these essays now count as sent to these readers. To mail them "
-            "once [delivery] names an SMTP relay: `newsletter issues new --resend --essay SLUG ...`, "
-            "then `newsletter send --latest`.")
+            "once config.toml's delivery section names an SMTP relay: `newsletter issues new --resend "
+            "--essay SLUG ...`, then `newsletter send --latest`.")
 
 
 def _undecided(app: App, report: Report) -> None:
