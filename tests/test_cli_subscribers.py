@@ -345,3 +345,16 @@ def test_unsubscribe_asks_first_as_remove_does(run_cli: CLI) -> None:
     assert declined.exit_code == 1 and "Only they can come back" in declined.output
     assert "kim@example.org" in run_cli("subscribers", "list", "--status", "active").output
     assert run_cli("subscribers", "unsubscribe", "kim@example.org", input="y\n").exit_code == 0
+
+
+def test_a_cut_json_list_says_it_is_cut(run_cli: CLI) -> None:
+    """`subscribers list --json` gave the first 50 (the default --limit) with nothing to tell a
+    script more exist; `sends list --json` says so on stderr, and so does this now."""
+    for n in range(3):
+        assert run_cli("subscribers", "add", f"r{n}@example.org").exit_code == 0
+    cut = run_cli("subscribers", "list", "--limit", "2", "--json")
+    data = json.loads(cut.stdout)
+    assert len(data["subscribers"]) == 2 and data["truncated"] is True
+    assert "Showing 2 of 3; --limit 0 shows all." in cut.stderr
+    whole = json.loads(run_cli("subscribers", "list", "--limit", "0", "--json").stdout)
+    assert len(whole["subscribers"]) == 3 and whole["truncated"] is False

@@ -253,8 +253,13 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
         counts = consent.counts(session)
         rows = roster.newest_first(session, status, limit)
     fields = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
+    total = counts[status] if status else sum(n for key, n in counts.items() if key != SubscriberStatus.REMOVED.value)
+    cut = status != SubscriberStatus.REMOVED.value and len(rows) < total
     if as_json:
-        print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows]})
+        print_json({"counts": counts, "subscribers": [{f: getattr(s, f) for f in ("id", *fields)} for s in rows],
+                    "truncated": cut})
+        if cut:  # on stderr too, as `sends list --json` says it: a script may not look for the key
+            click.echo(f"Showing {len(rows)} of {total}; --limit 0 shows all.", err=True)
         return
     table = Table("email", "name", "status", "source", "since")
     for column in (0, 2, 4):  # address, status, date whole (`unsubscribe` takes the address)
@@ -263,10 +268,9 @@ def list_command(app: App, status: str | None, limit: int, as_json: bool) -> Non
         table.add_row(shown(s.email), shown(s.name), s.status, shown(s.source), s.created_at.date().isoformat())
     if rows:
         app.console.print(table)
-    total = counts[status] if status else sum(n for key, n in counts.items() if key != SubscriberStatus.REMOVED.value)
     if status == SubscriberStatus.REMOVED.value:  # tombstones: nothing left to show
         app.console.print(f"{total} removed: their addresses and names are erased, so none is listed.")
-    elif len(rows) < total:
+    elif cut:
         app.console.print(f"Showing {len(rows)} of {total}; --limit 0 shows all.")
     app.console.print(", ".join(f"{n} {key}" for key, n in counts.items()))
 
