@@ -21,6 +21,15 @@ T = TypeVar("T")
 _MISSING = object()
 
 
+def address_problem(value: str) -> str | None:
+    """Why `value` cannot be a sender or bounce address; None: it can (the full check is the
+    relay's; this catches a name, a bare domain or a typo at `init` and in config.toml)."""
+    local, at, domain = value.partition("@")
+    if not at or not local or "." not in domain or any(c in value for c in " <>\r\n"):
+        return "expected an email address like letters@example.org"
+    return None
+
+
 class ConfigReader:
     """Looks up dotted keys; a wrong or missing value is noted (file, key, want) and a stand-in
     returned, so that one run reports every problem of the file (raise_problems)."""
@@ -106,8 +115,7 @@ class ConfigReader:
 
     def address(self, key: str) -> str:
         value = self.text(key)
-        local, at, domain = value.partition("@")
-        if value and (not at or not local or "." not in domain or any(c in value for c in " <>\r\n")):
+        if value and address_problem(value):
             self.fail(key, "an email address like letters@example.org", value)
         return value
 

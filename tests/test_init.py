@@ -67,6 +67,18 @@ def test_init_asks_for_the_values_when_not_given(empty_folder: Path) -> None:
     assert settings.newsletter.postal_address == "1 Mill Lane, Riverton"
 
 
+def test_init_asks_again_for_an_answer_it_cannot_take(empty_folder: Path) -> None:
+    """A bare host for the site URL was taken, all five questions asked, then refused with
+    nothing written: every answer had to be typed again. Each is checked as it is given."""
+    result = run("init", input="Field Notes\nessays.example.org\nhttps://essays.example.org\nletters\n"
+                               "letters@essays.example.org\n\n\n")
+    assert result.exit_code == 0, result.output
+    assert "expected an http:// or https:// URL" in result.output
+    assert "an email address like" in result.output
+    settings = load_settings(empty_folder / "config.toml")
+    assert settings.newsletter.site_url == "https://essays.example.org"
+    assert settings.newsletter.sender_address == "letters@essays.example.org"
+
 def test_init_with_a_postal_address_writes_it_and_the_footer_check_passes(empty_folder: Path) -> None:
     result = run("init", "letters", "--yes", *VALUES, "--postal-address", "Notes, 1 Mill Lane, Riverton")
     assert result.exit_code == 0, result.output

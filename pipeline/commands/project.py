@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from rich.markup import escape
 
 from pipeline.commands.base import App, pass_app
 from pipeline.config import find_config
+from pipeline.config_reader import address_problem
 from pipeline.starter import Answers, write_starter
+from pipeline.web_addresses import url_problem
 from subscribers.tokens import SECRET_ENV, SECRET_FILE, load_secret
 
 LOCAL_BASE_URL = "http://127.0.0.1:8025"  # `newsletter serve`'s own address: fine for trying out
@@ -94,10 +97,14 @@ def _ask(name: str | None, site_url: str | None, sender: str | None, base_url: s
     for; with --yes the first three must be given."""
     if interactive:
         try:
+            # Each answer checked as it is given: a wrong one is asked again, not refused at the
+            # end with every answer lost.
             name = name or click.prompt("Newsletter name")
-            site_url = site_url or click.prompt("Site URL (where the essays live, https://...)")
-            sender = sender or click.prompt("Sender address (From:)")
-            base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL)
+            site_url = site_url or click.prompt("Site URL (where the essays live, https://...)",
+                                                value_proc=_checked(url_problem))
+            sender = sender or click.prompt("Sender address (From:)", value_proc=_checked(address_problem))
+            base_url = base_url or click.prompt("Public base URL of `newsletter serve`", default=LOCAL_BASE_URL,
+                                                value_proc=_checked(url_problem))
             postal_address = postal_address or click.prompt(
                 "Postal address for every footer (empty: set it later)", default="", show_default=False)
         except click.Abort:
@@ -112,6 +119,16 @@ def _ask(name: str | None, site_url: str | None, sender: str | None, base_url: s
         raise click.UsageError(f"give {', '.join(missing)} (or leave out --yes to be asked)")
     assert name and site_url and sender
     return Answers(name, site_url, sender, base_url or LOCAL_BASE_URL, postal_address.strip())
+
+
+def _checked(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A prompt's check: the answer, stripped, or BadParameter (Click says why and asks again)."""
+    def check(value: str) -> str:
+        why = problem(value.strip())
+        if why:
+            raise click.BadParameter(why)
+        return value.strip()
+    return check
 
 
 commands = [init]
