@@ -88,6 +88,23 @@ def compose(
     raise Refused("could not find a free key for a new issue today: pass --key")
 
 
+def adopt_draft(session: Session, key: str) -> Issue | None:
+    """The newest draft composed by hand that carries an essay not sent yet, given `key` (the
+    week's): the issue an essayist prepared (a subject, an intro of their own) is the week's
+    issue, not a second one of the same essays composed beside it. None when there is none."""
+    carrying = (select(IssueEssay.issue_id).join(Essay, col(Essay.id) == col(IssueEssay.essay_id))
+                .where(col(Essay.sent_in_issue_id).is_(None)))
+    draft = session.exec(
+        select(Issue).where(Issue.status == IssueStatus.DRAFT.value, col(Issue.id).in_(carrying),
+                            col(Issue.key).not_like("weekly-%"))
+        .order_by(col(Issue.created_at).desc(), col(Issue.id).desc()).limit(1)).first()
+    if draft is not None:
+        draft.key = key
+        session.add(draft)
+        session.flush()
+    return draft
+
+
 def next_day_key(session: Session, now: datetime) -> str:
     """The day's key for an issue composed by hand: `2026-11-30`, then `2026-11-30-2`, ..."""
     day = f"{now:%Y-%m-%d}"

@@ -156,9 +156,13 @@ def expire_stale(
 
 
 def _compose(session: Session, settings: Settings, period: Period, now: datetime) -> Issue:
-    """Compose the period's issue, or record the period as skipped when nothing is unsent."""
+    """The period's issue: the draft prepared by hand, else one composed now; or the period
+    recorded as skipped when nothing is unsent."""
     try:
-        issue = issues.compose(session, settings, key=period.key)
+        adopted = issues.adopt_draft(session, period.key)
+        if adopted is not None:
+            log.info("%s: the draft prepared by hand (issue %s) is this week's issue", period.key, adopted.id)
+        issue = adopted or issues.compose(session, settings, key=period.key)
     except NotFound:
         session.rollback()
         return issues.skip(session, period.key, now)

@@ -436,3 +436,24 @@ def test_a_catch_up_that_runs_past_the_due_time_still_sends_that_week(tmp_path: 
     catch_up(idle, due_at + timedelta(days=7))
     assert idle.get_job(JOB_ID).next_run_time == due_at + timedelta(days=7)
     engine.dispose()
+
+
+def test_the_week_s_run_sends_the_draft_prepared_by_hand(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    """An essayist composed the week's issue by hand and gave it a subject of their own; the
+    scheduler composed its own issue of the same essays beside it and sent that, so their words
+    never went out and the draft was left with nobody to go to. The newest draft is the week's."""
+    from pipeline.editorial import edit
+
+    add_essays(smtp_engine, 2)
+    emails = add_subscribers(smtp_engine, 2)
+    with Session(smtp_engine, expire_on_commit=False) as session:
+        draft = compose(session, smtp_settings)
+        edit(session, smtp_settings, draft.key, subject="This week: two gardens")
+        session.commit()
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=1))
+    assert (outcome.key, outcome.status) == (KEY, "sent")
+    assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "sent")]
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+    assert {m.message["Subject"] for m in smtp_server.received} == {"This week: two gardens"}
