@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from subscribers.errors import UnreadableFile
+from subscribers.model import OPTED_OUT, SubscriberStatus
 
 EMAIL_HEADERS = ("email", "e-mail", "email address", "e-mail address", "emailaddress", "email_address", "mail",
                  "address")
@@ -27,10 +28,17 @@ LAST_HEADERS = ("last name", "lastname", "last_name", "surname", "family name")
 STATUS_HEADERS = ("status", "subscription status", "member status")
 MAPPABLE = ("email", "name", "status")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_S = SubscriberStatus
+# What a status column may say (ours, and the words other mailing tools export); "" = no status.
+FILE_STATUSES: dict[str, str | None] = {
+    "": None, "active": _S.ACTIVE.value, "subscribed": _S.ACTIVE.value, "confirmed": _S.ACTIVE.value,
+    "pending": _S.PENDING.value, "unconfirmed": _S.PENDING.value,
+    "unsubscribed": _S.UNSUBSCRIBED.value, "bounced": _S.BOUNCED.value,
+    "cleaned": _S.BOUNCED.value, "complained": _S.COMPLAINED.value,
+}
+# Its opt-out words: in a file without a header, a cell saying one is that row's status.
+OPT_OUT_WORDS = frozenset(word for word, status in FILE_STATUSES.items() if status in OPTED_OUT)
 
-
-# Opt-out words of a status column (ours and other tools'), for files without a header.
-OPT_OUT_WORDS = frozenset({"unsubscribed", "bounced", "cleaned", "complained"})
 
 @dataclass(frozen=True)
 class CsvShape:

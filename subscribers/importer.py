@@ -25,19 +25,12 @@ from sqlmodel import Session
 
 from subscribers.addresses import clean_name, parse_address, suppression_hash
 from subscribers.consent import ACTIVE, PENDING, operator_decision
-from subscribers.csvfile import guard, read_rows, sniff
+from subscribers.csvfile import FILE_STATUSES, guard, read_rows, sniff
 from subscribers.errors import InvalidEmail, SubscriberError
 from subscribers.model import OPTED_OUT, Subscriber, SubscriberStatus, Suppression, utcnow
 
 BATCH = 5000
 EXPORT_FIELDS = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
-# What a status column may say (ours, and the words other mailing tools export); "" = no status.
-FILE_STATUSES = {
-    "": None, "active": ACTIVE, "subscribed": ACTIVE, "confirmed": ACTIVE,
-    "pending": PENDING, "unconfirmed": PENDING,
-    "unsubscribed": SubscriberStatus.UNSUBSCRIBED.value, "bounced": SubscriberStatus.BOUNCED.value,
-    "cleaned": SubscriberStatus.BOUNCED.value, "complained": SubscriberStatus.COMPLAINED.value,
-}
 _table: Any = Subscriber.__table__  # type: ignore[attr-defined]
 _suppression: Any = Suppression.__table__  # type: ignore[attr-defined]
 
