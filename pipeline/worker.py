@@ -28,7 +28,7 @@ from pipeline.confirmations import send_queued
 from pipeline.errors import DatabaseError, NewsletterError, database_words
 from pipeline.feedback import read_bounces
 from pipeline.publish import Ending, Report, publish
-from pipeline.sender import Unrecorded, record_late
+from pipeline.sender import Tally, Unrecorded, record_late
 from pipeline.transports import Transport
 from subscribers.model import utcnow
 
@@ -56,15 +56,19 @@ class WorkerStats:
     stopped: bool = False  # a stop request ended the loop (SIGTERM, Ctrl-C)
 
     def add(self, report: Report) -> None:
-        self.sent += report.sent
-        self.retrying += report.retrying
-        self.failed += report.failed
-        self.unknown += report.unknown
-        self.skipped += report.skipped
+        self.count(report)
         if report.ending is Ending.FINISHED:
             self.finished.append(report.issue_key)
             if report.undecided:
                 self.undecided[report.issue_key] = report.undecided
+
+    def count(self, tally: Tally) -> None:
+        """Add what a run (or a late record) did to the rows it handled."""
+        self.sent += tally.sent
+        self.retrying += tally.retrying
+        self.failed += tally.failed
+        self.unknown += tally.unknown
+        self.skipped += tally.skipped
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,10 +143,7 @@ def _record_kept(engine: Engine, kept: list[Unrecorded], stats: WorkerStats) -> 
     while kept:
         tally = record_late(engine, kept[0])
         outcomes = kept.pop(0).outcomes
-        stats.sent += tally.sent
-        stats.retrying += tally.retrying
-        stats.failed += tally.failed
-        stats.unknown += tally.unknown
+        stats.count(tally)
         log.warning("the database answers again: the %d deliveries kept since it failed are recorded "
                     "(%d sent)", len(outcomes), tally.sent)
 
