@@ -236,14 +236,15 @@ def retry_at(attempts: int, now: datetime) -> datetime:
     return now + timedelta(seconds=delay * random.uniform(0.75, 1.25))
 
 
-def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None) -> None:
-    """Write a batch of outcomes in one transaction (a retry past `deadline` becomes failed)."""
+def record(engine: Engine, outcomes: list[Outcome], deadline: datetime | None, holder: str | None = None) -> None:
+    """Write a batch of outcomes in one transaction (a retry past `deadline` becomes failed);
+    with `holder`, only to rows that process claimed last."""
     if outcomes:
         with session_scope(engine) as session:
-            _record(session, outcomes, deadline)
+            _record(session, outcomes, deadline, holder)
 
 
-def _record(session: Session, outcomes: list[Outcome], deadline: datetime | None) -> None:
+def _record(session: Session, outcomes: list[Outcome], deadline: datetime | None, holder: str | None = None) -> None:
     sent, params = [], []
     for o in outcomes:
         if o.kind == "sent":  # the common case: fewer values to bind
@@ -259,6 +260,8 @@ def _record(session: Session, outcomes: list[Outcome], deadline: datetime | None
         params.append(dict(b_id=c.id, b_status=status, b_attempts=attempts, b_next=next_at,
                            b_code=o.code, b_error=error, b_now=o.at))
     in_flight = or_(_TABLE.c.status == SENDING, _TABLE.c.status == UNKNOWN)
+    if holder is not None:
+        in_flight = in_flight & (_TABLE.c.holder == holder)
     connection = session.connection()
     if sent:
         connection.execute(

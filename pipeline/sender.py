@@ -91,8 +91,10 @@ class Unrecorded(DatabaseError):
 def record_late(engine: Engine, unrecorded: Unrecorded) -> Tally:
     """Record what a failed sender could not, now that the database answers (raises while it
     still does not); returns the tally of those outcomes. Rows whose lease ran out meanwhile
-    (`unknown`) take their real outcome; rows someone made owed again are left as they are."""
-    ledger.record(engine, unrecorded.outcomes, unrecorded.deadline)
+    (`unknown`) take their real outcome; rows made owed again since are left as they are."""
+    # Only rows this process still holds: one reconciled, made owed again and claimed by another
+    # sender meanwhile is theirs now.
+    ledger.record(engine, unrecorded.outcomes, unrecorded.deadline, holder=ledger.holder_name())
     tally = Tally()
     tally.add(engine, unrecorded.outcomes)
     return tally
@@ -122,8 +124,19 @@ def deliver(settings: Settings, engine: Engine, issue: Issue, tally: Tally, buil
                 interrupted = True
                 pool.stop.set()  # the batches in flight finish and are recorded
     if pool.failures:
-        raise pool.failures[0]
+        raise _first(pool.failures)
     return pool.paused
+
+
+def _first(failures: list[BaseException]) -> BaseException:
+    """The error to raise for a run whose senders failed: the first, but with every sender's
+    unrecorded outcomes when the database stayed away (each sender kept its own batch's)."""
+    late = [f for f in failures if isinstance(f, Unrecorded)]
+    if not late:
+        return failures[0]
+    for other in late[1:]:
+        late[0].outcomes.extend(other.outcomes)
+    return late[0]
 
 
 class _Pool:
@@ -181,9 +194,11 @@ class _Pool:
             recorded, done = done, []
             self._recorded(recorded)
         except BaseException as exc:  # handed to the caller's thread, which raises it
+            self.halt.set()  # first: saving may wait SAVE_PATIENCE, and the others must not go on
             in_hand = done + [ledger.Outcome(row, "released", self.clock()) for row in held]
-            self.failures.append(self._after_failure(exc, in_hand))
-            self.halt.set()
+            failure = self._after_failure(exc, in_hand)
+            with self.lock:
+                self.failures.append(failure)
         finally:
             if transport is not None:
                 transport.close()
@@ -299,14 +314,14 @@ class _Pool:
     def _attempt(self, transport: Transport, row: ledger.Claimed) -> tuple[Handed | None, ledger.Outcome | None]:
         """Build the row's copy and hand it over: (the row and what reads its reply, None), or
         (None, its outcome) when it was not handed over."""
+        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt, unbuilt
+            return None, ledger.Outcome(row, "released", self.clock())
         try:
             raw = self.build(row)
         except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
             return None, self._outcome(row, exc)
         except Exception as exc:
             self._fail(exc)
-            return None, ledger.Outcome(row, "released", self.clock())
-        if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt
             return None, ledger.Outcome(row, "released", self.clock())
         try:
             return (row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)), None

@@ -141,8 +141,13 @@ def _record_kept(engine: Engine, kept: list[Unrecorded], stats: WorkerStats) -> 
     """Record the outcomes a sender could not while the database was away (raises while it still
     is): the copies the relay took become `sent` rather than "maybe sent" once their lease ends."""
     while kept:
-        tally = record_late(engine, kept[0])
-        outcomes = kept.pop(0).outcomes
+        late = kept.pop(0)
+        try:
+            tally = record_late(engine, late)
+        except BaseException:
+            kept.insert(0, late)  # the database is still away: kept for the next round
+            raise
+        outcomes = late.outcomes
         stats.count(tally)
         log.warning("the database answers again: the %d deliveries kept since it failed are recorded "
                     "(%d sent)", len(outcomes), tally.sent)
@@ -152,7 +157,9 @@ def _database_failed(exc: BaseException, stats: WorkerStats, once: bool, doing: 
     """A database error the worker rides out (logged, counted), or, with `once`, raises."""
     why = database_words(exc)
     if once:
-        raise (exc if isinstance(exc, DatabaseError) else DatabaseError(f"the database failed: {why}")) from exc
+        if isinstance(exc, DatabaseError):
+            raise exc  # its cause (the driver's error) stays as it is
+        raise DatabaseError(f"the database failed: {why}") from exc
     stats.errors.append(f"database: {why}")
     log.error("database error%s: %s; trying again in %s", f" {doing}" if doing else "", why, again_in)
 

@@ -244,15 +244,16 @@ def test_a_send_says_what_it_could_not_record_when_the_database_stays_away(
     engine.dispose()
 
 
+@pytest.mark.parametrize("connections", [1, 2])  # 2: each sender keeps its own batch's answers
 def test_a_worker_records_what_the_relay_took_once_a_long_database_outage_ends(
-        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, connections: int) -> None:
     """A sender waits SAVE_PATIENCE for the database to take what the relay answered. When it
     stays away longer (a failover, a restart) a worker, which outlives the outage, keeps those
     outcomes and records them when it answers again: the copies the relay took are `sent`, not
     left `sending` until their lease runs out and then "maybe sent" (whose retry is a second copy)."""
     monkeypatch.setattr("pipeline.sender.SAVE_PATIENCE", 0.5)
     monkeypatch.setattr("pipeline.worker.ERROR_SECONDS", 0.2)
-    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10, connections=connections)
     engine = db.connect(postgres_url)
     add_audience(engine, 25)
     new_issue(engine, settings, "long")
