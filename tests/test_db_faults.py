@@ -259,8 +259,11 @@ def test_a_worker_records_what_the_relay_took_once_a_long_database_outage_ends(
     new_issue(engine, settings, "long")
     assert enqueue(settings, engine, "long").ending is Ending.ENQUEUED
 
+    outage: list[bool] = []
+
     def before(transport: MemoryTransport, to: str) -> None:
-        if len(transport.sent) == 9 and not transports.made[1:]:  # the first batch's last copy
+        if len(transport.sent) == 9 and not outage:  # a first batch's last copy, once
+            outage.append(True)
             away_for(postgres_url, "delivery", 3.0)
 
     transports = _Transports(before)
@@ -278,5 +281,9 @@ def test_a_worker_records_what_the_relay_took_once_a_long_database_outage_ends(
     statuses, _ = _statuses(engine, "long")
     assert statuses == {"sent": 25}, statuses
     assert Counter(transports.sent()) == Counter(f"reader{n}@example.org" for n in range(25))
-    assert stats.sent == 25 and any(e.startswith("database: ") for e in stats.errors)
+    assert any(e.startswith("database: ") for e in stats.errors)
+    if connections == 1:
+        # With two, a sender that saved its batch once the database answered counted it in a
+        # run whose error (the other sender's) the worker then raised: not in these stats.
+        assert stats.sent == 25
     engine.dispose()
