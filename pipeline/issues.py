@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, nulls_last, or_, update
 from sqlalchemy.engine import Engine
@@ -94,9 +94,11 @@ def adopt_draft(session: Session, key: str) -> Issue | None:
     issue, not a second one of the same essays composed beside it. None when there is none."""
     carrying = (select(IssueEssay.issue_id).join(Essay, col(Essay.id) == col(IssueEssay.essay_id))
                 .where(col(Essay.sent_in_issue_id).is_(None)))
+    # Not one that carries an essay another issue is sending now: it would go out twice.
+    clashing = select(IssueEssay.issue_id).where(col(IssueEssay.essay_id).in_(_in_flight()))
     draft = session.exec(
         select(Issue).where(Issue.status == IssueStatus.DRAFT.value, col(Issue.id).in_(carrying),
-                            col(Issue.key).not_like("weekly-%"))
+                            col(Issue.id).not_in(clashing), col(Issue.key).not_like("weekly-%"))
         .order_by(col(Issue.created_at).desc(), col(Issue.id).desc()).limit(1)).first()
     if draft is not None:
         draft.key = key
@@ -156,14 +158,9 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
     finishes, and a second digest carrying them meanwhile would send them twice. Essays that
     some readers had (an issue that expired half-sent) are never mixed with new ones.
     """
-    in_flight = (
-        select(IssueEssay.essay_id)
-        .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
-        .where(Issue.status == IssueStatus.SENDING.value)
-    )
     query = (
         select(Essay)
-        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(in_flight),
+        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(_in_flight()),
                col(Essay.archive).is_(False))
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
@@ -176,6 +173,12 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
         # ones. The essays they had go out first, alone; the new ones in the next issue.
         essays = [e for e in essays if e.id in had]
     return essays
+
+
+def _in_flight() -> Any:
+    """The ids of the essays an issue is sending now (marked sent only when it finishes)."""
+    return (select(IssueEssay.essay_id).join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
+            .where(Issue.status == IssueStatus.SENDING.value))
 
 
 def essays_by_slug(session: Session, slugs: Sequence[str]) -> list[Essay]:

@@ -457,3 +457,25 @@ def test_the_week_s_run_sends_the_draft_prepared_by_hand(
     assert [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "sent")]
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
     assert {m.message["Subject"] for m in smtp_server.received} == {"This week: two gardens"}
+
+
+def test_a_draft_carrying_an_essay_another_issue_is_sending_is_not_adopted(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
+) -> None:
+    """An essay still going out in one issue must not go out in another meanwhile: the readers
+    that issue has not reached yet would get it twice. Such a draft stays a draft."""
+    from pipeline.issues import issue_essays
+
+    add_essays(smtp_engine, 2)
+    add_subscribers(smtp_engine, 2)
+    with Session(smtp_engine, expire_on_commit=False) as session:
+        sending = compose(session, smtp_settings, key="2026-11-20")
+        sending.status = "sending"
+        session.add(sending)
+        session.commit()
+        slugs = [e.slug for e in issue_essays(session, sending)]
+        draft = compose(session, smtp_settings, slugs=slugs[:1], resend=True, key="2026-11-21")
+        session.commit()
+    run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=1))
+    with Session(smtp_engine) as session:
+        assert session.get(Issue, draft.id).key == "2026-11-21"  # type: ignore[union-attr]
