@@ -530,6 +530,10 @@ def test_a_feed_entry_in_another_script_gets_a_slug_from_its_link_or_title() -> 
     from pipeline.polling import entry_slug
     from pipeline.readers.parsed_essay import ParsedEssay
 
+    from pipeline.readers.parsed_essay import slugify
+
+    # Digits alone are not a slug of such a title: "1" made every chapter collide.
+    assert (slugify("Глава 1"), slugify("東京 2024 夏"), slugify("2024")) == ("глава-1", "東京-2024-夏", "2024")
     linked = ParsedEssay(title="x", body=[], url="https://example.ru/2026/%D0%BF%D1%80%D0%BE%D0%B3%D1%83%D0%BB%D0%BA%D0%B0/")
     assert entry_slug(linked) == "прогулка"
     untitled = ParsedEssay(title="نزهة عند الفجر", body=[], url="https://example.org/?p=12")

@@ -129,13 +129,13 @@ def check_limits(parsed: ParsedEssay) -> None:
 
 def slugify(text: str, limit: int = 80) -> str:
     """Lower case, words joined by hyphens, in ASCII where the text has Latin letters or digits:
-    "Café Walks, 2" -> "cafe-walks-2". Text with none keeps its own letters ("Прогулка на
+    "Café Walks, 2" -> "cafe-walks-2". Text with no Latin letter keeps its own ("Прогулка на
     рассвете" -> "прогулка-на-рассвете"): an essay in Cyrillic, Arabic or Japanese had no slug
     and could not be imported. The ASCII form comes first, unchanged, so no existing essay's
     slug (its identity on the next import) changes."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    if not slug:
+    if not re.search("[a-z]", slug):  # none, or only digits: "Глава 1" made "1"
         # Letters, digits and the marks that belong to them (Arabic vowels, Devanagari signs).
         kept = "".join(c if unicodedata.category(c)[0] in "LNM" else "-"
                        for c in unicodedata.normalize("NFKC", text).lower())
