@@ -528,9 +528,7 @@ def test_essays_in_other_scripts_keep_their_letters_in_the_slug(engine: Engine, 
 
 def test_a_feed_entry_in_another_script_gets_a_slug_from_its_link_or_title() -> None:
     from pipeline.polling import entry_slug
-    from pipeline.readers.parsed_essay import ParsedEssay
-
-    from pipeline.readers.parsed_essay import slugify
+    from pipeline.readers.parsed_essay import ParsedEssay, slugify
 
     # Digits alone are not a slug of such a title: "1" made every chapter collide.
     assert (slugify("Глава 1"), slugify("東京 2024 夏"), slugify("2024")) == ("глава-1", "東京-2024-夏", "2024")
