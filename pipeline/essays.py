@@ -134,6 +134,8 @@ def _not_an_essay_file(path: Path, root: Path) -> str | None:
                         "(a folder's essays are the files in it)")
         path.stat()  # a pipe or a device is read_essay's to refuse, as when it is named
     except FileNotFoundError:
+        if not path.is_symlink():  # a file gone between the folder's listing and this look
+            return "it was removed while the folder was read"
         return f"a broken link (to {os.readlink(path)})"
     except RuntimeError:  # pathlib's word for ELOOP
         return "a link that leads back to itself (a loop)"
@@ -326,9 +328,8 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path, archive:
     digest = parsed.content_hash(slug)
     source_path = str(path.resolve())
     essay = session.exec(select(Essay).where(Essay.slug == slug)).first()
-    to_archive = archive and (essay is None or (not essay.archive and essay.sent_in_issue_id is None))
     if essay is not None and essay.content_hash == digest and essay.source_path == source_path:
-        if not to_archive:
+        if not _archives(essay, archive):
             return "unchanged"
         essay.archive = True
         session.add(essay)
@@ -359,9 +360,14 @@ def store(session: Session, parsed: ParsedEssay, slug: str, path: Path, archive:
             # The old file is gone: the essay moved (or was renamed with a fixed slug).
             parsed.warnings.append(f"slug {slug!r} came from {essay.source_path}; updated from here")
     fill(essay, parsed, digest, source_path)
-    essay.archive = essay.archive or to_archive
+    essay.archive = essay.archive or _archives(essay, archive)
     session.add(essay)
     return outcome
+
+
+def _archives(essay: Essay, archive: bool) -> bool:
+    """Whether an import `--archive` marks this essay now: only one no issue has sent."""
+    return archive and not essay.archive and essay.sent_in_issue_id is None
 
 
 def _feed_of(session: Session, essay: Essay) -> str | None:

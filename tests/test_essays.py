@@ -752,3 +752,22 @@ def test_an_archive_imported_as_published_is_linked_to_but_never_mailed(run_cli:
     assert run_cli("essays", "import", str(old)).exit_code == 0
     again = json.loads(run_cli("issues", "new", "--essay", "old-0", "--json").output)
     assert [e["slug"] for e in again["essays"]] == ["old-0"]
+
+
+def test_archive_never_marks_an_essay_that_was_sent(engine: Engine, tmp_path: Path) -> None:
+    """Review: a corrected slug renames a sent essay, which --archive then marked as never mailed."""
+    essay = tmp_path / "rivers.md"
+    essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivres\ntitle"), encoding="utf-8")
+    import_paths(engine, [essay])
+    with Session(engine) as session:
+        row = session.exec(select(Essay)).one()
+        issue = Issue(key="sent-one", status="sent")
+        session.add(issue)
+        session.flush()
+        row.sent_in_issue_id = issue.id
+        session.add(row)
+        session.commit()
+    essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivers\ntitle"), encoding="utf-8")
+    assert import_paths(engine, [essay], archive=True).updated == ["on-rivers"]
+    with Session(engine) as session:
+        assert session.exec(select(Essay.archive)).one() is False
