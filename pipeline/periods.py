@@ -95,7 +95,7 @@ def period_of_week(schedule: ScheduleSettings, year: int, week: int) -> Period:
     """The period of ISO week `week` of ISO year `year`."""
     day = date.fromisocalendar(year, week, WEEKDAYS.index(schedule.weekday) + 1)
     # A local time that does not exist (the spring-forward hour) resolves with fold=0, i.e. the
-    # offset before the change: the same instant APScheduler's CronTrigger fires at.
+    # offset before the change, which the scheduler's trigger fires at too (03:30 for 02:30).
     due_at = datetime.combine(day, schedule.time, tzinfo=schedule.timezone)
     return Period(
         key=period_key(due_at),

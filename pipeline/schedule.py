@@ -68,17 +68,8 @@ def make_trigger(schedule: ScheduleSettings) -> WeeklyTrigger:
 
 
 def next_fire_times(schedule: ScheduleSettings, now: datetime, count: int) -> list[datetime]:
-    """The next `count` times the scheduler will fire after `now`, as APScheduler computes them."""
-    trigger = make_trigger(schedule)
-    times: list[datetime] = []
-    previous: datetime | None = None
-    for _ in range(count):
-        fire = trigger.get_next_fire_time(previous, previous or now)
-        if fire is None:
-            break
-        times.append(fire)
-        previous = fire
-    return times
+    """The next `count` times the scheduler will fire at or after `now` (its trigger's times)."""
+    return [p.due_at for p in next_due(schedule, now - timedelta(microseconds=1), count)]
 
 
 def make_scheduler(
@@ -116,12 +107,10 @@ def make_scheduler(
     )
 
     def job() -> None:
-        now = clock()
         try:
             send_queued(settings, engine)  # sign-ups' confirmation emails, if `serve` left any
             # The time after them: a slow relay can carry that run past the digest's due time.
-            now = clock()
-            outcome = run_due(settings, engine, now, stop=stop)
+            outcome = run_due(settings, engine, clock(), stop=stop)
         except gate.SendRefused as exc:
             # The settings are read once: trying again soon would only refuse again.
             log.error("%s\nThe issue stays unsent; fix config.toml and restart the scheduler, "
@@ -134,7 +123,7 @@ def make_scheduler(
             # would be next week's, and this week's digest lost.
             why = exc if isinstance(exc, NewsletterError) else f"the database failed: {database_words(exc)}"
             log.error("the digest run failed: %s; trying again in %d minutes", why, FOLLOW_UP_MINUTES)
-            follow_up(now)
+            follow_up()
             return
         expired = outcome.action in (Action.EXPIRE_MISSED, Action.EXPIRE_STUCK)
         log.log(logging.WARNING if expired or outcome.undecided else logging.INFO, "%s", outcome.message)
@@ -142,19 +131,17 @@ def make_scheduler(
         if outcome.status in ("draft", "sending") and not workers and not (stop and stop.is_set()):
             # Deliveries still owed (retries waiting, a paused transport): come back for them.
             log.info("%s is unfinished; resuming in %d minutes", outcome.key, FOLLOW_UP_MINUTES)
-            follow_up(now)
+            follow_up()
             return
         log.info("next digest due %s (%s UTC), issue %s", local_time(outcome.next_due_at),
                  outcome.next_due_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
                  period_key(outcome.next_due_at))
 
-    def follow_up(_now: datetime) -> None:
+    def follow_up() -> None:
         # Bring the weekly job forward instead of adding a one-off job: after it runs, the
         # weekly trigger sets the next weekly time again. (A one-off job that a shutdown
         # catches in mid-removal makes APScheduler 3.x raise JobLookupError.)
-        soon = datetime.now(UTC) + timedelta(minutes=FOLLOW_UP_MINUTES)
-        planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)
-        scheduler.modify_job(JOB_ID, next_run_time=min(soon, planned) if planned else soon)
+        bring_forward(scheduler, datetime.now(UTC) + timedelta(minutes=FOLLOW_UP_MINUTES))
 
     def missed(event: JobExecutionEvent) -> None:
         log.warning("the digest due %s was missed by more than the grace time",
@@ -177,8 +164,13 @@ def catch_up(scheduler: BlockingScheduler, first_due: datetime) -> None:
     first wait is reckoned from when the scheduler starts: a catch-up that ran past the due time
     (a slow relay) made that week's run next week's."""
     scheduler.get_job(JOB_ID).func()
-    planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)  # a follow-up it set
-    scheduler.modify_job(JOB_ID, next_run_time=min(first_due, planned) if planned else first_due)
+    bring_forward(scheduler, first_due)  # unless a follow-up it set comes sooner
+
+
+def bring_forward(scheduler: BlockingScheduler, when: datetime) -> None:
+    """The weekly job's next run at `when`, unless it is planned sooner already."""
+    planned = getattr(scheduler.get_job(JOB_ID), "next_run_time", None)
+    scheduler.modify_job(JOB_ID, next_run_time=min(when, planned) if planned else when)
 
 
 def run_forever(settings: Settings, engine: Engine, clock: Clock = utcnow) -> None:

@@ -154,7 +154,7 @@ class SMTPTransport:
         for (step, ok), (code, reply) in zip(steps, replies, strict=False):  # lockstep stops at a refusal
             if code in ok:
                 continue
-            if replies[-1][0] == 354 and replies[1][0] in (250, 251):
+            if replies[-1][0] == 354 and len(replies) == 3 and replies[1][0] in (250, 251):
                 # A broken relay refused MAIL yet took RCPT and DATA: a dot would deliver an
                 # empty message to that recipient. Only dropping the line aborts it.
                 self._drop()
