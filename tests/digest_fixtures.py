@@ -60,6 +60,17 @@ def add_essays(session: Session, *essays: Essay) -> list[Essay]:
     return list(essays)
 
 
+def mark_sent(session: Session, essay: Essay, key: str) -> Issue:
+    """`essay` as a finished send leaves it: carried by a sent issue of `key` (committed)."""
+    issue = Issue(key=key, status="sent")
+    session.add(issue)
+    session.flush()
+    essay.sent_in_issue_id = issue.id
+    session.add(essay)
+    session.commit()
+    return issue
+
+
 LONG_TITLE = (
     "Why the slow work of proofing dough on a cold kitchen counter through a long northern winter "
     "teaches more about patience, timing and the stubborn chemistry of yeast than any recipe does"

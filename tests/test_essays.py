@@ -18,7 +18,7 @@ from pipeline.issues import compose
 from pipeline.models import Essay, Issue
 from pipeline.render import Recipient
 from tests.conftest import CLI, PUBLIC_WEB, write_config
-from tests.digest_fixtures import render_issue
+from tests.digest_fixtures import mark_sent, render_issue
 
 EXAMPLES = PROJECT_ROOT / "examples" / "essays"
 
@@ -760,13 +760,7 @@ def test_archive_never_marks_an_essay_that_was_sent(engine: Engine, tmp_path: Pa
     essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivres\ntitle"), encoding="utf-8")
     import_paths(engine, [essay])
     with Session(engine) as session:
-        row = session.exec(select(Essay)).one()
-        issue = Issue(key="sent-one", status="sent")
-        session.add(issue)
-        session.flush()
-        row.sent_in_issue_id = issue.id
-        session.add(row)
-        session.commit()
+        mark_sent(session, session.exec(select(Essay)).one(), "sent-one")
     essay.write_text(ESSAY_MD.replace("---\ntitle", "---\nslug: on-rivers\ntitle"), encoding="utf-8")
     assert import_paths(engine, [essay], archive=True).updated == ["on-rivers"]
     with Session(engine) as session:

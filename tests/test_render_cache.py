@@ -17,7 +17,7 @@ from pipeline.models import Issue
 from pipeline.render import RenderedIssue, render_view
 from pipeline.render_cache import cached_render, folder, render_key
 from tests.conftest import write_config
-from tests.digest_fixtures import add_essays, digest_essays, make_essay
+from tests.digest_fixtures import add_essays, digest_essays, make_essay, mark_sent
 
 BASE = "https://letters.example.org"
 
@@ -65,12 +65,7 @@ def test_an_essay_of_the_archive_sent_since_renders_anew(session: Session, setti
     other = add_essays(session, make_essay(40, slug="sent-elsewhere"))[0]
     session.commit()
     before = render_key(session, settings, issue)
-    sender = Issue(key="elsewhere", status="sent")
-    session.add(sender)
-    session.flush()
-    other.sent_in_issue_id = sender.id
-    session.add(other)
-    session.commit()
+    mark_sent(session, other, "elsewhere")
     assert render_key(session, settings, issue) != before
 
 
