@@ -313,6 +313,14 @@ def reopen(session: Session, issue: Issue) -> None:
         session.add(issue)
 
 
+def past_deadline(issue: Issue, now: datetime) -> str | None:
+    """Why `issue` may not be sent at `now` (its not_after has passed), or None. Publish checks
+    it before a run, the sender before every batch, a requeue before it reopens anything."""
+    if issue.not_after is not None and now > issue.not_after:
+        return f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 def requeue(engine: Engine, ref: int | str, failed: bool, unknown: bool, now: datetime | None = None) -> int:
     """`sends retry`: failed and/or unknown rows become owed again (same Message-ID), and the
     issue is open for sending again; the caller then runs publish."""
@@ -320,11 +328,11 @@ def requeue(engine: Engine, ref: int | str, failed: bool, unknown: bool, now: da
     now = now or utcnow()
     with session_scope(engine) as session:
         target = find_issue(session, ref)
-        if target.not_after is not None and now > target.not_after:
+        late = past_deadline(target, now)
+        if late is not None:
             # Reopened, it could not be sent (publish refuses it), and the next run would expire a
             # sent issue, taking its web copy out of the archive: refused before any change.
-            raise Refused(f"issue {target.key} may not be sent after {target.not_after:%Y-%m-%d %H:%M} "
-                          "UTC (its week is over): nothing was changed")
+            raise Refused(f"{late}: nothing was changed")
         count = ledger.requeue(session, target.id or 0, statuses, now)
         if count:
             reopen(session, target)

@@ -261,9 +261,7 @@ def _refusal(issue: Issue, now: datetime) -> str | None:
         return f"issue {issue.key} has been sent already (`newsletter sends retry` resends failures)"
     if issue.status not in OPEN:
         return f"issue {issue.key} is {issue.status}: it is not sent any more"
-    if issue.not_after is not None and now > issue.not_after:
-        return f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
-    return None
+    return issues.past_deadline(issue, now)
 
 
 def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedIssue, report: Report,

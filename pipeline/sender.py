@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from pipeline import ledger, signals
+from pipeline import issues, ledger, signals
 from pipeline.config import Settings
 from pipeline.errors import (
     AmbiguousDeliveryError,
@@ -267,10 +267,11 @@ class _Pool:
         (waited or skipped)."""
         delivery, issue = self.settings.delivery, self.issue
         now = self.clock()
-        if issue.not_after is not None and now > issue.not_after:
+        late = issues.past_deadline(issue, now)
+        if late is not None:
             with self.writing:
                 ledger.record(self.engine, done, self.deadline)
-            return self._pause(f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC")
+            return self._pause(late)
         with self.writing:
             claimed, skipped, wait = ledger.claim_within_rate(self.engine, issue.id or 0, delivery, now,
                                                               done, self.deadline)

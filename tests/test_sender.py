@@ -14,10 +14,11 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from pipeline import ledger_reads
+from pipeline.models import Issue
 from pipeline.publish import Ending, Report, publish
 from pipeline.transports import MemoryTransport
 from subscribers.model import Subscriber, utcnow
-from tests.smtp_faults import FaultServer, add_audience, engine_for, fault_server, smtp_settings
+from tests.smtp_faults import FaultServer, add_audience, engine_for, fault_server, new_issue, smtp_settings
 
 
 def test_stop_finishes_the_batch_in_flight_and_send_again_carries_on(tmp_path: Path, server: FaultServer) -> None:
@@ -165,3 +166,26 @@ def test_a_copy_that_cannot_be_addressed_fails_alone_mid_batch(tmp_path: Path, s
                                                     "sender does not use")]
     assert sorted(r.rcpt_tos[0] for r in server.received) == sorted(
         [f"reader{n}@example.org" for n in range(3)] + [f"later{n}@example.org" for n in range(3)])
+
+
+def test_a_run_that_outlasts_the_issue_s_not_after_pauses_with_the_rest_owed(tmp_path: Path,
+                                                                               server: FaultServer) -> None:
+    # The deadline holds inside a run too, not only when it starts: a long send of a weekly
+    # issue must not go on into the next week.
+    settings = smtp_settings(tmp_path, server.port, batch_size=2)
+    engine = engine_for(settings)
+    add_audience(engine, 6)
+    issue = new_issue(engine, settings, "weekly-2026-W02")
+    deadline = utcnow() + timedelta(hours=1)
+    with Session(engine) as session:
+        session.execute(update(Issue).values(not_after=deadline))
+        session.commit()
+    moment = [utcnow()]
+
+    def week_ends(report: Report) -> None:  # the first batch recorded, the second one claimed
+        moment[0] = deadline + timedelta(minutes=1)
+
+    report = publish(settings, engine, issue.key, progress=week_ends, now=lambda: moment[0])
+    assert report.ending is Ending.PAUSED
+    assert report.why == f"issue weekly-2026-W02 may not be sent after {deadline:%Y-%m-%d %H:%M} UTC"
+    assert report.sent == 4 and len(server.received) == 4 and report.counts["pending"] == 2
