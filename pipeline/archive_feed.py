@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -11,16 +10,9 @@ from feedgen.feed import FeedGenerator
 from pipeline.config import Settings
 from pipeline.links import webview_url
 from pipeline.models import Issue
+from subscribers.text import xml_text
 
 FEED_PATH = "/archive/feed.xml"
-# What XML 1.0 does not allow in text (lxml refuses it, and with it the whole feed).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _text(value: str) -> str:
-    """`value` without the characters XML cannot carry: a subject stored before subjects were
-    checked (or any other text) must not take the feed down for every reader."""
-    return _NOT_XML.sub("", value)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -33,7 +25,9 @@ def atom_feed(settings: Settings, issues: Sequence[Issue]) -> bytes:
     base = settings.web.base_url
     feed = FeedGenerator()
     feed.id(f"{base}/archive/")
-    name = _text(settings.newsletter.name)
+    # Every text through xml_text: a subject stored before subjects were checked (or any other
+    # text) must not take the feed down for every reader.
+    name = xml_text(settings.newsletter.name)
     feed.title(name)
     feed.subtitle(f"Every issue of {name}, newest first")
     feed.author({"name": name})
@@ -45,10 +39,10 @@ def atom_feed(settings: Settings, issues: Sequence[Issue]) -> bytes:
     for issue, moment in reversed(list(zip(issues, moments, strict=True))):  # feedgen prepends
         entry = feed.add_entry()
         entry.id(webview_url(settings, issue))
-        entry.title(_text(issue.subject or issue.key))
+        entry.title(xml_text(issue.subject or issue.key))
         entry.link(href=webview_url(settings, issue), rel="alternate")
         entry.updated(moment)
         entry.published(moment)
         if issue.preheader:
-            entry.summary(_text(issue.preheader))
+            entry.summary(xml_text(issue.preheader))
     return bytes(feed.atom_str(pretty=True))

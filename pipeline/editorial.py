@@ -4,7 +4,6 @@ what readers got (or are getting), so it is refused with the reason."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 
 from sqlalchemy import delete
@@ -15,6 +14,7 @@ from pipeline.errors import Refused
 from pipeline.excerpt import excerpt
 from pipeline.issues import PREHEADER_LENGTH, essays_by_slug, find_issue, issue_essays, refuse_sent, subject_for
 from pipeline.models import Delivery, Issue, IssueEssay, IssueStatus
+from subscribers.text import has_controls
 
 MAX_INTRO = 20_000  # characters of Markdown: a note, not a second essay
 
@@ -64,10 +64,12 @@ def edit(session: Session, settings: Settings, ref: str | int, *, subject: str |
         for position, essay in enumerate(after):
             session.add(IssueEssay(issue_id=issue.id or 0, position=position, essay_id=essay.id or 0))
     if subject is not None:
-        if not subject.strip() or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in subject):
+        if not subject.strip() or has_controls(subject):
             # Control characters too: the subject goes into headers and the archive's Atom feed,
-            # whose XML refuses most of them.
-            raise Refused("--subject must be one line of text, not empty, without control characters")
+            # whose XML refuses most of them; and a bidi control would make it read otherwise in
+            # every inbox, as one in a title would (titles lose them when they are imported).
+            raise Refused("--subject must be one line of text, not empty, without control characters "
+                          "or bidi controls")
         issue.subject = subject.strip()
     if intro is not None:
         if len(intro) > MAX_INTRO:

@@ -10,6 +10,9 @@ Two helpers, for the two edges:
 - `printable` at output, for rows stored before that rule: each character is shown as an
   escape (`\\x1b`, `\\u202e`), so nothing is hidden and nothing is obeyed.
 
+`has_controls` says whether a text holds any of them (a value that is refused rather than
+cleaned), and `xml_text` drops the narrower set XML 1.0 cannot carry at all.
+
 It lives in the audience package because both packages use it and this one may not import the
 other.
 """
@@ -43,6 +46,10 @@ _SHOW = str.maketrans(
      for c in (*_CONTROLS, *_SPACE_LIKE, *BIDI_CONTROLS)}
 )
 _HOSTILE = re.compile("[" + re.escape("".join((*_CONTROLS, *_SPACE_LIKE, *BIDI_CONTROLS))) + "]")
+# What XML 1.0 does not allow in a document (lxml refuses it, and with it the whole document):
+# the C0 controls but tab and the line breaks, lone surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[" + re.escape("".join(c for c in _CONTROLS if c < " " and c not in "\t\n\r"))
+                      + "\ud800-\udfff\ufffe\uffff]")
 
 
 def strip_controls(text: str) -> str:
@@ -57,3 +64,15 @@ def printable(text: str) -> str:
     if not _HOSTILE.search(text):
         return text
     return text.translate(_SHOW)
+
+
+def has_controls(text: str) -> bool:
+    """Whether `text` holds a control character, a line break, a tab or a bidi control: what
+    `printable` would show escaped."""
+    return _HOSTILE.search(text) is not None
+
+
+def xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot carry; line breaks, tabs and the C1 controls,
+    which it can, stay."""
+    return _NOT_XML.sub("", text)

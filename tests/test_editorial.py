@@ -92,7 +92,7 @@ def test_a_sent_or_sending_issue_is_neither_edited_nor_discarded(run_cli, sessio
     assert json.loads(run_cli("issues", "show", "gone-out", "--json").output)["subject"] == "Out there"
 
 
-@pytest.mark.parametrize("subject", ["Notes\x0bweek", "Tabs\tinside", "A\u2028line"])
+@pytest.mark.parametrize("subject", ["Notes\x0bweek", "Tabs\tinside", "A\u2028line", "Read\u202egnp.exe"])
 def test_a_subject_with_control_characters_is_refused(run_cli, engine: Engine, subject: str) -> None:  # type: ignore[no-untyped-def]
     """A subject goes into headers, the archive and its Atom feed (where XML refuses most control
     characters, so one would break the public feed for good once the issue is sent)."""

@@ -1,4 +1,5 @@
-"""Text that cannot steer a terminal: what strip_controls drops and printable shows."""
+"""Text that cannot steer a terminal: what strip_controls drops, printable shows and has_controls
+finds; and what xml_text drops so that XML can carry the rest."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subscribers.text import BIDI_CONTROLS, printable, strip_controls
+from subscribers.text import BIDI_CONTROLS, has_controls, printable, strip_controls, xml_text
 
 
 @pytest.mark.parametrize(
@@ -41,3 +42,28 @@ def test_nothing_hostile_survives(raw: str) -> None:
             (unicodedata.category(c) == "Cc" and c not in allowed) or c in BIDI_CONTROLS or c in "\u2028\u2029"
             for c in text
         ), repr(text)
+
+
+@given(st.text())
+def test_has_controls_finds_exactly_what_printable_would_show_escaped(raw: str) -> None:
+    assert has_controls(raw) == (printable(raw) != raw)
+
+
+@pytest.mark.parametrize("raw", ["Notes\x0bweek", "Tabs\tinside", "A\u2028line", "evil\u202egnp.exe", "del\x7f"])
+def test_has_controls(raw: str) -> None:
+    assert has_controls(raw) and not has_controls("Zoë Ørsted 李 👩‍🍳 [red]")
+
+
+def _xml_char(c: str) -> bool:
+    """XML 1.0's Char production, as the specification writes it."""
+    n = ord(c)
+    return n in (0x9, 0xA, 0xD) or 0x20 <= n <= 0xD7FF or 0xE000 <= n <= 0xFFFD or n >= 0x10000
+
+
+@given(st.text(st.characters(exclude_categories=())))
+def test_xml_text_drops_what_xml_cannot_carry_and_keeps_the_rest(raw: str) -> None:
+    assert xml_text(raw) == "".join(c for c in raw if _xml_char(c))
+
+
+def test_xml_text_keeps_line_breaks_and_c1_controls_which_xml_allows() -> None:
+    assert xml_text("a\x00b\x0bc\td\ne\rf\x85g\x7f\ud800\ufffe") == "abc\td\ne\rf\x85g\x7f"
