@@ -132,17 +132,19 @@ def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
         finding = _dsn(msg, base)
         if finding is not None:
             return finding
-    if any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to) and not _auto_submitted(msg):
+    marker = _responder_marker(msg, base.subject)
+    auto = _auto_submitted(msg, marker)
+    if not auto and any(is_unsubscribe_address(unsubscribe_address, a) for a in base.addressed_to):
         return base.finding(BounceKind.UNSUBSCRIBE, f"asked to unsubscribe by mail to {unsubscribe_address}")
-    if _responder_marker(msg):
+    if marker:
         # Before the bounce detectors: a reader's "out of office" can word itself like a bounce
         # ("your message could not be delivered to ...") and name an address in passing.
-        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({_auto_submitted(msg)}): left alone")
+        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({auto}): left alone")
     finding = _nonstandard(msg, base)
     if finding is not None:
         return finding
-    if _auto_submitted(msg):
-        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({_auto_submitted(msg)}): left alone")
+    if auto:
+        return base.finding(BounceKind.AUTOREPLY, f"an automatic reply ({auto}): left alone")
     return base.finding(BounceKind.IGNORED, "not a bounce, complaint or unsubscribe")
 
 
@@ -296,26 +298,27 @@ def _addressed_to(msg: Message) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _responder_marker(msg: Message) -> str:
-    """Which marker only an auto-responder sets `msg` carries (X-Autoreply, X-Autorespond,
-    Precedence: auto_reply, an "out of office" subject), or "". Not Auto-Submitted, which mail
-    systems set on their bounces too (RFC 3834)."""
+def _responder_marker(msg: Message, subject: str) -> str:
+    """Which marker only an auto-responder sets `msg` (whose decoded Subject is `subject`)
+    carries (X-Autoreply, X-Autorespond, Precedence: auto_reply, an "out of office" subject), or
+    "". Not Auto-Submitted, which mail systems set on their bounces too (RFC 3834)."""
     for header in ("X-Autoreply", "X-Autorespond"):
         if msg.get(header):
             return header
     if _field(msg, "Precedence").strip().lower() == "auto_reply":
         return "Precedence: auto_reply"
-    if _AUTO_SUBJECT.match(_text(_field(msg, "Subject"))):
+    if _AUTO_SUBJECT.match(subject):
         return "its subject"
     return ""
 
 
-def _auto_submitted(msg: Message) -> str:
-    """Why `msg` is an automatic reply (RFC 3834 and the usual markers), or ""."""
+def _auto_submitted(msg: Message, marker: str) -> str:
+    """Why `msg` is an automatic reply (RFC 3834's Auto-Submitted, else its responder `marker`),
+    or ""."""
     auto = _field(msg, "Auto-Submitted").strip().lower()
     if auto and auto != "no":
         return f"Auto-Submitted: {auto}"
-    return _responder_marker(msg)
+    return marker
 
 
 def _part(msg: Message, content_type: str) -> Message | None:

@@ -742,6 +742,24 @@ def test_what_is_no_bounce_or_no_lasting_one_is_not_read_as_one(what: str, raw: 
         assert [f.kind for f in finding.failures] == [kind], (what, finding)
 
 
+@pytest.mark.parametrize(("header", "subject", "why"), [
+    ("Auto-Submitted: auto-replied\n", "Re: unsubscribe", "Auto-Submitted: auto-replied"),
+    ("X-Autoreply: yes\n", "Re: unsubscribe", "X-Autoreply"),
+    ("Precedence: auto_reply\n", "Re: unsubscribe", "Precedence: auto_reply"),
+    ("", "Out of office: unsubscribe", "its subject"),
+])
+def test_an_automatic_reply_to_the_unsubscribe_address_unsubscribes_nobody(header: str, subject: str,
+                                                                          why: str) -> None:
+    """A reader's "out of office" answers the List-Unsubscribe mailto as it answers anything;
+    they asked for nothing, and the reason names the marker that told."""
+    raw = (f"From: reader@example.org\nTo: {UNSUBSCRIBE_TO}\n{header}Subject: {subject}\n"
+           f"Message-ID: <auto@example.org>\n\nI am away until Monday.\n")
+    finding = classify(raw.encode(), UNSUBSCRIBE_TO)
+    assert finding.kind is BounceKind.AUTOREPLY and finding.reason == f"an automatic reply ({why}): left alone"
+    assert classify(raw.replace(header, "").replace(subject, "unsubscribe").encode(),
+                    UNSUBSCRIBE_TO).kind is BounceKind.UNSUBSCRIBE
+
+
 def _quoting(report: str, n: int, name: str) -> str:
     """`report` (a DSN above) returning the bounced message's headers, our Message-ID in them."""
     return report.replace(f"--b{n}--\n", f"--b{n}\nContent-Type: text/rfc822-headers\n\n"
