@@ -87,11 +87,17 @@ def check_connection(delivery: DeliverySettings) -> str:
 
 def classify(code: int, message: bytes | str, where: str) -> TransientDeliveryError | PermanentDeliveryError:
     """The error an SMTP reply means: 4xx and 552 try again later, other 5xx never."""
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-    detail = f"{where}: {code} {' '.join(text.split())}"
+    detail = f"{where}: {code} {_one_line(message)}"
     if 400 <= code < 500 or code == 552:
         return TransientDeliveryError(detail, code)
     return PermanentDeliveryError(detail, code)
+
+
+def _one_line(reply: bytes | str) -> str:
+    """A relay's reply text on one line, for the ledger and the summary: smtplib joins the lines
+    of a multi-line reply with newlines; they, and runs of spaces, become one space."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())
 
 
 def is_hard_bounce(code: int | None, error: str) -> bool:
@@ -200,7 +206,7 @@ class SMTPTransport:
             smtp.send(lockstep[0])
         replies = [smtp.getreply()]
         if replies[0][0] == 421:
-            text = " ".join(replies[0][1].decode("utf-8", "replace").split())
+            text = _one_line(replies[0][1])
             if reused:
                 # Most likely the relay closing a connection idle too long ("timeout exceeded"),
                 # said before MAIL came: nothing of this message was answered, as after a silent
@@ -259,7 +265,7 @@ class SMTPTransport:
             return
         if not _ends_message(code):
             # No code, or one that answers no end of a message: the relay may have taken it.
-            text = " ".join(reply.decode("utf-8", "replace").split())
+            text = _one_line(reply)
             raise AmbiguousDeliveryError(
                 f"{self._where()}: unreadable reply after the end of DATA ({code if code > 0 else ''} "
                 f"{text!r}): maybe delivered, maybe not")

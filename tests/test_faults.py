@@ -17,7 +17,13 @@ from sqlmodel import Session, select
 
 from pipeline import db, ledger_reads
 from pipeline.config import DeliverySettings
-from pipeline.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError, TransportUnavailable
+from pipeline.errors import (
+    AmbiguousDeliveryError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
 from pipeline.issues import requeue
 from pipeline.publish import Ending, publish
 from pipeline.transports import SMTPTransport, check_connection, classify
@@ -419,6 +425,26 @@ def test_a_250_that_came_before_the_relay_reset_the_connection_counts(tmp_path: 
     relay.close()
     assert relay.log == [("r1@example.org", raw), ("r2@example.org", raw)]
     assert transport.connections == 2
+
+
+@pytest.mark.parametrize(("verb", "reply", "error", "said"), [
+    (b"RCPT", b"550-5.1.1 The account\r\n550 5.1.1   does not exist\r\n", PermanentDeliveryError,
+     "RCPT TO: 550 5.1.1 The account 5.1.1 does not exist"),
+    (b"MAIL", b"421-4.3.2 Too busy,\r\n421 4.3.2 try later\r\n" + CLOSE, TransportUnavailable,
+     "is not taking mail now (421 4.3.2 Too busy, 4.3.2 try later)"),
+    (b".", b"399-not\r\n399 a   reply\r\n", AmbiguousDeliveryError,
+     "unreadable reply after the end of DATA (399 'not a reply')"),
+], ids=["refused recipient", "421 on a new connection", "unreadable end of DATA"])
+def test_a_reply_of_several_lines_is_reported_on_one(tmp_path: Path, verb: bytes, reply: bytes,
+                                                     error: type[Exception], said: str) -> None:
+    """What a relay says goes into the ledger's last error and the run's summary, one line each."""
+    relay = ScriptedRelay(lambda asked, line: reply if asked == verb else None)
+    transport = SMTPTransport(smtp_settings(tmp_path, relay.port).delivery)
+    with pytest.raises(error) as raised:
+        transport.begin("a@example.org", "r0@example.org", b"Subject: x\r\n\r\nbody\r\n")()
+    transport.close()
+    relay.close()
+    assert said in str(raised.value) and "\n" not in str(raised.value)
 
 
 @PIPELINING
