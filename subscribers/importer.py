@@ -95,14 +95,15 @@ def import_csv(
     batch = _Batch()
     now = utcnow()
 
-    def opt_out(key: str, line: int, email: str, file_status: str, new: tuple[Any, ...] | None = None) -> None:
-        """Record the file's opt-out: of a `new` row, or of an address on the list (or going on it)."""
+    def opt_out(key: str, digest: str, line: int, email: str, file_status: str,
+                new: tuple[Any, ...] | None = None) -> None:
+        """Record the file's opt-out (`digest`: the suppression hash of `key`): of a `new` row, or
+        of an address on the list (or going on it)."""
         report.opt_outs_recorded.append(RowProblem(line, email, f"{file_status} in the file: recorded so"))
         if new is not None:
             batch.inserts.append(new)
         else:
             batch.leaves.append({"_key": key, "_status": file_status})
-        digest = suppression_hash(key)
         if digest not in suppressed:
             suppressed.add(digest)
             batch.suppress.append({"email_hash": digest, "reason": file_status, "created_at": now})
@@ -134,7 +135,7 @@ def import_csv(
                 # lost as a duplicate of a row that put the address on the list.
                 setattr(report, counted, getattr(report, counted) - 1)
                 seen[key] = (first, "opt_outs_recorded", file_status)
-                opt_out(key, line, row.email, file_status)
+                opt_out(key, suppression_hash(key), line, row.email, file_status)
                 why = f"same address as line {first}; its opt-out counts (the stricter status wins)"
             else:
                 why = f"same address as line {first}"
@@ -144,7 +145,9 @@ def import_csv(
         if name != row.name:
             report.names_cleaned += 1
         current = existing.get(key)
-        is_suppressed = bool(suppressed) and suppression_hash(key) in suppressed
+        # Hashed once, and only when it is needed: most rows of a first import need it for nothing.
+        digest = suppression_hash(key) if suppressed or file_status in OPTED_OUT else ""
+        is_suppressed = digest in suppressed
         if file_status in OPTED_OUT:
             if (current is not None and current.status in OPTED_OUT) or (current is None and is_suppressed):
                 # Opted out already; or removed (erased), when only its suppression hash is left:
@@ -153,7 +156,7 @@ def import_csv(
                 seen[key] = (line, "unchanged", None)
                 continue
             seen[key] = (line, "opt_outs_recorded", file_status)
-            opt_out(key, line, row.email, file_status, None if current is not None else
+            opt_out(key, digest, line, row.email, file_status, None if current is not None else
                     (address.email, key, name, file_status, report.source, False, True))
             continue
         want = PENDING if pending or file_status == PENDING else ACTIVE
