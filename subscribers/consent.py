@@ -124,17 +124,18 @@ def subscribe(
     rename somebody else); a pending one takes the name of this latest sign-up.
     """
     address = parse_address(email, check_deliverability)
+    name = clean_name(name)
     subscriber = find(session, address.normalized)
     if subscriber is None:
         confirm = double_opt_in or is_suppressed(session, address.normalized)
         subscriber = _insert(session, Subscriber(
-            email=address.email, email_normalized=address.normalized, name=clean_name(name),
+            email=address.email, email_normalized=address.normalized, name=name,
             status=PENDING if confirm else ACTIVE, source=source, confirmed_at=None if confirm else utcnow(),
         ), commit=False)
-    elif subscriber.status == PENDING and clean_name(name) and clean_name(name) != subscriber.name:
+    elif subscriber.status == PENDING and name and name != subscriber.name:
         # Still unconfirmed: the latest sign-up names them (the one whose email they follow), not
         # the first, which may have been a stranger's with an advert for a name.
-        subscriber.name = clean_name(name)
+        subscriber.name = name
         session.add(subscriber)
     assert subscriber.id is not None
     session.add(ConfirmationRequest(subscriber_id=subscriber.id, nonce=secrets.token_hex(16)))

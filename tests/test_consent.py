@@ -402,6 +402,10 @@ def test_a_new_sign_up_of_a_pending_address_gives_it_that_sign_up_s_name(db: Ses
     consent.subscribe(db, "vera@example.org", name="WIN $500 at http://spam.example/claim")
     subscriber, needs = consent.subscribe(db, "vera@example.org", name="Vera Victim")
     assert needs and subscriber.name == "Vera Victim" and status_of(db, "vera@example.org") == "pending"
+    consent.subscribe(db, "vera@example.org", name="\u202e\r\n")  # nothing left once cleaned: kept
+    assert consent.find(db, "vera@example.org").name == "Vera Victim"  # type: ignore[union-attr]
+    consent.subscribe(db, "vera@example.org", name="Vera\r\nV.")  # the name as a header may carry it
+    assert consent.find(db, "vera@example.org").name == "Vera V."  # type: ignore[union-attr]
     consent.add(db, "ann@example.org", name="Ann")
     consent.subscribe(db, "ann@example.org", name="Not Ann")
     assert consent.find(db, "ann@example.org").name == "Ann"  # type: ignore[union-attr]
