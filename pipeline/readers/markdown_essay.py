@@ -288,8 +288,9 @@ def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str, list[str]]:
             reader.feed(_render(tokens[start:stop]))
         done = end
     blocks = reader.finish()
-    warnings = [f"raw HTML: {reader.unclosed} is never closed; the text after it is left out"]
-    return blocks, h1, warnings if reader.unclosed else []
+    if not reader.unclosed:
+        return blocks, h1, []
+    return blocks, h1, [f"raw HTML: {reader.unclosed} is never closed; the text after it is left out"]
 
 
 def _render(tokens: list[Token]) -> str:
