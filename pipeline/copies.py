@@ -56,10 +56,12 @@ def personal_copy(
     message_id: str | None = None,
     date: datetime | None = None,
     subject_prefix: str = "",
+    to: str | None = None,
 ) -> bytes:
     """THE one function that makes a subscriber's message bytes: sending, send-test and every
     preview call it. `subscriber` None: a made-up reader whose unsubscribe link is inert.
-    `factory` (built once per run) saves re-rendering; without it `session` is needed."""
+    `factory` (built once per run) saves re-rendering; without it `session` is needed. `to`:
+    the subscriber's address as it goes on the wire, when the caller made it already."""
     if factory is None:
         if session is None:
             raise ValueError("personal_copy needs a session or a prepared factory")
@@ -79,7 +81,7 @@ def personal_copy(
         sid = subscriber.subscriber_id if isinstance(subscriber, ledger.Claimed) else subscriber.id
         link = unsubscribe_url(settings, secret, sid) if sid else inert_unsubscribe_url(settings)
         recipient = Recipient(subscriber.name or "", subscriber.email, link)
-    return factory.build(recipient, message_id or new_message_id(settings), date or utcnow())
+    return factory.build(recipient, message_id or new_message_id(settings), date or utcnow(), to)
 
 
 def send_test(settings: Settings, engine: Engine, issue: int | str, to: str,

@@ -209,9 +209,11 @@ class MessageFactory:
         self._plans: dict[bool, tuple[PartPlan | None, PartPlan | None]] = {}
         self._date_cache: tuple[int, bytes] = (-1, b"")
 
-    def build(self, recipient: _Recipient, message_id: str, date: datetime) -> bytes:
-        """One subscriber's message, CRLF, ready for SMTP DATA (DKIM-signed when configured)."""
-        to = ascii_address(recipient.email)
+    def build(self, recipient: _Recipient, message_id: str, date: datetime, to: str | None = None) -> bytes:
+        """One subscriber's message, CRLF, ready for SMTP DATA (DKIM-signed when configured).
+        `to`: ascii_address(recipient.email), when the caller has it already (the sender, which
+        needs it for RCPT TO)."""
+        to = ascii_address(recipient.email) if to is None else to
         name, email, url = (clean_header_text(recipient.name), clean_header_text(recipient.email),
                             clean_header_text(recipient.unsubscribe_url))
         clean = recipient

@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound
-from pipeline.message import MessageFactory, message_id_frame, new_message_id
+from pipeline.message import MessageFactory, ascii_address, message_id_frame, new_message_id
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import RenderedIssue
 from pipeline.returnpath import return_path
@@ -176,7 +176,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
         for subscriber_id, email, name in owed:
             row = ledger.Claimed(0, subscriber_id or 0, email, name, new_message_id(settings), 0)
             try:
-                report.built_bytes += len(build(row))
+                report.built_bytes += len(build(row, ascii_address(email)))
                 report.built += 1
             except NewsletterError as exc:
                 report.failed += 1
@@ -295,9 +295,9 @@ def _gate(settings: Settings, issue: Issue, factory: MessageFactory, force: bool
 
 def _builder(settings: Settings, issue: Issue, factory: MessageFactory, secret: str,
              clock: Clock) -> sender.Build:
-    """build(row) -> the bytes of that subscriber's copy, from one render for the whole run."""
-    return lambda row: personal_copy(None, settings, secret, issue, row, factory=factory,
-                                     message_id=row.message_id, date=clock())
+    """build(row, to) -> the bytes of that subscriber's copy, from one render for the whole run."""
+    return lambda row, to: personal_copy(None, settings, secret, issue, row, factory=factory,
+                                         message_id=row.message_id, date=clock(), to=to)
 
 
 def _finish(engine: Engine, issue_id: int, report: Report, now: datetime) -> bool:

@@ -37,7 +37,8 @@ from pipeline.transports import Transport, hand_over, is_hard_bounce
 
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 SAVE_PATIENCE = 30.0  # seconds a sender keeps trying to record what it knows after a database error
-Build = Callable[[ledger.Claimed], bytes]
+# build(row, to): the row's copy, addressed To: `to` (its address as ascii_address made it)
+Build = Callable[[ledger.Claimed, str], bytes]
 Handed = tuple[ledger.Claimed, Callable[[], None]]  # a row handed over, and what reads its reply
 # What one message's attempt can end in (RenderError: its bytes could not be made).
 DeliveryProblem = (DeliveryError, RenderError)
@@ -318,14 +319,15 @@ class _Pool:
         if self.halt.is_set():  # the server is gone: leave the rest owed, attempts unburnt, unbuilt
             return None, ledger.Outcome(row, "released", self.clock())
         try:
-            raw = self.build(row)
+            to = ascii_address(row.email)  # once: the To: header and RCPT TO carry the same
+            raw = self.build(row, to)
         except DeliveryProblem as exc:  # this copy cannot be made (or addressed)
             return None, self._outcome(row, exc)
         except Exception as exc:
             self._fail(exc)
             return None, ledger.Outcome(row, "released", self.clock())
         try:
-            return (row, hand_over(transport, self.envelope(row.id), ascii_address(row.email), raw)), None
+            return (row, hand_over(transport, self.envelope(row.id), to, raw)), None
         except DeliveryProblem as exc:
             return None, self._outcome(row, exc)
         except Exception as exc:

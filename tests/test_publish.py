@@ -109,6 +109,20 @@ def test_the_render_is_frozen_when_sending_starts(tmp_path: Path, server: FaultS
     assert not any("Edited while sending" in t for t in texts)
 
 
+def test_an_address_at_an_international_domain_goes_out_in_idna_in_envelope_and_header(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    settings = smtp_settings(tmp_path, server.port)
+    engine = engine_for(settings)
+    add_audience(engine, 1)
+    with Session(engine) as session:
+        consent.add(session, "jo@bücher.example", "Jo")
+    report = publish(settings, engine, latest=True)
+    assert report.sent == 2
+    [received] = server.to("jo@xn--bcher-kva.example")
+    assert received.message["To"].addresses[0].addr_spec == "jo@xn--bcher-kva.example"
+
+
 def test_an_issue_past_its_not_after_is_not_sent(tmp_path: Path, server: FaultServer) -> None:
     settings = smtp_settings(tmp_path, server.port)
     engine = engine_for(settings)
