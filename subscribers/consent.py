@@ -62,6 +62,19 @@ def find(session: Session, email: str) -> Subscriber | None:
     return session.exec(select(Subscriber).where(Subscriber.email_normalized == key)).first()
 
 
+def by_address(session: Session, email: str) -> Subscriber:
+    """The subscriber with this address (any spelling), or UnknownSubscriber naming it: every
+    command given an address asks here, so each says the same and fails alike."""
+    subscriber = find(session, email)
+    if subscriber is None:
+        raise _unknown(email)
+    return subscriber
+
+
+def _unknown(email: str, then: str = "") -> UnknownSubscriber:
+    return UnknownSubscriber(f"no subscriber with the address {email!r}{then}")
+
+
 def get(session: Session, subscriber_id: int) -> Subscriber:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
@@ -184,10 +197,7 @@ def unsubscribe_by_token(session: Session, secret: str, token: str) -> bool:
 
 def unsubscribe(session: Session, email: str) -> bool:
     """Unsubscribe an address (asked by email, say): False when it was already off the list."""
-    subscriber = find(session, email)
-    if subscriber is None:
-        raise UnknownSubscriber(f"no subscriber with the address {email!r}")
-    return _opt_out(session, subscriber, SubscriberStatus.UNSUBSCRIBED)
+    return _opt_out(session, by_address(session, email), SubscriberStatus.UNSUBSCRIBED)
 
 
 def mark_bounced(session: Session, subscriber_id: int) -> bool:
@@ -200,22 +210,25 @@ def mark_complained(session: Session, subscriber_id: int) -> bool:
     return _opt_out(session, get(session, subscriber_id), SubscriberStatus.COMPLAINED)
 
 
-def remove(session: Session, email: str) -> bool:
+def remove(session: Session, email: str) -> None:
     """Erase an address's personal data, keeping only its suppression hash (rule 3).
 
     The row stays as an anonymous tombstone (status "removed", no address, no name) so its id is
     never given to somebody else (an old unsubscribe link must not reach a new person); the
     delivery ledger's copies of the address and name are blanked too, and sends still owed to
     it are skipped. The ledger's table belongs to the pipeline, which this package may not
-    import, hence plain SQL on it. Returns False when the address was not on the list (its hash
-    is recorded all the same, so it cannot be imported later).
+    import, hence plain SQL on it. Raises UnknownSubscriber when the address is not on the list
+    (mistyped, or erased before), after recording its hash all the same: whoever asked to be
+    forgotten stays off the list, and the caller still learns that nothing was erased.
     """
     key = normalize_email(email)
     subscriber = find(session, key)
+    already = is_suppressed(session, key)
     _suppress(session, key, SubscriberStatus.REMOVED.value)
     if subscriber is None:
         session.commit()
-        return False
+        raise _unknown(email, f" (nothing to erase; it is suppressed {'already' if already else 'now'}, "
+                              "so no import or add can put it on the list)")
     assert subscriber.id is not None
     subscriber.email, subscriber.name, subscriber.source = "", "", ""
     subscriber.email_normalized = f"removed:{subscriber.id}"
@@ -232,7 +245,6 @@ def remove(session: Session, email: str) -> bool:
         {"id": subscriber.id},
     )
     session.commit()
-    return True
 
 
 def active_subscribers(session: Session, page: int = STREAM_PAGE) -> Iterator[Subscriber]:

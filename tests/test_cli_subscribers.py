@@ -137,7 +137,6 @@ def test_remove_asks_first_then_erases(run_cli: CLI) -> None:
     assert data["subscribers"] == [] and data["counts"]["removed"] == 1
     assert "Erase" not in run_cli("subscribers", "export").stdout
     assert run_cli("subscribers", "add", "erase@example.org").exit_code == 1
-    assert run_cli("subscribers", "remove", "never@example.org", "--yes").exit_code == 0
 
 
 def test_init_writes_a_private_key_once_and_says_so(run_cli: CLI, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,6 +344,31 @@ def test_unsubscribe_asks_first_as_remove_does(run_cli: CLI) -> None:
     assert declined.exit_code == 1 and "Only they can come back" in declined.output
     assert "kim@example.org" in run_cli("subscribers", "list", "--status", "active").output
     assert run_cli("subscribers", "unsubscribe", "kim@example.org", input="y\n").exit_code == 0
+
+
+@pytest.mark.parametrize("command", [("remove", "--yes"), ("unsubscribe", "--yes"), ("show",)])
+def test_an_address_nobody_has_is_named_and_the_command_fails(run_cli: CLI, command: tuple[str, ...]) -> None:
+    """`remove` of an address not on the list said "was not on the list" and exited 0: a script
+    erasing a mistyped address never learned that the person's data was still there."""
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    name, *flags = command
+    result = run_cli("subscribers", name, "anne@example.org", *flags)
+    assert result.exit_code == 1, result.output
+    assert "Error: no subscriber with the address 'anne@example.org'" in result.output
+    assert statuses(run_cli) == {"ann@example.org": "active"}
+
+
+def test_remove_of_an_address_nobody_has_fails_but_still_blocks_it(run_cli: CLI) -> None:
+    """The hash is recorded all the same (a request to be forgotten by someone not on the list
+    keeps them off it), and the error says so; a second `remove` of an erased address says it
+    was suppressed already."""
+    first = run_cli("subscribers", "remove", "never@example.org", "--yes")
+    assert first.exit_code == 1 and "nothing to erase" in first.output and "suppressed now" in first.output
+    assert run_cli("subscribers", "add", "never@example.org").exit_code == 1
+    assert run_cli("subscribers", "add", "gone@example.org").exit_code == 0
+    assert run_cli("subscribers", "remove", "gone@example.org", "--yes").exit_code == 0
+    again = run_cli("subscribers", "remove", "gone@example.org", "--yes")
+    assert again.exit_code == 1 and "suppressed already" in again.output
 
 
 def test_a_cut_json_list_says_it_is_cut(run_cli: CLI) -> None:

@@ -318,7 +318,7 @@ def test_an_opt_out_row_never_brings_back_a_removed_address(any_db: Session, tmp
     """Erased on request: only the suppression hash is left. A file listing them as unsubscribed
     must not put their address and name back on the list."""
     consent.add(any_db, "dave@example.org", name="Dave Doe")
-    assert consent.remove(any_db, "dave@example.org")
+    consent.remove(any_db, "dave@example.org")
     report = import_csv(any_db, write(tmp_path, b"email,name,status\ndave@example.org,Dave Doe,unsubscribed\n"))
     assert report.unchanged == 1 and report.opt_outs_recorded == []
     assert "dave@example.org" not in people(any_db)

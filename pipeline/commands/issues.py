@@ -20,7 +20,6 @@ from pipeline.commands.base import App, json_option, pass_app, print_json, reada
 from pipeline.commands.issue_edits import discard_command, edit_command, tell_repeats
 from pipeline.config import Settings
 from pipeline.db import open_session, scratch_session, session_scope
-from pipeline.errors import NotFound
 from pipeline.lint_help import anchor, fix_for
 
 # `issues list` and `issues show` read through glance.py and start without the ORM; the
@@ -263,16 +262,12 @@ def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]
     with an inert link)."""
     from pipeline.copies import personal_copy  # noqa: PLC0415
     from pipeline.issues import find_issue  # noqa: PLC0415
-    from subscribers.consent import find  # noqa: PLC0415
+    from subscribers.consent import by_address  # noqa: PLC0415
     from subscribers.tokens import load_secret  # noqa: PLC0415
 
     with open_session(app.engine) as session:
         issue = find_issue(session, issue_ref)
-        subscriber = None
-        if email is not None:
-            subscriber = find(session, email)
-            if subscriber is None:
-                raise NotFound(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
+        subscriber = None if email is None else by_address(session, email)
         secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
         return issue, personal_copy(session, app.settings, secret, issue, subscriber)
 

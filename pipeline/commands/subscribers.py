@@ -291,9 +291,7 @@ def show(app: App, email: str, as_json: bool) -> None:
       newsletter subscribers show ana@example.org --json
     """
     with open_session(app.engine) as session:
-        subscriber = consent.find(session, email)
-        if subscriber is None:
-            raise click.ClickException(f"no subscriber with the address {email!r} (see `newsletter subscribers list`)")
+        subscriber = consent.by_address(session, email)
         issues, had = history.history(session, subscriber.id or 0), history.received_essays(session, subscriber.id or 0)
     fields = ("id", "email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
     if as_json:
@@ -355,11 +353,8 @@ def remove(app: App, email: str, yes: bool) -> None:
         if not confirm(f"Erase {email} and its name from the list and the send history?"):
             raise click.Abort
     with open_session(app.engine) as session:
-        known = consent.remove(session, email)
-    if known:
-        app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")
-    else:
-        app.console.print(f"{shown(email)} was not on the list; it is suppressed now, so it cannot be imported later.")
+        consent.remove(session, email)
+    app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")
 
 
 commands = [group]
