@@ -57,9 +57,11 @@ def operator_decision(current: str | None, suppressed: bool, want: str) -> tuple
 
 
 def find(session: Session, email: str) -> Subscriber | None:
-    """The subscriber with this address (any spelling), or None."""
+    """The subscriber with this address (any spelling), or None; never an erased one, whose key
+    `removed:ID` is no address (a lookup falls back to the text as typed for an invalid one)."""
     key = normalize_email(email)
-    return session.exec(select(Subscriber).where(Subscriber.email_normalized == key)).first()
+    return session.exec(select(Subscriber).where(
+        Subscriber.email_normalized == key, Subscriber.status != SubscriberStatus.REMOVED.value)).first()
 
 
 def by_address(session: Session, email: str) -> Subscriber:

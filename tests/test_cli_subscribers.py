@@ -371,6 +371,16 @@ def test_remove_of_an_address_nobody_has_fails_but_still_blocks_it(run_cli: CLI)
     assert again.exit_code == 1 and "suppressed already" in again.output
 
 
+def test_an_erased_subscriber_is_not_found_by_its_tombstone_key(run_cli: CLI) -> None:
+    """An erased row keeps `removed:ID` as its key, and a lookup by address matched it: `show
+    removed:1` printed the tombstone and `remove removed:1` erased it again, exit 0."""
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    assert run_cli("subscribers", "remove", "ann@example.org", "--yes").exit_code == 0
+    for command in (("show",), ("unsubscribe", "--yes"), ("remove", "--yes")):
+        result = run_cli("subscribers", command[0], "removed:1", *command[1:])
+        assert result.exit_code == 1 and "no subscriber with the address 'removed:1'" in result.output
+
+
 def test_a_cut_json_list_says_it_is_cut(run_cli: CLI) -> None:
     """`subscribers list --json` gave the first 50 (the default --limit) with nothing to tell a
     script more exist; `sends list --json` says so on stderr, and so does this now."""
