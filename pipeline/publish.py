@@ -111,11 +111,15 @@ def publish(
     progress: Callable[[Report], None] | None = None,
     now: datetime | Clock | None = None,
     force: bool = False,
+    delivering: Callable[[Report], None] | None = None,
 ) -> Report:
     """Send `issue` (id or key; `latest`: the newest open issue, composed when none is open) to
     everyone it is owed to. `confirm(issue, audience)` may decline; `stop` finishes the batch in
     flight and stops; `now` fixes the clock (a datetime advances with real time). Over real mail
-    the message must pass the checklist's MUST checks first (gate.Refused; `force` sends anyway)."""
+    the message must pass the checklist's MUST checks first (gate.Refused; `force` sends anyway).
+    `delivering(report)` is told the run's report as delivery begins: it fills in as batches are
+    recorded, so a caller whose run then raises (the database failing mid-send) still has what
+    the run did until then."""
     clock, started, stop = _clock(now), time.monotonic(), stop or threading.Event()
     target, rendered, factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
     if target is None or rendered is None or factory is None:
@@ -125,6 +129,8 @@ def publish(
     secret = load_secret(settings.base_dir)
     _start(settings, engine, target, rendered, report, clock())
     build = _builder(settings, target, factory, secret, clock)
+    if delivering is not None:
+        delivering(report)
     paused = sender.deliver(
         settings, engine, target, report, build, lambda row_id: return_path(settings, secret, row_id),
         transport_factory or (lambda: make_transport(settings, target.key)), stop,

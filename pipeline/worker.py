@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -176,8 +177,9 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
         if resume_at.get(issue_id, 0.0) > time.monotonic():
             continue
         try:
-            report = publish(settings, engine, issue_id, stop=stop, force=force,
-                             transport_factory=transport_factory, progress=_progress_logger(key))
+            with _counted_if_it_fails(stats, key) as delivering:
+                report = publish(settings, engine, issue_id, stop=stop, force=force, delivering=delivering,
+                                 transport_factory=transport_factory, progress=_progress_logger(key))
         except DatabaseError:
             raise  # the database's failing, not the issue's: the worker waits ERROR_SECONDS
         except NewsletterError as exc:
@@ -211,6 +213,25 @@ def _round(settings: Settings, engine: Engine, stats: WorkerStats, resume_at: di
             resume_at[issue_id] = time.monotonic() + pause_seconds
             log.warning("%s paused: %s; trying again in %g s", key, report.why, pause_seconds)
     return worked
+
+
+@contextmanager
+def _counted_if_it_fails(stats: WorkerStats, key: str) -> Iterator[Callable[[Report], None]]:
+    """What publish is told its run's report through; if the run then raises, what it recorded
+    until then (batches before the failure, and the one saved once the database answered) is
+    counted and logged, as a run that returns is. Outcomes it could not record are not in
+    that report: they are counted when the worker records them late."""
+    running: list[Report] = []
+    try:
+        yield running.append
+    except BaseException:
+        for report in running:
+            stats.count(report)
+            if report.handled:  # a run that failed before its first batch has nothing to say
+                log.warning("%s: %d sent, %d to retry, %d failed, %d unknown, %d skipped by this worker "
+                            "before the run failed", key, report.sent, report.retrying, report.failed,
+                            report.unknown, report.skipped)
+        raise
 
 
 def _progress_logger(key: str) -> Callable[[Report], None]:
