@@ -36,24 +36,28 @@ def _plain(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def killed_when_it_waits(url: str, table: str) -> None:
-    """Lock `table` now; the first other connection that waits on it is terminated, then the
-    lock goes. Call it just before the write to be hit."""
-    holder = psycopg.connect(_plain(url))
-    holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+def killed_when_it_waits(url: str, *tables: str) -> None:
+    """Lock each of `tables` now; then, table by table, the first other connection that waits on
+    it is terminated and its lock goes. Call it just before the writes to be hit."""
+    holders = []
+    for table in tables:
+        holders.append(psycopg.connect(_plain(url)))
+        holders[-1].execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
 
     def kill() -> None:
         with psycopg.connect(_plain(url), autocommit=True) as admin:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                killed = admin.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-                    "current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'").fetchone()
-                if killed and killed[0]:
-                    break
-                time.sleep(0.02)
-        holder.rollback()
-        holder.close()
+            for table, holder in zip(tables, holders, strict=True):
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    killed = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE NOT granted AND "
+                        "relation = %s::regclass AND database = (SELECT oid FROM pg_database WHERE "
+                        "datname = current_database())", (table,)).fetchone()
+                    if killed and killed[0]:
+                        break
+                    time.sleep(0.02)
+                holder.rollback()
+                holder.close()
 
     threading.Thread(target=kill, daemon=True).start()
 
@@ -152,6 +156,32 @@ def test_a_batch_claimed_but_never_sent_stays_owed_when_the_database_fails(
         publish(settings, engine, "dbb", transport_factory=_Transports(before))
     statuses, attempts = _statuses(engine, "dbb")
     assert statuses == {"sent": 9, "failed": 1, "pending": 15} and attempts == {0}
+    engine.dispose()
+
+
+def test_a_bounce_mark_failing_after_the_batch_was_saved_does_not_hide_the_failure(
+        tmp_path: Path, postgres_url: str) -> None:
+    """The connection died recording a batch that held a hard bounce; the batch was saved once the
+    database answered, and then marking that reader bounced met a dead connection too. The run
+    fails with the first error, saying the batch was recorded: the second must not end the
+    sender unreported, leaving a run that looks merely unfinished and `send` exiting 4, not 1."""
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    readers = add_audience(engine, 25)
+    new_issue(engine, settings, "twice")
+    gone, last = readers[14].email, readers[19].email
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if to == gone:
+            transport.fail[to] = [PermanentDeliveryError("relay RCPT TO: 550 5.1.1 No such user", 550)]
+        if to == last:  # the second batch's last copy: its record is the next write, then the bounce mark
+            killed_when_it_waits(postgres_url, "delivery", "suppression")
+
+    with pytest.raises(DatabaseError, match=r"the 10 deliveries in hand were recorded once it answered "
+                                            r"again \(9 sent\); `send` again carries on"):
+        publish(settings, engine, "twice", transport_factory=_Transports(before))
+    statuses, attempts = _statuses(engine, "twice")
+    assert statuses == {"sent": 19, "failed": 1, "pending": 5} and attempts == {0}
     engine.dispose()
 
 
