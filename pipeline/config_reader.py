@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from datetime import time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfoNotFoundError
@@ -70,7 +70,7 @@ class ConfigReader:
         self.problem(f"{key}: unknown {what}" + (f" (did you mean {close[0]}?)" if close else ""))
 
     def fail(self, key: str, want: str, value: object = _MISSING) -> None:
-        got = "it is missing" if value is _MISSING else f"got {value!r}"
+        got = "it is missing" if value is _MISSING else f"got {_as_written(value)}"
         self.problem(f"{key}: expected {want}, {got}")
 
     def get(self, key: str, default: object = _MISSING) -> Any:
@@ -220,6 +220,16 @@ class ConfigReader:
                              f"e.g. sqlite:///{path / 'newsletter.db'}")
             return prefix + str(path)
         return url
+
+
+def _as_written(value: object) -> str:
+    """A wrong value as the file gives it. TOML reads an unquoted 07:00:00 or 2026-01-05 as a time
+    or a date, which Python would show as "datetime.time(7, 0)": neither what the file says nor
+    why it is wrong, so it is shown in TOML's form, with what TOML took it for."""
+    if isinstance(value, (date, time)):  # a datetime is a date too
+        kind = "date-time" if isinstance(value, datetime) else "date" if isinstance(value, date) else "time"
+        return f"{value.isoformat()}, which TOML reads as a {kind} since it has no quotes"
+    return repr(value)
 
 
 def _parse_time(value: str) -> time:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date, time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -90,6 +91,8 @@ def _toml_literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    if isinstance(value, (date, time)):  # TOML's own dates and times: unquoted (a datetime is a date)
+        return value.isoformat()
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -147,6 +147,29 @@ def test_wrong_database_url_is_an_error_not_a_traceback(tmp_path: Path, url: str
     result = CLI(config, CliRunner())("essays", "list")  # catch_exceptions=False: a traceback fails here
     assert result.exit_code == 1 and f"Error: {config}: {expected}" in result.output
     assert "hunter2" not in result.output  # a password in the URL is not printed
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("schedule", "time", time(7, 0),
+         'schedule.time: expected a 24-hour time like "07:00", got 07:00:00, which TOML reads as a time '
+         "since it has no quotes"),
+        ("newsletter", "name", date(2026, 1, 5),
+         "newsletter.name: expected a non-empty string, got 2026-01-05, which TOML reads as a date since"),
+        ("schedule", "weekday", datetime(2026, 1, 5, 7, 0, tzinfo=UTC),
+         "schedule.weekday: expected one of monday, tuesday, wednesday, thursday, friday, saturday, sunday, "
+         "got 2026-01-05T07:00:00+00:00, which TOML reads as a date-time since it has no quotes"),
+    ],
+)
+def test_an_unquoted_toml_date_or_time_is_named_as_written(
+        tmp_path: Path, section: str, key: str, value: object, expected: str) -> None:
+    """TOML reads `time = 07:00:00` as a time, not text: the error said "got datetime.time(7, 0)",
+    Python's name for it, which is not what the file says nor why it is wrong."""
+    config = write_config(tmp_path, **{section: {key: value}})
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1 and f"Error: {config}: {expected}" in result.output
+    assert "datetime" not in result.output
 
 
 @pytest.mark.parametrize(
