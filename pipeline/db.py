@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 
 from pipeline.errors import DatabaseError
@@ -120,18 +120,40 @@ def upgrade(engine: Engine) -> None:
 
     cfg = alembic_config(engine)
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection, _foreign_keys_unchecked(connection), connection.begin():
             if connection.dialect.name == "postgresql":
                 # Serialise concurrent upgrades; SQLite's BEGIN IMMEDIATE already does.
                 connection.execute(text("SELECT pg_advisory_xact_lock(4224242)"))
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "heads")
+            if connection.dialect.name == "sqlite" and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: a migration left rows "
+                                    "referring to rows that are gone; nothing was changed")
     except SQLAlchemyDatabaseError as exc:  # cannot connect, locked, or not a database at all
         raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {exc.orig}") from None
     except CommandError as exc:  # most likely a revision a newer version of the program wrote
         raise DatabaseError(
             f"cannot upgrade the database at {engine.url!r}: {exc}; a newer version of newsletter "
             "may have upgraded it: use that version (or restore a backup made before)") from None
+
+
+@contextmanager
+def _foreign_keys_unchecked(connection: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while the migrations run, as SQLite's own recipe for changing a
+    table has it. Alembic's batch mode copies the table and drops the old one, and with them on
+    that drop fails while any row refers to the table (an essay an issue carried). The caller
+    checks them all before its commit. Set on the driver's connection, outside any transaction:
+    inside one SQLite ignores it."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:  # the connection goes back to the pool: every later use checks them again
+        raw.execute("PRAGMA foreign_keys=ON")
 
 
 def connect(url: str) -> Engine:

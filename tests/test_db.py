@@ -89,6 +89,42 @@ def test_a_database_behind_the_head_is_still_upgraded(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_database_in_use_is_upgraded_with_its_rows(tmp_path: Path) -> None:
+    """A migration that adds a column to the essay table copies it into a new one on SQLite
+    (batch mode); with foreign keys on, dropping the old table failed while an issue carried an
+    essay: every database that had sent an issue stopped at 0008 ("FOREIGN KEY constraint failed")."""
+    from alembic import command  # noqa: PLC0415
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:
+        cfg = db.alembic_config(engine)
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0008_issue_intro")
+    with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO essay (id, slug, title, dek, body, source_related, tags, content_hash, imported_at,"
+            " updated_at) VALUES (1, 'on-rivers', 'On rivers', '', '[]', '[]', '[]', 'h', '2026-11-01',"
+            " '2026-11-01')",
+            "INSERT INTO issue (id, key, subject, preheader, status, created_at, intro, resend)"
+            " VALUES (1, '2026-11-02', 'On rivers', '', 'sent', '2026-11-02', '', 0)",
+            "INSERT INTO issueessay (issue_id, position, essay_id) VALUES (1, 0, 1)",
+            "UPDATE essay SET sent_in_issue_id = 1",
+            "INSERT INTO feed (id, url, origin, title, added_at) VALUES (1, 'https://example.org/feed', 'cli',"
+            " '', '2026-11-01')",
+            "INSERT INTO feedentry (feed_id, guid, essay_id, first_seen_at) VALUES (1, 'g1', 1, '2026-11-01')",
+        ):
+            connection.execute(text(statement))
+    db.upgrade(engine)
+    assert db.stored_revisions(engine) == db.head_revisions()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT slug, sent_in_issue_id, archive FROM essay")).all() == [
+            ("on-rivers", 1, 0)]
+        assert connection.execute(text("SELECT essay_id FROM issueessay")).scalar() == 1
+        assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1  # on again after the upgrade
+    engine.dispose()
+
+
 def test_a_database_whose_path_holds_a_percent_sign_is_migrated(tmp_path: Path) -> None:
     # Alembic's config parser read "%" as interpolation: a traceback that printed the URL
     # (with a PostgreSQL password in it).
