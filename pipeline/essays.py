@@ -432,6 +432,18 @@ def get_essay(session: Session, slug: str) -> Essay:
     return essay
 
 
+def set_held(session: Session, slug: str, held: bool) -> tuple[Essay, bool]:
+    """Hold the essay back from the digests (`held`), or release it: the essay, and whether
+    that changed it. NotFound names an unknown slug."""
+    essay = get_essay(session, slug)
+    if essay.held == held:
+        return essay, False
+    essay.held = held
+    session.add(essay)
+    session.flush()
+    return essay, True
+
+
 def word_count(essay: Essay) -> int:
     return sum(len(block["text"].split()) for block in essay.body if block["kind"] == "p")
 
@@ -450,6 +462,7 @@ def describe_essay(essay: Essay, excerpt_length: int, sent_in: str | None = None
         "excerpt": excerpt(essay, excerpt_length),
         "word_count": word_count(essay),
         "sent_in": sent_in,
+        "held": essay.held,
         "related": essay.source_related,
     }
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, nulls_last, or_, update
+from sqlalchemy import func, not_, nulls_last, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -63,16 +63,7 @@ def compose(
     if slugs and not resend:
         refuse_sent(session, essays)
     if not essays:
-        if session.exec(select(Essay.id).limit(1)).first() is None:
-            # "every essay has gone out" would be false on a fresh database: none came in.
-            raise NotFound(
-                "nothing to send: there are no essays yet "
-                "(import some with `newsletter essays import PATH`)"
-            )
-        raise NotFound(
-            "nothing to send: every essay has gone out in an issue already "
-            "(import new ones with `newsletter essays import PATH`)"
-        )
+        raise NotFound(_nothing_to_send(session))
     for _ in range(5):  # a rival taking the day's next key makes this one try the one after
         issue = Issue(key=key or next_day_key(session, utcnow()), subject=subject_for(settings, essays),
                       preheader=excerpt(essays[0], PREHEADER_LENGTH), status=IssueStatus.DRAFT.value,
@@ -91,11 +82,12 @@ def compose(
 def adopt_draft(session: Session, key: str) -> Issue | None:
     """The newest draft composed by hand that carries an essay not sent yet, given `key` (the
     week's): the issue an essayist prepared (a subject, an intro of their own) is the week's
-    issue, not a second one of the same essays composed beside it. None when there is none."""
+    issue, not a second one of the same essays composed beside it. None when there is none, and
+    never one that carries an essay kept back (held, or going out in another issue now)."""
     carrying = (select(IssueEssay.issue_id).join(Essay, col(Essay.id) == col(IssueEssay.essay_id))
                 .where(col(Essay.sent_in_issue_id).is_(None)))
-    # Not one that carries an essay another issue is sending now: it would go out twice.
-    clashing = select(IssueEssay.issue_id).where(col(IssueEssay.essay_id).in_(_in_flight()))
+    clashing = (select(IssueEssay.issue_id).join(Essay, col(Essay.id) == col(IssueEssay.essay_id))
+                .where(kept_back()))
     draft = session.exec(
         select(Issue).where(Issue.status == IssueStatus.DRAFT.value, col(Issue.id).in_(carrying),
                             col(Issue.id).not_in(clashing), col(Issue.key).not_like("weekly-%"))
@@ -113,6 +105,20 @@ def next_day_key(session: Session, now: datetime) -> str:
     taken = session.exec(select(Issue.key).where(col(Issue.key).startswith(day))).all()
     numbers = [int(m.group(1) or 1) for k in taken if (m := re.fullmatch(rf"{day}(?:-(\d+))?", k))]
     return day if not numbers else f"{day}-{max(numbers) + 1}"
+
+
+def _nothing_to_send(session: Session) -> str:
+    """Why no essay is left to compose, true to the database: none came in ("every essay has
+    gone out" would be false on a fresh database), the ones left are held, or all went out."""
+    if session.exec(select(Essay.id).limit(1)).first() is None:
+        return "nothing to send: there are no essays yet (import some with `newsletter essays import PATH`)"
+    waiting = select(Essay.id).where(col(Essay.held).is_(True), col(Essay.sent_in_issue_id).is_(None),
+                                     col(Essay.archive).is_(False))
+    if session.exec(waiting.limit(1)).first() is not None:
+        return ("nothing to send: the essays not sent yet are held (`newsletter essays list` shows them; "
+                "`newsletter essays release SLUG` lets the next digest take one)")
+    return ("nothing to send: every essay has gone out in an issue already "
+            "(import new ones with `newsletter essays import PATH`)")
 
 
 def _insert(session: Session, issue: Issue, essays: Sequence[Essay]) -> Issue:
@@ -152,16 +158,13 @@ def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
     """Essays no issue has carried yet, oldest first (essay date, then import order), but for
-    those imported as the archive (published before the newsletter).
-
-    Essays of an issue still `sending` are left out: they are marked sent only when it
-    finishes, and a second digest carrying them meanwhile would send them twice. Essays that
-    some readers had (an issue that expired half-sent) are never mixed with new ones.
+    those imported as the archive (published before the newsletter) and those kept back (see
+    `kept_back`). Essays that some readers had (an issue that expired half-sent) are never mixed
+    with new ones.
     """
     query = (
         select(Essay)
-        .where(col(Essay.sent_in_issue_id).is_(None), col(Essay.id).not_in(_in_flight()),
-               col(Essay.archive).is_(False))
+        .where(col(Essay.sent_in_issue_id).is_(None), not_(kept_back()), col(Essay.archive).is_(False))
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
     )
@@ -173,6 +176,15 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
         # ones. The essays they had go out first, alone; the new ones in the next issue.
         essays = [e for e in essays if e.id in had]
     return essays
+
+
+def kept_back() -> Any:
+    """Whether an essay is out of reach of every issue that picks its essays by itself: the one
+    rule of `unsent_essays` (what `compose` takes without slugs: the scheduler, `send --latest`,
+    `issues new`, the preview's next digest) and `adopt_draft` (the draft the scheduler sends).
+    Held by the essayist (`essays hold`: an issue may still name it), or carried by an issue
+    sending now (marked sent only when that finishes: a second issue meanwhile sends it twice)."""
+    return or_(col(Essay.held).is_(True), col(Essay.id).in_(_in_flight()))
 
 
 def _in_flight() -> Any:
@@ -190,6 +202,13 @@ def essays_by_slug(session: Session, slugs: Sequence[str]) -> list[Essay]:
             raise NotFound(f"no essay with the slug {slug!r} (see `newsletter essays list`)")
         essays.append(found[slug])
     return essays
+
+
+def carriers(session: Session, essay_id: int) -> list[Issue]:
+    """Every issue that carries or carried the essay, whatever its status, oldest first."""
+    return list(session.exec(
+        select(Issue).join(IssueEssay, col(IssueEssay.issue_id) == col(Issue.id))
+        .where(IssueEssay.essay_id == essay_id).order_by(col(Issue.id))))
 
 
 def subject_for(settings: Settings, essays: Sequence[Essay]) -> str:

@@ -38,6 +38,10 @@ class Essay(SQLModel, table=True):
     # digest takes by itself (an issue may still name it).
     archive: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False,
                                                           server_default=false()))
+    # Held back by the essayist (`essays hold`): no digest takes it by itself until it is
+    # released (an issue may still name it).
+    held: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False,
+                                                       server_default=false()))
 
 
 class Issue(SQLModel, table=True):

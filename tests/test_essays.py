@@ -278,7 +278,7 @@ def test_cli_import_list_show(run_cli: CLI, monkeypatch: pytest.MonkeyPatch) -> 
         "reading-contour-lines",
         "stairs-as-shortcuts",
     ]  # newest first
-    assert set(rows[0]) == {"slug", "title", "date", "sent", "archive"}
+    assert set(rows[0]) == {"slug", "title", "date", "sent", "archive", "held"}
     assert rows[0]["date"] == "2026-11-09" and rows[0]["sent"] is None
 
     shown = run_cli("essays", "show", "why-i-weigh-the-water")
@@ -765,3 +765,55 @@ def test_archive_never_marks_an_essay_that_was_sent(engine: Engine, tmp_path: Pa
     assert import_paths(engine, [essay], archive=True).updated == ["on-rivers"]
     with Session(engine) as session:
         assert session.exec(select(Essay.archive)).one() is False
+
+
+def write_essays(folder: Path, *slugs: str) -> Path:
+    """One Markdown essay per slug, dated in the order given (the first is the oldest)."""
+    folder.mkdir(exist_ok=True)
+    for day, slug in enumerate(slugs, start=1):
+        (folder / f"{slug}.md").write_text(
+            f"---\ntitle: On {slug}\ndate: 2026-10-{day:02d}\n---\nA few words on {slug}.\n", encoding="utf-8")
+    return folder
+
+
+def composed(run_cli: CLI, *args: str) -> list[str]:
+    """The slugs `issues new --dry-run ARGS` would carry."""
+    result = run_cli("issues", "new", "--dry-run", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return [e["slug"] for e in json.loads(result.stdout)["essays"]]
+
+
+def test_cli_hold_keeps_an_essay_out_of_the_digests_until_released(run_cli: CLI, tmp_path: Path) -> None:
+    """The essayist wants to rework an essay before it goes out: held, no digest takes it by
+    itself, `essays list` and `essays show` say so, and naming it still carries it."""
+    assert run_cli("essays", "import", str(write_essays(tmp_path / "e", "rivers", "bread", "clocks"))).exit_code == 0
+    held = run_cli("essays", "hold", "rivers", "no-such-essay", "bread")
+    assert held.exit_code == 1
+    assert "no essay with slug 'no-such-essay'" in held.stderr
+    assert "held rivers" in held.stdout and "held bread" in held.stdout  # the others still held
+    listed = {row["slug"]: row for row in json.loads(run_cli("essays", "list", "--json").stdout)}
+    assert {slug: row["held"] for slug, row in listed.items()} == {"rivers": True, "bread": True, "clocks": False}
+    table = run_cli("essays", "list").stdout
+    assert "3 essays, 3 not sent yet, 2 held" in table and table.count("held") >= 3
+    assert "held" in run_cli("essays", "show", "rivers").stdout
+    assert json.loads(run_cli("essays", "show", "rivers", "--json").stdout)["held"] is True
+    assert composed(run_cli) == ["clocks"]
+    named = run_cli("issues", "new", "--essay", "rivers", "--dry-run")
+    assert named.exit_code == 0 and "rivers is held: carried because it was named" in named.stdout
+    again = run_cli("essays", "hold", "rivers")
+    assert again.exit_code == 0 and "rivers was held already" in again.stdout
+
+    released = run_cli("essays", "release", "rivers", "nothing-here")
+    assert released.exit_code == 1 and "no essay with slug 'nothing-here'" in released.stderr
+    assert "released rivers" in released.stdout
+    assert composed(run_cli) == ["rivers", "clocks"]
+    assert run_cli("essays", "release", "clocks").stdout.startswith("clocks was not held")
+
+
+def test_cli_hold_names_the_draft_that_still_carries_the_essay(run_cli: CLI, tmp_path: Path) -> None:
+    assert run_cli("essays", "import", str(write_essays(tmp_path / "e", "rivers", "bread"))).exit_code == 0
+    assert run_cli("issues", "new", "--key", "by-hand").exit_code == 0
+    held = run_cli("essays", "hold", "rivers")
+    assert held.exit_code == 0
+    assert "the draft by-hand carries it" in held.stdout
+    assert "newsletter issues edit by-hand --remove-essay rivers" in held.stdout

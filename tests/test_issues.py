@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
-from pipeline.issues import compose, find_issue, issue_essays, latest_issue, list_issues
+from pipeline.issues import adopt_draft, compose, find_issue, issue_essays, latest_issue, list_issues, unsent_essays
 from pipeline.links import unsubscribe_url
 from pipeline.models import Issue, IssueEssay
 from pipeline.render import Recipient
@@ -85,6 +85,32 @@ def test_unknown_slug_is_named(session: Session, settings: Settings) -> None:
 
 def test_nothing_to_send_is_a_clear_error(session: Session, settings: Settings) -> None:
     with pytest.raises(NotFound, match="nothing to send"):
+        compose(session, settings)
+
+
+def test_a_held_essay_is_taken_only_when_named(session: Session, settings: Settings) -> None:
+    """`essays hold`: every composition that picks essays by itself (the scheduler, `send
+    --latest`, `issues new`, the preview's next digest) leaves it out, and the scheduler adopts no
+    draft that carries it; naming it (`issues new --essay`) still carries it."""
+    held, _, _ = add_essays(session, make_essay(1, held=True), make_essay(2), make_essay(3))
+    assert [e.slug for e in unsent_essays(session, settings)] == ["essay-002", "essay-003"]
+    picked = compose(session, settings)
+    assert [e.slug for e in issue_essays(session, picked)] == ["essay-002", "essay-003"]
+    by_hand = compose(session, settings, slugs=["essay-001"], key="by-hand")
+    assert [e.slug for e in issue_essays(session, by_hand)] == ["essay-001"]
+    session.commit()
+    # The newest draft prepared by hand would be the week's issue: not while its essay is held.
+    adopted = adopt_draft(session, "weekly-2026-W48")
+    assert adopted is not None and adopted.id == picked.id
+    held.held = False  # `essays release`
+    session.add(held)
+    session.flush()
+    assert adopt_draft(session, "weekly-2026-W49") == by_hand
+
+
+def test_nothing_to_send_says_when_the_essays_left_are_held(session: Session, settings: Settings) -> None:
+    add_essays(session, make_essay(1, held=True))
+    with pytest.raises(NotFound, match="nothing to send: .*held.*newsletter essays release"):
         compose(session, settings)
 
 

@@ -1,33 +1,40 @@
-"""`newsletter essays`: import essay files, list the essays, show one."""
+"""`newsletter essays`: import essay files, list the essays, show one, hold one back."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipeline.commands.base import App, finish_report, json_option, pass_app, print_changes, print_json, shown
-from pipeline.db import open_session
-from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key
+from pipeline.db import open_session, session_scope
+from pipeline.errors import NotFound
+from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key, set_held
+from pipeline.issues import carriers
 from pipeline.related import related_for_essay
 from pipeline.related_cache import cached_index, folder, warm
+from pipeline.statuses import IssueStatus
 from subscribers.text import printable
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
 
 
 @click.group("essays")
 def group() -> None:
-    """Import essays (scraped pages, Markdown), list them, show one.
+    """Import essays (scraped pages, Markdown), list them, show one, hold one back.
 
     \b
     Example:
       newsletter essays import examples/essays
       newsletter essays list
       newsletter essays show walking-at-dawn
+      newsletter essays hold walking-at-dawn
     """
 
 
@@ -98,8 +105,9 @@ def _print_report(app: App, report: ImportReport, dry_run: bool) -> None:
 @json_option
 @pass_app
 def list_command(app: App, as_json: bool) -> None:
-    """List the essays, newest first: slug, title, date, sent (an issue key, "not yet", or
-    "archive": imported with --archive, never mailed by itself).
+    """List the essays, newest first: slug, title, date, sent (an issue key, "not yet",
+    "held": held back with `essays hold`, or "archive": imported with --archive, never mailed
+    by itself).
 
     \b
     Example:
@@ -108,7 +116,8 @@ def list_command(app: App, as_json: bool) -> None:
     """
     with open_session(app.engine) as session:
         rows: list[dict[str, Any]] = [
-            {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key, "archive": e.archive}
+            {"slug": e.slug, "title": e.title, "date": e.published_on, "sent": key, "archive": e.archive,
+             "held": e.held}
             for e, key in list_essays(session)
         ]
     if as_json:
@@ -131,13 +140,21 @@ def list_command(app: App, as_json: bool) -> None:
             shown(row["slug"]),
             shown(_shorten(printable(row["title"]), title_width)),
             row["date"].isoformat() if row["date"] else "—",
-            shown(row["sent"]) if row["sent"] else "[dim]archive[/]" if row["archive"] else "[dim]not yet[/]",
+            _sent_cell(row),
         )
     app.console.print(table)
-    owed = sum(1 for r in rows if not r["sent"] and not r["archive"])
+    owed = [r for r in rows if not r["sent"] and not r["archive"]]
+    held = sum(1 for r in owed if r["held"])
     archived = sum(1 for r in rows if not r["sent"] and r["archive"])
-    app.console.print(f"{len(rows)} essays, {owed} not sent yet"
+    app.console.print(f"{len(rows)} essays, {len(owed)} not sent yet"
+                      + (f", {held} held (no digest takes them until `essays release`)" if held else "")
                       + (f", {archived} in the archive (never mailed by themselves)" if archived else ""))
+
+
+def _sent_cell(row: dict[str, Any]) -> str:
+    if row["sent"]:
+        return shown(row["sent"])
+    return "[dim]archive[/]" if row["archive"] else "[yellow]held[/]" if row["held"] else "[dim]not yet[/]"
 
 
 def _shorten(text: str, width: int) -> str:
@@ -181,6 +198,8 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
         f"{info['date'].isoformat() if info['date'] else 'no date'} · "
         f"{info['word_count']} words · "
         + (f"sent in {shown(info['sent_in'])}" if info["sent_in"] else "not sent yet")
+        + (f" · held: no digest takes it until `newsletter essays release {shown(info['slug'])}`"
+           if info["held"] else "")
     )
     if info["tags"]:
         out.print("tags: " + shown(", ".join(info["tags"])))
@@ -201,6 +220,71 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
     for link in links:
         why = "source hint" if link.score is None else f"score {link.score:.3f}"
         out.print(f"  • [dim]{why:11}[/]  {shown(link.essay.slug)}  {shown(link.essay.title)}")
+
+
+@group.command("hold")
+@click.argument("slugs", nargs=-1, required=True, metavar="SLUG...")
+@pass_app
+def hold_command(app: App, slugs: tuple[str, ...]) -> None:
+    """Hold essays back: no digest takes them by itself (the scheduler, `send --latest`,
+    `issues new` without --essay), and the scheduler sends no draft that carries one, until
+    `essays release`. Naming one still carries it (`issues new --essay SLUG`, `issues edit
+    --add-essay SLUG`): that is a choice made for this essay. `essays list` and `essays show`
+    say "held". An unknown slug is named, the others are still held, and the exit code is 1.
+
+    \b
+    Example:
+      newsletter essays hold walking-at-dawn
+      newsletter essays hold walking-at-dawn on-rivers
+    """
+    _hold_or_release(app, slugs, held=True)
+
+
+@group.command("release")
+@click.argument("slugs", nargs=-1, required=True, metavar="SLUG...")
+@pass_app
+def release_command(app: App, slugs: tuple[str, ...]) -> None:
+    """Release held essays: the next digest may take them again, oldest first as ever. An
+    unknown slug is named, the others are still released, and the exit code is 1.
+
+    \b
+    Example:
+      newsletter essays release walking-at-dawn
+    """
+    _hold_or_release(app, slugs, held=False)
+
+
+def _hold_or_release(app: App, slugs: tuple[str, ...], held: bool) -> None:
+    unknown = False
+    with session_scope(app.engine) as session:
+        for slug in dict.fromkeys(slugs):
+            try:
+                essay, changed = set_held(session, slug, held)
+            except NotFound as exc:
+                app.err.print(f"[red]Failed:[/] {shown(str(exc))}", soft_wrap=True)
+                unknown = True
+                continue
+            name = shown(slug)
+            if not changed:
+                app.console.print(f"{name} was held already" if held else f"{name} was not held")
+            elif not held:
+                app.console.print(f"released {name}: the next digest may take it")
+            else:
+                app.console.print(f"held {name}: no digest takes it until `newsletter essays release {name}`",
+                                  soft_wrap=True)
+                _tell_drafts(app, session, essay.id or 0, name)
+    if unknown:
+        raise SystemExit(1)
+
+
+def _tell_drafts(app: App, session: Session, essay_id: int, name: str) -> None:
+    """A hold keeps the essay out of new digests; a draft that carries it already still does."""
+    for issue in carriers(session, essay_id):
+        if issue.status == IssueStatus.DRAFT.value:
+            key = shown(issue.key)
+            app.console.print(f"  the draft {key} carries it: the scheduler does not take that draft for the "
+                              f"week while it is held; `newsletter issues edit {key} --remove-essay {name}` "
+                              "takes it out", soft_wrap=True)
 
 
 commands = [group]

@@ -56,7 +56,8 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
     or from the essays named. Nothing is sent; see it with `newsletter preview`.
 
     An --essay that went out already goes only to readers who have not had it (the send leaves
-    the others out and says how many), or with --resend to everyone. An --essay being sent right
+    the others out and says how many), or with --resend to everyone. An --essay held back with
+    `essays hold` is carried (named, it is chosen), with a note. An --essay being sent right
     now, or a --key that another issue has, is refused (nothing is composed; exit code 1).
 
     \b
@@ -76,8 +77,10 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
     with (scratch_session if dry_run else session_scope)(app.engine) as session:
         issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
                         resend=resend, existing_ok=False)
-        data = describe_issue(issue, issue_essays(session, issue))
+        essays = issue_essays(session, issue)
+        data = describe_issue(issue, essays)
         repeats = history.repeats(session, issue)
+        held = [e.slug for e in essays if e.held]  # only a named essay can be: see issues.kept_back
     if dry_run:
         data["id"] = None
     data["readers_who_had"] = repeats
@@ -88,13 +91,21 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         app.console.print(f"Would compose: {shown(data['subject'])}  (dry run: nothing stored)", soft_wrap=True)
         for essay in data["essays"]:
             app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
+        _tell_held(app, held)
         return
     app.console.print(f"Composed issue [bold]{data['id']}[/] ({shown(issue.key)}): {shown(issue.subject)}",
                       soft_wrap=True)
     for essay in data["essays"]:
         app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
+    _tell_held(app, held)
     tell_repeats(app, repeats, resend, issue.key)
     app.console.print(f"Preview it: newsletter preview {issue.key} --open")
+
+
+def _tell_held(app: App, held: list[str]) -> None:
+    for slug in held:
+        app.console.print(f"{shown(slug)} is held: carried because it was named (`newsletter essays release "
+                          f"{shown(slug)}` lets digests take it by themselves)", soft_wrap=True)
 
 
 @group.command("list")
