@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bounces": ("bounces", "Bounces, complaints and emailed unsubscribes from the bounce mailbox."),
     "db": ("database", "Create or upgrade the database schema."),
     "doctor": ("doctor", "Check this setup before the first real send, and print the fix for each problem."),
-    "essays": ("essays", "Import essays (scraped pages, Markdown), list them, show one, hold one back."),
+    "essays": ("essays", "Import essays (scraped pages, Markdown), list them, show one, hold one back, remove one."),
     "feeds": ("feeds", "Read essays from RSS or Atom feeds (WordPress, Ghost, Hugo, Substack, ...)."),
     "init": ("project", "Start a newsletter in FOLDER (default: here), or prepare an existing one."),
     "issues": ("issues", "Compose issues (digests) from the essays not sent yet, list them, show one."),

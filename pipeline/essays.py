@@ -444,6 +444,12 @@ def set_held(session: Session, slug: str, held: bool) -> tuple[Essay, bool]:
     return essay, True
 
 
+def delete_essay(session: Session, essay: Essay) -> None:
+    """Delete the essay's row; the caller has made sure that nothing refers to it any more."""
+    session.delete(essay)
+    session.flush()
+
+
 def word_count(essay: Essay) -> int:
     return sum(len(block["text"].split()) for block in essay.body if block["kind"] == "p")
 

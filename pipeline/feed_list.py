@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -109,6 +110,13 @@ def seen_entry(session: Session, feed_id: int, guid: str) -> FeedEntry | None:
     """The feed's entry with this id/guid, as recorded when it was first seen."""
     return session.exec(
         select(FeedEntry).where(FeedEntry.feed_id == feed_id, FeedEntry.guid == guid)).first()
+
+
+def forget_essay(session: Session, essay_id: int) -> None:
+    """The feed entries the essay came from stay recorded as seen, but no essay's: the essay is
+    being removed (`essays remove`), and no later poll takes the entry again."""
+    session.execute(update(FeedEntry).where(col(FeedEntry.essay_id) == essay_id)
+                    .values(essay_id=None, skipped_reason="removed with `newsletter essays remove`"))
 
 
 def unclaimed_essay_at(session: Session, url: str | None) -> Essay | None:

@@ -148,6 +148,23 @@ def test_remove_asks_first_keeps_the_essays_and_a_readded_feed_makes_no_duplicat
     assert slugs(config_file) == ["why-the-starter-wins"]
 
 
+def test_an_essay_removed_from_a_feed_does_not_come_back_with_the_next_poll(
+    cli: CLI, config_file: Path, feed_server: FeedServer
+) -> None:
+    """`essays remove` of an essay a feed brought: its entry stays recorded as seen (the
+    database refuses to drop an essay an entry still names), so no poll imports it again."""
+    cli("feeds", "add", feed_server.url("atom.xml"))
+    cli("feeds", "poll")
+    removed = cli("essays", "remove", "salt-and-silt", "--yes")
+    assert removed.exit_code == 0, removed.output
+    assert "removed salt-and-silt" in removed.output
+    feed_server.publish("/atom.xml", feed_server.files["/atom.xml"] + b"\n")  # the feed changes
+    polled = json.loads(cli("feeds", "poll", "--json").output)["feeds"][0]
+    assert (polled["added"], polled["updated"]) == ([], [])
+    assert slugs(config_file) == []
+    assert json.loads(cli("feeds", "list", "--json").output)[0]["essays"] == 0
+
+
 def test_a_feed_from_config_is_removed_there(
     cli: CLI, config_file: Path, feed_server: FeedServer
 ) -> None:

@@ -1,4 +1,4 @@
-"""`newsletter essays`: import essay files, list the essays, show one, hold one back."""
+"""`newsletter essays`: import essay files, list the essays, show one, hold one back, remove one."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from pipeline.commands.base import App, finish_report, json_option, pass_app, print_changes, print_json, shown
+from pipeline.commands.base import App, confirm, finish_report, json_option, pass_app, print_changes, print_json, shown
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key, set_held
 from pipeline.issues import carriers
 from pipeline.related import related_for_essay
 from pipeline.related_cache import cached_index, folder, warm
+from pipeline.removal import Removal, remove_essays
 from pipeline.statuses import IssueStatus
 from subscribers.text import printable
 
@@ -27,7 +28,7 @@ PROGRESS_FROM = 20  # below this many files a progress bar is only flicker
 
 @click.group("essays")
 def group() -> None:
-    """Import essays (scraped pages, Markdown), list them, show one, hold one back.
+    """Import essays (scraped pages, Markdown), list them, show one, hold one back, remove one.
 
     \b
     Example:
@@ -35,6 +36,7 @@ def group() -> None:
       newsletter essays list
       newsletter essays show walking-at-dawn
       newsletter essays hold walking-at-dawn
+      newsletter essays remove walking-at-dawn-copy --dry-run
     """
 
 
@@ -285,6 +287,63 @@ def _tell_drafts(app: App, session: Session, essay_id: int, name: str) -> None:
             app.console.print(f"  the draft {key} carries it: the scheduler does not take that draft for the "
                               f"week while it is held; `newsletter issues edit {key} --remove-essay {name}` "
                               "takes it out", soft_wrap=True)
+
+
+@group.command("remove")
+@click.argument("slugs", nargs=-1, required=True, metavar="SLUG...")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, and what may not be; remove nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def remove_command(app: App, slugs: tuple[str, ...], dry_run: bool, yes: bool) -> None:
+    """Remove essays imported by mistake, after asking: only essays no issue has carried or
+    carries. An essay that went out stays (readers had it, the web archive shows it; to keep
+    an essay out of the digests, `essays hold` it); one a draft carries stays until the draft
+    no longer does (`issues edit ISSUE --remove-essay SLUG`, or `issues discard ISSUE`). Related
+    links stop pointing at a removed essay. Its file is left alone: move it out of the folder,
+    or the next import of that folder brings it back; an essay from a feed does not come back.
+    Every essay that may not go (or an unknown slug) is named, the others still go, and the
+    exit code is 1.
+
+    \b
+    Example:
+      newsletter essays remove walking-at-dawn-copy --dry-run
+      newsletter essays remove walking-at-dawn-copy
+      newsletter essays remove walking-at-dawn-copy draft-of-rivers --yes
+    """
+    with open_session(app.engine) as session:
+        plan = remove_essays(session, slugs, dry_run=True)
+    _print_refused(app, plan)
+    if dry_run:
+        for essay in plan.removed:
+            app.console.print(f"would remove {shown(essay.slug)}  {shown(essay.title)}", soft_wrap=True)
+        app.console.print("Dry run: nothing was removed.")
+    elif plan.removed:
+        plan.refused += _remove(app, [e.slug for e in plan.removed], yes).refused
+    if not plan.ok:
+        raise SystemExit(1)
+
+
+def _remove(app: App, slugs: list[str], yes: bool) -> Removal:
+    """Ask, then remove; each essay is checked again (an issue may have taken one since)."""
+    count = f"{len(slugs)} essay{'' if len(slugs) == 1 else 's'}"
+    if not yes and not confirm(f"Remove {count} ({printable(', '.join(slugs))}) from the database? "
+                               "Files are left alone."):
+        raise click.Abort
+    with session_scope(app.engine) as session:
+        done = remove_essays(session, slugs)
+        _print_refused(app, done)
+        for essay in done.removed:
+            app.console.print(f"removed {shown(essay.slug)}" + (
+                f" (its file {shown(essay.source_path)} is left alone: move it out of the folder, or the "
+                "next import of it brings it back)" if essay.source_path else ""), soft_wrap=True)
+    with open_session(app.engine) as session:  # the related links of the archive as it is now
+        warm(session, app.settings)
+    return done
+
+
+def _print_refused(app: App, report: Removal) -> None:
+    for why in report.refused:
+        app.err.print(f"[red]Failed:[/] {shown(why)}", soft_wrap=True)
 
 
 commands = [group]
