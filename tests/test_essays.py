@@ -405,6 +405,24 @@ def test_hostile_front_matter_fails_its_file_and_the_rest_import(run_cli: CLI, t
     assert [row["slug"] for row in rows] == ["good"]
 
 
+def test_markdown_of_brackets_that_never_close_fails_its_file_and_the_rest_import(
+    run_cli: CLI, tmp_path: Path
+) -> None:
+    # Each "[" makes Markdown look ahead for where a link's text ends: 100,000 of them are
+    # well over the file's budget of steps (a real essay takes a few hundred).
+    (tmp_path / "brackets.md").write_text("---\ntitle: T\n---\nBody text.\n\n" + "[" * 100_000 + "\n",
+                                          encoding="utf-8")
+    (tmp_path / "good.md").write_text(ESSAY_MD, encoding="utf-8")
+    result = run_cli("essays", "import", str(tmp_path))
+    assert result.exit_code == 1
+    assert "1 added, 0 updated, 0 unchanged, 1 failed" in result.stdout
+    errors = " ".join(result.stderr.split())
+    assert "brackets.md: line 6: too many [ that never close" in errors
+    assert "put a backslash before each [ that is text" in errors
+    rows = json.loads(run_cli("essays", "list", "--json").stdout)
+    assert [row["slug"] for row in rows] == ["good"]
+
+
 def test_control_characters_never_reach_the_database_from_either_format(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -291,6 +291,23 @@ def test_markdown_structure_reads_as_before_through_the_html_reader() -> None:
     ]
 
 
+# --- the work Markdown's links take ----------------------------------------------------------
+
+
+def test_a_few_brackets_before_a_long_paragraph_are_refused_naming_the_line() -> None:
+    # Not a count of brackets: 20 "[" that never close each look ahead over the whole paragraph.
+    with pytest.raises(ImportProblem, match=r"^line 8: too many \[ that never close"):
+        parse_markdown(doc("title: T", "Body text.\n\n## Notes\n\n" + "[" * 20 + "! " * 50_000 + "\n"))
+
+
+def test_an_essay_dense_with_links_and_nested_brackets_is_read_in_full() -> None:
+    links = " ".join(f"[see [note {n}] here](https://example.org/{n}) and [{n}] [x *y* `z`]" for n in range(2_000))
+    draft = parse_markdown(doc("title: T", f"{links}\n\n[[[[unclosed, as a writer may leave it.\n"))
+    assert draft.body[0]["text"].startswith("see [note 0] here and [0] [x y z] see [note 1] here")
+    assert draft.body[1] == {"kind": "p", "text": "[[[[unclosed, as a writer may leave it."}
+    assert draft.warnings == []
+
+
 # --- front matter values are the text written ----------------------------------------------
 
 

@@ -22,6 +22,11 @@ FRONT_MATTER_MAX bytes, no anchors or aliases (`&a` / `*a`: a few hundred bytes 
 to gigabytes, the "billion laughs"), nesting at most MAX_DEPTH deep; pipeline/readers/parsed_essay.py then
 bounds each field. Breaking a rule fails that file with the line and the reason.
 
+The body is bounded too, where Markdown's cost lies: from each `[` markdown-it looks ahead over
+the rest of the paragraph for where a link's text ends, up to 20 unclosed `[` deep. That is
+linear, but some 20 steps a character: 2 MB of `[` took half a minute. A file is refused past
+MAX_LINK_STEPS steps of that look-ahead (see _LinkLookahead).
+
 markdown-it-py (CommonMark) and PyYAML enter the project here and nowhere else.
 """
 
@@ -29,12 +34,15 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import date
 from typing import Any, cast
 
 import yaml
 from markdown_it import MarkdownIt
+from markdown_it.parser_inline import ParserInline
+from markdown_it.rules_core import StateCore
+from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from pipeline.errors import ImportProblem
@@ -43,6 +51,9 @@ from pipeline.readers.parsed_essay import ParsedEssay, clean, title_from_body, t
 
 FRONT_MATTER_MAX = 16 * 1024  # bytes; real front matter is a few hundred
 MAX_DEPTH = 8  # a tag list in a mapping is depth 2; deeper is no essay's front matter
+# Steps of looking ahead for links' ends in one file: 5,000 links with brackets and marks in
+# their text take 70,000, and a million is about half a second.
+MAX_LINK_STEPS = 1_000_000
 DEK_KEYS = ("dek", "summary", "description")  # the first one present is the dek
 KNOWN_KEYS = frozenset({"title", "date", "dek", "summary", "description", "tags", "slug", "url", "draft",
                         "published"})
@@ -58,8 +69,51 @@ _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
 _NEWLINES = re.compile(r"\r\n?")  # as markdown-it reads them: its line numbers count these
-_MD = MarkdownIt("commonmark")
-_MD_NO_HTML = MarkdownIt("commonmark", {"html": False})
+# Keys of markdown-it's `env` (one per document parsed) that _LinkLookahead keeps its count in.
+_FIRST_LINE, _LINES, _LINE, _STEPS = "essay_first_line", "essay_block_lines", "essay_line", "essay_link_steps"
+
+
+class _LinkLookahead(ParserInline):
+    """markdown-it's inline parser, held to MAX_LINK_STEPS of looking ahead for links' ends.
+
+    skipToken is that look-ahead: markdown-it calls it only from a `[`, to find the `]` that
+    ends a link's text. Counted per document (in its env), so neither one long paragraph nor
+    many short ones get past the limit; the error names the line of the paragraph it ran out in.
+    """
+
+    def parse(self, src: str, md: MarkdownIt, env: MutableMapping[str, Any], tokens: list[Token]) -> list[Token]:
+        env[_LINE] = next(env[_LINES], 0)  # called once per inline block, in their order
+        return super().parse(src, md, env, tokens)
+
+    def skipToken(self, state: StateInline) -> None:
+        state.env[_STEPS] = state.env.get(_STEPS, 0) + 1
+        if state.env[_STEPS] > MAX_LINK_STEPS:
+            raise ImportProblem(
+                f"line {state.env[_LINE]}: too many [ that never close: finding where each link's text "
+                f"ends takes more than {MAX_LINK_STEPS:,} steps (the limit; an essay takes a few thousand); "
+                "put a backslash before each [ that is text"
+            )
+        super().skipToken(state)
+
+
+def _note_block_lines(state: StateCore) -> None:
+    """Each inline block's first line in the file, in the order _LinkLookahead.parse gets them."""
+    first = state.env.get(_FIRST_LINE, 1)
+    lines = [first + token.map[0] if token.map else 0 for token in state.tokens if token.type == "inline"]
+    state.env[_LINES] = iter(lines)
+
+
+def _essay_markdown() -> MarkdownIt:
+    """CommonMark as markdown-it reads it, with _LinkLookahead as its inline parser."""
+    md = MarkdownIt("commonmark")
+    md.inline = _LinkLookahead()
+    md.configure("commonmark")  # the preset's inline rules, in the new parser
+    md.core.ruler.before("inline", "note_block_lines", _note_block_lines)
+    return md
+
+
+_MD = _essay_markdown()  # essays from files, and the project's own docs
+_MD_NO_HTML = MarkdownIt("commonmark", {"html": False})  # an issue's intro, which the operator writes
 
 
 def markdown_html(text: str, raw_html: bool = True) -> str:
@@ -71,7 +125,7 @@ def markdown_html(text: str, raw_html: bool = True) -> str:
 def parse_markdown(text: str) -> ParsedEssay:
     """The essay in a Markdown file; raises ImportProblem for broken front matter."""
     meta, body_text = split_front_matter(text)
-    body, h1, body_warnings = body_blocks(body_text)
+    body, h1, body_warnings = body_blocks(body_text, first_line=text.count("\n", 0, len(text) - len(body_text)) + 1)
     title = _text_field(meta, "title")
     if not title and h1:
         title = h1  # a leading "# Title" is the title when the front matter has none
@@ -259,15 +313,16 @@ _FrontMatterLoader.yaml_implicit_resolvers = {
 }
 
 
-def body_blocks(markdown: str) -> tuple[list[dict[str, str]], str, list[str]]:
-    """(paragraph and heading blocks, the text of a leading level-1 heading or "", warnings).
+def body_blocks(markdown: str, first_line: int = 1) -> tuple[list[dict[str, str]], str, list[str]]:
+    """(paragraph and heading blocks, the text of a leading level-1 heading or "", warnings);
+    `first_line` is the file's line the Markdown starts on, for errors.
 
     The Markdown is rendered to HTML and read by the HTML reader, one top-level block at a time:
     raw HTML in it is then read as a feed's HTML is (text in <p> and <div> kept, scripts and
     styles dropped with their contents), as a browser would show it.
     """
     source = _NEWLINES.sub("\n", markdown)
-    tokens = _MD.parse(source)
+    tokens = _MD.parse(source, {_FIRST_LINE: first_line})
     h1 = ""
     if tokens and tokens[0].type == "heading_open" and tokens[0].tag == "h1":
         h1 = " ".join(b["text"] for b in html_blocks(_render(tokens[:3]), symbols_are_text=True))
