@@ -6,6 +6,10 @@ RFC 3464 delivery status notifications (`multipart/report; report-type=delivery-
 Status, Diagnostic-Code, Original-/Final-Recipient per recipient) and RFC 5965 feedback reports
 (ARF). Everything else a mail server writes in its own words (qmail, old Exim, Yahoo, ...) goes to
 flufl.bounce's detectors, which enters the project only here.
+
+Every text is made storable where it is read from the message (`_as_text` for a header, `_decode`
+for bytes, `_text` for encoded words): NUL dropped, half a surrogate pair made U+FFFD. So each
+later step, the first look-up of the Message-ID included, sees only what a database can hold.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import binascii
 import hashlib
 import quopri
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from email import errors, message_from_bytes, message_from_string, parser, policy
 from email.header import Header, decode_header, make_header
 from email.message import Message
@@ -40,6 +44,9 @@ _AUTO_SUBJECT = re.compile(r"^\s*(out of (the )?office|automatic reply|auto(mati
 # nested parts), and any of them must make that one message unparseable, never stop the mailbox.
 _UNREADABLE = (ValueError, LookupError, TypeError, AttributeError, UnicodeError, errors.MessageError,
                RecursionError)
+# Half of a UTF-16 surrogate pair, which no UTF-8 text (so no database) holds: a UTF-7 body or an
+# `=?unicode-escape?...?=` word decodes to one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Kinds by how much they weigh when one message reports several recipients.
 _WEIGHT = {BounceKind.COMPLAINT: 5, BounceKind.HARD: 4, BounceKind.SOFT: 3, BounceKind.UNSUBSCRIBE: 2,
            BounceKind.AUTOREPLY: 1, BounceKind.IGNORED: 0}
@@ -92,29 +99,16 @@ def classify(raw: bytes, unsubscribe_address: str = "") -> Finding:
     Never raises on bad input: a message the parser cannot make sense of is IGNORED with the
     reason, so one broken message does not stop the mailbox."""
     try:
-        return _without_nul(_classify(raw, unsubscribe_address))
+        return _classify(raw, unsubscribe_address)
     except _UNREADABLE as exc:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
         # Its key is the hash; the Message-ID, when the headers alone hold one, lets the operator
         # find the message in the mailbox.
         named = message_key(raw)
         which = f" ({named})" if not named.startswith("sha256:") else ""
-        return _without_nul(Finding(key, BounceKind.IGNORED, f"unparseable{which}: {type(exc).__name__}: {exc}"[:300]))
-
-
-def _without_nul(finding: Finding) -> Finding:
-    """Every text a report gave, NUL bytes dropped: PostgreSQL cannot store them, and one report
-    with a NUL in the server's words made every later run of the mailbox fail on it."""
-    def clean(text: str) -> str:
-        return text.replace("\x00", "")
-
-    return replace(
-        finding, key=clean(finding.key), reason=clean(finding.reason),
-        failures=tuple(replace(f, recipient=clean(f.recipient), status=clean(f.status), detail=clean(f.detail))
-                       for f in finding.failures),
-        addressed_to=tuple(clean(a) for a in finding.addressed_to),
-        original_message_id=clean(finding.original_message_id), sender=clean(finding.sender),
-        subject=clean(finding.subject), extra={k: clean(v) for k, v in finding.extra.items()})
+        # The parser's words may quote the message.
+        reason = f"unparseable{which}: {type(exc).__name__}: {_storable(str(exc))}"
+        return Finding(key, BounceKind.IGNORED, reason[:300])
 
 
 def _classify(raw: bytes, unsubscribe_address: str) -> Finding:
@@ -234,7 +228,7 @@ def _nonstandard(msg: Message, base: _Head) -> Finding | None:
     body = _body_text(msg)
     failures = []
     for addresses, kind in ((permanent, BounceKind.HARD), (temporary, BounceKind.SOFT)):
-        for address in sorted(a.decode("ascii", "replace") for a in addresses):
+        for address in sorted(_storable(a.decode("ascii", "replace")) for a in addresses):
             line = _line_about(body, address)
             status = _status(line)
             # flufl says permanent or temporary; the server's own code refines a "permanent"
@@ -393,14 +387,18 @@ def _as_text(value: object) -> str:
     holding 8-bit bytes (a server writing Latin-1 into Diagnostic-Code or User-Agent): its bytes
     are decoded like a body of unknown charset instead of failing every str method later."""
     if not isinstance(value, Header):
-        return str(value)
-    return "".join(_decode(chunk, charset) if isinstance(chunk, bytes) else chunk
-                   for chunk, charset in decode_header(value))
+        return _storable(str(value))
+    return _storable("".join(_decode(chunk, charset) if isinstance(chunk, bytes) else chunk
+                             for chunk, charset in decode_header(value)))
 
 
 def _decode(data: bytes, charset: str | None) -> str:
     """Bytes in their declared charset; one Python does not know (`x-unknown-8bit`, a typo) or none
     is read as UTF-8 when the bytes are UTF-8, else as Latin-1, which decodes any byte."""
+    return _storable(_in_charset(data, charset))
+
+
+def _in_charset(data: bytes, charset: str | None) -> str:
     if charset:
         try:
             return data.decode(charset, "replace")
@@ -412,9 +410,17 @@ def _decode(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
+def _storable(text: str) -> str:
+    """`text` without what no database can store: NUL (PostgreSQL's text refuses it) dropped, a
+    surrogate made U+FFFD. One report with a NUL in the server's words, or in its Message-ID,
+    made every later run of the mailbox fail on it."""
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
+
+
 def _text(value: object) -> str:
+    """An encoded-word header (`=?utf-8?q?...?=`) as the text it stands for, on one line."""
     try:
-        return " ".join(str(make_header(decode_header(str(value)))).split())
+        return _storable(" ".join(str(make_header(decode_header(str(value)))).split()))
     except (UnicodeError, LookupError, ValueError, TypeError, errors.HeaderParseError):
         # A broken encoded word (`=?utf-8?b?A?=`) is shown as written: the rest of the message counts.
         return " ".join(str(value).split())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import mailbox
 import quopri
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -464,6 +465,10 @@ def test_a_damaged_report_still_classifies_without_raising(name: str, at: int, j
     cut = at % len(raw)
     finding = classify(raw[:cut] + junk + raw[cut + len(junk):], UNSUBSCRIBE_TO)
     assert finding.key and finding.reason
+    texts = [finding.key, finding.reason, *finding.addressed_to, finding.original_message_id, finding.sender,
+             finding.subject, *finding.extra.values(),
+             *(text for f in finding.failures for text in (f.recipient, f.status, f.detail))]
+    assert not [text for text in texts if re.search("[\x00\ud800-\udfff]", text)]  # what no database holds
 
 
 def test_a_bounce_after_a_complaint_keeps_the_complaint(tmp_path: Path) -> None:
@@ -787,6 +792,38 @@ def test_a_nul_byte_in_a_report_does_not_stop_the_mailbox(backend: str, tmp_path
     found = statuses(settings)
     assert (found["bob@example.com"], found["alice@example.net"]) == ("bounced", "bounced")
     assert any("550 5.1.1 nosuch user" in o.reason for o in report.outcomes)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_nul_in_a_message_id_or_half_a_surrogate_pair_in_a_report_does_not_stop_the_mailbox(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A NUL in the Message-ID went into the first look-up of the message, before it was even
+    classified (PostgreSQL refused that query on every run); and a report in UTF-7 can decode to
+    half of a UTF-16 surrogate pair, which no database can store either."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = load_settings(bounce_config(tmp_path, url))
+    fixture_audience(settings)
+    box = fill_maildir(tmp_path / "Maildir", [])
+    box.add(_quoting(DSN.format(verp="bounces@essays.example.org", n=1, rcpt="bob@example.com", action="failed",
+                                status="5.1.1", diagnostic="550 5.1.1 user unknown"), 1, "bob")
+            .replace("<dsn-1@", "<dsn-1\x00@"))
+    box.add((FIXTURES / "qmail.eml").read_bytes()
+            .replace(b"Message-ID: <2026", b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-7\n"
+                                           b"Message-ID: <2026", 1)
+            .replace(b"User unknown", b"User unknown +2AA-"))
+    engine = db.connect(settings.database.url)
+
+    report = process_mailbox(settings, engine)
+
+    assert [o.kind for o in report.outcomes] == ["hard", "hard"]
+    found = statuses(settings)
+    assert (found["bob@example.com"], found["judy@example.net"]) == ("bounced", "bounced")
+    with Session(engine) as session:
+        keys = set(session.exec(select(ProcessedMessage.key)))
+        details = {e.email: e.detail for e in session.exec(select(BounceEvent))}
+    assert "<dsn-1@relay.example.net>" in keys
+    assert "User unknown \ufffd Giving up" in details["judy@example.net"]
     engine.dispose()
 
 
