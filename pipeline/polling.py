@@ -37,7 +37,7 @@ from pipeline.feed_list import cli_feed_urls, feed_to_poll, find_feed, seen_entr
 from pipeline.issues import find_by_key
 from pipeline.models import Essay, Feed, FeedEntry
 from pipeline.periods import Action, Period, decide
-from pipeline.readers.feed import FeedDocument, FeedItem, fetch, parse_feed
+from pipeline.readers.feed import FeedDocument, FeedItem, Lookup, fetch, parse_feed, system_addresses
 from pipeline.readers.parsed_essay import ParsedEssay, slugify
 from pipeline.related_cache import warm
 from subscribers.model import utcnow
@@ -79,13 +79,15 @@ class PollReport:
 
 
 def poll_feeds(
-    settings: Settings, engine: Engine, now: datetime | None = None, dry_run: bool = False
+    settings: Settings, engine: Engine, now: datetime | None = None, dry_run: bool = False,
+    lookup: Lookup = system_addresses,
 ) -> PollReport:
-    """Poll every feed once, each on its own; see the module docstring for the rules."""
+    """Poll every feed once, each on its own; see the module docstring for the rules. `lookup`
+    finds the feeds' hosts' addresses (the system's resolver unless a test gives its own)."""
     now = now or utcnow()
     report = PollReport()
     for url in feed_urls(settings, engine):
-        report.feeds.append(poll_feed(settings, engine, url, now, dry_run))
+        report.feeds.append(poll_feed(settings, engine, url, now, dry_run, lookup))
     if not dry_run and any(result.added or result.updated for result in report.feeds):
         with Session(engine) as session:  # the archive changed: its related links, built now
             warm(session, settings)
@@ -113,14 +115,14 @@ def feed_urls(settings: Settings, engine: Engine) -> list[str]:
 
 
 def poll_feed(settings: Settings, engine: Engine, url: str, now: datetime,
-              dry_run: bool = False) -> FeedResult:
+              dry_run: bool = False, lookup: Lookup = system_addresses) -> FeedResult:
     """Fetch, parse and store one feed; a failure is recorded on the feed, never raised."""
     result = FeedResult(url=url)
     with Session(engine) as session:
         known = find_feed(session, url)
         etag, modified = (known.etag, known.last_modified) if known else (None, None)
     try:
-        fetched = fetch(url, etag, modified, settings.sources.timeout_seconds)
+        fetched = fetch(url, etag, modified, settings.sources.timeout_seconds, lookup)
         document = None if fetched.not_modified else parse_feed(
             fetched.body, url, fetched.content_type, fetched.url)
     except FeedError as exc:

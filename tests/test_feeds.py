@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -13,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from pipeline import db, related_cache
 from pipeline.config import Settings, load_settings
+from pipeline.dns_records import Records
 from pipeline.errors import ConfigError, NotFound
 from pipeline.issues import compose, unsent_essays
 from pipeline.models import Essay, Feed, FeedEntry, Issue
@@ -207,6 +209,39 @@ def test_a_feed_sent_too_slowly_fails_at_the_timeout_and_the_next_feed_still_pol
         "failed", "not received in full within 1 seconds (the server sent too slowly)")
     assert (ghost.status, ghost.added) == ("ok", ["why-the-starter-wins"])
     assert list(essays(engine)) == ["why-the-starter-wins"]
+
+
+def test_a_feed_host_whose_name_lookup_never_answers_fails_at_the_timeout_and_the_next_feed_still_polls(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # The first feed's host is looked up at a DNS server on loopback that takes every query and
+    # answers none; its own limit comes long after the fetch's, which must end the wait.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        dns = Records(f"127.0.0.1:{silent.getsockname()[1]}", timeout=10)
+        unknown = f"http://blog.example:{feed_server.port}/ghost.xml"
+        write_config(config_file.parent, sources={"feeds": [unknown, feed_server.url("ghost.xml")],
+                                                  "timeout_seconds": 1})
+        unresolved, ghost = poll_feeds(load_settings(config_file), engine, NOW, lookup=dns.addresses).feeds
+        asked = silent.recv(512, socket.MSG_DONTWAIT)
+    assert b"\x04blog\x07example\x00" in asked  # the lookup did go to that server
+    assert (unresolved.url, unresolved.status, unresolved.error) == (
+        unknown, "failed", "no address for blog.example within 1 seconds (the name lookup timed out)")
+    assert (ghost.status, ghost.added) == ("ok", ["why-the-starter-wins"])
+    with Session(engine) as session:
+        assert [f.last_error for f in session.exec(select(Feed)) if f.url == unknown] == [unresolved.error]
+
+
+def test_a_feed_at_a_host_name_is_fetched_from_an_address_of_that_name(
+    config_file: Path, engine: Engine, feed_server: FeedServer
+) -> None:
+    # "localhost" is a name the system looks up (in its hosts file), not an address, and may
+    # come first as ::1, where nothing listens: the next address is tried.
+    url = f"http://localhost:{feed_server.port}/ghost.xml"
+    write_config(config_file.parent, sources={"feeds": [url], "timeout_seconds": 1})
+    result = poll_feeds(load_settings(config_file), engine, NOW).feeds[0]
+    assert (result.status, result.added) == ("ok", ["why-the-starter-wins"])
+    assert feed_server.headers[-1][1]["Host"] == f"localhost:{feed_server.port}"
 
 
 def test_redirects_are_followed_only_to_web_addresses_and_a_loop_is_named_plainly(

@@ -12,10 +12,11 @@ it, the first is taken and the later one skipped with a warning. A feed that can
 (timeout, HTTP error, too large) or read (not RSS/Atom, malformed XML) raises FeedError with the
 reason. feedparser enters the project here and nowhere else.
 
-The timeout bounds the whole fetch (connecting, redirects, headers and body), not each socket
-read: a server that sends a byte now and then would otherwise hold a poll, and the digest
-waiting on it, forever. Redirects are followed only to http:// and https:// URLs, and a
-redirect's own body is never read (MAX_FEED_BYTES bounds only the feed itself).
+The timeout bounds the whole fetch (the name lookup, connecting, redirects, headers and body),
+not each socket read: a server that sends a byte now and then would otherwise hold a poll, and
+the digest waiting on it, forever; so would a DNS server that never answers. Redirects are
+followed only to http:// and https:// URLs, and a redirect's own body is never read
+(MAX_FEED_BYTES bounds only the feed itself).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from __future__ import annotations
 import http.client
 import io
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -57,6 +60,13 @@ ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, tex
 # wrong, an XML feed served as text/plain): the feed is fine.
 HARMLESS = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType,
             feedparser.UndeclaredNamespace)
+Lookup = Callable[[str], list[str]]  # a host name -> its addresses, best first
+
+
+def system_addresses(host: str) -> list[str]:
+    """The addresses of `host` as the system finds them (its hosts file, then DNS), in its order."""
+    found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(address[0]) for *_, address in found))
 
 
 @dataclass
@@ -91,8 +101,10 @@ class FeedDocument:
     warnings: list[str] = field(default_factory=list)
 
 
-def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float) -> Fetched:
-    """GET the feed, sending the stored validators; FeedError says why it could not be had."""
+def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float,
+          lookup: Lookup = system_addresses) -> Fetched:
+    """GET the feed, sending the stored validators; FeedError says why it could not be had.
+    `lookup` finds a host's addresses (a test points it at a DNS server of its own)."""
     if urlsplit(url).scheme not in ("http", "https"):  # urllib would also open file:// paths
         raise FeedError(f"not an http:// or https:// URL: {url}")
     headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
@@ -102,7 +114,7 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
         headers["If-Modified-Since"] = last_modified
     request = urllib.request.Request(url, headers=headers)
     deadline = Deadline(timeout)
-    opener = urllib.request.build_opener(DeadlineHandler(deadline), WebRedirectHandler())
+    opener = urllib.request.build_opener(DeadlineHandler(deadline, lookup), WebRedirectHandler())
     try:
         with opener.open(request, timeout=timeout) as response:
             try:
@@ -125,6 +137,8 @@ def fetch(url: str, etag: str | None, last_modified: str | None, timeout: float)
         raise FeedError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
+        if isinstance(reason, NameLookupTimeout):
+            raise FeedError(str(reason)) from None
         if isinstance(reason, TimeoutError):
             raise FeedError(f"no answer within {timeout:g} seconds (timed out)") from None
         raise FeedError(f"cannot connect: {getattr(reason, 'strerror', None) or reason}") from None
@@ -146,6 +160,39 @@ class Deadline:
         if left <= 0:
             raise TimeoutError(f"not done within {self.seconds:g} seconds")
         return left
+
+    def addresses(self, lookup: Lookup, host: str) -> list[str]:
+        """`lookup(host)`, waited for only the time left.
+
+        The system's getaddrinfo takes no timeout (a socket's does not reach it), so a slow DNS
+        held a poll past its deadline. It runs on a thread of its own, which is left to end by
+        itself when the time runs out: a daemon, it holds up no exit.
+        """
+        left = self.remaining()
+        found: list[list[str]] = []
+        failed: list[Exception] = []
+
+        def look_up() -> None:
+            try:
+                found.append(lookup(host))
+            except Exception as exc:  # noqa: BLE001  (handed to the caller below)
+                failed.append(exc)
+
+        thread = threading.Thread(target=look_up, name=f"lookup {host}", daemon=True)
+        thread.start()
+        thread.join(left)
+        if thread.is_alive():
+            raise NameLookupTimeout(f"no address for {host} within {self.seconds:g} seconds "
+                                    "(the name lookup timed out)")
+        if failed and isinstance(failed[0], OSError):
+            raise failed[0]
+        if failed:  # a lookup of another kind's own error: as an OSError, which urllib reports
+            raise OSError(f"cannot look up {host}: {failed[0]}") from failed[0]
+        return found[0]
+
+
+class NameLookupTimeout(TimeoutError):
+    """A host's addresses were not found before the deadline."""
 
 
 class DeadlineReader(io.RawIOBase):
@@ -189,14 +236,28 @@ def deadline_response(deadline: Deadline) -> type[http.client.HTTPResponse]:
 class DeadlineConnection(http.client.HTTPConnection):
     """Connects within the time left, and answers through a deadline-keeping response."""
 
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: Deadline, lookup: Lookup, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline
+        self.lookup = lookup
         self.response_class = deadline_response(deadline)
+        self._create_connection = self._open_socket  # http.client's own: getaddrinfo, then connect
 
     def connect(self) -> None:
         self.timeout = self.deadline.remaining()  # a redirect's new connection gets what is left
         super().connect()
+
+    def _open_socket(self, address: tuple[str, int], timeout: float,
+                     source_address: tuple[str, int] | None = None) -> socket.socket:
+        """A socket connected to the first of the host's addresses that answers."""
+        host, port = address
+        failure = OSError(f"no address for {host}")
+        for ip in self.deadline.addresses(self.lookup, host):
+            try:
+                return socket.create_connection((ip, port), self.deadline.remaining(), source_address)
+            except OSError as exc:  # refused, unreachable: the next address (if time is left)
+                failure = exc
+        raise failure
 
 
 class DeadlineHTTPSConnection(DeadlineConnection, http.client.HTTPSConnection):
@@ -207,15 +268,16 @@ class DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     """Opens http:// and https:// URLs over deadline-keeping connections. A subclass of both
     stock handlers, so that build_opener adds neither of them beside it."""
 
-    def __init__(self, deadline: Deadline) -> None:
+    def __init__(self, deadline: Deadline, lookup: Lookup) -> None:
         super().__init__()
         self.deadline = deadline
+        self.lookup = lookup
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(partial(DeadlineConnection, deadline=self.deadline), req)
+        return self.do_open(partial(DeadlineConnection, deadline=self.deadline, lookup=self.lookup), req)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline), req)
+        return self.do_open(partial(DeadlineHTTPSConnection, deadline=self.deadline, lookup=self.lookup), req)
 
 
 class WebRedirectHandler(urllib.request.HTTPRedirectHandler):
