@@ -103,6 +103,24 @@ class _Transports:
         return [s.to for t in self.made for s in t.sent]
 
 
+def _work_until_finished(settings: Settings, engine: Engine, transports: _Transports) -> WorkerStats:
+    """A worker run until it finishes an issue, or for 40 s at most (a worker that never sends
+    must not hang the suite)."""
+    stop = threading.Event()
+
+    def on_report(report: Report) -> None:
+        if report.ending is Ending.FINISHED:
+            stop.set()
+
+    give_up = threading.Timer(40, stop.set)
+    give_up.start()
+    try:
+        return run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
+                          on_report=on_report)
+    finally:
+        give_up.cancel()
+
+
 def _statuses(engine: Engine, key: str) -> tuple[Counter[str], set[int]]:
     """The issue's rows by status, and the attempts of those still pending."""
     with Session(engine) as session:
@@ -233,17 +251,7 @@ def test_a_mailbox_the_database_keeps_failing_on_does_not_keep_the_worker_from_s
     with psycopg.connect(_plain(postgres_url), autocommit=True) as admin:
         admin.execute("DROP TABLE processedmessage")
     transports = _Transports(lambda t, to: None)
-    stop = threading.Event()
-
-    def on_report(report: Report) -> None:
-        if report.ending is Ending.FINISHED:
-            stop.set()
-
-    give_up = threading.Timer(30, stop.set)  # the worker that never sends must not hang the suite
-    give_up.start()
-    stats = run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
-                       on_report=on_report)
-    give_up.cancel()
+    stats = _work_until_finished(settings, engine, transports)
     assert sorted(transports.sent()) == sorted(f"reader{n}@example.org" for n in range(5))
     assert stats.errors and all(e.startswith("database: ") for e in stats.errors)
     engine.dispose()
@@ -291,18 +299,8 @@ def test_a_worker_counts_what_a_run_did_before_the_database_failed_it(
             killed_when_it_waits(postgres_url, "delivery")
 
     transports = _Transports(before)
-    stop = threading.Event()
-
-    def on_report(report: Report) -> None:
-        if report.ending is Ending.FINISHED:
-            stop.set()
-
-    give_up = threading.Timer(40, stop.set)
-    give_up.start()
     with caplog.at_level(logging.INFO, logger="newsletter.worker"):
-        stats = run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
-                           on_report=on_report)
-    give_up.cancel()
+        stats = _work_until_finished(settings, engine, transports)
     assert _statuses(engine, "cut")[0] == {"sent": 25} and len(transports.sent()) == 25
     assert any(e.startswith("database: ") for e in stats.errors), stats.errors
     assert (stats.sent, stats.failed, stats.finished) == (25, 0, ["cut"])
@@ -334,17 +332,7 @@ def test_a_worker_records_what_the_relay_took_once_a_long_database_outage_ends(
             away_for(postgres_url, "delivery", 3.0)
 
     transports = _Transports(before)
-    stop = threading.Event()
-
-    def on_report(report: Report) -> None:
-        if report.ending is Ending.FINISHED:
-            stop.set()
-
-    give_up = threading.Timer(40, stop.set)
-    give_up.start()
-    stats = run_worker(settings, engine, stop=stop, idle_seconds=0.1, transport_factory=transports,
-                       on_report=on_report)
-    give_up.cancel()
+    stats = _work_until_finished(settings, engine, transports)
     statuses, _ = _statuses(engine, "long")
     assert statuses == {"sent": 25}, statuses
     assert Counter(transports.sent()) == Counter(f"reader{n}@example.org" for n in range(25))
