@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +15,6 @@ from typing import Any, Protocol, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from sqlalchemy.engine import Engine
 
 from pipeline import db, signals
@@ -34,14 +34,46 @@ UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `news
                 "{key} --unknown` resends them (a second copy, same Message-ID, for whoever got one).")
 
 
+# Rich's markup, as rich.markup reads it: a tag is `[`, then a-z, #, / or @, up to the first `]`
+# with no `[` before it. The backslashes right before a tag escape it two for one; anywhere else
+# only the one backslash right before a `[` means something (it is dropped).
+_BRACKET = re.compile(r"(\\*)\[")
+_TAG_BODY = re.compile(r"[a-z#/@][^\[]*?\]")
+# Text ending in backslashes, or in a `[` a following `]` would close into a tag, reads
+# differently depending on what the message puts after it; an empty style ends it for good.
+_OPEN_END = re.compile(r"(?:\\|\[[a-z#/@][^\[\]]*)\Z")
+_END = "[dim][/dim]"
+
+
+def _bracket(match: re.Match[str]) -> str:
+    backslashes = len(match.group(1))
+    if _TAG_BODY.match(match.string, match.end()):
+        return "\\" * (2 * backslashes + 1) + "["
+    return "\\" * (backslashes + 1) + "["
+
+
+def literal(text: str) -> str:
+    """`text` as console markup that prints exactly `text`, whatever markup comes before or after.
+
+    rich.markup.escape only escapes what looks like a whole tag, so a backslash before any
+    other `[` was lost ("\\[1]" printed "[1]"), and a trailing backslash printed doubled unless a
+    tag followed it.
+    """
+    escaped = _BRACKET.sub(_bracket, text)
+    if not _OPEN_END.search(text):
+        return escaped
+    trailing = len(text) - len(text.rstrip("\\"))
+    return escaped + "\\" * trailing + _END  # before a tag, backslashes count half
+
+
 def shown(text: str) -> str:
     """Stored or file-given text for console.print: markup and control characters shown literally.
 
-    "[red]" stays "[red]" (not a colour), and ESC, NUL or a bidi override print as `\\x1b`,
-    `\\x00`, `\\u202e` instead of steering the terminal: rows imported before the import
-    stripped them, or names that came in another way, print harmlessly too.
+    "[red]" stays "[red]" (not a colour), "\\[" stays "\\[", and ESC, NUL or a bidi override print
+    as `\\x1b`, `\\x00`, `\\u202e` instead of steering the terminal: rows imported before the
+    import stripped them, or names that came in another way, print harmlessly too.
     """
-    return escape(printable(text))
+    return literal(printable(text))
 
 
 @dataclass
@@ -51,8 +83,9 @@ class App:
     config_path: str | None
     _settings: Settings | None = None
     _engine: Engine | None = None
-    console: Console = field(default_factory=lambda: Console(highlight=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    # No emoji codes: a title with ":fire:" in it prints the word, not a picture.
+    console: Console = field(default_factory=lambda: Console(highlight=False, emoji=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, emoji=False))
 
     @property
     def settings(self) -> Settings:
