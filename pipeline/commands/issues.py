@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from pipeline import glance
-from pipeline.commands.base import App, json_option, pass_app, print_json, readable_time, shown
+from pipeline.commands.base import App, json_option, literal, pass_app, print_json, readable_time, shown
 from pipeline.commands.issue_edits import discard_command, edit_command, tell_repeats
 from pipeline.config import Settings
 from pipeline.db import open_session, scratch_session, session_scope
@@ -135,7 +134,7 @@ def list_command(app: App, as_json: bool) -> None:
     table.add_column("created", no_wrap=True)  # the day; `issues show` and --json have the time
     table.add_column("subject", ratio=1)
     for row in rows:
-        table.add_row(str(row["id"]), escape(row["key"]), row["status"], str(len(row["essays"])),
+        table.add_row(str(row["id"]), literal(row["key"]), row["status"], str(len(row["essays"])),
                       f"{row['created_at']:%Y-%m-%d}", shown(row["subject"]))
     app.console.print(table)
 
@@ -209,12 +208,12 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
             output.write_text(body, encoding="utf-8")
         except OSError as exc:  # a missing folder, no permission: the user's to fix, not a bug
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {escape(recipient)}")
+        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {literal(recipient)}")
     else:
         click.echo(body, nl=False)
     # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.
     if open_browser and output is not None and not webbrowser.open(output.resolve().as_uri()):
-        app.err.print(f"Could not open a browser on this machine: open {escape(str(output))} where "
+        app.err.print(f"Could not open a browser on this machine: open {literal(str(output))} where "
                       "you can, or run `newsletter serve` and browse to its preview.", soft_wrap=True)
 
 
@@ -254,12 +253,12 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
         return
     for finding in [*failures(findings), *warnings(findings)]:
         label = "[red]{} MUST[/]  " if finding.level == "MUST" else "[yellow]{} SHOULD[/]"
-        app.console.print(f"{label.format(finding.code)}  {escape(finding.message)}", soft_wrap=True)
-        app.console.print(f"     fix: {escape(fix_for(finding.code))} ({anchor(finding.code)})",
+        app.console.print(f"{label.format(finding.code)}  {literal(finding.message)}", soft_wrap=True)
+        app.console.print(f"     fix: {literal(fix_for(finding.code))} ({anchor(finding.code)})",
                           soft_wrap=True, style="dim")
     failed, warned = len(failures(findings)), len(warnings(findings))
     verdict = "[red]fails[/]" if failed else "[green]passes[/]"
-    app.console.print(f"Issue {escape(issue.key)} {verdict} the email checklist: "
+    app.console.print(f"Issue {literal(issue.key)} {verdict} the email checklist: "
                       f"{failed} MUST failure{'' if failed == 1 else 's'}, "
                       f"{warned} warning{'' if warned == 1 else 's'}.")
     if any(f.code == "H11" and "http://" in f.message for f in findings) and \
@@ -279,7 +278,7 @@ def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]
     with open_session(app.engine) as session:
         issue = find_issue(session, issue_ref)
         subscriber = None if email is None else by_address(session, email)
-        secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(escape(note)))
+        secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(literal(note)))
         return issue, personal_copy(session, app.settings, secret, issue, subscriber)
 
 

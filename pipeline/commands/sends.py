@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from pipeline import glance
-from pipeline.commands.base import UNKNOWN_HELP, App, confirm, json_option, pass_app, print_json, readable_time
+from pipeline.commands.base import (
+    UNKNOWN_HELP,
+    App,
+    confirm,
+    json_option,
+    literal,
+    pass_app,
+    print_json,
+    readable_time,
+)
 from pipeline.complaints import issue_feedback
 from pipeline.db import open_session
 from pipeline.statuses import DeliveryStatus
@@ -62,7 +70,7 @@ def status(app: App, issue: str, as_json: bool) -> None:
                                  "complaint_verdict": verdict, "explanation": why}})
         return
     # The key above the table, not as its title: a title wraps to the narrow table's width.
-    app.console.print(f"{escape(target.key)} ({target.status})", soft_wrap=True)
+    app.console.print(f"{literal(target.key)} ({target.status})", soft_wrap=True)
     table = Table()
     table.add_column("status")
     table.add_column("deliveries", justify="right")
@@ -75,12 +83,12 @@ def status(app: App, issue: str, as_json: bool) -> None:
     app.console.print(table)
     colour = {"ok": "", "warn": "[yellow]Warning:[/] ", "pause": "[bold red]Paused:[/] "}[verdict]
     if feedback.complained or verdict != "ok":
-        app.console.print(colour + escape(why[0].upper() + why[1:]), soft_wrap=True)
+        app.console.print(colour + literal(why[0].upper() + why[1:]), soft_wrap=True)
     if next_retry:
         app.console.print(f"Next retry due at {readable_time(next_retry, not_before=True)}.")
     if holders:
         app.console.print(f"In flight ({counts['sending']} sending): "
-                          f"{escape(leases.describe_in_flight(holders))}.")
+                          f"{literal(leases.describe_in_flight(holders))}.")
     _hints(app, target, counts)
 
 
@@ -119,8 +127,8 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
     for row in found:
         note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
         later = " ".join(filter(None, (row.feedback, row.feedback_status)))  # the bounce mailbox's word
-        table.add_row(escape(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
-                      escape(note), escape(later))
+        table.add_row(literal(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
+                      literal(note), literal(later))
     app.console.print(table)
     if len(found) < total:
         app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")
@@ -196,7 +204,7 @@ def _hints(app: App, issue: glance.IssueRow, counts: dict[str, int]) -> None:
     if counts["unknown"]:
         app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
                           f"its sender stopped mid-attempt; maybe delivered, maybe not. "
-                          + UNKNOWN_HELP.format(key=escape(issue.key)))
+                          + UNKNOWN_HELP.format(key=literal(issue.key)))
     if counts["failed"]:
         app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
 
