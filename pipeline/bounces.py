@@ -393,8 +393,9 @@ def _as_text(value: object) -> str:
 
 
 def _decode(data: bytes, charset: str | None) -> str:
-    """Bytes in their declared charset; one Python does not know (`x-unknown-8bit`, a typo) or none
-    is read as UTF-8 when the bytes are UTF-8, else as Latin-1, which decodes any byte."""
+    """Bytes in their declared charset; one Python does not know (`x-unknown-8bit`, a typo), cannot
+    use (a NUL in its name, `idna`, `undefined`) or none is read as UTF-8 when the bytes are UTF-8,
+    else as Latin-1, which decodes any byte."""
     return _storable(_in_charset(data, charset))
 
 
@@ -402,7 +403,9 @@ def _in_charset(data: bytes, charset: str | None) -> str:
     if charset:
         try:
             return data.decode(charset, "replace")
-        except LookupError:
+        # An unknown name is a LookupError; a NUL in the name, or a codec that refuses "replace"
+        # or refuses everything, a ValueError (UnicodeError is one).
+        except (LookupError, ValueError):
             pass
     try:
         return data.decode("utf-8")

@@ -642,6 +642,31 @@ def test_eight_bit_bytes_in_a_report_are_read_like_its_clean_equivalent(name: st
     assert found.original_message_id == expected.original_message_id
 
 
+# A charset parameter no codec takes: NUL in its name (a ValueError, not a LookupError), an 8-bit
+# byte, a codec that cannot replace what it cannot read (idna), one that reads nothing (undefined).
+BAD_CHARSETS = [b"us\x00-ascii", b"\x00", b"us-ascii\xff", b"idna", b"undefined"]
+# (fixture, a part's Content-Type as sent, the same with the charset parameter to spoil)
+CHARSET_PARTS = [
+    ("postfix.eml", b"Content-Type: text/rfc822-headers\n", b'Content-Type: text/rfc822-headers; charset="%s"\n'),
+    ("yahoo.eml", b"charset=us-ascii", b'charset="%s"'),
+    ("exim.eml", b"charset=us-ascii", b'charset="%s"'),
+]
+
+
+@pytest.mark.parametrize("charset", BAD_CHARSETS, ids=repr)
+@pytest.mark.parametrize(("name", "clean", "dirty"), CHARSET_PARTS, ids=[p[0] for p in CHARSET_PARTS])
+def test_a_part_whose_charset_no_codec_takes_is_read_like_its_clean_equivalent(
+        name: str, clean: bytes, dirty: bytes, charset: bytes) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    assert clean in raw
+    expected = classify(raw, UNSUBSCRIBE_TO)
+    found = classify(raw.replace(clean, dirty % charset, 1), UNSUBSCRIBE_TO)
+    assert found.kind == expected.kind, found.reason
+    assert [(f.recipient, f.kind, f.status, f.detail) for f in found.failures] == \
+        [(f.recipient, f.kind, f.status, f.detail) for f in expected.failures]
+    assert found.original_message_id == expected.original_message_id
+
+
 def test_eight_bit_words_of_a_server_are_kept_readable() -> None:
     raw = (FIXTURES / "postfix.eml").read_bytes().replace(*EIGHT_BIT[0][1:])
     assert "Boîte inconnue" in classify(raw, UNSUBSCRIBE_TO).failures[0].detail
