@@ -4,7 +4,8 @@ It answers conditional GETs (If-None-Match / If-Modified-Since) with 304, counts
 path and keeps the headers each one sent. `/missing.xml` is a 404 and `/slow.xml` answers only
 after SLOW_SECONDS, so a client with a shorter timeout gives up. `/drip.xml` answers at once and
 then sends atom.xml's last DRIP_BYTES one every DRIP_SECONDS: no single read waits long, the
-whole download takes DRIP_BYTES * DRIP_SECONDS. REDIRECTS are answered with a 302 to their
+whole download takes DRIP_BYTES * DRIP_SECONDS; it records in `written` how many of those bytes
+it got out before the client hung up (all of them if it never did). REDIRECTS are answered with a 302 to their
 target: /moved.xml to ghost.xml, /to-ftp.xml to an ftp:// URL, /loop.xml to itself; a test
 adds to `redirects` when a site starts redirecting.
 HEAVY_REDIRECTS also redirect to ghost.xml, with a body that a client must not read:
@@ -44,7 +45,7 @@ class FeedServer:
     headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     modified: dict[str, str] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=lambda: dict(REDIRECTS))  # path -> target
-    written: dict[str, int] = field(default_factory=dict)  # path -> bytes sent of a heavy body
+    written: dict[str, int] = field(default_factory=dict)  # path -> bytes sent of a heavy or dripped body
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
@@ -109,13 +110,16 @@ def serve_feeds() -> Iterator[FeedServer]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body[:-DRIP_BYTES])
+            sent = 0
             try:
                 for byte in body[-DRIP_BYTES:]:
                     self.wfile.flush()
                     time.sleep(DRIP_SECONDS)
                     self.wfile.write(bytes([byte]))
+                    sent += 1
             except OSError:
                 pass  # the client gave up, as it should
+            state.written["/drip.xml"] = sent
 
         def heavy_redirect(self, path: str) -> None:
             """A 302 with a large body: sent until the client hangs up, counting what went out."""
