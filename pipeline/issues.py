@@ -273,7 +273,8 @@ def issue_essays(session: Session, issue: Issue) -> list[Essay]:
 
 
 def sending_issues(session: Session, now: datetime) -> list[tuple[int, str]]:
-    """(id, key) of the issues in `sending` status that may still be sent, oldest first."""
+    """(id, key) of the issues in `sending` status that may still be sent, oldest first: those
+    `past_deadline` lets through (no not_after, or `now` before it)."""
     found = session.exec(
         select(Issue.id, Issue.key)
         .where(Issue.status == IssueStatus.SENDING.value,
@@ -333,9 +334,12 @@ def reopen(session: Session, issue: Issue) -> None:
 
 
 def past_deadline(issue: Issue, now: datetime) -> str | None:
-    """Why `issue` may not be sent at `now` (its not_after has passed), or None. Publish checks
-    it before a run, the sender before every batch, a requeue before it reopens anything."""
-    if issue.not_after is not None and now > issue.not_after:
+    """Why `issue` may not be sent at `now` (its not_after has come), or None. Publish checks
+    it before a run, the sender before every batch, a requeue before it reopens anything.
+
+    Sending stops at not_after itself, as `sending_issues` has it: at that instant a worker
+    would not pick the issue up, so the sender must not go on with it either."""
+    if issue.not_after is not None and now >= issue.not_after:
         return f"issue {issue.key} may not be sent after {issue.not_after:%Y-%m-%d %H:%M} UTC"
     return None
 

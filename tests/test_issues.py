@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,17 @@ from sqlmodel import Session, select
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigError, NotFound, Refused
-from pipeline.issues import adopt_draft, compose, find_issue, issue_essays, latest_issue, list_issues, unsent_essays
+from pipeline.issues import (
+    adopt_draft,
+    compose,
+    find_issue,
+    issue_essays,
+    latest_issue,
+    list_issues,
+    past_deadline,
+    sending_issues,
+    unsent_essays,
+)
 from pipeline.links import unsubscribe_url
 from pipeline.models import Issue, IssueEssay
 from pipeline.render import Recipient
@@ -175,6 +185,25 @@ def test_two_schedulers_racing_for_one_key_get_the_same_issue(any_engine: Engine
     assert len(ids) == 2 and ids[0] == ids[1]
     with Session(any_engine) as session:
         assert len(session.exec(select(Issue)).all()) == 1
+
+
+@pytest.mark.parametrize("offset", [timedelta(microseconds=-1), timedelta(0), timedelta(microseconds=1)])
+def test_sending_stops_at_not_after_the_same_for_the_sender_and_the_workers(any_engine: Engine,
+                                                                            offset: timedelta) -> None:
+    """The sender asks `past_deadline` before each batch, a worker asks `sending_issues` which
+    issues to pick up: at not_after itself both say no more, a microsecond before both say go on."""
+    not_after = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
+    now = not_after + offset
+    with Session(any_engine, expire_on_commit=False) as session:
+        issue = Issue(key="bounded", status="sending", started_at=not_after - timedelta(hours=1),
+                      not_after=not_after)
+        session.add(issue)
+        session.commit()
+        stored = find_issue(session, "bounded")
+        picked = sending_issues(session, now)
+    stops = offset >= timedelta(0)
+    assert (past_deadline(stored, now) is not None) is stops
+    assert picked == ([] if stops else [(issue.id, "bounded")])
 
 
 def test_find_by_id_or_key_and_latest(session: Session, settings: Settings) -> None:
