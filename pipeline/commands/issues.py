@@ -208,7 +208,8 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
             output.write_text(body, encoding="utf-8")
         except OSError as exc:  # a missing folder, no permission: the user's to fix, not a bug
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-        app.err.print(f"Wrote {output} ({len(body.encode('utf-8')) / 1024:.1f} KB) for {literal(recipient)}")
+        size = len(body.encode("utf-8")) / 1024
+        app.err.print(f"Wrote {shown(str(output))} ({size:.1f} KB) for {literal(recipient)}")
     else:
         click.echo(body, nl=False)
     # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.
