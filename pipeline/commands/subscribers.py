@@ -233,7 +233,7 @@ def export(app: App, status: str | None, output: Path | None) -> None:
             with handle:
                 count = export_csv(session, handle, status)
     noun = "subscriber" if count == 1 else "subscribers"
-    app.err.print(f"Exported {count} {noun}{f' to {output}' if output else ''}.")
+    app.err.print(f"Exported {count} {noun}{f' to {shown(str(output))}' if output else ''}.")
 
 
 @group.command("list")
