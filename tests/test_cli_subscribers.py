@@ -393,3 +393,37 @@ def test_a_cut_json_list_says_it_is_cut(run_cli: CLI) -> None:
     assert "Showing 2 of 3; --limit 0 shows all." in cut.stderr
     whole = json.loads(run_cli("subscribers", "list", "--limit", "0", "--json").stdout)
     assert len(whole["subscribers"]) == 3 and whole["truncated"] is False
+
+
+def test_unsubscribe_of_an_address_nobody_has_fails_before_asking(run_cli: CLI) -> None:
+    """A mistyped address was asked about ("Unsubscribe anne@...? ") and only after a yes was it
+    refused: the question is for an address that is on the list, so the typo is named first."""
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    result = run_cli("subscribers", "unsubscribe", "anne@example.org", input="y\n")
+    assert result.exit_code == 1, result.output
+    assert "Error: no subscriber with the address 'anne@example.org'" in result.output
+    assert "Unsubscribe anne@example.org?" not in result.output
+    assert statuses(run_cli) == {"ann@example.org": "active"}
+
+
+def test_unsubscribe_of_an_address_already_off_the_list_does_not_ask(run_cli: CLI) -> None:
+    assert run_cli("subscribers", "add", "kim@example.org").exit_code == 0
+    assert run_cli("subscribers", "unsubscribe", "kim@example.org", "--yes").exit_code == 0
+    again = run_cli("subscribers", "unsubscribe", "kim@example.org")  # no input: a question would abort
+    assert again.exit_code == 0 and "already off the list" in again.output and "?" not in again.output
+
+
+def test_remove_of_an_address_nobody_has_says_so_in_its_question(run_cli: CLI) -> None:
+    """`remove anne@...` asked "Erase anne@... and its name from the list and the send history?",
+    and only after a yes said there was nothing to erase (and suppressed it). The question now
+    says what a yes does to an address not on the list; a no leaves it unsuppressed."""
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    declined = run_cli("subscribers", "remove", "anne@example.org", input="n\n")
+    assert declined.exit_code == 1
+    assert "anne@example.org is not on the list: there is nothing to erase." in declined.output
+    assert "Erase anne@example.org" not in declined.output
+    assert run_cli("subscribers", "add", "anne@example.org").exit_code == 0  # not suppressed by the no
+    assert run_cli("subscribers", "remove", "anne@example.org", "--yes").exit_code == 0
+    accepted = run_cli("subscribers", "remove", "nobody@example.org", input="y\n")
+    assert accepted.exit_code == 1 and "suppressed now" in accepted.output
+    assert run_cli("subscribers", "add", "nobody@example.org").exit_code == 1

@@ -321,12 +321,20 @@ def unsubscribe(app: App, email: str, yes: bool) -> None:
     """Unsubscribe an address (say, one that asked by email). Nothing is erased.
 
     Asks first: only the reader can come back (by signing up and confirming), so a mistyped
-    address cannot be undone from here.
+    address cannot be undone from here. An address not on the list fails before the question,
+    and one already off it is not asked about.
 
     \b
     Example:
       newsletter subscribers unsubscribe ann@example.org --yes
     """
+    # Looked up before asking, in a session of its own (none is held open while a person
+    # answers): a mistyped address is named at once, and one already off the list is no question.
+    with open_session(app.engine) as session:
+        status = consent.by_address(session, email).status
+    if not consent.would_opt_out(status, SubscriberStatus.UNSUBSCRIBED):
+        app.console.print(f"{shown(email)} was already off the list.")
+        return
     if not yes and not confirm(f"Unsubscribe {email}? Only they can come back, by signing up again."):
         raise click.Abort
     with open_session(app.engine) as session:
@@ -343,18 +351,29 @@ def remove(app: App, email: str, yes: bool) -> None:
 
     The address is kept only as a one-way hash on the suppression list, so no later import or
     `add` can bring it back; only the person can, by signing up again and confirming. The
-    send history keeps its counts but no longer says who.
+    send history keeps its counts but no longer says who. For an address not on the list the
+    question says so (nothing to erase; a yes only suppresses it), and the command exits 1.
 
     \b
     Example:
       newsletter subscribers remove ann@example.org --yes
     """
-    if not yes:
-        if not confirm(f"Erase {email} and its name from the list and the send history?"):
-            raise click.Abort
+    if not yes and not confirm(_removal_question(app, email)):
+        raise click.Abort
     with open_session(app.engine) as session:
         consent.remove(session, email)
     app.console.print(f"Removed {shown(email)}: personal data erased, address suppressed.")
+
+
+def _removal_question(app: App, email: str) -> str:
+    """What a yes to `remove` does: erase a subscriber, or, for an address not on the list (a
+    typo, say), only suppress it; said before the answer, not after it."""
+    with open_session(app.engine) as session:  # closed before the question: a person may take a while
+        known = consent.find(session, email) is not None
+    if known:
+        return f"Erase {email} and its name from the list and the send history?"
+    return (f"{email} is not on the list: there is nothing to erase. Suppress it anyway, so that no "
+            "import or add can put it on the list?")
 
 
 commands = [group]
