@@ -93,16 +93,18 @@ def run_worker(
     transport_factory: Callable[[], Transport] | None = None,
     on_report: Callable[[Report], None] | None = None,
     force: bool = False,
+    stats: WorkerStats | None = None,
 ) -> WorkerStats:
     """Deliver issues in `sending` status until `stop` is set (or, with `once`, until a round
     finds nothing to send). `concurrency`: SMTP connections (threads) in this worker, default
     `delivery.connections`. A stop finishes and records the batch in flight first. An issue
     whose message fails the checklist's MUST checks over SMTP is left alone (logged) unless
-    `force`."""
+    `force`. `stats`, when given, is counted into as the worker goes: a caller that sees the
+    worker raise (a database failing with `once`, a second Ctrl-C) still has what it did."""
     if concurrency is not None:
         settings = replace(settings, delivery=replace(settings.delivery, connections=concurrency))
     stop = stop or threading.Event()
-    stats = WorkerStats()
+    stats = WorkerStats() if stats is None else stats
     resume_at: dict[int, float] = {}  # issue id -> monotonic time it may be tried again
     bounces_due = time.monotonic()  # the bounce mailbox is read first, then every interval
     kept: list[Unrecorded] = []  # what the relay answered while the database was away

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -276,6 +276,27 @@ def test_worker_once_exits_1_and_burns_no_attempts_when_the_relay_is_down(tmp_pa
     with Session(engine) as session:
         rows = ledger_reads.rows(session, find_issue(session, "no-relay").id)
     assert [(r.status, r.attempts) for r in rows] == [("pending", 0)] * 4
+
+
+def test_worker_once_prints_its_summary_when_the_database_fails(tmp_path: Path, server: FaultServer) -> None:
+    """The database refusing a write mid-run (here a trigger; a full disk says the same) ended
+    `worker --once` with the error alone: the "Worker stopped: ..." line, with what the run had
+    sent until then, was never printed."""
+    settings = smtp_settings(tmp_path, server.port, batch_size=2)
+    engine = db.connect(settings.database.url)
+    add_readers(engine, 4)
+    enqueue(settings, engine, "cut-off")
+    with engine.begin() as connection:  # the second batch's claim is refused, after two went out
+        connection.execute(text("CREATE TRIGGER away BEFORE UPDATE OF status ON delivery "
+                                "WHEN NEW.email = 'reader2@example.org' AND NEW.status = 'sending' "
+                                "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"))
+    engine.dispose()
+    worker = start_worker(settings.path, "--once")
+    output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 1, output
+    assert "disk I/O error" in output
+    assert "Worker stopped: 2 sent, 0 to retry, 0 failed, 0 skipped." in output
+    assert len(server.received) == 2
 
 
 @pytest.mark.slow

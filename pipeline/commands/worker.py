@@ -11,7 +11,7 @@ import threading
 import click
 
 from pipeline.commands.base import EXIT_ERROR, EXIT_UNDECIDED, App, pass_app, stop_on_signals
-from pipeline.worker import IDLE_SECONDS, run_worker
+from pipeline.worker import IDLE_SECONDS, WorkerStats, run_worker
 
 
 @click.command("worker")
@@ -54,17 +54,13 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float, f
         "worker %s:%d started: database %s, sending through %s, %d connection(s), batches of %d, "
         "lease %d s", socket.gethostname(), os.getpid(), engine.url.render_as_string(hide_password=True),
         relay, concurrency or d.connections, d.batch_size, d.lease_seconds)
-    stop = threading.Event()
-    with stop_on_signals(stop, app):
-        stats = run_worker(settings, engine, concurrency=concurrency, once=once, stop=stop,
-                           idle_seconds=idle_seconds, force=force)
-    finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
-    app.console.print(f"Worker stopped: {stats.sent} sent, {stats.retrying} to retry, "
-                      f"{stats.failed} failed, " + (f"{stats.unknown} unknown, " if stats.unknown else "")
-                      + f"{stats.skipped} skipped{finished}.", markup=False, soft_wrap=True)
-    for key, count in stats.undecided.items():
-        app.err.print(f"{key} is finished, but {count} deliveries are unknown (maybe delivered): "
-                      f"see `newsletter sends status {key}`.", markup=False)
+    stop, stats = threading.Event(), WorkerStats()
+    try:
+        with stop_on_signals(stop, app):
+            run_worker(settings, engine, concurrency=concurrency, once=once, stop=stop,
+                       idle_seconds=idle_seconds, force=force, stats=stats)
+    finally:  # a run the database ended (--once) sent things too: said before its error
+        _summary(app, stats)
     if once and stats.paused:
         app.err.print(f"Paused: {stats.paused}", markup=False)
         raise SystemExit(EXIT_ERROR)
@@ -72,6 +68,17 @@ def worker(app: App, concurrency: int | None, once: bool, idle_seconds: float, f
         raise SystemExit(EXIT_ERROR)
     if once and stats.undecided:
         raise SystemExit(EXIT_UNDECIDED)
+
+
+def _summary(app: App, stats: WorkerStats) -> None:
+    """What this worker did, however it ended."""
+    finished = f"; finished {', '.join(stats.finished)}" if stats.finished else ""
+    app.console.print(f"Worker stopped: {stats.sent} sent, {stats.retrying} to retry, "
+                      f"{stats.failed} failed, " + (f"{stats.unknown} unknown, " if stats.unknown else "")
+                      + f"{stats.skipped} skipped{finished}.", markup=False, soft_wrap=True)
+    for key, count in stats.undecided.items():
+        app.err.print(f"{key} is finished, but {count} deliveries are unknown (maybe delivered): "
+                      f"see `newsletter sends status {key}`.", markup=False)
 
 
 commands = [worker]
