@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
@@ -79,6 +79,20 @@ def latest_to(session: Session, subscriber_id: int) -> Delivery | None:
     """The delivery sent last to this subscriber (any issue)."""
     return session.exec(select(Delivery).where(Delivery.subscriber_id == subscriber_id)
                         .order_by(col(Delivery.sent_at).desc(), col(Delivery.id).desc())).first()
+
+
+def refused_while_active(session: Session, issue_id: int, codes: tuple[int, ...]) -> list[tuple[int, int, str]]:
+    """(subscriber id, code, reply) of the issue's `failed` rows that a relay refused with one of
+    `codes` while their reader, still active, was confirmed: a refusal from before their latest
+    confirmation (they came back since) is theirs no more."""
+    found = session.exec(
+        select(Delivery.subscriber_id, Delivery.smtp_code, Delivery.last_error)
+        .join(Subscriber, col(Subscriber.id) == Delivery.subscriber_id)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED.value,
+               col(Delivery.smtp_code).in_(codes), Subscriber.status == SubscriberStatus.ACTIVE.value,
+               or_(col(Subscriber.confirmed_at).is_(None), col(Delivery.updated_at) > col(Subscriber.confirmed_at)))
+    ).all()
+    return [(sid or 0, code or 0, error or "") for sid, code, error in found]
 
 
 def _connection(session: Session) -> Connection:

@@ -273,7 +273,8 @@ def _refusal(issue: Issue, now: datetime) -> str | None:
 def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedIssue, report: Report,
            now: datetime) -> None:
     """In one transaction: the render onto the issue, one row per active subscriber, `sending`;
-    then the rows a stopped sender left in flight reconciled, and what is owed counted."""
+    then the rows a stopped sender left in flight reconciled, what is owed counted, and the
+    hard bounces a stopped sender saved but did not mark marked."""
     if issue.status == IssueStatus.DRAFT.value:  # a worker's every round finds it started already
         with session_scope(engine) as session:  # start_sending decides a race under its row lock
             if issues.start_sending(session, issue.id or 0, rendered, now) is not None:
@@ -286,6 +287,7 @@ def _start(settings: Settings, engine: Engine, issue: Issue, rendered: RenderedI
     with session_scope(engine) as session:
         report.reconciled = leases.reconcile(session, issue.id or 0, now)
         report.counts = ledger_reads.counts(session, issue.id or 0)
+    report.bounced += sender.mark_lost_bounces(engine, issue.id or 0)
     report.total, report.to_send = sum(report.counts.values()), report.counts["pending"]
 
 

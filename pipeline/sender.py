@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from pipeline import issues, ledger, signals
+from pipeline import issues, ledger, ledger_reads, signals
 from pipeline.config import Settings
 from pipeline.errors import (
     AmbiguousDeliveryError,
@@ -33,7 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.message import ascii_address
 from pipeline.models import Issue
-from pipeline.transports import Transport, hand_over, is_hard_bounce
+from pipeline.transports import HARD_BOUNCE_CODES, Transport, hand_over, is_hard_bounce
 
 MAX_RATE_WAIT = 300.0  # seconds a run sleeps for a rate limit; longer waits pause the run
 SAVE_PATIENCE = 30.0  # seconds a sender keeps trying to record what it knows after a database error
@@ -70,13 +70,33 @@ class Tally:
             if o.kind in ("retry", "failed", "unknown") and len(self.errors) < 20:
                 self.errors.append((o.claimed.email, o.error or ""))
             if o.hard_bounce:
-                # Imported here: consent loads email_validator (~30 ms), which a send whose
-                # relay refuses nobody for good never needs.
-                from subscribers.consent import mark_bounced  # noqa: PLC0415
+                self.bounced += _mark_bounced(engine, o.claimed.subscriber_id)
 
-                # consent.mark_bounced commits on its own: the address is suppressed for good.
-                with Session(engine) as session:
-                    self.bounced += mark_bounced(session, o.claimed.subscriber_id)
+
+def mark_lost_bounces(engine: Engine, issue_id: int) -> int:
+    """Mark bounced the readers the issue's ledger holds a hard bounce of who are still active;
+    how many it marked.
+
+    Tally.add marks them as their batch is counted, after the batch is saved: a database failing
+    between the two (or a sender killed there) left the row `failed` and the reader active, to
+    be mailed and refused again with the next issue, since nothing claims a failed row again.
+    Every run of the issue (and `sends retry --failed`) calls this first, so the mark is made
+    from the row."""
+    with Session(engine) as session:
+        refused = ledger_reads.refused_while_active(session, issue_id, HARD_BOUNCE_CODES)
+    # The rule that made the row's outcome a hard bounce, on the code and reply the row kept.
+    return sum(_mark_bounced(engine, subscriber_id) for subscriber_id, code, reply in refused
+               if is_hard_bounce(code, reply))
+
+
+def _mark_bounced(engine: Engine, subscriber_id: int) -> bool:
+    """Suppress a hard-bounced reader for good; False when they were marked so already."""
+    # Imported here: consent loads email_validator (~30 ms), which a send whose relay refuses
+    # nobody for good never needs.
+    from subscribers.consent import mark_bounced  # noqa: PLC0415
+
+    with Session(engine) as session:  # consent.mark_bounced commits on its own
+        return mark_bounced(session, subscriber_id)
 
 
 class Unrecorded(DatabaseError):
@@ -251,8 +271,8 @@ class _Pool:
                 return False
         try:
             self._recorded(outcomes)
-        except Exception:  # noqa: S110  (the summary's count, or a bounce mark: the next run sees them)
-            pass
+        except Exception:  # noqa: S110  (the summary's count, or a bounce mark: the next run of
+            pass  # the issue makes it from the saved row: mark_lost_bounces)
         return True
 
     def _recorded(self, outcomes: list[ledger.Outcome]) -> None:

@@ -100,9 +100,12 @@ def _one_line(reply: bytes | str) -> str:
     return " ".join(text.split())
 
 
+HARD_BOUNCE_CODES = (550, 551, 553)
+
+
 def is_hard_bounce(code: int | None, error: str) -> bool:
     """550/551/553 say the mailbox does not exist, unless the enhanced code says policy (5.7.x)."""
-    return code in (550, 551, 553) and " 5.7." not in f" {error}"
+    return code in HARD_BOUNCE_CODES and " 5.7." not in f" {error}"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, select
 
@@ -27,7 +28,9 @@ from pipeline.publish import Ending, Report, enqueue, publish
 from pipeline.sender import Unrecorded
 from pipeline.transports import MemoryTransport
 from pipeline.worker import WorkerStats, run_worker
-from tests.conftest import write_config
+from subscribers import consent
+from subscribers.model import Subscriber
+from tests.conftest import CLI, write_config
 from tests.smtp_faults import add_audience, new_issue, smtp_settings
 
 
@@ -200,6 +203,59 @@ def test_a_bounce_mark_failing_after_the_batch_was_saved_does_not_hide_the_failu
         publish(settings, engine, "twice", transport_factory=_Transports(before))
     statuses, attempts = _statuses(engine, "twice")
     assert statuses == {"sent": 19, "failed": 1, "pending": 5} and attempts == {0}
+    engine.dispose()
+
+
+def _lose_a_bounce_mark(tmp_path: Path, postgres_url: str) -> tuple[Settings, Engine, Subscriber]:
+    """Issue "lost" run until it fails as above: a hard bounce's batch saved, its mark lost."""
+    settings = smtp_settings(tmp_path, 1, database_url=postgres_url, batch_size=10)
+    engine = db.connect(postgres_url)
+    readers = add_audience(engine, 25)
+    new_issue(engine, settings, "lost")
+    gone, last = readers[14], readers[19].email
+
+    def before(transport: MemoryTransport, to: str) -> None:
+        if to == gone.email:
+            transport.fail[to] = [PermanentDeliveryError("relay RCPT TO: 550 5.1.1 No such user", 550)]
+        if to == last:
+            killed_when_it_waits(postgres_url, "delivery", "suppression")
+
+    with pytest.raises(DatabaseError, match="recorded once it answered again"):
+        publish(settings, engine, "lost", transport_factory=_Transports(before))
+    with Session(engine) as session:
+        assert consent.get(session, gone.id or 0).status == "active"  # the mark was lost
+    return settings, engine, gone
+
+
+def _marked_bounced(engine: Engine, reader: Subscriber) -> bool:
+    with Session(engine) as session:
+        return (consent.get(session, reader.id or 0).status == "bounced"
+                and consent.is_suppressed(session, reader.email))
+
+
+def test_a_bounce_mark_lost_after_the_batch_was_saved_is_made_by_the_next_run(
+        tmp_path: Path, postgres_url: str) -> None:
+    """As above, the mark of a hard bounce met a dead connection after its batch was saved; the
+    sender let it go, "the next run sees them". It did not: the row was `failed`, never claimed
+    again, and the reader stayed active, to be mailed (and refused) again with the next issue.
+    The next run of the issue marks them from the ledger row, without mailing them."""
+    settings, engine, gone = _lose_a_bounce_mark(tmp_path, postgres_url)
+    transports = _Transports(lambda t, to: None)
+    again = publish(settings, engine, "lost", transport_factory=transports)
+    assert again.ending is Ending.FINISHED and again.sent == 5 and gone.email not in transports.sent()
+    assert again.bounced == 1 and _marked_bounced(engine, gone)
+    engine.dispose()
+
+
+def test_sends_retry_failed_marks_a_lost_bounce_rather_than_resending_it(
+        tmp_path: Path, postgres_url: str) -> None:
+    """`sends retry --failed` made the row owed again before any run looked: the reader, still
+    active, was mailed at the address the relay had said does not exist."""
+    settings, engine, gone = _lose_a_bounce_mark(tmp_path, postgres_url)
+    result = CLI(settings.path, CliRunner())("sends", "retry", "lost", "--failed", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "No failed deliveries to resend in lost (1 to readers no longer subscribed" in result.output
+    assert _marked_bounced(engine, gone) and _statuses(engine, "lost")[0]["failed"] == 1
     engine.dispose()
 
 

@@ -161,6 +161,10 @@ def retry(app: App, issue: str, failed: bool, unknown: bool, yes: bool, force: b
     from pipeline.issues import requeue  # noqa: PLC0415
 
     target, counts = settled(app, issue)
+    if failed:  # a hard bounce its sender saved but could not mark is marked, not resent
+        from pipeline.sender import mark_lost_bounces  # noqa: PLC0415  (loaded by the send anyway)
+
+        mark_lost_bounces(app.engine, target.id)
     found = counts["failed"] * failed + counts["unknown"] * unknown
     from pipeline.ledger import resendable  # noqa: PLC0415  (the ORM: only to resend)
 
