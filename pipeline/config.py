@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline.config_reader import PASSWORD_ENV, ConfigReader
+from pipeline.config_reader import PASSWORD_ENV, ConfigReader, syntax_error
 from pipeline.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
@@ -196,7 +196,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     config_path = find_config(path).resolve()
     try:
         # utf-8-sig: an editor that starts the file with a byte-order mark (Notepad) is no error.
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8-sig"))
+        text = config_path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(
             f"{config_path}: no such config file (`newsletter init` writes one here; "
@@ -204,8 +204,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+        raise ConfigError(syntax_error(config_path, text, exc)) from None
     return parse_settings(raw, config_path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 from datetime import date, datetime, time
 from pathlib import Path
@@ -178,8 +179,9 @@ class ConfigReader:
             return parse(default)
 
     def clock_time(self, key: str, default: str) -> time:
-        """A 24-hour "HH:MM" time."""
-        return self.convert(key, _parse_time, 'a 24-hour time like "07:00"', default)
+        """A 24-hour "HH:MM" (or "HH:MM:00") time."""
+        return self.convert(key, _parse_time, 'a 24-hour time like "07:00" (or "07:00:00": a digest '
+                            'is due on the minute, so seconds are 00)', default)
 
     def database_url(self, key: str, default: str, base: Path) -> str:
         """Resolve a relative SQLite path against the config's folder, so cwd does not matter.
@@ -233,5 +235,34 @@ def _as_written(value: object) -> str:
 
 
 def _parse_time(value: str) -> time:
-    hours, _, minutes = value.partition(":")
+    """"HH:MM", or "HH:MM:SS" with seconds 00: every place that shows the schedule shows minutes,
+    so other seconds are refused rather than kept unseen (or dropped unsaid)."""
+    hours, minutes, *seconds = value.split(":")
+    if len(seconds) > 1 or (seconds and (not seconds[0].isdigit() or int(seconds[0]) != 0)):
+        raise ValueError(f"{value!r}: seconds other than 00")
     return time(int(hours), int(minutes))
+
+
+_ERROR_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_UNQUOTED_TIME = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*(\d{1,2}:\d{2})\s*(#.*)?")
+# The password of a URL's user:password@ (a database URL), which a line shown must not print.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+SHOWN_LINE = 200  # characters of the offending line shown: a long one is cut
+
+
+def syntax_error(path: Path, text: str, error: ValueError) -> str:
+    """The message for a file TOML cannot read: the parser's words (which give the line number
+    only), the line itself, and for `key = 07:00` what to write instead: TOML reads a time only
+    with seconds, and then as a time, where the settings want text."""
+    message = f"{path}: not valid TOML: {error}"
+    found = _ERROR_LINE.search(str(error))
+    lines = text.splitlines()
+    if found is None or not 1 <= int(found.group(1)) <= len(lines):
+        return message  # "at end of document": no one line to show
+    number = int(found.group(1))
+    line = _URL_PASSWORD.sub(r"\1***@", lines[number - 1].strip())
+    message += f"\n  line {number}: {line[:SHOWN_LINE]}{' ...' if len(line) > SHOWN_LINE else ''}"
+    unquoted = _UNQUOTED_TIME.fullmatch(lines[number - 1])
+    if unquoted:
+        message += f'\n  put the time in quotes: {unquoted.group(1)} = "{unquoted.group(2)}"'
+    return message

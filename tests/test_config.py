@@ -153,8 +153,8 @@ def test_wrong_database_url_is_an_error_not_a_traceback(tmp_path: Path, url: str
     ("section", "key", "value", "expected"),
     [
         ("schedule", "time", time(7, 0),
-         'schedule.time: expected a 24-hour time like "07:00", got 07:00:00, which TOML reads as a time '
-         "since it has no quotes"),
+         'schedule.time: expected a 24-hour time like "07:00" (or "07:00:00": a digest is due on the minute, '
+         "so seconds are 00), got 07:00:00, which TOML reads as a time since it has no quotes"),
         ("newsletter", "name", date(2026, 1, 5),
          "newsletter.name: expected a non-empty string, got 2026-01-05, which TOML reads as a date since"),
         ("schedule", "weekday", datetime(2026, 1, 5, 7, 0, tzinfo=UTC),
@@ -230,3 +230,48 @@ def test_an_outbox_that_is_a_file_is_refused_with_the_config(tmp_path: Path) -> 
     (tmp_path / "outbox").write_text("not a folder", encoding="utf-8")
     with pytest.raises(ConfigError, match="delivery.outbox_dir: .*outbox is a file, not a folder"):
         load_settings(write_config(tmp_path))
+
+
+def test_an_unquoted_hh_mm_time_is_shown_with_its_line_and_the_quoted_form(tmp_path: Path) -> None:
+    """`time = 07:00` is no TOML value at all (a TOML time needs seconds): the error said
+    "Expected newline or end of document after a statement (at line 35, column 9)", naming
+    neither the key nor what to write."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8").replace('time = "07:00"', "time = 07:00"),
+                      encoding="utf-8")
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1
+    assert f"Error: {config}: not valid TOML" in result.output and "(at line 35, column 9)" in result.output
+    assert "line 35: time = 07:00" in result.output
+    assert 'put the time in quotes: time = "07:00"' in result.output
+
+
+def test_a_toml_syntax_error_shows_the_line_it_is_on(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8").replace('weekday = "monday"', 'weekday = "monday'),
+                      encoding="utf-8")
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1 and 'line 34: weekday = "monday' in result.output
+    assert "in quotes" not in result.output
+
+
+def test_a_shown_line_keeps_a_password_in_a_url_out(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "[database]\n", "[database]\nurl = postgresql+psycopg://letters:hunter2@db/letters\n", 1), encoding="utf-8")
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1 and "url = postgresql+psycopg://letters:***@db/letters" in result.output
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize(("value", "expected"), [("07:30:00", time(7, 30)), ("7:05", time(7, 5))])
+def test_the_schedule_time_may_have_seconds_of_00(tmp_path: Path, value: str, expected: time) -> None:
+    assert load_settings(write_config(tmp_path, schedule={"time": value})).schedule.time == expected
+
+
+def test_schedule_time_seconds_other_than_00_are_refused_not_dropped(tmp_path: Path) -> None:
+    config = write_config(tmp_path, schedule={"time": "07:30:15"})
+    result = CLI(config, CliRunner())("schedule", "next")
+    assert result.exit_code == 1
+    assert ("schedule.time: expected a 24-hour time like \"07:00\" (or \"07:00:00\": a digest is due on "
+            "the minute, so seconds are 00), got '07:30:15'") in result.output
