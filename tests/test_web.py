@@ -821,6 +821,19 @@ def test_without_double_opt_in_a_sign_up_is_active_at_once(tmp_path: Path) -> No
     engine.dispose()
 
 
+def test_preview_as_an_erased_subscriber_is_404(
+    client: FlaskClient, session: Session, ledger: Issue
+) -> None:
+    """Neither the address nor the tombstone's key names an erased subscriber: the preview shows
+    no copy made for a row that has no address."""
+    gus = consent.find(session, "gus@example.org")
+    assert gus is not None
+    consent.remove(session, "gus@example.org")
+    url = f"/preview/issue/{ledger.id}"
+    for who in ("gus@example.org", f"removed:{gus.id}"):
+        assert client.get(f"{url}?as={who}", environ_base=LOCAL).status_code == 404
+
+
 def test_confirm_link_of_a_removed_address_is_404(client: FlaskClient, session: Session, secret: str) -> None:
     pending = add(session, "max@example.org", pending=True)
     assert pending.id is not None

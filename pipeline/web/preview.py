@@ -29,7 +29,7 @@ from pipeline.readers.markdown_essay import markdown_html
 from pipeline.web.state import same_secret, state
 from pipeline.web_addresses import is_loopback
 from subscribers import consent, queries
-from subscribers.model import SubscriberStatus, utcnow
+from subscribers.model import utcnow
 
 TOKEN_COOKIE = "newsletter_preview"
 TABS = ("html", "text", "headers", "lint", "status")
@@ -179,8 +179,8 @@ def _message(s: Session, issue: Issue, as_email: str) -> tuple[str, bytes]:
     st = state()
     subscriber = None
     if as_email:
-        subscriber = consent.find(s, as_email)
-        if subscriber is None or subscriber.status == SubscriberStatus.REMOVED:
+        subscriber = consent.find(s, as_email)  # never an erased one
+        if subscriber is None:
             abort(404, f"No subscriber with the address {as_email}.")
     raw = personal_copy(s, st.settings, st.secret, issue, subscriber)
     label = f"{subscriber.name} <{subscriber.email}>" if subscriber and subscriber.name else (
