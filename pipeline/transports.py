@@ -305,8 +305,7 @@ class SMTPTransport:
 
     def _refused(self, code: int, reply: bytes) -> TransportUnavailable:
         """TLS or login demanded, or our sender refused: every message would fail alike."""
-        text = reply.decode("utf-8", "replace")
-        return TransportUnavailable(f"{self._where()} refused the sender ({code} {text}); "
+        return TransportUnavailable(f"{self._where()} refused the sender ({code} {_one_line(reply)}); "
                                     f"check delivery.smtp_tls, smtp_username and the sender address")
 
     def _where(self) -> str:

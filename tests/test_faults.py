@@ -434,7 +434,9 @@ def test_a_250_that_came_before_the_relay_reset_the_connection_counts(tmp_path: 
      "is not taking mail now (421 4.3.2 Too busy, 4.3.2 try later)"),
     (b".", b"399-not\r\n399 a   reply\r\n", AmbiguousDeliveryError,
      "unreadable reply after the end of DATA (399 'not a reply')"),
-], ids=["refused recipient", "421 on a new connection", "unreadable end of DATA"])
+    (b"MAIL", b"553-5.7.1 Sender address\r\n553 5.7.1   rejected\r\n", TransportUnavailable,
+     "refused the sender (553 5.7.1 Sender address 5.7.1 rejected)"),
+], ids=["refused recipient", "421 on a new connection", "unreadable end of DATA", "refused sender"])
 def test_a_reply_of_several_lines_is_reported_on_one(tmp_path: Path, verb: bytes, reply: bytes,
                                                      error: type[Exception], said: str) -> None:
     """What a relay says goes into the ledger's last error and the run's summary, one line each."""
