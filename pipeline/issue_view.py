@@ -23,17 +23,18 @@ from pipeline.excerpt import excerpt
 from pipeline.issues import issue_essays
 from pipeline.links import essay_url, webview_url
 from pipeline.models import Essay, Issue
+from subscribers.text import mail_text
 
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 PREHEADER_FILLER = "\u034f\u200c\u00a0" * 40
-# Characters XML (hence lxml, hence premailer) refuses, and line breaks that must not reach text.
-_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 _SPACE = re.compile(r"\s+")
 
 
 def clean(value: str) -> str:
-    """One line of printable text: control characters dropped, runs of whitespace made one space."""
-    return _SPACE.sub(" ", _UNSAFE.sub("", unicodedata.normalize("NFC", value))).strip()
+    """One line of printable text: control characters dropped (those XML refuses, which lxml,
+    hence premailer, would fail on, and the rest no mail client shows), runs of whitespace
+    (line breaks too) made one space."""
+    return _SPACE.sub(" ", mail_text(unicodedata.normalize("NFC", value))).strip()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Two helpers, for the two edges:
   escape (`\\x1b`, `\\u202e`), so nothing is hidden and nothing is obeyed.
 
 `has_controls` says whether a text holds any of them (a value that is refused rather than
-cleaned), and `xml_text` drops the narrower set XML 1.0 cannot carry at all.
+cleaned), `xml_text` drops the narrower set XML 1.0 cannot carry at all (a feed), and
+`mail_text` what an email's HTML and text parts leave out: that set, DEL and the C1 controls.
 
 It lives in the audience package because both packages use it and this one may not import the
 other.
@@ -48,8 +49,16 @@ _SHOW = str.maketrans(
 _HOSTILE = re.compile("[" + re.escape("".join((*_CONTROLS, *_SPACE_LIKE, *BIDI_CONTROLS))) + "]")
 # What XML 1.0 does not allow in a document (lxml refuses it, and with it the whole document):
 # the C0 controls but tab and the line breaks, lone surrogates, U+FFFE and U+FFFF.
+_NOT_CHARACTERS = "\ud800-\udfff\ufffe\uffff"  # lone surrogates, U+FFFE and U+FFFF: no text at all
 _NOT_XML = re.compile("[" + re.escape("".join(c for c in _CONTROLS if c < " " and c not in "\t\n\r"))
-                      + "\ud800-\udfff\ufffe\uffff]")
+                      + _NOT_CHARACTERS + "]")
+# What an email leaves out: what XML cannot carry (premailer parses the HTML with lxml), and DEL
+# and the C1 controls as well. XML allows those, so a feed keeps them, but HTML counts every C0
+# and C1 control and DEL as a control character (a parse error), no mail client shows one, and
+# in a plain-text part a terminal mail reader prints them as ^? or obeys them. NEL (U+0085), a
+# line break, stays with the others for the caller to fold.
+_NOT_IN_MAIL = re.compile("[" + re.escape("".join(c for c in _CONTROLS if c not in "\t\n\r\x85"))
+                          + _NOT_CHARACTERS + "]")
 
 
 def strip_controls(text: str) -> str:
@@ -76,3 +85,9 @@ def xml_text(text: str) -> str:
     """`text` without the characters XML 1.0 cannot carry; line breaks, tabs and the C1 controls,
     which it can, stay."""
     return _NOT_XML.sub("", text)
+
+
+def mail_text(text: str) -> str:
+    """`text` without what an email's parts should not carry: what `xml_text` drops, and DEL and
+    the C1 controls; line breaks and tabs stay."""
+    return _NOT_IN_MAIL.sub("", text)

@@ -90,6 +90,21 @@ NAMES = st.one_of(
 )
 
 
+def test_control_characters_of_a_title_stored_before_import_cleaned_them_reach_no_copy(
+        session: Session, digest_settings: Settings) -> None:
+    """DEL was dropped from a title in an email, but not the C1 controls (U+0080-U+009F), which
+    HTML counts as controls too: an old row's 8-bit CSI (U+009B) went into the text part as is,
+    for a terminal mail reader to obey."""
+    add_essays(session, make_essay(1, title="Bread\x9b31m and\x7f salt\x85today"))
+    issue = compose(session, digest_settings, key="controls")
+    issue.subject = "Controls"  # the subject, made from the title, is not what this is about
+    session.commit()
+    html, text = render_issue(session, digest_settings, issue).personalise(ANA)
+    for part in (html, text):
+        assert "Bread31m and salt today" in part
+        assert not any("\x7f" <= c <= "\x9f" for c in part)
+
+
 def test_personalise_equals_a_full_render_for_any_name(session: Session, digest_settings: Settings) -> None:
     """The property the cheap path rests on: substitution == Jinja2 + premailer per subscriber."""
     issue = _issue(session, digest_settings, 5)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subscribers.text import BIDI_CONTROLS, has_controls, printable, strip_controls, xml_text
+from subscribers.text import BIDI_CONTROLS, has_controls, mail_text, printable, strip_controls, xml_text
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,14 @@ def test_xml_text_drops_what_xml_cannot_carry_and_keeps_the_rest(raw: str) -> No
 
 def test_xml_text_keeps_line_breaks_and_c1_controls_which_xml_allows() -> None:
     assert xml_text("a\x00b\x0bc\td\ne\rf\x85g\x7f\ud800\ufffe") == "abc\td\ne\rf\x85g\x7f"
+
+
+@given(st.text(st.characters(exclude_categories=())))
+def test_mail_text_is_xml_text_without_del_and_the_c1_controls(raw: str) -> None:
+    """An email's parts take what a feed takes, less DEL and the C1 controls (HTML's control
+    characters, which no mail client shows); the line break NEL stays for the caller to fold."""
+    assert mail_text(raw) == "".join(c for c in xml_text(raw) if not "\x7f" <= c <= "\x9f" or c == "\x85")
+
+
+def test_mail_text_keeps_line_breaks_and_tabs() -> None:
+    assert mail_text("a\x00b\x0bc\td\ne\rf\x85g\x7fh\x9bi\ud800\ufffe") == "abc\td\ne\rf\x85ghi"
