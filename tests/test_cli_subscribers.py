@@ -209,8 +209,7 @@ def test_export_into_a_missing_folder_is_an_error_not_a_traceback(run_cli: CLI, 
     assert result.exit_code == 1
     assert f"Error: cannot write {target}: No such file or directory" in result.output
     one = run_cli("subscribers", "export", "-o", str(tmp_path / "[one].csv"))  # not markup either
-    assert one.exit_code == 0 and f"Exported 1 subscriber to {tmp_path / '[one].csv'}." in " ".join(
-        one.output.split()), one.output  # not "1 subscribers"
+    assert one.exit_code == 0 and f"Exported 1 subscriber to {tmp_path / '[one].csv'}." in one.output  # not "1 subscribers"
 
 
 def test_list_shows_whole_addresses_and_statuses_in_80_columns(run_cli: CLI) -> None:

@@ -209,7 +209,7 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
         except OSError as exc:  # a missing folder, no permission: the user's to fix, not a bug
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
         size = len(body.encode("utf-8")) / 1024
-        app.err.print(f"Wrote {shown(str(output))} ({size:.1f} KB) for {literal(recipient)}")
+        app.err.print(f"Wrote {shown(str(output))} ({size:.1f} KB) for {literal(recipient)}", soft_wrap=True)
     else:
         click.echo(body, nl=False)
     # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.

@@ -233,7 +233,8 @@ def export(app: App, status: str | None, output: Path | None) -> None:
             with handle:
                 count = export_csv(session, handle, status)
     noun = "subscriber" if count == 1 else "subscribers"
-    app.err.print(f"Exported {count} {noun}{f' to {shown(str(output))}' if output else ''}.")
+    # soft_wrap: a long path printed whole, as a terminal wraps it, not broken mid-name
+    app.err.print(f"Exported {count} {noun}{f' to {shown(str(output))}' if output else ''}.", soft_wrap=True)
 
 
 @group.command("list")
