@@ -7,7 +7,9 @@ run counts (the conservative ratio). Aim (issue 13): >= 0.9. Two sinks, each pri
 accepting everything (what the issue measured against) and the hand-written sink, which leaves
 the senders' own cost in plain view; then each again offering PIPELINING, which production
 relays do and smtplib never uses. The delivery stage alone (the same send in this process,
-render already made) shows how much of the whole is start-up and render. It asserts no time.
+render already made) shows how much of the whole is start-up and render; the time a fresh
+interpreter takes to load only the libraries every send needs gives the best ratio any send
+built on them could reach against each sink. It asserts no time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from tests.benchmarks.sink import start_aiosmtpd_sink, start_sink
-from tests.benchmarks.whole_send import whole_send
+from tests.benchmarks.whole_send import library_floor, whole_send
 
 SUBSCRIBERS = 2_000
 AIM = 0.9
@@ -34,18 +36,21 @@ SINKS: list[tuple[str, Callable[[], tuple[subprocess.Popen[bytes], int]]]] = [
 def test_bench_whole_send_2000_over_one_connection(tmp_path: Path) -> None:
     print(f"\nwhole send of a fresh issue to {SUBSCRIBERS:,} subscribers over 1 connection, "
           f"against raw smtplib into the same sink ({os.cpu_count()} cores)")
+    floor = library_floor()
+    print(f"  loading only the libraries every send needs (SQLModel, Jinja2, premailer) takes {floor:.2f} s "
+          f"in a fresh interpreter")
     for name, start_one in SINKS:
         sink, port = start_one()
         try:
             folder = tmp_path / f"sink{SINKS.index((name, start_one))}"
             folder.mkdir()
-            measure(folder, port, name)
+            measure(folder, port, name, floor)
         finally:
             sink.terminate()
             sink.wait(10)
 
 
-def measure(folder: Path, port: int, name: str) -> None:
+def measure(folder: Path, port: int, name: str, floor: float) -> None:
     run = whole_send(folder, port, SUBSCRIBERS, connections=1)
     raw, ours, delivery = run.raw, run.ours, run.delivery
     verdict = "meets" if raw / ours >= AIM else "MISSES"
@@ -57,3 +62,5 @@ def measure(folder: Path, port: int, name: str) -> None:
     print(f"    delivery stage alone (in process, render cached): {SUBSCRIBERS / delivery:6.0f} msgs/s "
           f"({delivery:.2f} s), ratio to raw {raw / delivery:.2f}; the other {ours - delivery:.2f} s "
           f"of the whole send is start-up and render")
+    # With a delivery stage exactly as fast as raw smtplib and nothing but those imports before it.
+    print(f"    the best ratio a send that loads those libraries can reach here: {raw / (raw + floor):.2f}")
