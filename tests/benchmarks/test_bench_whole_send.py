@@ -25,11 +25,12 @@ from tests.benchmarks.whole_send import library_floor, whole_send
 
 SUBSCRIBERS = 2_000
 AIM = 0.9
-SINKS: list[tuple[str, Callable[[], tuple[subprocess.Popen[bytes], int]]]] = [
-    ("aiosmtpd, no sleep (the sink issue 13 measured)", start_aiosmtpd_sink),
-    ("hand-written sink (tests/benchmarks/sink.py)", start_sink),
-    ("aiosmtpd offering PIPELINING (as Postfix and Exim do)", partial(start_aiosmtpd_sink, pipelining=True)),
-    ("hand-written sink offering PIPELINING", partial(start_sink, pipelining=True)),
+# (name, start, offers PIPELINING)
+SINKS: list[tuple[str, Callable[[], tuple[subprocess.Popen[bytes], int]], bool]] = [
+    ("aiosmtpd, no sleep (the sink issue 13 measured)", start_aiosmtpd_sink, False),
+    ("hand-written sink (tests/benchmarks/sink.py)", start_sink, False),
+    ("aiosmtpd offering PIPELINING (as Postfix and Exim do)", partial(start_aiosmtpd_sink, pipelining=True), True),
+    ("hand-written sink offering PIPELINING", partial(start_sink, pipelining=True), True),
 ]
 
 
@@ -37,20 +38,20 @@ def test_bench_whole_send_2000_over_one_connection(tmp_path: Path) -> None:
     print(f"\nwhole send of a fresh issue to {SUBSCRIBERS:,} subscribers over 1 connection, "
           f"against raw smtplib into the same sink ({os.cpu_count()} cores)")
     floor = library_floor()
-    print(f"  loading only the libraries every send needs (SQLModel, Jinja2, premailer) takes {floor:.2f} s "
-          f"in a fresh interpreter")
-    for name, start_one in SINKS:
+    print(f"  a fresh interpreter loading only the libraries every send needs (SQLModel, Jinja2, premailer): "
+          f"{floor:.2f} s")
+    for number, (name, start_one, pipelining) in enumerate(SINKS):
         sink, port = start_one()
         try:
-            folder = tmp_path / f"sink{SINKS.index((name, start_one))}"
+            folder = tmp_path / f"sink{number}"
             folder.mkdir()
-            measure(folder, port, name, floor)
+            measure(folder, port, name, None if pipelining else floor)
         finally:
             sink.terminate()
             sink.wait(10)
 
 
-def measure(folder: Path, port: int, name: str, floor: float) -> None:
+def measure(folder: Path, port: int, name: str, floor: float | None) -> None:
     run = whole_send(folder, port, SUBSCRIBERS, connections=1)
     raw, ours, delivery = run.raw, run.ours, run.delivery
     verdict = "meets" if raw / ours >= AIM else "MISSES"
@@ -62,5 +63,8 @@ def measure(folder: Path, port: int, name: str, floor: float) -> None:
     print(f"    delivery stage alone (in process, render cached): {SUBSCRIBERS / delivery:6.0f} msgs/s "
           f"({delivery:.2f} s), ratio to raw {raw / delivery:.2f}; the other {ours - delivery:.2f} s "
           f"of the whole send is start-up and render")
-    # With a delivery stage exactly as fast as raw smtplib and nothing but those imports before it.
-    print(f"    the best ratio a send that loads those libraries can reach here: {raw / (raw + floor):.2f}")
+    if floor is not None:
+        # Answered command by command, every message costs both the same four round trips and the
+        # same time in the sink; the delivery stage alone is 0.95 to 1.00 of raw smtplib's.
+        print(f"    the best ratio a send that loads those libraries can reach here: {raw / (raw + floor):.2f} "
+              f"(a delivery stage as fast as raw smtplib's, nothing else before it)")
