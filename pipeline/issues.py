@@ -211,6 +211,12 @@ def carriers(session: Session, essay_id: int) -> list[Issue]:
         .where(IssueEssay.essay_id == essay_id).order_by(col(Issue.id))))
 
 
+def held_in(session: Session, issue: Issue) -> list[str]:
+    """The slugs of the held essays (`essays hold`) the issue carries, in its order. The scheduler
+    and `send --latest` refuse a draft that carries one (see publish.py); a named send mails it."""
+    return [e.slug for e in issue_essays(session, issue) if e.held]
+
+
 def subject_for(settings: Settings, essays: Sequence[Essay]) -> str:
     """The subject from digest.subject_one / subject_many; one line, whatever the titles hold."""
     title = _SPACE.sub(" ", essays[0].title).strip()

@@ -21,7 +21,7 @@ from pipeline import gate, history, issues, leases, ledger, ledger_reads, sender
 from pipeline.config import Settings
 from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
-from pipeline.errors import NewsletterError, NotFound
+from pipeline.errors import NewsletterError, NotFound, Refused
 from pipeline.message import MessageFactory, ascii_address, message_id_frame, new_message_id
 from pipeline.models import Issue, IssueStatus
 from pipeline.render import RenderedIssue
@@ -62,6 +62,7 @@ class Report(sender.Tally):
     built_bytes: int = 0  # a dry run: the size of every message it built
     # essay slug -> readers left out because they had it already (an issue not composed --resend)
     left_out: dict[str, int] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)  # held essays a draft named by the user carries
     resend: bool = False  # composed --resend: readers who had its essays get them again
     ending: Ending = Ending.OWED
     why: str = ""  # for NOTHING and PAUSED: the reason, in a sentence
@@ -112,6 +113,7 @@ def publish(
     now: datetime | Clock | None = None,
     force: bool = False,
     delivering: Callable[[Report], None] | None = None,
+    chosen: bool = False,
 ) -> Report:
     """Send `issue` (id or key; `latest`: the newest open issue, composed when none is open) to
     everyone it is owed to. `confirm(issue, audience)` may decline; `stop` finishes the batch in
@@ -119,9 +121,11 @@ def publish(
     the message must pass the checklist's MUST checks first (gate.Refused; `force` sends anyway).
     `delivering(report)` is told the run's report as delivery begins: it fills in as batches are
     recorded, so a caller whose run then raises (the database failing mid-send) still has what
-    the run did until then."""
+    the run did until then. `chosen`: the program picked `issue` (the scheduler's week), the
+    user did not name it; then, as for `latest`, a draft carrying a held essay is Refused."""
     clock, started, stop = _clock(now), time.monotonic(), stop or threading.Event()
-    target, rendered, factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
+    target, rendered, factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm,
+                                                 chosen)
     if target is None or rendered is None or factory is None:
         return report
     # Read before the issue starts: a key that cannot be read stops the run with the issue
@@ -146,10 +150,11 @@ def publish(
 
 def enqueue(settings: Settings, engine: Engine, issue: int | str | None = None, *, latest: bool = False,
             confirm: Callable[[Issue, int], bool] | None = None, now: datetime | Clock | None = None,
-            force: bool = False) -> Report:
+            force: bool = False, chosen: bool = False) -> Report:
     """`send --enqueue`: the story up to the freeze; `newsletter worker` processes deliver."""
     clock = _clock(now)
-    target, rendered, _factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm)
+    target, rendered, _factory, report = _prepare(settings, engine, issue, latest, clock(), force, confirm,
+                                                  chosen)
     if target is None or rendered is None:
         return report
     _start(settings, engine, target, rendered, report, clock())
@@ -163,7 +168,7 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
     started, moment = time.monotonic(), _clock(now)()
     with Session(engine, expire_on_commit=False) as session:
         newest = issues.newest_id(session)
-        target, report = _look(session, settings, issue, latest, moment)
+        target, report = _look(session, settings, issue, latest, moment, chosen=False)
         if target is None:
             return report
         rendered = rendered_issue(session, settings, target)
@@ -195,12 +200,12 @@ def dry_run(settings: Settings, engine: Engine, issue: int | str | None = None, 
 
 
 def _prepare(settings: Settings, engine: Engine, ref: int | str | None, latest: bool, now: datetime,
-             force: bool, confirm: Callable[[Issue, int], bool] | None,
+             force: bool, confirm: Callable[[Issue, int], bool] | None, chosen: bool,
              ) -> tuple[Issue | None, RenderedIssue | None, MessageFactory | None, Report]:
     """The issue to send, its render and that render's message factory (made once per run),
     checked by the gate and confirmed; None: not sent."""
     with Session(engine, expire_on_commit=False) as session:
-        target, report = _look(session, settings, ref, latest, now)
+        target, report = _look(session, settings, ref, latest, now, chosen)
         if target is None:
             return None, None, None, report
         rendered = rendered_issue(session, settings, target)
@@ -214,9 +219,10 @@ def _prepare(settings: Settings, engine: Engine, ref: int | str | None, latest: 
 
 
 def _look(session: Session, settings: Settings, ref: int | str | None, latest: bool,
-          now: datetime) -> tuple[Issue | None, Report]:
-    """The issue asked for and who it goes to; None (and why, in the report) when it is not sent."""
-    target, why = _choose(session, settings, ref, latest)
+          now: datetime, chosen: bool) -> tuple[Issue | None, Report]:
+    """The issue asked for and who it goes to; None (and why, in the report) when it is not sent.
+    A draft carrying a held essay is Refused when the program chose it (`chosen`, `latest`)."""
+    target, why, picked = _choose(session, settings, ref, latest)
     if target is None:
         return None, Report().end(Ending.NOTHING, why)
     report = Report(issue_id=target.id, issue_key=target.key, subject=target.subject)
@@ -226,6 +232,7 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
         report.counts = ledger_reads.counts(session, target.id or 0)
         session.commit()
         return None, report.end(Ending.NOTHING, refusal)
+    report.held = _held(session, target, chosen or picked)
     report.total, report.resend = ledger_reads.audience_size(session, target), target.resend
     if target.status == IssueStatus.DRAFT.value and not target.resend:
         report.left_out = history.repeats(session, target)
@@ -245,21 +252,44 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
     return target, report
 
 
-def _choose(session: Session, settings: Settings, ref: int | str | None, latest: bool) -> tuple[Issue | None, str]:
+def _choose(session: Session, settings: Settings, ref: int | str | None,
+            latest: bool) -> tuple[Issue | None, str, bool]:
+    """The issue asked for (None, and why: nothing to send), and whether the program picked it
+    (`--latest`, or "latest" for the newest issue) rather than the user naming it."""
     if ref is not None:
-        return issues.find_issue(session, ref), ""
+        found = issues.find_issue(session, ref)
+        return found, "", str(ref).strip() == "latest" and found.key != "latest"  # that key is named
     if not latest:
         raise NotFound("name an issue (id or key) or ask for the latest one")
     try:
         newest = issues.latest_issue(session)
         if newest.status in OPEN:
-            return newest, ""
+            return newest, "", True
     except NotFound:
         pass
     try:
-        return issues.compose(session, settings), ""
+        return issues.compose(session, settings), "", True
     except NotFound as exc:  # nothing unsent: not an error for "send the latest"
-        return None, str(exc)
+        return None, str(exc), True
+
+
+def _held(session: Session, issue: Issue, chosen: bool) -> list[str]:
+    """The held essays a draft carries (`essays hold`): Refused when the program chose the
+    draft, as the hold asks of every issue the essayist did not pick the essay for; a send that
+    names the draft mails them (the report lists them, for the note)."""
+    if issue.status != IssueStatus.DRAFT.value:
+        return []  # started: its audience and render are frozen, its readers owed it as it is
+    held = issues.held_in(session, issue)
+    if held and chosen:
+        names, them = (held[0], "it") if len(held) == 1 else (", ".join(held[:-1]) + " and " + held[-1], "them")
+        removes = " ".join(f"--remove-essay {slug}" for slug in held)
+        raise Refused(
+            f"issue {issue.key} was not sent: it carries {names}, held (`newsletter essays hold`), and "
+            f"neither the scheduler nor `send --latest` sends a draft that carries a held essay. Take "
+            f"{them} out (`newsletter issues edit {issue.key} {removes}`), release {them} (`newsletter "
+            f"essays release {' '.join(held)}`), or send the issue as it is by naming it (`newsletter "
+            f"send {issue.key}`)")
+    return held
 
 
 def _refusal(issue: Issue, now: datetime) -> str | None:

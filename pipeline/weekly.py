@@ -56,7 +56,9 @@ def run_due(
     (set on SIGTERM) makes a send finish the batch in flight and return; the next run resumes.
     `progress` gets publish's report after every batch. Over SMTP a message that fails the
     checklist's MUST checks raises gate.SendRefused and leaves the issue unsent (a draft) for
-    the next run after the config is fixed; `force` sends it anyway.
+    the next run after the config is fixed; `force` sends it anyway. A draft that carries a held
+    essay (`essays hold`) raises Refused and stays a draft until the essayist takes the essay
+    out or releases it.
     """
     schedule = settings.schedule
     period = due_period(schedule, now)
@@ -99,11 +101,13 @@ def run_due(
         # Outside any transaction: sending takes long and must not hold a write lock.
         from pipeline import publish  # noqa: PLC0415  (the renderer and sender: only to send)
 
+        # chosen: the week's issue is the program's pick, so a draft carrying a held essay is
+        # Refused (raised to the caller, as the send check's refusal is).
         if schedule.enqueue:  # the workers send it
-            report = publish.enqueue(settings, engine, issue_id, now=now, force=force)
+            report = publish.enqueue(settings, engine, issue_id, now=now, force=force, chosen=True)
         else:
             report = publish.publish(settings, engine, issue_id, now=now, stop=stop,
-                                     progress=progress, force=force)
+                                     progress=progress, force=force, chosen=True)
         with Session(engine) as session:
             outcome = _outcome(settings, session, action, period, issues.find_by_key(session, period.key), now)
             holders = leases.in_flight(session, issue_id)

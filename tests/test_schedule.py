@@ -470,6 +470,67 @@ def test_the_week_s_run_sends_the_draft_prepared_by_hand(
     assert {m.message["Subject"] for m in smtp_server.received} == {"This week: two gardens"}
 
 
+def test_the_week_s_draft_is_not_sent_while_it_carries_a_held_essay(
+    smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The week's issue was composed at 07:00 and not sent (the send check refused it, say);
+    then the essayist held one of its essays. The next run resumed the draft and mailed the held
+    essay. It is refused and logged, the scheduler comes back, and once the essay is released
+    the draft goes out."""
+    from pipeline.errors import Refused
+    from pipeline.essays import set_held
+
+    add_essays(smtp_engine, 2)
+    emails = add_subscribers(smtp_engine, 2)
+    with db.session_scope(smtp_engine) as session:
+        compose(session, smtp_settings, key=KEY)
+        set_held(session, "essay-1", True)
+    with pytest.raises(Refused) as refused:
+        run_due(smtp_settings, smtp_engine, DUE + timedelta(minutes=30))
+    said = " ".join(str(refused.value).split())
+    assert f"{KEY} was not sent: it carries essay-1, held" in said
+    assert f"`newsletter issues edit {KEY} --remove-essay essay-1`" in said
+    assert "`newsletter essays release essay-1`" in said
+    assert smtp_server.received == [] and [(i.key, i.status) for i in issues(smtp_engine)] == [(KEY, "draft")]
+
+    scheduler = make_scheduler(smtp_settings, smtp_engine, clock=lambda: DUE + timedelta(minutes=40))
+    with caplog.at_level("ERROR", logger="newsletter.schedule"):
+        scheduler.get_job(JOB_ID).func()  # what `schedule run` does once at start
+    assert any("essay-1, held" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    soon = scheduler.get_job(JOB_ID).next_run_time - datetime.now(UTC)
+    assert soon <= timedelta(minutes=FOLLOW_UP_MINUTES)  # the essayist's fix is picked up then
+    assert smtp_server.received == []
+
+    with db.session_scope(smtp_engine) as session:
+        set_held(session, "essay-1", False)
+    outcome = run_due(smtp_settings, smtp_engine, DUE + timedelta(hours=1))
+    assert (outcome.key, outcome.status) == (KEY, "sent")
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(emails)
+
+
+def test_run_due_exits_1_on_a_week_s_draft_carrying_a_held_essay(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_essays import write_essays
+
+    run_cli.config_file = write_config(tmp_path, schedule=utc_schedule_due(timedelta(hours=1)))
+    settings = load_settings(run_cli.config_file)
+    key = due_period(settings.schedule, datetime.now(UTC)).key
+    assert run_cli("essays", "import", str(write_essays(tmp_path / "e", "rivers", "bread"))).exit_code == 0
+    assert run_cli("subscribers", "add", "ann@example.org").exit_code == 0
+    assert run_cli("issues", "new", "--key", key).exit_code == 0
+    held = run_cli("essays", "hold", "rivers")
+    assert (f"the draft {key} carries it: the scheduler and `send --latest` refuse that draft while it is "
+            f"held (`newsletter send {key}` sends it as it is)") in " ".join(held.output.split())
+    refused = run_cli("schedule", "run-due")
+    assert refused.exit_code == 1, refused.output
+    assert f"{key} was not sent: it carries rivers, held" in " ".join(refused.output.split())
+    assert json.loads(run_cli("issues", "show", key, "--json").output)["status"] == "draft"
+    assert run_cli("issues", "edit", key, "--remove-essay", "rivers").exit_code == 0
+    sent = run_cli("schedule", "run-due")
+    assert sent.exit_code == 0, sent.output
+    shown = json.loads(run_cli("issues", "show", key, "--json").output)
+    assert shown["status"] == "sent" and [e["slug"] for e in shown["essays"]] == ["bread"]
+
+
 def test_a_draft_carrying_an_essay_another_issue_is_sending_is_not_adopted(
     smtp_settings: Settings, smtp_engine: Engine, smtp_server: SMTPServer
 ) -> None:

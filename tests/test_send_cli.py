@@ -97,6 +97,33 @@ def test_dry_run_writes_nothing(run_cli: CLI, settings: Settings, engine: Engine
         assert session.exec(select(Delivery)).all() == [] and session.exec(select(Issue)).all() == []
 
 
+def test_a_draft_carrying_a_held_essay_goes_out_only_when_named(
+    run_cli: CLI, settings: Settings, engine: Engine, audience: list
+) -> None:
+    """`essays hold` keeps an essay out of what the program picks by itself: `send --latest`
+    took the newest open draft and mailed it, held essay and all. Named, the draft is sent."""
+    assert run_cli("issues", "new", "--key", "by-hand").exit_code == 0
+    assert run_cli("essays", "hold", "essay-001").exit_code == 0
+    for args in (["--latest"], ["latest"], ["--latest", "--dry-run"], ["--latest", "--enqueue"]):
+        refused = run_cli("send", *args, "--yes")
+        assert refused.exit_code == 1, (args, refused.output)
+        words = flat(refused)
+        assert "by-hand was not sent: it carries essay-001, held" in words, words
+        assert "`newsletter issues edit by-hand --remove-essay essay-001`" in words
+        assert "`newsletter essays release essay-001`" in words and "`newsletter send by-hand`" in words
+    assert outbox(settings) == []
+    with Session(engine) as session:
+        assert session.exec(select(Issue.status)).all() == ["draft"]
+        assert session.exec(select(Delivery)).all() == []
+
+    asked = run_cli("send", "by-hand", input="n\n")
+    assert "(it carries essay-001, held)?" in flat(asked) and outbox(settings) == []
+    sent = run_cli("send", "by-hand", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert "by-hand carries essay-001, held: sent because it was named." in flat(sent)
+    assert len(outbox(settings)) == 5
+
+
 def test_send_test_sends_one_marked_copy_and_records_nothing(
     run_cli: CLI, settings: Settings, engine: Engine, audience: list
 ) -> None:

@@ -229,10 +229,12 @@ def show_command(app: App, slug: str, as_json: bool) -> None:
 @pass_app
 def hold_command(app: App, slugs: tuple[str, ...]) -> None:
     """Hold essays back: no digest takes them by itself (the scheduler, `send --latest`,
-    `issues new` without --essay), and the scheduler sends no draft that carries one, until
-    `essays release`. Naming one still carries it (`issues new --essay SLUG`, `issues edit
-    --add-essay SLUG`): that is a choice made for this essay. `essays list` and `essays show`
-    say "held". An unknown slug is named, the others are still held, and the exit code is 1.
+    `issues new` without --essay) until `essays release`, and the scheduler and `send --latest`
+    refuse a draft that carries one (exit code 1, naming the essay and the fixes). Naming one
+    still carries it (`issues new --essay SLUG`, `issues edit --add-essay SLUG`), and `send
+    ISSUE` naming the draft sends it: those are choices made for this essay. `essays list` and
+    `essays show` say "held". An unknown slug is named, the others are still held, and the exit
+    code is 1.
 
     \b
     Example:
@@ -280,13 +282,14 @@ def _hold_or_release(app: App, slugs: tuple[str, ...], held: bool) -> None:
 
 
 def _tell_drafts(app: App, session: Session, essay_id: int, name: str) -> None:
-    """A hold keeps the essay out of new digests; a draft that carries it already still does."""
+    """A hold keeps the essay out of new digests; a draft that carries it already still does,
+    and is then sent only by name (see publish._held)."""
     for issue in carriers(session, essay_id):
         if issue.status == IssueStatus.DRAFT.value:
             key = shown(issue.key)
-            app.console.print(f"  the draft {key} carries it: the scheduler does not take that draft for the "
-                              f"week while it is held; `newsletter issues edit {key} --remove-essay {name}` "
-                              "takes it out", soft_wrap=True)
+            app.console.print(f"  the draft {key} carries it: the scheduler and `send --latest` refuse that "
+                              f"draft while it is held (`newsletter send {key}` sends it as it is); "
+                              f"`newsletter issues edit {key} --remove-essay {name}` takes it out", soft_wrap=True)
 
 
 @group.command("remove")

@@ -136,7 +136,8 @@ def run_due(app: App, dry_run: bool, force: bool, as_json: bool) -> None:
     `schedule.enqueue = true` it composes the issue and hands it to `newsletter worker`
     processes (exit 0; they send it). Over SMTP a message that fails a MUST check of the email
     checklist is not sent: the reasons and fixes are printed, the issue stays unsent for the
-    next call, and the exit status is 1.
+    next call, and the exit status is 1. So is a week's draft that carries an essay held with
+    `essays hold` (the error names the essays and the fixes).
 
     \b
     Example:

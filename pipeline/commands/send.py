@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pipeline import history
+from pipeline import history, issues
 from pipeline.commands.base import (
     EXIT_ERROR,
     EXIT_OWED,
@@ -57,6 +57,10 @@ def send(app: App, issue: str | None, latest: bool, dry_run: bool, enqueue: bool
     does): a MUST failure, such as unsubscribe links on a web.base_url that is not public https,
     stops the send with the reasons and their fixes (exit code 1). --force sends anyway and
     logs a warning naming the failures. The outbox transport is not checked.
+
+    A draft that carries an essay held with `essays hold` is refused by --latest (and by ISSUE
+    `latest`): the program picked it (exit code 1, naming the essays and the fixes). Named by
+    key or id, it is sent, with a note that it carries held essays.
 
     \b
     Example:
@@ -127,7 +131,7 @@ def run_publish(app: App, issue: str | None, latest: bool, dry_run: bool, yes: b
 
     def ask(target: Issue, audience: int) -> bool:
         noun = "subscriber" if audience == 1 else "subscribers"
-        question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}{_repeat_note(app, target)}?"
+        question = f"Send {target.key} \"{target.subject}\" to {audience} {noun}{_notes(app, target)}?"
         if target.status == "sending":
             question = f"Carry on sending {target.key} \"{target.subject}\" ({audience} deliveries in its ledger)?"
         return yes or confirm(question)
@@ -172,14 +176,14 @@ def _progress_bar(app: App, quiet: bool) -> Iterator[Callable[[Report], None] | 
         yield progress
 
 
-def _repeat_note(app: App, target: Issue) -> str:
-    """What the confirmation says of readers who had one of the issue's essays already."""
+def _notes(app: App, target: Issue) -> str:
+    """What the confirmation says of readers who had one of the issue's essays already, and of
+    the held essays it carries (named, the issue is sent with them)."""
     with open_session(app.engine) as session:
-        repeats = history.repeats(session, target)
-    if not repeats:
-        return ""
+        repeats, held = history.repeats(session, target), issues.held_in(session, target)
     had = "; ".join(f"{n} {'reader' if n == 1 else 'readers'} already had {slug}" for slug, n in repeats.items())
-    return f" ({had}: {'resent to everyone' if target.resend else 'they are left out'})"
+    return ((f" ({had}: {'resent to everyone' if target.resend else 'they are left out'})" if repeats else "")
+            + (f" (it carries {', '.join(held)}, held)" if held else ""))
 
 
 def summary(app: App, report: Report) -> None:
@@ -189,6 +193,10 @@ def summary(app: App, report: Report) -> None:
     for slug, n in report.left_out.items() if report.ending not in (Ending.NOTHING, Ending.DECLINED) else ():
         out(f"{n} {'reader' if n == 1 else 'readers'} already had {literal(slug)}: they are left out "
             f"(compose the issue with --resend to mail it to everyone).")
+    if report.held and report.ending not in (Ending.NOTHING, Ending.DECLINED):
+        out(f"{report.issue_key} carries {literal(', '.join(report.held))}, held: "
+            + ("it would be sent because it was named." if report.ending is Ending.DRY_RUN
+               else "sent because it was named."))
     if report.ending is Ending.DECLINED:
         out("Nothing sent.")
         return
