@@ -81,6 +81,21 @@ def test_adding_an_essay_readers_had_warns_as_composing_does_and_resend_can_be_s
     assert json.loads(sent.output)["sent"] == 2
 
 
+def test_adding_a_held_essay_says_so_as_composing_does(run_cli, engine: Engine) -> None:  # type: ignore[no-untyped-def]
+    """`issues new --essay` names a held essay it carries; an edit that adds one said nothing,
+    and the draft was then left unsent by the scheduler and `send --latest` with no word why."""
+    add_audience(engine, 1, essays=2)
+    key = json.loads(run_cli("issues", "new", "--essay", "essay-000", "--json").output)["key"]
+    assert run_cli("essays", "hold", "essay-001").exit_code == 0
+    edited = run_cli("issues", "edit", key, "--add-essay", "essay-001")
+    assert edited.exit_code == 0, edited.output
+    words = " ".join(edited.output.split())
+    assert "essay-001 is held: carried because it was named" in words
+    assert f"the scheduler and `send --latest` refuse {key} while it carries a held essay" in words
+    assert f"`newsletter send {key}` sends it" in words
+    assert "is held" not in " ".join(run_cli("issues", "edit", key, "--subject", "Two").output.split())
+
+
 @pytest.mark.parametrize("status", ["sent", "sending"])
 def test_a_sent_or_sending_issue_is_neither_edited_nor_discarded(run_cli, session: Session, status: str) -> None:  # type: ignore[no-untyped-def]
     session.add(Issue(key="gone-out", subject="Out there", status=status))

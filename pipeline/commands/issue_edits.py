@@ -27,7 +27,8 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
     shown in the HTML and text parts and the web copy), the essays it carries, whether readers
     who had one of its essays get it. An issue that is being sent or was sent is refused (exit
     code 1): readers have it as it is. A subject that was the composed one follows the essays
-    when they change. Like `issues new`, it says how many readers had an essay it carries.
+    when they change. Like `issues new`, it says how many readers had an essay it carries, and
+    names a held essay it adds (the scheduler and `send --latest` then refuse the draft).
 
     \b
     Example:
@@ -37,7 +38,7 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
     """
     from pipeline import history  # noqa: PLC0415  (the ORM: only when a command changes a draft)
     from pipeline.editorial import edit  # noqa: PLC0415
-    from pipeline.issues import issue_essays  # noqa: PLC0415
+    from pipeline.issues import held_in, issue_essays  # noqa: PLC0415
 
     if subject is None and intro_file is None and not add and not remove and resend is None:
         raise click.UsageError("nothing to change: give --subject, --intro, --add-essay, --remove-essay "
@@ -57,11 +58,24 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
         essays = issue_essays(session, issue)
         key, title, resent = issue.key, issue.subject, issue.resend
         repeats = history.repeats(session, issue)
+        held = [slug for slug in held_in(session, issue) if slug in add]  # the others: told when added, or when held
     app.console.print(f"Edited issue {shown(key)}: {shown(title)}", soft_wrap=True)
     for essay in essays:
         app.console.print(f"  {shown(essay.slug)}  {shown(essay.title)}")
+    tell_held(app, held, key)
     tell_repeats(app, repeats, resent, key)
     app.console.print(f"Preview it: newsletter preview {key} --open")
+
+
+def tell_held(app: App, held: list[str], key: str) -> None:
+    """The held essays (`essays hold`) a draft carries because they were named, and what that
+    means for the draft: `issues new` and `issues edit --add-essay` say it alike."""
+    for slug in held:
+        name = shown(slug)
+        app.console.print(f"{name} is held: carried because it was named, but the scheduler and `send --latest` "
+                          f"refuse {shown(key)} while it carries a held essay (`newsletter send {shown(key)}` sends "
+                          f"it; `newsletter essays release {name}` lets digests take it by themselves)",
+                          soft_wrap=True)
 
 
 def tell_repeats(app: App, repeats: dict[str, int], resend: bool, key: str) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from pipeline import glance
 from pipeline.commands.base import App, json_option, literal, pass_app, print_json, readable_time, shown
-from pipeline.commands.issue_edits import discard_command, edit_command, tell_repeats
+from pipeline.commands.issue_edits import discard_command, edit_command, tell_held, tell_repeats
 from pipeline.config import Settings
 from pipeline.db import open_session, scratch_session, session_scope
 from pipeline.lint_help import anchor, fix_for
@@ -67,7 +67,7 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
       newsletter issues new --essay walking-at-dawn --resend
     """
     from pipeline import history  # noqa: PLC0415  (composing: the ORM)
-    from pipeline.issues import compose, issue_essays  # noqa: PLC0415
+    from pipeline.issues import compose, held_in, issue_essays  # noqa: PLC0415
 
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
@@ -79,7 +79,7 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         essays = issue_essays(session, issue)
         data = describe_issue(issue, essays)
         repeats = history.repeats(session, issue)
-        held = [e.slug for e in essays if e.held]  # only a named essay can be: see issues.kept_back
+        held = held_in(session, issue)  # only a named essay can be: see issues.kept_back
     if dry_run:
         data["id"] = None
     data["readers_who_had"] = repeats
@@ -90,21 +90,15 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         app.console.print(f"Would compose: {shown(data['subject'])}  (dry run: nothing stored)", soft_wrap=True)
         for essay in data["essays"]:
             app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
-        _tell_held(app, held)
+        tell_held(app, held, issue.key)
         return
     app.console.print(f"Composed issue [bold]{data['id']}[/] ({shown(issue.key)}): {shown(issue.subject)}",
                       soft_wrap=True)
     for essay in data["essays"]:
         app.console.print(f"  {shown(essay['slug'])}  {shown(essay['title'])}")
-    _tell_held(app, held)
+    tell_held(app, held, issue.key)
     tell_repeats(app, repeats, resend, issue.key)
     app.console.print(f"Preview it: newsletter preview {issue.key} --open")
-
-
-def _tell_held(app: App, held: list[str]) -> None:
-    for slug in held:
-        app.console.print(f"{shown(slug)} is held: carried because it was named (`newsletter essays release "
-                          f"{shown(slug)}` lets digests take it by themselves)", soft_wrap=True)
 
 
 @group.command("list")
