@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, not_, nulls_last, or_, update
+from sqlalchemy import and_, case, func, not_, nulls_last, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -110,11 +111,10 @@ def next_day_key(session: Session, now: datetime) -> str:
 def _nothing_to_send(session: Session) -> str:
     """Why no essay is left to compose, true to the database: none came in ("every essay has
     gone out" would be false on a fresh database), the ones left are held, or all went out."""
-    if session.exec(select(Essay.id).limit(1)).first() is None:
+    counted = backlog(session)
+    if not counted.total:
         return "nothing to send: there are no essays yet (import some with `newsletter essays import PATH`)"
-    waiting = select(Essay.id).where(col(Essay.held).is_(True), col(Essay.sent_in_issue_id).is_(None),
-                                     col(Essay.archive).is_(False))
-    if session.exec(waiting.limit(1)).first() is not None:
+    if counted.held:
         return ("nothing to send: the essays not sent yet are held (`newsletter essays list` shows them; "
                 "`newsletter essays release SLUG` lets the next digest take one)")
     return ("nothing to send: every essay has gone out in an issue already "
@@ -164,7 +164,7 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
     """
     query = (
         select(Essay)
-        .where(col(Essay.sent_in_issue_id).is_(None), not_(kept_back()), col(Essay.archive).is_(False))
+        .where(owed(), not_(kept_back()))
         .order_by(nulls_last(col(Essay.published_on).asc()), col(Essay.imported_at), col(Essay.id))
         .limit(settings.digest.max_essays)
     )
@@ -176,6 +176,33 @@ def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
         # ones. The essays they had go out first, alone; the new ones in the next issue.
         essays = [e for e in essays if e.id in had]
     return essays
+
+
+def owed() -> Any:
+    """Whether the digests owe an essay to the readers: no issue has sent it, and it was not
+    imported as the archive (published before the newsletter, never mailed by itself)."""
+    return and_(col(Essay.sent_in_issue_id).is_(None), col(Essay.archive).is_(False))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The essays counted: what `essays list` sums up, and why `compose` found nothing to send."""
+
+    total: int
+    owed: int  # not sent yet, not the archive (see `owed`)
+    held: int  # of those owed, held back with `essays hold`
+    archive: int  # imported as the archive and not sent
+
+
+def backlog(session: Session) -> Backlog:
+    """How many essays there are, are owed, are owed but held, and are the archive not sent."""
+    def number(where: Any) -> Any:
+        return func.coalesce(func.sum(case((where, 1), else_=0)), 0)
+
+    row = session.exec(select(func.count(), number(owed()), number(and_(owed(), col(Essay.held).is_(True))),
+                              number(and_(col(Essay.sent_in_issue_id).is_(None), col(Essay.archive).is_(True))))
+                       .select_from(Essay)).one()
+    return Backlog(*(int(n) for n in row))
 
 
 def kept_back() -> Any:
@@ -204,11 +231,22 @@ def essays_by_slug(session: Session, slugs: Sequence[str]) -> list[Essay]:
     return essays
 
 
-def carriers(session: Session, essay_id: int) -> list[Issue]:
-    """Every issue that carries or carried the essay, whatever its status, oldest first."""
-    return list(session.exec(
+@dataclass(frozen=True)
+class Carriers:
+    """The issues that carry or carried an essay, oldest first: those that started (sending,
+    sent, expired: readers may have it) and the drafts (still the essayist's to change)."""
+
+    started: list[Issue]
+    drafts: list[Issue]
+
+
+def carriers(session: Session, essay_id: int) -> Carriers:
+    """Every issue that carries or carried the essay, whatever its status, split as Carriers."""
+    found = list(session.exec(
         select(Issue).join(IssueEssay, col(IssueEssay.issue_id) == col(Issue.id))
         .where(IssueEssay.essay_id == essay_id).order_by(col(Issue.id))))
+    drafts = [i for i in found if i.status == IssueStatus.DRAFT.value]
+    return Carriers([i for i in found if i not in drafts], drafts)
 
 
 def held_in(session: Session, issue: Issue) -> list[str]:

@@ -25,7 +25,6 @@ from pipeline.essays import delete_essay, get_essay, sent_key
 from pipeline.feed_list import forget_essay
 from pipeline.issues import carriers
 from pipeline.models import Essay
-from pipeline.statuses import IssueStatus
 
 
 @dataclass
@@ -71,15 +70,16 @@ def why_it_stays(session: Session, essay: Essay) -> str | None:
                 f"archive keep it. No digest takes it again by itself; to keep an essay not sent yet out of "
                 f"the digests, hold it (`newsletter essays hold SLUG`), and import essays published before "
                 f"the newsletter with `newsletter essays import --archive`")
-    issues = carriers(session, essay.id or 0)
-    started = [i for i in issues if i.status != IssueStatus.DRAFT.value]
-    if started:
-        return (f"cannot remove {slug!r}: issue {started[0].key} ({started[0].status}) carried it, and some "
+    found = carriers(session, essay.id or 0)
+    if found.started:
+        started = found.started[0]
+        return (f"cannot remove {slug!r}: issue {started.key} ({started.status}) carried it, and some "
                 f"readers may have it. `newsletter essays hold {slug}` keeps it out of the digests instead")
-    if issues:
-        first = issues[0].key
-        which = f"the draft {first} carries" if len(issues) == 1 else \
-            f"the drafts {', '.join(i.key for i in issues)} carry"
+    drafts = found.drafts
+    if drafts:
+        first = drafts[0].key
+        which = f"the draft {first} carries" if len(drafts) == 1 else \
+            f"the drafts {', '.join(i.key for i in drafts)} carry"
         return (f"cannot remove {slug!r}: {which} it. Take it out first "
                 f"(`newsletter issues edit {first} --remove-essay {slug}`, or `newsletter issues discard "
                 f"{first}`), then remove it")

@@ -835,3 +835,16 @@ def test_cli_hold_names_the_draft_that_still_carries_the_essay(run_cli: CLI, tmp
     assert held.exit_code == 0
     assert "the draft by-hand carries it" in held.stdout
     assert "newsletter issues edit by-hand --remove-essay rivers" in held.stdout
+
+
+def test_cli_list_and_compose_count_the_held_and_the_archive_by_one_rule(run_cli: CLI, tmp_path: Path) -> None:
+    """`essays list` sums the essays up, and `issues new` explains finding none, by the rule the
+    digests pick by: held essays are owed but wait, the archive is never owed."""
+    assert run_cli("essays", "import", str(write_essays(tmp_path / "e", "rivers", "bread"))).exit_code == 0
+    assert run_cli("essays", "import", "--archive", str(write_essays(tmp_path / "old", "clocks"))).exit_code == 0
+    assert run_cli("essays", "hold", "rivers", "bread").exit_code == 0
+    table = " ".join(run_cli("essays", "list").stdout.split())
+    assert ("3 essays, 2 not sent yet, 2 held (no digest takes them until `essays release`), 1 in the archive "
+            "(never mailed by themselves)") in table
+    nothing = run_cli("issues", "new")
+    assert nothing.exit_code == 1 and "the essays not sent yet are held" in " ".join(nothing.output.split())

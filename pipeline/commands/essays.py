@@ -13,11 +13,10 @@ from pipeline.commands.base import App, confirm, finish_report, json_option, pas
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key, set_held
-from pipeline.issues import carriers
+from pipeline.issues import backlog, carriers
 from pipeline.related import related_for_essay
 from pipeline.related_cache import cached_index, folder, warm
 from pipeline.removal import Removal, remove_essays
-from pipeline.statuses import IssueStatus
 from subscribers.text import printable
 
 if TYPE_CHECKING:
@@ -122,6 +121,7 @@ def list_command(app: App, as_json: bool) -> None:
              "held": e.held}
             for e, key in list_essays(session)
         ]
+        counted = backlog(session)
     if as_json:
         print_json(rows)
         return
@@ -145,12 +145,11 @@ def list_command(app: App, as_json: bool) -> None:
             _sent_cell(row),
         )
     app.console.print(table)
-    owed = [r for r in rows if not r["sent"] and not r["archive"]]
-    held = sum(1 for r in owed if r["held"])
-    archived = sum(1 for r in rows if not r["sent"] and r["archive"])
-    app.console.print(f"{len(rows)} essays, {len(owed)} not sent yet"
-                      + (f", {held} held (no digest takes them until `essays release`)" if held else "")
-                      + (f", {archived} in the archive (never mailed by themselves)" if archived else ""))
+    app.console.print(f"{counted.total} essays, {counted.owed} not sent yet"
+                      + (f", {counted.held} held (no digest takes them until `essays release`)"
+                         if counted.held else "")
+                      + (f", {counted.archive} in the archive (never mailed by themselves)"
+                         if counted.archive else ""))
 
 
 def _sent_cell(row: dict[str, Any]) -> str:
@@ -284,12 +283,11 @@ def _hold_or_release(app: App, slugs: tuple[str, ...], held: bool) -> None:
 def _tell_drafts(app: App, session: Session, essay_id: int, name: str) -> None:
     """A hold keeps the essay out of new digests; a draft that carries it already still does,
     and is then sent only by name (see publish._held)."""
-    for issue in carriers(session, essay_id):
-        if issue.status == IssueStatus.DRAFT.value:
-            key = shown(issue.key)
-            app.console.print(f"  the draft {key} carries it: the scheduler and `send --latest` refuse that "
-                              f"draft while it is held (`newsletter send {key}` sends it as it is); "
-                              f"`newsletter issues edit {key} --remove-essay {name}` takes it out", soft_wrap=True)
+    for issue in carriers(session, essay_id).drafts:
+        key = shown(issue.key)
+        app.console.print(f"  the draft {key} carries it: the scheduler and `send --latest` refuse that "
+                          f"draft while it is held (`newsletter send {key}` sends it as it is); "
+                          f"`newsletter issues edit {key} --remove-essay {name}` takes it out", soft_wrap=True)
 
 
 @group.command("remove")
