@@ -896,3 +896,21 @@ def test_a_complaint_whose_original_is_sent_base64_names_our_message() -> None:
     assert finding.kind == BounceKind.COMPLAINT
     assert finding.original_message_id == "<fixture-erin-0001@essays.example.org>"
     assert [f.recipient for f in finding.failures] == ["erin@example.com"]
+
+
+def test_terminal_codes_in_a_report_print_escaped(tmp_path: Path) -> None:
+    # A report is written by whoever sends it: its words must not retitle or clear the terminal.
+    config = bounce_config(tmp_path)
+    fixture_audience(load_settings(config))
+    hostile = (FIXTURES / "postfix.eml").read_bytes().replace(
+        b"Recipient address\n", b"Recipient \x1b]0;pwned\x07\x1b[2Jaddress\n")
+    fill_maildir(tmp_path / "Maildir", []).add(hostile)
+    run = CLI(config, CliRunner(env={"COLUMNS": "300"}))  # wide enough for a whole detail per line
+
+    processed = run("bounces", "process")
+    listed = run("bounces", "list")
+
+    for result in (processed, listed):
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "Recipient \\x1b]0;pwned\\x07\\x1b[2Jaddress" in listed.output

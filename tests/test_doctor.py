@@ -425,6 +425,28 @@ def test_doctor_command_passes_a_good_setup_and_fails_a_bad_one(
     assert auth_smtp[1] == []  # two runs, two logins, no message
 
 
+def test_doctor_prints_terminal_codes_in_a_dns_answer_escaped(
+    tmp_path: Path, zone: tuple[Zone, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whoever runs the nameserver writes the answer: it must not retitle or clear the terminal.
+    zone[0].add(DOMAIN, "TXT", "v=spf1 \x1b]0;pwned\x07\x1b[2J-all")
+    monkeypatch.setenv("NEWSLETTER_DNS_SERVER", zone[1])
+    config = write_config(tmp_path, web={"base_url": "https://letters.example.org"})
+    result = CLI(config, CliRunner(env={"COLUMNS": "300"}))("doctor")
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert f"{DOMAIN}: v=spf1 \\x1b]0;pwned\\x07\\x1b[2J-all" in result.output
+
+
+def test_doctor_prints_each_problem_of_a_broken_config_on_its_own_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[newsletter]\nname = 3\n[schedule]\nweekday = \"Caturday\"\n")
+    result = CLI(config, CliRunner(env={"COLUMNS": "300"}))("doctor")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.strip().startswith("newsletter.name:") for line in lines), result.output
+    assert any(line.strip().startswith("schedule.weekday:") for line in lines), result.output
+
+
 def test_doctor_command_reports_a_broken_config(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[newsletter]\nname = 3\n")

@@ -208,6 +208,20 @@ def test_retry_failed_resends_to_who_is_still_subscribed(tmp_path: Path, engine:
         assert [(r["email"], r["smtp_code"]) for r in still] == [(people[0].email, 554)]
 
 
+def test_terminal_codes_in_a_relay_reply_print_escaped(tmp_path: Path, engine: Engine) -> None:
+    # The relay's words are stored and shown again: they must not retitle or clear the terminal.
+    with fault_server() as server:
+        settings = smtp_settings(tmp_path, server.port)
+        people = add_audience(engine, 2)
+        server.faults[people[0].email] = [("data", "554 5.6.0 \x1b]0;pwned\x07\x1b[2Jrejected")]
+        cli = CLI(settings.path, CliRunner(env={"COLUMNS": "300"}))  # one row a line
+        sent = cli("send", "--latest", "--yes")
+        listed = cli("sends", "list", "latest", "--status", "failed")
+    for result in (sent, listed):
+        assert "\x1b" not in result.output and "\x07" not in result.output
+        assert "\\x1b]0;pwned\\x07\\x1b[2Jrejected" in result.output
+
+
 def test_sends_list_limit_0_shows_all_like_subscribers_list(run_cli: CLI, audience: list) -> None:
     assert run_cli("send", "--latest", "--yes").exit_code == 0
     every = json.loads(run_cli("sends", "list", "latest", "--limit", "0", "--json").output)

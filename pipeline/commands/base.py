@@ -76,6 +76,13 @@ def shown(text: str) -> str:
     return literal(printable(text))
 
 
+def shown_lines(text: str) -> str:
+    """`shown`, line by line, for a message of several lines the program wrote around stored or
+    external words (a config error listing each key, a refusal listing each failed check): its
+    line breaks stay line breaks, and everything else prints as `shown` prints it."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
 @dataclass
 class App:
     """What every command gets: settings read once, and the database opened when first asked."""

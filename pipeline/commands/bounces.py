@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from pipeline.bounce_log import recent_events
-from pipeline.commands.base import App, json_option, literal, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, shown
 from pipeline.db import open_session
 from pipeline.feedback import MailboxReport, process_mailbox
 from pipeline.models import BounceKind
@@ -84,8 +84,8 @@ def list_command(app: App, kind: str | None, limit: int, as_json: bool) -> None:
     for column in ("when (UTC)", "kind", "address", "issue", "status", "detail", "matched by"):
         table.add_column(column)
     for e in events:
-        table.add_row(f"{e.created_at:%Y-%m-%d %H:%M}", e.kind, literal(e.email), str(e.issue_id or ""),
-                      e.status, literal(e.detail[:120]), e.matched_by)
+        table.add_row(f"{e.created_at:%Y-%m-%d %H:%M}", e.kind, shown(e.email), str(e.issue_id or ""),
+                      e.status, shown(e.detail[:120]), e.matched_by)
     app.console.print(table)
 
 
@@ -96,9 +96,9 @@ def _summary(app: App, report: MailboxReport) -> None:
         for column in ("kind", "address", "issue", "matched by", "done", "why"):
             table.add_column(column)
         for o in report.outcomes:
-            table.add_row(o.kind, literal(o.email), str(o.issue_id or ""), o.matched_by,
+            table.add_row(o.kind, shown(o.email), str(o.issue_id or ""), o.matched_by,
                           ("would be " + o.action if report.dry_run and o.action else o.action) or "-",
-                          literal(o.reason[:160]))
+                          shown(o.reason[:160]))
         out(table)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items() if n)
     verb = "would process" if report.dry_run else "processed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands.base import App, json_option, literal, pass_app, print_json
+from pipeline.commands.base import App, json_option, pass_app, print_json, shown_lines
 from pipeline.dns_records import Records
 from pipeline.doctor import MUST, Check, config_failure, diagnose, failed
 from pipeline.errors import ConfigError
@@ -49,9 +49,9 @@ def _print(app: App, checks: list[Check]) -> None:
             mark = "[green]ok[/]     "
         else:
             mark = "[red]FAIL[/]   " if check.level == MUST else "[yellow]WARN[/]   "
-        app.console.print(f"{mark}{check.code:<15} {literal(check.message)}", soft_wrap=True)
+        app.console.print(f"{mark}{check.code:<15} {shown_lines(check.message)}", soft_wrap=True)
         if not check.ok and check.fix:
-            app.console.print(f"       {'':<15} fix: {literal(check.fix)}", soft_wrap=True)
+            app.console.print(f"       {'':<15} fix: {shown_lines(check.fix)}", soft_wrap=True)
     bad = failed(checks)
     warned = sum(1 for c in checks if not c.ok and c.level != MUST)
     verdict = "[red]not ready to send[/]" if bad else "[green]ready to send[/]"

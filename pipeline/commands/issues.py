@@ -128,7 +128,7 @@ def list_command(app: App, as_json: bool) -> None:
     table.add_column("created", no_wrap=True)  # the day; `issues show` and --json have the time
     table.add_column("subject", ratio=1)
     for row in rows:
-        table.add_row(str(row["id"]), literal(row["key"]), row["status"], str(len(row["essays"])),
+        table.add_row(str(row["id"]), shown(row["key"]), row["status"], str(len(row["essays"])),
                       f"{row['created_at']:%Y-%m-%d}", shown(row["subject"]))
     app.console.print(table)
 
@@ -203,12 +203,12 @@ def preview(app: App, issue_ref: str, as_email: str | None, text_part: bool, ope
         except OSError as exc:  # a missing folder, no permission: the user's to fix, not a bug
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
         size = len(body.encode("utf-8")) / 1024
-        app.err.print(f"Wrote {shown(str(output))} ({size:.1f} KB) for {literal(recipient)}", soft_wrap=True)
+        app.err.print(f"Wrote {shown(str(output))} ({size:.1f} KB) for {shown(recipient)}", soft_wrap=True)
     else:
         click.echo(body, nl=False)
     # False: no browser found (a server over ssh, no $DISPLAY); silence would look like a hang.
     if open_browser and output is not None and not webbrowser.open(output.resolve().as_uri()):
-        app.err.print(f"Could not open a browser on this machine: open {literal(str(output))} where "
+        app.err.print(f"Could not open a browser on this machine: open {shown(str(output))} where "
                       "you can, or run `newsletter serve` and browse to its preview.", soft_wrap=True)
 
 
@@ -248,12 +248,12 @@ def _report(app: App, settings: Settings, issue: Issue, findings: list[Finding],
         return
     for finding in [*failures(findings), *warnings(findings)]:
         label = "[red]{} MUST[/]  " if finding.level == "MUST" else "[yellow]{} SHOULD[/]"
-        app.console.print(f"{label.format(finding.code)}  {literal(finding.message)}", soft_wrap=True)
+        app.console.print(f"{label.format(finding.code)}  {shown(finding.message)}", soft_wrap=True)
         app.console.print(f"     fix: {literal(fix_for(finding.code))} ({anchor(finding.code)})",
                           soft_wrap=True, style="dim")
     failed, warned = len(failures(findings)), len(warnings(findings))
     verdict = "[red]fails[/]" if failed else "[green]passes[/]"
-    app.console.print(f"Issue {literal(issue.key)} {verdict} the email checklist: "
+    app.console.print(f"Issue {shown(issue.key)} {verdict} the email checklist: "
                       f"{failed} MUST failure{'' if failed == 1 else 's'}, "
                       f"{warned} warning{'' if warned == 1 else 's'}.")
     if any(f.code == "H11" and "http://" in f.message for f in findings) and \
@@ -273,7 +273,7 @@ def _message(app: App, issue_ref: str, email: str | None) -> tuple[Issue, bytes]
     with open_session(app.engine) as session:
         issue = find_issue(session, issue_ref)
         subscriber = None if email is None else by_address(session, email)
-        secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(literal(note)))
+        secret = load_secret(app.settings.base_dir, announce=lambda note: app.err.print(shown(note)))
         return issue, personal_copy(session, app.settings, secret, issue, subscriber)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.base import App, literal, pass_app
+from pipeline.commands.base import App, pass_app, shown
 from pipeline.config import find_config
 from pipeline.config_reader import address_problem
 from pipeline.starter import Answers, write_starter
@@ -60,24 +60,24 @@ def init(app: App, folder: Path | None, name: str | None, site_url: str | None, 
         if any(given.values()):
             raise click.ClickException(f"{config} exists: not overwritten. Edit it, or run "
                                        "`newsletter init NEW-FOLDER` for another newsletter.")
-        app.console.print(f"Using the existing {literal(str(config))} (not changed).")
+        app.console.print(f"Using the existing {shown(str(config))} (not changed).")
     else:
         answers = _ask(name, site_url, sender, base_url, postal_address, interactive=not yes)
         written = write_starter(config.parent, answers, date.today())  # checked before writing
         for path in written:
-            app.console.print(f"Wrote {literal(str(path))}")
+            app.console.print(f"Wrote {shown(str(path))}")
     app.config_path = str(config)
     settings = app.settings
     _ = app.engine  # opening the database creates and migrates it
-    app.console.print(f"Database ready: {literal(settings.database.url)}")
+    app.console.print(f"Database ready: {shown(settings.database.url)}")
     created: list[str] = []
     load_secret(settings.base_dir, announce=created.append)
     if created:
-        app.console.print(literal(created[0]))
+        app.console.print(shown(created[0]))
     elif os.environ.get(SECRET_ENV, "").strip():
         app.console.print(f"The token-signing key comes from ${SECRET_ENV}.")
     else:
-        app.console.print(f"The token-signing key is in {literal(str(settings.base_dir / SECRET_FILE))} (kept).")
+        app.console.print(f"The token-signing key is in {shown(str(settings.base_dir / SECRET_FILE))} (kept).")
     go = f"cd {folder} && " if folder is not None and folder.resolve() != Path.cwd() else ""
     app.console.print(
         "Next (README, \"Quick start\"):\n"

@@ -18,10 +18,11 @@ from pipeline.commands.base import (
     App,
     confirm,
     json_option,
-    literal,
     pass_app,
     print_json,
     readable_time,
+    shown,
+    shown_lines,
     stop_on_signals,
 )
 from pipeline.db import open_session
@@ -104,7 +105,7 @@ def send_test_command(app: App, issue: str, to: str) -> None:
     raw = send_test(app.settings, app.engine, issue, to)
     where = (f"the outbox {app.settings.delivery.outbox_dir}"
              if app.settings.delivery.transport == "outbox" else app.settings.delivery.smtp_host)
-    app.console.print(f"Sent a test copy to {literal(to)} through {literal(str(where))} ({len(raw):,} bytes).")
+    app.console.print(f"Sent a test copy to {shown(to)} through {shown(str(where))} ({len(raw):,} bytes).")
 
 
 def exit_status(report: Report, dry_run: bool = False) -> int:
@@ -191,7 +192,7 @@ def summary(app: App, report: Report) -> None:
 
     out = app.console.print
     for slug, n in report.left_out.items() if report.ending not in (Ending.NOTHING, Ending.DECLINED) else ():
-        out(f"{n} {'reader' if n == 1 else 'readers'} already had {literal(slug)}: they are left out "
+        out(f"{n} {'reader' if n == 1 else 'readers'} already had {shown(slug)}: they are left out "
             f"(compose the issue with --resend to mail it to everyone).")
     if report.held and report.ending not in (Ending.NOTHING, Ending.DECLINED):
         out(f"{report.issue_key} carries {literal(', '.join(report.held))}, held: "
@@ -201,26 +202,26 @@ def summary(app: App, report: Report) -> None:
         out("Nothing sent.")
         return
     if report.ending is Ending.NOTHING:
-        out(literal(report.why[0].upper() + report.why[1:]))
+        out(shown(report.why[0].upper() + report.why[1:]))
         _undecided(app, report)
         return
     if report.ending is Ending.ENQUEUED:
-        out(f"Handed {report.issue_key} \"{literal(report.subject)}\" to the workers: "
+        out(f"Handed {report.issue_key} \"{shown(report.subject)}\" to the workers: "
             f"{report.to_send} deliveries owed ({report.total} in its ledger). "
             f"Run `newsletter worker` to send them; `newsletter sends status {report.issue_key}` "
             f"shows how far they got.")
         return
     if report.ending is Ending.DRY_RUN:
-        out(f"Dry run of {report.issue_key} \"{literal(report.subject)}\": {report.built} messages "
+        out(f"Dry run of {report.issue_key} \"{shown(report.subject)}\": {report.built} messages "
             f"built ({report.built_bytes / max(report.built, 1) / 1024:.1f} KB each), none sent, "
             f"nothing written." + (f" {report.failed} could not be built." if report.failed else ""))
         if report.refused:
-            app.err.print("[bold red]A real send would be refused:[/] " + literal(report.refused), soft_wrap=True)
+            app.err.print("[bold red]A real send would be refused:[/] " + shown_lines(report.refused), soft_wrap=True)
         return
     extra = [f"{n} {what}" for n, what in ((report.retrying, "to retry"), (report.failed, "failed"),
                                           (report.skipped, "skipped (no longer subscribed)"),
                                           (report.bounced, "bounced and suppressed")) if n]
-    out(f"{report.issue_key} \"{literal(report.subject)}\": {report.sent} sent this run in "
+    out(f"{report.issue_key} \"{shown(report.subject)}\": {report.sent} sent this run in "
         f"{report.seconds:.1f} s" + "".join(f", {e}" for e in extra) + ".")
     counts = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     out(f"Ledger: {counts or 'empty'}.")
@@ -229,9 +230,9 @@ def summary(app: App, report: Report) -> None:
                       f"stopped mid-attempt (a crash, kill -9, a database failure it could not outwait): they "
                       f"are now unknown.[/]")
     for email, error in report.errors[:10]:
-        out(f"  [red]{literal(email)}[/]: {literal(error)}")
+        out(f"  [red]{shown(email)}[/]: {shown(error)}")
     if report.ending is Ending.PAUSED:
-        app.err.print(f"[bold red]Paused:[/] {literal(report.why)}")
+        app.err.print(f"[bold red]Paused:[/] {shown(report.why)}")
     elif report.ending is Ending.STOPPED:
         out(f"Stopped by request; nothing is in flight. Run `newsletter send {report.issue_key}` to carry on.")
     if report.ending is Ending.FINISHED and not report.undecided:
@@ -257,8 +258,8 @@ def _undecided(app: App, report: Report) -> None:
     if not unknown:
         return
     finished = "finished, but " if report.undecided else ""
-    app.err.print(f"[bold yellow]{literal(report.issue_key)} is {finished}{unknown} deliveries are "
-                  f"unknown[/] (maybe delivered, maybe not). {UNKNOWN_HELP.format(key=literal(report.issue_key))}")
+    app.err.print(f"[bold yellow]{shown(report.issue_key)} is {finished}{unknown} deliveries are "
+                  f"unknown[/] (maybe delivered, maybe not). {UNKNOWN_HELP.format(key=shown(report.issue_key))}")
 
 
 commands = [send, send_test_command]

@@ -15,6 +15,7 @@ from pipeline.commands.base import (
     pass_app,
     print_json,
     readable_time,
+    shown,
 )
 from pipeline.complaints import issue_feedback
 from pipeline.db import open_session
@@ -70,7 +71,7 @@ def status(app: App, issue: str, as_json: bool) -> None:
                                  "complaint_verdict": verdict, "explanation": why}})
         return
     # The key above the table, not as its title: a title wraps to the narrow table's width.
-    app.console.print(f"{literal(target.key)} ({target.status})", soft_wrap=True)
+    app.console.print(f"{shown(target.key)} ({target.status})", soft_wrap=True)
     table = Table()
     table.add_column("status")
     table.add_column("deliveries", justify="right")
@@ -88,7 +89,7 @@ def status(app: App, issue: str, as_json: bool) -> None:
         app.console.print(f"Next retry due at {readable_time(next_retry, not_before=True)}.")
     if holders:
         app.console.print(f"In flight ({counts['sending']} sending): "
-                          f"{literal(leases.describe_in_flight(holders))}.")
+                          f"{shown(leases.describe_in_flight(holders))}.")
     _hints(app, target, counts)
 
 
@@ -127,8 +128,8 @@ def list_command(app: App, issue: str, wanted: str | None, limit: int, as_json: 
     for row in found:
         note = row.last_error or (f"{row.sent_at:%Y-%m-%d %H:%M:%S}" if row.sent_at else "")
         later = " ".join(filter(None, (row.feedback, row.feedback_status)))  # the bounce mailbox's word
-        table.add_row(literal(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
-                      literal(note), literal(later))
+        table.add_row(shown(row.email), row.status, str(row.attempts), str(row.smtp_code or ""),
+                      shown(note), shown(later))
     app.console.print(table)
     if len(found) < total:
         app.console.print(f"Showing {len(found)} of {total}; --limit 0 shows all.")
@@ -208,7 +209,7 @@ def _hints(app: App, issue: glance.IssueRow, counts: dict[str, int]) -> None:
     if counts["unknown"]:
         app.console.print(f"{counts['unknown']} unknown: the message went out and no reply came, or "
                           f"its sender stopped mid-attempt; maybe delivered, maybe not. "
-                          + UNKNOWN_HELP.format(key=literal(issue.key)))
+                          + UNKNOWN_HELP.format(key=shown(issue.key)))
     if counts["failed"]:
         app.console.print(f"`newsletter sends list {issue.key} --status failed` shows why they failed.")
 
