@@ -6,15 +6,20 @@ from __future__ import annotations
 import io
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.commands.base import App, shown
 from subscribers.text import printable
 
 # Rich's markup turns on brackets, backslashes, tag names (a-z, #, /, @), `=` and colons (emoji
-# codes); drawn often, so that the runs that confuse an escape come up in every run.
-MARKUP_PROSE = st.text(st.one_of(st.sampled_from("[]\\/@#=:abz "), st.characters()), max_size=40)
+# codes); drawn often (backslashes, brackets and slashes most), so that the runs that confuse an
+# escape come up in every run.
+MARKUP_PROSE = st.text(st.one_of(st.sampled_from("\\[]/"), st.sampled_from("[]\\/@#=:abz "), st.characters()),
+                       max_size=40)
+# Where two fields meet, the end of one (backslashes, a `[`) and the start of the next (a tag
+# name, a `]`) can make a tag neither holds; the few characters that do are all this draws.
+SEAM = st.text(st.sampled_from("\\[]/b"), max_size=4)
 
 # The ways commands put shown() text into a message: alone (a table cell), between words,
 # inside a style, followed by its closing tag, and next to another field.
@@ -44,7 +49,21 @@ def _seen(markup: str) -> str:
 @example(a="[b", b="x]")
 @example(a="\\[b", b="x]")
 @example(a=":smile: :thumbs_up:", b=":warning-emoji:")
+@example(a="\\[", b="/]")
+@example(a="\\[", b="b]")
 def test_shown_text_reads_as_given(around: str, a: str, b: str) -> None:
+    _reads_as_given(around, a, b)
+
+
+# A backslash and a `[` ending one field and `b]` starting the next make a tag across them: rare
+# among all characters, so drawn here from the few that matter, and often.
+@settings(max_examples=3000)
+@given(a=SEAM, b=SEAM)
+def test_fields_side_by_side_read_as_given(a: str, b: str) -> None:
+    _reads_as_given("{a}{b}", a, b)
+
+
+def _reads_as_given(around: str, a: str, b: str) -> None:
     printed = _seen(around.format(a=shown(a), b=shown(b)))
     frame = _seen(around.format(a="\ue000", b="\ue001"))  # private-use stand-ins: no markup
     expected = frame.replace("\ue000", printable(a)).replace("\ue001", printable(b))

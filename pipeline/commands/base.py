@@ -39,9 +39,10 @@ UNKNOWN_HELP = ("`newsletter sends list {key} --status unknown` shows why; `news
 # only the one backslash right before a `[` means something (it is dropped).
 _BRACKET = re.compile(r"(\\*)\[")
 _TAG_BODY = re.compile(r"[a-z#/@][^\[]*?\]")
-# Text ending in backslashes, or in a `[` a following `]` would close into a tag, reads
-# differently depending on what the message puts after it; an empty style ends it for good.
-_OPEN_END = re.compile(r"(?:\\|\[[a-z#/@][^\[\]]*)\Z")
+# Text ending in backslashes, or in a `[` that what follows could complete into a tag, reads
+# differently depending on what the message puts after it (a bare `[` too: a backslash before
+# it is kept by doubling, so a "b]" after it made `[b]` a tag); an empty style ends it for good.
+_OPEN_END = re.compile(r"(?:\\|\[(?:[a-z#/@][^\[\]]*)?)\Z")
 _END = "[dim][/dim]"
 
 
