@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 from pipeline.errors import ImportProblem
+from pipeline.readers import markdown_essay
 from pipeline.readers.markdown_essay import parse_markdown
 from tests.test_architecture import importers_of
 
@@ -298,6 +299,17 @@ def test_a_few_brackets_before_a_long_paragraph_are_refused_naming_the_line() ->
     # Not a count of brackets: 20 "[" that never close each look ahead over the whole paragraph.
     with pytest.raises(ImportProblem, match=r"^line 8: too many \[ that never close"):
         parse_markdown(doc("title: T", "Body text.\n\n## Notes\n\n" + "[" * 20 + "! " * 50_000 + "\n"))
+
+
+@pytest.mark.parametrize("images", ["![alt](x.png)", "![a](x.png) ![b](y.png)", "![a ![b](y.png)](x.png)"])
+def test_images_before_the_runaway_paragraph_do_not_move_the_line_named(
+    images: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An image's alt text is parsed as inline Markdown of its own, from inside its paragraph.
+    monkeypatch.setattr(markdown_essay, "MAX_LINK_STEPS", 2_000)
+    body = f"Para {images} one.\n\n" + "[" * 300 + "\n\nlast\n\nmore\n"
+    with pytest.raises(ImportProblem, match=r"^line 7: too many \[ that never close"):
+        parse_markdown(doc("title: T", "\n" + body))
 
 
 def test_an_essay_dense_with_links_and_nested_brackets_is_read_in_full() -> None:

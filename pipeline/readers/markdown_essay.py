@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from datetime import date
 from typing import Any, cast
 
@@ -70,7 +70,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
 _NEWLINES = re.compile(r"\r\n?")  # as markdown-it reads them: its line numbers count these
 # Keys of markdown-it's `env` (one per document parsed) that _LinkLookahead keeps its count in.
-_FIRST_LINE, _LINES, _LINE, _STEPS = "essay_first_line", "essay_block_lines", "essay_line", "essay_link_steps"
+_FIRST_LINE, _LINE, _STEPS = "essay_first_line", "essay_line", "essay_link_steps"
 
 
 class _LinkLookahead(ParserInline):
@@ -78,12 +78,9 @@ class _LinkLookahead(ParserInline):
 
     skipToken is that look-ahead: markdown-it calls it only from a `[`, to find the `]` that
     ends a link's text. Counted per document (in its env), so neither one long paragraph nor
-    many short ones get past the limit; the error names the line of the paragraph it ran out in.
+    many short ones get past the limit; the error names the line of the paragraph it ran out in
+    (which _parse_inline_blocks notes).
     """
-
-    def parse(self, src: str, md: MarkdownIt, env: MutableMapping[str, Any], tokens: list[Token]) -> list[Token]:
-        env[_LINE] = next(env[_LINES], 0)  # called once per inline block, in their order
-        return super().parse(src, md, env, tokens)
 
     def skipToken(self, state: StateInline) -> None:
         state.env[_STEPS] = state.env.get(_STEPS, 0) + 1
@@ -96,11 +93,17 @@ class _LinkLookahead(ParserInline):
         super().skipToken(state)
 
 
-def _note_block_lines(state: StateCore) -> None:
-    """Each inline block's first line in the file, in the order _LinkLookahead.parse gets them."""
+def _parse_inline_blocks(state: StateCore) -> None:
+    """markdown-it's core `inline` rule, noting each block's first line in the file before its
+    parse. Noted here, not in the inline parser: an image's alt text is parsed by a nested call
+    from inside its paragraph, which must not count as the next block."""
     first = state.env.get(_FIRST_LINE, 1)
-    lines = [first + token.map[0] if token.map else 0 for token in state.tokens if token.type == "inline"]
-    state.env[_LINES] = iter(lines)
+    for token in state.tokens:
+        if token.type == "inline":
+            state.env[_LINE] = first + token.map[0] if token.map else 0
+            if token.children is None:
+                token.children = []
+            state.md.inline.parse(token.content, state.md, state.env, token.children)
 
 
 def _essay_markdown() -> MarkdownIt:
@@ -108,7 +111,7 @@ def _essay_markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark")
     md.inline = _LinkLookahead()
     md.configure("commonmark")  # the preset's inline rules, in the new parser
-    md.core.ruler.before("inline", "note_block_lines", _note_block_lines)
+    md.core.ruler.at("inline", _parse_inline_blocks)
     return md
 
 
