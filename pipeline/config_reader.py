@@ -256,7 +256,7 @@ def syntax_error(path: Path, text: str, error: ValueError) -> str:
     with seconds, and then as a time, where the settings want text."""
     message = f"{path}: not valid TOML: {error}"
     found = _ERROR_LINE.search(str(error))
-    lines = text.splitlines()
+    lines = text.split("\n")  # as TOML counts them: U+2028 or NEL in a comment is no line break
     if found is None or not 1 <= int(found.group(1)) <= len(lines):
         return message  # "at end of document": no one line to show
     number = int(found.group(1))

@@ -255,6 +255,17 @@ def test_a_toml_syntax_error_shows_the_line_it_is_on(tmp_path: Path) -> None:
     assert "in quotes" not in result.output
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_line_separator_toml_takes_as_text_does_not_move_the_line_shown(tmp_path: Path, separator: str) -> None:
+    # TOML ends a line at "\n" only: a Unicode line or paragraph separator, or NEL, in a comment
+    # is text of that line.
+    config = tmp_path / "config.toml"
+    config.write_text(f"# the letter{separator}of the week\n[newsletter]\nname = \"Letters\n", encoding="utf-8")
+    result = CLI(config, CliRunner())("essays", "list")
+    assert result.exit_code == 1 and "(at line 3, column" in result.output
+    assert 'line 3: name = "Letters' in result.output
+
+
 def test_a_shown_line_keeps_a_password_in_a_url_out(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     config.write_text(config.read_text(encoding="utf-8").replace(
