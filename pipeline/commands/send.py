@@ -195,7 +195,7 @@ def summary(app: App, report: Report) -> None:
         out(f"{n} {'reader' if n == 1 else 'readers'} already had {shown(slug)}: they are left out "
             f"(compose the issue with --resend to mail it to everyone).")
     if report.held and report.ending not in (Ending.NOTHING, Ending.DECLINED):
-        out(f"{report.issue_key} carries {literal(', '.join(report.held))}, held: "
+        out(f"{shown(report.issue_key)} carries {shown(', '.join(report.held))}, held: "
             + ("it would be sent because it was named." if report.ending is Ending.DRY_RUN
                else "sent because it was named."))
     if report.ending is Ending.DECLINED:
