@@ -390,6 +390,16 @@ def test_cli_new_refuses_an_empty_key(run_cli, engine: Engine) -> None:  # type:
     assert json.loads(run_cli("issues", "list", "--json").stdout) == []  # no manual-<uuid> made instead
 
 
+@pytest.mark.parametrize("key", ["week\x1b[2J", "two\nlines", "rtl\u202eoverride"])
+def test_cli_new_refuses_a_key_with_control_characters(run_cli, engine: Engine, key: str) -> None:  # type: ignore[no-untyped-def]
+    # A key is printed by many commands and named in URLs and file names: one line of plain text.
+    with session_scope(engine) as session:
+        add_essays(session, make_essay(1))
+    result = run_cli("issues", "new", "--key", key)
+    assert result.exit_code == 2 and "--key" in result.output and "control characters" in result.output
+    assert json.loads(run_cli("issues", "list", "--json").stdout) == []
+
+
 def test_after_an_issue_expires_half_sent_every_reader_still_gets_every_essay_once(engine: Engine,
                                                                                   settings: Settings) -> None:
     """W02 reached 2 of 5 readers, then expired. W03 was composed of W02's essays plus a new one,

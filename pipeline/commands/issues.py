@@ -20,6 +20,7 @@ from pipeline.commands.issue_edits import discard_command, edit_command, tell_he
 from pipeline.config import Settings
 from pipeline.db import open_session, scratch_session, session_scope
 from pipeline.lint_help import anchor, fix_for
+from subscribers.text import has_controls
 
 # `issues list` and `issues show` read through glance.py and start without the ORM; the
 # commands that compose, render or check an issue import their stages when they run.
@@ -72,6 +73,8 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
                                  param_hint="--key")
+    if key is not None and has_controls(key):  # a key is printed, and named in URLs and file names
+        raise click.BadParameter("must be one line of text without control characters", param_hint="--key")
     # A dry run composes in a session that is never committed: it stores nothing.
     with (scratch_session if dry_run else session_scope)(app.engine) as session:
         issue = compose(session, app.settings, slugs=list(slugs) or None, key=key,
