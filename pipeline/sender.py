@@ -244,13 +244,17 @@ class _Pool:
             message = (f"the database failed mid-send ({why}); the {len(in_hand)} deliveries in hand "
                        f"({sent} of them taken by the relay) could not be recorded: a worker records them "
                        f"when it answers again, after `send` they show as unknown (see the README, "
-                       f"\"Troubleshooting: after a crash\"); `send` again carries on")
+                       f"\"Troubleshooting: after a crash\"); {self._carries_on()}")
             late = Unrecorded(message, in_hand, self.deadline)
             late.__cause__ = exc
             return late
-        error = DatabaseError(f"the database failed mid-send ({why}){fate}; `send` again carries on")
+        error = DatabaseError(f"the database failed mid-send ({why}){fate}; {self._carries_on()}")
         error.__cause__ = exc
         return error
+
+    def _carries_on(self) -> str:
+        """What to do after a database failure, true for `send` and for a worker, which meets it too."""
+        return f"`newsletter send {self.issue.key}` carries on (a running worker retries by itself)"
 
     def _save(self, outcomes: list[ledger.Outcome], patience: float) -> bool:
         """Record `outcomes`, trying again for `patience` seconds while the database fails."""
