@@ -146,14 +146,45 @@ def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
     """Refused naming every essay an issue is sending right now: its readers are not known to
     have had it yet, so a second issue could not leave them out. (An essay that went out is
     allowed: the send leaves out the readers who had it; see pipeline/history.py.)"""
-    sending = {row[0]: row[1] for row in session.exec(
-        select(IssueEssay.essay_id, Issue.key)
-        .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
-        .where(Issue.status == IssueStatus.SENDING.value))}
+    sending = _sending_now(session)
     problems = [f"{e.slug!r} is being sent in issue {sending[e.id]}" for e in essays if e.id in sending]
     if problems:
         raise Refused("not composed: " + "; ".join(problems) + ". Wait until it is sent (readers "
                       "who had it are then left out), or pass --resend to mail it to everyone.")
+
+
+def refuse_in_flight(session: Session, issue: Issue) -> None:
+    """Refused when the draft carries an essay another issue is sending now: that issue's readers
+    still waiting for it are not left out (only those who had it are), so they would get it
+    twice. A draft composed `resend` goes out, as refuse_sent lets it be composed: it mails
+    everyone, those readers included, as asked."""
+    if issue.resend:
+        return
+    sending = _sending_now(session, but=issue.id)
+    slugs_by_key: dict[str, list[str]] = {}
+    for essay in issue_essays(session, issue):
+        if essay.id in sending:
+            slugs_by_key.setdefault(sending[essay.id], []).append(essay.slug)
+    if not slugs_by_key:
+        return
+    slugs = [slug for found in slugs_by_key.values() for slug in found]
+    it, keys = "it" if len(slugs) == 1 else "them", " and ".join(slugs_by_key)
+    removes = " ".join(f"--remove-essay {slug}" for slug in slugs)
+    raise Refused(
+        f"issue {issue.key} was not sent: "
+        + "; ".join(f"issue {key} is sending {', '.join(found)} now" for key, found in slugs_by_key.items())
+        + f", and readers still waiting for {it} there would get {it} twice. Wait until issue {keys} "
+        f"{'finishes' if len(slugs_by_key) == 1 else 'finish'}, then send {issue.key} again (readers "
+        f"who had {it} are left out then), or take {it} out (`newsletter issues edit {issue.key} "
+        f"{removes}`)")
+
+
+def _sending_now(session: Session, but: int | None = None) -> dict[int, str]:
+    """essay id -> the key of the issue (not `but`) sending it now."""
+    return {row[0]: row[1] for row in session.exec(
+        select(IssueEssay.essay_id, Issue.key)
+        .join(Issue, col(Issue.id) == col(IssueEssay.issue_id))
+        .where(Issue.status == IssueStatus.SENDING.value, Issue.id != (but or 0)))}
 
 
 def unsent_essays(session: Session, settings: Settings) -> list[Essay]:
@@ -341,10 +372,17 @@ def open_issues(session: Session, prefix: str, but: str | None = None) -> list[I
 
 def start_sending(session: Session, issue_id: int, rendered: RenderedIssue, now: datetime) -> Issue | None:
     """draft -> sending, the render frozen onto the issue (row locked); None when it had
-    started already (an earlier run or a rival process). The caller freezes the audience."""
+    started already (an earlier run or a rival process); Refused when another issue is sending
+    one of its essays now (`refuse_in_flight`). The caller freezes the audience."""
     current = session.exec(select(Issue).where(Issue.id == issue_id).with_for_update()).one()
     if current.status != IssueStatus.DRAFT.value:
         return None
+    # Its essays' rows locked too (in id order), so that of two drafts sharing an essay started
+    # at once, the second waits for the first and sees it sending (SQLite's write lock does so).
+    session.exec(select(Essay.id).where(col(Essay.id).in_(
+        select(IssueEssay.essay_id).where(IssueEssay.issue_id == issue_id))).order_by(col(Essay.id))
+        .with_for_update()).all()
+    refuse_in_flight(session, current)
     current.html_template, current.text_template = rendered.html, rendered.text
     current.frozen_render = {"html_unnamed": rendered.html_unnamed,
                              "text_unnamed": rendered.text_unnamed,

@@ -221,7 +221,8 @@ def _prepare(settings: Settings, engine: Engine, ref: int | str | None, latest: 
 def _look(session: Session, settings: Settings, ref: int | str | None, latest: bool,
           now: datetime, chosen: bool) -> tuple[Issue | None, Report]:
     """The issue asked for and who it goes to; None (and why, in the report) when it is not sent.
-    A draft carrying a held essay is Refused when the program chose it (`chosen`, `latest`)."""
+    A draft carrying a held essay is Refused when the program chose it (`chosen`, `latest`), and
+    any draft carrying an essay another issue is sending now (`issues.refuse_in_flight`)."""
     target, why, picked = _choose(session, settings, ref, latest)
     if target is None:
         return None, Report().end(Ending.NOTHING, why)
@@ -233,6 +234,8 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
         session.commit()
         return None, report.end(Ending.NOTHING, refusal)
     report.held = _held(session, target, chosen or picked)
+    if target.status == IssueStatus.DRAFT.value:  # before the prompt; start_sending decides a race
+        issues.refuse_in_flight(session, target)
     report.total, report.resend = ledger_reads.audience_size(session, target), target.resend
     if target.status == IssueStatus.DRAFT.value and not target.resend:
         report.left_out = history.repeats(session, target)

@@ -28,6 +28,7 @@ from pipeline.issues import (
     list_issues,
     past_deadline,
     sending_issues,
+    start_sending,
     unsent_essays,
 )
 from pipeline.links import unsubscribe_url
@@ -185,6 +186,46 @@ def test_two_schedulers_racing_for_one_key_get_the_same_issue(any_engine: Engine
     assert len(ids) == 2 and ids[0] == ids[1]
     with Session(any_engine) as session:
         assert len(session.exec(select(Issue)).all()) == 1
+
+
+def test_of_two_drafts_sharing_an_essay_started_at_once_one_starts(any_engine: Engine,
+                                                                    any_settings: Settings) -> None:
+    """start_sending decides: the second waits for the first and sees it sending the essay."""
+    with session_scope(any_engine) as session:
+        add_essays(session, make_essay(1), make_essay(2))
+    with Session(any_engine, expire_on_commit=False) as session:
+        drafts = [compose(session, any_settings, ["essay-001", "essay-002"], key="one"),
+                  compose(session, any_settings, ["essay-002"], key="two")]
+        rendered = [render_issue(session, any_settings, issue) for issue in drafts]
+        session.commit()
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def first() -> None:
+        with session_scope(any_engine) as session:
+            assert start_sending(session, drafts[0].id or 0, rendered[0], utcnow()) is not None
+            started.set()
+            time.sleep(0.5)  # hold the transaction open while the other one tries
+
+    def second() -> None:
+        started.wait(10)
+        try:
+            with session_scope(any_engine) as session:
+                start_sending(session, drafts[1].id or 0, rendered[1], utcnow())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [str(e) for e in errors] == [
+        "issue two was not sent: issue one is sending essay-002 now, and readers still waiting for it "
+        "there would get it twice. Wait until issue one finishes, then send two again (readers who had "
+        "it are left out then), or take it out (`newsletter issues edit two --remove-essay essay-002`)"]
+    with Session(any_engine) as session:
+        assert {i.key: i.status for i in session.exec(select(Issue))} == {"one": "sending", "two": "draft"}
 
 
 @pytest.mark.parametrize("offset", [timedelta(microseconds=-1), timedelta(0), timedelta(microseconds=1)])

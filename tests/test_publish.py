@@ -14,8 +14,9 @@ from sqlmodel import Session, select
 
 from pipeline import ledger_reads
 from pipeline.copies import personal_copy
+from pipeline.errors import Refused
 from pipeline.models import Delivery, Essay, Issue
-from pipeline.publish import Ending, dry_run, publish
+from pipeline.publish import Ending, dry_run, enqueue, publish
 from subscribers import consent
 from subscribers.model import utcnow
 from subscribers.tokens import UNSUBSCRIBE, load_secret, read_token
@@ -168,3 +169,39 @@ def test_an_issue_with_no_active_subscribers_is_not_started(tmp_path: Path, serv
     add_audience(engine, 2, essays=0)
     later = publish(settings, engine, latest=True)  # the same draft, now with readers
     assert later.issue_key == issue.key and later.sent == 2 and later.ending is Ending.FINISHED
+
+
+def test_a_draft_is_not_sent_while_another_issue_is_sending_one_of_its_essays(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    settings = smtp_settings(tmp_path, server.port)
+    engine = engine_for(settings)
+    add_audience(engine, 3)
+    first = new_issue(engine, settings, "first", ["essay-000", "essay-001"])
+    second = new_issue(engine, settings, "second", ["essay-001", "essay-002"])  # composed by name, earlier
+    assert enqueue(settings, engine, first.key).ending is Ending.ENQUEUED  # sending, every row pending
+
+    with pytest.raises(Refused) as refused:
+        publish(settings, engine, second.key)
+
+    assert "essay-001" in str(refused.value) and "issue first" in str(refused.value)
+    assert "--remove-essay essay-001" in str(refused.value)
+    assert not server.received  # its pending readers would have had essay-001 twice
+    with Session(engine) as session:
+        assert session.get(Issue, second.id).status == "draft"
+        assert [d.issue_id for d in session.exec(select(Delivery))] == [first.id] * 3
+    assert publish(settings, engine, first.key).ending is Ending.FINISHED
+    then = publish(settings, engine, second.key)  # readers who had essay-001 are left out now
+    assert then.ending is Ending.NOTHING and "had essay-001 already" in then.why
+
+
+def test_a_resend_draft_goes_out_while_another_issue_is_sending_its_essay(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    settings = smtp_settings(tmp_path, server.port)
+    engine = engine_for(settings)
+    add_audience(engine, 2)
+    first = new_issue(engine, settings, "first", ["essay-000"])
+    again = new_issue(engine, settings, "again", ["essay-000"], resend=True)  # mails everyone, as asked
+    enqueue(settings, engine, first.key)
+    assert publish(settings, engine, again.key).sent == 2
