@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -151,6 +152,15 @@ def test_a_key_makes_one_issue_however_often_asked(any_engine: Engine, any_setti
         assert len(session.exec(select(Issue)).all()) == 1
 
 
+def _together(*work: Callable[[], None]) -> None:
+    """Run each on a thread of its own at once, and wait (30 s at most each) for all of them."""
+    threads = [threading.Thread(target=w) for w in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
 def test_two_schedulers_racing_for_one_key_get_the_same_issue(any_engine: Engine, any_settings: Settings) -> None:
     """The database's unique key decides: the loser of the race gets the winner's issue back."""
     with session_scope(any_engine) as session:
@@ -177,11 +187,7 @@ def test_two_schedulers_racing_for_one_key_get_the_same_issue(any_engine: Engine
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    _together(first, second)
     assert not errors
     assert len(ids) == 2 and ids[0] == ids[1]
     with Session(any_engine) as session:
@@ -215,11 +221,7 @@ def test_of_two_drafts_sharing_an_essay_started_at_once_one_starts(any_engine: E
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    _together(first, second)
     assert [str(e) for e in errors] == [
         "issue two was not sent: issue one is sending essay-002 now, and readers still waiting for it "
         "there would get it twice. Wait until issue one finishes, then send two again (readers who had "

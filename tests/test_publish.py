@@ -10,17 +10,26 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from pipeline import ledger_reads
+from pipeline.config import Settings
 from pipeline.copies import personal_copy
 from pipeline.errors import Refused
 from pipeline.models import Delivery, Essay, Issue
 from pipeline.publish import Ending, dry_run, enqueue, publish
 from subscribers import consent
-from subscribers.model import utcnow
+from subscribers.model import Subscriber, utcnow
 from subscribers.tokens import UNSUBSCRIBE, load_secret, read_token
 from tests.smtp_faults import FaultServer, add_audience, engine_for, new_issue, smtp_settings
+
+
+def _project(tmp_path: Path, server: FaultServer, readers: int) -> tuple[Settings, Engine, list[Subscriber]]:
+    """Settings sending to `server`, their database, the essays and `readers` active readers."""
+    settings = smtp_settings(tmp_path, server.port)
+    engine = engine_for(settings)
+    return settings, engine, add_audience(engine, readers)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -65,9 +74,7 @@ def test_every_active_subscriber_gets_exactly_one_copy(
 
 
 def test_an_unsubscribe_after_the_freeze_is_honoured(tmp_path: Path, server: FaultServer) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    people = add_audience(engine, 6)
+    settings, engine, people = _project(tmp_path, server, 6)
     stop = threading.Event()
     stop.set()  # freeze the audience, send nothing yet
     first = publish(settings, engine, latest=True, stop=stop)
@@ -82,9 +89,7 @@ def test_an_unsubscribe_after_the_freeze_is_honoured(tmp_path: Path, server: Fau
 
 
 def test_a_dry_run_builds_everything_and_writes_nothing(tmp_path: Path, server: FaultServer) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 9)
+    settings, engine, _ = _project(tmp_path, server, 9)
     report = dry_run(settings, engine, latest=True)
     assert report.ending is Ending.DRY_RUN and (report.sent, report.built) == (0, 9) and report.built_bytes > 9 * 5000
     assert not server.received
@@ -113,9 +118,7 @@ def test_the_render_is_frozen_when_sending_starts(tmp_path: Path, server: FaultS
 def test_an_address_at_an_international_domain_goes_out_in_idna_in_envelope_and_header(
     tmp_path: Path, server: FaultServer
 ) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 1)
+    settings, engine, _ = _project(tmp_path, server, 1)
     with Session(engine) as session:
         consent.add(session, "jo@bücher.example", "Jo")
     report = publish(settings, engine, latest=True)
@@ -125,9 +128,7 @@ def test_an_address_at_an_international_domain_goes_out_in_idna_in_envelope_and_
 
 
 def test_an_issue_past_its_not_after_is_not_sent(tmp_path: Path, server: FaultServer) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 2)
+    settings, engine, _ = _project(tmp_path, server, 2)
     issue = new_issue(engine, settings, "weekly-2026-W01")
     with Session(engine) as session:
         session.execute(update(Issue).values(not_after=utcnow() - timedelta(hours=1)))
@@ -137,9 +138,7 @@ def test_an_issue_past_its_not_after_is_not_sent(tmp_path: Path, server: FaultSe
 
 
 def test_personal_copy_is_what_the_subscriber_receives(tmp_path: Path, server: FaultServer) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    people = add_audience(engine, 2)
+    settings, engine, people = _project(tmp_path, server, 2)
     report = publish(settings, engine, latest=True)
     secret = load_secret(settings.base_dir)
     with Session(engine) as session:
@@ -157,9 +156,7 @@ def test_personal_copy_is_what_the_subscriber_receives(tmp_path: Path, server: F
 
 
 def test_an_issue_with_no_active_subscribers_is_not_started(tmp_path: Path, server: FaultServer) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 0)
+    settings, engine, _ = _project(tmp_path, server, 0)
     report = publish(settings, engine, latest=True)
     assert report.ending is Ending.NOTHING and "no active subscribers" in report.why
     with Session(engine) as session:
@@ -174,9 +171,7 @@ def test_an_issue_with_no_active_subscribers_is_not_started(tmp_path: Path, serv
 def test_a_draft_is_not_sent_while_another_issue_is_sending_one_of_its_essays(
     tmp_path: Path, server: FaultServer
 ) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 3)
+    settings, engine, _ = _project(tmp_path, server, 3)
     first = new_issue(engine, settings, "first", ["essay-000", "essay-001"])
     second = new_issue(engine, settings, "second", ["essay-001", "essay-002"])  # composed by name, earlier
     assert enqueue(settings, engine, first.key).ending is Ending.ENQUEUED  # sending, every row pending
@@ -198,9 +193,7 @@ def test_a_draft_is_not_sent_while_another_issue_is_sending_one_of_its_essays(
 def test_a_resend_draft_goes_out_while_another_issue_is_sending_its_essay(
     tmp_path: Path, server: FaultServer
 ) -> None:
-    settings = smtp_settings(tmp_path, server.port)
-    engine = engine_for(settings)
-    add_audience(engine, 2)
+    settings, engine, _ = _project(tmp_path, server, 2)
     first = new_issue(engine, settings, "first", ["essay-000"])
     again = new_issue(engine, settings, "again", ["essay-000"], resend=True)  # mails everyone, as asked
     enqueue(settings, engine, first.key)
