@@ -168,15 +168,25 @@ def refuse_in_flight(session: Session, issue: Issue) -> None:
     if not slugs_by_key:
         return
     slugs = [slug for found in slugs_by_key.values() for slug in found]
-    it, keys = "it" if len(slugs) == 1 else "them", " and ".join(slugs_by_key)
-    removes = " ".join(f"--remove-essay {slug}" for slug in slugs)
+    it, keys = listed(slugs)[1], " and ".join(slugs_by_key)
     raise Refused(
         f"issue {issue.key} was not sent: "
         + "; ".join(f"issue {key} is sending {', '.join(found)} now" for key, found in slugs_by_key.items())
         + f", and readers still waiting for {it} there would get {it} twice. Wait until issue {keys} "
         f"{'finishes' if len(slugs_by_key) == 1 else 'finish'}, then send {issue.key} again (readers "
-        f"who had {it} are left out then), or take {it} out (`newsletter issues edit {issue.key} "
-        f"{removes}`)")
+        f"who had {it} are left out then), or take {it} out ({taking_out(issue.key, slugs)})")
+
+
+def listed(slugs: Sequence[str]) -> tuple[str, str]:
+    """Essays named in a sentence, and the pronoun for them: ("a", "it"), ("a, b and c", "them")."""
+    if len(slugs) == 1:
+        return slugs[0], "it"
+    return ", ".join(slugs[:-1]) + " and " + slugs[-1], "them"
+
+
+def taking_out(key: str, slugs: Sequence[str]) -> str:
+    """The command that takes these essays out of the draft `key`."""
+    return f"`newsletter issues edit {key} " + " ".join(f"--remove-essay {slug}" for slug in slugs) + "`"
 
 
 def _sending_now(session: Session, but: int | None = None) -> dict[int, str]:

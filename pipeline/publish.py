@@ -284,12 +284,11 @@ def _held(session: Session, issue: Issue, chosen: bool) -> list[str]:
         return []  # started: its audience and render are frozen, its readers owed it as it is
     held = issues.held_in(session, issue)
     if held and chosen:
-        names, them = (held[0], "it") if len(held) == 1 else (", ".join(held[:-1]) + " and " + held[-1], "them")
-        removes = " ".join(f"--remove-essay {slug}" for slug in held)
+        names, them = issues.listed(held)
         raise Refused(
             f"issue {issue.key} was not sent: it carries {names}, held (`newsletter essays hold`), and "
             f"neither the scheduler nor `send --latest` sends a draft that carries a held essay. Take "
-            f"{them} out (`newsletter issues edit {issue.key} {removes}`), release {them} (`newsletter "
+            f"{them} out ({issues.taking_out(issue.key, held)}), release {them} (`newsletter "
             f"essays release {' '.join(held)}`), or send the issue as it is by naming it (`newsletter "
             f"send {issue.key}`)")
     return held

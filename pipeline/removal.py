@@ -23,7 +23,7 @@ from sqlmodel import Session
 from pipeline.errors import NotFound
 from pipeline.essays import delete_essay, get_essay, sent_key
 from pipeline.feed_list import forget_essay
-from pipeline.issues import carriers
+from pipeline.issues import carriers, taking_out
 from pipeline.models import Essay
 
 
@@ -81,6 +81,6 @@ def why_it_stays(session: Session, essay: Essay) -> str | None:
         which = f"the draft {first} carries" if len(drafts) == 1 else \
             f"the drafts {', '.join(i.key for i in drafts)} carry"
         return (f"cannot remove {slug!r}: {which} it. Take it out first "
-                f"(`newsletter issues edit {first} --remove-essay {slug}`, or `newsletter issues discard "
+                f"({taking_out(first, [slug])}, or `newsletter issues discard "
                 f"{first}`), then remove it")
     return None

@@ -13,7 +13,7 @@ from pipeline.commands.base import App, confirm, finish_report, json_option, pas
 from pipeline.db import open_session, session_scope
 from pipeline.errors import NotFound
 from pipeline.essays import ImportReport, describe_essay, get_essay, import_paths, list_essays, sent_key, set_held
-from pipeline.issues import backlog, carriers
+from pipeline.issues import backlog, carriers, taking_out
 from pipeline.related import related_for_essay
 from pipeline.related_cache import cached_index, folder, warm
 from pipeline.removal import Removal, remove_essays
@@ -287,7 +287,7 @@ def _tell_drafts(app: App, session: Session, essay_id: int, name: str) -> None:
         key = shown(issue.key)
         app.console.print(f"  the draft {key} carries it: the scheduler and `send --latest` refuse that "
                           f"draft while it is held (`newsletter send {key}` sends it as it is); "
-                          f"`newsletter issues edit {key} --remove-essay {name}` takes it out", soft_wrap=True)
+                          f"{taking_out(key, [name])} takes it out", soft_wrap=True)
 
 
 @group.command("remove")
