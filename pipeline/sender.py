@@ -384,8 +384,7 @@ class _Pool:
         """What an error means for the row (TransportUnavailable also pauses the run)."""
         if isinstance(exc, TransportUnavailable):
             self._pause(f"{exc}. Nothing was lost: the deliveries not attempted are still owed; fix the "
-                        f"problem; `newsletter send {self.issue.key}` carries on (a `newsletter worker` retries "
-                        f"by itself)")
+                        f"problem; {self._carries_on()}")
             return ledger.Outcome(row, "released", self.clock(), exc.code, str(exc))
         if isinstance(exc, AmbiguousDeliveryError):
             return ledger.Outcome(row, "unknown", self.clock(), exc.code, str(exc))

@@ -144,16 +144,11 @@ def _record_kept(engine: Engine, kept: list[Unrecorded], stats: WorkerStats) -> 
     """Record the outcomes a sender could not while the database was away (raises while it still
     is): the copies the relay took become `sent` rather than "maybe sent" once their lease ends."""
     while kept:
+        tally = record_late(engine, kept[0])  # raises while the database is away: kept for the next round
         late = kept.pop(0)
-        try:
-            tally = record_late(engine, late)
-        except BaseException:
-            kept.insert(0, late)  # the database is still away: kept for the next round
-            raise
-        outcomes = late.outcomes
         stats.count(tally)
         log.warning("the database answers again: the %d deliveries kept since it failed are recorded "
-                    "(%d sent)", len(outcomes), tally.sent)
+                    "(%d sent)", len(late.outcomes), tally.sent)
 
 
 def _database_failed(exc: BaseException, stats: WorkerStats, once: bool, doing: str, again_in: str) -> None:
