@@ -153,16 +153,16 @@ def refuse_sent(session: Session, essays: Sequence[Essay]) -> None:
                       "who had it are then left out), or pass --resend to mail it to everyone.")
 
 
-def refuse_in_flight(session: Session, issue: Issue) -> None:
+def refuse_in_flight(session: Session, issue: Issue, essays: Sequence[Essay] | None = None) -> None:
     """Refused when the draft carries an essay another issue is sending now: that issue's readers
     still waiting for it are not left out (only those who had it are), so they would get it
     twice. A draft composed `resend` goes out, as refuse_sent lets it be composed: it mails
-    everyone, those readers included, as asked."""
+    everyone, those readers included, as asked. `essays`: the draft's, when already loaded."""
     if issue.resend:
         return
     sending = _sending_now(session, but=issue.id)
     slugs_by_key: dict[str, list[str]] = {}
-    for essay in issue_essays(session, issue):
+    for essay in issue_essays(session, issue) if essays is None else essays:
         if essay.id in sending:
             slugs_by_key.setdefault(sending[essay.id], []).append(essay.slug)
     if not slugs_by_key:
@@ -287,7 +287,7 @@ def carriers(session: Session, essay_id: int) -> Carriers:
         select(Issue).join(IssueEssay, col(IssueEssay.issue_id) == col(Issue.id))
         .where(IssueEssay.essay_id == essay_id).order_by(col(Issue.id))))
     drafts = [i for i in found if i.status == IssueStatus.DRAFT.value]
-    return Carriers([i for i in found if i not in drafts], drafts)
+    return Carriers([i for i in found if i.status != IssueStatus.DRAFT.value], drafts)
 
 
 def held_in(session: Session, issue: Issue) -> list[str]:

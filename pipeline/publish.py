@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -23,7 +23,7 @@ from pipeline.copies import factory_for, personal_copy, rendered_issue
 from pipeline.db import session_scope
 from pipeline.errors import NewsletterError, NotFound, Refused
 from pipeline.message import MessageFactory, ascii_address, message_id_frame, new_message_id
-from pipeline.models import Issue, IssueStatus
+from pipeline.models import Essay, Issue, IssueStatus
 from pipeline.render import RenderedIssue
 from pipeline.returnpath import return_path
 from pipeline.transports import Transport, make_transport
@@ -233,9 +233,10 @@ def _look(session: Session, settings: Settings, ref: int | str | None, latest: b
         report.counts = ledger_reads.counts(session, target.id or 0)
         session.commit()
         return None, report.end(Ending.NOTHING, refusal)
-    report.held = _held(session, target, chosen or picked)
-    if target.status == IssueStatus.DRAFT.value:  # before the prompt; start_sending decides a race
-        issues.refuse_in_flight(session, target)
+    if target.status == IssueStatus.DRAFT.value:  # started: its audience and render are frozen as they are
+        essays = issues.issue_essays(session, target)
+        report.held = _held(target, essays, chosen or picked)
+        issues.refuse_in_flight(session, target, essays)  # before the prompt; start_sending decides a race
     report.total, report.resend = ledger_reads.audience_size(session, target), target.resend
     if target.status == IssueStatus.DRAFT.value and not target.resend:
         report.left_out = history.repeats(session, target)
@@ -276,13 +277,11 @@ def _choose(session: Session, settings: Settings, ref: int | str | None,
         return None, str(exc), True
 
 
-def _held(session: Session, issue: Issue, chosen: bool) -> list[str]:
+def _held(issue: Issue, essays: Sequence[Essay], chosen: bool) -> list[str]:
     """The held essays a draft carries (`essays hold`): Refused when the program chose the
     draft, as the hold asks of every issue the essayist did not pick the essay for; a send that
     names the draft mails them (the report lists them, for the note)."""
-    if issue.status != IssueStatus.DRAFT.value:
-        return []  # started: its audience and render are frozen, its readers owed it as it is
-    held = issues.held_in(session, issue)
+    held = [e.slug for e in essays if e.held]
     if held and chosen:
         names, them = issues.listed(held)
         raise Refused(

@@ -225,7 +225,7 @@ def remove(session: Session, email: str) -> None:
     """
     key = normalize_email(email)
     subscriber = find(session, key)
-    already = is_suppressed(session, key)
+    already = subscriber is None and is_suppressed(session, key)  # only said of an unknown address
     _suppress(session, key, SubscriberStatus.REMOVED.value)
     if subscriber is None:
         session.commit()

@@ -38,7 +38,7 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
     """
     from pipeline import history  # noqa: PLC0415  (the ORM: only when a command changes a draft)
     from pipeline.editorial import edit  # noqa: PLC0415
-    from pipeline.issues import held_in, issue_essays  # noqa: PLC0415
+    from pipeline.issues import issue_essays  # noqa: PLC0415
 
     if subject is None and intro_file is None and not add and not remove and resend is None:
         raise click.UsageError("nothing to change: give --subject, --intro, --add-essay, --remove-essay "
@@ -58,7 +58,7 @@ def edit_command(app: App, issue_ref: str, subject: str | None, intro_file: Path
         essays = issue_essays(session, issue)
         key, title, resent = issue.key, issue.subject, issue.resend
         repeats = history.repeats(session, issue)
-        held = [slug for slug in held_in(session, issue) if slug in add]  # the others: told when added, or when held
+        held = [e.slug for e in essays if e.held and e.slug in add]  # the others: told when added, or when held
     app.console.print(f"Edited issue {shown(key)}: {shown(title)}", soft_wrap=True)
     for essay in essays:
         app.console.print(f"  {shown(essay.slug)}  {shown(essay.title)}")

@@ -68,7 +68,7 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
       newsletter issues new --essay walking-at-dawn --resend
     """
     from pipeline import history  # noqa: PLC0415  (composing: the ORM)
-    from pipeline.issues import compose, held_in, issue_essays  # noqa: PLC0415
+    from pipeline.issues import compose, issue_essays  # noqa: PLC0415
 
     if key is not None and not key.strip():
         raise click.BadParameter("is empty: give a key, or leave --key out for the day's key",
@@ -82,7 +82,7 @@ def new(app: App, slugs: tuple[str, ...], key: str | None, resend: bool, dry_run
         essays = issue_essays(session, issue)
         data = describe_issue(issue, essays)
         repeats = history.repeats(session, issue)
-        held = held_in(session, issue)  # only a named essay can be: see issues.kept_back
+        held = [e.slug for e in essays if e.held]  # only a named essay can be: see issues.kept_back
     if dry_run:
         data["id"] = None
     data["readers_who_had"] = repeats
